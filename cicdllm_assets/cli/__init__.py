@@ -1,0 +1,1 @@
+"""Command-line interface: `cicdllm run|status|export|repos|config|model|backfill`."""

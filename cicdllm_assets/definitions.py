@@ -1,0 +1,72 @@
+"""The Dagster code location: every asset, check, job, sensor and schedule of cicdllm.
+
+Definitions are collected by type from the ``assets`` and ``automation`` packages,
+so adding a module there is enough to register what it defines.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import ModuleType
+from typing import Any
+
+from dagster import (
+    AssetChecksDefinition,
+    AssetsDefinition,
+    Definitions,
+    JobDefinition,
+    ScheduleDefinition,
+    SensorDefinition,
+)
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from cicdllm_assets import assets as assets_package
+from cicdllm_assets import automation as automation_package
+from cicdllm_assets.resources import build_resources
+
+
+def _modules(package: ModuleType) -> list[ModuleType]:
+    return [
+        importlib.import_module(f"{package.__name__}.{info.name}")
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name)
+        if not info.name.startswith("_")
+    ]
+
+
+def _collect(packages: list[ModuleType]) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {"assets": [], "checks": [], "jobs": [], "sensors": [], "schedules": []}
+    seen: set[int] = set()
+    for package in packages:
+        for module in _modules(package):
+            for value in vars(module).values():
+                if id(value) in seen:
+                    continue
+                seen.add(id(value))
+                if isinstance(value, AssetChecksDefinition):
+                    found["checks"].append(value)
+                elif isinstance(value, AssetsDefinition):
+                    found["assets"].append(value)
+                elif isinstance(value, (JobDefinition, UnresolvedAssetJobDefinition)):
+                    found["jobs"].append(value)
+                elif isinstance(value, SensorDefinition):
+                    found["sensors"].append(value)
+                elif isinstance(value, ScheduleDefinition):
+                    found["schedules"].append(value)
+    return found
+
+
+def build_definitions() -> Definitions:
+    """Assemble the code location (resources chosen from the current config)."""
+    found = _collect([assets_package, automation_package])
+    return Definitions(
+        assets=found["assets"],
+        asset_checks=found["checks"],
+        jobs=found["jobs"],
+        sensors=found["sensors"],
+        schedules=found["schedules"],
+        resources=build_resources(),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,42 @@
+"""IO manager storing each asset partition as one Parquet file (see storage.tables)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from dagster import ConfigurableIOManager, InputContext, OutputContext
+
+from cicdllm_assets.config import load_settings
+from cicdllm_assets.storage.tables import TableStore
+
+
+class PartitionedParquetIOManager(ConfigurableIOManager):
+    """Writes ``pa.Table`` outputs atomically; loads one partition or all of them."""
+
+    config_path: str = ""
+
+    def _store(self) -> TableStore:
+        return TableStore(load_settings(self.config_path or None).tables_dir)
+
+    def handle_output(self, context: OutputContext, obj: pa.Table | None) -> None:
+        """Persist a table (``None`` writes nothing)."""
+        if obj is None:
+            return
+        if not isinstance(obj, pa.Table):
+            name = context.asset_key.to_user_string()
+            raise TypeError(f"{name} must return a pyarrow.Table, got {type(obj).__name__}")
+        key = context.partition_key if context.has_partition_key else None
+        path = self._store().write(context.asset_key.path[-1], key, obj)
+        context.add_output_metadata({"path": str(path), "rows": obj.num_rows})
+
+    def load_input(self, context: InputContext) -> pa.Table:
+        """One partition's table, or all requested partitions concatenated."""
+        asset = context.asset_key.path[-1]
+        store = self._store()
+        if context.has_asset_partitions:
+            keys = context.asset_partition_keys
+            table = store.read(asset, keys[0]) if len(keys) == 1 else store.read_all(asset, keys)
+        else:
+            table = store.read(asset, None)
+        if table is None:
+            raise FileNotFoundError(f"no stored table for {asset} (materialize it first)")
+        return table

@@ -1,0 +1,1 @@
+"""Dataset quality: secret redaction, filters, grounding, near-duplicate detection."""

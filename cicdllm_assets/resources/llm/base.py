@@ -1,0 +1,111 @@
+"""The one LLM interface both backends (mlx, openai) implement.
+
+Callers build :class:`GenerationRequest` objects whose chat ``messages`` start with a
+shared prefix (system prompt + the code chunk) and end with the task instruction, so
+a backend can reuse the prefix's KV cache across a chunk's questions and answers.
+``generate`` yields one :class:`GenerationResult` per request as each completes (order
+not guaranteed), so the caller can commit each item to the ledger immediately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+ErrorCategory = Literal[
+    "timeout",
+    "http_status",
+    "connection",
+    "parse_error",
+    "context_overflow",
+    "circuit_open",
+    "backend_error",
+]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One chat message."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One completion to produce. ``key`` is the caller's ledger key, echoed back."""
+
+    key: str
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+    prefix_messages: int = 0
+    """How many leading messages form the shared prefix (0 = no reuse hint)."""
+
+
+@dataclass(frozen=True)
+class GenerationError:
+    """Why a request failed; ``category`` is what the ledger records."""
+
+    category: ErrorCategory
+    message: str
+    status_code: int | None = None
+    retryable: bool = True
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What came back for one request (``error`` set when it failed)."""
+
+    key: str
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    latency_ms: float = 0.0
+    finish_reason: str = ""
+    error: GenerationError | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when the request produced text."""
+        return self.error is None
+
+
+class CircuitOpenError(RuntimeError):
+    """Raised by a backend that has seen sustained failure: stop the run, keep progress."""
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    """What the question and answer assets need from any backend."""
+
+    @property
+    def model_id(self) -> str:
+        """Stable model identity for ledger keys and provenance."""
+        ...
+
+    @property
+    def context_window(self) -> int:
+        """Maximum prompt + completion tokens."""
+        ...
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Exact prompt tokens for these messages after the chat template."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Exact tokens of plain text (used to trim chunks by real counts)."""
+        ...
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
+        """Run requests (batched/concurrent as the backend sees fit), yielding each result."""
+        ...
+
+    def close(self) -> None:
+        """Release the model or connections."""
+        ...

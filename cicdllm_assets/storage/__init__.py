@@ -1,0 +1,1 @@
+"""Storage: Parquet asset tables with DuckDB views, and SQLite (WAL) live state."""
