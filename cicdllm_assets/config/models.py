@@ -144,6 +144,10 @@ class OpenAIConfig(StrictModel):
     """Any OpenAI-compatible HTTP server."""
 
     base_url: str = "http://127.0.0.1:8080/v1"
+    model: str | None = Field(None, description="model name sent to the server; default: llm.model")
+    tokenizer: str | None = Field(
+        None, description="tokenizer.json (or its folder) of the served model; default: the embedded one"
+    )
     api_key: SecretStr | None = None
     api_key_env: str | None = Field("OPENAI_API_KEY", description="env var read when api_key unset")
     max_concurrency: int = Field(8, ge=1, le=1024)
