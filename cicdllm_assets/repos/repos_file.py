@@ -1,0 +1,370 @@
+"""Parse and validate ``repos.txt``: one repository per line, each mapped to a partition key.
+
+Accepted entries (optionally followed by ``@ref``: a branch, tag or commit):
+
+- ``https://host/owner/name`` (``.git`` optional), ``ssh://[user@]host[:port]/owner/name``,
+  and the scp-like ``[user@]host:owner/name.git``.
+- A local path, relative to the directory of ``repos.txt`` (``.`` is that directory itself).
+  Local repositories are cloned into the cache like remote ones, so work never touches the
+  user's checkout; only their *committed* state is used.
+
+Rejected, with the file name and line number: transport helpers (``ext::``, ``fd::``, any
+``xxx::``), entries starting with ``-``, any other scheme (``http://``, ``git://``, ``ftp://``;
+``file://`` too: write the plain local path instead), credentials in URLs (never echoed:
+the message shows ``***``), duplicates (same repository and ref), local paths that do not exist,
+malformed refs. Every bad line is reported at once in one :class:`ReposFileError`.
+
+Partition keys are readable and deterministic: ``github.com/pallets/click`` becomes
+``github.com-pallets-click``, ``…@8.1.7`` becomes ``github.com-pallets-click@8.1.7`` and a local
+path becomes ``local-<directory name>``. They use only ``[A-Za-z0-9._+@~-]`` (a subset of what
+Dagster partition keys allow). When two entries map to the same key, the first one in the file
+keeps the plain key and later ones get ``~<8 hex>`` (a hash of their repository and ref), so
+appending lines never renames an existing partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "LineError",
+    "RepoEntry",
+    "ReposFileError",
+    "find_entry",
+    "parse_entry",
+    "parse_repos_text",
+    "read_repos_file",
+    "redact_credentials",
+]
+
+EntryKind = Literal["remote", "local"]
+
+_ALLOWED_SCHEMES = frozenset({"https", "ssh", "git+ssh", "ssh+git"})
+_TRANSPORT_HELPER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*::")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCP_LIKE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*):(?P<path>[^/].*|/.+)$")
+_SCP_WITH_PASSWORD = re.compile(r"^[^/@:\s]+:[^/@\s]*@")
+_HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._~+-]+$")
+_USER = re.compile(r"^[A-Za-z0-9._-]+$")
+_REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/+-]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_INLINE_COMMENT = re.compile(r"\s+#.*$")
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+_MAX_KEY_LEN = 120
+
+
+def redact_credentials(text: str) -> str:
+    """Mask the user-info part of URLs (``https://user:token@host`` -> ``https://***@host``)."""
+    text = _URL_USERINFO.sub(r"\1***@", text)
+    return _SCP_WITH_PASSWORD.sub("***@", text)
+
+
+@dataclass(frozen=True)
+class LineError:
+    """One bad line of a repos file (``text`` is already free of credentials)."""
+
+    line_no: int
+    text: str
+    message: str
+
+    def render(self) -> str:
+        """``line N: 'entry': reason``."""
+        return f"line {self.line_no}: {self.text!r}: {self.message}"
+
+
+class ReposFileError(ValueError):
+    """A repos file has bad lines; ``errors`` lists all of them."""
+
+    def __init__(self, source: str, errors: list[LineError]) -> None:
+        self.source = source
+        self.errors = errors
+        lines = "\n".join(f"  {source}:{e.line_no}: {e.text!r}: {e.message}" for e in errors)
+        count = f"{len(errors)} invalid line{'s' if len(errors) != 1 else ''}"
+        super().__init__(f"{source}: {count}:\n{lines}")
+
+
+class _EntryError(ValueError):
+    """Internal: why a single entry is invalid."""
+
+
+@dataclass(frozen=True)
+class RepoEntry:
+    """One valid repos.txt entry.
+
+    ``url`` is what git clones (a URL, or an absolute path for local entries); ``identity``
+    is the normalized repository (``host/owner/name`` or the absolute path) used to detect
+    duplicates; ``key`` is the Dagster partition key.
+    """
+
+    line_no: int
+    spec: str
+    kind: EntryKind
+    url: str
+    ref: str | None
+    identity: str
+    key: str
+    local_path: Path | None = None
+
+    @property
+    def is_local(self) -> bool:
+        """True for a local path entry."""
+        return self.kind == "local"
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data for JSON output."""
+        return {
+            "key": self.key,
+            "line": self.line_no,
+            "spec": self.spec,
+            "kind": self.kind,
+            "url": self.url,
+            "ref": self.ref,
+            "identity": self.identity,
+        }
+
+
+def _validate_ref(ref: str) -> str:
+    if not ref:
+        raise _EntryError("empty ref after '@'")
+    bad = (
+        not _REF.match(ref)
+        or ".." in ref
+        or "//" in ref
+        or "/." in ref
+        or ref.endswith(("/", ".", ".lock"))
+        or len(ref) > 200
+    )
+    if bad:
+        raise _EntryError(f"invalid ref {ref!r} (expected a branch, tag or commit sha)")
+    return ref
+
+
+def _split_ref(text: str) -> tuple[str, str | None]:
+    if "@" not in text:
+        return text, None
+    body, ref = text.rsplit("@", 1)
+    return body, _validate_ref(ref)
+
+
+def _normalize_repo_path(path: str) -> str:
+    """``/owner/name.git/`` -> ``owner/name`` (segments validated)."""
+    stripped = path.strip("/")
+    if stripped.endswith(".git"):
+        stripped = stripped[: -len(".git")]
+    segments = stripped.split("/") if stripped else []
+    if not segments:
+        raise _EntryError("missing repository path (expected host/owner/name)")
+    for segment in segments:
+        if segment in (".", "..") or not _PATH_SEGMENT.match(segment):
+            raise _EntryError(f"invalid repository path segment {segment!r}")
+    return "/".join(segments)
+
+
+def _parse_url(text: str, scheme: str) -> tuple[str, str | None, str]:
+    """(clone url, ref, identity) for an https/ssh URL."""
+    rest = text[len(scheme) + 3 :]
+    authority, _, path = rest.partition("/")
+    if "?" in rest or "#" in rest:
+        raise _EntryError("query strings and fragments are not allowed in repository URLs")
+    user = ""
+    if "@" in authority:
+        userinfo, authority = authority.rsplit("@", 1)
+        if scheme == "https" or ":" in userinfo:
+            raise _EntryError(
+                "credentials in URLs are not allowed (use a git credential helper or an SSH key)"
+            )
+        if not _USER.match(userinfo):
+            raise _EntryError("invalid user name in URL")
+        user = userinfo
+    host, _, port = authority.partition(":")
+    if not _HOST.match(host) or (port and not port.isdigit()):
+        raise _EntryError(f"invalid host {authority!r}")
+    path, ref = _split_ref(path)
+    repo_path = _normalize_repo_path(path)
+    host_id = host.lower() + (f":{port}" if port else "")
+    url = f"{scheme.lower()}://{user + '@' if user else ''}{host_id}/{path.strip('/')}"
+    return url, ref, f"{host_id}/{repo_path}"
+
+
+def _parse_scp(match: re.Match[str]) -> tuple[str, str | None, str]:
+    """(clone url, ref, identity) for ``[user@]host:path``."""
+    user, host, path = match.group("user"), match.group("host"), match.group("path")
+    if not _HOST.match(host):
+        raise _EntryError(f"invalid host {host!r}")
+    path, ref = _split_ref(path)
+    repo_path = _normalize_repo_path(path)
+    url = f"{user + '@' if user else ''}{host.lower()}:{path}"
+    return url, ref, f"{host.lower()}/{repo_path}"
+
+
+def _sanitize(text: str) -> str:
+    cleaned = _KEY_UNSAFE.sub("-", text)
+    cleaned = re.sub(r"\.{2,}", ".", cleaned)
+    cleaned = re.sub(r"-{2,}", "-", cleaned)
+    return cleaned.strip("-.") or "repo"
+
+
+def _short_hash(identity: str, ref: str | None) -> str:
+    return hashlib.sha256(f"{identity}@{ref or ''}".encode()).hexdigest()[:8]
+
+
+def _base_key(kind: EntryKind, identity: str, ref: str | None, local_path: Path | None) -> str:
+    if kind == "local":
+        assert local_path is not None  # noqa: S101 - invariant of local entries
+        base = "local-" + _sanitize(local_path.name or "root")
+    else:
+        base = _sanitize(identity.replace("/", "-").replace(":", "-"))
+    if len(base) > _MAX_KEY_LEN:
+        base = base[: _MAX_KEY_LEN - 9].rstrip("-.") + "-" + _short_hash(identity, None)
+    if ref:
+        safe_ref = _sanitize(ref.replace("/", "-"))
+        if len(safe_ref) > 60:
+            safe_ref = safe_ref[:51].rstrip("-.") + "-" + hashlib.sha256(ref.encode()).hexdigest()[:8]
+        base = f"{base}@{safe_ref}"
+    return base
+
+
+def parse_entry(spec: str, base_dir: Path, line_no: int = 1) -> RepoEntry:
+    """Validate one entry (no comment, no surrounding whitespace); raise ``ValueError`` if bad.
+
+    The returned entry's ``key`` is its base key; :func:`parse_repos_text` disambiguates
+    collisions between entries of one file.
+    """
+    text = spec.strip()
+    if not text:
+        raise _EntryError("empty entry")
+    if _CONTROL.search(text):
+        raise _EntryError("control characters are not allowed")
+    if any(ch.isspace() for ch in text):
+        raise _EntryError("an entry cannot contain whitespace (one repository per line)")
+    if text.startswith("-"):
+        raise _EntryError("an entry must not start with '-' (it would be read as a git option)")
+    if _TRANSPORT_HELPER.match(text):
+        raise _EntryError("git transport helpers ('ext::', 'fd::', 'xxx::') are not allowed")
+    if _SCP_WITH_PASSWORD.match(text):
+        raise _EntryError("credentials in URLs are not allowed (use a git credential helper or an SSH key)")
+
+    kind: EntryKind
+    local_path: Path | None = None
+    scheme_match = _SCHEME.match(text)
+    scp_match = _SCP_LIKE.match(text) if scheme_match is None else None
+    if scheme_match is not None:
+        scheme = scheme_match.group(1).lower()
+        if scheme == "file":
+            raise _EntryError("file:// URLs are not supported; write the local path instead")
+        if scheme not in _ALLOWED_SCHEMES:
+            raise _EntryError(f"unsupported scheme {scheme!r}: use https://, ssh:// or git@host:owner/name")
+        kind = "remote"
+        url, ref, identity = _parse_url(text, scheme_match.group(1))
+    elif scp_match is not None and "/" not in scp_match.group("host"):
+        kind = "remote"
+        url, ref, identity = _parse_scp(scp_match)
+    else:
+        kind = "local"
+        candidate, ref = text, None
+        if "@" in text and not (base_dir / text).exists():
+            candidate, ref = _split_ref(text)
+        resolved = (base_dir / Path(candidate).expanduser()).resolve()
+        if not resolved.exists():
+            raise _EntryError(f"local path does not exist: {resolved}")
+        if not resolved.is_dir():
+            raise _EntryError(f"local path is not a directory: {resolved}")
+        local_path = resolved
+        url = identity = str(resolved)
+    key = _base_key(kind, identity, ref, local_path)
+    return RepoEntry(
+        line_no=line_no,
+        spec=text,
+        kind=kind,
+        url=url,
+        ref=ref,
+        identity=identity,
+        key=key,
+        local_path=local_path,
+    )
+
+
+def _strip_line(raw: str) -> str:
+    line = raw.strip()
+    if line.startswith("#"):
+        return ""
+    return _INLINE_COMMENT.sub("", line).strip()
+
+
+def parse_repos_text(text: str, base_dir: Path, source: str = "repos.txt") -> list[RepoEntry]:
+    """Parse repos.txt content; raise :class:`ReposFileError` listing every bad line."""
+    entries: list[RepoEntry] = []
+    errors: list[LineError] = []
+    seen: dict[tuple[str, str | None], int] = {}
+    for line_no, raw in enumerate(text.splitlines(), start=1):
+        line = _strip_line(raw)
+        if not line:
+            continue
+        shown = redact_credentials(line)
+        try:
+            entry = parse_entry(line, base_dir, line_no)
+        except _EntryError as exc:
+            errors.append(LineError(line_no, shown, str(exc)))
+            continue
+        identity = (entry.identity, entry.ref)
+        if identity in seen:
+            errors.append(
+                LineError(line_no, shown, f"duplicate of line {seen[identity]} (same repository and ref)")
+            )
+            continue
+        seen[identity] = line_no
+        entries.append(entry)
+    if errors:
+        raise ReposFileError(source, errors)
+    return _disambiguate(entries)
+
+
+def _disambiguate(entries: list[RepoEntry]) -> list[RepoEntry]:
+    """The first entry with a key keeps it; later ones get ``~<hash>`` (file order)."""
+    taken: set[str] = set()
+    result: list[RepoEntry] = []
+    for entry in entries:
+        key = entry.key
+        if key in taken:
+            key = f"{entry.key}~{_short_hash(entry.identity, entry.ref)}"
+        taken.add(key)
+        result.append(_replace_key(entry, key))
+    return result
+
+
+def _replace_key(entry: RepoEntry, key: str) -> RepoEntry:
+    if key == entry.key:
+        return entry
+    return RepoEntry(
+        line_no=entry.line_no,
+        spec=entry.spec,
+        kind=entry.kind,
+        url=entry.url,
+        ref=entry.ref,
+        identity=entry.identity,
+        key=key,
+        local_path=entry.local_path,
+    )
+
+
+def read_repos_file(path: Path) -> list[RepoEntry]:
+    """Read and validate a repos file (raises :class:`ReposFileError`, also when unreadable)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReposFileError(str(path), [LineError(0, str(path), "file does not exist")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReposFileError(str(path), [LineError(0, str(path), f"cannot read: {exc}")]) from None
+    return parse_repos_text(text, path.parent, str(path))
+
+
+def find_entry(entries: Iterable[RepoEntry], key: str) -> RepoEntry | None:
+    """The entry with this partition key, if any."""
+    return next((entry for entry in entries if entry.key == key), None)
