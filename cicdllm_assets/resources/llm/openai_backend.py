@@ -1,0 +1,676 @@
+"""OpenAI-compatible chat-completions backend (vLLM, llama.cpp, Ollama, LM Studio, mlx_lm.server).
+
+``generate`` is synchronous (assets call it from any thread) but runs the requests on an
+asyncio event loop the backend owns, in a dedicated daemon thread, with one pooled
+``httpx.AsyncClient``. That works whether or not the calling thread has its own running
+loop. Results are handed back through a thread-safe queue as each request completes.
+
+Resilience, per request:
+
+- at most ``max_concurrency`` requests in flight (one semaphore per backend; a request
+  keeps its slot while it backs off, so retries never exceed the bound);
+- a hard per-attempt deadline of ``timeout_seconds`` (connect + send + whole body);
+- retries with exponential backoff and full jitter
+  (``uniform(0, min(backoff_max, backoff_base * 2**attempt))``) for timeouts, connection
+  errors, HTTP 408/429/5xx and malformed or truncated JSON; ``Retry-After`` (seconds or an
+  HTTP date) replaces the jittered delay, capped at ``backoff_max_seconds``;
+- no retry for other 4xx; a 400 whose message is about the context length is reported as
+  ``context_overflow``.
+
+A circuit breaker counts consecutive requests that failed after their retries (a
+``context_overflow`` is the request's own fault: it neither counts nor resets). When the
+count reaches ``circuit_breaker_failures`` no further request is sent: every remaining
+request of the call is yielded as a ``circuit_open`` error and ``generate`` then raises
+:class:`CircuitOpenError`. The breaker stays open for the backend's life (one run); a
+re-run resumes from the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import json
+import logging
+import math
+import os
+import queue
+import re
+import secrets
+import threading
+import time
+from collections.abc import Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from cicdllm_assets.config import Settings
+from cicdllm_assets.resources.llm.base import (
+    ChatMessage,
+    CircuitOpenError,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+)
+from cicdllm_assets.resources.llm.tokenizer_counter import TokenCounter, load_token_counter
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_CONTEXT_WINDOW = 8192
+"""Used when neither ``llm.context_window`` nor the server's ``/models`` gives one."""
+
+CONTEXT_LENGTH_FIELDS = (
+    "max_model_len",  # vLLM
+    "context_length",  # OpenRouter, LM Studio, Ollama (/api/show)
+    "context_window",
+    "max_context_length",  # LM Studio
+    "n_ctx",  # llama.cpp
+    "n_ctx_train",  # llama.cpp /v1/models meta
+    "max_seq_len",
+    "max_sequence_length",
+)
+
+_CONTEXT_OVERFLOW = re.compile(
+    r"context[ _-]?(length|window|size)|maximum context|max_model_len|too many tokens|"
+    r"prompt is too long|exceeds? the (available )?context|input is too long|n_ctx",
+    re.IGNORECASE,
+)
+
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+@dataclass(frozen=True)
+class OpenAIBackendConfig:
+    """Everything the backend needs; built from ``llm.openai`` by :meth:`OpenAIBackend.from_settings`."""
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    max_concurrency: int = 8
+    timeout_seconds: float = 120.0
+    max_retries: int = 5
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    circuit_breaker_failures: int = 10
+    context_window: int | None = None
+    tokenizer_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if not self.model:
+            raise ValueError("model name must not be empty")
+        if self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.timeout_seconds <= 0:
+            raise ValueError(f"timeout_seconds must be > 0, got {self.timeout_seconds}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.circuit_breaker_failures < 1:
+            raise ValueError(f"circuit_breaker_failures must be >= 1, got {self.circuit_breaker_failures}")
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+
+
+class _LoopThread:
+    """An asyncio event loop running forever in its own daemon thread."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the loop; a concurrent future for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and wait for its result."""
+        return self.submit(coro).result(timeout)
+
+    def stop(self) -> None:
+        """Stop the loop, join the thread and close the loop."""
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+@dataclass
+class _Failure:
+    error: GenerationError
+    retry_after: float | None = None
+
+
+@dataclass
+class _Success:
+    text: str
+    finish_reason: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cached_prompt_tokens: int
+    latency_ms: float
+
+
+class _CircuitBreaker:
+    """Counts consecutive final failures; opens at ``threshold``. Used from the loop thread only."""
+
+    def __init__(self, threshold: int, base_url: str) -> None:
+        self.threshold = threshold
+        self.base_url = base_url
+        self.consecutive = 0
+        self.is_open = False
+        self.last_error: GenerationError | None = None
+
+    def record_success(self) -> None:
+        self.consecutive = 0
+
+    def record_failure(self, error: GenerationError) -> None:
+        if error.category == "context_overflow":
+            return
+        self.consecutive += 1
+        self.last_error = error
+        if self.consecutive >= self.threshold and not self.is_open:
+            self.is_open = True
+            logger.error("%s", self.message)
+
+    @property
+    def message(self) -> str:
+        last = _describe(self.last_error) if self.last_error else "unknown error"
+        return (
+            f"model server {self.base_url} failed {self.consecutive} times in a row (last: {last}); "
+            "stopping; progress is kept — re-run to resume"
+        )
+
+
+def _describe(error: GenerationError) -> str:
+    if error.category == "http_status" and error.status_code is not None:
+        return f"HTTP {error.status_code} {error.message}"
+    return f"{error.category}: {error.message}"
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent/invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def is_context_overflow(status_code: int, message: str) -> bool:
+    """A 400/413/422 whose message says the prompt does not fit the model's context."""
+    return status_code in (400, 413, 422) and bool(_CONTEXT_OVERFLOW.search(message))
+
+
+def _error_message_from_body(response: httpx.Response) -> str:
+    """The server's error message (OpenAI ``{"error": {"message"}}`` or any text), shortened."""
+    text = response.text
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:300]
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            for key in ("message", "detail", "error"):
+                if isinstance(err.get(key), str):
+                    return str(err[key])[:300]
+        if isinstance(err, str):
+            return err[:300]
+        if isinstance(data.get("detail"), str):
+            return str(data["detail"])[:300]
+    return text.strip()[:300]
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def find_context_length(models_payload: object, model: str) -> int | None:
+    """A context length from a ``/models`` payload: the entry for ``model`` (or the first)."""
+    entries: list[Any] = []
+    if isinstance(models_payload, dict):
+        data = models_payload.get("data", models_payload.get("models"))
+        entries = data if isinstance(data, list) else [models_payload]
+    elif isinstance(models_payload, list):
+        entries = models_payload
+    entries = [e for e in entries if isinstance(e, dict)]
+    if not entries:
+        return None
+    chosen = [e for e in entries if e.get("id") == model or e.get("name") == model or e.get("model") == model]
+    ordered = chosen + [e for e in entries if e not in chosen]
+
+    def search(node: dict[str, Any], depth: int) -> int | None:
+        for name in CONTEXT_LENGTH_FIELDS:
+            found = _int_or_none(node.get(name))
+            if found:
+                return found
+        if depth < 2:
+            for child in node.values():
+                if isinstance(child, dict):
+                    nested = search(child, depth + 1)
+                    if nested:
+                        return nested
+        return None
+
+    for entry in ordered:
+        found = search(entry, 0)
+        if found:
+            return found
+    return None
+
+
+class OpenAIBackend:
+    """:class:`~cicdllm_assets.resources.llm.base.LLMBackend` over ``POST {base_url}/chat/completions``."""
+
+    def __init__(
+        self,
+        config: OpenAIBackendConfig,
+        token_counter: TokenCounter | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.config = config
+        self._settings = settings
+        self._counter = token_counter
+        self._counter_lock = threading.Lock()
+        self._loop_thread: _LoopThread | None = None
+        self._loop_lock = threading.Lock()
+        self._client: httpx.AsyncClient | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._breaker = _CircuitBreaker(config.circuit_breaker_failures, config.base_url)
+        self._context_window: int | None = config.context_window
+        self._closed = False
+        self._rng = secrets.SystemRandom()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenAIBackend:
+        """Build from :class:`~cicdllm_assets.config.Settings` (``llm.openai`` + ``llm.model``)."""
+        llm = settings.config.llm
+        oa = llm.openai
+        api_key: str | None = oa.api_key.get_secret_value() if oa.api_key is not None else None
+        if api_key is None and oa.api_key_env:
+            api_key = os.environ.get(oa.api_key_env) or None
+        tokenizer_path = settings.resolve(oa.tokenizer) if oa.tokenizer else None
+        config = OpenAIBackendConfig(
+            base_url=oa.base_url,
+            model=oa.model or llm.model,
+            api_key=api_key,
+            max_concurrency=oa.max_concurrency,
+            timeout_seconds=oa.timeout_seconds,
+            max_retries=oa.max_retries,
+            backoff_base_seconds=oa.backoff_base_seconds,
+            backoff_max_seconds=oa.backoff_max_seconds,
+            circuit_breaker_failures=oa.circuit_breaker_failures,
+            context_window=llm.context_window,
+            tokenizer_path=tokenizer_path,
+        )
+        return cls(config, settings=settings)
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(base_url={self.config.base_url!r}, model={self.config.model!r})"
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def model_id(self) -> str:
+        """The served model's name (what ledger keys and provenance record)."""
+        return self.config.model
+
+    @property
+    def base_url(self) -> str:
+        """The server's OpenAI API root, e.g. ``http://127.0.0.1:8080/v1``."""
+        return self.config.base_url
+
+    @property
+    def circuit_open(self) -> bool:
+        """True once the circuit breaker has opened (no request is sent any more)."""
+        return self._breaker.is_open
+
+    def reset_circuit(self) -> None:
+        """Close the circuit breaker again (e.g. after the operator fixed the server)."""
+        self._breaker.is_open = False
+        self._breaker.consecutive = 0
+
+    @property
+    def context_window(self) -> int:
+        """``llm.context_window``, else the server's ``/models`` context length, else 8192."""
+        if self._context_window is None:
+            found: int | None = None
+            try:
+                found = self._run(self._query_context_window())
+            except (httpx.HTTPError, ValueError, TimeoutError, concurrent.futures.TimeoutError) as exc:
+                logger.warning("could not read %s/models: %s", self.config.base_url, exc)
+            if found is None:
+                logger.warning(
+                    "context window of %r unknown (set llm.context_window); assuming %d tokens",
+                    self.config.model,
+                    DEFAULT_CONTEXT_WINDOW,
+                )
+                found = DEFAULT_CONTEXT_WINDOW
+            self._context_window = found
+        return self._context_window
+
+    # ------------------------------------------------------------------ tokens
+
+    def _token_counter(self) -> TokenCounter:
+        with self._counter_lock:
+            if self._counter is None:
+                path = self.config.tokenizer_path
+                if path is None:
+                    if self._settings is None:
+                        raise RuntimeError(
+                            "no tokenizer for token counting: set llm.openai.tokenizer to the served "
+                            "model's tokenizer.json"
+                        )
+                    from cicdllm_assets.models.paths import resolve_tokenizer_path
+
+                    path = resolve_tokenizer_path(self._settings)
+                self._counter = load_token_counter(str(path))
+            return self._counter
+
+    def count_tokens(self, text: str) -> int:
+        """Exact tokens of ``text`` with the served model's tokenizer."""
+        return self._token_counter().count_tokens(text)
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Exact prompt tokens after the model's chat template (see tokenizer_counter)."""
+        return self._token_counter().count_prompt_tokens(messages)
+
+    # ------------------------------------------------------------------ loop/client
+
+    def _loop(self) -> _LoopThread:
+        with self._loop_lock:
+            if self._closed:
+                raise RuntimeError("OpenAIBackend is closed")
+            if self._loop_thread is None:
+                self._loop_thread = _LoopThread(name=f"openai-backend-{id(self):x}")
+            return self._loop_thread
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop().run(coro, timeout=self.config.timeout_seconds * 2 + 5)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        return headers
+
+    def _ensure_client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        """Create the pooled client and semaphore on first use (inside the loop thread)."""
+        if self._client is None or self._semaphore is None:
+            size = self.config.max_concurrency
+            host = urlsplit(self.config.base_url).hostname or ""
+            self._client = httpx.AsyncClient(
+                headers=self._headers(),
+                timeout=httpx.Timeout(self.config.timeout_seconds),
+                limits=httpx.Limits(
+                    max_connections=size, max_keepalive_connections=size, keepalive_expiry=60.0
+                ),
+                # a proxy from the environment must never see loopback traffic
+                trust_env=host not in _LOOPBACK_HOSTS,
+            )
+            self._semaphore = asyncio.Semaphore(size)
+        return self._client, self._semaphore
+
+    async def _query_context_window(self) -> int | None:
+        client, _ = self._ensure_client()
+        async with asyncio.timeout(min(self.config.timeout_seconds, 30.0)):
+            response = await client.get(f"{self.config.base_url}/models")
+        response.raise_for_status()
+        return find_context_length(response.json(), self.config.model)
+
+    # ------------------------------------------------------------------ generate
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
+        """Send the requests concurrently; yield each result as it completes.
+
+        Raises :class:`CircuitOpenError` after yielding every result when the circuit
+        breaker is open. Closing the iterator early cancels the outstanding requests.
+        """
+        batch = list(requests)
+        if not batch:
+            return
+        results: queue.SimpleQueue[GenerationResult | BaseException] = queue.SimpleQueue()
+        future = self._loop().submit(self._run_batch(batch, results))
+        circuit_errors = 0
+        try:
+            for _ in range(len(batch)):
+                item = results.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.error is not None and item.error.category == "circuit_open":
+                    circuit_errors += 1
+                yield item
+            future.result()
+        finally:
+            if not future.done():
+                future.cancel()
+        if circuit_errors:
+            raise CircuitOpenError(self._breaker.message)
+
+    async def _run_batch(
+        self, batch: list[GenerationRequest], results: queue.SimpleQueue[GenerationResult | BaseException]
+    ) -> None:
+        try:
+            client, semaphore = self._ensure_client()
+        except Exception as exc:
+            for _ in batch:
+                results.put(exc)
+            return
+
+        async def one(request: GenerationRequest) -> None:
+            try:
+                result = await self._execute(client, semaphore, request)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not hang the consumer
+                logger.exception("unexpected error for request %s", request.key)
+                result = GenerationResult(
+                    key=request.key,
+                    error=GenerationError("backend_error", f"{type(exc).__name__}: {exc}", retryable=False),
+                )
+            results.put(result)
+
+        await asyncio.gather(*(one(request) for request in batch))
+
+    def _circuit_result(self, request: GenerationRequest) -> GenerationResult:
+        return GenerationResult(
+            key=request.key,
+            error=GenerationError("circuit_open", self._breaker.message, retryable=True),
+        )
+
+    def _payload(self, request: GenerationRequest) -> bytes:
+        body = {
+            "model": self.config.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+            "stream": False,
+        }
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        cap = self.config.backoff_max_seconds
+        if retry_after is not None:
+            return min(retry_after, cap)
+        return self._rng.uniform(0.0, min(cap, self.config.backoff_base_seconds * (2**attempt)))
+
+    async def _execute(
+        self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore, request: GenerationRequest
+    ) -> GenerationResult:
+        if self._breaker.is_open:
+            return self._circuit_result(request)
+        payload = self._payload(request)
+        async with semaphore:
+            started = time.monotonic()
+            attempt = 0
+            while True:
+                if self._breaker.is_open:
+                    return self._circuit_result(request)
+                outcome = await self._attempt(client, payload)
+                if isinstance(outcome, _Success):
+                    self._breaker.record_success()
+                    return self._result(request, outcome, attempt + 1, started)
+                error = outcome.error
+                if not error.retryable or attempt >= self.config.max_retries:
+                    self._breaker.record_failure(error)
+                    logger.warning(
+                        "request %s failed after %d attempt(s): %s", request.key, attempt + 1, _describe(error)
+                    )
+                    return GenerationResult(
+                        key=request.key,
+                        error=error,
+                        latency_ms=(time.monotonic() - started) * 1000.0,
+                        extra={"attempts": attempt + 1},
+                    )
+                delay = self._backoff(attempt, outcome.retry_after)
+                logger.info(
+                    "request %s attempt %d failed (%s); retrying in %.2fs",
+                    request.key,
+                    attempt + 1,
+                    _describe(error),
+                    delay,
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    def _result(self, request: GenerationRequest, ok: _Success, attempts: int, started: float) -> GenerationResult:
+        extra: dict[str, object] = {"attempts": attempts, "total_ms": (time.monotonic() - started) * 1000.0}
+        prompt_tokens = ok.prompt_tokens
+        completion_tokens = ok.completion_tokens
+        if prompt_tokens is None or completion_tokens is None:
+            extra["usage_estimated"] = True
+            try:
+                if prompt_tokens is None:
+                    prompt_tokens = self.count_prompt_tokens(request.messages)
+                if completion_tokens is None:
+                    completion_tokens = self.count_tokens(ok.text)
+            except Exception as exc:  # no tokenizer: report zeros rather than fail the item
+                logger.debug("cannot estimate usage: %s", exc)
+                extra["usage_estimated"] = False
+        return GenerationResult(
+            key=request.key,
+            text=ok.text,
+            prompt_tokens=prompt_tokens or 0,
+            completion_tokens=completion_tokens or 0,
+            cached_prompt_tokens=ok.cached_prompt_tokens,
+            latency_ms=ok.latency_ms,
+            finish_reason=ok.finish_reason,
+            extra=extra,
+        )
+
+    async def _attempt(self, client: httpx.AsyncClient, payload: bytes) -> _Success | _Failure:
+        url = f"{self.config.base_url}/chat/completions"
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.config.timeout_seconds):
+                response = await client.post(url, content=payload)
+        except (TimeoutError, httpx.TimeoutException):
+            return _Failure(GenerationError("timeout", f"no response within {self.config.timeout_seconds:g}s"))
+        except httpx.TransportError as exc:
+            return _Failure(GenerationError("connection", f"{type(exc).__name__}: {exc}"))
+        latency_ms = (time.monotonic() - started) * 1000.0
+        status = response.status_code
+        if status >= 400:
+            return self._status_failure(response)
+        return self._parse(response, latency_ms)
+
+    def _status_failure(self, response: httpx.Response) -> _Failure:
+        status = response.status_code
+        message = _error_message_from_body(response)
+        if is_context_overflow(status, message):
+            return _Failure(GenerationError("context_overflow", message, status_code=status, retryable=False))
+        retryable = status in (408, 429) or status >= 500
+        retry_after = parse_retry_after(response.headers.get("Retry-After")) if retryable else None
+        return _Failure(
+            GenerationError("http_status", message or response.reason_phrase, status_code=status, retryable=retryable),
+            retry_after=retry_after,
+        )
+
+    @staticmethod
+    def _parse(response: httpx.Response, latency_ms: float) -> _Success | _Failure:
+        try:
+            data = json.loads(response.content)
+        except (ValueError, UnicodeDecodeError) as exc:
+            snippet = response.content[:80].decode("utf-8", "replace")
+            return _Failure(GenerationError("parse_error", f"response is not JSON ({exc}): {snippet!r}"))
+        if not isinstance(data, dict):
+            return _Failure(GenerationError("parse_error", f"response is a {type(data).__name__}, not an object"))
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            detail = data.get("error")
+            message = "response has no choices" + (f": {detail}" if detail else "")
+            return _Failure(GenerationError("parse_error", message[:300]))
+        choice = choices[0]
+        message_obj = choice.get("message")
+        content = message_obj.get("content") if isinstance(message_obj, dict) else choice.get("text")
+        if content is not None and not isinstance(content, str):
+            return _Failure(GenerationError("parse_error", "choices[0].message.content is not a string"))
+        raw_usage = data.get("usage")
+        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+        details = usage.get("prompt_tokens_details")
+        cached = _int_or_none(details.get("cached_tokens")) if isinstance(details, dict) else None
+        finish = choice.get("finish_reason")
+        return _Success(
+            text=content or "",
+            finish_reason=finish if isinstance(finish, str) else "",
+            prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+            completion_tokens=_int_or_none(usage.get("completion_tokens")),
+            cached_prompt_tokens=cached or 0,
+            latency_ms=latency_ms,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        self._semaphore = None
+
+    def close(self) -> None:
+        """Close the HTTP client and stop the event-loop thread (idempotent)."""
+        with self._loop_lock:
+            loop_thread, self._loop_thread = self._loop_thread, None
+            self._closed = True
+        if loop_thread is None:
+            return
+        try:
+            loop_thread.run(self._aclose(), timeout=10)
+        except (concurrent.futures.TimeoutError, RuntimeError) as exc:
+            logger.debug("closing http client: %s", exc)
+        loop_thread.stop()
+
+    def __enter__(self) -> OpenAIBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

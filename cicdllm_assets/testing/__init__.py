@@ -1,0 +1,5 @@
+"""Test and benchmark helpers that ship with the package (fault-injecting model server)."""
+
+from cicdllm_assets.testing.fault_server import Fault, FaultServer, RequestRecord, default_responder
+
+__all__ = ["Fault", "FaultServer", "RequestRecord", "default_responder"]
