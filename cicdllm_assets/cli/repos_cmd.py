@@ -1,11 +1,115 @@
-"""`cicdllm repos` (placeholder until implemented)."""
+"""`cicdllm repos`: list, add and sync the repositories of repos.txt.
+
+Exit codes: 0 success, 2 invalid input (bad entry, invalid repos.txt or config; every bad line
+is printed with its line number), 1 other errors.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import NoReturn
+
 import click
 
+from cicdllm_assets.config import ConfigError, Settings, load_settings
+from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
+from cicdllm_assets.repos.repos_file import ReposFileError, parse_repos_text, read_repos_file, redact_credentials
+from cicdllm_assets.repos.sync import open_instance, sync_partitions
 
-@click.command(name="repos")
+EXIT_INVALID = 2
+
+
+def _invalid(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(EXIT_INVALID)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        _invalid(str(exc))
+
+
+@click.group(name="repos")
 def command() -> None:
-    """Not implemented yet."""
-    raise click.ClickException("'cicdllm repos' is not implemented yet")
+    """Manage the repositories listed in repos.txt (one Dagster partition each)."""
+
+
+@command.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+def list_cmd(as_json: bool) -> None:
+    """List repos.txt entries with their partition keys and Dagster registration."""
+    settings = _settings()
+    try:
+        entries = read_repos_file(settings.repos_file)
+    except ReposFileError as exc:
+        _invalid(str(exc))
+    registered = set(open_instance(settings).get_dynamic_partitions(REPOS_PARTITIONS_NAME))
+    rows = [{**entry.to_dict(), "registered": entry.key in registered} for entry in entries]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no repositories in {settings.repos_file}")
+        return
+    width = max(len(str(row["key"])) for row in rows)
+    for row in rows:
+        mark = "registered" if row["registered"] else "not registered (run `cicdllm repos sync`)"
+        ref = f"@{row['ref']}" if row["ref"] else ""
+        click.echo(f"{row['key']:<{width}}  {row['url']}{ref}  [{mark}]")
+    stale = sorted(registered - {str(row["key"]) for row in rows})
+    for key in stale:
+        click.echo(f"{key:<{width}}  (registered, no longer in repos.txt)")
+
+
+@command.command(name="add")
+@click.argument("spec")
+def add_cmd(spec: str) -> None:
+    """Append SPEC (URL[@ref] or local path) to repos.txt after validating it."""
+    settings = _settings()
+    path = settings.repos_file
+    try:
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+    entry_text = spec.strip()
+    if not entry_text or entry_text.startswith("#") or "\n" in entry_text or "\r" in entry_text:
+        _invalid(f"not a repository entry: {redact_credentials(spec)!r}")
+    separator = "" if not current or current.endswith("\n") else "\n"
+    updated = f"{current}{separator}{entry_text}\n"
+    line_no = updated.count("\n")
+    try:
+        entries = parse_repos_text(updated, path.parent, str(path))
+    except ReposFileError as exc:
+        _invalid(str(exc))
+    added = next(entry for entry in entries if entry.line_no == line_no)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(updated, encoding="utf-8")
+    tmp.replace(path)
+    click.echo(f"added {added.key} ({redact_credentials(added.url)}{'@' + added.ref if added.ref else ''}) to {path}")
+    click.echo("run `cicdllm repos sync` (or let the repos sensor run) to register it with Dagster")
+
+
+@command.command(name="sync")
+@click.option("--json", "as_json", is_flag=True, help="Print {added, removed} as JSON.")
+def sync_cmd(as_json: bool) -> None:
+    """Register repos.txt entries as Dagster partitions and drop removed ones."""
+    settings = _settings()
+    instance = open_instance(settings)
+    try:
+        added, removed = sync_partitions(instance, settings)
+    except ReposFileError as exc:
+        _invalid(str(exc))
+    if as_json:
+        click.echo(json.dumps({"added": added, "removed": removed}))
+        return
+    for key in added:
+        click.echo(f"added    {key}")
+    for key in removed:
+        click.echo(f"removed  {key}")
+    total = len(instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME))
+    home = Path(settings.dagster_home)
+    click.echo(f"{len(added)} added, {len(removed)} removed, {total} registered (DAGSTER_HOME={home})")

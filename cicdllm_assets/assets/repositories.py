@@ -1,0 +1,158 @@
+"""The ``repositories`` asset: clone or fetch one repos.txt entry per partition.
+
+Its data version is the checked-out head commit, so downstream assets are stale exactly when a
+repository moved. repos.txt is re-read on every materialization: a partition whose entry was
+removed fails with a clear message instead of cloning something stale.
+"""
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from dagster import (
+    AssetExecutionContext,
+    DataVersion,
+    Failure,
+    MetadataValue,
+    Output,
+    asset,
+)
+
+from cicdllm_assets.config import ConfigError
+from cicdllm_assets.partitions import repos_partitions
+from cicdllm_assets.repos.git_ops import GitError, sync_repo
+from cicdllm_assets.repos.license import detect_license
+from cicdllm_assets.repos.repos_file import ReposFileError, find_entry, read_repos_file, redact_credentials
+from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.storage.state import StateStore
+
+STAGE = "repositories"
+
+REPOSITORIES_SCHEMA = pa.schema(
+    [
+        pa.field("repo", pa.string(), nullable=False),
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("ref", pa.string()),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("local_path", pa.string(), nullable=False),
+        pa.field("head_commit", pa.string(), nullable=False),
+        pa.field("default_branch", pa.string()),
+        pa.field("resolved_ref", pa.string()),
+        pa.field("license", pa.string(), nullable=False),
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("head_changed", pa.bool_(), nullable=False),
+        pa.field("previous_commit", pa.string()),
+        pa.field("fetched_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+def _previous_head(state: StateStore, repo: str) -> str | None:
+    row = state.connection().execute("SELECT head_commit FROM repo_info WHERE repo = ?", (repo,)).fetchone()
+    return None if row is None else row["head_commit"]
+
+
+def _fail(
+    context: AssetExecutionContext, state: StateStore | None, repo: str, category: str, message: str
+) -> Failure:
+    """Record the failure for the viewer and build the Failure to raise."""
+    context.log.error(message)
+    if state is not None:
+        state.record_failure(repo, STAGE, repo, category, message)
+        state.advance(repo, STAGE, done=0, failed=1)
+        state.finish_stage(repo, STAGE, "failed")
+        state.log_event("error", f"{STAGE}: {message}", repo=repo)
+    return Failure(description=message, metadata={"repo": repo, "category": category})
+
+
+@asset(
+    partitions_def=repos_partitions,
+    group_name="ingest",
+    code_version="repositories-v1",
+    kinds={"git"},
+    description="Clone or fetch the repository of this partition and check out its ref (one row).",
+)
+def repositories(context: AssetExecutionContext, app_config: AppConfigResource) -> Output[pa.Table]:
+    """Clone/fetch the partition's repo into the cache; one row with head commit, licence, size."""
+    repo = context.partition_key
+    try:
+        settings = app_config.settings()
+    except ConfigError as exc:
+        raise _fail(context, None, repo, "config", str(exc)) from None
+    state = StateStore(settings.state_db)
+    try:
+        state.start_stage(repo, STAGE, total=1, unit="repos")
+        state.clear_failures(repo, STAGE)
+        try:
+            entries = read_repos_file(settings.repos_file)
+        except ReposFileError as exc:
+            raise _fail(context, state, repo, "repos_file", str(exc)) from None
+        entry = find_entry(entries, repo)
+        if entry is None:
+            raise _fail(
+                context,
+                state,
+                repo,
+                "not_in_repos_file",
+                f"partition {repo!r} is not in {settings.repos_file} any more; "
+                "run `cicdllm repos sync` (or let the repos sensor run) to drop it",
+            )
+        url = redact_credentials(entry.url)
+        context.log.info(f"syncing {url}" + (f" @ {entry.ref}" if entry.ref else "") + f" into {settings.cache_dir}")
+        previous = _previous_head(state, repo)
+        try:
+            checkout = sync_repo(entry, settings.cache_dir, float(settings.config.repos.clone_timeout_seconds))
+        except GitError as exc:
+            raise _fail(context, state, repo, "git", str(exc)) from None
+        license_id = detect_license(checkout.path)
+        head_changed = previous != checkout.head_commit
+        fetched_at = datetime.now(UTC)
+        row: dict[str, Any] = {
+            "repo": repo,
+            "url": url,
+            "ref": entry.ref,
+            "kind": entry.kind,
+            "local_path": str(checkout.path),
+            "head_commit": checkout.head_commit,
+            "default_branch": checkout.default_branch,
+            "resolved_ref": checkout.resolved,
+            "license": license_id,
+            "size_bytes": checkout.size_bytes,
+            "head_changed": head_changed,
+            "previous_commit": previous,
+            "fetched_at": fetched_at,
+        }
+        table = pa.Table.from_pylist([row], schema=REPOSITORIES_SCHEMA)
+        info = {key: value for key, value in row.items() if key != "fetched_at"}
+        info["fetched_at"] = fetched_at.isoformat()
+        state.set_repo_info(repo, checkout.head_commit, json.dumps(info, sort_keys=True))
+        state.advance(repo, STAGE, done=1)
+        state.finish_stage(repo, STAGE, "done")
+        action = "cloned" if checkout.cloned else "fetched"
+        change = "head changed" if head_changed else "head unchanged"
+        state.log_event("info", f"{STAGE}: {action} {url} at {checkout.head_commit[:12]} ({change})", repo=repo)
+        context.log.info(
+            f"{action} {url} at {checkout.head_commit[:12]} ({checkout.resolved}); licence {license_id}; {change}"
+        )
+        metadata: dict[str, Any] = {
+            "url": MetadataValue.text(url),
+            "ref": MetadataValue.text(entry.ref or "(default branch)"),
+            "resolved_ref": MetadataValue.text(checkout.resolved),
+            "head_commit": MetadataValue.text(checkout.head_commit),
+            "default_branch": MetadataValue.text(checkout.default_branch or "(detached)"),
+            "license": MetadataValue.text(license_id),
+            "size_bytes": MetadataValue.int(checkout.size_bytes),
+            "head_changed": MetadataValue.bool(head_changed),
+            "previous_commit": MetadataValue.text(previous or "(none)"),
+            "cloned": MetadataValue.bool(checkout.cloned),
+            "local_path": MetadataValue.path(str(checkout.path)),
+        }
+        return Output(table, data_version=DataVersion(checkout.head_commit), metadata=metadata)
+    except Failure:
+        raise
+    except Exception as exc:
+        _fail(context, state, repo, "internal", f"{type(exc).__name__}: {redact_credentials(str(exc))}")
+        raise
+    finally:
+        state.close()
