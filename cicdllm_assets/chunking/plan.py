@@ -1,0 +1,370 @@
+"""Chunk plans: where a file's chunks start and end, their symbols and token counts.
+
+A plan is computed from the file text and ONE encoding of the whole file: the token index
+at each line start (``Encoding.char_to_token``) gives every line range's token count
+without tokenizing the range again. Chunks are packed to ``budget - margin`` tokens so the
+few tokens that can merge differently at a chunk's edges when it is tokenized on its own
+never push it over ``budget``; pieces cut inside one giant line are re-encoded and checked.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from tokenizers import Encoding
+
+from cicdllm_assets.discovery.languages import BRACE_LANGUAGES
+
+CHUNKER_VERSION = "1"
+IMPORTS_MAX_TOKENS = 64
+MAX_SYMBOLS_IN_NAME = 4
+
+CountFn = Callable[[Sequence[str]], list[int]]
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    """One chunk: 1-based inclusive line span, character span, symbol, estimated tokens."""
+
+    start_line: int
+    end_line: int
+    start_char: int
+    end_char: int
+    symbol: str
+    token_count: int
+    partial: bool = False  # a piece of one line too long for the budget
+
+    def to_list(self) -> list[object]:
+        """Compact JSON form."""
+        return [self.start_line, self.end_line, self.start_char, self.end_char, self.symbol,
+                self.token_count, int(self.partial)]
+
+    @classmethod
+    def from_list(cls, row: Sequence[object]) -> ChunkSpan:
+        """Inverse of :meth:`to_list`."""
+        sl, el, sc, ec, sym, tok, part = row
+        return cls(int(sl), int(el), int(sc), int(ec), str(sym), int(tok), bool(part))  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """Everything cached per blob: file token count, line count, imports and chunk spans."""
+
+    token_count: int
+    line_count: int
+    imports: str
+    chunks: tuple[ChunkSpan, ...]
+
+
+def margin_for(budget: int) -> int:
+    """Tokens kept free in each chunk for edge effects of tokenizing a chunk on its own."""
+    return max(4, budget // 32)
+
+
+@dataclass
+class _Lines:
+    starts: list[int]  # char offset of each line start, plus len(text) at the end
+    tok: list[int]  # token index at each line start, plus total tokens at the end
+    text: str
+
+    @property
+    def count(self) -> int:
+        return len(self.starts) - 1
+
+    def tokens(self, a: int, b: int) -> int:
+        return self.tok[b] - self.tok[a]
+
+    def line(self, i: int) -> str:
+        return self.text[self.starts[i] : self.starts[i + 1]]
+
+
+def _line_index(text: str, encoding: Encoding) -> _Lines:
+    starts = [0]
+    pos = text.find("\n")
+    while pos != -1:
+        starts.append(pos + 1)
+        pos = text.find("\n", pos + 1)
+    if starts[-1] != len(text):
+        starts.append(len(text))
+    total = len(encoding.ids)
+    tok = [0] * len(starts)
+    tok[-1] = total
+    previous = 0
+    char_to_token = encoding.char_to_token
+    for i in range(1, len(starts) - 1):
+        index = char_to_token(starts[i])
+        if index is None:  # e.g. a char dropped by a normaliser: look a little further
+            end = min(starts[i + 1], starts[i] + 64)
+            for c in range(starts[i] + 1, end):
+                index = char_to_token(c)
+                if index is not None:
+                    break
+        previous = max(previous, index if index is not None else previous)
+        tok[i] = previous
+    return _Lines(starts, tok, text)
+
+
+# -- segmentation -------------------------------------------------------------------------
+
+@dataclass
+class _Segment:
+    start: int  # 0-based first line
+    end: int  # 0-based exclusive
+    symbol: str
+    splittable: bool = True  # may be split by the generic packer when too big
+
+
+def _node_start(node: ast.stmt) -> int:
+    lines = [node.lineno]
+    for deco in getattr(node, "decorator_list", []) or []:
+        lines.append(deco.lineno)
+    return min(lines) - 1
+
+
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _python_body_segments(
+    body: Sequence[ast.stmt], start: int, end: int, prefix: str, default_symbol: str, lines: _Lines, budget: int
+) -> list[_Segment]:
+    """Split lines [start, end) at the statements of ``body``; recurse into big classes."""
+    starts = [max(start, _node_start(node)) for node in body]
+    segments: list[_Segment] = []
+    group_start = start
+    for k, node in enumerate(body):
+        node_start = starts[k] if k else start
+        node_end = starts[k + 1] if k + 1 < len(body) else end
+        if not isinstance(node, _DEFS):
+            continue
+        if group_start < node_start:
+            segments.append(_Segment(group_start, node_start, default_symbol))
+        name = f"{prefix}{node.name}"
+        if isinstance(node, ast.ClassDef) and lines.tokens(node_start, node_end) > budget and node.body:
+            inner_first = max(node_start, _node_start(node.body[0]))
+            segments.append(_Segment(node_start, inner_first, name))
+            segments.extend(
+                _python_body_segments(node.body, inner_first, node_end, f"{name}.", name, lines, budget)
+            )
+        else:
+            segments.append(_Segment(node_start, node_end, name))
+        group_start = node_end
+    if group_start < end:
+        segments.append(_Segment(group_start, end, default_symbol))
+    return [s for s in segments if s.end > s.start]
+
+
+def _python_plan(lines: _Lines, budget: int) -> tuple[list[_Segment], list[tuple[int, int]]] | None:
+    """Top-level (and big-class member) segments plus import line ranges; None if unparsable."""
+    try:
+        module = ast.parse(lines.text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    imports = [
+        (node.lineno - 1, (node.end_lineno or node.lineno))
+        for node in module.body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    ]
+    if not module.body:
+        return [_Segment(0, lines.count, "")], imports
+    return _python_body_segments(module.body, 0, lines.count, "", "", lines, budget), imports
+
+
+_SYMBOL_RE = re.compile(
+    r"^\s*(?:export\s+)?(?:default\s+)?(?:pub(?:\([^)]*\))?\s+)?(?:public\s+|private\s+|protected\s+|static\s+|"
+    r"async\s+|abstract\s+|final\s+|unsafe\s+|inline\s+)*"
+    r"(?:def|class|func|function|fn|struct|enum|trait|impl|interface|module|object|type|namespace|sub|"
+    r"proc|macro_rules!)\s+(?:\([^)]*\)\s*)?([A-Za-z_$][\w$:.<>]*)"
+)
+_IMPORT_RE = re.compile(
+    r"^[ \t]*(?:import\b|from\s+\S+\s+import\b|#\s*include\b|use\s+[\w:{]|using\s+[\w.]+\s*;|"
+    r"require(?:_relative)?[\s(]|package\s+[\w.]+|extern\s+crate\b|@import\b|library\(|"
+    r"(?:const|let|var)\s+\w+\s*=\s*require\()",
+    re.MULTILINE,
+)
+_CLOSERS = ("}", ")", "]", "end", "fi", "done", "esac")
+
+
+def _symbol_of(line: str) -> str:
+    match = _SYMBOL_RE.match(line)
+    return match.group(1) if match else ""
+
+
+def _boundary_scores(lines: _Lines, a: int, b: int, brace: bool) -> dict[int, int]:
+    """How good a cut before line c is (c in (a, b)): 3 best ... 0 worst."""
+    scores: dict[int, int] = {}
+    indents = [len(t) - len(t.lstrip()) for t in (lines.line(c) for c in range(a + 1, b)) if t.strip()]
+    base = min(indents) if indents else 0
+    prev = lines.line(a)
+    for c in range(a + 1, b):
+        cur = lines.line(c)
+        stripped = cur.strip()
+        prev_stripped = prev.strip()
+        indent = len(cur) - len(cur.lstrip()) if stripped else -1
+        score = 0
+        if not prev_stripped:
+            score = 1
+        if 0 <= indent <= base and not stripped.startswith(_CLOSERS):
+            score = 3 if not prev_stripped or (brace and prev_stripped.startswith("}")) else 2
+        elif brace and prev_stripped in ("}", "};", "},", "end") and len(prev) - len(prev.lstrip()) <= base:
+            score = 3
+        scores[c] = score
+        prev = cur
+    return scores
+
+
+def _pack(lines: _Lines, a: int, b: int, budget: int, brace: bool) -> list[tuple[int, int]]:
+    """Cut lines [a, b) into ranges of at most ``budget`` tokens at the best boundaries.
+
+    A range of one line may still exceed the budget (split later by tokens).
+    """
+    if lines.tokens(a, b) <= budget:
+        return [(a, b)]
+    scores = _boundary_scores(lines, a, b, brace)
+    min_fill = budget // 3
+    out: list[tuple[int, int]] = []
+    i = a
+    tok = lines.tok
+    while i < b:
+        if tok[i + 1] - tok[i] > budget:
+            out.append((i, i + 1))
+            i += 1
+            continue
+        j = bisect_right(tok, tok[i] + budget, i + 1, b + 1) - 1
+        if j >= b:
+            out.append((i, b))
+            break
+        best, best_score = j, scores.get(j, 0)
+        for c in range(j - 1, i, -1):
+            if best_score >= 3 or tok[c] - tok[i] < min_fill:
+                break
+            score = scores.get(c, 0)
+            if score > best_score:
+                best, best_score = c, score
+        out.append((i, best))
+        i = best
+    return out
+
+
+def _trim(lines: _Lines, a: int, b: int) -> tuple[int, int]:
+    """Drop blank lines at both ends of [a, b) (keeps at least one line)."""
+    while a < b - 1 and not lines.line(a).strip():
+        a += 1
+    while b > a + 1 and not lines.line(b - 1).strip():
+        b -= 1
+    return a, b
+
+
+def _merge(pieces: list[tuple[int, int, list[str]]], lines: _Lines, budget: int) -> list[tuple[int, int, list[str]]]:
+    """Merge adjacent line ranges while the result fits the budget."""
+    merged: list[tuple[int, int, list[str]]] = []
+    for a, b, symbols in pieces:
+        if merged:
+            ma, mb, msyms = merged[-1]
+            if mb == a and lines.tokens(ma, b) <= budget:
+                merged[-1] = (ma, b, msyms + [s for s in symbols if s not in msyms])
+                continue
+        merged.append((a, b, list(symbols)))
+    return merged
+
+
+def _symbol_name(symbols: list[str]) -> str:
+    names = [s for s in symbols if s]
+    if len(names) > MAX_SYMBOLS_IN_NAME:
+        names = [*names[:MAX_SYMBOLS_IN_NAME], "..."]
+    return ", ".join(names)
+
+
+def _split_line_by_tokens(
+    lines: _Lines, line: int, encoding: Encoding, step: int, limit: int, count: CountFn, symbol: str
+) -> list[ChunkSpan]:
+    """Cut one over-long line at token boundaries; each piece is re-encoded and checked."""
+    start_char, end_char = lines.starts[line], lines.starts[line + 1]
+    t0, t1 = lines.tok[line], lines.tok[line + 1]
+    cuts = [start_char]
+    for t in range(t0 + step, t1, step):
+        chars = encoding.token_to_chars(t)
+        if chars is not None and cuts[-1] < chars[0] < end_char:
+            cuts.append(chars[0])
+    cuts.append(end_char)
+    pending = [(cuts[k], cuts[k + 1]) for k in range(len(cuts) - 1)]
+    pieces: list[tuple[int, int, int]] = []
+    while pending:
+        counts = count([lines.text[s:e] for s, e in pending])
+        retry: list[tuple[int, int]] = []
+        for (s, e), n in zip(pending, counts, strict=True):
+            if n <= limit or e - s <= 1:
+                pieces.append((s, e, n))
+            else:
+                mid = s + (e - s) // 2
+                retry.extend([(s, mid), (mid, e)])
+        pending = retry
+    pieces.sort()
+    return [ChunkSpan(line + 1, line + 1, s, e, symbol, n, True) for s, e, n in pieces]
+
+
+def plan_file(text: str, language: str, encoding: Encoding, budget: int, count: CountFn) -> FilePlan:
+    """Plan the chunks of one file from its text and its full-file encoding.
+
+    ``count`` encodes texts exactly (used only for pieces of over-long lines).
+    """
+    lines = _line_index(text, encoding)
+    total = len(encoding.ids)
+    n = lines.count
+    if n == 0 or not text.strip():
+        return FilePlan(total, 0, "", ())
+    effective = budget - margin_for(budget)
+    brace = language in BRACE_LANGUAGES
+    segments: list[_Segment] | None = None
+    import_ranges: list[tuple[int, int]] = []
+    if language == "python":
+        parsed = _python_plan(lines, effective)
+        if parsed is not None:
+            segments, import_ranges = parsed
+    if segments is None:
+        segments = [_Segment(0, n, "")]
+        import_ranges = [
+            (bisect_right(lines.starts, m.start()) - 1, bisect_right(lines.starts, m.start()))
+            for m in _IMPORT_RE.finditer(text[: min(len(text), 20000)])
+        ]
+    # 1. segments -> pieces that fit (or single over-long lines)
+    pieces: list[tuple[int, int, list[str]]] = []
+    generic = language != "python"
+    for seg in segments:
+        for a, b in _pack(lines, seg.start, seg.end, effective, brace):
+            symbol = seg.symbol
+            if generic and not symbol:
+                symbol = _symbol_of(lines.line(a))
+            pieces.append((a, b, [symbol]))
+    # 2. merge small neighbours, 3. trim blank edges, split giant lines by tokens
+    chunks: list[ChunkSpan] = []
+    for a, b, symbols in _merge(pieces, lines, effective):
+        a, b = _trim(lines, a, b)
+        symbol = _symbol_name(symbols)
+        if b - a == 1 and lines.tokens(a, b) > effective:
+            chunks.extend(_split_line_by_tokens(lines, a, encoding, effective, budget, count, symbol))
+            continue
+        if not lines.text[lines.starts[a] : lines.starts[b]].strip():
+            continue
+        chunks.append(ChunkSpan(a + 1, b, lines.starts[a], lines.starts[b], symbol, lines.tokens(a, b)))
+    return FilePlan(total, n, _imports_text(lines, import_ranges), tuple(chunks))
+
+
+def _imports_text(lines: _Lines, ranges: list[tuple[int, int]]) -> str:
+    """The file's import lines, cut to ``IMPORTS_MAX_TOKENS`` (estimated from line tokens)."""
+    parts: list[str] = []
+    used = 0
+    seen: set[int] = set()
+    for a, b in ranges:
+        if a in seen or a < 0 or b > lines.count:
+            continue
+        seen.add(a)
+        cost = lines.tokens(a, b)
+        if used + cost > IMPORTS_MAX_TOKENS:
+            break
+        used += cost
+        parts.append(lines.text[lines.starts[a] : lines.starts[b]].rstrip("\n"))
+    return "\n".join(parts)

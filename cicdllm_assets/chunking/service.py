@@ -1,0 +1,101 @@
+"""Plan many files at once: cache look-up, one batched encode for the misses, then planning."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from tokenizers import Encoding
+
+from cicdllm_assets.chunking.cache import CacheKey, PlanCache
+from cicdllm_assets.chunking.plan import FilePlan, plan_file
+from cicdllm_assets.chunking.tokenizer import TokenCounter
+
+ENCODE_BATCH_CHARS = 2_000_000  # texts per encode call: big enough for parallelism, bounded memory
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """One file to plan."""
+
+    blob_sha: str
+    language: str
+    text: str
+
+
+@dataclass
+class ChunkerStats:
+    """Counters for metadata and tests."""
+
+    cache_hits: int = 0
+    cache_misses: int = 0
+    files_planned: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, hits: int, misses: int) -> None:
+        """Count one batch."""
+        with self._lock:
+            self.cache_hits += hits
+            self.cache_misses += misses
+            self.files_planned += misses
+
+
+class Chunker:
+    """Token counts and chunk plans per blob, cached by (blob, language, tokenizer, budget, version)."""
+
+    def __init__(self, counter: TokenCounter, budget: int, cache: PlanCache | None = None) -> None:
+        if budget < 8:
+            raise ValueError(f"chunk budget must be at least 8 tokens, got {budget}")
+        self.counter = counter
+        self.budget = budget
+        self.cache = cache if cache is not None else PlanCache(None, 0)
+        self.stats = ChunkerStats()
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cicdllm-encode")
+
+    def key(self, blob_sha: str, language: str) -> CacheKey:
+        """The cache key of a blob under this tokenizer and budget."""
+        return CacheKey(blob_sha, language, self.counter.identity, self.budget)
+
+    def cached(self, requests: Sequence[tuple[str, str]]) -> dict[CacheKey, FilePlan]:
+        """Plans already cached for (blob_sha, language) pairs; nothing is computed."""
+        return self.cache.get_many([self.key(sha, lang) for sha, lang in requests])
+
+    def plan_many(self, requests: Sequence[PlanRequest]) -> list[FilePlan]:
+        """One plan per request, in order; misses are encoded in batches and cached."""
+        keys = [self.key(r.blob_sha, r.language) for r in requests]
+        found = self.cache.get_many(keys)
+        todo: dict[CacheKey, PlanRequest] = {}
+        for key, request in zip(keys, requests, strict=True):
+            if key not in found and key not in todo:
+                todo[key] = request
+        self.stats.add(hits=len(requests) - len(todo), misses=len(todo))
+        if todo:
+            computed = self._compute(list(todo.items()))
+            self.cache.put_many(computed.items())
+            found.update(computed)
+        return [found[key] for key in keys]
+
+    def _compute(self, items: list[tuple[CacheKey, PlanRequest]]) -> dict[CacheKey, FilePlan]:
+        batches: list[list[tuple[CacheKey, PlanRequest]]] = [[]]
+        size = 0
+        for item in items:
+            if size >= ENCODE_BATCH_CHARS and batches[-1]:
+                batches.append([])
+                size = 0
+            batches[-1].append(item)
+            size += len(item[1].text)
+        # Encode batch k+1 in the background (the GIL is released) while planning batch k.
+        futures: list[Future[list[Encoding]]] = [
+            self._encoder.submit(self.counter.encode_batch, [r.text for _, r in batch]) for batch in batches
+        ]
+        out: dict[CacheKey, FilePlan] = {}
+        for batch, future in zip(batches, futures, strict=True):
+            for (key, request), encoding in zip(batch, future.result(), strict=True):
+                out[key] = plan_file(request.text, request.language, encoding, self.budget, self.counter.count_batch)
+        return out
+
+    def close(self) -> None:
+        """Stop the background encoder thread."""
+        self._encoder.shutdown(wait=True)

@@ -1,0 +1,262 @@
+"""Find a commit's source files, apply the ``processing`` filters, and count their tokens.
+
+Every tracked file becomes one row: ``kept``, or ``skipped`` with a specific reason, so a
+user can always see why a file is missing from the chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cicdllm_assets.chunking.service import Chunker, PlanRequest
+from cicdllm_assets.config.models import ProcessingConfig
+from cicdllm_assets.discovery.content import (
+    decode_text,
+    is_generated,
+    is_lock_file,
+    is_minified,
+    looks_binary,
+)
+from cicdllm_assets.discovery.git_objects import MODE_SUBMODULE, BlobReader, TreeEntry, list_tree
+from cicdllm_assets.discovery.globs import first_match
+from cicdllm_assets.discovery.languages import detect_language, extension_of, known_filename
+
+logger = logging.getLogger(__name__)
+
+KEPT = "kept"
+SKIPPED = "skipped"
+MAX_SYMLINK_HOPS = 16
+BATCH_FILES = 256
+
+
+@dataclass
+class SourceFile:
+    """One tracked file and what discovery decided about it (``text`` is never stored)."""
+
+    path: str
+    blob_sha: str
+    size_bytes: int
+    mode: str
+    language: str
+    status: str = KEPT
+    skip_reason: str | None = None
+    skip_category: str | None = None
+    encoding: str | None = None
+    line_count: int = 0
+    token_count: int = 0
+    chunk_count: int = 0
+    symlink_target: str | None = None
+    text: str | None = field(default=None, repr=False)
+
+    def skip(self, category: str, reason: str) -> SourceFile:
+        """Mark skipped with a category (for counting) and a human-readable reason."""
+        self.status, self.skip_category, self.skip_reason = SKIPPED, category, reason
+        self.text = None
+        return self
+
+
+@dataclass
+class DiscoveryStats:
+    """Totals of one discovery run."""
+
+    files_total: int = 0
+    files_kept: int = 0
+    files_skipped: int = 0
+    skipped_by_category: Counter[str] = field(default_factory=Counter)
+    bytes_read: int = 0
+    bytes_kept: int = 0
+    tokens: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+
+    @property
+    def files_per_second(self) -> float:
+        """Throughput over all tracked files."""
+        return self.files_total / self.seconds if self.seconds > 0 else 0.0
+
+
+def _kb(size: int) -> int:
+    return math.ceil(size / 1024)
+
+
+def path_filter(path: str, processing: ProcessingConfig) -> tuple[str, str] | None:
+    """(category, reason) if the path alone excludes the file, else None."""
+    if processing.include_globs and first_match(path, processing.include_globs) is None:
+        return "not_included", "not matched by processing.include_globs"
+    pattern = first_match(path, processing.exclude_globs)
+    if pattern is not None:
+        return "excluded", f"excluded by glob '{pattern}'"
+    if is_lock_file(path):
+        return "lock_file", "lock file"
+    ext = extension_of(path)
+    if processing.extensions and ext not in processing.extensions and not (ext == "" and known_filename(path)):
+        if ext:
+            return "extension", f"extension '{ext}' not in processing.extensions"
+        return "extension", "no extension (not in processing.extensions)"
+    return None
+
+
+def _resolve_symlink(
+    entry: TreeEntry, by_path: dict[str, TreeEntry], directories: set[str], reader: BlobReader
+) -> tuple[TreeEntry | None, str, str]:
+    """Follow a git symlink inside the tree: (target entry or None, category, reason/target)."""
+    current = entry
+    for _ in range(MAX_SYMLINK_HOPS):
+        raw = reader.read(current.sha).decode("utf-8", "surrogateescape")
+        if raw.startswith("/") or "\0" in raw:
+            return None, "symlink_outside", f"symlink outside repository (-> {raw})"
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(current.path), raw))
+        if target == ".." or target.startswith("../"):
+            return None, "symlink_outside", f"symlink outside repository (-> {raw})"
+        found = by_path.get(target)
+        if found is None:
+            if target in directories or target == ".":
+                return None, "symlink_directory", f"symlink to a directory (-> {target})"
+            return None, "symlink_broken", f"broken symlink (-> {target})"
+        if not found.is_symlink:
+            return found, "", target
+        current = found
+    return None, "symlink_loop", "symlink loop"
+
+
+def _directories(entries: list[TreeEntry]) -> set[str]:
+    dirs: set[str] = set()
+    for entry in entries:
+        parent = posixpath.dirname(entry.path)
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = posixpath.dirname(parent)
+    return dirs
+
+
+def _check_content(item: SourceFile, data: bytes, processing: ProcessingConfig) -> SourceFile:
+    """Binary, encoding, empty, generated and minified checks; sets ``text`` when kept."""
+    if looks_binary(data):
+        return item.skip("binary", "binary")
+    decoded = decode_text(data)
+    if decoded is None:
+        return item.skip("undecodable", "undecodable (not UTF-8/16/32 and no reliable legacy encoding)")
+    text = decoded.text
+    if not text.strip():
+        return item.skip("empty", "empty file")
+    if processing.skip_generated:
+        if is_generated(text):
+            return item.skip("generated", "generated")
+        if is_minified(text):
+            return item.skip("minified", "minified")
+    item.encoding = decoded.encoding
+    item.text = text
+    return item
+
+
+class Discovery:
+    """Discovery of one commit of one repository clone."""
+
+    def __init__(
+        self,
+        repo_path: Path,
+        commit: str,
+        processing: ProcessingConfig,
+        chunker: Chunker | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.repo_path = Path(repo_path)
+        self.commit = commit
+        self.processing = processing
+        self.chunker = chunker
+        self.workers = workers or processing.max_concurrent_files
+        self.stats = DiscoveryStats()
+
+    def entries(self) -> list[TreeEntry]:
+        """The commit's tree (every tracked file)."""
+        return list_tree(self.repo_path, self.commit)
+
+    def run(self, on_progress: Callable[[int], None] | None = None) -> list[SourceFile]:
+        """Every tracked file as a :class:`SourceFile` (texts dropped), sorted by path."""
+        out: list[SourceFile] = []
+        for batch in self.iter_batches(on_progress=on_progress):
+            for item in batch:
+                item.text = None
+            out.extend(batch)
+        return out
+
+    def iter_batches(
+        self, on_progress: Callable[[int], None] | None = None, keep_text: bool = False
+    ) -> Iterator[list[SourceFile]]:
+        """Yield files in batches; kept files carry ``text`` until the next batch is produced."""
+        started = time.perf_counter()
+        entries = self.entries()
+        by_path = {e.path: e for e in entries}
+        directories = _directories(entries)
+        stats = self.stats
+        stats.files_total = len(entries)
+        max_bytes = self.processing.max_file_size_kb * 1024
+        with BlobReader(self.repo_path) as reader, ThreadPoolExecutor(self.workers) as pool:
+            for start in range(0, len(entries), BATCH_FILES):
+                batch: list[SourceFile] = []
+                to_read: list[tuple[SourceFile, TreeEntry]] = []
+                for entry in entries[start : start + BATCH_FILES]:
+                    item = SourceFile(entry.path, entry.sha, entry.size, entry.mode, detect_language(entry.path))
+                    batch.append(item)
+                    if entry.mode == MODE_SUBMODULE or entry.kind != "blob":
+                        item.skip("submodule", "git submodule (not followed)")
+                        continue
+                    rejected = path_filter(entry.path, self.processing)
+                    if rejected is not None:
+                        item.skip(*rejected)
+                        continue
+                    target = entry
+                    if entry.is_symlink:
+                        resolved, category, detail = _resolve_symlink(entry, by_path, directories, reader)
+                        if resolved is None:
+                            item.skip(category, detail)
+                            continue
+                        target = resolved
+                        item.blob_sha, item.size_bytes, item.symlink_target = resolved.sha, resolved.size, detail
+                    if target.size > max_bytes:
+                        limit_kb = self.processing.max_file_size_kb
+                        item.skip("too_large", f"too large: {_kb(target.size)} KB > {limit_kb} KB")
+                        continue
+                    to_read.append((item, target))
+                blobs = [reader.read(target.sha) for _, target in to_read]
+                stats.bytes_read += sum(len(b) for b in blobs)
+                list(pool.map(lambda pair: _check_content(pair[0][0], pair[1], self.processing),
+                              zip(to_read, blobs, strict=True)))
+                kept = [item for item in batch if item.status == KEPT]
+                self._plan(kept)
+                for item in batch:
+                    if item.status == KEPT:
+                        stats.files_kept += 1
+                        stats.bytes_kept += item.size_bytes
+                        stats.tokens += item.token_count
+                        stats.chunks += item.chunk_count
+                    else:
+                        stats.files_skipped += 1
+                        stats.skipped_by_category[item.skip_category or "other"] += 1
+                if on_progress is not None:
+                    on_progress(len(batch))
+                stats.seconds = time.perf_counter() - started
+                yield batch
+                if not keep_text:
+                    for item in kept:
+                        item.text = None
+        stats.seconds = time.perf_counter() - started
+
+    def _plan(self, kept: list[SourceFile]) -> None:
+        for item in kept:
+            assert item.text is not None  # noqa: S101 - set by _check_content
+            item.line_count = item.text.count("\n") + (0 if item.text.endswith("\n") else 1)
+        if self.chunker is None or not kept:
+            return
+        plans = self.chunker.plan_many([PlanRequest(i.blob_sha, i.language, i.text or "") for i in kept])
+        for item, plan in zip(kept, plans, strict=True):
+            item.token_count = plan.token_count
+            item.chunk_count = len(plan.chunks)
