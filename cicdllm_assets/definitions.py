@@ -18,11 +18,13 @@ from dagster import (
     JobDefinition,
     ScheduleDefinition,
     SensorDefinition,
+    in_process_executor,
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from cicdllm_assets import assets as assets_package
 from cicdllm_assets import automation as automation_package
+from cicdllm_assets.automation.conditions import apply_automation_conditions
 from cicdllm_assets.resources import build_resources
 
 
@@ -57,15 +59,22 @@ def _collect(packages: list[ModuleType]) -> dict[str, list[Any]]:
 
 
 def build_definitions() -> Definitions:
-    """Assemble the code location (resources chosen from the current config)."""
+    """Assemble the code location (resources chosen from the current config).
+
+    Pipeline assets without an automation condition get the one from
+    :mod:`cicdllm_assets.automation.conditions`. The default executor is in-process: each
+    repo's chain is linear, so separate step processes would buy no parallelism and would
+    load the LLM once per step; parallelism comes from one run per repo partition.
+    """
     found = _collect([assets_package, automation_package])
     return Definitions(
-        assets=found["assets"],
+        assets=[apply_automation_conditions(a) for a in found["assets"]],
         asset_checks=found["checks"],
         jobs=found["jobs"],
         sensors=found["sensors"],
         schedules=found["schedules"],
         resources=build_resources(),
+        executor=in_process_executor,
     )
 
 

@@ -1,0 +1,84 @@
+"""Asset jobs of the pipeline.
+
+The chain from ``repositories`` to ``qa_pairs`` is partitioned by repository, while
+``training_dataset`` is unpartitioned (it reads every repo's ``qa_pairs``), so the
+pipeline is two jobs:
+
+- ``main_job``: the partitioned chain, one run per repo partition (backfills, ``cicdllm run``).
+- ``dataset_job``: ``training_dataset`` and its checks, once after the repos are done.
+- ``refresh_job``: ``repositories`` alone (clone/fetch, head commit); the daily schedule
+  runs it per repo and declarative automation carries changed heads downstream.
+
+Selections are Dagster selection strings, which tolerate keys that are not defined
+(yet), so the jobs resolve whichever pipeline assets the code location holds.
+
+Every job retries a failed step twice with exponential backoff and jitter: transient
+failures (a flaky fetch, an LLM server restart) heal, and a retried generation step is
+cheap because every finished item is already committed to the ledger.
+"""
+
+from __future__ import annotations
+
+from dagster import Backoff, Jitter, RetryPolicy, define_asset_job, in_process_executor
+
+PIPELINE_GROUPS: tuple[str, ...] = ("ingest", "generation", "dataset")
+PARTITIONED_ASSETS: tuple[str, ...] = (
+    "repositories",
+    "source_files",
+    "code_chunks",
+    "questions",
+    "answers",
+    "qa_pairs",
+)
+INGEST_ASSETS: tuple[str, ...] = ("repositories", "source_files", "code_chunks")
+DATASET_ASSETS: tuple[str, ...] = ("training_dataset",)
+ALL_PIPELINE_ASSETS: tuple[str, ...] = PARTITIONED_ASSETS + DATASET_ASSETS
+
+STEP_RETRY_POLICY = RetryPolicy(
+    max_retries=2,
+    delay=2.0,
+    backoff=Backoff.EXPONENTIAL,
+    jitter=Jitter.PLUS_MINUS,
+)
+"""Two retries, ~2 s then ~4 s apart (plus/minus jitter), for transient step failures."""
+
+
+def keys_selection(keys: tuple[str, ...]) -> str:
+    """A selection string for the given asset keys (undefined keys select nothing)."""
+    return " or ".join(f"key:{key}" for key in keys)
+
+
+PIPELINE_SELECTION = keys_selection(ALL_PIPELINE_ASSETS)
+MAIN_SELECTION = keys_selection(PARTITIONED_ASSETS)
+DATASET_SELECTION = keys_selection(DATASET_ASSETS)
+REFRESH_SELECTION = "key:repositories"
+
+main_job = define_asset_job(
+    "main_job",
+    selection=MAIN_SELECTION,
+    description=(
+        "The per-repository chain repositories -> source_files -> code_chunks -> questions -> answers"
+        " -> qa_pairs, one run per repo partition. Run dataset_job afterwards to export."
+    ),
+    executor_def=in_process_executor,
+    op_retry_policy=STEP_RETRY_POLICY,
+    tags={"cicdllm/job": "main"},
+)
+
+dataset_job = define_asset_job(
+    "dataset_job",
+    selection=DATASET_SELECTION,
+    description="training_dataset (dedup, split, export) over every repo's qa_pairs, with its checks.",
+    executor_def=in_process_executor,
+    op_retry_policy=STEP_RETRY_POLICY,
+    tags={"cicdllm/job": "dataset"},
+)
+
+refresh_job = define_asset_job(
+    "refresh_job",
+    selection=REFRESH_SELECTION,
+    description="Fetch each repository and record its head commit (run by the refresh schedule).",
+    executor_def=in_process_executor,
+    op_retry_policy=STEP_RETRY_POLICY,
+    tags={"cicdllm/job": "refresh"},
+)

@@ -1,0 +1,224 @@
+"""``cicdllm run``: one Dagster run per repo partition, then the dataset step.
+
+Runs execute **in this process** (``JobDefinition.execute_in_process``) against the
+persistent instance at ``settings.dagster_home``, so they are recorded like any other run
+and appear in ``dagster dev``. In-process execution is deliberate: the repos are run one
+after the other, and the LLM backend (an MLX model of hundreds of MB) stays loaded in this
+process across repos instead of being loaded again by a fresh run process per repo. Parallel
+repo runs are what ``dagster dev`` backfills (``cicdllm backfill``) are for.
+
+A failing repo does not stop the others: each run is isolated, its step failures are
+retried by the jobs' retry policy, and its final failure message lands in the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, Definitions
+from dagster._core.events import DagsterEvent
+
+from cicdllm_assets.automation.jobs import dataset_job, main_job
+from cicdllm_assets.config import Settings
+from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
+from cicdllm_assets.runner.outcome import RunSummary, StepOutcome
+from cicdllm_assets.runner.selection import PlannedSelection
+from cicdllm_assets.storage.state import StateStore
+
+logger = logging.getLogger(__name__)
+
+DATA_VERSION_TAG = "dagster/data_version"
+HEAD_ASSET = AssetKey("repositories")
+MAX_REASON_CHARS = 2000
+
+StepCallback = Callable[[str, str], None]
+"""Called with (name, event) where event is "start" or the final status."""
+
+
+class RunPlanError(ValueError):
+    """The requested repos are not known partitions."""
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    head_commit: str | None
+    rows: dict[str, int]
+
+
+def choose_partitions(instance: DagsterInstance, requested: Sequence[str]) -> list[str]:
+    """The repo partitions to run: ``requested`` (validated, in the given order) or all."""
+    known = list(instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME))
+    if not requested:
+        return known
+    unknown = [key for key in requested if key not in known]
+    if unknown:
+        listing = ", ".join(known) if known else "none (is repos.txt empty?)"
+        raise RunPlanError(f"unknown repo partition(s) {unknown}; known: {listing}")
+    return list(dict.fromkeys(requested))
+
+
+def _latest_materialization(instance: DagsterInstance, key: AssetKey, partition: str | None) -> object | None:
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    return records[0].asset_materialization if records else None
+
+
+def _rows_of(materialization: object | None) -> int | None:
+    metadata = getattr(materialization, "metadata", None) or {}
+    entry = metadata.get("rows")
+    value = getattr(entry, "value", entry)
+    return int(value) if isinstance(value, int | float) else None
+
+
+def _snapshot(instance: DagsterInstance, keys: Sequence[AssetKey], partition: str | None) -> _Snapshot:
+    head: str | None = None
+    rows: dict[str, int] = {}
+    for key in keys:
+        materialization = _latest_materialization(instance, key, partition)
+        if materialization is None:
+            continue
+        count = _rows_of(materialization)
+        if count is not None:
+            rows[key.to_user_string()] = count
+        if key == HEAD_ASSET:
+            head = (getattr(materialization, "tags", None) or {}).get(DATA_VERSION_TAG)
+    return _Snapshot(head_commit=head, rows=rows)
+
+
+def _failure_reason(events: Sequence[DagsterEvent]) -> str:
+    messages: list[str] = []
+    for event in events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            error = event.step_failure_data.error
+            text = error.message.strip() if error is not None else (event.message or "step failed")
+            messages.append(f"{event.step_key}: {text}")
+    if not messages:
+        messages = [e.message or "run failed" for e in events if e.event_type == DagsterEventType.RUN_FAILURE]
+    reason = "; ".join(messages) or "run failed"
+    return reason[:MAX_REASON_CHARS]
+
+
+def _item_failures(settings: Settings, repo: str, since: float) -> int:
+    try:
+        con = StateStore(settings.state_db).connection()
+        row = con.execute(
+            "SELECT COUNT(*) FROM failures WHERE repo = ? AND created_at >= ?", (repo, since)
+        ).fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def _classify(outcome: StepOutcome, before: _Snapshot, after: _Snapshot) -> None:
+    outcome.previous_head_commit = before.head_commit
+    outcome.head_commit = after.head_commit
+    outcome.previous_rows = before.rows
+    outcome.rows = after.rows
+    head_same = before.head_commit is not None and before.head_commit == after.head_commit
+    rows_same = bool(before.rows) and all(before.rows.get(name) == count for name, count in after.rows.items())
+    if (head_same or HEAD_ASSET.to_user_string() not in after.rows) and rows_same:
+        outcome.status = "unchanged"
+        outcome.reason = "head commit unchanged, no new items"
+    else:
+        outcome.status = "done"
+
+
+def _execute(
+    defs: Definitions,
+    instance: DagsterInstance,
+    settings: Settings,
+    job_name: str,
+    keys: Sequence[AssetKey],
+    partition: str | None,
+    name: str,
+    log_level: str,
+) -> StepOutcome:
+    outcome = StepOutcome(name=name, status="not_run")
+    before = _snapshot(instance, keys, partition)
+    started = time.time()
+    tags = {"cicdllm/trigger": "cli"}
+    try:
+        job = defs.resolve_job_def(job_name)
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=partition,
+            asset_selection=list(keys),
+            raise_on_error=False,
+            tags=tags,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a run that could not even start (bad resources, storage errors)
+        outcome.status = "failed"
+        outcome.reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
+        outcome.duration_seconds = round(time.time() - started, 3)
+        logger.exception("%s: run did not start", name)
+        return outcome
+    outcome.run_id = result.run_id
+    outcome.duration_seconds = round(time.time() - started, 3)
+    events = result.all_events
+    outcome.retries = sum(1 for e in events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY)
+    if partition is not None:
+        outcome.item_failures = _item_failures(settings, partition, started)
+    after = _snapshot(instance, keys, partition)
+    if result.success:
+        _classify(outcome, before, after)
+    else:
+        outcome.status = "failed"
+        outcome.reason = _failure_reason(events)
+        outcome.previous_head_commit = before.head_commit
+        outcome.head_commit = after.head_commit
+        outcome.rows = after.rows
+    return outcome
+
+
+def run_pipeline(
+    defs: Definitions,
+    instance: DagsterInstance,
+    settings: Settings,
+    partitions: Sequence[str],
+    plan: PlannedSelection,
+    on_step: StepCallback | None = None,
+    log_level: str = "WARNING",
+) -> RunSummary:
+    """Run the selected chain for each repo partition, then the dataset step.
+
+    The dataset step runs when it is selected and at least one repo succeeded (or no
+    repo step was selected). Ctrl-C stops after marking the remaining repos ``not_run``.
+    """
+    notify = on_step or (lambda _name, _event: None)
+    summary = RunSummary(selection=plan.names)
+    pending = list(partitions) if plan.repo_keys else []
+    try:
+        while pending:
+            partition = pending[0]
+            notify(partition, "start")
+            outcome = _execute(
+                defs, instance, settings, main_job.name, plan.repo_keys, partition, partition, log_level
+            )
+            summary.repos.append(outcome)
+            pending.pop(0)
+            notify(partition, outcome.status)
+        if plan.dataset_keys:
+            succeeded = [r for r in summary.repos if r.status in ("done", "unchanged")]
+            if plan.repo_keys and not succeeded:
+                summary.dataset = StepOutcome(
+                    name="training_dataset", status="not_run", reason="no repo succeeded"
+                )
+            else:
+                notify("training_dataset", "start")
+                summary.dataset = _execute(
+                    defs, instance, settings, dataset_job.name, plan.dataset_keys, None, "training_dataset",
+                    log_level,
+                )
+                notify("training_dataset", summary.dataset.status)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        summary.repos.extend(StepOutcome(name=p, status="not_run", reason="interrupted") for p in pending)
+    return summary

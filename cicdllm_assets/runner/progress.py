@@ -1,0 +1,122 @@
+"""Live progress of ``cicdllm run``: a thread polls the SQLite state store's ``stage_progress``.
+
+The assets write per-stage counters (``start_stage`` / ``advance`` / ``finish_stage``) to the
+WAL database; this display only reads it, so it never slows or blocks a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from cicdllm_assets.storage.state import StageProgress, StateStore
+
+logger = logging.getLogger(__name__)
+
+_STATUS_STYLE = {"running": "yellow", "done": "green", "failed": "red", "skipped": "dim"}
+
+
+def read_progress(state_db: Path, since: float) -> list[StageProgress]:
+    """Stage rows updated at or after ``since`` (empty when the database does not exist yet)."""
+    if not state_db.exists():
+        return []
+    try:
+        rows = StateStore(state_db).progress()
+    except sqlite3.Error as exc:
+        logger.debug("progress read failed: %s", exc)
+        return []
+    return [row for row in rows if row.updated_at >= since]
+
+
+def render_progress(rows: list[StageProgress], runs: dict[str, str]) -> Table:
+    """One line per repo and stage: done/total, failures, status; plus the run state per repo."""
+    table = Table(title="cicdllm run", expand=False)
+    for column in ("repo", "run", "stage", "progress", "failed", "status"):
+        table.add_column(column, justify="right" if column in ("progress", "failed") else "left")
+    by_repo: dict[str, list[StageProgress]] = {}
+    for row in rows:
+        by_repo.setdefault(row.repo, []).append(row)
+    for repo, state in runs.items():
+        stages = by_repo.pop(repo, [])
+        if not stages:
+            table.add_row(repo, state, "", "", "", "")
+        for i, row in enumerate(stages):
+            total = f"{row.done}/{row.total} {row.unit}" if row.total else f"{row.done} {row.unit}"
+            style = _STATUS_STYLE.get(row.status, "")
+            table.add_row(
+                repo if i == 0 else "",
+                state if i == 0 else "",
+                row.stage,
+                total,
+                str(row.failed) if row.failed else "",
+                Text(row.status, style=style),
+            )
+    return table
+
+
+class ProgressDisplay:
+    """Context manager: a rich Live view refreshed from the state store in a thread.
+
+    When the console is not a terminal, it prints one line per repo event instead.
+    """
+
+    def __init__(self, state_db: Path, refresh_seconds: float, console: Console | None = None) -> None:
+        self.state_db = state_db
+        self.refresh_seconds = max(0.25, refresh_seconds)
+        self.console = console or Console(stderr=True)
+        self.runs: dict[str, str] = {}
+        self.since = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._live: Live | None = None
+        self._lock = threading.Lock()
+
+    def _renderable(self) -> Group:
+        with self._lock:
+            runs = dict(self.runs)
+        return Group(render_progress(read_progress(self.state_db, self.since), runs))
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.refresh_seconds):
+            if self._live is not None:
+                self._live.update(self._renderable())
+
+    def step(self, name: str, event: str) -> None:
+        """Record a run event ("start" or a final status) for a repo or the dataset step."""
+        with self._lock:
+            self.runs[name] = "running" if event == "start" else event
+        if self._live is None:
+            self.console.print(f"{name}: {'started' if event == 'start' else event}")
+        else:
+            self._live.update(self._renderable())
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.console.is_terminal:
+            self._live = Live(self._renderable(), console=self.console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+            self._thread = threading.Thread(target=self._poll, name="cicdllm-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._live is not None:
+            self._live.update(self._renderable())
+            self._live.__exit__(exc_type, exc, tb)
+            self._live = None
