@@ -1,0 +1,1 @@
+"""Performance helpers: battery awareness for long generation runs."""

@@ -1,0 +1,1 @@
+"""Read-only status of a cicdllm project: per-repo counts, stage progress, runs, resources."""
