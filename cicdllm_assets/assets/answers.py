@@ -1,0 +1,64 @@
+"""The ``answers`` asset: an LLM answers each question, grounded in its code chunk.
+
+Answer items are keyed by (chunk key, theme, answer template hash, model id, params,
+question text) in the generation ledger; only new or retryable ones are generated and
+each is committed as it completes, so a killed run resumes without duplicates.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
+
+from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env, stage_metadata
+from cicdllm_assets.generation.runner import (
+    answer_postprocess,
+    answers_table,
+    data_version_of,
+    plan_answers,
+)
+from cicdllm_assets.partitions import repos_partitions
+
+STAGE = "answers"
+
+
+@asset(
+    partitions_def=repos_partitions,
+    group_name="generation",
+    required_resource_keys={"app_config", "llm"},
+    pool="llm",
+    description="Answers to each question, grounded in the code chunk (LLM; incremental via the ledger).",
+)
+def answers(context: AssetExecutionContext, questions: pa.Table, code_chunks: pa.Table) -> Output[pa.Table]:
+    """Generate (or reuse from the ledger) an answer for every question of this repository."""
+    with stage_env(context, STAGE) as env:
+        gen = env.settings.config.generation
+        chunks = {c.chunk_key: c for c in chunks_from_table(code_chunks, env.repo, None)}
+        model_id = env.backend.model_id
+        planned, stale = plan_answers(questions.to_pylist(), chunks, env.prompts, model_id, gen, env.repo)
+        if stale:
+            context.log.warning(
+                f"{stale} questions refer to chunks no longer in code_chunks (materialize questions again)"
+            )
+        work = [p.work for p in planned]
+        stats = env.runner(context).run(work, answer_postprocess)
+        entries = env.ledger.get_many(w.item.key for w in work)
+        table = answers_table(planned, entries, env.repo)
+        env.state.finish_stage(env.repo, STAGE, "done")
+        env.state.log_event(
+            "info",
+            f"{STAGE}: {table.num_rows} answers ({stats.generated} generated, {stats.reused} reused,"
+            f" {stats.failed} failed)",
+            repo=env.repo,
+        )
+        themes = sorted({p.work.item.theme for p in planned})
+        metadata = stage_metadata(stats, table, model_id, {
+            "questions": MetadataValue.int(questions.num_rows),
+            "stale_questions": MetadataValue.int(stale),
+            "template_hashes": MetadataValue.json(
+                {name: env.prompts.theme(name).answer_hash for name in themes}
+            ),
+            "preview": preview(table, ["path", "question", "answer"]),
+        })
+        return Output(table, data_version=DataVersion(data_version_of(table.column("answer_id").to_pylist())),
+                      metadata=metadata)

@@ -1,0 +1,62 @@
+"""The ``questions`` asset: an LLM writes questions about each code chunk, per theme.
+
+Incremental and resumable through the generation ledger: only chunk x theme items
+whose content key is new (or failed with attempts left) reach the backend; the table
+is rebuilt from the ledger, so a no-op re-run makes zero LLM calls.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
+
+from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env, stage_metadata
+from cicdllm_assets.generation.runner import (
+    data_version_of,
+    plan_questions,
+    question_postprocess,
+    questions_table,
+    template_hashes,
+)
+from cicdllm_assets.partitions import repos_partitions
+
+STAGE = "questions"
+
+
+@asset(
+    partitions_def=repos_partitions,
+    group_name="generation",
+    required_resource_keys={"app_config", "llm"},
+    pool="llm",
+    description="Questions about each code chunk, per prompt theme (LLM; incremental via the ledger).",
+)
+def questions(context: AssetExecutionContext, code_chunks: pa.Table) -> Output[pa.Table]:
+    """Generate (or reuse from the ledger) questions for the first chunks of this repository."""
+    with stage_env(context, STAGE) as env:
+        gen = env.settings.config.generation
+        chunks = chunks_from_table(code_chunks, env.repo, gen.max_chunks_per_repo)
+        themes = [env.prompts.theme(name) for name in gen.themes]
+        model_id = env.backend.model_id
+        work = plan_questions(chunks, themes, model_id, gen, env.repo)
+        context.log.info(
+            f"{len(chunks)} of {code_chunks.num_rows} chunks x {len(themes)} themes with {model_id}"
+        )
+        stats = env.runner(context).run(work, question_postprocess(gen))
+        entries = env.ledger.get_many(w.item.key for w in work)
+        table = questions_table(work, entries, env.repo)
+        env.state.finish_stage(env.repo, STAGE, "done")
+        env.state.log_event(
+            "info",
+            f"{STAGE}: {table.num_rows} questions ({stats.generated} items generated, {stats.reused} reused,"
+            f" {stats.failed} failed)",
+            repo=env.repo,
+        )
+        metadata = stage_metadata(stats, table, model_id, {
+            "chunks": MetadataValue.int(len(chunks)),
+            "chunks_available": MetadataValue.int(code_chunks.num_rows),
+            "themes": MetadataValue.json(list(gen.themes)),
+            "template_hashes": MetadataValue.json(template_hashes(themes)),
+            "preview": preview(table, ["path", "theme", "question"]),
+        })
+        return Output(table, data_version=DataVersion(data_version_of(table.column("question_id").to_pylist())),
+                      metadata=metadata)

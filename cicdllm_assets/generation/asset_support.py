@@ -1,0 +1,120 @@
+"""What the ``questions`` and ``answers`` assets share: set-up, failure handling, metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, Failure, MetadataValue
+
+from cicdllm_assets.config import ConfigError, Settings
+from cicdllm_assets.generation.chunks import Chunk, select_chunks
+from cicdllm_assets.generation.ledger import Ledger
+from cicdllm_assets.generation.prompts import PromptManager, PromptTemplateError, prompt_manager
+from cicdllm_assets.generation.runner import RunStats, StageRunner
+from cicdllm_assets.resources.llm.base import CircuitOpenError, LLMBackend
+from cicdllm_assets.storage.state import StateStore
+
+
+@dataclass
+class StageEnv:
+    """Everything a generation asset needs for one partition."""
+
+    repo: str
+    stage: str
+    settings: Settings
+    state: StateStore
+    ledger: Ledger
+    prompts: PromptManager
+    backend: LLMBackend
+
+    def runner(self, context: AssetExecutionContext) -> StageRunner:
+        """A StageRunner logging to Dagster."""
+        return StageRunner(
+            backend=self.backend, ledger=self.ledger, state=self.state, settings=self.settings,
+            repo=self.repo, stage=self.stage, log=context.log,
+        )
+
+
+@contextmanager
+def stage_env(context: AssetExecutionContext, stage: str) -> Iterator[StageEnv]:
+    """Load config, state, ledger, prompts and backend; turn known errors into clear Failures.
+
+    A :class:`CircuitOpenError` fails the asset with the backend's message; everything
+    already generated stays in the ledger, so the next run resumes.
+    """
+    repo = context.partition_key
+    try:
+        settings = context.resources.app_config.settings()
+    except ConfigError as exc:
+        raise Failure(description=str(exc)) from None
+    state = StateStore(settings.state_db)
+    try:
+        try:
+            prompts = prompt_manager(settings.prompts_dir)
+            prompts.validate(list(settings.config.generation.themes))
+        except PromptTemplateError as exc:
+            state.record_failure(repo, stage, "prompts", "config", str(exc))
+            raise Failure(description=f"{stage}: invalid prompt templates: {exc}") from None
+        backend = context.resources.llm.get_backend()
+        env = StageEnv(repo, stage, settings, state, Ledger(state), prompts, backend)
+        try:
+            yield env
+        except CircuitOpenError as exc:
+            message = (
+                f"{stage}: stopped because the LLM backend's circuit breaker opened: {exc}. "
+                "Everything generated so far is committed in the ledger; re-run to resume."
+            )
+            state.finish_stage(repo, stage, "failed")
+            state.log_event("error", message, repo=repo)
+            raise Failure(description=message) from None
+        except Failure:
+            state.finish_stage(repo, stage, "failed")
+            raise
+        except Exception as exc:
+            state.finish_stage(repo, stage, "failed")
+            state.log_event("error", f"{stage}: {type(exc).__name__}: {exc}", repo=repo)
+            raise
+    finally:
+        state.close()
+
+
+def chunks_from_table(table: pa.Table, repo: str, limit: int | None) -> list[Chunk]:
+    """This partition's chunks, deterministic order, first ``limit`` (``max_chunks_per_repo``)."""
+    rows = [row for row in table.to_pylist() if str(row.get("repo", repo)) == repo]
+    for row in rows:
+        row.setdefault("repo", repo)
+    return select_chunks(rows, limit)
+
+
+def stage_metadata(
+    stats: RunStats, table: pa.Table, model_id: str, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Rich metadata for a generation Output."""
+    data = stats.as_dict()
+    metadata: dict[str, Any] = {
+        "rows": MetadataValue.int(table.num_rows),
+        "model_id": MetadataValue.text(model_id),
+        "failures_by_category": MetadataValue.json(data.pop("failures_by_category")),
+    }
+    for key, value in data.items():
+        metadata[key] = MetadataValue.float(float(value)) if isinstance(value, float) else MetadataValue.int(int(value))
+    for key, value in (extra or {}).items():
+        metadata[key] = value
+    return metadata
+
+
+def preview(table: pa.Table, columns: Sequence[str], rows: int = 5, width: int = 80) -> MetadataValue:
+    """A small markdown table of the first rows."""
+    head = table.select(list(columns)).slice(0, rows).to_pylist()
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in head:
+        cells = []
+        for column in columns:
+            text = " ".join(str(row[column]).split()).replace("|", "\\|")
+            cells.append(text if len(text) <= width else text[: width - 1] + "…")
+        lines.append("| " + " | ".join(cells) + " |")
+    return MetadataValue.md("\n".join(lines))

@@ -1,0 +1,84 @@
+"""The code chunk as the generation stage sees it (one row of ``code_chunks``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value if v is not None and str(v))
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One redacted code chunk with the provenance every generated row carries."""
+
+    repo: str
+    chunk_key: str
+    path: str
+    start_line: int
+    end_line: int
+    text: str
+    language: str = ""
+    symbol: str = ""
+    imports: str = ""
+    commit: str = ""
+    license: str = ""
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Chunk:
+        """Build from a ``code_chunks`` row (dict); missing optional columns become empty."""
+        missing = [name for name in ("repo", "chunk_key", "path", "start_line", "end_line", "text") if name not in row]
+        if missing:
+            raise ValueError(f"code_chunks row lacks required columns {missing}")
+        return cls(
+            repo=str(row["repo"]),
+            chunk_key=str(row["chunk_key"]),
+            path=str(row["path"]),
+            start_line=int(row["start_line"]),
+            end_line=int(row["end_line"]),
+            text=_text(row["text"]),
+            language=_text(row.get("language")),
+            symbol=_text(row.get("symbol")),
+            imports=_text(row.get("imports")),
+            commit=_text(row.get("commit")),
+            license=_text(row.get("license")),
+        )
+
+    def placeholder_values(self, code: str | None = None) -> dict[str, str]:
+        """Values for the chunk placeholders of a prompt template (``code`` may be trimmed)."""
+        return {
+            "repo": self.repo,
+            "path": self.path,
+            "language": self.language or "text",
+            "symbol": self.symbol or f"lines {self.start_line}-{self.end_line}",
+            "imports": self.imports or "(none)",
+            "start_line": str(self.start_line),
+            "end_line": str(self.end_line),
+            "code": (self.text if code is None else code).rstrip("\n"),
+        }
+
+
+def select_chunks(rows: list[Mapping[str, Any]], limit: int | None) -> list[Chunk]:
+    """Chunks in deterministic (path, start_line, end_line, chunk_key) order, first ``limit``.
+
+    Duplicate chunk keys (the same span twice) are kept once.
+    """
+    chunks = sorted(
+        (Chunk.from_row(row) for row in rows),
+        key=lambda c: (c.path, c.start_line, c.end_line, c.chunk_key),
+    )
+    unique: list[Chunk] = []
+    seen: set[str] = set()
+    for chunk in chunks:
+        if chunk.chunk_key in seen:
+            continue
+        seen.add(chunk.chunk_key)
+        unique.append(chunk)
+    return unique if limit is None else unique[:limit]

@@ -1,0 +1,244 @@
+"""The generation ledger: one SQLite row per generated item, keyed by content.
+
+A key hashes what determines the output (kind, chunk key, theme, template hash,
+model id, generation params and, for answers, the question), never run ids or
+timestamps. Each result is committed in its own short transaction as it arrives,
+so a killed run loses at most the in-flight requests and a re-run asks only for
+keys that are missing or failed with attempts left. ``ok`` rows are never
+overwritten, so two processes racing on the same key keep the first answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cicdllm_assets.storage.state import StateStore
+
+Kind = Literal["question", "answer"]
+Status = Literal["ok", "failed"]
+
+LEDGER_TABLE = "generation_ledger"
+_DDL = f"""
+CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    chunk_key TEXT NOT NULL,
+    theme TEXT NOT NULL,
+    template_hash TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    params_json TEXT NOT NULL,
+    input_text TEXT,
+    status TEXT NOT NULL,
+    output TEXT,
+    parsed_json TEXT,
+    error_category TEXT,
+    error_message TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    latency_ms REAL NOT NULL DEFAULT 0,
+    trimmed INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_chunk ON {LEDGER_TABLE}(chunk_key, kind);
+CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_repo ON {LEDGER_TABLE}(repo, kind, status);
+"""
+_COLUMNS = (
+    "key", "kind", "repo", "chunk_key", "theme", "template_hash", "model_id", "params_json",
+    "input_text", "status", "output", "parsed_json", "error_category", "error_message", "attempts",
+    "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "latency_ms", "trimmed",
+    "created_at", "updated_at",
+)
+_SQLITE_MAX_VARS = 500
+
+
+def params_json(params: Mapping[str, Any]) -> str:
+    """Canonical JSON of generation params (sorted keys, no spaces)."""
+    return json.dumps(dict(params), sort_keys=True, separators=(",", ":"))
+
+
+def item_key(
+    kind: Kind,
+    chunk_key: str,
+    theme: str,
+    template_hash: str,
+    model_id: str,
+    params: Mapping[str, Any],
+    question: str | None = None,
+) -> str:
+    """Content key of one generated item."""
+    payload = json.dumps(
+        [kind, chunk_key, theme, template_hash, model_id, params_json(params), question],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class LedgerItem:
+    """The identity of one item to generate (what its key was computed from)."""
+
+    key: str
+    kind: Kind
+    repo: str
+    chunk_key: str
+    theme: str
+    template_hash: str
+    model_id: str
+    params_json: str
+    input_text: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """A stored ledger row."""
+
+    key: str
+    kind: str
+    repo: str
+    chunk_key: str
+    theme: str
+    template_hash: str
+    model_id: str
+    params_json: str
+    input_text: str | None
+    status: str
+    output: str | None
+    parsed_json: str | None
+    error_category: str | None
+    error_message: str | None
+    attempts: int
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    trimmed: int
+    created_at: float
+    updated_at: float
+
+    @property
+    def ok(self) -> bool:
+        """True when the item was generated successfully."""
+        return self.status == "ok"
+
+    def parsed(self) -> list[str]:
+        """Parsed questions of a question item (empty otherwise)."""
+        if not self.parsed_json:
+            return []
+        value = json.loads(self.parsed_json)
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    def needs_attempt(self, max_attempts: int) -> bool:
+        """Failed with attempts left."""
+        return self.status != "ok" and self.attempts < max_attempts
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to record for one finished item."""
+
+    status: Status
+    output: str | None = None
+    parsed: Sequence[str] | None = None
+    error_category: str | None = None
+    error_message: str | None = None
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    trimmed: bool = False
+
+
+class Ledger:
+    """Reads and writes the ledger table in the StateStore's SQLite database."""
+
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+        state.ensure(LEDGER_TABLE, _DDL)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, LedgerEntry]:
+        """Stored entries for the given keys (absent keys are left out)."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, LedgerEntry] = {}
+        con = self.state.connection()
+        for start in range(0, len(wanted), _SQLITE_MAX_VARS):
+            batch = wanted[start:start + _SQLITE_MAX_VARS]
+            marks = ",".join("?" * len(batch))
+            # marks is only "?" placeholders; values are bound parameters.
+            rows = con.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM {LEDGER_TABLE} WHERE key IN ({marks})",  # noqa: S608
+                batch,
+            ).fetchall()
+            for row in rows:
+                found[row["key"]] = LedgerEntry(**dict(row))
+        con.commit()  # end the implicit read transaction so WAL checkpoints are not held back
+        return found
+
+    def get(self, key: str) -> LedgerEntry | None:
+        """One entry, or None."""
+        return self.get_many([key]).get(key)
+
+    def record(self, item: LedgerItem, outcome: Outcome) -> None:
+        """Commit one result (one short transaction). ``ok`` rows are never overwritten."""
+        now = time.time()
+        parsed = json.dumps(list(outcome.parsed), ensure_ascii=False) if outcome.parsed is not None else None
+        values = (
+            item.key, item.kind, item.repo, item.chunk_key, item.theme, item.template_hash, item.model_id,
+            item.params_json, item.input_text, outcome.status, outcome.output, parsed, outcome.error_category,
+            outcome.error_message[:4000] if outcome.error_message else None,
+            1, int(outcome.prompt_tokens), int(outcome.cached_prompt_tokens), int(outcome.completion_tokens),
+            float(outcome.latency_ms), int(outcome.trimmed), now, now,
+        )
+        with self.state.transaction() as con:
+            con.execute(
+                f"INSERT INTO {LEDGER_TABLE} ({', '.join(_COLUMNS)})"  # noqa: S608 - constant identifiers
+                f" VALUES ({', '.join('?' * len(_COLUMNS))})"
+                " ON CONFLICT(key) DO UPDATE SET"
+                " status = excluded.status, output = excluded.output, parsed_json = excluded.parsed_json,"
+                " error_category = excluded.error_category, error_message = excluded.error_message,"
+                f" attempts = {LEDGER_TABLE}.attempts + 1,"
+                " prompt_tokens = excluded.prompt_tokens, cached_prompt_tokens = excluded.cached_prompt_tokens,"
+                " completion_tokens = excluded.completion_tokens, latency_ms = excluded.latency_ms,"
+                " trimmed = excluded.trimmed, updated_at = excluded.updated_at"
+                f" WHERE {LEDGER_TABLE}.status != 'ok'",
+                values,
+            )
+
+    def counts(self, repo: str | None = None, kind: str | None = None) -> dict[str, int]:
+        """Rows by status, optionally for one repo and/or kind."""
+        sql = f"SELECT status, COUNT(*) AS n FROM {LEDGER_TABLE} WHERE 1 = 1"  # noqa: S608 - constant
+        args: list[str] = []
+        if repo is not None:
+            sql += " AND repo = ?"
+            args.append(repo)
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        con = self.state.connection()
+        rows = con.execute(sql + " GROUP BY status", args).fetchall()
+        con.commit()
+        return {row["status"]: int(row["n"]) for row in rows}
+
+    def entries(self, repo: str | None = None, kind: str | None = None) -> list[LedgerEntry]:
+        """All rows (optionally filtered), oldest first; for tests, the viewer and the CLI."""
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM {LEDGER_TABLE} WHERE 1 = 1"  # noqa: S608 - constant
+        args: list[str] = []
+        if repo is not None:
+            sql += " AND repo = ?"
+            args.append(repo)
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        con = self.state.connection()
+        rows = con.execute(sql + " ORDER BY created_at, key", args).fetchall()
+        con.commit()
+        return [LedgerEntry(**dict(row)) for row in rows]

@@ -1,0 +1,595 @@
+"""Plan, run and tabulate question/answer generation for one repository partition.
+
+Planning computes every item's content key and looks it up in the ledger; only
+missing items (or failed ones with attempts left) go to the backend, in wide batches
+ordered by chunk so a backend can reuse each chunk's prefix cache. Every result is
+committed to the ledger as it arrives; the output tables are then built from the
+ledger, so a no-op re-run makes no LLM call and a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from cicdllm_assets.config import Settings
+from cicdllm_assets.config.models import GenerationConfig
+from cicdllm_assets.generation.chunks import Chunk
+from cicdllm_assets.generation.context import ContextOverflowError, MessageBuilder, fit_prompt
+from cicdllm_assets.generation.ledger import (
+    Ledger,
+    LedgerEntry,
+    LedgerItem,
+    Outcome,
+    item_key,
+    params_json,
+)
+from cicdllm_assets.generation.parsing import normalize_question, parse_questions
+from cicdllm_assets.generation.prompts import PREFIX_MESSAGES, PromptManager, ThemeTemplate
+from cicdllm_assets.performance.battery import pause_while_on_low_battery
+from cicdllm_assets.resources.llm.base import (
+    CircuitOpenError,
+    GenerationRequest,
+    GenerationResult,
+    LLMBackend,
+)
+from cicdllm_assets.storage.state import StateStore
+
+logger = logging.getLogger(__name__)
+
+WIDE_BATCH_FACTOR = 4
+"""Requests handed to the backend per call: ``generation.batch_size`` x this."""
+
+MAX_CONSECUTIVE_BATCH_ERRORS = 2
+
+
+class Log(Protocol):
+    """The part of a logger (stdlib or Dagster's ``context.log``) the runner uses."""
+
+    def info(self, msg: str) -> Any: ...  # pragma: no cover - protocol
+
+    def warning(self, msg: str) -> Any: ...  # pragma: no cover - protocol
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One item to generate: its ledger identity, chunk, message builder and budget."""
+
+    item: LedgerItem
+    chunk: Chunk
+    build: MessageBuilder
+    desired_max_tokens: int
+    n_questions: int = 0
+
+    @property
+    def label(self) -> str:
+        """Human-readable item name for failures and logs."""
+        chunk = self.chunk
+        return f"{chunk.path}:{chunk.start_line}-{chunk.end_line} [{self.item.theme}] {self.item.key[:12]}"
+
+
+@dataclass
+class RunStats:
+    """What one stage run did; turned into asset metadata."""
+
+    total: int = 0
+    reused: int = 0
+    generated: int = 0
+    failed: int = 0
+    exhausted: int = 0
+    llm_requests: int = 0
+    trimmed: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    generate_seconds: float = 0.0
+    failures: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Completion tokens per second of backend time in this run."""
+        return self.completion_tokens / self.generate_seconds if self.generate_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (for metadata and logs)."""
+        return {
+            "items_total": self.total,
+            "generated": self.generated,
+            "reused": self.reused,
+            "failed": self.failed,
+            "exhausted": self.exhausted,
+            "llm_requests": self.llm_requests,
+            "trimmed": self.trimmed,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "generate_seconds": round(self.generate_seconds, 3),
+            "tokens_per_second": round(self.tokens_per_second, 2),
+            "failures_by_category": dict(sorted(self.failures.items())),
+        }
+
+
+Postprocess = Callable[[WorkItem, GenerationResult], Outcome]
+
+
+def _stdlib_log() -> Log:
+    return logger
+
+
+class StageRunner:
+    """Runs the pending items of one stage (``questions`` or ``answers``) of one repo."""
+
+    def __init__(
+        self,
+        *,
+        backend: LLMBackend,
+        ledger: Ledger,
+        state: StateStore,
+        settings: Settings,
+        repo: str,
+        stage: str,
+        log: Log | None = None,
+        pause_hook: Callable[[], object] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.ledger = ledger
+        self.state = state
+        self.settings = settings
+        self.repo = repo
+        self.stage = stage
+        self.log = log or _stdlib_log()
+        self.pause_hook = pause_hook or (
+            lambda: pause_while_on_low_battery(settings, self.log, repo=repo)
+        )
+
+    @property
+    def gen(self) -> GenerationConfig:
+        """The generation config section."""
+        return self.settings.config.generation
+
+    def plan(self, work: Sequence[WorkItem], stats: RunStats) -> tuple[list[WorkItem], dict[str, LedgerEntry]]:
+        """Split ``work`` into items to send and stored entries; update the reuse counters."""
+        entries = self.ledger.get_many(w.item.key for w in work)
+        pending: list[WorkItem] = []
+        seen: set[str] = set()
+        for w in work:
+            if w.item.key in seen:
+                continue
+            seen.add(w.item.key)
+            stats.total += 1
+            entry = entries.get(w.item.key)
+            if entry is None or entry.needs_attempt(self.gen.max_attempts):
+                pending.append(w)
+            elif entry.ok:
+                stats.reused += 1
+            else:
+                stats.exhausted += 1
+        return pending, entries
+
+    def run(self, work: Sequence[WorkItem], postprocess: Postprocess) -> RunStats:
+        """Generate what the ledger lacks, committing each result; raises CircuitOpenError."""
+        stats = RunStats()
+        pending, entries = self.plan(work, stats)
+        self.state.start_stage(self.repo, self.stage, total=stats.total, unit="items")
+        self.state.clear_failures(self.repo, self.stage)
+        if stats.reused or stats.exhausted:
+            self.state.advance(self.repo, self.stage, done=stats.reused, failed=stats.exhausted)
+        self.log.info(
+            f"{self.stage}: {stats.total} items, {stats.reused} reused from the ledger,"
+            f" {len(pending)} to generate, {stats.exhausted} failed with no attempts left"
+        )
+        width = max(1, self.gen.batch_size * WIDE_BATCH_FACTOR)
+        consecutive_errors = 0
+        for start in range(0, len(pending), width):
+            self.pause_hook()
+            group = pending[start:start + width]
+            try:
+                self._run_group(group, entries, postprocess, stats)
+                consecutive_errors = 0
+            except CircuitOpenError:
+                raise
+            except _BatchError as exc:
+                consecutive_errors += 1
+                if consecutive_errors >= MAX_CONSECUTIVE_BATCH_ERRORS:
+                    raise RuntimeError(
+                        f"{self.stage}: the backend failed {consecutive_errors} batches in a row: {exc.cause}"
+                    ) from exc.cause
+            done = min(start + width, len(pending))
+            self.log.info(
+                f"{self.stage}: {done}/{len(pending)} sent, {stats.generated} ok, {stats.failed} failed,"
+                f" {stats.completion_tokens} completion tokens at {stats.tokens_per_second:.1f} tok/s"
+            )
+        return stats
+
+    def _fit(self, w: WorkItem, attempt: int, stats: RunStats) -> tuple[GenerationRequest, bool] | None:
+        gen = self.gen
+        try:
+            fitted = fit_prompt(self.backend, w.build, w.chunk.text, w.desired_max_tokens)
+        except ContextOverflowError as exc:
+            self._record(w, Outcome("failed", error_category="context_overflow", error_message=str(exc)), stats)
+            return None
+        request = GenerationRequest(
+            key=w.item.key,
+            messages=fitted.messages,
+            max_tokens=fitted.max_tokens,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            seed=gen.seed + attempt,  # a retry samples differently; the key keeps the base seed
+            prefix_messages=PREFIX_MESSAGES,
+        )
+        return request, fitted.trimmed
+
+    def _run_group(
+        self,
+        group: Sequence[WorkItem],
+        entries: Mapping[str, LedgerEntry],
+        postprocess: Postprocess,
+        stats: RunStats,
+    ) -> None:
+        requests: list[GenerationRequest] = []
+        in_flight: dict[str, tuple[WorkItem, bool]] = {}
+        for w in group:
+            previous = entries.get(w.item.key)
+            fitted = self._fit(w, previous.attempts if previous else 0, stats)
+            if fitted is None:
+                continue
+            request, trimmed = fitted
+            requests.append(request)
+            in_flight[request.key] = (w, trimmed)
+        if not requests:
+            return
+        stats.llm_requests += len(requests)
+        started = time.monotonic()
+        try:
+            for result in self.backend.generate(requests):
+                entry = in_flight.pop(result.key, None)
+                if entry is None:
+                    self.log.warning(f"{self.stage}: backend returned an unknown key {result.key!r}; ignored")
+                    continue
+                self._handle(entry[0], entry[1], result, postprocess, stats)
+        except CircuitOpenError as exc:
+            self._abandon(in_flight, "circuit_open", str(exc), stats)
+            raise
+        except Exception as exc:  # a backend bug or crash: keep what finished, record the rest
+            self._fail_remaining(in_flight, "backend_error", f"{type(exc).__name__}: {exc}", stats)
+            raise _BatchError(exc) from exc
+        finally:
+            stats.generate_seconds += time.monotonic() - started
+        self._fail_remaining(in_flight, "backend_error", "the backend returned no result for this request", stats)
+
+    def _handle(
+        self, w: WorkItem, trimmed: bool, result: GenerationResult, postprocess: Postprocess, stats: RunStats
+    ) -> None:
+        stats.prompt_tokens += result.prompt_tokens
+        stats.cached_prompt_tokens += result.cached_prompt_tokens
+        stats.completion_tokens += result.completion_tokens
+        if trimmed:
+            stats.trimmed += 1
+        if result.error is not None and result.error.category == "circuit_open":
+            # Never sent: not an attempt. Shown to the viewer, not written to the ledger.
+            stats.failures["circuit_open"] += 1
+            self.state.record_failure(self.repo, self.stage, w.label, "circuit_open", result.error.message)
+            return
+        if result.error is not None:
+            outcome = Outcome("failed", output=result.text or None, error_category=result.error.category,
+                              error_message=result.error.message)
+        else:
+            outcome = postprocess(w, result)
+        outcome = Outcome(
+            status=outcome.status,
+            output=outcome.output,
+            parsed=outcome.parsed,
+            error_category=outcome.error_category,
+            error_message=outcome.error_message,
+            prompt_tokens=result.prompt_tokens,
+            cached_prompt_tokens=result.cached_prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            latency_ms=result.latency_ms,
+            trimmed=trimmed,
+        )
+        self._record(w, outcome, stats)
+
+    def _record(self, w: WorkItem, outcome: Outcome, stats: RunStats) -> None:
+        self.ledger.record(w.item, outcome)
+        if outcome.status == "ok":
+            stats.generated += 1
+            self.state.advance(self.repo, self.stage, done=1)
+        else:
+            stats.failed += 1
+            category = outcome.error_category or "backend_error"
+            stats.failures[category] += 1
+            self.state.advance(self.repo, self.stage, failed=1)
+            self.state.record_failure(self.repo, self.stage, w.label, category, outcome.error_message or category)
+
+    def _fail_remaining(
+        self, in_flight: dict[str, tuple[WorkItem, bool]], category: str, message: str, stats: RunStats
+    ) -> None:
+        for w, trimmed in list(in_flight.values()):
+            self._record(w, Outcome("failed", error_category=category, error_message=message, trimmed=trimmed), stats)
+        in_flight.clear()
+
+    def _abandon(
+        self, in_flight: dict[str, tuple[WorkItem, bool]], category: str, message: str, stats: RunStats
+    ) -> None:
+        for w, _ in in_flight.values():
+            stats.failures[category] += 1
+            self.state.record_failure(self.repo, self.stage, w.label, category, message)
+        in_flight.clear()
+
+
+class _BatchError(Exception):
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+# ---------------------------------------------------------------------------- params
+
+
+def question_params(gen: GenerationConfig) -> dict[str, Any]:
+    """Generation params that shape a question item (part of its key)."""
+    return {
+        "max_tokens": gen.question_max_tokens,
+        "n_questions": gen.questions_per_chunk,
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+        "seed": gen.seed,
+    }
+
+
+def answer_params(gen: GenerationConfig) -> dict[str, Any]:
+    """Generation params that shape an answer item (part of its key)."""
+    return {
+        "max_tokens": gen.effective_answer_max_tokens,
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+        "seed": gen.seed,
+    }
+
+
+def content_id(*parts: str) -> str:
+    """A stable id from content parts."""
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def data_version_of(ids: Iterable[str]) -> str:
+    """A data version for an output table: hash of its sorted row ids."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------------------- questions
+
+QUESTIONS_SCHEMA = pa.schema([
+    ("repo", pa.string()),
+    ("question_id", pa.string()),
+    ("chunk_key", pa.string()),
+    ("theme", pa.string()),
+    ("template_hash", pa.string()),
+    ("question", pa.string()),
+    ("model_id", pa.string()),
+    ("params", pa.string()),
+    ("path", pa.string()),
+    ("start_line", pa.int64()),
+    ("end_line", pa.int64()),
+    ("commit", pa.string()),
+    ("license", pa.string()),
+    ("language", pa.string()),
+    ("question_index", pa.int32()),
+    ("generation_key", pa.string()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("latency_ms", pa.float64()),
+    ("trimmed", pa.bool_()),
+])
+
+
+def plan_questions(
+    chunks: Sequence[Chunk], themes: Sequence[ThemeTemplate], model_id: str, gen: GenerationConfig, repo: str
+) -> list[WorkItem]:
+    """One question item per chunk x theme, in chunk order (themes of a chunk together)."""
+    params = question_params(gen)
+    pjson = params_json(params)
+    work = []
+    for chunk in chunks:
+        for theme in themes:
+            key = item_key("question", chunk.chunk_key, theme.name, theme.question_hash, model_id, params)
+            item = LedgerItem(key, "question", repo, chunk.chunk_key, theme.name, theme.question_hash, model_id, pjson)
+            work.append(WorkItem(
+                item=item,
+                chunk=chunk,
+                build=theme.question_builder(chunk, gen.questions_per_chunk),
+                desired_max_tokens=gen.question_max_tokens,
+                n_questions=gen.questions_per_chunk,
+            ))
+    return work
+
+
+def question_postprocess(gen: GenerationConfig) -> Postprocess:
+    """Parse a question reply; unparseable output becomes a ``parse_error`` with the raw text kept."""
+
+    def postprocess(w: WorkItem, result: GenerationResult) -> Outcome:
+        parsed = parse_questions(result.text, min_chars=gen.min_question_chars, limit=w.n_questions or None)
+        if parsed.ok:
+            return Outcome("ok", output=result.text, parsed=parsed.questions)
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(parsed.dropped.items())) or "nothing recognisable"
+        return Outcome(
+            "failed",
+            output=result.text,
+            error_category="parse_error",
+            error_message=f"no usable question in {len(result.text)} chars of output ({dropped})",
+        )
+
+    return postprocess
+
+
+def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry], repo: str) -> pa.Table:
+    """Rows for every ok question item of ``work`` (one row per parsed question)."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for w in work:
+        entry = entries.get(w.item.key)
+        if entry is None or not entry.ok or w.item.key in seen:
+            continue
+        seen.add(w.item.key)
+        chunk = w.chunk
+        for index, question in enumerate(entry.parsed()):
+            rows.append({
+                "repo": repo,
+                "question_id": content_id(entry.key, normalize_question(question)),
+                "chunk_key": chunk.chunk_key,
+                "theme": entry.theme,
+                "template_hash": entry.template_hash,
+                "question": question,
+                "model_id": entry.model_id,
+                "params": entry.params_json,
+                "path": chunk.path,
+                "start_line": chunk.start_line,
+                "end_line": chunk.end_line,
+                "commit": chunk.commit,
+                "license": chunk.license,
+                "language": chunk.language,
+                "question_index": index,
+                "generation_key": entry.key,
+                "prompt_tokens": entry.prompt_tokens,
+                "completion_tokens": entry.completion_tokens,
+                "latency_ms": entry.latency_ms,
+                "trimmed": bool(entry.trimmed),
+            })
+    return pa.Table.from_pylist(rows, schema=QUESTIONS_SCHEMA)
+
+
+# ---------------------------------------------------------------------------- answers
+
+ANSWERS_SCHEMA = pa.schema([
+    ("repo", pa.string()),
+    ("answer_id", pa.string()),
+    ("question_id", pa.string()),
+    ("chunk_key", pa.string()),
+    ("theme", pa.string()),
+    ("template_hash", pa.string()),
+    ("question_template_hash", pa.string()),
+    ("question", pa.string()),
+    ("answer", pa.string()),
+    ("model_id", pa.string()),
+    ("params", pa.string()),
+    ("prompt_tokens", pa.int64()),
+    ("cached_prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("latency_ms", pa.float64()),
+    ("trimmed", pa.bool_()),
+    ("path", pa.string()),
+    ("start_line", pa.int64()),
+    ("end_line", pa.int64()),
+    ("commit", pa.string()),
+    ("license", pa.string()),
+    ("language", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class AnswerWork:
+    """An answer item with the question row it answers."""
+
+    work: WorkItem
+    question: Mapping[str, Any]
+
+
+def plan_answers(
+    question_rows: Sequence[Mapping[str, Any]],
+    chunks_by_key: Mapping[str, Chunk],
+    prompts: PromptManager,
+    model_id: str,
+    gen: GenerationConfig,
+    repo: str,
+) -> tuple[list[AnswerWork], int]:
+    """One answer item per question whose chunk is current; returns (work, stale question count)."""
+    params = answer_params(gen)
+    pjson = params_json(params)
+    ordered = sorted(
+        question_rows,
+        key=lambda r: (str(r["path"]), int(r["start_line"]), str(r["chunk_key"]), str(r["theme"]),
+                       int(r.get("question_index") or 0), str(r["question_id"])),
+    )
+    work: list[AnswerWork] = []
+    stale = 0
+    themes: dict[str, ThemeTemplate] = {}
+    for row in ordered:
+        chunk = chunks_by_key.get(str(row["chunk_key"]))
+        if chunk is None:
+            stale += 1
+            continue
+        theme_name = str(row["theme"])
+        if theme_name not in themes:
+            themes[theme_name] = prompts.theme(theme_name)
+        theme = themes[theme_name]
+        question = str(row["question"])
+        key = item_key("answer", chunk.chunk_key, theme.name, theme.answer_hash, model_id, params, question)
+        item = LedgerItem(
+            key, "answer", repo, chunk.chunk_key, theme.name, theme.answer_hash, model_id, pjson, question
+        )
+        work.append(AnswerWork(
+            WorkItem(item=item, chunk=chunk, build=theme.answer_builder(chunk, question),
+                     desired_max_tokens=gen.effective_answer_max_tokens),
+            row,
+        ))
+    return work, stale
+
+
+def answer_postprocess(w: WorkItem, result: GenerationResult) -> Outcome:
+    """An answer is ok unless it is empty."""
+    text = result.text.strip()
+    if not text:
+        return Outcome("failed", output=result.text, error_category="parse_error", error_message="empty answer")
+    return Outcome("ok", output=text)
+
+
+def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry], repo: str) -> pa.Table:
+    """Rows for every ok answer item of ``work`` (each answer key once)."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for aw in work:
+        key = aw.work.item.key
+        entry = entries.get(key)
+        if entry is None or not entry.ok or key in seen:
+            continue
+        seen.add(key)
+        chunk, question = aw.work.chunk, aw.question
+        rows.append({
+            "repo": repo,
+            "answer_id": key,
+            "question_id": str(question["question_id"]),
+            "chunk_key": chunk.chunk_key,
+            "theme": entry.theme,
+            "template_hash": entry.template_hash,
+            "question_template_hash": str(question.get("template_hash") or ""),
+            "question": entry.input_text or str(question["question"]),
+            "answer": entry.output or "",
+            "model_id": entry.model_id,
+            "params": entry.params_json,
+            "prompt_tokens": entry.prompt_tokens,
+            "cached_prompt_tokens": entry.cached_prompt_tokens,
+            "completion_tokens": entry.completion_tokens,
+            "latency_ms": entry.latency_ms,
+            "trimmed": bool(entry.trimmed),
+            "path": chunk.path,
+            "start_line": chunk.start_line,
+            "end_line": chunk.end_line,
+            "commit": chunk.commit,
+            "license": chunk.license,
+            "language": chunk.language,
+        })
+    return pa.Table.from_pylist(rows, schema=ANSWERS_SCHEMA)
+
+
+def template_hashes(themes: Iterable[ThemeTemplate]) -> dict[str, dict[str, str]]:
+    """``{theme: {question: hash, answer: hash}}`` for metadata."""
+    return {t.name: {"question": t.question_hash, "answer": t.answer_hash} for t in themes}
+
+
