@@ -1,8 +1,42 @@
-"""Secret detection and redaction (placeholder: identity until the quality work lands)."""
+"""Secret detection and redaction.
+
+Detection combines the maintained `detect-secrets` plugins (AWS, GitHub, GitLab, Slack,
+Stripe, JWT, OpenAI, PyPI, npm, basic auth in URLs, keyword assignments, high-entropy
+base64/hex literals, …) with a few targeted patterns it lacks:
+
+* whole multi-line PEM / PGP / PuTTY private key blocks (detect-secrets only flags
+  the ``BEGIN … PRIVATE KEY`` marker line);
+* secret-looking values in config files (.env, YAML, INI, JSON, TOML, properties),
+  including unquoted ones such as ``password: hunter2`` and connection strings such as
+  ``DATABASE_URL=postgres://user:pass@host/db``;
+* the password part of any ``scheme://user:password@host`` URL.
+
+Plugins are instantiated once per process and called directly (no global detect-secrets
+settings are mutated, so this is thread-safe). Regex-only plugins run over the whole text
+in one pass; the keyword and entropy plugins, the expensive ones, only see lines that a
+cheap pre-filter marks as candidates.
+
+Each secret is replaced by a typed placeholder such as ``[REDACTED:aws_access_key]``;
+redaction repeats until :func:`find_secrets` reports nothing, so
+``find_secrets(redact_secrets(t).text) == []`` holds for any text.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDER_PREFIX = "[REDACTED:"
+_PLACEHOLDER_RE = re.compile(r"\[REDACTED:[a-z0-9_]+\]")
+_MAX_PASSES = 4
 
 
 @dataclass(frozen=True)
@@ -18,6 +52,436 @@ class RedactionResult:
         return sum(self.counts.values())
 
 
+@dataclass(frozen=True)
+class SecretFinding:
+    """One secret found in a text: its type, character span and 1-based line."""
+
+    kind: str
+    start: int
+    end: int
+    line: int
+    detector: str
+
+    def describe(self) -> str:
+        """A log-safe description (never the secret itself)."""
+        return f"{self.kind} at line {self.line} (by {self.detector})"
+
+
+# --------------------------------------------------------------------------- detect-secrets
+
+_TYPE_SLUGS = {
+    "AWS Access Key": "aws_access_key",
+    "Basic Auth Credentials": "basic_auth",
+    "GitHub Token": "github_token",
+    "GitLab Token": "gitlab_token",
+    "JSON Web Token": "jwt",
+    "Private Key": "private_key",
+    "Slack Token": "slack_token",
+    "Stripe Access Key": "stripe_key",
+    "Secret Keyword": "secret_keyword",
+    "Base64 High Entropy String": "high_entropy_base64",
+    "Hex High Entropy String": "high_entropy_hex",
+    "OpenAI Token": "openai_key",
+    "PyPI Token": "pypi_token",
+    "NPM tokens": "npm_token",
+    "SendGrid API Key": "sendgrid_key",
+    "Twilio API Key": "twilio_key",
+    "Azure Storage Account access key": "azure_storage_key",
+}
+# Public IPs are not credentials, and flagging every address in code examples would
+# damage the dataset more than it protects anyone.
+_EXCLUDED_PLUGINS = frozenset({"IPPublicDetector"})
+_LINE_PLUGINS = frozenset({"KeywordDetector", "Base64HighEntropyString", "HexHighEntropyString"})
+# Regex plugins that only fire on `<keyword> = <value>` assignments: run on keyword lines only.
+_KEYWORD_LINE_PLUGINS = frozenset(
+    {"CloudantDetector", "IbmCloudIamDetector", "IbmCosHmacDetector", "SoftlayerDetector"}
+)
+
+
+def _slug(secret_type: str) -> str:
+    known = _TYPE_SLUGS.get(secret_type)
+    if known:
+        return known
+    return re.sub(r"[^a-z0-9]+", "_", secret_type.lower()).strip("_") or "secret"
+
+
+@dataclass(frozen=True)
+class _Plugins:
+    whole_text: tuple[Any, ...]
+    keyword_lines: tuple[Any, ...]
+    per_line: tuple[Any, ...]
+    heuristics: tuple[Any, ...]
+
+
+@lru_cache(maxsize=1)
+def _plugins() -> _Plugins:
+    """Instantiate every detect-secrets plugin once (default limits and options)."""
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+    from detect_secrets.filters import heuristic
+
+    whole: list[Any] = []
+    keyword_lines: list[Any] = []
+    per_line: list[Any] = []
+    for plugin_class in get_mapping_from_secret_type_to_class().values():
+        name = plugin_class.__name__
+        if name in _EXCLUDED_PLUGINS:
+            continue
+        plugin = plugin_class()
+        if name in _LINE_PLUGINS:
+            per_line.append(plugin)
+        elif name in _KEYWORD_LINE_PLUGINS:
+            keyword_lines.append(plugin)
+        else:
+            whole.append(plugin)
+    for group in (whole, keyword_lines, per_line):
+        group.sort(key=lambda p: type(p).__name__)
+    heuristics = (
+        heuristic.is_sequential_string,
+        heuristic.is_potential_uuid,
+        heuristic.is_templated_secret,
+        heuristic.is_prefixed_with_dollar_sign,
+        heuristic.is_not_alphanumeric_string,
+    )
+    logger.debug("detect-secrets plugins: %d whole-text, %d per-line", len(whole), len(per_line))
+    return _Plugins(tuple(whole), tuple(keyword_lines), tuple(per_line), heuristics)
+
+
+# A line can only hold a keyword or high-entropy finding if it names a secret-ish key or
+# has a quoted run of base64/hex characters: everything else skips the per-line plugins.
+_KEY_HINT = r"pass|pwd|pw\b|secret|token|key|cred|dsn|url|conn|bearer|contrase|auth"
+_ENTROPY_HINT = r"""['"][A-Za-z0-9+/=_\-]{8,}['"]"""
+_KEY_LINES = re.compile(rf"^[^\n]*?(?:{_KEY_HINT})[^\n]*", re.IGNORECASE | re.MULTILINE)
+_ENTROPY_LINES = re.compile(rf"^[^\n]*?{_ENTROPY_HINT}[^\n]*", re.MULTILINE)
+
+
+def _candidate_lines(text: str, lines_regex: re.Pattern[str]) -> list[tuple[int, str]]:
+    """(offset, line) of every line the regex selects, in order."""
+    return [(match.start(), match.group(0)) for match in lines_regex.finditer(text)]
+
+
+def _line_starts(text: str) -> list[int]:
+    starts = [0]
+    pos = text.find("\n")
+    while pos != -1:
+        starts.append(pos + 1)
+        pos = text.find("\n", pos + 1)
+    return starts
+
+
+def _occurrences(haystack: str, needle: str, base: int) -> Iterator[tuple[int, int]]:
+    if not needle:
+        return
+    pos = haystack.find(needle)
+    while pos != -1:
+        yield base + pos, base + pos + len(needle)
+        pos = haystack.find(needle, pos + len(needle))
+
+
+def _is_placeholder(value: str) -> bool:
+    return PLACEHOLDER_PREFIX in value or "REDACTED" in value
+
+
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+/=")
+
+
+def _widen(text: str, start: int, end: int) -> tuple[int, int]:
+    """Grow a span over adjacent token characters, so no piece of a secret is left behind."""
+    while start > 0 and text[start - 1] in _TOKEN_CHARS:
+        start -= 1
+    while end < len(text) and text[end] in _TOKEN_CHARS:
+        end += 1
+    return start, end
+
+
+def _regex_plugin_spans(plugin: Any, text: str, base: int = 0) -> Iterator[tuple[int, int]]:
+    """Spans of a regex plugin's hits: its own (validated) values located via its denylist."""
+    values = {v for v in plugin.analyze_string(text) if isinstance(v, str) and v}
+    if not values:
+        return
+    denylist = getattr(plugin, "denylist", None)
+    if denylist is None:
+        for value in values:
+            if len(value) >= 4 and not _is_placeholder(value):
+                yield from _occurrences(text, value, base)
+        return
+    for regex in denylist:
+        for match in regex.finditer(text):
+            whole = match.group(0)
+            if not any(value in whole for value in values):
+                continue
+            groups = [i for i in range(1, (regex.groups or 0) + 1) if match.group(i)]
+            best = max(groups, key=lambda i: len(match.group(i)), default=0)
+            if best and len(match.group(best)) >= 8:
+                start, end = match.span(best)
+            else:
+                start, end = match.span(0)
+                # Regexes with context (e.g. a leading space or quote) must not swallow it.
+                while start < end and not text[start].isalnum():
+                    start += 1
+                while end > start and not text[end - 1].isalnum() and text[end - 1] != "=":
+                    end -= 1
+            if end > start and not _is_placeholder(text[start:end]):
+                start, end = _widen(text, start, end)
+                yield base + start, base + end
+
+
+def _detect_secrets_spans(
+    text: str, path: str, keyword_lines: list[tuple[int, str]], entropy_lines: list[tuple[int, str]]
+) -> Iterator[tuple[int, int, str, str]]:
+    plugins = _plugins()
+    for plugin in plugins.whole_text:
+        for start, end in _regex_plugin_spans(plugin, text):
+            yield start, end, _slug(plugin.secret_type), type(plugin).__name__
+    for offset, line in keyword_lines:
+        for plugin in plugins.keyword_lines:
+            for start, end in _regex_plugin_spans(plugin, line, offset):
+                yield start, end, _slug(plugin.secret_type), type(plugin).__name__
+    filename = path or "adhoc.txt"
+    seen: set[int] = set()
+    for offset, line in sorted(keyword_lines + entropy_lines):
+        if offset in seen or len(line) < 8:
+            continue
+        seen.add(offset)
+        for plugin in plugins.per_line:
+            for found in plugin.analyze_line(filename=filename, line=line, line_number=0, context=None):
+                value = found.secret_value
+                if not value or _is_placeholder(value) or any(h(value) for h in plugins.heuristics):
+                    continue
+                for start, end in _occurrences(line, value, offset):
+                    yield start, end, _slug(plugin.secret_type), type(plugin).__name__
+
+
+# --------------------------------------------------------------------------- targeted patterns
+
+_PEM_BLOCK = re.compile(
+    r"-----BEGIN (?P<label>[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?)-----"
+    r"(?:.*?-----END (?P=label)-----|[\sA-Za-z0-9+/=:,\-\"'\\]*)",  # complete, or truncated to the end
+    re.DOTALL,
+)
+_PUTTY_KEY = re.compile(r"PuTTY-User-Key-File-\d:.*?(?:Private-MAC: *\S+|\Z)", re.DOTALL)
+
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-+/=]*")
+_URL_PASSWORD = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"`]+:(?P<value>[^\s@/'\"`]+)@[^\s'\"`]")
+
+_SENSITIVE_KEY_WORDS = (
+    r"password|passwd|passphrase|(?<![A-Za-z])pass|pwd|secret|secret[_\-.]?key|client[_\-.]?secret|token|"
+    r"access[_\-.]?token|refresh[_\-.]?token|auth[_\-.]?token|bearer|api[_\-.]?key|apikey|"
+    r"access[_\-.]?key|secret[_\-.]?access[_\-.]?key|private[_\-.]?key|signing[_\-.]?key|"
+    r"encryption[_\-.]?key|master[_\-.]?key|session[_\-.]?key|credentials?|"
+    r"database[_\-.]?url|db[_\-.]?url|\w*dsn|connection[_\-.]?string|conn[_\-.]?str|"
+    r"(?:redis|mongo(?:db)?|postgres(?:ql)?|mysql|amqp|broker)[_\-.]?url"
+)
+# The secret-ish word must END the key (`db_password`, not `password_field`).
+_SECRET_KEY_END = re.compile(rf"(?:{_SENSITIVE_KEY_WORDS})$", re.IGNORECASE)
+# key, optional closing quote (JSON), separator, value (quoted or bare to the end of the token).
+_ASSIGNMENT = re.compile(
+    r"""(?<![A-Za-z0-9_\-.])(?P<key>[A-Za-z0-9_\-.]++)(?P<kq>["']?)[ \t]*+(?P<sep>:=|=>|=|:)(?!=)[ \t]*+"""
+    r"""(?:"(?P<dq>[^"\n]*)"|'(?P<sq>[^'\n]*)'|(?P<bare>[^\s'"#;,][^\s'"#;]*))"""
+)
+# `password: str = "hunter2"` (typed assignment in Python, TypeScript, Kotlin …).
+_ANNOTATED_ASSIGNMENT = re.compile(
+    r"""(?<![A-Za-z0-9_])(?P<key>[A-Za-z0-9_]++)[ \t]*+:[ \t]*+[A-Za-z_][\w\[\]., |]*?[ \t]*=[ \t]*"""
+    r"""(?P<q>["'])(?P<value>[^"'\n]+)(?P=q)"""
+)
+_CONFIG_EXTENSIONS = frozenset(
+    {".env", ".yaml", ".yml", ".ini", ".cfg", ".conf", ".cnf", ".toml", ".properties", ".json", ".envrc"}
+)
+_CODE_LIKE = re.compile(
+    r"""^(?:[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*(?:\(.*|\[.*)?|[\w.]+\(.*)[,;)]*$"""
+)
+_NOT_SECRET_VALUES = frozenset(
+    {
+        "", "none", "null", "nil", "true", "false", "yes", "no", "on", "off", "required", "optional",
+        "str", "string", "bytes", "int", "bool", "secretstr", "undefined", "env", "file", "[]", "{}",
+        "***", "****", "********", "xxx", "xxxx", "|", ">", "|-", ">-", "{", "[", "(",
+        "optional[str]", "str|none", "any", "dict", "list", "object", "secret", "password", "token",
+    }
+)
+
+
+def _key_kind(key: str) -> str:
+    lowered = key.lower()
+    if re.search(r"url|dsn|conn", lowered):
+        return "connection_string"
+    if re.search(r"pass|pwd", lowered):
+        return "password"
+    if "private" in lowered:
+        return "private_key"
+    if "token" in lowered or "bearer" in lowered:
+        return "token"
+    if re.search(r"api[_\-.]?key|apikey|access[_\-.]?key", lowered):
+        return "api_key"
+    if "cred" in lowered:
+        return "credential"
+    return "secret"
+
+
+def _is_reference(value: str) -> bool:
+    """Environment/template references and placeholders are not secrets."""
+    stripped = value.strip()
+    if stripped.lower().rstrip(",;") in _NOT_SECRET_VALUES:
+        return True
+    if stripped.startswith(("$", "%(", "{{", "<", "${", "#{", "@", "&", "*", "!", "os.", "env(", "process.env")):
+        return True
+    if _is_placeholder(stripped):
+        return True
+    return bool(re.fullmatch(r"[\d.\-_]+", stripped))  # numbers, versions, ttl values
+
+
+def _file_kind(path: str) -> str:
+    """'config' (bare values are literals), 'code' (bare values are expressions) or 'unknown'."""
+    if not path:
+        return "unknown"
+    name = os.path.basename(path).lower()
+    _, ext = os.path.splitext(name)
+    if name.startswith(".env") or name.endswith(".env") or ext in _CONFIG_EXTENSIONS:
+        return "config"
+    if ext in {".md", ".rst", ".txt", ""}:
+        return "unknown"
+    return "code"
+
+
+def _assignment_spans(
+    text: str, path: str, keyword_lines: list[tuple[int, str]]
+) -> Iterator[tuple[int, int, str, str]]:
+    for offset, line in keyword_lines:
+        for start, end, kind, detector in _line_assignment_spans(line, path):
+            yield offset + start, offset + end, kind, detector
+
+
+def _line_assignment_spans(text: str, path: str) -> Iterator[tuple[int, int, str, str]]:
+    kind_of_file = _file_kind(path)
+    for match in _ANNOTATED_ASSIGNMENT.finditer(text):
+        value = match.group("value")
+        if not _SECRET_KEY_END.search(match.group("key")):
+            continue
+        if value and not _is_reference(value):
+            yield match.start("value"), match.end("value"), _key_kind(match.group("key")), "pattern:assignment"
+    for match in _ASSIGNMENT.finditer(text):
+        key = match.group("key")
+        if not _SECRET_KEY_END.search(key):
+            continue
+        for group in ("dq", "sq", "bare"):
+            value = match.group(group)
+            if value is not None:
+                break
+        else:  # pragma: no cover - the regex always sets one
+            continue
+        if not value or _is_reference(value) or value.lower() == key.lower():
+            continue  # `PASS = "PASS"` is an enum member, not a password
+        if group == "bare":
+            bare = value.rstrip(",;)")
+            sep = match.group("sep")
+            if kind_of_file == "code" or _is_reference(bare):
+                continue
+            following = text[match.end(group) : match.end(group) + 3].lstrip(" \t")
+            if value != bare or following.startswith(("=", ")", ",")):
+                continue  # a parameter annotation or call argument: `password: str = ...`
+            if kind_of_file == "unknown" and sep in {"=", ":=", "=>"} and _CODE_LIKE.match(bare):
+                # `password = get_password()` in prose/code: an expression, unless .env-style
+                # (KEY=value with an upper-case key and no spaces around '=').
+                env_style = key.isupper() and text[match.end("kq") : match.end("kq") + 1] == "="
+                if not env_style:
+                    continue
+            if kind_of_file == "unknown" and sep == ":" and _CODE_LIKE.match(bare) and "(" in bare:
+                continue
+            value = bare
+            if not value:
+                continue
+        start = match.start(group)
+        yield start, start + len(value), _key_kind(key), "pattern:assignment"
+
+
+def _pattern_spans(
+    text: str, path: str, keyword_lines: list[tuple[int, str]]
+) -> Iterator[tuple[int, int, str, str]]:
+    for match in _PEM_BLOCK.finditer(text):
+        yield match.start(), match.end(), "private_key", "pattern:pem_block"
+    for match in _PUTTY_KEY.finditer(text):
+        yield match.start(), match.end(), "private_key", "pattern:putty_key"
+    for match in _JWT.finditer(text):
+        yield match.start(), match.end(), "jwt", "pattern:jwt"
+    for match in _URL_PASSWORD.finditer(text):
+        value = match.group("value")
+        if not _is_reference(value):
+            yield match.start("value"), match.end("value"), "url_password", "pattern:url_credentials"
+    yield from _assignment_spans(text, path, keyword_lines)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _merge(spans: list[tuple[int, int, str, str]]) -> list[tuple[int, int, str, str]]:
+    """Merge overlapping spans; the longest span of a cluster names it."""
+    spans.sort(key=lambda s: (s[0], -(s[1] - s[0])))
+    merged: list[list[Any]] = []
+    for start, end, kind, detector in spans:
+        if merged and start < merged[-1][1]:
+            last = merged[-1]
+            if end - start > last[1] - last[0]:
+                last[2], last[3] = kind, detector
+            last[1] = max(last[1], end)
+            continue
+        merged.append([start, end, kind, detector])
+    return [(s, e, k, d) for s, e, k, d in merged]
+
+
+def _find_spans(text: str, path: str) -> list[tuple[int, int, str, str]]:
+    if not text:
+        return []
+    keyword_lines = _candidate_lines(text, _KEY_LINES)
+    entropy_lines = _candidate_lines(text, _ENTROPY_LINES)
+    spans = list(_pattern_spans(text, path, keyword_lines))
+    spans.extend(_detect_secrets_spans(text, path, keyword_lines, entropy_lines))
+    # Never report a placeholder (or a piece of one) as a secret.
+    placeholders = [(m.start(), m.end()) for m in _PLACEHOLDER_RE.finditer(text)]
+    if placeholders:
+        spans = [
+            span for span in spans
+            if not any(p_start <= span[0] and span[1] <= p_end for p_start, p_end in placeholders)
+        ]
+    return _merge(spans)
+
+
+def find_secrets(text: str, path: str = "") -> list[SecretFinding]:
+    """Every secret in ``text`` (``path`` hints the file type), in order of position."""
+    spans = _find_spans(text, path)
+    if not spans:
+        return []
+    starts = _line_starts(text)
+    from bisect import bisect_right
+
+    return [
+        SecretFinding(kind=kind, start=start, end=end, line=bisect_right(starts, start), detector=detector)
+        for start, end, kind, detector in spans
+    ]
+
+
 def redact_secrets(text: str, path: str = "") -> RedactionResult:
     """Replace every secret in ``text`` (``path`` hints the file type, e.g. .env, .yaml)."""
-    return RedactionResult(text=text)
+    if not isinstance(text, str):
+        raise TypeError(f"redact_secrets expects str, got {type(text).__name__}")
+    counts: Counter[str] = Counter()
+    current = text
+    for _ in range(_MAX_PASSES):
+        spans = _find_spans(current, path)
+        if not spans:
+            break
+        pieces: list[str] = []
+        cursor = 0
+        for start, end, kind, _detector in spans:
+            pieces.append(current[cursor:start])
+            pieces.append(f"[REDACTED:{kind}]")
+            counts[kind] += 1
+            cursor = end
+        pieces.append(current[cursor:])
+        current = "".join(pieces)
+    return RedactionResult(text=current, counts=dict(sorted(counts.items())))
+
+
+def secret_counts(texts: list[str], path: str = "") -> dict[str, int]:
+    """Secret types and counts over several texts (for reports)."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(finding.kind for finding in find_secrets(text, path))
+    return dict(sorted(counts.items()))
