@@ -1,0 +1,123 @@
+"""The ``code_chunks`` asset: token-bounded, secret-redacted chunks of every kept source file."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, asset
+
+from cicdllm_assets.assets.source_files import repository_row
+from cicdllm_assets.chunking.plan import CHUNKER_VERSION
+from cicdllm_assets.chunking.rows import ChunkRowBuilder, FileForChunks, texts_digest
+from cicdllm_assets.chunking.runtime import chunker_for
+from cicdllm_assets.chunking.service import PlanRequest
+from cicdllm_assets.config import ConfigError
+from cicdllm_assets.discovery.content import decode_with
+from cicdllm_assets.discovery.discover import KEPT
+from cicdllm_assets.discovery.git_objects import BlobReader, GitError
+from cicdllm_assets.models.paths import ModelNotPreparedError
+from cicdllm_assets.partitions import repos_partitions
+from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.storage.state import StateStore
+
+STAGE = "code_chunks"
+CODE_VERSION = f"code-chunks-c{CHUNKER_VERSION}-r1"
+BATCH_FILES = 256
+
+
+@asset(
+    partitions_def=repos_partitions,
+    group_name="ingest",
+    code_version=CODE_VERSION,
+    kinds={"parquet"},
+    description="Chunks of kept files split at syntax boundaries, each within processing.chunk_max_tokens, "
+    "secrets redacted.",
+)
+def code_chunks(
+    context: AssetExecutionContext,
+    app_config: AppConfigResource,
+    repositories: pa.Table,
+    source_files: pa.Table,
+) -> Output[pa.Table]:
+    """Slice each kept file by its (cached) chunk plan, redact secrets, keep every chunk in budget."""
+    repo = context.partition_key
+    try:
+        settings = app_config.settings()
+    except ConfigError as exc:
+        raise Failure(str(exc)) from None
+    row = repository_row(repositories, repo)
+    commit = str(row["head_commit"])
+    state = StateStore(settings.state_db)
+    started = time.perf_counter()
+    kept = [f for f in source_files.to_pylist() if f["status"] == KEPT]
+    try:
+        state.clear_failures(repo, STAGE)
+        state.start_stage(repo, STAGE, total=len(kept), unit="files")
+        try:
+            chunker = chunker_for(settings)
+        except (ModelNotPreparedError, ValueError) as exc:
+            state.record_failure(repo, STAGE, repo, "tokenizer", str(exc))
+            state.finish_stage(repo, STAGE, "failed")
+            raise Failure(str(exc)) from None
+        builder = ChunkRowBuilder(repo, commit, row.get("license"), chunker.budget, chunker.counter)
+        failed = 0
+        try:
+            with BlobReader(row["local_path"]) as reader:
+                for start in range(0, len(kept), BATCH_FILES):
+                    files: list[FileForChunks] = []
+                    batch = kept[start : start + BATCH_FILES]
+                    for item in batch:
+                        try:
+                            text = decode_with(reader.read(item["blob_sha"]), item["encoding"] or "utf-8")
+                        except (GitError, UnicodeDecodeError, LookupError) as exc:
+                            failed += 1
+                            state.record_failure(repo, STAGE, item["path"], "read", f"{type(exc).__name__}: {exc}")
+                            continue
+                        files.append(FileForChunks(item["path"], item["blob_sha"], item["language"], text))
+                    plans = chunker.plan_many([PlanRequest(f.blob_sha, f.language, f.text) for f in files])
+                    for file, plan in zip(files, plans, strict=True):
+                        builder.add_file(file, plan)
+                    state.advance(repo, STAGE, done=len(files), failed=len(batch) - len(files))
+        finally:
+            chunker.close()
+        table = builder.table()
+        seconds = time.perf_counter() - started
+        stats = builder.stats
+        state.finish_stage(repo, STAGE, "done")
+        summary = (
+            f"{STAGE}: {stats.chunks} chunks from {len(kept) - failed} files, {stats.tokens} tokens,"
+            f" {stats.redactions} secrets redacted; plan cache {chunker.stats.cache_hits} hits /"
+            f" {chunker.stats.cache_misses} misses"
+        )
+        state.log_event("info", summary, repo=repo)
+        context.log.info(summary)
+        metadata: dict[str, Any] = {
+            "commit": MetadataValue.text(commit),
+            "chunks": MetadataValue.int(stats.chunks),
+            "files": MetadataValue.int(len(kept) - failed),
+            "files_failed": MetadataValue.int(failed),
+            "tokens": MetadataValue.int(stats.tokens),
+            "max_chunk_tokens": MetadataValue.int(stats.max_tokens),
+            "chunk_max_tokens": MetadataValue.int(chunker.budget),
+            "redactions": MetadataValue.int(stats.redactions),
+            "redacted_chunks": MetadataValue.int(stats.redacted_chunks),
+            "resplit_after_redaction": MetadataValue.int(stats.resplit_chunks),
+            "duplicate_chunks_dropped": MetadataValue.int(stats.duplicate_chunks),
+            "chunks_by_language": MetadataValue.json(dict(sorted(stats.by_language.items()))),
+            "cache_hits": MetadataValue.int(chunker.stats.cache_hits),
+            "cache_misses": MetadataValue.int(chunker.stats.cache_misses),
+            "files_per_second": MetadataValue.float(round(len(kept) / seconds, 1) if seconds > 0 else 0.0),
+            "seconds": MetadataValue.float(round(seconds, 3)),
+        }
+        digest = texts_digest([*table.column("chunk_key").to_pylist(), *table.column("text").to_pylist()])
+        return Output(table, data_version=DataVersion(digest), metadata=metadata)
+    except Failure:
+        raise
+    except Exception as exc:
+        state.record_failure(repo, STAGE, repo, "internal", f"{type(exc).__name__}: {exc}")
+        state.finish_stage(repo, STAGE, "failed")
+        raise
+    finally:
+        state.close()

@@ -1,0 +1,167 @@
+"""Turn cached chunk plans into ``code_chunks`` rows: slice, redact secrets, re-check the budget."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from cicdllm_assets.chunking.plan import ChunkSpan, FilePlan
+from cicdllm_assets.chunking.tokenizer import TokenCounter
+from cicdllm_assets.quality.secrets import redact_secrets
+
+CODE_CHUNKS_SCHEMA = pa.schema([
+    pa.field("repo", pa.string(), nullable=False),
+    pa.field("commit", pa.string(), nullable=False),
+    pa.field("license", pa.string()),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("blob_sha", pa.string(), nullable=False),
+    pa.field("language", pa.string()),
+    pa.field("chunk_key", pa.string(), nullable=False),
+    pa.field("start_line", pa.int32(), nullable=False),
+    pa.field("end_line", pa.int32(), nullable=False),
+    pa.field("symbol", pa.string()),
+    pa.field("imports", pa.string()),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("token_count", pa.int32(), nullable=False),
+    pa.field("redactions", pa.int32(), nullable=False),
+    pa.field("chunk_index", pa.int32(), nullable=False),
+])
+
+Redactor = Callable[[str, str], Any]
+
+
+def chunk_key(blob_sha: str, start_line: int, end_line: int, extra: str = "") -> str:
+    """Stable identity of a chunk: a hash of (blob sha, line span[, sub-line span])."""
+    raw = f"{blob_sha}:{start_line}:{end_line}" + (f":{extra}" if extra else "")
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class FileForChunks:
+    """A kept file with its decoded text."""
+
+    path: str
+    blob_sha: str
+    language: str
+    text: str
+
+
+@dataclass
+class ChunkRowStats:
+    """Counters of one row-building run."""
+
+    chunks: int = 0
+    tokens: int = 0
+    redactions: int = 0
+    redacted_chunks: int = 0
+    resplit_chunks: int = 0
+    duplicate_chunks: int = 0
+    max_tokens: int = 0
+    by_language: dict[str, int] = field(default_factory=dict)
+
+
+def fit_text(text: str, budget: int, counter: TokenCounter) -> list[tuple[int, str, int]]:
+    """Split ``text`` into (line offset, piece, tokens) pieces of at most ``budget`` real tokens.
+
+    Used only when redaction grew a chunk past the budget: halves by lines, then by characters.
+    """
+    n = counter.count(text)
+    if n <= budget:
+        return [(0, text, n)]
+    lines = text.splitlines(keepends=True)
+    if len(lines) > 1:
+        mid = len(lines) // 2
+        head, tail = "".join(lines[:mid]), "".join(lines[mid:])
+        return fit_text(head, budget, counter) + [
+            (off + mid, piece, tok) for off, piece, tok in fit_text(tail, budget, counter)
+        ]
+    if len(text) <= 1:
+        return [(0, text, n)]
+    mid = len(text) // 2
+    return fit_text(text[:mid], budget, counter) + fit_text(text[mid:], budget, counter)
+
+
+class ChunkRowBuilder:
+    """Accumulates ``code_chunks`` rows for one repo partition (one chunk key at most once)."""
+
+    def __init__(
+        self,
+        repo: str,
+        commit: str,
+        license_id: str | None,
+        budget: int,
+        counter: TokenCounter,
+        redactor: Redactor | None = redact_secrets,
+    ) -> None:
+        self.repo, self.commit, self.license = repo, commit, license_id
+        self.budget = budget
+        self.counter = counter
+        self.redactor = redactor
+        self.columns: dict[str, list[Any]] = {name: [] for name in CODE_CHUNKS_SCHEMA.names}
+        self.stats = ChunkRowStats()
+        self._seen: set[str] = set()
+
+    def _append(self, file: FileForChunks, span: ChunkSpan, key: str, start: int, end: int,
+                imports: str, text: str, tokens: int, redactions: int) -> None:
+        if key in self._seen:
+            self.stats.duplicate_chunks += 1
+            return
+        self._seen.add(key)
+        cols = self.columns
+        index = len(cols["chunk_key"])
+        for name, value in (
+            ("repo", self.repo), ("commit", self.commit), ("license", self.license), ("path", file.path),
+            ("blob_sha", file.blob_sha), ("language", file.language), ("chunk_key", key),
+            ("start_line", start), ("end_line", end), ("symbol", span.symbol), ("imports", imports),
+            ("text", text), ("token_count", tokens), ("redactions", redactions), ("chunk_index", index),
+        ):
+            cols[name].append(value)
+        stats = self.stats
+        stats.chunks += 1
+        stats.tokens += tokens
+        stats.max_tokens = max(stats.max_tokens, tokens)
+        stats.by_language[file.language] = stats.by_language.get(file.language, 0) + 1
+
+    def add_file(self, file: FileForChunks, plan: FilePlan) -> int:
+        """Add the rows of one file; returns how many chunks it produced."""
+        before = self.stats.chunks
+        for span in plan.chunks:
+            text = file.text[span.start_char : span.end_char]
+            extra = f"{span.start_char}-{span.end_char}" if span.partial else ""
+            key = chunk_key(file.blob_sha, span.start_line, span.end_line, extra)
+            redactions = 0
+            tokens = span.token_count
+            if self.redactor is not None:
+                result = self.redactor(text, file.path)
+                redactions = int(result.total)
+                if result.text != text:
+                    text = result.text
+                    self.stats.redacted_chunks += 1
+                    self.stats.redactions += redactions
+                    tokens = self.counter.count(text)  # placeholders change the token count
+            if tokens > self.budget:
+                self.stats.resplit_chunks += 1
+                for k, (offset, piece, piece_tokens) in enumerate(fit_text(text, self.budget, self.counter)):
+                    start = min(span.start_line + offset, span.end_line)
+                    end = min(start + max(piece.count("\n") - (1 if piece.endswith("\n") else 0), 0), span.end_line)
+                    self._append(file, span, chunk_key(file.blob_sha, start, end, f"{extra}r{k}"), start, end,
+                                 plan.imports, piece, piece_tokens, redactions if k == 0 else 0)
+                continue
+            self._append(file, span, key, span.start_line, span.end_line, plan.imports, text, tokens, redactions)
+        return self.stats.chunks - before
+
+    def table(self) -> pa.Table:
+        """The accumulated rows as a table with the ``code_chunks`` schema."""
+        return pa.Table.from_pydict(self.columns, schema=CODE_CHUNKS_SCHEMA)
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """A short hash over many texts (data versions)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+    return digest.hexdigest()[:24]

@@ -1,0 +1,47 @@
+"""Process-wide tokenizer and plan-cache instances, so the LRU survives across partitions."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from cicdllm_assets.chunking.cache import PlanCache
+from cicdllm_assets.chunking.service import Chunker
+from cicdllm_assets.chunking.tokenizer import TokenCounter
+from cicdllm_assets.config import Settings
+from cicdllm_assets.models.paths import resolve_tokenizer_path
+from cicdllm_assets.storage.state import StateStore
+
+_lock = threading.Lock()
+_counters: dict[tuple[str, int, int], TokenCounter] = {}
+_caches: dict[tuple[str, int], PlanCache] = {}
+
+
+def token_counter(path: Path) -> TokenCounter:
+    """A shared :class:`TokenCounter` per tokenizer file (reloaded when the file changes)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    with _lock:
+        counter = _counters.get(key)
+        if counter is None:
+            counter = TokenCounter(path)
+            _counters[key] = counter
+        return counter
+
+
+def plan_cache(state_db: Path, lru_size: int) -> PlanCache:
+    """A shared :class:`PlanCache` per state database and LRU size."""
+    key = (str(Path(state_db).resolve()), lru_size)
+    with _lock:
+        cache = _caches.get(key)
+        if cache is None:
+            cache = PlanCache(StateStore(state_db), lru_size)
+            _caches[key] = cache
+        return cache
+
+
+def chunker_for(settings: Settings) -> Chunker:
+    """A :class:`Chunker` for the configured tokenizer, budget and cache (close it after use)."""
+    counter = token_counter(resolve_tokenizer_path(settings))
+    cache = plan_cache(settings.state_db, settings.config.performance.cache_size)
+    return Chunker(counter, settings.config.processing.chunk_max_tokens, cache)

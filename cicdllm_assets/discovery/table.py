@@ -1,0 +1,51 @@
+"""The ``source_files`` table schema and conversion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from cicdllm_assets.discovery.discover import SourceFile
+
+SOURCE_FILES_SCHEMA = pa.schema([
+    pa.field("repo", pa.string(), nullable=False),
+    pa.field("commit", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("blob_sha", pa.string(), nullable=False),
+    pa.field("size_bytes", pa.int64(), nullable=False),
+    pa.field("language", pa.string(), nullable=False),
+    pa.field("encoding", pa.string()),
+    pa.field("line_count", pa.int64(), nullable=False),
+    pa.field("token_count", pa.int64(), nullable=False),
+    pa.field("chunk_count", pa.int32(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("skip_reason", pa.string()),
+    pa.field("skip_category", pa.string()),
+    pa.field("mode", pa.string(), nullable=False),
+    pa.field("symlink_target", pa.string()),
+])
+
+
+def source_files_table(repo: str, commit: str, files: Sequence[SourceFile]) -> pa.Table:
+    """One row per tracked file."""
+    return pa.Table.from_pydict(
+        {
+            "repo": [repo] * len(files),
+            "commit": [commit] * len(files),
+            "path": [f.path for f in files],
+            "blob_sha": [f.blob_sha for f in files],
+            "size_bytes": [f.size_bytes for f in files],
+            "language": [f.language for f in files],
+            "encoding": [f.encoding for f in files],
+            "line_count": [f.line_count for f in files],
+            "token_count": [f.token_count for f in files],
+            "chunk_count": [f.chunk_count for f in files],
+            "status": [f.status for f in files],
+            "skip_reason": [f.skip_reason for f in files],
+            "skip_category": [f.skip_category for f in files],
+            "mode": [f.mode for f in files],
+            "symlink_target": [f.symlink_target for f in files],
+        },
+        schema=SOURCE_FILES_SCHEMA,
+    )
