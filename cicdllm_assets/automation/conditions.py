@@ -8,8 +8,8 @@ respects dependencies (the sensor emits backfills).
 
 Updates made by a run that already included the downstream asset (``cicdllm run``,
 ``main_job``) are ignored (``executed_with_root_target``), so a finished run does not
-trigger itself again. A newly added repo partition is filled in once its
-``repositories`` partition exists (``newly_missing``).
+trigger itself again. New repo partitions are not automation's business: the repos.txt
+sensor adds them and launches their first run of the whole chain.
 
 The conditions are attached in :mod:`cicdllm_assets.definitions` through
 :func:`apply_automation_conditions`, to the pipeline assets that declare none themselves.
@@ -51,7 +51,7 @@ def follow_head_commit() -> AutomationCondition:
     changing (ultimately the repo's head commit) rather than by any materialization.
     """
     return (
-        (AutomationCondition.newly_missing() | deps_data_version_changed()).since_last_handled()
+        deps_data_version_changed().since_last_handled()
         & ~AutomationCondition.any_deps_missing()
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
