@@ -1,0 +1,112 @@
+"""The OpenAI backend against a real ``mlx_lm.server`` subprocess serving the tiny random model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
+from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
+from cicdllm_assets.resources.llm.tokenizer_counter import TokenCounter
+from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
+
+STARTUP_DEADLINE_SECONDS = 180.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def mlx_server(tiny_model_dir: Path, tmp_path: Path) -> Iterator[str]:  # noqa: F811
+    """Start mlx_lm.server on a free loopback port; yield its /v1 URL; always terminate it."""
+    port = _free_port()
+    hub = tmp_path / "hf" / "hub"
+    hub.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_CACHE": str(hub),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    log_path = tmp_path / "mlx_server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlx_lm.server", "--model", str(tiny_model_dir),
+             "--host", "127.0.0.1", "--port", str(port), "--max-tokens", "16"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlx_lm.server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlx_lm.server did not answer within {STARTUP_DEADLINE_SECONDS:g}s:\n"
+                            f"{log_path.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.mark.slow
+def test_backend_against_real_mlx_lm_server(mlx_server: str, tiny_model_dir: Path) -> None:  # noqa: F811
+    counter = TokenCounter(tiny_model_dir)
+    config = OpenAIBackendConfig(
+        base_url=mlx_server,
+        model=str(tiny_model_dir),  # the same string as --model: the server keeps the loaded model
+        max_concurrency=2,
+        timeout_seconds=120.0,
+        max_retries=2,
+        backoff_base_seconds=0.1,
+        context_window=2048,
+    )
+    messages = (
+        ChatMessage("system", "You are a helpful assistant that writes questions and answers about code."),
+        ChatMessage("user", "def add(a, b):\n    return a + b\n"),
+    )
+    requests = [
+        GenerationRequest(
+            key=f"k{i}",
+            messages=(*messages, ChatMessage("user", f"Question {i}: What does this function return?")),
+            max_tokens=8,
+            temperature=0.0,
+            seed=i,
+            prefix_messages=2,
+        )
+        for i in range(3)
+    ]
+    with OpenAIBackend(config, token_counter=counter) as backend:
+        results = {r.key: r for r in backend.generate(requests)}
+    assert sorted(results) == ["k0", "k1", "k2"]
+    for request in requests:
+        result = results[request.key]
+        assert result.ok, result.error
+        assert "usage_estimated" not in result.extra  # the server reported usage
+        assert 1 <= result.completion_tokens <= 8
+        assert result.finish_reason in {"stop", "length"}
+        # our chat-template count is exactly what the server tokenised
+        assert result.prompt_tokens == counter.count_prompt_tokens(request.messages)
