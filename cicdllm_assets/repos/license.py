@@ -34,26 +34,25 @@ def _has(text: str, *phrases: str) -> bool:
     return all(phrase in text for phrase in phrases)
 
 
+_GNU_TITLE = re.compile(r"gnu (affero |lesser |library )?general public license,? version (\d(?:\.\d)?)")
+_GNU_IDS = {
+    ("affero", "3"): "AGPL-3.0-only",
+    ("lesser", "3"): "LGPL-3.0-only",
+    ("lesser", "2.1"): "LGPL-2.1-only",
+    ("library", "2"): "LGPL-2.0-only",
+    ("", "3"): "GPL-3.0-only",
+    ("", "2"): "GPL-2.0-only",
+    ("", "1"): "GPL-1.0-only",
+}
+
+
 def _gnu(header: str) -> str | None:
-    """GNU licences by their title (the body of each mentions the others)."""
-    if "gnu affero general public license" in header:
-        return "AGPL-3.0-only"
-    if "gnu lesser general public license" in header or "gnu library general public license" in header:
-        if "version 3" in header:
-            return "LGPL-3.0-only"
-        if "version 2.1" in header:
-            return "LGPL-2.1-only"
-        if "version 2" in header:
-            return "LGPL-2.0-only"
+    """GNU licences by their title, the first one in the text (each body mentions the others)."""
+    match = _GNU_TITLE.search(header)
+    if match is None:
         return None
-    if "gnu general public license" in header:
-        if "version 3" in header:
-            return "GPL-3.0-only"
-        if "version 2" in header:
-            return "GPL-2.0-only"
-        if "version 1" in header:
-            return "GPL-1.0-only"
-    return None
+    variant = (match.group(1) or "").strip()
+    return _GNU_IDS.get((variant, match.group(2)))
 
 
 def _mit(text: str) -> str | None:

@@ -242,12 +242,12 @@ def parse_entry(spec: str, base_dir: Path, line_no: int = 1) -> RepoEntry:
         raise _EntryError("empty entry")
     if _CONTROL.search(text):
         raise _EntryError("control characters are not allowed")
-    if any(ch.isspace() for ch in text):
-        raise _EntryError("an entry cannot contain whitespace (one repository per line)")
     if text.startswith("-"):
         raise _EntryError("an entry must not start with '-' (it would be read as a git option)")
     if _TRANSPORT_HELPER.match(text):
         raise _EntryError("git transport helpers ('ext::', 'fd::', 'xxx::') are not allowed")
+    if any(ch.isspace() for ch in text):
+        raise _EntryError("an entry cannot contain whitespace (one repository per line)")
     if _SCP_WITH_PASSWORD.match(text):
         raise _EntryError("credentials in URLs are not allowed (use a git credential helper or an SSH key)")
 
