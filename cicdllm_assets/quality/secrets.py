@@ -122,7 +122,8 @@ def _plugins() -> _Plugins:
     whole: list[Any] = []
     keyword_lines: list[Any] = []
     per_line: list[Any] = []
-    for plugin_class in get_mapping_from_secret_type_to_class().values():
+    classes: list[Any] = list(get_mapping_from_secret_type_to_class().values())
+    for plugin_class in classes:
         name = plugin_class.__name__
         if name in _EXCLUDED_PLUGINS:
             continue

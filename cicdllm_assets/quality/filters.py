@@ -1,0 +1,141 @@
+"""Per-answer quality filters: empty, truncated, refusal and ungrounded answers.
+
+Every filter returns a :class:`Rejection` (a stable reason code plus a human detail) or
+``None``. Reason codes are what ``qa_pairs.reject_reason`` holds and what the dataset
+card counts, so they never change meaning.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cicdllm_assets.quality.grounding import DEFAULT_MIN_GROUNDED_RATIO, grounding_score
+
+# Reason codes (stable: stored in tables and counted in the dataset card).
+EMPTY_QUESTION = "empty_question"
+EMPTY_ANSWER = "empty_answer"
+TOO_SHORT = "too_short"
+TRUNCATED = "truncated"
+REFUSAL = "refusal"
+NOT_GROUNDED = "not_grounded"
+DUPLICATE = "duplicate"
+NEAR_DUPLICATE = "near_duplicate"
+LICENSE_EXCLUDED = "license_excluded"
+
+REASONS: tuple[str, ...] = (
+    EMPTY_QUESTION, EMPTY_ANSWER, TOO_SHORT, TRUNCATED, REFUSAL, NOT_GROUNDED, DUPLICATE, NEAR_DUPLICATE,
+    LICENSE_EXCLUDED,
+)
+MIN_ANSWER_CHARS = 20
+
+_REFUSAL_START = re.compile(
+    r"^\W*(?:i'?m sorry|i am sorry|sorry,|i apologi[sz]e|unfortunately,? i (?:can(?:not|'t)|am unable|'m unable)|"
+    r"i (?:cannot|can't|can not|am unable to|'m unable to|am not able to|won't) "
+    r"(?:help|assist|answer|provide|comply|do that|fulfil|see|access|determine))",
+    re.IGNORECASE,
+)
+_REFUSAL_ANYWHERE = re.compile(
+    r"\bas an ai\b|\bas a(?:n ai)? language model\b|\bi(?:'m| am) (?:just )?an ai\b|"
+    r"\bi (?:do not|don't) have (?:access to|enough (?:information|context))\b|"
+    r"\bwithout (?:seeing|access to) the (?:actual |full )?code\b",
+    re.IGNORECASE,
+)
+_DANGLING_TEXT = (
+    "a an the and or but to of with for in on at by from as is are was were be that which this "
+    "these those its their your our if then than so because into onto via"
+)
+_DANGLING_WORDS = frozenset(_DANGLING_TEXT.split())
+_SENTENCE_END = ".!?:;)]}\"'`*>|"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a pair was rejected: a stable reason code and a short human detail."""
+
+    reason: str
+    detail: str = ""
+
+
+def _max_tokens(params: Any) -> int | None:
+    if not params:
+        return None
+    try:
+        value = json.loads(params).get("max_tokens") if isinstance(params, str) else params.get("max_tokens")
+    except (ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int | float) else None
+
+
+def check_truncated(answer: str, completion_tokens: int | None = None, max_tokens: int | None = None) -> str | None:
+    """A detail string if ``answer`` looks cut off (length limit, open code fence, mid-sentence)."""
+    if completion_tokens is not None and max_tokens and completion_tokens >= max_tokens:
+        return f"stopped at the length limit ({completion_tokens} >= {max_tokens} tokens)"
+    if answer.count("```") % 2 == 1:
+        return "unbalanced code fence"
+    text = answer.rstrip()
+    if not text:
+        return None
+    lines = text.splitlines()
+    last = lines[-1].strip()
+    if text.endswith("```") or last.startswith(("|", "#", "    ")):
+        return None
+    if last[-1] in _SENTENCE_END:
+        return None
+    if last[-1] in ",(-\u2013/=+&" or last.endswith(("...", " and", " or")):
+        return "ends mid-sentence"
+    words = re.findall(r"[A-Za-z']+", last)
+    if words and words[-1].lower() in _DANGLING_WORDS:
+        return "ends mid-sentence"
+    is_list_item = bool(re.match(r"^(?:[-*+]|\d+[.)])\s", last))
+    if not is_list_item and len(words) >= 6 and last[-1].isalnum():
+        return "ends mid-sentence"
+    return None
+
+
+def check_refusal(answer: str) -> str | None:
+    """A detail string if ``answer`` is a refusal or an 'as an AI' disclaimer."""
+    head = answer.lstrip()[:300]
+    match = _REFUSAL_START.search(head) or _REFUSAL_ANYWHERE.search(answer)
+    return f"refusal phrase {match.group(0).strip()!r}" if match else None
+
+
+def check_pair(
+    row: Mapping[str, Any],
+    chunk_text: str | None,
+    imports: str = "",
+    min_grounded_ratio: float = DEFAULT_MIN_GROUNDED_RATIO,
+) -> Rejection | None:
+    """Run every per-pair filter on one answers row; the first failing one wins."""
+    question = str(row.get("question") or "").strip()
+    answer = str(row.get("answer") or "").strip()
+    if not question:
+        return Rejection(EMPTY_QUESTION, "question is empty")
+    if not answer:
+        return Rejection(EMPTY_ANSWER, "answer is empty")
+    if len(answer) < MIN_ANSWER_CHARS:
+        return Rejection(TOO_SHORT, f"answer has {len(answer)} characters (< {MIN_ANSWER_CHARS})")
+    refusal = check_refusal(answer)
+    if refusal:
+        return Rejection(REFUSAL, refusal)
+    completion_tokens = row.get("completion_tokens")
+    truncated = check_truncated(
+        answer,
+        int(completion_tokens) if completion_tokens is not None else None,
+        _max_tokens(row.get("params")),
+    )
+    if truncated:
+        return Rejection(TRUNCATED, truncated)
+    if chunk_text is not None:
+        score = grounding_score(answer, chunk_text, imports=imports, question=question, path=str(row.get("path") or ""))
+        if score.checked and score.ratio < min_grounded_ratio:
+            missing = ", ".join(score.missing[:5])
+            return Rejection(
+                NOT_GROUNDED,
+                f"{score.found}/{score.checked} code identifiers found in the chunk "
+                f"(< {min_grounded_ratio:.0%}); missing: {missing}",
+            )
+    return None

@@ -1,0 +1,117 @@
+"""Is an answer grounded in its chunk? Compare the code identifiers it uses with the chunk's.
+
+The identifiers an answer *claims about the code* are those inside its fenced code
+blocks and inline backticks. From them we drop language keywords and builtins, very
+common library/method names, names shorter than 3 characters, and names the answer's
+own code defines (assignments, ``def``/``class``/``function``, loop variables, imports,
+parameters): an example may invent ``result`` or ``client`` freely. What remains must
+mostly occur in the chunk text, its imports, its path or the question.
+
+Threshold: an answer is grounded when at least ``DEFAULT_MIN_GROUNDED_RATIO`` (60 %)
+of its checked identifiers occur in that ground set; answers with fewer than
+``MIN_CHECKED_IDENTIFIERS`` (3) checked identifiers cannot be judged and pass.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+DEFAULT_MIN_GROUNDED_RATIO = 0.6
+MIN_CHECKED_IDENTIFIERS = 3
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_INLINE = re.compile(r"(?<!`)`([^`\n]{1,200})`(?!`)")
+_DEFINED = re.compile(
+    r"(?:\b(?:def|class|function|func|fn|let|const|var|val|struct|enum|interface|type|module|macro)\s+"
+    r"(?P<a>[A-Za-z_]\w*))"
+    r"|(?:\bfor\s+\(?\s*(?:(?:let|const|var)\s+)?(?P<b>[A-Za-z_]\w*)(?:\s*,\s*(?P<b2>[A-Za-z_]\w*))?\s+(?:in|of)\b)"
+    r"|(?:\bas\s+(?P<c>[A-Za-z_]\w*))"
+    r"|(?:\bimport\s+(?P<d>[A-Za-z_][\w.]*))"
+    r"|(?:^\s*(?P<e>[A-Za-z_]\w*)(?:\s*,\s*(?P<e2>[A-Za-z_]\w*))*\s*(?::\s*[\w\[\], .|]+)?\s*:?=(?!=))"
+    r"|(?:\b(?P<f>[A-Za-z_]\w*)\s*:=)",
+    re.MULTILINE,
+)
+_PARAMS = re.compile(r"\b(?:def|function|func|fn)\s+\w+\s*\(([^)]*)\)")
+
+_COMMON_WORDS = """
+    and as assert async await break class continue def del elif else except finally for from global if import in
+    is lambda nonlocal not or pass raise return try while with yield none true false self cls print len str int
+    float bool list dict set tuple bytes object type range enumerate zip map filter sorted reversed min max sum
+    abs any all open isinstance issubclass getattr setattr hasattr super property staticmethod classmethod
+    iter next repr hash format input exit exception valueerror typeerror keyerror indexerror runtimeerror
+    oserror ioerror attributeerror notimplementederror stopiteration args kwargs main name file doc init
+    const let var function return new this null undefined void typeof instanceof export default require
+    module exports console log async await promise then catch throw public private protected static final
+    extends implements interface package string integer boolean char byte short long double println system out
+    err func fmt err nil make struct go defer chan select case switch fn mut impl pub use crate trait enum
+    match some ok unwrap expect vec box println echo done fi esac then elif local readonly
+    append extend insert remove pop clear copy count index keys values items get update join split strip
+    lower upper replace startswith endswith encode decode read write close seek readline readlines
+    path paths exists mkdir os sys json re math time datetime logging typing collections functools itertools
+    pathlib subprocess argparse unittest pytest mock patch fixture np numpy pd pandas requests http url
+    example foo bar baz qux test tests result results value values data item items key obj x y z i j k n
+    usage code line lines text the you your our call calls function functions method methods
+"""
+_COMMON = frozenset(_COMMON_WORDS.split())
+
+
+@dataclass(frozen=True)
+class GroundingScore:
+    """How many checked answer identifiers occur in the chunk (``ratio`` = found / checked)."""
+
+    checked: int
+    found: int
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        """Fraction grounded (1.0 when nothing could be checked)."""
+        return self.found / self.checked if self.checked else 1.0
+
+    @property
+    def judged(self) -> bool:
+        """Whether enough identifiers were checked to judge."""
+        return self.checked >= MIN_CHECKED_IDENTIFIERS
+
+
+def claimed_identifiers(answer: str) -> set[str]:
+    """Identifiers the answer uses in code blocks and inline code, minus those it defines itself."""
+    blocks = _FENCE.findall(answer)
+    without_blocks = _FENCE.sub(" ", answer)
+    inline = _INLINE.findall(without_blocks)
+    defined: set[str] = set()
+    for source in blocks + inline:
+        for match in _DEFINED.finditer(source):
+            defined.update(v for v in match.groupdict().values() if v)
+        for params in _PARAMS.findall(source):
+            defined.update(_IDENT.findall(params))
+    dotted_defined = {part for name in defined for part in name.split(".")}
+    used: set[str] = set()
+    for source in blocks + inline:
+        # Strings and comments are prose, not claims about the code.
+        stripped = re.sub(r"(?m)#.*$|//.*$|\"[^\"\n]*\"|'[^'\n]*'", " ", source)
+        used.update(_IDENT.findall(stripped))
+    return {
+        name
+        for name in used
+        if len(name) >= 3 and name.lower() not in _COMMON and name not in dotted_defined
+    }
+
+
+def grounding_score(
+    answer: str, chunk_text: str, imports: str = "", question: str = "", path: str = ""
+) -> GroundingScore:
+    """Score ``answer`` against the chunk (plus imports, question and path as ground truth)."""
+    claimed = claimed_identifiers(answer)
+    if not claimed:
+        return GroundingScore(0, 0)
+    ground = set(_IDENT.findall(chunk_text)) | set(_IDENT.findall(imports))
+    ground |= set(_IDENT.findall(question)) | set(_IDENT.findall(path))
+    ground_lower = {name.lower() for name in ground}
+    missing = sorted(name for name in claimed if name not in ground and name.lower() not in ground_lower)
+    checked = len(claimed)
+    if checked < MIN_CHECKED_IDENTIFIERS:
+        return GroundingScore(0, 0, missing)
+    return GroundingScore(checked, checked - len(missing), missing)
