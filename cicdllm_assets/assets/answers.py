@@ -5,8 +5,6 @@ question text) in the generation ledger; only new or retryable ones are generate
 each is committed as it completes, so a killed run resumes without duplicates.
 """
 
-from __future__ import annotations
-
 import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 

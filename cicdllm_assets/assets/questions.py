@@ -5,8 +5,6 @@ whose content key is new (or failed with attempts left) reach the backend; the t
 is rebuilt from the ledger, so a no-op re-run makes zero LLM calls.
 """
 
-from __future__ import annotations
-
 import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 

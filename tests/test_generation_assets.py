@@ -1,0 +1,246 @@
+"""questions/answers through Dagster against a real OpenAI-compatible server (fault server over HTTP).
+
+Requests are counted at the server, so "zero LLM calls" means zero HTTP requests.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+
+from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
+from cicdllm_assets.testing.fault_server import Fault, FaultServer
+from tests.generation_support import (
+    SAMPLE_FILES,
+    chunk_rows,
+    ledger_of,
+    openai_config,
+    read_table,
+    run_generation,
+    write_chunks,
+)
+from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
+
+REPO = "acme-calc"
+
+
+@pytest.fixture
+def server() -> FaultServer:
+    with FaultServer(capacity=8) as srv:
+        yield srv
+
+
+def _chat_count(server: FaultServer) -> int:
+    return len(server.chat_records)
+
+
+def test_noop_rerun_makes_zero_llm_calls(project: Path, server: FaultServer, tiny_model_dir: Path) -> None:  # noqa: F811
+    settings = openai_config(project, server.base_url, tiny_model_dir)
+    rows = chunk_rows(REPO, SAMPLE_FILES)
+    write_chunks(settings, REPO, rows)
+    instance = DagsterInstance.ephemeral()
+
+    result = run_generation(REPO, OpenAIResource(), instance=instance)
+    assert result.success
+    n_chunks, n_themes, n_q = len(rows), 2, 2
+    first_calls = _chat_count(server)
+    assert first_calls == n_chunks * n_themes + n_chunks * n_themes * n_q  # question items + answers
+
+    questions = read_table(settings, "questions", REPO)
+    answers = read_table(settings, "answers", REPO)
+    assert questions.num_rows == n_chunks * n_themes * n_q
+    assert answers.num_rows == questions.num_rows
+    assert len(set(answers.column("answer_id").to_pylist())) == answers.num_rows
+    row = answers.to_pylist()[0]
+    for column in ("repo", "commit", "path", "start_line", "end_line", "model_id", "template_hash", "params",
+                   "prompt_tokens", "completion_tokens", "latency_ms", "trimmed", "license", "question_id"):
+        assert row[column] is not None, column
+    assert row["model_id"] == "fake-model" and row["commit"] == "c0ffee"
+
+    # message layout: system, user(code), user(instruction); the code is in message 2 only
+    body = server.chat_records[0].body
+    roles = [m["role"] for m in body["messages"]]
+    assert roles == ["system", "user", "user"]
+    assert "```python" in body["messages"][1]["content"]
+
+    # materialization metadata
+    mats = result.asset_materializations_for_node("answers")
+    meta = mats[0].metadata
+    assert meta["generated"].value == answers.num_rows and meta["reused"].value == 0
+
+    result = run_generation(REPO, OpenAIResource(), instance=instance)
+    assert result.success
+    assert _chat_count(server) == first_calls, "a no-op re-run must not call the LLM"
+    meta = result.asset_materializations_for_node("questions")[0].metadata
+    assert meta["generated"].value == 0 and meta["reused"].value == n_chunks * n_themes
+    assert read_table(settings, "answers", REPO).num_rows == answers.num_rows
+
+
+def test_changed_file_regenerates_only_its_chunks(project: Path, server: FaultServer, tiny_model_dir: Path) -> None:  # noqa: F811
+    settings = openai_config(project, server.base_url, tiny_model_dir, generation={"themes": ["code_explanation"]})
+    files = dict(SAMPLE_FILES)
+    write_chunks(settings, REPO, chunk_rows(REPO, files))
+    instance = DagsterInstance.ephemeral()
+    assert run_generation(REPO, OpenAIResource(), instance=instance).success
+    before = _chat_count(server)
+    old_answers = read_table(settings, "answers", REPO).to_pylist()
+
+    files["calc/add.py"] = files["calc/add.py"].replace("return a + b", "return b + a  # commutative")
+    new_rows = chunk_rows(REPO, files)
+    changed = [r for r in new_rows if r["path"] == "calc/add.py"]
+    write_chunks(settings, REPO, new_rows)
+    assert run_generation(REPO, OpenAIResource(), instance=instance).success
+
+    new_requests = server.chat_records[before:]
+    # one question request + 2 answers per changed chunk, and nothing else
+    assert len(new_requests) == len(changed) * (1 + 2)
+    assert all("File: calc/add.py" in r.prompt_text for r in new_requests)
+    answers = read_table(settings, "answers", REPO).to_pylist()
+    unchanged_before = {r["answer_id"] for r in old_answers if r["path"] != "calc/add.py"}
+    unchanged_after = {r["answer_id"] for r in answers if r["path"] != "calc/add.py"}
+    assert unchanged_before == unchanged_after
+    assert {r["chunk_key"] for r in answers if r["path"] == "calc/add.py"} == {r["chunk_key"] for r in changed}
+
+
+def test_editing_a_template_regenerates_only_that_theme(
+    project: Path, server: FaultServer, tiny_model_dir: Path  # noqa: F811
+) -> None:
+    settings = openai_config(project, server.base_url, tiny_model_dir)
+    rows = chunk_rows(REPO, SAMPLE_FILES)
+    write_chunks(settings, REPO, rows)
+    instance = DagsterInstance.ephemeral()
+    assert run_generation(REPO, OpenAIResource(), instance=instance).success
+    before = _chat_count(server)
+    old = read_table(settings, "answers", REPO).to_pylist()
+
+    template = project / "prompts" / "testing.yaml"
+    template.write_text(template.read_text(encoding="utf-8").replace(
+        "explain what each test checks and why.", "explain what each test checks, and why it matters."
+    ), encoding="utf-8")
+    assert run_generation(REPO, OpenAIResource(), instance=instance).success
+
+    new_requests = server.chat_records[before:]
+    # only the testing theme's answers (its question template is unchanged)
+    assert len(new_requests) == len(rows) * 2
+    assert all("why it matters" in r.body["messages"][-1]["content"] for r in new_requests)
+    new = read_table(settings, "answers", REPO).to_pylist()
+    assert {r["answer_id"] for r in old if r["theme"] != "testing"} == {
+        r["answer_id"] for r in new if r["theme"] != "testing"
+    }
+    assert not ({r["answer_id"] for r in old if r["theme"] == "testing"}
+                & {r["answer_id"] for r in new if r["theme"] == "testing"})
+    assert {r["question_id"] for r in old} == {r["question_id"] for r in new}
+
+
+def test_failures_are_recorded_and_retried_up_to_max_attempts(
+    project: Path, tiny_model_dir: Path  # noqa: F811
+) -> None:
+    # every request about calc/parser.py fails with a non-retryable HTTP 400
+    with FaultServer([Fault.http(400, times=None, match="File: calc/parser.py")], capacity=8) as server:
+        settings = openai_config(project, server.base_url, tiny_model_dir,
+                                 generation={"themes": ["code_explanation"], "max_attempts": 2})
+        rows = chunk_rows(REPO, SAMPLE_FILES)
+        parser_chunks = [r for r in rows if r["path"] == "calc/parser.py"]
+        write_chunks(settings, REPO, rows)
+        instance = DagsterInstance.ephemeral()
+
+        assert run_generation(REPO, OpenAIResource(), instance=instance).success
+        ledger = ledger_of(settings)
+        failed = [e for e in ledger.entries(kind="question") if e.status == "failed"]
+        assert len(failed) == len(parser_chunks)
+        assert {e.error_category for e in failed} == {"http_status"} and all(e.attempts == 1 for e in failed)
+        from cicdllm_assets.storage.state import StateStore
+
+        recorded = StateStore(settings.state_db).connection().execute(
+            "SELECT category, COUNT(*) AS n FROM failures WHERE repo = ? AND stage = 'questions' GROUP BY category",
+            (REPO,),
+        ).fetchall()
+        assert {r["category"]: r["n"] for r in recorded} == {"http_status": len(parser_chunks)}
+        questions = read_table(settings, "questions", REPO)
+        assert "calc/parser.py" not in set(questions.column("path").to_pylist())
+
+        # second run: the failed items are retried (attempt 2), everything else reused
+        before = len(server.chat_records)
+        assert run_generation(REPO, OpenAIResource(), instance=instance).success
+        retried = server.chat_records[before:]
+        assert len(retried) == len(parser_chunks)
+        assert all(e.attempts == 2 for e in ledger_of(settings).entries(kind="question") if e.status == "failed")
+
+        # third run: attempts exhausted, nothing is sent
+        before = len(server.chat_records)
+        result = run_generation(REPO, OpenAIResource(), instance=instance)
+        assert result.success and len(server.chat_records) == before
+        meta = result.asset_materializations_for_node("questions")[0].metadata
+        assert meta["exhausted"].value == len(parser_chunks)
+
+        # the server recovers and the failure is fixed by raising max_attempts
+        server.clear_faults()
+        openai_config(project, server.base_url, tiny_model_dir,
+                      generation={"themes": ["code_explanation"], "max_attempts": 3})
+        assert run_generation(REPO, OpenAIResource(), instance=instance).success
+        questions = read_table(settings, "questions", REPO)
+        assert "calc/parser.py" in set(questions.column("path").to_pylist())
+        assert Counter(e.status for e in ledger_of(settings).entries(kind="question")) == Counter(
+            {"ok": len(rows)}
+        )
+
+
+def test_parse_errors_keep_the_raw_text(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+    with FaultServer(responder=lambda body: "I cannot think of anything to ask here.") as server:
+        settings = openai_config(project, server.base_url, tiny_model_dir, generation={"themes": ["testing"]})
+        rows = chunk_rows(REPO, {"calc/add.py": SAMPLE_FILES["calc/add.py"]})
+        write_chunks(settings, REPO, rows)
+        result = run_generation(REPO, OpenAIResource(), instance=DagsterInstance.ephemeral())
+        assert result.success
+        entries = ledger_of(settings).entries(kind="question")
+        assert len(entries) == len(rows)
+        assert all(e.status == "failed" and e.error_category == "parse_error" for e in entries)
+        assert all(e.output == "I cannot think of anything to ask here." for e in entries)
+        assert read_table(settings, "questions", REPO).num_rows == 0
+        assert read_table(settings, "answers", REPO).num_rows == 0
+
+
+def test_context_window_trimming(project: Path, server: FaultServer, tiny_model_dir: Path) -> None:  # noqa: F811
+    long_file = "\n".join(f"def function_{i}(value):\n    return value * {i} + len(str(value))" for i in range(60))
+    settings = openai_config(project, server.base_url, tiny_model_dir, context_window=1024,
+                             generation={"themes": ["code_explanation"], "question_max_tokens": 64,
+                                         "answer_max_tokens": 1000, "questions_per_chunk": 1})
+    rows = chunk_rows(REPO, {"big.py": long_file}, lines_per_chunk=120)
+    write_chunks(settings, REPO, rows)
+    assert run_generation(REPO, OpenAIResource(), instance=DagsterInstance.ephemeral()).success
+
+    from cicdllm_assets.generation.prompts import PREFIX_MESSAGES  # noqa: F401 - layout is asserted below
+    from cicdllm_assets.resources.llm.base import ChatMessage
+    from cicdllm_assets.resources.llm.tokenizer_counter import load_token_counter
+
+    counter = load_token_counter(str(tiny_model_dir / "tokenizer.json"))
+    assert server.chat_records
+    for record in server.chat_records:
+        messages = [ChatMessage(m["role"], m["content"]) for m in record.body["messages"]]
+        prompt = counter.count_prompt_tokens(messages)
+        assert prompt + record.body["max_tokens"] <= 1024
+        assert "trimmed to fit" in messages[1].content
+    entries = ledger_of(settings).entries()
+    assert entries and all(e.trimmed == 1 and e.status == "ok" for e in entries)
+    answers = read_table(settings, "answers", REPO)
+    assert answers.num_rows == 1 and answers.column("trimmed").to_pylist() == [True]
+    assert all(r.body["max_tokens"] < 1000 for r in server.chat_records if "Answer this" in r.prompt_text)
+
+
+def test_circuit_open_fails_the_asset_and_keeps_progress(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+    with FaultServer([Fault.http(503, times=None, match="File: util/io.py")], capacity=1) as server:
+        settings = openai_config(project, server.base_url, tiny_model_dir,
+                                 generation={"themes": ["code_explanation"], "batch_size": 1},
+                                 openai={"circuit_breaker_failures": 2, "max_retries": 0, "max_concurrency": 1})
+        rows = chunk_rows(REPO, SAMPLE_FILES)
+        write_chunks(settings, REPO, rows)
+        result = run_generation(REPO, OpenAIResource(), selection=["questions"],
+                                instance=DagsterInstance.ephemeral(), raise_on_error=False)
+        assert not result.success
+        failure = result.failure_data_for_node("questions")
+        assert failure is not None and "circuit breaker" in str(failure.error)
+        ok = [e for e in ledger_of(settings).entries(kind="question") if e.status == "ok"]
+        assert {e.chunk_key for e in ok} == {r["chunk_key"] for r in rows if r["path"] != "util/io.py"}
