@@ -91,7 +91,9 @@ def chunk_key(blob_sha: str, start: int, end: int) -> str:
     return hashlib.sha256(f"{blob_sha}:{start}:{end}".encode()).hexdigest()[:32]
 
 
-def chunk_rows(repo: str, files: dict[str, str], lines_per_chunk: int = 4, commit: str = "c0ffee") -> list[dict[str, Any]]:
+def chunk_rows(
+    repo: str, files: dict[str, str], lines_per_chunk: int = 4, commit: str = "c0ffee"
+) -> list[dict[str, Any]]:
     """code_chunks rows for ``files`` (fixed line windows)."""
     rows: list[dict[str, Any]] = []
     for path, text in sorted(files.items()):
