@@ -6,12 +6,14 @@ removed fails with a clear message instead of cloning something stale.
 """
 
 import json
+import warnings
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
+    BetaWarning,
     DataVersion,
     Failure,
     MetadataValue,
@@ -148,7 +150,9 @@ def repositories(context: AssetExecutionContext, app_config: AppConfigResource) 
             "cloned": MetadataValue.bool(checkout.cloned),
             "local_path": MetadataValue.path(str(checkout.path)),
         }
-        return Output(table, data_version=DataVersion(checkout.head_commit), metadata=metadata)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BetaWarning)  # Output(data_version=...) is beta since 1.x
+            return Output(table, data_version=DataVersion(checkout.head_commit), metadata=metadata)
     except Failure:
         raise
     except Exception as exc:

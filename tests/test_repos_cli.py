@@ -1,0 +1,107 @@
+"""`cicdllm repos list/add/sync` through click's CliRunner on an isolated project."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from dagster import DagsterInstance
+
+from cicdllm_assets.cli.main import cli
+from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, ["repos", *args], catch_exceptions=False)
+
+
+def registered(project: Path) -> list[str]:
+    with DagsterInstance.from_config(str(project / "dagster_home")) as instance:
+        return sorted(instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME))
+
+
+def test_add_list_sync_roundtrip(project: Path, make_git_repo) -> None:
+    repo = make_git_repo("alpha")
+    repos_txt = project / "repos.txt"
+    repos_txt.write_text("# my repos\n\n# keep this comment", encoding="utf-8")  # no trailing newline
+
+    result = invoke("add", str(repo.path))
+    assert result.exit_code == 0, result.output
+    assert "added local-alpha" in result.output
+    result = invoke("add", "https://github.com/pallets/click@8.1.7")
+    assert result.exit_code == 0, result.output
+    assert repos_txt.read_text(encoding="utf-8") == (
+        f"# my repos\n\n# keep this comment\n{repo.path}\nhttps://github.com/pallets/click@8.1.7\n"
+    )
+
+    listed = invoke("list", "--json")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert [(r["key"], r["ref"], r["registered"]) for r in rows] == [
+        ("local-alpha", None, False),
+        ("github.com-pallets-click@8.1.7", "8.1.7", False),
+    ]
+    assert rows[1]["url"] == "https://github.com/pallets/click"
+
+    synced = invoke("sync")
+    assert synced.exit_code == 0, synced.output
+    assert "added    local-alpha" in synced.output
+    assert "added    github.com-pallets-click@8.1.7" in synced.output
+    assert "2 added, 0 removed, 2 registered" in synced.output
+    assert registered(project) == ["github.com-pallets-click@8.1.7", "local-alpha"]
+
+    table = invoke("list")
+    assert table.exit_code == 0
+    assert "local-alpha" in table.output and "[registered]" in table.output
+
+    repos_txt.write_text(f"{repo.path}\n", encoding="utf-8")
+    synced = invoke("sync", "--json")
+    assert json.loads(synced.output) == {"added": [], "removed": ["github.com-pallets-click@8.1.7"]}
+    assert registered(project) == ["local-alpha"]
+
+
+def test_add_refuses_duplicates_and_bad_input(project: Path) -> None:
+    repos_txt = project / "repos.txt"
+    assert invoke("add", "https://github.com/a/b").exit_code == 0
+    before = repos_txt.read_text(encoding="utf-8")
+
+    duplicate = invoke("add", "git@github.com:a/b.git")
+    assert duplicate.exit_code == 2
+    assert "repos.txt:2:" in duplicate.output and "duplicate of line 1" in duplicate.output
+
+    for bad, fragment in [
+        ("ext::sh", "transport helpers"),
+        ("http://github.com/x/y", "unsupported scheme"),
+        ("./does-not-exist", "local path does not exist"),
+        ("# only a comment", "not a repository entry"),
+    ]:
+        result = invoke("add", bad)
+        assert result.exit_code == 2, (bad, result.output)
+        assert fragment in result.output
+
+    leaked = invoke("add", "https://me:ghp_TOPSECRET@github.com/x/y")
+    assert leaked.exit_code == 2
+    assert "credentials" in leaked.output and "ghp_TOPSECRET" not in leaked.output
+    assert repos_txt.read_text(encoding="utf-8") == before
+
+
+def test_add_option_like_value_after_double_dash(project: Path) -> None:
+    result = invoke("add", "--", "--upload-pack=evil")
+    assert result.exit_code == 2
+    assert "must not start with '-'" in result.output
+
+
+def test_invalid_repos_file_exit_code_2(project: Path) -> None:
+    (project / "repos.txt").write_text("https://github.com/ok/repo\nftp://x/y/z\n-oops\n", encoding="utf-8")
+    for args in (("list",), ("sync",)):
+        result = invoke(*args)
+        assert result.exit_code == 2
+        assert "repos.txt:2:" in result.output and "repos.txt:3:" in result.output
+    assert registered(project) == []
+
+
+def test_list_empty(project: Path) -> None:
+    result = invoke("list")
+    assert result.exit_code == 0
+    assert "no repositories" in result.output
