@@ -1,11 +1,81 @@
-"""`cicdllm status` (placeholder until implemented)."""
+"""`cicdllm status`: the live Textual viewer, or one snapshot (``--once``, ``--once --json``)."""
 
 from __future__ import annotations
 
+import json
+import logging
+
 import click
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from cicdllm_assets.config import ConfigError, load_settings
+from cicdllm_assets.status.collect import Status, collect_status, human_bytes
+from cicdllm_assets.tui.widgets import clock, progress_table, resources_table, run_cells, styled_status
 
 
 @click.command(name="status")
-def command() -> None:
-    """Not implemented yet."""
-    raise click.ClickException("'cicdllm status' is not implemented yet")
+@click.option("--once", is_flag=True, help="Print one snapshot and exit instead of the live viewer.")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print the snapshot as JSON (for scripts).")
+@click.option("--no-runs", is_flag=True, help="With --once: skip reading runs from the Dagster instance.")
+def command(once: bool, as_json: bool, no_runs: bool) -> None:
+    """Show per-repo counts, stage progress, failures, recent runs and resources.
+
+    Without options this opens the live viewer (keys: q quit, r refresh, f failures,
+    l logs, c config, ? help). Exit status 0; 2 if the configuration is invalid.
+    """
+    if as_json and not once:
+        raise click.UsageError("--json needs --once (the live viewer is interactive)")
+    if not once:
+        from cicdllm_assets.tui.app import run_status_app
+
+        run_status_app()
+        return
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(2) from exc
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Dagster's storage migrations are noise here
+    status = collect_status(settings, include_runs=not no_runs)
+    if as_json:
+        click.echo(json.dumps(status.to_dict(), indent=2, default=str))
+        return
+    Console().print(render_once(status))
+
+
+def render_once(status: Status) -> Group:
+    """The ``--once`` view: repos, progress, failures by category, runs, resources."""
+    repos = Table(title="Repositories", title_justify="left")
+    for name in ("Repo", "Head", "Size", "Kept", "Skipped", "Chunks", "Questions", "Answers", "Accepted",
+                 "Failures", "Last run"):
+        repos.add_column(name, justify="left" if name in ("Repo", "Head", "Last run") else "right",
+                         no_wrap=name in ("Repo", "Head", "Size"))
+    for repo in status.repos:
+        run = repo.last_run
+        last = Text.assemble(clock(run.created_at), " ", styled_status(run.status)) if run else Text("-")
+        repos.add_row(
+            repo.repo, (repo.head_commit or "-")[:10], human_bytes(repo.size_bytes),
+            f"{repo.files_kept} ({human_bytes(repo.kept_bytes)})", str(repo.files_skipped), str(repo.chunks),
+            str(repo.questions), str(repo.answers), f"{repo.qa_accepted}/{repo.qa_pairs}", str(repo.failures), last,
+        )
+    parts: list = [repos, progress_table(status)]
+    if status.failure_categories:
+        failures = Table(title="Failures by category", title_justify="left")
+        failures.add_column("Category")
+        failures.add_column("Count", justify="right")
+        for category, count in status.failure_categories.items():
+            failures.add_row(category, str(count))
+        parts.append(failures)
+    if status.runs:
+        runs = Table(title="Recent Dagster runs", title_justify="left")
+        for name in ("Run", "Job", "Partition", "Status", "Started", "Duration"):
+            runs.add_column(name)
+        for run in status.runs:
+            runs.add_row(*run_cells(run))
+        parts.append(runs)
+    parts.append(resources_table(status))
+    for problem in status.errors:
+        parts.append(Text(f"warning: {problem}", style="yellow"))
+    return Group(*parts)

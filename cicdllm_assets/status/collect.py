@@ -386,7 +386,9 @@ def _rate_and_eta(done: int, total: int, started: float | None, updated: float |
     if started is None or done <= 0:
         return None, None
     end = (updated or now) if status != "running" else now
-    elapsed = max(end - started, 1e-6)
+    elapsed = end - started
+    if elapsed < 1.0:  # too short to give a meaningful rate
+        return None, None
     rate = done / elapsed * 60.0
     eta = None
     if status == "running" and total > done and rate > 0:

@@ -1,0 +1,111 @@
+"""Battery awareness with injected readings (the one thing that cannot run here: a battery)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from cicdllm_assets.config import Settings
+from cicdllm_assets.config.editor import set_value
+from cicdllm_assets.performance.battery import (
+    BatteryReading,
+    battery_status,
+    pause_while_on_low_battery,
+    read_battery,
+    should_pause,
+)
+from cicdllm_assets.status.collect import collect_status, open_state_readonly
+from cicdllm_assets.storage.state import StateStore
+
+ON_BATTERY_LOW = BatteryReading(10.0, False)
+ON_BATTERY_LOWER = BatteryReading(9.0, False)
+PLUGGED_LOW = BatteryReading(9.5, True)
+
+
+def sequence(*readings: BatteryReading | None) -> Callable[[], BatteryReading | None]:
+    """A reader returning the given readings, then the last one forever."""
+    items: Iterator[BatteryReading | None] = iter(readings)
+    last: list[BatteryReading | None] = [None]
+
+    def read() -> BatteryReading | None:
+        last[0] = next(items, last[0])
+        return last[0]
+
+    return read
+
+
+def test_pauses_on_battery_below_threshold_and_resumes_on_power(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen_paused: list[bool] = []
+
+    def sleep(seconds: float) -> None:
+        # while paused, another process (the viewer) sees the pause in the StateStore
+        con = open_state_readonly(settings.state_db)
+        assert con is not None
+        seen_paused.append(battery_status(settings, con, reader=lambda: ON_BATTERY_LOW).paused)
+        con.close()
+        assert seconds == settings.config.performance.battery_check_seconds
+
+    log = logging.getLogger("test.battery")
+    with caplog.at_level(logging.INFO, logger="test.battery"):
+        waited = pause_while_on_low_battery(
+            settings, log, reader=sequence(ON_BATTERY_LOW, ON_BATTERY_LOWER, PLUGGED_LOW), sleep=sleep
+        )
+    assert seen_paused == [True, True]  # two checks while on battery, resumed on the third reading
+    assert waited == 2 * settings.config.performance.battery_check_seconds
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("paused: on battery at 10%") for m in messages)
+    assert any(m.startswith("resumed") and "mains power" in m for m in messages)
+    events = [(row["level"], row["message"]) for row in StateStore(settings.state_db).connection().execute(
+        "SELECT level, message FROM events ORDER BY id")]
+    assert events[0][0] == "WARNING" and "below 20%" in events[0][1]
+    assert events[1][0] == "INFO" and events[1][1].startswith("resumed")
+    # resumed: the viewer no longer shows a pause
+    status = collect_status(settings, include_runs=False, battery_reader=lambda: PLUGGED_LOW)
+    assert status.resources.battery.paused is False
+    assert status.resources.battery.label == "10% on power"
+
+
+def test_no_pause_cases(settings: Settings) -> None:
+    def never(_: float) -> None:
+        raise AssertionError("must not sleep")
+
+    assert pause_while_on_low_battery(settings, reader=lambda: None, sleep=never) == 0.0  # no battery
+    assert pause_while_on_low_battery(settings, reader=lambda: BatteryReading(5.0, True), sleep=never) == 0.0
+    assert pause_while_on_low_battery(settings, reader=lambda: BatteryReading(55.0, False), sleep=never) == 0.0
+    assert not settings.state_db.exists()  # nothing recorded when nothing paused
+    assert should_pause(BatteryReading(19.9, False), 20) and not should_pause(BatteryReading(20.0, False), 20)
+    assert not should_pause(BatteryReading(5.0, None), 20)  # unknown power source: do not pause
+
+
+def test_lowering_the_threshold_in_the_config_resumes(settings: Settings) -> None:
+    assert settings.path is not None
+    calls: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        calls.append(seconds)
+        if len(calls) == 2:  # the user lowers the threshold while paused (hot reload)
+            set_value(settings.path, "performance.battery_pause_percent", 5)
+
+    waited = pause_while_on_low_battery(settings, reader=lambda: BatteryReading(15.0, False), sleep=sleep)
+    assert len(calls) == 2 and waited == 2 * settings.config.performance.battery_check_seconds
+
+
+def test_viewer_shows_pause_label(settings: Settings) -> None:
+    labels: list[str] = []
+
+    def sleep(_: float) -> None:
+        status = collect_status(settings, include_runs=False, battery_reader=lambda: BatteryReading(12.0, False))
+        labels.append(status.resources.battery.label)
+        assert status.to_dict()["resources"]["battery"]["paused"] is True
+
+    pause_while_on_low_battery(settings, reader=sequence(BatteryReading(12.0, False), PLUGGED_LOW), sleep=sleep)
+    assert labels == ["12% on battery — paused: on battery below 20%"]
+
+
+def test_real_sensor_never_crashes() -> None:
+    reading = read_battery()
+    assert reading is None or 0.0 <= reading.percent <= 100.0
