@@ -61,6 +61,9 @@ def follow_head_commit() -> AutomationCondition:
 def follow_any_repo() -> AutomationCondition:
     """Condition of ``training_dataset``: rebuild after any repo's ``qa_pairs`` changed.
 
+    An unpartitioned asset cannot share a run with a repo partition, so it follows on the
+    tick after the new ``qa_pairs`` landed (and waits while any repo is still in progress).
+
     A repo whose ``qa_pairs`` partition is missing (new or failing) does not block the
     export of the others, so ``any_deps_missing`` is not part of it.
     """
