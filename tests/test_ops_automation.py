@@ -7,6 +7,7 @@ through ``apply_automation_conditions`` exactly as definitions.py does.
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def _stand_in(name: str, parent: str, partitioned: bool = True) -> dg.AssetsDefi
 
 def _pipeline() -> list[dg.AssetsDefinition]:
     chain: list[dg.AssetsDefinition] = [repositories]
-    for parent, name in zip(PARTITIONED_ASSETS, PARTITIONED_ASSETS[1:], strict=False):
+    for parent, name in itertools.pairwise(PARTITIONED_ASSETS):
         chain.append(_stand_in(name, parent))
     chain.append(_stand_in("training_dataset", "qa_pairs", partitioned=False))
     return [apply_automation_conditions(a) for a in chain]
