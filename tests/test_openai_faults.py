@@ -299,3 +299,12 @@ def test_closed_backend_refuses_work() -> None:
         backend.close()
         with pytest.raises(RuntimeError, match="closed"):
             run_all(backend, [make_request("k2")])
+
+
+def test_connections_are_pooled_and_kept_alive() -> None:
+    with FaultServer(latency=0.02) as srv, make_backend(srv.base_url, max_concurrency=2) as backend:
+        first = run_all(backend, [make_request(f"a{i}") for i in range(10)])
+        second = run_all(backend, [make_request(f"b{i}") for i in range(10)])
+        assert all(r.ok for r in first + second)
+        connections = {r.client_port for r in srv.chat_records}
+        assert 1 <= len(connections) <= 2

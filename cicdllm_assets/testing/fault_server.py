@@ -112,13 +112,15 @@ class Fault:
 
 @dataclass
 class RequestRecord:
-    """One request the server received (times are ``time.monotonic()``)."""
+    """One request the server received (times are ``time.monotonic()``; ``client_port``
+    identifies the TCP connection, so keep-alive reuse is visible)."""
 
     index: int
     method: str
     path: str
     received_at: float
     headers: dict[str, str]
+    client_port: int = 0
     body: dict[str, Any] | None = None
     fault: FaultKind | None = None
     status: int | None = None
@@ -226,6 +228,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
     timeout = 30  # idle keep-alive connections close after this
+    disable_nagle_algorithm = True  # TCP_NODELAY: no 40 ms Nagle/delayed-ACK stall per response
+    wbufsize = 1 << 16  # headers and body leave in one write (flushed in _send)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("fault server: " + format, *args)
@@ -407,6 +411,7 @@ class FaultServer:
                 path=handler.path,
                 received_at=time.monotonic(),
                 headers={k: v for k, v in handler.headers.items()},
+                client_port=int(handler.client_address[1]),
                 body=body,
             )
             self.records.append(record)

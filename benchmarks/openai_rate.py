@@ -1,0 +1,128 @@
+"""Request-rate benchmark of the OpenAI backend against the fault server.
+
+The server answers every request after a fixed latency ``L`` and serves at most ``C``
+requests at once, so no client can do better than ``C / L`` requests per second. The
+backend runs with ``max_concurrency = C``; the ratio achieved / ideal shows the client's
+overhead (connection pooling, keep-alive, event loop, thread hand-off). Target: >= 0.9.
+
+    .venv/bin/python -m benchmarks.openai_rate [--requests 200 --latency 0.2 --capacity 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
+from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
+from cicdllm_assets.testing import FaultServer
+
+TARGET_RATIO = 0.9
+
+_CODE = (
+    "Repository: bench\nFile: src/bench.py (lines 1-4, python)\nSymbol: scale\n\n"
+    "```python\ndef scale(values, factor):\n    return [v * factor for v in values]\n```\n"
+)
+
+
+def _requests(n: int, max_tokens: int) -> list[GenerationRequest]:
+    prefix = (
+        ChatMessage("system", "You are a senior software engineer."),
+        ChatMessage("user", _CODE),
+    )
+    return [
+        GenerationRequest(
+            key=f"bench-{i}",
+            messages=(*prefix, ChatMessage("user", f"Answer this question about the code above: case {i}?")),
+            max_tokens=max_tokens,
+            temperature=0.0,
+            seed=i,
+            prefix_messages=2,
+        )
+        for i in range(n)
+    ]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def run_openai_rate_benchmark(
+    requests: int = 200,
+    latency: float = 0.2,
+    capacity: int = 8,
+    max_tokens: int = 64,
+) -> dict[str, Any]:
+    """Send ``requests`` through the backend to a server of ``capacity`` slots x ``latency`` s.
+
+    Returns a JSON-serialisable dict: achieved and ideal request rates, their ratio
+    (``ratio``, target >= 0.9), latency percentiles, errors and the server's max in-flight.
+    """
+    if requests < 1 or capacity < 1 or latency <= 0:
+        raise ValueError("requests and capacity must be >= 1 and latency > 0")
+    batch = _requests(requests, max_tokens)
+    with FaultServer(latency=latency, capacity=capacity, max_lifetime=max(600.0, requests * latency * 4)) as server:
+        config = OpenAIBackendConfig(
+            base_url=server.base_url,
+            model="bench-model",
+            max_concurrency=capacity,
+            timeout_seconds=max(30.0, latency * 10),
+            max_retries=0,
+            context_window=4096,
+        )
+        with OpenAIBackend(config) as backend:
+            started = time.perf_counter()
+            results = list(backend.generate(batch))
+            elapsed = time.perf_counter() - started
+        server_requests = server.request_count
+        server_max_in_flight = server.max_in_flight
+    ok = [r for r in results if r.ok]
+    latencies = [r.latency_ms for r in ok]
+    ideal_rps = capacity / latency
+    achieved_rps = len(ok) / elapsed if elapsed > 0 else 0.0
+    ratio = achieved_rps / ideal_rps
+    return {
+        "benchmark": "openai_rate",
+        "requests": requests,
+        "ok": len(ok),
+        "errors": len(results) - len(ok),
+        "latency_s": latency,
+        "capacity": capacity,
+        "max_concurrency": capacity,
+        "elapsed_s": round(elapsed, 3),
+        "ideal_elapsed_s": round(-(-requests // capacity) * latency, 3),
+        "achieved_rps": round(achieved_rps, 2),
+        "ideal_rps": round(ideal_rps, 2),
+        "ratio": round(ratio, 3),
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ratio >= TARGET_RATIO,
+        "client_latency_ms_p50": round(statistics.median(latencies), 1) if latencies else 0.0,
+        "client_latency_ms_p95": round(_percentile(latencies, 0.95), 1),
+        "server_requests": server_requests,
+        "server_max_in_flight": server_max_in_flight,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: print the benchmark result as JSON; exit 1 when the ratio misses the target."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--capacity", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args(argv)
+    report = run_openai_rate_benchmark(args.requests, args.latency, args.capacity, args.max_tokens)
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    return 0 if report["meets_target"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

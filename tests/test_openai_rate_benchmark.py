@@ -1,0 +1,22 @@
+"""The rate benchmark runs end to end (its ratio is reported, not asserted: no wall-clock asserts)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.openai_rate import run_openai_rate_benchmark
+
+
+def test_rate_benchmark_smoke() -> None:
+    report = run_openai_rate_benchmark(requests=24, latency=0.05, capacity=4)
+    assert report["ok"] == 24 and report["errors"] == 0
+    assert report["server_requests"] == 24
+    assert report["server_max_in_flight"] <= 4
+    assert report["ideal_rps"] == pytest.approx(80.0)
+    assert report["ratio"] > 0
+    assert set(report) >= {"achieved_rps", "ideal_rps", "ratio", "meets_target", "elapsed_s"}
+
+
+def test_rate_benchmark_validates_arguments() -> None:
+    with pytest.raises(ValueError, match="latency"):
+        run_openai_rate_benchmark(requests=1, latency=0, capacity=1)
