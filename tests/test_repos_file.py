@@ -115,6 +115,7 @@ def test_same_repo_different_refs_are_distinct(tmp_path: Path) -> None:
         ("https://github.com/", "missing repository path"),
         ("https://github.com/a/../b", "invalid repository path segment"),
         ("does/not/exist", "local path does not exist"),
+        ("github.com/pallets/click", "did you mean https://github.com/pallets/click?"),
     ],
 )
 def test_rejections(tmp_path: Path, line: str, fragment: str) -> None:

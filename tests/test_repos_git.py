@@ -310,3 +310,34 @@ def test_replaces_a_cache_dir_of_another_origin(upstream, make_git_repo, tmp_pat
     git(cache / entry.key, "clone", "-q", str(other.path), ".")
     result = sync_repo(entry, cache, timeout=60)
     assert result.cloned is True and result.head_commit == shas["second"]
+
+
+def test_hanging_server_is_killed_after_the_timeout(tmp_path: Path) -> None:
+    """A server that accepts connections and never answers: git is killed, the error says why."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = server.getsockname()[1]
+    try:
+        entry = entry_for(f"https://127.0.0.1:{port}/owner/name", tmp_path)
+        with pytest.raises(GitError, match=r"timed out after 2s"):
+            sync_repo(entry, tmp_path / "cache", timeout=2)
+        assert not (tmp_path / "cache" / entry.key).exists()
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()

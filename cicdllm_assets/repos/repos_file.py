@@ -273,7 +273,9 @@ def parse_entry(spec: str, base_dir: Path, line_no: int = 1) -> RepoEntry:
             candidate, ref = _split_ref(text)
         resolved = (base_dir / Path(candidate).expanduser()).resolve()
         if not resolved.exists():
-            raise _EntryError(f"local path does not exist: {resolved}")
+            first = candidate.split("/", 1)[0]
+            hint = f" (did you mean https://{text}?)" if "." in first.strip(".") and "/" in candidate else ""
+            raise _EntryError(f"local path does not exist: {resolved}{hint}")
         if not resolved.is_dir():
             raise _EntryError(f"local path is not a directory: {resolved}")
         local_path = resolved
