@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from cicdllm_assets.storage.tables import TableStore
 
 _CORPUS = [
     "import os\nimport sys\nfrom pathlib import Path\n\n",
@@ -44,4 +50,37 @@ def write_config(project: Path, tokenizer_path: Path, extra_processing: str = ""
         f"  chunk_max_tokens: {budget}\n"
         f"{extra_processing}",
         encoding="utf-8",
+    )
+
+
+def write_repositories_row(
+    settings: Any, repo: str, local_path: Path, head_commit: str, license_id: str = "MIT"
+) -> None:
+    """Stand in for the upstream ``repositories`` asset: write its one-row partition table."""
+    table = pa.Table.from_pylist([{
+        "repo": repo, "url": f"file://{local_path}", "ref": None, "local_path": str(local_path),
+        "head_commit": head_commit, "default_branch": "main", "license": license_id, "size_bytes": 0,
+        "fetched_at": datetime.now(UTC),
+    }])
+    TableStore(settings.tables_dir).write("repositories", repo, table)
+
+
+def materialize_ingest(repo: str, assets: Sequence[Any] | None = None, instance: Any = None) -> Any:
+    """Materialize source_files and code_chunks for one partition (repositories read from storage)."""
+    from dagster import DagsterInstance, SourceAsset, materialize
+
+    from cicdllm_assets.assets.code_chunks import code_chunks
+    from cicdllm_assets.assets.source_files import source_files
+    from cicdllm_assets.io_managers import PartitionedParquetIOManager
+    from cicdllm_assets.partitions import repos_partitions
+    from cicdllm_assets.resources.config_resource import AppConfigResource
+
+    instance = instance or DagsterInstance.get()
+    instance.add_dynamic_partitions("repos", [repo])
+    upstream = SourceAsset(key="repositories", partitions_def=repos_partitions)
+    return materialize(
+        [upstream, *(assets if assets is not None else [source_files, code_chunks])],
+        partition_key=repo,
+        instance=instance,
+        resources={"app_config": AppConfigResource(), "io_manager": PartitionedParquetIOManager()},
     )

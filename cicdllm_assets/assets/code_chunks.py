@@ -1,6 +1,5 @@
 """The ``code_chunks`` asset: token-bounded, secret-redacted chunks of every kept source file."""
 
-from __future__ import annotations
 
 import time
 from typing import Any
@@ -51,7 +50,11 @@ def code_chunks(
     commit = str(row["head_commit"])
     state = StateStore(settings.state_db)
     started = time.perf_counter()
-    kept = [f for f in source_files.to_pylist() if f["status"] == KEPT]
+    # Real files before symlinks: a symlink shares its target's blob, so its chunks are duplicates.
+    kept = sorted(
+        (f for f in source_files.to_pylist() if f["status"] == KEPT),
+        key=lambda f: (f.get("symlink_target") is not None, f["path"]),
+    )
     try:
         state.clear_failures(repo, STAGE)
         state.start_stage(repo, STAGE, total=len(kept), unit="files")
@@ -61,6 +64,7 @@ def code_chunks(
             state.record_failure(repo, STAGE, repo, "tokenizer", str(exc))
             state.finish_stage(repo, STAGE, "failed")
             raise Failure(str(exc)) from None
+        calls_before = chunker.counter.calls
         builder = ChunkRowBuilder(repo, commit, row.get("license"), chunker.budget, chunker.counter)
         failed = 0
         try:
@@ -108,6 +112,7 @@ def code_chunks(
             "chunks_by_language": MetadataValue.json(dict(sorted(stats.by_language.items()))),
             "cache_hits": MetadataValue.int(chunker.stats.cache_hits),
             "cache_misses": MetadataValue.int(chunker.stats.cache_misses),
+            "tokenizer_calls": MetadataValue.int(chunker.counter.calls - calls_before),
             "files_per_second": MetadataValue.float(round(len(kept) / seconds, 1) if seconds > 0 else 0.0),
             "seconds": MetadataValue.float(round(seconds, 3)),
         }

@@ -1,6 +1,5 @@
 """The ``source_files`` asset: every file tracked at the repo's head commit, kept or skipped (with why)."""
 
-from __future__ import annotations
 
 import hashlib
 import json
@@ -76,6 +75,7 @@ def source_files(
             state.record_failure(repo, STAGE, repo, "tokenizer", str(exc))
             state.finish_stage(repo, STAGE, "failed")
             raise Failure(str(exc)) from None
+        calls_before = chunker.counter.calls
         discovery = Discovery(row["local_path"], commit, processing, chunker)
         try:
             entries = discovery.entries()
@@ -113,7 +113,7 @@ def source_files(
             "planned_chunks": MetadataValue.int(stats.chunks),
             "cache_hits": MetadataValue.int(chunker.stats.cache_hits),
             "cache_misses": MetadataValue.int(chunker.stats.cache_misses),
-            "tokenizer_calls": MetadataValue.int(chunker.counter.calls),
+            "tokenizer_calls": MetadataValue.int(chunker.counter.calls - calls_before),
             "files_per_second": MetadataValue.float(round(stats.files_per_second, 1)),
             "seconds": MetadataValue.float(round(stats.seconds, 3)),
             "tokenizer": MetadataValue.path(str(chunker.counter.path)),
