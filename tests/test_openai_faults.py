@@ -285,6 +285,17 @@ def test_api_key_is_sent_and_never_logged(caplog: pytest.LogCaptureFixture) -> N
         assert secret not in record.getMessage()
 
 
+def test_api_key_echoed_by_server_is_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "sk-echoed-9999"
+    caplog.set_level(logging.DEBUG)
+    fault = Fault.http(403, times=1, body=json.dumps({"error": {"message": f"bad key Bearer {secret}"}}))
+    with FaultServer(faults=[fault]) as srv, make_backend(srv.base_url, api_key=secret) as backend:
+        [result] = run_all(backend, [make_request("k")])
+    assert result.error is not None and result.error.status_code == 403
+    assert secret not in result.error.message and "***" in result.error.message
+    assert secret not in caplog.text
+
+
 def test_no_authorization_header_without_key() -> None:
     with FaultServer() as srv, make_backend(srv.base_url, api_key=None) as backend:
         run_all(backend, [make_request("k")])

@@ -40,7 +40,7 @@ import secrets
 import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -538,7 +538,7 @@ class OpenAIBackend:
                 if isinstance(outcome, _Success):
                     self._breaker.record_success()
                     return self._result(request, outcome, attempt + 1, started)
-                error = outcome.error
+                error = self._redact(outcome.error)
                 if not error.retryable or attempt >= self.config.max_retries:
                     self._breaker.record_failure(error)
                     logger.warning(
@@ -560,6 +560,13 @@ class OpenAIBackend:
                 )
                 attempt += 1
                 await asyncio.sleep(delay)
+
+    def _redact(self, error: GenerationError) -> GenerationError:
+        """Never let the API key leave in an error message (a server may echo headers)."""
+        key = self.config.api_key
+        if key and key in error.message:
+            return replace(error, message=error.message.replace(key, "***"))
+        return error
 
     def _result(self, request: GenerationRequest, ok: _Success, attempts: int, started: float) -> GenerationResult:
         extra: dict[str, object] = {"attempts": attempts, "total_ms": (time.monotonic() - started) * 1000.0}
