@@ -6,6 +6,7 @@ Requests are counted at the server, so "zero LLM calls" means zero HTTP requests
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ REPO = "acme-calc"
 
 
 @pytest.fixture
-def server() -> FaultServer:
+def server() -> Iterator[FaultServer]:
     with FaultServer(capacity=8) as srv:
         yield srv
 
@@ -61,7 +62,7 @@ def test_noop_rerun_makes_zero_llm_calls(project: Path, server: FaultServer, tin
     assert row["model_id"] == "fake-model" and row["commit"] == "c0ffee"
 
     # message layout: system, user(code), user(instruction); the code is in message 2 only
-    body = server.chat_records[0].body
+    body = server.chat_records[0].body or {}
     roles = [m["role"] for m in body["messages"]]
     assert roles == ["system", "user", "user"]
     assert "```python" in body["messages"][1]["content"]
@@ -125,7 +126,7 @@ def test_editing_a_template_regenerates_only_that_theme(
     new_requests = server.chat_records[before:]
     # only the testing theme's answers (its question template is unchanged)
     assert len(new_requests) == len(rows) * 2
-    assert all("why it matters" in r.body["messages"][-1]["content"] for r in new_requests)
+    assert all("why it matters" in (r.body or {})["messages"][-1]["content"] for r in new_requests)
     new = read_table(settings, "answers", REPO).to_pylist()
     assert {r["answer_id"] for r in old if r["theme"] != "testing"} == {
         r["answer_id"] for r in new if r["theme"] != "testing"
@@ -219,15 +220,15 @@ def test_context_window_trimming(project: Path, server: FaultServer, tiny_model_
     counter = load_token_counter(str(tiny_model_dir / "tokenizer.json"))
     assert server.chat_records
     for record in server.chat_records:
-        messages = [ChatMessage(m["role"], m["content"]) for m in record.body["messages"]]
+        messages = [ChatMessage(m["role"], m["content"]) for m in (record.body or {})["messages"]]
         prompt = counter.count_prompt_tokens(messages)
-        assert prompt + record.body["max_tokens"] <= 1024
+        assert prompt + (record.body or {})["max_tokens"] <= 1024
         assert "trimmed to fit" in messages[1].content
     entries = ledger_of(settings).entries()
     assert entries and all(e.trimmed == 1 and e.status == "ok" for e in entries)
     answers = read_table(settings, "answers", REPO)
     assert answers.num_rows == 1 and answers.column("trimmed").to_pylist() == [True]
-    assert all(r.body["max_tokens"] < 1000 for r in server.chat_records if "Answer this" in r.prompt_text)
+    assert all((r.body or {})["max_tokens"] < 1000 for r in server.chat_records if "Answer this" in r.prompt_text)
 
 
 def test_circuit_open_fails_the_asset_and_keeps_progress(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +65,7 @@ class Chunk:
         }
 
 
-def select_chunks(rows: list[Mapping[str, Any]], limit: int | None) -> list[Chunk]:
+def select_chunks(rows: Sequence[Mapping[str, Any]], limit: int | None) -> list[Chunk]:
     """Chunks in deterministic (path, start_line, end_line, chunk_key) order, first ``limit``.
 
     Duplicate chunk keys (the same span twice) are kept once.

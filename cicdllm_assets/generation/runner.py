@@ -305,7 +305,7 @@ class StageRunner:
             stats.failed += 1
             category = outcome.error_category or "backend_error"
             stats.failures[category] += 1
-            self.state.advance(self.repo, self.stage, failed=1)
+            self.state.advance(self.repo, self.stage, done=0, failed=1)
             self.state.record_failure(self.repo, self.stage, w.label, category, outcome.error_message or category)
 
     def _fail_remaining(

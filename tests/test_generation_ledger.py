@@ -1,0 +1,164 @@
+"""Ledger rows and the stage runner's bookkeeping (a scripted in-process backend, real SQLite)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cicdllm_assets.config import Settings
+from cicdllm_assets.generation.chunks import select_chunks
+from cicdllm_assets.generation.ledger import Ledger, LedgerItem, Outcome, item_key
+from cicdllm_assets.generation.prompts import PromptManager
+from cicdllm_assets.generation.runner import StageRunner, plan_questions, question_postprocess, questions_table
+from cicdllm_assets.resources.llm.base import CircuitOpenError, GenerationRequest, GenerationResult
+from cicdllm_assets.storage.state import StateStore
+from tests.generation_support import PROMPTS_SRC, SAMPLE_FILES, ScriptedBackend, chunk_rows
+
+
+def _item(key: str = "k1") -> LedgerItem:
+    return LedgerItem(key, "question", "repo", "chunk", "testing", "tpl", "model", "{}")
+
+
+def test_item_key_is_content_only() -> None:
+    base = item_key("answer", "c", "t", "h", "m", {"seed": 0, "temperature": 0.7}, "Why?")
+    assert base == item_key("answer", "c", "t", "h", "m", {"temperature": 0.7, "seed": 0}, "Why?")
+    variants = [
+        item_key("question", "c", "t", "h", "m", {"seed": 0, "temperature": 0.7}, "Why?"),
+        item_key("answer", "c2", "t", "h", "m", {"seed": 0, "temperature": 0.7}, "Why?"),
+        item_key("answer", "c", "t2", "h", "m", {"seed": 0, "temperature": 0.7}, "Why?"),
+        item_key("answer", "c", "t", "h2", "m", {"seed": 0, "temperature": 0.7}, "Why?"),
+        item_key("answer", "c", "t", "h", "m2", {"seed": 0, "temperature": 0.7}, "Why?"),
+        item_key("answer", "c", "t", "h", "m", {"seed": 1, "temperature": 0.7}, "Why?"),
+        item_key("answer", "c", "t", "h", "m", {"seed": 0, "temperature": 0.7}, "How?"),
+    ]
+    assert base not in variants and len(set(variants)) == len(variants)
+
+
+def test_record_attempts_and_ok_rows_are_final(tmp_path: Path) -> None:
+    state = StateStore(tmp_path / "state.db")
+    ledger = Ledger(state)
+    ledger.record(_item(), Outcome("failed", output="raw", error_category="timeout", error_message="slow"))
+    entry = ledger.get("k1")
+    assert entry is not None and entry.status == "failed" and entry.attempts == 1 and entry.output == "raw"
+    assert entry.needs_attempt(2) and not entry.needs_attempt(1)
+    ledger.record(_item(), Outcome("ok", output="text", parsed=["q1?"], prompt_tokens=10, completion_tokens=5,
+                                   latency_ms=12.5, trimmed=True))
+    entry = ledger.get("k1")
+    assert entry is not None and entry.ok and entry.attempts == 2 and entry.parsed() == ["q1?"]
+    assert (entry.prompt_tokens, entry.completion_tokens, entry.trimmed) == (10, 5, 1)
+    assert entry.error_category is None
+    ledger.record(_item(), Outcome("failed", error_category="timeout"))  # a racing writer cannot undo it
+    entry = ledger.get("k1")
+    assert entry is not None and entry.ok and entry.attempts == 2
+    assert ledger.counts() == {"ok": 1}
+
+    # WAL: a second connection reads while the first writes
+    other = sqlite3.connect(tmp_path / "state.db")
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert other.execute("SELECT COUNT(*) FROM generation_ledger").fetchone()[0] == 1
+
+
+def test_get_many_handles_many_keys(tmp_path: Path) -> None:
+    ledger = Ledger(StateStore(tmp_path / "state.db"))
+    for i in range(1200):
+        ledger.record(_item(f"k{i}"), Outcome("ok", output=str(i)))
+    found = ledger.get_many([f"k{i}" for i in range(0, 1300)])
+    assert len(found) == 1200 and found["k1199"].output == "1199"
+
+
+@pytest.fixture
+def runner_parts(settings: Settings, tmp_path: Path):
+    state = StateStore(settings.state_db)
+    ledger = Ledger(state)
+    prompts = PromptManager(PROMPTS_SRC)
+    chunks = select_chunks(chunk_rows("repo", SAMPLE_FILES), None)
+    return state, ledger, prompts, chunks
+
+
+def _runner(backend: ScriptedBackend, state: StateStore, ledger: Ledger, settings: Settings) -> StageRunner:
+    return StageRunner(backend=backend, ledger=ledger, state=state, settings=settings, repo="repo",
+                       stage="questions", pause_hook=lambda: None)
+
+
+def test_runner_reuses_retries_and_exhausts(settings: Settings, runner_parts) -> None:
+    state, ledger, prompts, chunks = runner_parts
+    gen = settings.config.generation.model_copy(update={"max_attempts": 2, "batch_size": 2})
+    settings = Settings(settings.config.model_copy(update={"generation": gen}), settings.path, settings.root)
+    themes = [prompts.theme("testing"), prompts.theme("debugging")]
+    work = plan_questions(chunks, themes, "scripted", gen, "repo")
+    # the debugging theme's reply is unparseable; "possible bugs" is only in its instruction
+    backend = ScriptedBackend(replies={"possible bugs": "no idea"})
+    stats = _runner(backend, state, ledger, settings).run(work, question_postprocess(gen))
+    assert stats.total == len(work) and stats.generated == len(chunks) and stats.failed == len(chunks)
+    assert stats.failures == {"parse_error": len(chunks)}
+    assert len(backend.calls) == len(work)
+    assert all(r.prefix_messages == 2 for r in backend.calls)
+    # wide batches keep each chunk's themes together
+    assert [r.key for r in backend.calls] == [w.item.key for w in work]
+
+    failures = state.connection().execute(
+        "SELECT category FROM failures WHERE repo = 'repo' AND stage = 'questions'").fetchall()
+    assert [f["category"] for f in failures] == ["parse_error"] * len(chunks)
+    progress = state.progress("repo")[0]
+    assert (progress.done, progress.failed, progress.total) == (len(chunks), len(chunks), len(work))
+
+    # run 2: only the failed items, with a different seed (attempt 2)
+    backend2 = ScriptedBackend(replies={"possible bugs": "no idea"})
+    stats = _runner(backend2, state, ledger, settings).run(work, question_postprocess(gen))
+    assert stats.reused == len(chunks) and len(backend2.calls) == len(chunks)
+    assert {r.seed for r in backend2.calls} == {gen.seed + 1}
+
+    # run 3: attempts exhausted, no calls
+    backend3 = ScriptedBackend()
+    stats = _runner(backend3, state, ledger, settings).run(work, question_postprocess(gen))
+    assert backend3.calls == [] and stats.exhausted == len(chunks)
+
+    entries = ledger.get_many(w.item.key for w in work)
+    table = questions_table(work, entries, "repo")
+    assert table.num_rows == len(chunks) * 2
+    assert set(table.column("theme").to_pylist()) == {"testing"}
+    raw = [e for e in entries.values() if e.status == "failed"]
+    assert all(e.output == "no idea" and e.attempts == 2 for e in raw)
+    assert json.loads(table.column("params")[0].as_py())["n_questions"] == gen.questions_per_chunk
+
+
+def test_runner_circuit_open_keeps_finished_items(settings: Settings, runner_parts) -> None:
+    state, ledger, prompts, chunks = runner_parts
+    gen = settings.config.generation
+    work = plan_questions(chunks, [prompts.theme("testing")], "scripted", gen, "repo")
+
+    class Breaking(ScriptedBackend):
+        def generate(self, requests):
+            for i, result in enumerate(super().generate(requests)):
+                if i == 2:
+                    raise CircuitOpenError("server down")
+                yield result
+
+    with pytest.raises(CircuitOpenError):
+        _runner(Breaking(), state, ledger, settings).run(work, question_postprocess(gen))
+    assert ledger.counts() == {"ok": 2}
+    stats = _runner(ScriptedBackend(), state, ledger, settings).run(work, question_postprocess(gen))
+    assert stats.reused == 2 and stats.generated == len(work) - 2
+
+
+def test_runner_records_backend_errors_and_missing_results(settings: Settings, runner_parts) -> None:
+    state, ledger, prompts, chunks = runner_parts
+    gen = settings.config.generation
+    work = plan_questions(chunks[:3], [prompts.theme("testing")], "scripted", gen, "repo")
+
+    class Lossy(ScriptedBackend):
+        def generate(self, requests: list[GenerationRequest]):  # type: ignore[override]
+            results: list[GenerationResult] = list(super().generate(requests))
+            yield from results[:-1]  # drops the last one silently
+
+    stats = _runner(Lossy(), state, ledger, settings).run(work, question_postprocess(gen))
+    assert stats.generated == 2 and stats.failures == {"backend_error": 1}
+
+    backend = ScriptedBackend(fail={"unit tests": "timeout"})
+    work2 = plan_questions(chunks[3:5], [prompts.theme("testing")], "scripted", gen, "repo")
+    stats = _runner(backend, state, ledger, settings).run(work2, question_postprocess(gen))
+    assert stats.failures == {"timeout": 2}
+    assert {e.error_category for e in ledger.get_many(w.item.key for w in work2).values()} == {"timeout"}
