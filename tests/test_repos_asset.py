@@ -133,3 +133,12 @@ def test_invalid_repos_file_fails_with_line_numbers(project: Path, instance) -> 
     text = failure_text(result)
     assert "repos.txt:1:" in text and "credentials" in text
     assert "hunter2" not in text
+
+
+def test_bad_line_elsewhere_does_not_stop_a_valid_repo(project: Path, make_git_repo, instance) -> None:
+    good = make_git_repo("good")
+    (project / "repos.txt").write_text(f"ext::sh\n{good.path}\n", encoding="utf-8")
+    instance.add_dynamic_partitions(REPOS_PARTITIONS_NAME, ["local-good"])
+    result = run(instance, "local-good")
+    assert result.success
+    assert data_version(result) == good.git("rev-parse", "HEAD")

@@ -25,7 +25,12 @@ from cicdllm_assets.config import ConfigError
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.repos.git_ops import GitError, sync_repo
 from cicdllm_assets.repos.license import detect_license
-from cicdllm_assets.repos.repos_file import ReposFileError, find_entry, read_repos_file, redact_credentials
+from cicdllm_assets.repos.repos_file import (
+    ReposFileError,
+    find_entry,
+    read_repos_file_lenient,
+    redact_credentials,
+)
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.storage.state import StateStore
 
@@ -87,10 +92,15 @@ def repositories(context: AssetExecutionContext, app_config: AppConfigResource) 
         state.start_stage(repo, STAGE, total=1, unit="repos")
         state.clear_failures(repo, STAGE)
         try:
-            entries = read_repos_file(settings.repos_file)
+            entries, problems = read_repos_file_lenient(settings.repos_file)
         except ReposFileError as exc:
             raise _fail(context, state, repo, "repos_file", str(exc)) from None
         entry = find_entry(entries, repo)
+        if problems is not None:
+            # Bad lines elsewhere in repos.txt do not stop this repository.
+            context.log.warning(str(problems))
+            if entry is None:
+                raise _fail(context, state, repo, "repos_file", f"partition {repo!r} not found; {problems}")
         if entry is None:
             raise _fail(
                 context,

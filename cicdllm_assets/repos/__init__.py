@@ -8,8 +8,10 @@ from cicdllm_assets.repos.repos_file import (
     ReposFileError,
     find_entry,
     parse_entry,
+    parse_repos_lenient,
     parse_repos_text,
     read_repos_file,
+    read_repos_file_lenient,
     redact_credentials,
 )
 from cicdllm_assets.repos.sync import load_entries, open_instance, plan_sync, sync_partitions
@@ -26,9 +28,11 @@ __all__ = [
     "load_entries",
     "open_instance",
     "parse_entry",
+    "parse_repos_lenient",
     "parse_repos_text",
     "plan_sync",
     "read_repos_file",
+    "read_repos_file_lenient",
     "redact_credentials",
     "sync_partitions",
     "sync_repo",

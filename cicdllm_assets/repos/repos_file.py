@@ -37,8 +37,10 @@ __all__ = [
     "ReposFileError",
     "find_entry",
     "parse_entry",
+    "parse_repos_lenient",
     "parse_repos_text",
     "read_repos_file",
+    "read_repos_file_lenient",
     "redact_credentials",
 ]
 
@@ -300,8 +302,8 @@ def _strip_line(raw: str) -> str:
     return _INLINE_COMMENT.sub("", line).strip()
 
 
-def parse_repos_text(text: str, base_dir: Path, source: str = "repos.txt") -> list[RepoEntry]:
-    """Parse repos.txt content; raise :class:`ReposFileError` listing every bad line."""
+def parse_repos_lenient(text: str, base_dir: Path) -> tuple[list[RepoEntry], list[LineError]]:
+    """Parse repos.txt content into (valid entries with final keys, errors of the bad lines)."""
     entries: list[RepoEntry] = []
     errors: list[LineError] = []
     seen: dict[tuple[str, str | None], int] = {}
@@ -323,9 +325,15 @@ def parse_repos_text(text: str, base_dir: Path, source: str = "repos.txt") -> li
             continue
         seen[identity] = line_no
         entries.append(entry)
+    return _disambiguate(entries), errors
+
+
+def parse_repos_text(text: str, base_dir: Path, source: str = "repos.txt") -> list[RepoEntry]:
+    """Parse repos.txt content; raise :class:`ReposFileError` listing every bad line."""
+    entries, errors = parse_repos_lenient(text, base_dir)
     if errors:
         raise ReposFileError(source, errors)
-    return _disambiguate(entries)
+    return entries
 
 
 def _disambiguate(entries: list[RepoEntry]) -> list[RepoEntry]:
@@ -356,15 +364,28 @@ def _replace_key(entry: RepoEntry, key: str) -> RepoEntry:
     )
 
 
-def read_repos_file(path: Path) -> list[RepoEntry]:
-    """Read and validate a repos file (raises :class:`ReposFileError`, also when unreadable)."""
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ReposFileError(str(path), [LineError(0, str(path), "file does not exist")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ReposFileError(str(path), [LineError(0, str(path), f"cannot read: {exc}")]) from None
-    return parse_repos_text(text, path.parent, str(path))
+
+
+def read_repos_file(path: Path) -> list[RepoEntry]:
+    """Read and validate a repos file (raises :class:`ReposFileError`, also when unreadable)."""
+    return parse_repos_text(_read_text(path), path.parent, str(path))
+
+
+def read_repos_file_lenient(path: Path) -> tuple[list[RepoEntry], ReposFileError | None]:
+    """The valid entries of a repos file and, if some lines are bad, the error listing them.
+
+    Used where one bad line must not stop the other repositories (the ``repositories`` asset);
+    an unreadable file still raises :class:`ReposFileError`.
+    """
+    entries, errors = parse_repos_lenient(_read_text(path), path.parent)
+    return entries, (ReposFileError(str(path), errors) if errors else None)
 
 
 def find_entry(entries: Iterable[RepoEntry], key: str) -> RepoEntry | None:
