@@ -290,7 +290,13 @@ def _split_line_by_tokens(
         if chars is not None and cuts[-1] < chars[0] < end_char:
             cuts.append(chars[0])
     cuts.append(end_char)
-    pending = [(cuts[k], cuts[k + 1]) for k in range(len(cuts) - 1)]
+    pending: list[tuple[int, int]] = []
+    for k in range(len(cuts) - 1):
+        s, e = cuts[k], cuts[k + 1]
+        if pending and not lines.text[s:e].strip():
+            pending[-1] = (pending[-1][0], e)  # no whitespace-only pieces: join the previous one
+        else:
+            pending.append((s, e))
     pieces: list[tuple[int, int, int]] = []
     while pending:
         counts = count([lines.text[s:e] for s, e in pending])
@@ -303,7 +309,7 @@ def _split_line_by_tokens(
                 retry.extend([(s, mid), (mid, e)])
         pending = retry
     pieces.sort()
-    return [ChunkSpan(line + 1, line + 1, s, e, symbol, n, True) for s, e, n in pieces]
+    return [ChunkSpan(line + 1, line + 1, s, e, symbol, n, True) for s, e, n in pieces if lines.text[s:e].strip()]
 
 
 def plan_file(text: str, language: str, encoding: Encoding, budget: int, count: CountFn) -> FilePlan:

@@ -1,0 +1,137 @@
+"""Chunk planning: syntax boundaries, symbols, imports, and every chunk within budget (real tokenizer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cicdllm_assets.chunking.plan import IMPORTS_MAX_TOKENS, FilePlan, plan_file
+from cicdllm_assets.chunking.tokenizer import TokenCounter
+from tests.discovery_helpers import train_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def counter(tmp_path_factory: pytest.TempPathFactory) -> TokenCounter:
+    return TokenCounter(train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json"))
+
+
+def plan(counter: TokenCounter, text: str, language: str, budget: int) -> FilePlan:
+    return plan_file(text, language, counter.encode_batch([text])[0], budget, counter.count_batch)
+
+
+def assert_within_budget(counter: TokenCounter, text: str, result: FilePlan, budget: int) -> None:
+    """Every chunk fits when tokenized on its own, and no non-blank line is lost."""
+    texts = [text[c.start_char : c.end_char] for c in result.chunks]
+    real = counter.count_batch(texts)
+    assert max(real) <= budget, max(real)
+    lines = text.split("\n")
+    covered: set[int] = set()
+    for chunk in result.chunks:
+        covered.update(range(chunk.start_line, chunk.end_line + 1))
+        assert text[chunk.start_char : chunk.end_char].strip()
+    missing = [i + 1 for i, line in enumerate(lines) if line.strip() and i + 1 not in covered]
+    assert not missing
+    spans = [(c.start_char, c.end_char) for c in result.chunks]
+    assert spans == sorted(spans) and all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+def test_5000_line_function_is_split_by_lines_within_budget(counter: TokenCounter) -> None:
+    body = "".join(f"    value_{i} = compute(value_{i - 1}, {i}) + total_count\n" for i in range(1, 5001))
+    text = f"import os\n\n\ndef enormous(value_0):\n{body}    return value_5000\n"
+    budget = 128
+    result = plan(counter, text, "python", budget)
+    assert len(result.chunks) > 100
+    assert_within_budget(counter, text, result, budget)
+    assert result.chunks[0].symbol in {"", "enormous"}
+    assert {c.symbol for c in result.chunks[1:]} == {"enormous"}
+    assert result.chunks[-1].end_line == text.count("\n")
+    # packed close to the budget: no tiny pieces in the middle
+    assert min(c.token_count for c in result.chunks[1:-1]) > budget // 2
+
+
+@pytest.mark.parametrize("language", ["python", "text", "javascript"])
+def test_giant_line_is_split_by_tokens_within_budget(counter: TokenCounter, language: str) -> None:
+    giant = "data = '" + "".join(f"{i:x}é" for i in range(6000)) + "'\n"
+    text = "x = 1\n\n" + giant + "y = 2\n"
+    budget = 64
+    result = plan(counter, text, language, budget)
+    assert_within_budget(counter, text, result, budget)
+    partial = [c for c in result.chunks if c.partial]
+    assert len(partial) > 10 and all(c.start_line == c.end_line == 3 for c in partial)
+    assert "".join(text[c.start_char : c.end_char] for c in partial) == giant
+
+
+def test_python_structure_symbols_and_imports(counter: TokenCounter) -> None:
+    methods = "".join(
+        f"    def method_{i}(self, other):\n        total = self.value + other * {i}\n        return total\n\n"
+        for i in range(12)
+    )
+    text = (
+        '"""Module doc."""\n\nimport os\nimport sys\nfrom pathlib import Path\n\nCONSTANT = 1\n\n\n'
+        "def small_one():\n    return 1\n\n\ndef small_two():\n    return 2\n\n\n"
+        f"class Big:\n    \"\"\"A big class.\"\"\"\n\n{methods}"
+        "\nif __name__ == '__main__':\n    small_one()\n"
+    )
+    budget = 96
+    result = plan(counter, text, "python", budget)
+    assert_within_budget(counter, text, result, budget)
+    symbols = [c.symbol for c in result.chunks]
+    assert any("small_one" in s and "small_two" in s for s in symbols)  # small neighbours merged
+    assert any(s.startswith("Big.method_") for s in symbols)  # methods of a class too big for one chunk
+    assert "import os" in result.imports and "from pathlib import Path" in result.imports
+    assert counter.count_batch([result.imports])[0] <= IMPORTS_MAX_TOKENS + 4
+    assert result.line_count == text.count("\n")
+    assert result.token_count == counter.count(text)
+
+
+def test_small_file_is_one_chunk(counter: TokenCounter) -> None:
+    text = "def f():\n    return 1\n"
+    result = plan(counter, text, "python", 512)
+    assert len(result.chunks) == 1
+    chunk = result.chunks[0]
+    assert (chunk.start_line, chunk.end_line, chunk.symbol) == (1, 2, "f")
+
+
+def test_syntax_error_falls_back_to_generic(counter: TokenCounter) -> None:
+    text = "def broken(:\n" + "    x = 1\n" * 200
+    result = plan(counter, text, "python", 64)
+    assert_within_budget(counter, text, result, 64)
+
+
+def test_brace_language_splits_at_function_boundaries(counter: TokenCounter) -> None:
+    funcs = "".join(
+        f"func Handler{i}(w http.ResponseWriter, r *http.Request) {{\n\tfmt.Println(\"value\", {i})\n"
+        f"\treturn\n}}\n\n"
+        for i in range(30)
+    )
+    text = 'package main\n\nimport "fmt"\n\n' + funcs
+    budget = 80
+    result = plan(counter, text, "go", budget)
+    assert_within_budget(counter, text, result, budget)
+    assert 'import "fmt"' in result.imports
+    # cuts land between functions: every chunk after the first starts at a func line
+    for chunk in result.chunks[1:]:
+        assert text[chunk.start_char :].startswith("func Handler")
+    assert all(c.symbol.startswith("Handler") for c in result.chunks[1:])
+
+
+def test_empty_and_whitespace_files(counter: TokenCounter) -> None:
+    assert plan(counter, "", "python", 64).chunks == ()
+    assert plan(counter, "\n\n   \n", "text", 64).chunks == ()
+
+
+@pytest.mark.parametrize("budget", [32, 64, 200])
+def test_every_chunk_of_this_project_fits(counter: TokenCounter, budget: int) -> None:
+    """A broad proof on real code: all of this project's Python and Markdown files."""
+    paths = sorted((REPO_ROOT / "cicdllm_assets").rglob("*.py"))[:60] + sorted(REPO_ROOT.glob("*.md"))
+    texts = [p.read_text(encoding="utf-8") for p in paths]
+    encodings = counter.encode_batch(texts)
+    for path, text, encoding in zip(paths, texts, encodings, strict=True):
+        if not text.strip():
+            continue
+        language = "python" if path.suffix == ".py" else "markdown"
+        result = plan_file(text, language, encoding, budget, counter.count_batch)
+        assert_within_budget(counter, text, result, budget)
