@@ -105,3 +105,18 @@ def test_list_empty(project: Path) -> None:
     result = invoke("list")
     assert result.exit_code == 0
     assert "no repositories" in result.output
+
+
+def test_remove_by_key_or_spec_keeps_comments(project: Path) -> None:
+    repos_txt = project / "repos.txt"
+    repos_txt.write_text(
+        "# header\nhttps://github.com/a/b  # inline\n\nhttps://github.com/c/d@v1\n# footer\n", encoding="utf-8"
+    )
+    result = invoke("remove", "github.com-a-b")
+    assert result.exit_code == 0, result.output
+    assert "removed github.com-a-b (line 2)" in result.output
+    assert repos_txt.read_text(encoding="utf-8") == "# header\n\nhttps://github.com/c/d@v1\n# footer\n"
+    assert invoke("remove", "https://github.com/c/d@v1").exit_code == 0
+    assert repos_txt.read_text(encoding="utf-8") == "# header\n\n# footer\n"
+    missing = invoke("remove", "github.com-a-b")
+    assert missing.exit_code == 2 and "no entry" in missing.output

@@ -14,7 +14,13 @@ import click
 
 from cicdllm_assets.config import ConfigError, Settings, load_settings
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
-from cicdllm_assets.repos.repos_file import ReposFileError, parse_repos_text, read_repos_file, redact_credentials
+from cicdllm_assets.repos.repos_file import (
+    ReposFileError,
+    parse_repos_lenient,
+    parse_repos_text,
+    read_repos_file,
+    redact_credentials,
+)
 from cicdllm_assets.repos.sync import open_instance, sync_partitions
 
 EXIT_INVALID = 2
@@ -85,12 +91,38 @@ def add_cmd(spec: str) -> None:
     except ReposFileError as exc:
         _invalid(str(exc))
     added = next(entry for entry in entries if entry.line_no == line_no)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(updated, encoding="utf-8")
-    tmp.replace(path)
+    _write_atomic(path, updated)
     click.echo(f"added {added.key} ({redact_credentials(added.url)}{'@' + added.ref if added.ref else ''}) to {path}")
     click.echo("run `cicdllm repos sync` (or let the repos sensor run) to register it with Dagster")
+
+
+@command.command(name="remove")
+@click.argument("key_or_spec")
+def remove_cmd(key_or_spec: str) -> None:
+    """Remove the repos.txt line whose partition key or entry text is KEY_OR_SPEC."""
+    settings = _settings()
+    path = settings.repos_file
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        _invalid(f"cannot read {path}: {exc.strerror}")
+    entries, _ = parse_repos_lenient(text, path.parent)
+    matches = [entry for entry in entries if key_or_spec in (entry.key, entry.spec)]
+    if not matches:
+        _invalid(f"no entry with partition key or text {redact_credentials(key_or_spec)!r} in {path}")
+    drop = {entry.line_no for entry in matches}
+    kept = [line for number, line in enumerate(text.splitlines(keepends=True), start=1) if number not in drop]
+    _write_atomic(path, "".join(kept))
+    for entry in matches:
+        click.echo(f"removed {entry.key} (line {entry.line_no}) from {path}")
+    click.echo("run `cicdllm repos sync` (or let the repos sensor run) to drop its partition")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 @command.command(name="sync")
