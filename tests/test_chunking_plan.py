@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def assert_within_budget(counter: TokenCounter, text: str, result: FilePlan, bud
     missing = [i + 1 for i, line in enumerate(lines) if line.strip() and i + 1 not in covered]
     assert not missing
     spans = [(c.start_char, c.end_char) for c in result.chunks]
-    assert spans == sorted(spans) and all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert spans == sorted(spans) and all(a[1] <= b[0] for a, b in pairwise(spans))
 
 
 def test_5000_line_function_is_split_by_lines_within_budget(counter: TokenCounter) -> None:
