@@ -132,3 +132,27 @@ def test_theme_can_override_system(prompts: Path) -> None:
     )
     theme = PromptManager(prompts).theme("custom")
     assert theme.question_messages(CHUNK, 1)[0].content == "You review python code."
+
+
+def test_config_validate_reports_bad_templates(project: Path) -> None:
+    from click.testing import CliRunner
+
+    from cicdllm_assets.cli.main import cli
+
+    # no prompts/ in the project: the shipped templates are used
+    assert CliRunner().invoke(cli, ["config", "validate"]).exit_code == 0
+    shutil.copytree(PROMPTS_SRC, project / "prompts")
+    bad = project / "prompts" / "code_explanation.yaml"
+    bad.write_text(bad.read_text(encoding="utf-8").replace("{path}", "{file}", 1), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["config", "validate"])
+    assert result.exit_code == 2
+    assert "code_explanation.yaml" in result.output and "{file}" in result.output
+
+
+def test_explicit_missing_prompts_dir_is_an_error(project: Path) -> None:
+    from cicdllm_assets.config import load_settings
+    from cicdllm_assets.generation.prompts import prompt_problems
+
+    (project / "cicdllm.yaml").write_text("generation:\n  prompts_dir: my_prompts\n", encoding="utf-8")
+    problems = prompt_problems(load_settings())
+    assert problems and "my_prompts" in problems[0] and "does not exist" in problems[0]

@@ -28,6 +28,14 @@ def validate() -> None:
         for issue in exc.issues:
             click.echo(f"  {issue.render()}", err=True)
         sys.exit(EXIT_INVALID_CONFIG)
+    from cicdllm_assets.generation.prompts import prompt_problems
+
+    problems = prompt_problems(settings)
+    if problems:
+        click.echo(f"invalid prompt templates in {settings.prompts_dir}:", err=True)
+        for problem in problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(EXIT_INVALID_CONFIG)
     click.echo(f"valid: {settings.path or '<defaults>'}")
 
 

@@ -13,7 +13,12 @@ from dagster import AssetExecutionContext, Failure, MetadataValue
 from cicdllm_assets.config import ConfigError, Settings
 from cicdllm_assets.generation.chunks import Chunk, select_chunks
 from cicdllm_assets.generation.ledger import Ledger
-from cicdllm_assets.generation.prompts import PromptManager, PromptTemplateError, prompt_manager
+from cicdllm_assets.generation.prompts import (
+    PromptManager,
+    PromptTemplateError,
+    prompt_manager,
+    resolve_prompts_dir,
+)
 from cicdllm_assets.generation.runner import RunStats, StageRunner
 from cicdllm_assets.resources.llm.base import CircuitOpenError, LLMBackend
 from cicdllm_assets.storage.state import StateStore
@@ -54,7 +59,7 @@ def stage_env(context: AssetExecutionContext, stage: str) -> Iterator[StageEnv]:
     state = StateStore(settings.state_db)
     try:
         try:
-            prompts = prompt_manager(settings.prompts_dir)
+            prompts = prompt_manager(resolve_prompts_dir(settings))
             prompts.validate(list(settings.config.generation.themes))
         except PromptTemplateError as exc:
             state.record_failure(repo, stage, "prompts", "config", str(exc))

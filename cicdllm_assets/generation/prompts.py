@@ -25,6 +25,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from cicdllm_assets.config import Settings
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.resources.llm.base import ChatMessage
 
@@ -296,3 +297,33 @@ def prompt_manager(prompts_dir: Path) -> PromptManager:
         if manager is None:
             manager = _MANAGERS[key] = PromptManager(key)
         return manager
+
+
+SHIPPED_PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+"""The templates that ship with cicdllm (the repository's top-level ``prompts/``)."""
+
+DEFAULT_PROMPTS_SETTING = "prompts"
+
+
+def resolve_prompts_dir(settings: Settings) -> Path:
+    """``generation.prompts_dir``; if left at its default and absent, the shipped templates."""
+    configured = settings.prompts_dir
+    if configured.is_dir():
+        return configured
+    if settings.config.generation.prompts_dir == DEFAULT_PROMPTS_SETTING and SHIPPED_PROMPTS_DIR.is_dir():
+        log.info("%s does not exist; using the shipped templates in %s", configured, SHIPPED_PROMPTS_DIR)
+        return SHIPPED_PROMPTS_DIR
+    return configured
+
+
+def prompt_problems(settings: Settings) -> list[str]:
+    """Every problem with the templates of the configured themes (empty = valid), for ``config validate``."""
+    themes = list(settings.config.generation.themes)
+    manager = PromptManager(resolve_prompts_dir(settings))
+    problems = []
+    for name in themes:
+        try:
+            manager.theme(name)
+        except PromptTemplateError as exc:
+            problems.append(str(exc))
+    return problems
