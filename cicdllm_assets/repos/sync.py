@@ -6,6 +6,7 @@ share :func:`plan_sync`; :func:`sync_partitions` applies the plan to an instance
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 
@@ -53,4 +54,6 @@ def open_instance(settings: Settings) -> DagsterInstance:
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
+    # Dagster's storage migrations log every step at INFO through alembic; keep the CLI readable.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     return DagsterInstance.get()
