@@ -8,14 +8,11 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, asset
 
 from cicdllm_assets.assets.source_files import repository_row
+from cicdllm_assets.chunking.build import build_chunks, kept_in_chunk_order
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
-from cicdllm_assets.chunking.rows import ChunkRowBuilder, FileForChunks, texts_digest
+from cicdllm_assets.chunking.rows import ChunkRowBuilder, texts_digest
 from cicdllm_assets.chunking.runtime import chunker_for
-from cicdllm_assets.chunking.service import PlanRequest
 from cicdllm_assets.config import ConfigError
-from cicdllm_assets.discovery.content import decode_with
-from cicdllm_assets.discovery.discover import KEPT
-from cicdllm_assets.discovery.git_objects import BlobReader, GitError
 from cicdllm_assets.models.paths import ModelNotPreparedError
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
@@ -23,7 +20,6 @@ from cicdllm_assets.storage.state import StateStore
 
 STAGE = "code_chunks"
 CODE_VERSION = f"code-chunks-c{CHUNKER_VERSION}-r1"
-BATCH_FILES = 256
 
 
 @asset(
@@ -50,11 +46,7 @@ def code_chunks(
     commit = str(row["head_commit"])
     state = StateStore(settings.state_db)
     started = time.perf_counter()
-    # Real files before symlinks: a symlink shares its target's blob, so its chunks are duplicates.
-    kept = sorted(
-        (f for f in source_files.to_pylist() if f["status"] == KEPT),
-        key=lambda f: (f.get("symlink_target") is not None, f["path"]),
-    )
+    kept = kept_in_chunk_order(source_files.to_pylist())
     try:
         state.clear_failures(repo, STAGE)
         state.start_stage(repo, STAGE, total=len(kept), unit="files")
@@ -66,26 +58,16 @@ def code_chunks(
             raise Failure(str(exc)) from None
         calls_before = chunker.counter.calls
         builder = ChunkRowBuilder(repo, commit, row.get("license"), chunker.budget, chunker.counter)
-        failed = 0
         try:
-            with BlobReader(row["local_path"]) as reader:
-                for start in range(0, len(kept), BATCH_FILES):
-                    files: list[FileForChunks] = []
-                    batch = kept[start : start + BATCH_FILES]
-                    for item in batch:
-                        try:
-                            text = decode_with(reader.read(item["blob_sha"]), item["encoding"] or "utf-8")
-                        except (GitError, UnicodeDecodeError, LookupError) as exc:
-                            failed += 1
-                            state.record_failure(repo, STAGE, item["path"], "read", f"{type(exc).__name__}: {exc}")
-                            continue
-                        files.append(FileForChunks(item["path"], item["blob_sha"], item["language"], text))
-                    plans = chunker.plan_many([PlanRequest(f.blob_sha, f.language, f.text) for f in files])
-                    for file, plan in zip(files, plans, strict=True):
-                        builder.add_file(file, plan)
-                    state.advance(repo, STAGE, done=len(files), failed=len(batch) - len(files))
+            built = build_chunks(
+                row["local_path"], kept, chunker, builder,
+                on_progress=lambda done, failed: state.advance(repo, STAGE, done=done, failed=failed),
+            )
         finally:
             chunker.close()
+        for failure in built.failures:
+            state.record_failure(repo, STAGE, failure.path, "read", failure.message)
+        failed = len(built.failures)
         table = builder.table()
         seconds = time.perf_counter() - started
         stats = builder.stats

@@ -1,0 +1,68 @@
+"""The code_chunks work for one repo: read kept blobs from git, plan (cached), slice, redact."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cicdllm_assets.chunking.rows import ChunkRowBuilder, FileForChunks
+from cicdllm_assets.chunking.service import Chunker, PlanRequest
+from cicdllm_assets.discovery.content import decode_with
+from cicdllm_assets.discovery.git_objects import BlobReader, GitError
+
+BATCH_FILES = 256
+
+
+@dataclass
+class BuildFailure:
+    """A kept file that could not be read back (e.g. the clone was garbage-collected)."""
+
+    path: str
+    message: str
+
+
+@dataclass
+class BuildResult:
+    """Files read and failures of one build."""
+
+    files: int = 0
+    failures: list[BuildFailure] = field(default_factory=list)
+
+
+def kept_in_chunk_order(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Kept ``source_files`` rows, real files before symlinks (a symlink shares its target's blob)."""
+    return sorted(
+        (r for r in rows if r["status"] == "kept"),
+        key=lambda r: (r.get("symlink_target") is not None, r["path"]),
+    )
+
+
+def build_chunks(
+    repo_path: Path,
+    kept: Sequence[Mapping[str, Any]],
+    chunker: Chunker,
+    builder: ChunkRowBuilder,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> BuildResult:
+    """Add every kept file's chunks to ``builder``; ``on_progress(done, failed)`` per batch."""
+    result = BuildResult()
+    with BlobReader(Path(repo_path)) as reader:
+        for start in range(0, len(kept), BATCH_FILES):
+            files: list[FileForChunks] = []
+            batch = kept[start : start + BATCH_FILES]
+            for item in batch:
+                try:
+                    text = decode_with(reader.read(item["blob_sha"]), item.get("encoding") or "utf-8")
+                except (GitError, UnicodeDecodeError, LookupError) as exc:
+                    result.failures.append(BuildFailure(item["path"], f"{type(exc).__name__}: {exc}"))
+                    continue
+                files.append(FileForChunks(item["path"], item["blob_sha"], item["language"], text))
+            plans = chunker.plan_many([PlanRequest(f.blob_sha, f.language, f.text) for f in files])
+            for file, plan in zip(files, plans, strict=True):
+                builder.add_file(file, plan)
+            result.files += len(files)
+            if on_progress is not None:
+                on_progress(len(files), len(batch) - len(files))
+    return result
