@@ -4,6 +4,8 @@
   folded) — a hash comparison.
 * Near: MinHash LSH (``datasketch``) over character 5-gram shingles of the normalised
   question + answer (char shingles tolerate the small rewordings of short texts);
+  LSH proposes candidates at a lower threshold and the exact Jaccard of the shingle
+  sets decides, so estimation noise neither hides nor invents duplicates;
   two pairs whose estimated Jaccard similarity reaches the threshold
   (``export.near_duplicate_threshold``, default 0.85) are near-duplicates.
 
@@ -20,7 +22,9 @@ from dataclasses import dataclass
 
 from datasketch import MinHash, MinHashLSH
 
-NUM_PERM = 64
+NUM_PERM = 128
+# LSH retrieves candidates at a lower threshold; the exact Jaccard of the shingle sets decides.
+CANDIDATE_MARGIN = 0.15
 SHINGLE_CHARS = 5
 _WORD = re.compile(r"\w+")
 
@@ -53,6 +57,13 @@ def shingles(text: str, size: int = SHINGLE_CHARS) -> set[bytes]:
     return {norm[i : i + size].encode("utf-8") for i in range(len(norm) - size + 1)}
 
 
+def jaccard(a: set[bytes], b: set[bytes]) -> float:
+    """Exact Jaccard similarity of two shingle sets."""
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
 def _minhash(parts: set[bytes], num_perm: int) -> MinHash:
     sketch = MinHash(num_perm=num_perm, seed=1)
     if parts:
@@ -81,8 +92,8 @@ def find_duplicates(
         raise ValueError("groups must have one entry per pair")
     result: list[DuplicateOf] = []
     exact_seen: dict[str, list[int]] = {}
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    sketches: dict[int, MinHash] = {}
+    lsh = MinHashLSH(threshold=max(0.05, threshold - CANDIDATE_MARGIN), num_perm=num_perm)
+    shingle_sets: dict[int, set[bytes]] = {}
 
     def other_group(i: int, j: int) -> bool:
         return not only_across_groups or groups is None or groups[i] != groups[j]
@@ -94,14 +105,15 @@ def find_duplicates(
             result.append(DuplicateOf(i, earlier[0], "duplicate"))
             continue
         exact_seen.setdefault(key, []).append(i)
-        sketch = _minhash(shingles(question + " \n " + answer), num_perm)
+        parts = shingles(question + " \n " + answer)
+        sketch = _minhash(parts, num_perm)
         matches = sorted(int(j) for j in lsh.query(sketch))
-        near = [j for j in matches if other_group(i, j) and sketch.jaccard(sketches[j]) >= threshold]
+        near = [j for j in matches if other_group(i, j) and jaccard(parts, shingle_sets[j]) >= threshold]
         if near:
             result.append(DuplicateOf(i, near[0], "near_duplicate"))
             continue
         lsh.insert(i, sketch)
-        sketches[i] = sketch
+        shingle_sets[i] = parts
     return result
 
 
@@ -110,4 +122,4 @@ def similarity(a: str, b: str, num_perm: int = NUM_PERM) -> float:
     return float(_minhash(shingles(a), num_perm).jaccard(_minhash(shingles(b), num_perm)))
 
 
-__all__ = ["NUM_PERM", "DuplicateOf", "exact_key", "find_duplicates", "normalise", "shingles", "similarity"]
+__all__ = ["NUM_PERM", "DuplicateOf", "exact_key", "find_duplicates", "jaccard", "normalise", "shingles", "similarity"]

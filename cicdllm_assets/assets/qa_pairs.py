@@ -1,0 +1,83 @@
+"""The ``qa_pairs`` asset: one repository's answers, each accepted or rejected with a reason."""
+
+
+import hashlib
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, asset
+
+from cicdllm_assets.config import ConfigError
+from cicdllm_assets.partitions import repos_partitions
+from cicdllm_assets.quality.pairs import filter_pairs
+from cicdllm_assets.storage.state import StateStore
+
+STAGE = "qa_pairs"
+
+
+def _data_version(table: pa.Table) -> str:
+    ids = table.column("answer_id").to_pylist()
+    flags = table.column("accepted").to_pylist()
+    payload = "\n".join(sorted(f"{i}:{int(bool(f))}" for i, f in zip(ids, flags, strict=True)))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
+
+
+@asset(
+    partitions_def=repos_partitions,
+    group_name="dataset",
+    required_resource_keys={"app_config"},
+    description=(
+        "Answers with quality verdicts: accepted, or rejected as empty, too short, refusal, truncated, "
+        "not grounded in the chunk, or a (near-)duplicate within the repository."
+    ),
+)
+def qa_pairs(context: AssetExecutionContext, answers: pa.Table, code_chunks: pa.Table) -> Output[pa.Table]:
+    """Filter this repository's answers; every row is kept with ``accepted`` and ``reject_reason``."""
+    repo = context.partition_key
+    try:
+        settings = context.resources.app_config.settings()
+    except ConfigError as exc:
+        raise Failure(description=str(exc)) from None
+    state = StateStore(settings.state_db)
+    state.start_stage(repo, STAGE, answers.num_rows, "pairs")
+    reported = [0]
+
+    def progress(done: int) -> None:
+        state.advance(repo, STAGE, done=done - reported[0])
+        reported[0] = done
+
+    try:
+        result = filter_pairs(answers, code_chunks, settings.config.export.near_duplicate_threshold,
+                              progress=progress)
+    except Exception as exc:
+        state.finish_stage(repo, STAGE, "failed")
+        state.record_failure(repo, STAGE, "qa_pairs", type(exc).__name__, str(exc))
+        raise
+    rejected = sum(result.rejections.values())
+    state.finish_stage(repo, STAGE, "done")
+    summary = ", ".join(f"{k}: {v}" for k, v in result.rejections.items()) or "none"
+    state.log_event("info", f"{STAGE}: {result.accepted} accepted, {rejected} rejected ({summary})", repo=repo)
+    context.log.info(f"{repo}: {result.accepted}/{answers.num_rows} pairs accepted; rejected: {summary}")
+    table = result.table
+    preview_rows = table.filter(pc.invert(table.column("accepted"))).slice(0, 10)
+    metadata = {
+        "pairs": MetadataValue.int(table.num_rows),
+        "accepted": MetadataValue.int(result.accepted),
+        "rejected": MetadataValue.int(rejected),
+        "acceptance_rate": MetadataValue.float(result.accepted / table.num_rows if table.num_rows else 0.0),
+        "rejections": MetadataValue.json(result.rejections),
+        **{f"rejected_{reason}": MetadataValue.int(count) for reason, count in result.rejections.items()},
+        "rejected_preview": MetadataValue.md(_preview_md(preview_rows)),
+    }
+    return Output(table, data_version=DataVersion(_data_version(table)), metadata=metadata)
+
+
+def _preview_md(table: pa.Table) -> str:
+    if table.num_rows == 0:
+        return "_no rejected pairs_"
+    lines = ["| reason | question | detail |", "|---|---|---|"]
+    for row in table.select(["reject_reason", "question", "reject_detail"]).to_pylist():
+        cells = [str(row[c] or "").replace("|", "\\|").replace("\n", " ")[:120] for c in
+                 ("reject_reason", "question", "reject_detail")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
