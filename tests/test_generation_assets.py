@@ -245,3 +245,13 @@ def test_circuit_open_fails_the_asset_and_keeps_progress(project: Path, tiny_mod
         assert failure is not None and "circuit breaker" in str(failure.error)
         ok = [e for e in ledger_of(settings).entries(kind="question") if e.status == "ok"]
         assert {e.chunk_key for e in ok} == {r["chunk_key"] for r in rows if r["path"] != "util/io.py"}
+
+
+def test_assets_use_the_llm_pool_and_generation_group() -> None:
+    from cicdllm_assets.assets.answers import answers
+    from cicdllm_assets.assets.questions import questions
+
+    for asset_def in (questions, answers):
+        assert asset_def.op.pool == "llm"
+        assert set(asset_def.group_names_by_key.values()) == {"generation"}
+        assert {"app_config", "llm"} <= asset_def.required_resource_keys
