@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+from dagster import DagsterInstance
 
 from cicdllm_assets.config import ConfigError, Settings, load_settings
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
@@ -29,6 +30,15 @@ EXIT_INVALID = 2
 def _invalid(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     raise SystemExit(EXIT_INVALID)
+
+
+def _instance(settings: Settings) -> DagsterInstance:
+    from cicdllm_assets.runner.instance import InstanceError
+
+    try:
+        return open_instance(settings)
+    except InstanceError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _settings() -> Settings:
@@ -52,7 +62,7 @@ def list_cmd(as_json: bool) -> None:
         entries = read_repos_file(settings.repos_file)
     except ReposFileError as exc:
         _invalid(str(exc))
-    registered = set(open_instance(settings).get_dynamic_partitions(REPOS_PARTITIONS_NAME))
+    registered = set(_instance(settings).get_dynamic_partitions(REPOS_PARTITIONS_NAME))
     rows = [{**entry.to_dict(), "registered": entry.key in registered} for entry in entries]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -130,7 +140,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def sync_cmd(as_json: bool) -> None:
     """Register repos.txt entries as Dagster partitions and drop removed ones."""
     settings = _settings()
-    instance = open_instance(settings)
+    instance = _instance(settings)
     try:
         added, removed = sync_partitions(instance, settings)
     except ReposFileError as exc:

@@ -7,7 +7,6 @@ share :func:`plan_sync`; :func:`sync_partitions` applies the plan to an instance
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Sequence
 
 from dagster import DagsterInstance
@@ -50,10 +49,14 @@ def sync_partitions(instance: DagsterInstance, settings: Settings) -> tuple[list
 
 
 def open_instance(settings: Settings) -> DagsterInstance:
-    """The project's Dagster instance: ``$DAGSTER_HOME``, else ``storage.dagster_home`` (created)."""
-    home = settings.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(home)
+    """The project's persistent Dagster instance (``$DAGSTER_HOME`` or ``storage.dagster_home``).
+
+    Delegates to :func:`cicdllm_assets.runner.instance.open_instance`, which also writes the
+    project's dagster.yaml on first use, so the CLI, ``cicdllm run`` and ``dagster dev`` share one
+    instance. Raises ``InstanceError`` when it cannot be opened.
+    """
+    from cicdllm_assets.runner.instance import open_instance as open_project_instance
+
     # Dagster's storage migrations log every step at INFO through alembic; keep the CLI readable.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    return DagsterInstance.get()
+    return open_project_instance(settings)
