@@ -64,7 +64,8 @@ def run_openai_rate_benchmark(
     """Send ``requests`` through the backend to a server of ``capacity`` slots x ``latency`` s.
 
     Returns a JSON-serialisable dict: achieved and ideal request rates, their ratio
-    (``ratio``, target >= 0.9), latency percentiles, errors and the server's max in-flight.
+    (``ratio``, target >= 0.9), latency percentiles, errors, the server's max in-flight and the
+    CPU the process (client and in-process server together) spent per request.
     """
     if requests < 1 or capacity < 1 or latency <= 0:
         raise ValueError("requests and capacity must be >= 1 and latency > 0")
@@ -80,8 +81,10 @@ def run_openai_rate_benchmark(
         )
         with OpenAIBackend(config) as backend:
             started = time.perf_counter()
+            cpu_started = time.process_time()
             results = list(backend.generate(batch))
             elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started
         server_requests = server.request_count
         server_max_in_flight = server.max_in_flight
     ok = [r for r in results if r.ok]
@@ -106,6 +109,7 @@ def run_openai_rate_benchmark(
         "meets_target": ratio >= TARGET_RATIO,
         "client_latency_ms_p50": round(statistics.median(latencies), 1) if latencies else 0.0,
         "client_latency_ms_p95": round(_percentile(latencies, 0.95), 1),
+        "process_cpu_ms_per_request": round(cpu * 1000.0 / requests, 2),
         "server_requests": server_requests,
         "server_max_in_flight": server_max_in_flight,
     }

@@ -319,3 +319,13 @@ def test_connections_are_pooled_and_kept_alive() -> None:
         assert all(r.ok for r in first + second)
         connections = {r.client_port for r in srv.chat_records}
         assert 1 <= len(connections) <= 2
+
+
+def test_close_during_generate_does_not_hang() -> None:
+    with FaultServer(latency=0.5) as srv:
+        backend = make_backend(srv.base_url, max_concurrency=2)
+        closer = threading.Timer(0.2, backend.close)
+        closer.start()
+        with pytest.raises(RuntimeError, match="cancelled"):
+            list(backend.generate([make_request(f"k{i}") for i in range(6)]))
+        closer.join()

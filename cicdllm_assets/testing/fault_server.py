@@ -470,6 +470,8 @@ class FaultServer:
                     if self._slots.acquire(timeout=0.1):
                         acquired = True
                         break
+            if self._stop.is_set():
+                return
             record.started_at = time.monotonic()
             if self.latency and self._stop.wait(self.latency):
                 return

@@ -305,6 +305,7 @@ class OpenAIBackend:
         self._breaker = _CircuitBreaker(config.circuit_breaker_failures, config.base_url)
         self._context_window: int | None = config.context_window
         self._closed = False
+        self._active: set[concurrent.futures.Future[None]] = set()
         self._rng = secrets.SystemRandom()
 
     @classmethod
@@ -429,7 +430,9 @@ class OpenAIBackend:
                 headers=self._headers(),
                 timeout=httpx.Timeout(self.config.timeout_seconds),
                 limits=httpx.Limits(
-                    max_connections=size, max_keepalive_connections=size, keepalive_expiry=60.0
+                    # below uvicorn's (vLLM's) 5 s keep-alive, so a pooled socket is not
+                    # reused just as the server closes it
+                    max_connections=size, max_keepalive_connections=size, keepalive_expiry=4.0
                 ),
                 # a proxy from the environment must never see loopback traffic
                 trust_env=host not in _LOOPBACK_HOSTS,
@@ -457,10 +460,12 @@ class OpenAIBackend:
             return
         results: queue.SimpleQueue[GenerationResult | BaseException] = queue.SimpleQueue()
         future = self._loop().submit(self._run_batch(batch, results))
+        with self._loop_lock:
+            self._active.add(future)
         circuit_errors = 0
         try:
             for _ in range(len(batch)):
-                item = results.get()
+                item = self._next_result(results, future)
                 if isinstance(item, BaseException):
                     raise item
                 if item.error is not None and item.error.category == "circuit_open":
@@ -470,8 +475,29 @@ class OpenAIBackend:
         finally:
             if not future.done():
                 future.cancel()
+            with self._loop_lock:
+                self._active.discard(future)
         if circuit_errors:
             raise CircuitOpenError(self._breaker.message)
+
+    @staticmethod
+    def _next_result(
+        results: queue.SimpleQueue[GenerationResult | BaseException], future: concurrent.futures.Future[None]
+    ) -> GenerationResult | BaseException:
+        """The next finished result; never blocks forever if the batch task died."""
+        while True:
+            try:
+                return results.get(timeout=0.5)
+            except queue.Empty:
+                if not future.done():
+                    continue
+                try:
+                    return results.get_nowait()
+                except queue.Empty:
+                    if future.cancelled():
+                        return RuntimeError("generation was cancelled (backend closed?)")
+                    exc = future.exception()
+                    return exc or RuntimeError("generation ended without returning every result")
 
     async def _run_batch(
         self, batch: list[GenerationRequest], results: queue.SimpleQueue[GenerationResult | BaseException]
@@ -667,6 +693,9 @@ class OpenAIBackend:
         with self._loop_lock:
             loop_thread, self._loop_thread = self._loop_thread, None
             self._closed = True
+            active, self._active = list(self._active), set()
+        for future in active:  # a generate() still running elsewhere ends with an error
+            future.cancel()
         if loop_thread is None:
             return
         try:
