@@ -154,7 +154,7 @@ def command(ctx: click.Context, repos: tuple[str, ...], select: str | None, as_j
             partitions,
             plan,
             on_step=display.step,
-            log_level="DEBUG" if verbose else "WARNING",
+            log_level="DEBUG" if verbose else "CRITICAL",
         )
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2, sort_keys=True))

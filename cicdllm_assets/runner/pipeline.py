@@ -90,13 +90,24 @@ def _snapshot(instance: DagsterInstance, keys: Sequence[AssetKey], partition: st
     return _Snapshot(head_commit=head, rows=rows)
 
 
+def _step_error_text(event: DagsterEvent) -> str:
+    """The most specific message of a step failure: a ``Failure`` description, else the
+    innermost cause (past Dagster's "Exceeded max_retries" / step-execution wrappers)."""
+    data = event.step_failure_data
+    if data is None:
+        return event.message or "step failed"
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description.strip()
+    error = data.error
+    text = "step failed"
+    while error is not None:
+        text = error.message.strip() or text
+        error = error.cause
+    return text
+
+
 def _failure_reason(events: Sequence[DagsterEvent]) -> str:
-    messages: list[str] = []
-    for event in events:
-        if event.is_step_failure and event.step_failure_data is not None:
-            error = event.step_failure_data.error
-            text = error.message.strip() if error is not None else (event.message or "step failed")
-            messages.append(f"{event.step_key}: {text}")
+    messages = [f"{e.step_key}: {_step_error_text(e)}" for e in events if e.is_step_failure]
     if not messages:
         messages = [e.message or "run failed" for e in events if e.event_type == DagsterEventType.RUN_FAILURE]
     reason = "; ".join(messages) or "run failed"
@@ -185,7 +196,7 @@ def run_pipeline(
     partitions: Sequence[str],
     plan: PlannedSelection,
     on_step: StepCallback | None = None,
-    log_level: str = "WARNING",
+    log_level: str = "CRITICAL",
 ) -> RunSummary:
     """Run the selected chain for each repo partition, then the dataset step.
 

@@ -1,0 +1,213 @@
+"""`cicdllm run`: real git repos, the real ingest assets, a persistent Dagster instance.
+
+Generation needs a model, so these runs select the ingest group (``--select group:ingest``);
+the selection logic itself is checked on the full pipeline's keys with stand-in assets.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from click.testing import CliRunner
+
+from cicdllm_assets.automation.jobs import PARTITIONED_ASSETS, dataset_job, main_job
+from cicdllm_assets.cli.main import cli
+from cicdllm_assets.config import load_settings
+from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME, repos_partitions
+from cicdllm_assets.runner.instance import ensure_dagster_home
+from cicdllm_assets.runner.progress import read_progress, render_progress
+from cicdllm_assets.runner.selection import SelectionError, plan_selection
+from cicdllm_assets.storage.state import StateStore
+from tests.discovery_helpers import train_tokenizer
+
+INGEST = ["repositories", "source_files", "code_chunks"]
+
+
+@pytest.fixture
+def ingest_project(project: Path, tmp_path: Path) -> Path:
+    """The project with a trained tokenizer, so ingest runs without a prepared model."""
+    tokenizer = train_tokenizer(tmp_path / "tok" / "tokenizer.json")
+    (project / "cicdllm.yaml").write_text(
+        "storage:\n  data_dir: data\n  dagster_home: dagster_home\n"
+        f"processing:\n  tokenizer: {tokenizer}\n  chunk_max_tokens: 96\n",
+        encoding="utf-8",
+    )
+    return project
+
+
+def _run(*args: str) -> tuple[int, dict, str]:
+    result = CliRunner().invoke(cli, ["run", *args, "--json"], catch_exceptions=False)
+    data = json.loads(result.stdout) if result.stdout.strip().startswith("{") else {}
+    return result.exit_code, data, result.stderr
+
+
+def _by_repo(data: dict) -> dict[str, dict]:
+    return {entry["name"]: entry for entry in data["repos"]}
+
+
+@pytest.mark.slow
+def test_run_ingest_then_unchanged_then_only_the_moved_repo(ingest_project: Path, make_git_repo) -> None:
+    alpha = make_git_repo("alpha", {"a.py": "def a():\n    return 1\n", "LICENSE": "MIT License\n"})
+    beta = make_git_repo("beta", {"b.py": "def b(x):\n    return x * 2\n"})
+    (ingest_project / "repos.txt").write_text(f"{alpha.path}\n{beta.path}\n", encoding="utf-8")
+
+    code, data, _ = _run("--select", "group:ingest")
+    assert code == 0, data
+    repos = _by_repo(data)
+    assert set(repos) == {"local-alpha", "local-beta"}
+    assert {r["status"] for r in repos.values()} == {"done"}
+    assert repos["local-alpha"]["head_commit"] == alpha.git("rev-parse", "HEAD")
+    assert repos["local-alpha"]["previous_head_commit"] is None
+    assert set(repos["local-alpha"]["rows"]) == set(INGEST)
+    assert data["selection"] == INGEST
+    assert data["dataset"] is None
+
+    # The runs are in the project's instance, named after the job, one per partition.
+    instance = dg.DagsterInstance.get()
+    runs = instance.get_runs(dg.RunsFilter(job_name="main_job"))
+    assert sorted(r.tags["dagster/partition"] for r in runs) == ["local-alpha", "local-beta"]
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+
+    code, data, _ = _run("--select", "group:ingest")
+    assert code == 0
+    assert {r["status"] for r in data["repos"]} == {"unchanged"}
+
+    alpha.write("c.py", "def c():\n    return 3\n")
+    new_head = alpha.commit("add c")
+    code, data, _ = _run("--select", "group:ingest")
+    repos = _by_repo(data)
+    assert code == 0
+    assert repos["local-alpha"]["status"] == "done"
+    assert repos["local-alpha"]["head_commit"] == new_head != repos["local-alpha"]["previous_head_commit"]
+    assert repos["local-beta"]["status"] == "unchanged"
+
+    code, data, _ = _run("--select", "key:repositories", "--repo", "local-beta")
+    assert code == 0
+    assert [r["name"] for r in data["repos"]] == ["local-beta"]
+    assert data["selection"] == ["repositories"]
+
+
+@pytest.mark.slow
+def test_a_failing_repo_is_reported_and_the_others_still_run(ingest_project: Path, make_git_repo) -> None:
+    good = make_git_repo("good", {"g.py": "print('ok')\n"})
+    broken = make_git_repo("broken", {"x.py": "print('x')\n"})
+    (ingest_project / "repos.txt").write_text(f"{broken.path}\n{good.path}\n", encoding="utf-8")
+    shutil.rmtree(broken.path / ".git")  # still a directory, no longer a repository
+
+    code, data, _ = _run("--select", "key:repositories")
+    assert code == 1
+    repos = _by_repo(data)
+    assert repos["local-good"]["status"] == "done"
+    failed = repos["local-broken"]
+    assert failed["status"] == "failed"
+    assert failed["reason"].startswith("repositories: ")
+    assert "max_retries" not in failed["reason"]  # the cause, not Dagster's wrapper
+    assert failed["retries"] == 2  # the retry policy ran before giving up
+    assert failed["run_id"]
+    assert data["ok"] is False
+    assert data["counts"] == {"done": 1, "failed": 1, "not_run": 0, "unchanged": 0}
+
+
+def test_bad_input_exits_2_with_a_clear_message(ingest_project: Path, make_git_repo) -> None:
+    repo = make_git_repo("only")
+    (ingest_project / "repos.txt").write_text(f"{repo.path}\n", encoding="utf-8")
+    runner = CliRunner()
+
+    result = runner.invoke(cli, ["run", "--repo", "local-nope"])
+    assert result.exit_code == 2
+    assert "unknown repo partition(s) ['local-nope']" in result.stderr
+    assert "local-only" in result.stderr
+
+    result = runner.invoke(cli, ["run", "--select", "key:no_such_asset"])
+    assert result.exit_code == 2
+    assert "matches no asset" in result.stderr
+
+    (ingest_project / "repos.txt").write_text("ext::sh -c evil\n", encoding="utf-8")
+    result = runner.invoke(cli, ["run"])
+    assert result.exit_code == 2
+    assert "repos.txt:1:" in result.stderr and "transport helpers" in result.stderr
+
+    (ingest_project / "cicdllm.yaml").write_text("generation:\n  batch_sise: 4\n", encoding="utf-8")
+    result = runner.invoke(cli, ["run"])
+    assert result.exit_code == 2
+    assert "generation.batch_sise: unknown key" in result.stderr
+
+
+def test_dagster_home_defaults_to_the_project_one(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DAGSTER_HOME")
+    (project / "cicdllm.yaml").write_text("storage:\n  dagster_home: state/dh\n", encoding="utf-8")
+    home = ensure_dagster_home(load_settings())
+    assert home == project / "state" / "dh"
+    assert (home / "dagster.yaml").is_file()
+    assert "max_concurrent_runs: 2" in (home / "dagster.yaml").read_text(encoding="utf-8")
+    import os
+
+    assert os.environ["DAGSTER_HOME"] == str(home)
+    assert isinstance(dg.DagsterInstance.get(), dg.DagsterInstance)
+
+
+def _stand_in_defs() -> dg.Definitions:
+    assets = []
+    for i, name in enumerate([*PARTITIONED_ASSETS, "training_dataset"]):
+        parent = [PARTITIONED_ASSETS[i - 1]] if i else []
+        partitioned = name != "training_dataset"
+
+        @dg.asset(
+            name=name,
+            deps=parent,
+            partitions_def=repos_partitions if partitioned else None,
+            group_name="ingest" if i < 3 else ("generation" if i < 5 else "dataset"),
+        )
+        def _a() -> None:
+            return None
+
+        assets.append(_a)
+    return dg.Definitions(assets=assets, jobs=[main_job, dataset_job])
+
+
+def test_selection_strings_split_into_repo_chain_and_dataset_step() -> None:
+    defs = _stand_in_defs()
+    plan = plan_selection(defs, None, "main_job", "dataset_job")
+    assert plan.names == [*PARTITIONED_ASSETS, "training_dataset"]
+    plan = plan_selection(defs, "answers+", "main_job", "dataset_job")
+    assert plan.names == ["answers", "qa_pairs"]
+    plan = plan_selection(defs, "qa_pairs+", "main_job", "dataset_job")
+    assert plan.names == ["qa_pairs", "training_dataset"]
+    plan = plan_selection(defs, "group:ingest", "main_job", "dataset_job")
+    assert plan.names == INGEST and plan.dataset_keys == ()
+    plan = plan_selection(defs, "key:training_dataset", "main_job", "dataset_job")
+    assert plan.repo_keys == () and plan.names == ["training_dataset"]
+    with pytest.raises(SelectionError, match="matches no asset"):
+        plan_selection(defs, "key:nothing", "main_job", "dataset_job")
+    with pytest.raises(SelectionError, match="invalid asset selection"):
+        plan_selection(defs, "key:(((", "main_job", "dataset_job")
+
+
+def test_progress_view_reads_the_state_store_while_it_is_written(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    assert read_progress(db, 0) == []
+    store = StateStore(db)
+    store.start_stage("local-a", "code_chunks", total=10, unit="files")
+    store.advance("local-a", "code_chunks", done=4, failed=1)
+    rows = read_progress(db, 0)
+    assert [(r.repo, r.stage, r.done, r.failed) for r in rows] == [("local-a", "code_chunks", 4, 1)]
+    assert read_progress(db, rows[0].updated_at + 1) == []
+    table = render_progress(rows, {"local-a": "running", "local-b": "done"})
+    from rich.console import Console
+
+    console = Console(width=120, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "4/10 files" in text and "local-b" in text and "code_chunks" in text
+
+
+def test_partitions_are_synced_from_repos_txt_before_running(ingest_project: Path, make_git_repo) -> None:
+    repo = make_git_repo("synced")
+    (ingest_project / "repos.txt").write_text(f"{repo.path}\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["run", "--select", "key:nothing_here"])
+    assert result.exit_code == 2  # the selection is rejected, but the sync already happened
+    assert dg.DagsterInstance.get().get_dynamic_partitions(REPOS_PARTITIONS_NAME) == ["local-synced"]
