@@ -1,11 +1,80 @@
-"""`cicdllm export` (placeholder until implemented)."""
+"""``cicdllm export``: write the dataset from the stored ``qa_pairs`` tables (no generation)."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import click
+
+from cicdllm_assets.config import ConfigError, load_settings
+from cicdllm_assets.config.models import EXPORT_FORMATS
+from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
+from cicdllm_assets.storage.tables import TableStore
 
 
 @click.command(name="export")
-def command() -> None:
-    """Not implemented yet."""
-    raise click.ClickException("'cicdllm export' is not implemented yet")
+@click.option(
+    "--format", "-f", "formats", multiple=True, type=click.Choice(EXPORT_FORMATS),
+    help="Format to write (repeatable; default: export.formats from the config).",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Output directory (default: export.out_dir from the config).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def command(formats: tuple[str, ...], out_dir: Path | None, as_json: bool) -> None:
+    """Export the latest dataset from the stored qa_pairs tables without re-running generation.
+
+    Applies the licence allow-list, cross-repository dedup, a secret re-scan and the
+    file-disjoint split, then writes every format, README.md (dataset card) and
+    manifest.json. Exit codes: 0 written, 1 nothing to export, 2 bad config or format.
+    """
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    store = TableStore(settings.tables_dir)
+    qa_pairs = store.read_all("qa_pairs")
+    if qa_pairs is None:
+        raise click.ClickException(
+            f"no qa_pairs tables under {settings.tables_dir}: materialize qa_pairs first (cicdllm run)"
+        )
+    try:
+        result = build_training_dataset(
+            qa_pairs, settings, repositories=store.read_all("repositories"),
+            formats=list(formats) or None, out_dir=out_dir,
+        )
+    except ExportInputError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    splits = result.split_counts()
+    if as_json:
+        click.echo(json.dumps({
+            "out_dir": str(result.out_dir),
+            "pairs": result.exported_pairs,
+            "splits": splits,
+            "rejections": result.rejections,
+            "excluded_repos": result.excluded_repos,
+            "redactions": result.redactions,
+            "files": [{"format": f.format, "split": f.split, "path": str(f.path), "rows": f.rows}
+                      for f in result.files],
+            "notes": result.notes,
+        }, indent=2))
+        return
+    click.echo(
+        f"Exported {result.exported_pairs} pairs to {result.out_dir} "
+        f"(train {splits['train']}, valid {splits['valid']}, test {splits['test']}; "
+        f"{result.input_pairs} generated, {result.accepted_pairs} accepted)"
+    )
+    for written in result.files:
+        click.echo(f"  {written.format:16} {written.split or 'all':6} {written.rows:>8} rows  {written.path}")
+    click.echo(f"  {'card':16} {'':6} {'':>8}       {result.card_path}")
+    for repo, info in result.excluded_repos.items():
+        click.echo(f"Excluded {repo}: {info['pairs']} pairs ({info['reason']})")
+    if result.redactions:
+        click.echo("Secrets redacted: " + ", ".join(f"{k} {v}" for k, v in result.redactions.items()))
+    for note in result.notes:
+        click.echo(f"Note: {note}")
