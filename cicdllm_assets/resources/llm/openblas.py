@@ -157,17 +157,19 @@ def _cache_dir() -> Path:
     return Path(base) / "cicdllm" / "openblas"
 
 
-def ensure_openblas() -> str | None:
+def ensure_openblas(enabled: bool = True) -> str | None:
     """Load OpenBLAS globally once per process; return its path (None if not loaded).
 
-    Idempotent and thread-safe. No-op on macOS (mlx uses Accelerate there), when the
-    wheel is missing, or when ``$CICDLLM_NO_OPENBLAS`` is set.
+    Idempotent and thread-safe: the first call decides. No-op on macOS (mlx uses
+    Accelerate there), when the wheel is missing, when ``enabled`` is False
+    (``llm.mlx.use_openblas: false``) or when ``$CICDLLM_NO_OPENBLAS`` is set.
     """
     with _lock:
         if _state["done"]:
             return _state["path"]  # type: ignore[return-value]
         _state["done"] = True
-        if not sys.platform.startswith("linux") or os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        disabled = not enabled or os.environ.get(DISABLE_ENV, "") not in ("", "0")
+        if not sys.platform.startswith("linux") or disabled:
             return None
         mlx_loaded = "mlx.core" in sys.modules
         path = find_openblas()
@@ -181,6 +183,8 @@ def ensure_openblas() -> str | None:
             return None
         _state["path"] = str(path)
         _state["effective"] = not mlx_loaded
+        if not any(os.environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")):
+            set_openblas_threads(default_threads())
         if mlx_loaded:
             logger.warning(
                 "mlx was imported before OpenBLAS was loaded; matmul stays on the reference BLAS. "
@@ -189,6 +193,41 @@ def ensure_openblas() -> str | None:
         else:
             logger.debug("loaded OpenBLAS from %s", path)
         return str(path)
+
+
+def default_threads() -> int:
+    """BLAS threads for this machine right now: the cores not already busy (at least 1).
+
+    OpenBLAS worker threads spin while waiting; on a shared, loaded CPU two spinning
+    threads per process make matmul ~10x slower than one thread.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
+def set_openblas_threads(threads: int) -> bool:
+    """Set OpenBLAS's thread count at run time; False when OpenBLAS is not loaded."""
+    path = _state["path"]
+    if not isinstance(path, str):
+        return False
+    try:
+        lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        lib.openblas_set_num_threads(ctypes.c_int(max(1, threads)))
+    except (OSError, AttributeError):
+        return False
+    _state["threads"] = max(1, threads)
+    logger.debug("OpenBLAS threads: %d", threads)
+    return True
+
+
+def openblas_threads() -> int | None:
+    """The thread count set by :func:`set_openblas_threads` (None when left to OpenBLAS)."""
+    value = _state.get("threads")
+    return value if isinstance(value, int) else None
 
 
 def openblas_effective() -> bool:

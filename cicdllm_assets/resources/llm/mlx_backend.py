@@ -1,0 +1,535 @@
+"""In-process mlx-lm backend: continuous batching and shared-prefix KV caches.
+
+* Requests run through mlx_lm's :class:`~mlx_lm.generate.BatchGenerator` with up to
+  ``batch_size`` sequences decoding together (finished sequences are replaced by
+  waiting ones), which on a CPU multiplies aggregate tokens/s.
+* Requests whose first ``prefix_messages`` messages are equal share a prefix (system
+  prompt + code chunk). The prefix is prefilled once into a KV cache and every
+  request of the group starts from it (BatchGenerator copies caches when it merges
+  them into a batch), so only each request's own suffix is processed. Prefix caches
+  are kept in a small LRU bounded by bytes, so the answers for a chunk can reuse the
+  prefix its questions built earlier in the same process.
+* Each request gets its own sampler with its own PRNG key derived from its seed, so
+  results do not depend on what else is in the batch.
+* Models are loaded once per process and cached by path (:func:`load_model`);
+  :func:`release_models` drops them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cicdllm_assets.resources.llm.base import (
+    ChatMessage,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+)
+from cicdllm_assets.resources.llm.openblas import ensure_openblas
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT_WINDOW = 2048
+PREFIX_CACHE_BYTES = 512 * 1024 * 1024
+"""Upper bound of the memory the prefix LRU may hold (all models together)."""
+
+
+# --------------------------------------------------------------------------------------
+# Model cache: one load per model path per process.
+
+
+@dataclass
+class LoadedModel:
+    """A model and its tokenizer as mlx_lm.load returned them."""
+
+    path: str
+    model: Any
+    tokenizer: Any
+    config: dict[str, Any]
+
+
+_models: dict[str, LoadedModel] = {}
+_models_lock = threading.Lock()
+load_count = 0
+"""How many times a model was actually loaded in this process (for tests/diagnostics)."""
+
+
+def load_model(path: str, *, dequantize: bool = True) -> LoadedModel:
+    """Load ``path`` (a local model directory or hub id) once per process; cached by path."""
+    global load_count
+    with _models_lock:
+        cached = _models.get(path)
+        if cached is not None:
+            return cached
+        ensure_openblas()
+        import mlx.core as mx
+        from mlx_lm import load
+        from mlx_lm.utils import dequantize_model
+
+        logger.info("loading model %s", path)
+        loaded: Any = load(path)
+        model, tokenizer = loaded[0], loaded[1]
+        if dequantize and mx.default_device() == mx.cpu and _is_quantized(model):
+            # mlx's quantized matmul is not vectorised on the CPU backend.
+            model = dequantize_model(model)
+            mx.eval(model.parameters())
+        config = _read_config(Path(path))
+        entry = LoadedModel(path=path, model=model, tokenizer=tokenizer, config=config)
+        _models[path] = entry
+        load_count += 1
+        return entry
+
+
+def release_models(path: str | None = None) -> None:
+    """Drop cached models (all, or the one at ``path``) and their prefix caches."""
+    with _models_lock:
+        paths = [path] if path is not None else list(_models)
+        for key in paths:
+            _models.pop(key, None)
+        _prefix_cache.drop(lambda k: k[0] in paths)
+    try:
+        import sys
+
+        if "mlx.core" in sys.modules:
+            sys.modules["mlx.core"].clear_cache()
+    except Exception:  # noqa: S110 - freeing the allocator cache is best effort
+        pass
+
+
+def _is_quantized(model: Any) -> bool:
+    import mlx.nn as nn
+
+    return any(isinstance(m, nn.QuantizedLinear | nn.QuantizedEmbedding) for _, m in model.named_modules())
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return {}
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# --------------------------------------------------------------------------------------
+# Prefix KV caches.
+
+
+class _PrefixLRU:
+    """(model path, prefix tokens) -> prefilled KV cache, evicting the oldest past a byte budget."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, tuple[int, ...]], tuple[list[Any], int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, tuple[int, ...]]) -> list[Any] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: tuple[str, tuple[int, ...]], cache: list[Any]) -> None:
+        size = sum(int(getattr(c, "nbytes", 0)) for c in cache)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._entries[key] = (cache, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._entries:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._bytes -= evicted
+
+    def drop(self, predicate: Callable[[tuple[str, tuple[int, ...]]], bool]) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if predicate(k)]:
+                self._bytes -= self._entries.pop(key)[1]
+
+
+_prefix_cache = _PrefixLRU(PREFIX_CACHE_BYTES)
+
+
+# --------------------------------------------------------------------------------------
+# Sampling.
+
+
+def make_request_sampler(temperature: float, top_p: float, seed: int) -> Callable[[Any], Any]:
+    """A sampler with its own PRNG key: greedy at temperature 0, else top-p sampling."""
+    import mlx.core as mx
+    from mlx_lm.sample_utils import apply_top_p
+
+    if temperature <= 0:
+        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+    state = {"key": mx.random.key(seed & 0xFFFFFFFF)}
+
+    def sample(logprobs: Any) -> Any:
+        state["key"], sub = mx.random.split(state["key"])
+        if 0.0 < top_p < 1.0:
+            logprobs = apply_top_p(logprobs, top_p)
+        return mx.random.categorical(logprobs * (1.0 / temperature), key=sub)
+
+    return sample
+
+
+# --------------------------------------------------------------------------------------
+# The backend.
+
+
+@dataclass
+class _Prepared:
+    """A request after tokenization."""
+
+    index: int
+    request: GenerationRequest
+    tokens: list[int]
+    prefix_len: int
+    max_tokens: int
+    group: tuple[int, ...] = ()
+
+
+@dataclass
+class _InFlight:
+    prepared: _Prepared
+    started: float
+    cached: int
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BackendStats:
+    """Cumulative work counters of one backend."""
+
+    prompt_tokens: int = 0
+    """Prompt tokens of all requests (what they would cost without reuse)."""
+    processed_prompt_tokens: int = 0
+    """Prompt tokens actually run through the model (prefix prefills + suffixes)."""
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+    failures: int = 0
+
+
+class MLXBackend:
+    """:class:`~cicdllm_assets.resources.llm.base.LLMBackend` running mlx-lm in process."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        batch_size: int = 8,
+        context_window: int | None = None,
+        max_kv_size: int | None = None,
+        prefix_reuse: bool = True,
+        dequantize: bool = True,
+        model_id: str | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model_path = model_path
+        self.batch_size = batch_size
+        self.max_kv_size = max_kv_size
+        self.prefix_reuse = prefix_reuse
+        self.dequantize = dequantize
+        self._context_window = context_window
+        self._model_id = model_id
+        self._loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self.stats = BackendStats()
+
+    # -- identity and sizes -------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        """``mlx:<name>@<fingerprint>`` where the fingerprint hashes config/weights identity."""
+        if self._model_id is None:
+            self._model_id = _model_fingerprint(self.model_path)
+        return self._model_id
+
+    @property
+    def context_window(self) -> int:
+        """``llm.context_window`` if set, else config.json ``max_position_embeddings``."""
+        if self._context_window is not None:
+            return self._context_window
+        config = self._loaded.config if self._loaded else _read_config(Path(self.model_path))
+        value = config.get("max_position_embeddings") or config.get("max_sequence_length")
+        self._context_window = int(value) if isinstance(value, int) and value > 0 else DEFAULT_CONTEXT_WINDOW
+        return self._context_window
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The model, loaded on first use (once per process for this path)."""
+        if self._loaded is None:
+            self._loaded = load_model(self.model_path, dequantize=self.dequantize)
+        return self._loaded
+
+    # -- tokens -------------------------------------------------------------------------
+
+    def _template(self, messages: Sequence[ChatMessage], generation_prompt: bool) -> list[int]:
+        tokenizer = self.loaded.tokenizer
+        ids = tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=generation_prompt,
+            tokenize=True,
+        )
+        if isinstance(ids, dict):  # transformers may return a BatchEncoding
+            ids = ids["input_ids"]
+        return [int(t) for t in ids]
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of the chat-templated prompt including the assistant header."""
+        return len(self._template(messages, True))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of plain text (no special tokens)."""
+        return len(self.loaded.tokenizer.encode(text, add_special_tokens=False))
+
+    # -- generation ---------------------------------------------------------------------
+
+    def _prepare(self, index: int, request: GenerationRequest) -> _Prepared | GenerationResult:
+        if not request.messages:
+            return _error(request, "backend_error", "request has no messages", retryable=False)
+        tokens = self._template(request.messages, True)
+        room = self.context_window - len(tokens)
+        if room < 1:
+            return _error(
+                request,
+                "context_overflow",
+                f"prompt is {len(tokens)} tokens; the context window is {self.context_window}",
+                retryable=False,
+                prompt_tokens=len(tokens),
+            )
+        prefix_len = 0
+        if self.prefix_reuse and 0 < request.prefix_messages < len(request.messages):
+            prefix = self._template(request.messages[: request.prefix_messages], False)
+            prefix_len = _common_prefix(prefix, tokens)
+            # Leave at least two suffix tokens: BatchGenerator needs a non-empty prompt.
+            prefix_len = min(prefix_len, len(tokens) - 2)
+            if prefix_len < 1:
+                prefix_len = 0
+        max_tokens = max(1, min(request.max_tokens, room))
+        return _Prepared(
+            index=index,
+            request=request,
+            tokens=tokens,
+            prefix_len=prefix_len,
+            max_tokens=max_tokens,
+            group=tuple(tokens[:prefix_len]),
+        )
+
+    def _prefix_cache(self, prefix: tuple[int, ...]) -> tuple[list[Any], bool]:
+        """(KV cache holding ``prefix``, whether it came from the LRU)."""
+        import mlx.core as mx
+        from mlx_lm.models.cache import make_prompt_cache
+
+        key = (self.model_path, prefix)
+        cached = _prefix_cache.get(key)
+        if cached is not None:
+            return cached, True
+        model = self.loaded.model
+        cache = make_prompt_cache(model, self.max_kv_size)
+        tokens = mx.array(list(prefix))[None]
+        step = 512
+        for start in range(0, tokens.shape[1], step):
+            model(tokens[:, start : start + step], cache=cache)
+            mx.eval([c.state for c in cache])
+        self.stats.processed_prompt_tokens += len(prefix)
+        _prefix_cache.put(key, cache)
+        return cache, False
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
+        """Run ``requests`` in continuous batches of ``batch_size``; yield each result as it ends."""
+        if not requests:
+            return
+        with self._lock:
+            yield from self._generate(list(requests))
+
+    def _generate(self, requests: list[GenerationRequest]) -> Iterator[GenerationResult]:
+        try:
+            loaded = self.loaded
+        except Exception as exc:  # the model itself is unusable: every request fails the same way
+            logger.exception("cannot load model %s", self.model_path)
+            for request in requests:
+                self.stats.failures += 1
+                yield _error(request, "backend_error", f"cannot load model {self.model_path}: {exc}")
+            return
+
+        waiting: list[_Prepared] = []
+        for index, request in enumerate(requests):
+            try:
+                prepared = self._prepare(index, request)
+            except Exception as exc:  # tokenizer/template failure for this request only
+                prepared = _error(request, "backend_error", f"cannot build prompt: {exc}", retryable=False)
+            if isinstance(prepared, GenerationResult):
+                self.stats.failures += 1
+                yield prepared
+            else:
+                waiting.append(prepared)
+        # Requests of one prefix group run next to each other so the prefix is live once.
+        order = {g: i for i, g in reversed(list(enumerate(p.group for p in waiting)))}
+        waiting.sort(key=lambda p: (order[p.group], p.index))
+        while waiting:
+            # A failure inside the batch loop fails only the requests in flight;
+            # the rest get a fresh generator.
+            yield from self._run(loaded, waiting)
+
+    def _run(
+        self,
+        loaded: LoadedModel,
+        waiting: list[_Prepared],
+    ) -> Iterator[GenerationResult]:
+        from mlx_lm.generate import BatchGenerator
+
+        tokenizer = loaded.tokenizer
+        in_flight: dict[int, _InFlight] = {}
+        paid: set[tuple[int, ...]] = set()
+        generator: Any = None
+        try:
+            eos = sorted(int(t) for t in tokenizer.eos_token_ids)
+            generator = BatchGenerator(
+                loaded.model,
+                stop_tokens=[[t] for t in eos],
+                completion_batch_size=self.batch_size,
+                prefill_batch_size=self.batch_size,
+                max_kv_size=self.max_kv_size,
+            )
+            while waiting or in_flight:
+                while waiting and len(in_flight) < self.batch_size:
+                    prepared = waiting.pop(0)
+                    try:
+                        uid, cached = self._insert(generator, prepared, paid)
+                    except Exception as exc:  # this request's prefix/prompt could not be queued
+                        logger.exception("cannot queue request %s", prepared.request.key)
+                        self.stats.failures += 1
+                        yield _error(prepared.request, "backend_error", f"cannot queue request: {exc}")
+                        continue
+                    in_flight[uid] = _InFlight(prepared=prepared, started=time.perf_counter(), cached=cached)
+                for response in generator.next_generated():
+                    flight = in_flight.get(response.uid)
+                    if flight is None:
+                        continue
+                    if response.finish_reason != "stop":
+                        flight.tokens.append(int(response.token))
+                    if response.finish_reason is not None:
+                        del in_flight[response.uid]
+                        yield self._result(tokenizer, flight, response.finish_reason)
+        except Exception as exc:  # mlx/mlx_lm failure mid-batch: fail what is in flight, keep going
+            logger.exception("mlx generation failed; failing %d in-flight requests", len(in_flight))
+            failed = list(in_flight.values())
+            if generator is None:  # nothing can run: fail everything that waits too
+                failed += [_InFlight(prepared=p, started=0.0, cached=0) for p in waiting]
+                waiting.clear()
+            for flight in failed:
+                self.stats.failures += 1
+                yield _error(flight.prepared.request, "backend_error", f"mlx generation failed: {exc}")
+        finally:
+            if generator is not None:
+                generator.close()
+
+    def _insert(self, generator: Any, prepared: _Prepared, paid: set[tuple[int, ...]]) -> tuple[int, int]:
+        """Queue one request (from its prefix cache when it has one); return (uid, cached tokens)."""
+        request = prepared.request
+        sampler = make_request_sampler(request.temperature, request.top_p, request.seed)
+        cache = None
+        cached = 0
+        prompt = prepared.tokens
+        if prepared.prefix_len > 0:
+            cache, hit = self._prefix_cache(prepared.group)
+            prompt = prepared.tokens[prepared.prefix_len :]
+            # The first request of a group pays for the prefill (unless an earlier call did).
+            if hit or prepared.group in paid:
+                cached = prepared.prefix_len
+            paid.add(prepared.group)
+        self.stats.requests += 1
+        self.stats.prompt_tokens += len(prepared.tokens)
+        self.stats.cached_prompt_tokens += cached
+        self.stats.processed_prompt_tokens += len(prompt)
+        uids = generator.insert(
+            [prompt],
+            max_tokens=[prepared.max_tokens],
+            caches=[cache] if cache is not None else None,
+            samplers=[sampler],
+        )
+        return int(uids[0]), cached
+
+    def _result(self, tokenizer: Any, flight: _InFlight, finish_reason: str) -> GenerationResult:
+        prepared = flight.prepared
+        self.stats.completion_tokens += len(flight.tokens)
+        return GenerationResult(
+            key=prepared.request.key,
+            text=tokenizer.decode(flight.tokens),
+            prompt_tokens=len(prepared.tokens),
+            completion_tokens=len(flight.tokens),
+            cached_prompt_tokens=flight.cached,
+            latency_ms=(time.perf_counter() - flight.started) * 1000.0,
+            finish_reason=finish_reason,
+            extra={"model_id": self.model_id},
+        )
+
+    def close(self) -> None:
+        """Forget this backend's reference to the model (the process cache keeps it; see release_models)."""
+        self._loaded = None
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _error(
+    request: GenerationRequest,
+    category: Any,
+    message: str,
+    *,
+    retryable: bool = True,
+    prompt_tokens: int = 0,
+) -> GenerationResult:
+    return GenerationResult(
+        key=request.key,
+        prompt_tokens=prompt_tokens,
+        finish_reason="error",
+        error=GenerationError(category=category, message=message, retryable=retryable),
+    )
+
+
+def _model_fingerprint(model_path: str) -> str:
+    """Stable identity of a model: name plus a hash of what defines its weights."""
+    path = Path(model_path)
+    if not path.is_dir():
+        return f"mlx:{model_path}"
+    digest = hashlib.sha256()
+    stamp = path / "cicdllm-prepared.json"
+    if stamp.is_file():
+        try:
+            data = json.loads(stamp.read_text(encoding="utf-8"))
+            digest.update(str(data.get("source_sha256", "")).encode())
+            digest.update(str(data.get("dtype", "")).encode())
+        except (OSError, json.JSONDecodeError):
+            pass
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        file = path / name
+        if file.is_file():
+            digest.update(file.read_bytes())
+    for weights in sorted(path.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return f"mlx:{path.name}@{digest.hexdigest()[:12]}"
