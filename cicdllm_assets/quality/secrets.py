@@ -412,18 +412,33 @@ def _pattern_spans(
 # --------------------------------------------------------------------------- public API
 
 
+_GENERIC_DETECTORS = frozenset(
+    {"pattern:assignment", "pattern:url_credentials", "BasicAuthDetector", "KeywordDetector",
+     "Base64HighEntropyString", "HexHighEntropyString"}
+)
+
+
 def _merge(spans: list[tuple[int, int, str, str]]) -> list[tuple[int, int, str, str]]:
-    """Merge overlapping spans; the longest span of a cluster names it."""
+    """Merge overlapping spans; a specific detector (AWS, GitHub, PEM …) names the cluster
+    over a generic one (keyword, entropy, assignment), then the longer span wins."""
     spans.sort(key=lambda s: (s[0], -(s[1] - s[0])))
+
+    def rank(span: list[Any] | tuple[int, int, str, str]) -> tuple[int, int]:
+        return (0 if span[3] in _GENERIC_DETECTORS else 1, span[1] - span[0])
+
     merged: list[list[Any]] = []
+    best: list[tuple[int, int]] = []
     for start, end, kind, detector in spans:
         if merged and start < merged[-1][1]:
             last = merged[-1]
-            if end - start > last[1] - last[0]:
+            candidate = rank((start, end, kind, detector))
+            if candidate > best[-1]:
                 last[2], last[3] = kind, detector
+                best[-1] = candidate
             last[1] = max(last[1], end)
             continue
         merged.append([start, end, kind, detector])
+        best.append(rank((start, end, kind, detector)))
     return [(s, e, k, d) for s, e, k, d in merged]
 
 
