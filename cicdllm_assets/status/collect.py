@@ -476,7 +476,7 @@ def read_repo_info(con: sqlite3.Connection) -> dict[str, str | None]:
     return {str(row["repo"]): row["head_commit"] for row in _query(con, "SELECT repo, head_commit FROM repo_info")}
 
 
-_TOKEN_TIME_COLUMNS = ("finished_at", "completed_at", "created_at", "updated_at", "ts")
+_TOKEN_TIME_COLUMNS = ("finished_at", "completed_at", "updated_at", "created_at", "ts")
 
 
 def read_tokens_per_second(con: sqlite3.Connection, window_seconds: float, now: float) -> float | None:

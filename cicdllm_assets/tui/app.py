@@ -32,9 +32,9 @@ _logger = logging.getLogger(__name__)
 Collector = Callable[..., Status]
 
 CSS = """
-#repos { height: 1fr; min-height: 6; border: round $primary; }
+#repos { height: auto; max-height: 45%; min-height: 5; border: round $primary; }
 #middle { height: 1fr; }
-#progress { width: 3fr; border: round $primary; padding: 0 1; }
+#progress { width: 3fr; height: 100%; border: round $primary; padding: 0 1; }
 #side { width: 2fr; }
 #resources { height: auto; border: round $primary; padding: 0 1; }
 #runs { height: 1fr; border: round $primary; }

@@ -257,13 +257,14 @@ class ConfigScreen(Screen[None]):
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[Any]) -> None:
         """Show the highlighted field and put its value in the input."""
         data = event.node.data
-        if isinstance(data, FieldSpec):
+        if isinstance(data, FieldSpec) and (self.selected is None or self.selected.path != data.path):
             self.select_field(data.path)
 
     def select_field(self, dotted_key: str) -> None:
         """Show one field (type, current, default, description) and load it into the input."""
         spec = self.fields[dotted_key]
         self.selected = spec
+        self._move_tree_cursor(spec.path)
         value = get_value(self.config, spec.path)
         table = Table(box=None, show_header=False, pad_edge=False, title=spec.path, title_justify="left")
         table.add_column(style="bold")
@@ -280,6 +281,19 @@ class ConfigScreen(Screen[None]):
         field_input = self.query_one("#field-input", Input)
         field_input.value = "" if spec.secret else format_value(value)
         self.query_one("#field-message", StaticPanel).show(Text("enter saves · ctrl+d resets to default", style="dim"))
+
+    def _move_tree_cursor(self, dotted_key: str) -> None:
+        tree = self.query_one("#config-tree", Tree)
+        cursor = tree.cursor_node
+        if cursor is not None and isinstance(cursor.data, FieldSpec) and cursor.data.path == dotted_key:
+            return
+        stack = list(tree.root.children)
+        while stack:
+            node = stack.pop(0)
+            if isinstance(node.data, FieldSpec) and node.data.path == dotted_key:
+                tree.move_cursor(node)
+                return
+            stack.extend(node.children)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         """Inline validation of what is typed, against the whole config."""
