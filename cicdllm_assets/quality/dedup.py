@@ -117,9 +117,9 @@ def find_duplicates(
     return result
 
 
-def similarity(a: str, b: str, num_perm: int = NUM_PERM) -> float:
-    """Estimated Jaccard similarity of two texts' shingles (for diagnostics and tests)."""
-    return float(_minhash(shingles(a), num_perm).jaccard(_minhash(shingles(b), num_perm)))
+def similarity(a: str, b: str) -> float:
+    """Exact Jaccard similarity of two texts' shingles (what the threshold is compared with)."""
+    return jaccard(shingles(a), shingles(b))
 
 
 __all__ = ["NUM_PERM", "DuplicateOf", "exact_key", "find_duplicates", "jaccard", "normalise", "shingles", "similarity"]

@@ -1,0 +1,131 @@
+"""Per-answer filters, grounding and (near-)duplicate detection within and across repositories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from cicdllm_assets.config import load_settings
+from cicdllm_assets.export.dataset import build_training_dataset
+from cicdllm_assets.quality.dedup import find_duplicates, similarity
+from cicdllm_assets.quality.filters import check_pair, check_refusal, check_truncated
+from cicdllm_assets.quality.grounding import claimed_identifiers, grounding_score
+from cicdllm_assets.quality.pairs import filter_pairs
+from tests.export_fixtures import answer_row, chunk_row
+
+CHUNK = (
+    "from cicdllm.config import load_settings\n\n"
+    "def build_index(repo_path, max_files=100):\n"
+    "    settings = load_settings()\n"
+    "    files = scan_repository(repo_path)[:max_files]\n"
+    "    return IndexBuilder(settings).add_all(files)\n"
+)
+
+
+@pytest.mark.parametrize("answer", [
+    "I'm sorry, but I can't help with that.",
+    "As an AI language model, I cannot see your files, but generally this builds an index.",
+    "Unfortunately, I cannot determine what this code does without more context.",
+    "I don't have access to the code you are referring to, so here is a guess.",
+])
+def test_refusals(answer: str) -> None:
+    assert check_refusal(answer)
+
+
+def test_not_refusals() -> None:
+    assert check_refusal("It builds an index; sorry states are not handled, which is a known gap.") is None
+
+
+@pytest.mark.parametrize(("answer", "tokens", "limit", "truncated"), [
+    ("It returns the index built from the scanned files.", 40, 256, False),
+    ("It returns the index built from the scanned files.", 256, 256, True),
+    ("Example:\n```python\nbuild_index('.')\n", 40, 256, True),
+    ("It loads the settings, scans the repository and then", 40, 256, True),
+    ("It loads the settings, scans the repository, and", 40, 256, True),
+    ("Steps:\n- load the settings\n- scan the repository", 40, 256, False),
+    ("Usage:\n```python\nindex = build_index('.')\n```", 40, 256, False),
+])
+def test_truncation(answer: str, tokens: int, limit: int, truncated: bool) -> None:
+    assert bool(check_truncated(answer, tokens, limit)) is truncated
+
+
+def test_grounding_uses_code_and_backticks_only() -> None:
+    grounded = (
+        "`build_index` calls `load_settings`, then `scan_repository` and hands the files to `IndexBuilder`:\n"
+        "```python\nindex = build_index('/src', max_files=10)\nprint(index)\n```"
+    )
+    score = grounding_score(grounded, CHUNK)
+    assert score.judged and score.ratio == 1.0
+    # names the example defines itself do not count
+    assert "index" not in claimed_identifiers(grounded) and "print" not in claimed_identifiers(grounded)
+    invented = "It uses `RepoCrawler.walk`, `TokenBudget` and `flush_index_cache` before calling `build_index`."
+    score = grounding_score(invented, CHUNK)
+    assert score.judged and score.ratio < 0.6 and "RepoCrawler" in score.missing
+    # plain prose claims nothing and passes
+    assert not grounding_score("It builds an index of the repository files.", CHUNK).judged
+
+
+def test_check_pair_reasons() -> None:
+    base = {"question": "What does build_index do?", "params": json.dumps({"max_tokens": 128}),
+            "completion_tokens": 30}
+    assert check_pair({**base, "answer": "   "}, CHUNK).reason == "empty_answer"  # type: ignore[union-attr]
+    assert check_pair({**base, "question": "", "answer": "x" * 40}, CHUNK).reason == "empty_question"  # type: ignore[union-attr]
+    assert check_pair({**base, "answer": "Builds it."}, CHUNK).reason == "too_short"  # type: ignore[union-attr]
+    ok = "`build_index` loads the settings with `load_settings` and returns an `IndexBuilder` result."
+    assert check_pair({**base, "answer": ok}, CHUNK) is None
+
+
+def test_near_duplicates_collapse_and_distinct_pairs_stay() -> None:
+    answer = ("build_index loads the settings, scans the repository for at most max_files files and returns "
+              "an IndexBuilder with every file added.")
+    questions = [
+        "What does build_index do?",
+        "What does the build_index do?",
+        "What does build_index do ?",
+        "How can build_index fail when the repository path does not exist?",
+    ]
+    answers = [answer, answer, answer,
+               "scan_repository raises FileNotFoundError for a missing path, so build_index propagates it."]
+    assert similarity(questions[0] + " \n " + answer, questions[1] + " \n " + answer) > 0.85
+    dups = find_duplicates(questions, answers, 0.85)
+    assert {(d.index, d.kept, d.kind) for d in dups} == {(1, 0, "near_duplicate"), (2, 0, "duplicate")}
+    # threshold 1.0 keeps only exact duplicates
+    assert {d.kind for d in find_duplicates(questions, answers, 1.0)} == {"duplicate"}
+
+
+SHORT_ANSWER = ("`build_index` loads settings via `load_settings`, scans the repository and returns an "
+                "`IndexBuilder` holding every file.")
+
+
+def test_filter_pairs_marks_every_row() -> None:
+    chunk = chunk_row("acme/a", "idx.py", CHUNK)
+    rows = [
+        answer_row(chunk, "What does build_index do?", SHORT_ANSWER),
+        answer_row(chunk, "What does build_index do here?", SHORT_ANSWER),
+        answer_row({**chunk, "chunk_key": "gone"}, "What did the old code do?",
+                   "It used to build the index in a different way entirely, long ago."),
+    ]
+    result = filter_pairs(pa.Table.from_pylist(rows), pa.Table.from_pylist([chunk]), 0.85)
+    table = result.table
+    assert table.num_rows == 3
+    assert {"accepted", "reject_reason", "reject_detail", "context"} <= set(table.column_names)
+    assert result.rejections == {"missing_chunk": 1, "near_duplicate": 1}
+    assert table.column("context").to_pylist()[0] == CHUNK
+
+
+def test_cross_repo_duplicates_removed_in_training_dataset(project: Path) -> None:
+    settings = load_settings()
+    answer = "`build_index` loads settings via `load_settings` and returns an `IndexBuilder` with all files."
+    tables = []
+    for repo in ("acme/a", "fork/a"):  # a vendored copy: same file, same question, same answer
+        chunk = chunk_row(repo, "idx.py", CHUNK)
+        rows = [answer_row(chunk, "What does build_index do?", answer),
+                answer_row(chunk, f"Who maintains the {repo} copy of build_index?",
+                           f"The {repo} maintainers keep `build_index` in sync; it calls `scan_repository`.")]
+        tables.append(filter_pairs(pa.Table.from_pylist(rows), pa.Table.from_pylist([chunk]), 0.85).table)
+    result = build_training_dataset(pa.concat_tables(tables), settings, formats=["jsonl"])
+    assert result.rejections == {"cross_repo_duplicate": 1}
+    assert result.exported_pairs == 3
