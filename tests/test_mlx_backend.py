@@ -1,0 +1,151 @@
+"""The MLX backend through the real mlx-lm code path, on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cicdllm_assets.resources.llm import mlx_backend
+from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest, LLMBackend
+from cicdllm_assets.resources.llm.mlx_backend import MLXBackend, release_models
+from tests.llm_fixtures import make_tiny_model_dir, tiny_model_dir
+
+__all__ = ["tiny_model_dir"]
+
+SYSTEM = ChatMessage("system", "You write questions and answers about code.")
+CHUNKS = [
+    "def add(a, b):\n    return a + b\n" * 6,
+    "class Parser:\n    def parse(self, text: str) -> list[str]:\n        return text.split()\n" * 4,
+]
+QUESTIONS = ["What does this return?", "Why is it split?", "Name a function.", "What is the class for?"]
+
+
+def _requests(prefix_messages: int = 2, max_tokens: int = 6, temperature: float = 0.0) -> list[GenerationRequest]:
+    return [
+        GenerationRequest(
+            key=f"{c}-{q}",
+            messages=(SYSTEM, ChatMessage("user", f"Code:\n{chunk}"), ChatMessage("user", question)),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=7,
+            prefix_messages=prefix_messages,
+        )
+        for c, chunk in enumerate(CHUNKS)
+        for q, question in enumerate(QUESTIONS)
+    ]
+
+
+@pytest.fixture
+def backend(tiny_model_dir: Path) -> MLXBackend:
+    release_models()  # no prefix cache carried over from another test
+    return MLXBackend(str(tiny_model_dir), batch_size=4)
+
+
+def test_batch_returns_one_result_per_request_with_counts(backend: MLXBackend) -> None:
+    assert isinstance(backend, LLMBackend)
+    requests = _requests()
+    results = list(backend.generate(requests))
+    assert sorted(r.key for r in results) == sorted(r.key for r in requests)
+    for result in results:
+        assert result.ok, result.error
+        assert 1 <= result.completion_tokens <= 6
+        assert result.finish_reason in ("stop", "length")
+        assert result.latency_ms > 0
+    by_key = {r.key: r for r in results}
+    for request in requests:
+        assert by_key[request.key].prompt_tokens == backend.count_prompt_tokens(request.messages)
+    assert backend.stats.requests == len(requests)
+    assert backend.stats.completion_tokens == sum(r.completion_tokens for r in results)
+
+
+def test_prefix_reuse_processes_fewer_prompt_tokens(tiny_model_dir: Path) -> None:
+    release_models()
+    without = MLXBackend(str(tiny_model_dir), batch_size=4, prefix_reuse=False)
+    plain = list(without.generate(_requests()))
+    release_models()
+    reuse = MLXBackend(str(tiny_model_dir), batch_size=4)
+    shared = list(reuse.generate(_requests()))
+
+    total = sum(r.prompt_tokens for r in plain)
+    assert sum(r.prompt_tokens for r in shared) == total
+    assert without.stats.processed_prompt_tokens == total
+    assert all(r.cached_prompt_tokens == 0 for r in plain)
+    # Each chunk's prefix is prefilled once; its other three requests reuse it.
+    cached = [r for r in shared if r.cached_prompt_tokens > 0]
+    assert len(cached) == len(QUESTIONS * len(CHUNKS)) - len(CHUNKS)
+    processed = reuse.stats.processed_prompt_tokens
+    assert processed == total - sum(r.cached_prompt_tokens for r in shared)
+    assert processed < 0.6 * total
+    # Reuse must not change what greedy decoding produces.
+    assert {r.key: r.text for r in shared} == {r.key: r.text for r in plain}
+
+
+def test_prefix_cache_survives_between_calls(backend: MLXBackend) -> None:
+    list(backend.generate(_requests()[:1]))
+    again = list(backend.generate(_requests()[1:2]))
+    assert again[0].cached_prompt_tokens > 0
+
+
+def test_greedy_and_seeded_sampling_are_deterministic(backend: MLXBackend) -> None:
+    greedy_a = {r.key: r.text for r in backend.generate(_requests(temperature=0.0))}
+    greedy_b = {r.key: r.text for r in backend.generate(_requests(temperature=0.0))}
+    assert greedy_a == greedy_b
+    sampled_a = {r.key: r.text for r in backend.generate(_requests(temperature=1.0))}
+    # A different batch composition (one at a time) must not change seeded samples.
+    sampled_b = {}
+    for request in _requests(temperature=1.0):
+        sampled_b.update({r.key: r.text for r in backend.generate([request])})
+    assert sampled_a == sampled_b
+
+
+def test_context_window_from_config_and_override(tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert MLXBackend(str(tiny_model_dir)).context_window == 2048
+    assert MLXBackend(str(tiny_model_dir), context_window=512).context_window == 512
+    other = make_tiny_model_dir(tmp_path / "m")
+    config = json.loads((other / "config.json").read_text())
+    config["max_position_embeddings"] = 1024
+    (other / "config.json").write_text(json.dumps(config))
+    assert MLXBackend(str(other)).context_window == 1024
+
+
+def test_overflow_and_max_tokens_are_bounded_by_context(tiny_model_dir: Path) -> None:
+    backend = MLXBackend(str(tiny_model_dir), context_window=300)
+    huge = GenerationRequest(key="big", messages=(ChatMessage("user", "x = 1\n" * 400),), max_tokens=8)
+    small = GenerationRequest(key="small", messages=(ChatMessage("user", "hi"),), max_tokens=4)
+    results = {r.key: r for r in backend.generate([huge, small])}
+    assert results["big"].error is not None
+    assert results["big"].error.category == "context_overflow"
+    assert results["small"].ok
+
+
+def test_count_tokens(backend: MLXBackend) -> None:
+    assert backend.count_tokens("") == 0
+    assert backend.count_tokens("def add(a, b):") > 0
+    messages = (ChatMessage("user", "hello"),)
+    assert backend.count_prompt_tokens(messages) > backend.count_tokens("hello")
+
+
+def test_model_is_loaded_once_per_process(tiny_model_dir: Path) -> None:
+    release_models()
+    before = mlx_backend.load_count
+    first = MLXBackend(str(tiny_model_dir))
+    second = MLXBackend(str(tiny_model_dir))
+    first.count_tokens("a")
+    second.count_tokens("b")
+    list(second.generate(_requests()[:2]))
+    assert mlx_backend.load_count == before + 1
+    release_models()
+    MLXBackend(str(tiny_model_dir)).count_tokens("c")
+    assert mlx_backend.load_count == before + 2
+
+
+def test_unloadable_model_fails_requests_not_the_caller(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    backend = MLXBackend(str(broken))
+    results = list(backend.generate(_requests()[:3]))
+    assert len(results) == 3
+    assert all(r.error is not None and r.error.category == "backend_error" for r in results)
