@@ -21,8 +21,7 @@ __all__ = ["tiny_model_dir"]
 def _configure(project: Path, model: Path, extra: str = "") -> None:
     config = project / "cicdllm.yaml"
     config.write_text(
-        config.read_text() + f"llm:\n  model: {model}\n  context_window: 1024\n"
-        f"generation:\n  batch_size: 3\n{extra}",
+        config.read_text() + f"llm:\n  model: {model}\n  context_window: 1024\ngeneration:\n  batch_size: 3\n{extra}",
         encoding="utf-8",
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -55,7 +56,7 @@ def test_tokenizer_from_gguf_metadata_round_trips(tmp_path: Path) -> None:
     import mlx.core as mx
     from transformers import PreTrainedTokenizerFast
 
-    loaded = mx.load(str(find_embedded_gguf()), return_metadata=True)
+    loaded: Any = mx.load(str(find_embedded_gguf()), return_metadata=True)
     tokenizer_json, tokenizer_config = tokenizer_files(loaded[1])
     (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
     tokenizer = PreTrainedTokenizerFast(
