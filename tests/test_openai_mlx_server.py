@@ -13,8 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cicdllm_assets.config import load_settings
+from cicdllm_assets.models.paths import EMBEDDED_MODEL_NAME
 from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
-from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
+from cicdllm_assets.resources.llm.openai_backend import DEFAULT_CONTEXT_WINDOW, OpenAIBackend, OpenAIBackendConfig
 from cicdllm_assets.resources.llm.tokenizer_counter import TokenCounter
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 
@@ -110,3 +112,28 @@ def test_backend_against_real_mlx_lm_server(mlx_server: str, tiny_model_dir: Pat
         assert result.finish_reason in {"stop", "length"}
         # our chat-template count is exactly what the server tokenised
         assert result.prompt_tokens == counter.count_prompt_tokens(request.messages)
+
+
+@pytest.mark.slow
+def test_embedded_alias_uses_the_servers_default_model(
+    mlx_server: str, tiny_model_dir: Path, project: Path  # noqa: F811
+) -> None:
+    (project / "cicdllm.yaml").write_text(
+        "storage:\n  data_dir: data\n  dagster_home: dagster_home\n"
+        "llm:\n  backend: openai\n  model: embedded\n"
+        f"  openai:\n    base_url: {mlx_server}\n    tokenizer: {tiny_model_dir}\n    max_concurrency: 2\n",
+        encoding="utf-8",
+    )
+    backend = OpenAIBackend.from_settings(load_settings())
+    try:
+        assert backend.model_id == EMBEDDED_MODEL_NAME
+        request = GenerationRequest(
+            key="k", messages=(ChatMessage("user", "def add(a, b): return a + b"),), max_tokens=4, temperature=0.0
+        )
+        [result] = backend.generate([request])
+        assert result.ok, result.error
+        assert result.prompt_tokens == backend.count_prompt_tokens(request.messages)
+        # mlx_lm.server's /v1/models has no context length: the documented default applies
+        assert backend.context_window == DEFAULT_CONTEXT_WINDOW
+    finally:
+        backend.close()

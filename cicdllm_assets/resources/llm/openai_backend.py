@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.models.paths import EMBEDDED_ALIAS, EMBEDDED_MODEL_NAME, resolve_tokenizer_path
 from cicdllm_assets.resources.llm.base import (
     ChatMessage,
     CircuitOpenError,
@@ -61,6 +62,9 @@ from cicdllm_assets.resources.llm.tokenizer_counter import TokenCounter, load_to
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+SERVER_DEFAULT_MODEL = "default_model"
+"""Model name sent for ``llm.model: embedded`` when ``llm.openai.model`` is unset."""
 
 DEFAULT_CONTEXT_WINDOW = 8192
 """Used when neither ``llm.context_window`` nor the server's ``/models`` gives one."""
@@ -100,6 +104,8 @@ class OpenAIBackendConfig:
     circuit_breaker_failures: int = 10
     context_window: int | None = None
     tokenizer_path: Path | None = None
+    model_id: str | None = None
+    """Ledger/provenance identity; default: ``model``."""
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -317,9 +323,15 @@ class OpenAIBackend:
         if api_key is None and oa.api_key_env:
             api_key = os.environ.get(oa.api_key_env) or None
         tokenizer_path = settings.resolve(oa.tokenizer) if oa.tokenizer else None
+        model, model_id = oa.model or llm.model, None
+        if not oa.model and llm.model == EMBEDDED_ALIAS:
+            # mlx_lm.server (and llama.cpp) answer "default_model" with the model they were
+            # started with, e.g. `mlx_lm.server --model .cicdllm/models/smollm2-135m-instruct`
+            model, model_id = SERVER_DEFAULT_MODEL, EMBEDDED_MODEL_NAME
         config = OpenAIBackendConfig(
             base_url=oa.base_url,
-            model=oa.model or llm.model,
+            model=model,
+            model_id=model_id,
             api_key=api_key,
             max_concurrency=oa.max_concurrency,
             timeout_seconds=oa.timeout_seconds,
@@ -340,7 +352,7 @@ class OpenAIBackend:
     @property
     def model_id(self) -> str:
         """The served model's name (what ledger keys and provenance record)."""
-        return self.config.model
+        return self.config.model_id or self.config.model
 
     @property
     def base_url(self) -> str:
@@ -388,8 +400,6 @@ class OpenAIBackend:
                             "no tokenizer for token counting: set llm.openai.tokenizer to the served "
                             "model's tokenizer.json"
                         )
-                    from cicdllm_assets.models.paths import resolve_tokenizer_path
-
                     path = resolve_tokenizer_path(self._settings)
                 self._counter = load_token_counter(str(path))
             return self._counter
