@@ -14,6 +14,7 @@ from cicdllm_assets.config import ConfigError
 from cicdllm_assets.discovery.discover import SKIPPED, Discovery, SourceFile
 from cicdllm_assets.discovery.git_objects import GitError
 from cicdllm_assets.discovery.table import source_files_table
+from cicdllm_assets.discovery.verdicts import VerdictCache
 from cicdllm_assets.models.paths import ModelNotPreparedError
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
@@ -76,7 +77,8 @@ def source_files(
             state.finish_stage(repo, STAGE, "failed")
             raise Failure(str(exc)) from None
         calls_before = chunker.counter.calls
-        discovery = Discovery(row["local_path"], commit, processing, chunker)
+        verdicts = VerdictCache(state, processing.skip_generated)
+        discovery = Discovery(row["local_path"], commit, processing, chunker, verdicts=verdicts)
         try:
             entries = discovery.entries()
             state.start_stage(repo, STAGE, total=len(entries), unit="files")

@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION, ChunkSpan, FilePlan
 from cicdllm_assets.storage.state import StateStore
@@ -21,12 +22,21 @@ CREATE TABLE IF NOT EXISTS chunk_cache (
     chunker_version TEXT NOT NULL,
     token_count INTEGER NOT NULL,
     line_count INTEGER NOT NULL,
+    chunk_count INTEGER NOT NULL,
     plan_json TEXT NOT NULL,
     created_at REAL NOT NULL,
     PRIMARY KEY (blob_sha, language, tokenizer_id, budget, chunker_version)
 ) WITHOUT ROWID;
 """
 _SQL_BATCH = 500
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """What source_files needs from a plan."""
+
+    token_count: int
+    chunk_count: int
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,23 @@ class PlanCache:
     def get_many(self, keys: Sequence[CacheKey]) -> dict[CacheKey, FilePlan]:
         """Cached plans for those keys that have one."""
         found: dict[CacheKey, FilePlan] = {}
+        missing = self._from_lru(keys, found)
+        for key, row in self._select(missing, "token_count, line_count, plan_json").items():
+            plan = plan_from_json(row[0], row[1], row[2])
+            found[key] = plan
+            self._remember(key, plan)
+        return found
+
+    def get_summaries(self, keys: Sequence[CacheKey]) -> dict[CacheKey, PlanSummary]:
+        """(token count, chunk count) for cached keys, without decoding the chunk lists."""
+        plans: dict[CacheKey, FilePlan] = {}
+        missing = self._from_lru(keys, plans)
+        found = {key: PlanSummary(p.token_count, len(p.chunks)) for key, p in plans.items()}
+        for key, row in self._select(missing, "token_count, chunk_count").items():
+            found[key] = PlanSummary(row[0], row[1])
+        return found
+
+    def _from_lru(self, keys: Sequence[CacheKey], found: dict[CacheKey, FilePlan]) -> list[CacheKey]:
         missing: list[CacheKey] = []
         with self._lock:
             for key in keys:
@@ -83,12 +110,16 @@ class PlanCache:
                 else:
                     self._lru.move_to_end(key)
                     found[key] = plan
-        if not missing or self.state is None:
-            return found
+        return missing
+
+    def _select(self, keys: Sequence[CacheKey], columns: str) -> dict[CacheKey, tuple[Any, ...]]:
+        if not keys or self.state is None:
+            return {}
         groups: dict[tuple[str, int, str], list[CacheKey]] = {}
-        for key in missing:
+        for key in keys:
             groups.setdefault((key.tokenizer_id, key.budget, key.chunker_version), []).append(key)
         con = self.state.connection()
+        out: dict[CacheKey, tuple[Any, ...]] = {}
         for (tokenizer_id, budget, version), group in groups.items():
             wanted = {(k.blob_sha, k.language): k for k in group}
             shas = sorted({k.blob_sha for k in group})
@@ -96,18 +127,16 @@ class PlanCache:
                 part = shas[i : i + _SQL_BATCH]
                 marks = ",".join("?" * len(part))
                 rows = con.execute(
-                    "SELECT blob_sha, language, token_count, line_count, plan_json FROM chunk_cache"  # noqa: S608
+                    f"SELECT blob_sha, language, {columns} FROM chunk_cache"  # noqa: S608 - fixed column lists
                     f" WHERE tokenizer_id = ? AND budget = ? AND chunker_version = ? AND blob_sha IN ({marks})",
                     (tokenizer_id, budget, version, *part),
                 ).fetchall()
                 for row in rows:
-                    hit = wanted.get((row["blob_sha"], row["language"]))
+                    hit = wanted.get((row[0], row[1]))
                     if hit is not None:
-                        plan = plan_from_json(row["token_count"], row["line_count"], row["plan_json"])
-                        found[hit] = plan
-                        self._remember(hit, plan)
-        con.commit()  # end the implicit read transaction so WAL checkpoints are not held back
-        return found
+                        out[hit] = tuple(row[2:])
+        con.commit()  # end the read transaction so WAL checkpoints are not held back
+        return out
 
     def put_many(self, items: Iterable[tuple[CacheKey, FilePlan]]) -> None:
         """Store plans (LRU and SQLite, one transaction)."""
@@ -116,11 +145,11 @@ class PlanCache:
         for key, plan in items:
             self._remember(key, plan)
             rows.append((key.blob_sha, key.language, key.tokenizer_id, key.budget, key.chunker_version,
-                         plan.token_count, plan.line_count, plan_to_json(plan), now))
+                         plan.token_count, plan.line_count, len(plan.chunks), plan_to_json(plan), now))
         if not rows or self.state is None:
             return
         with self.state.transaction() as con:
-            con.executemany("INSERT OR REPLACE INTO chunk_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            con.executemany("INSERT OR REPLACE INTO chunk_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def clear_memory(self) -> None:
         """Forget the in-memory LRU (the SQLite table stays)."""

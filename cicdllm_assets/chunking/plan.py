@@ -24,6 +24,10 @@ IMPORTS_MAX_TOKENS = 64
 MAX_SYMBOLS_IN_NAME = 4
 
 CountFn = Callable[[Sequence[str]], list[int]]
+_NEWLINE_RE = re.compile("\n")
+_BIG = 1 << 62
+_PY_TOP_RE = re.compile(r"^(?:async[ \t]+def|def|class)[ \t]+(\w+)", re.MULTILINE)
+_PY_IMPORT_RE = re.compile(r"^(?:import|from)[ \t]+[\w.]+", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -82,28 +86,27 @@ class _Lines:
         return self.text[self.starts[i] : self.starts[i + 1]]
 
 
-def _line_index(text: str, encoding: Encoding) -> _Lines:
-    starts = [0]
-    pos = text.find("\n")
-    while pos != -1:
-        starts.append(pos + 1)
-        pos = text.find("\n", pos + 1)
+def _line_starts(text: str) -> list[int]:
+    starts = [0, *(m.end() for m in _NEWLINE_RE.finditer(text))]
     if starts[-1] != len(text):
         starts.append(len(text))
-    total = len(encoding.ids)
+    return starts
+
+
+def _line_index(text: str, encoding: Encoding) -> _Lines:
+    """Line starts and the token index at each (the token containing the line's first char).
+
+    ``Encoding.char_to_token`` scans linearly, so one bisect per line over the offsets is used.
+    """
+    starts = _line_starts(text)
+    offsets = encoding.offsets
+    total = len(offsets)
     tok = [0] * len(starts)
     tok[-1] = total
     previous = 0
-    char_to_token = encoding.char_to_token
     for i in range(1, len(starts) - 1):
-        index = char_to_token(starts[i])
-        if index is None:  # e.g. a char dropped by a normaliser: look a little further
-            end = min(starts[i + 1], starts[i] + 64)
-            for c in range(starts[i] + 1, end):
-                index = char_to_token(c)
-                if index is not None:
-                    break
-        previous = max(previous, index if index is not None else previous)
+        index = bisect_right(offsets, (starts[i], _BIG), previous) - 1
+        previous = max(previous, index)
         tok[i] = previous
     return _Lines(starts, tok, text)
 
@@ -317,12 +320,14 @@ def plan_file(text: str, language: str, encoding: Encoding, budget: int, count: 
 
     ``count`` encodes texts exactly (used only for pieces of over-long lines).
     """
-    lines = _line_index(text, encoding)
     total = len(encoding.ids)
-    n = lines.count
-    if n == 0 or not text.strip():
-        return FilePlan(total, 0, "", ())
+    if not text.strip():
+        return FilePlan(total, text.count("\n") + (0 if text.endswith("\n") else 1) if text else 0, "", ())
     effective = budget - margin_for(budget)
+    if total <= effective:
+        return _single_chunk_plan(text, language, encoding)
+    lines = _line_index(text, encoding)
+    n = lines.count
     brace = language in BRACE_LANGUAGES
     segments: list[_Segment] | None = None
     import_ranges: list[tuple[int, int]] = []
@@ -357,6 +362,39 @@ def plan_file(text: str, language: str, encoding: Encoding, budget: int, count: 
             continue
         chunks.append(ChunkSpan(a + 1, b, lines.starts[a], lines.starts[b], symbol, lines.tokens(a, b)))
     return FilePlan(total, n, _imports_text(lines, import_ranges), tuple(chunks))
+
+
+def _single_chunk_plan(text: str, language: str, encoding: Encoding) -> FilePlan:
+    """A file that fits the budget whole: one chunk, no per-line token positions needed."""
+    total = len(encoding.ids)
+    starts = _line_starts(text)
+    n = len(starts) - 1
+    first = 0
+    while first < n - 1 and not text[starts[first] : starts[first + 1]].strip():
+        first += 1
+    last = n
+    while last > first + 1 and not text[starts[last - 1] : starts[last]].strip():
+        last -= 1
+    if language == "python":
+        symbol = _symbol_name(_PY_TOP_RE.findall(text))
+        import_lines = [m.start() for m in _PY_IMPORT_RE.finditer(text)]
+    else:
+        symbol = _symbol_of(text[starts[first] : starts[first + 1]])
+        import_lines = [m.start() for m in _IMPORT_RE.finditer(text[:20000])]
+    imports: list[str] = []
+    used = 0
+    for pos in import_lines:  # the file is small (within budget): char_to_token scans are cheap
+        end = text.find("\n", pos)
+        end = len(text) if end == -1 else end + 1
+        first_token = encoding.char_to_token(pos)
+        last_token = encoding.char_to_token(end) if end < len(text) else total
+        cost = (last_token or total) - (first_token or 0)
+        if used + cost > IMPORTS_MAX_TOKENS:
+            break
+        used += cost
+        imports.append(text[pos:end].rstrip("\n"))
+    chunk = ChunkSpan(first + 1, last, starts[first], starts[last], symbol, total)
+    return FilePlan(total, n, "\n".join(imports), (chunk,))
 
 
 def _imports_text(lines: _Lines, ranges: list[tuple[int, int]]) -> str:

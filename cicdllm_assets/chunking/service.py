@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from tokenizers import Encoding
 
-from cicdllm_assets.chunking.cache import CacheKey, PlanCache
+from cicdllm_assets.chunking.cache import CacheKey, PlanCache, PlanSummary
 from cicdllm_assets.chunking.plan import FilePlan, plan_file
 from cicdllm_assets.chunking.tokenizer import TokenCounter
 
@@ -62,8 +62,18 @@ class Chunker:
         """Plans already cached for (blob_sha, language) pairs; nothing is computed."""
         return self.cache.get_many([self.key(sha, lang) for sha, lang in requests])
 
-    def plan_many(self, requests: Sequence[PlanRequest]) -> list[FilePlan]:
-        """One plan per request, in order; misses are encoded in batches and cached."""
+    def summaries(self, requests: Sequence[tuple[str, str]]) -> dict[CacheKey, PlanSummary]:
+        """Token and chunk counts of cached (blob_sha, language) pairs; counts hits."""
+        keys = [self.key(sha, lang) for sha, lang in requests]
+        found = self.cache.get_summaries(keys)
+        self.stats.add(hits=sum(1 for key in keys if key in found), misses=0)
+        return found
+
+    def submit(self, requests: Sequence[PlanRequest]) -> PendingPlans:
+        """Start encoding uncached requests in the background; ``result()`` plans them.
+
+        Lets a caller read and filter the next batch of files while this one is tokenized.
+        """
         keys = [self.key(r.blob_sha, r.language) for r in requests]
         found = self.cache.get_many(keys)
         todo: dict[CacheKey, PlanRequest] = {}
@@ -71,31 +81,57 @@ class Chunker:
             if key not in found and key not in todo:
                 todo[key] = request
         self.stats.add(hits=len(requests) - len(todo), misses=len(todo))
-        if todo:
-            computed = self._compute(list(todo.items()))
-            self.cache.put_many(computed.items())
-            found.update(computed)
-        return [found[key] for key in keys]
-
-    def _compute(self, items: list[tuple[CacheKey, PlanRequest]]) -> dict[CacheKey, FilePlan]:
-        batches: list[list[tuple[CacheKey, PlanRequest]]] = [[]]
-        size = 0
-        for item in items:
-            if size >= ENCODE_BATCH_CHARS and batches[-1]:
-                batches.append([])
-                size = 0
-            batches[-1].append(item)
-            size += len(item[1].text)
-        # Encode batch k+1 in the background (the GIL is released) while planning batch k.
+        batches = _split_batches(list(todo.items()))
         futures: list[Future[list[Encoding]]] = [
             self._encoder.submit(self.counter.encode_batch, [r.text for _, r in batch]) for batch in batches
         ]
-        out: dict[CacheKey, FilePlan] = {}
-        for batch, future in zip(batches, futures, strict=True):
-            for (key, request), encoding in zip(batch, future.result(), strict=True):
-                out[key] = plan_file(request.text, request.language, encoding, self.budget, self.counter.count_batch)
-        return out
+        return PendingPlans(self, keys, found, batches, futures)
+
+    def plan_many(self, requests: Sequence[PlanRequest]) -> list[FilePlan]:
+        """One plan per request, in order; misses are encoded in batches and cached."""
+        return self.submit(requests).result()
 
     def close(self) -> None:
         """Stop the background encoder thread."""
         self._encoder.shutdown(wait=True)
+
+
+def _split_batches(items: list[tuple[CacheKey, PlanRequest]]) -> list[list[tuple[CacheKey, PlanRequest]]]:
+    batches: list[list[tuple[CacheKey, PlanRequest]]] = []
+    size = 0
+    for item in items:
+        if not batches or size >= ENCODE_BATCH_CHARS:
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += len(item[1].text)
+    return batches
+
+
+class PendingPlans:
+    """Plans whose encodings are being computed in the background."""
+
+    def __init__(
+        self,
+        chunker: Chunker,
+        keys: list[CacheKey],
+        found: dict[CacheKey, FilePlan],
+        batches: list[list[tuple[CacheKey, PlanRequest]]],
+        futures: list[Future[list[Encoding]]],
+    ) -> None:
+        self._chunker, self._keys, self._found = chunker, keys, found
+        self._batches, self._futures = batches, futures
+
+    def result(self) -> list[FilePlan]:
+        """Wait for the encodings, plan each file (cached for next time), in request order."""
+        chunker = self._chunker
+        computed: dict[CacheKey, FilePlan] = {}
+        for batch, future in zip(self._batches, self._futures, strict=True):
+            for (key, request), encoding in zip(batch, future.result(), strict=True):
+                computed[key] = plan_file(
+                    request.text, request.language, encoding, chunker.budget, chunker.counter.count_batch
+                )
+        if computed:
+            chunker.cache.put_many(computed.items())
+            self._found.update(computed)
+        return [self._found[key] for key in self._keys]

@@ -35,6 +35,8 @@ _GENERATED_HEAD_CHARS = 2048
 MINIFIED_AVG_LINE = 300
 MINIFIED_MIN_CHARS = 1024
 _CONTROL = frozenset(range(0, 32)) - {9, 10, 12, 13, 27}
+_CONTROL_BYTES = bytes(sorted(_CONTROL))
+_CONTROL_CHARS_RE = re.compile("[" + "".join(f"\\x{c:02x}" for c in sorted(_CONTROL)) + "]")
 
 
 def is_lock_file(path: str) -> bool:
@@ -60,7 +62,7 @@ def looks_binary(data: bytes) -> bool:
         return True
     if not sample:
         return False
-    controls = sum(1 for byte in sample if byte in _CONTROL)
+    controls = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
     return controls / len(sample) > 0.10
 
 
@@ -134,7 +136,7 @@ def _too_many_controls(text: str) -> bool:
     sample = text[:_SNIFF_BYTES]
     if not sample:
         return False
-    controls = sum(1 for char in sample if ord(char) in _CONTROL)
+    controls = len(_CONTROL_CHARS_RE.findall(sample))
     return controls / len(sample) > 0.05
 
 

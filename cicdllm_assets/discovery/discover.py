@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cicdllm_assets.chunking.service import Chunker, PlanRequest
+from cicdllm_assets.chunking.service import Chunker, PendingPlans, PlanRequest
 from cicdllm_assets.config.models import ProcessingConfig
 from cicdllm_assets.discovery.content import (
     decode_text,
+    decode_with,
     is_generated,
     is_lock_file,
     is_minified,
@@ -28,13 +29,14 @@ from cicdllm_assets.discovery.content import (
 from cicdllm_assets.discovery.git_objects import MODE_SUBMODULE, BlobReader, TreeEntry, list_tree
 from cicdllm_assets.discovery.globs import first_match
 from cicdllm_assets.discovery.languages import detect_language, extension_of, known_filename
+from cicdllm_assets.discovery.verdicts import Verdict, VerdictCache
 
 logger = logging.getLogger(__name__)
 
 KEPT = "kept"
 SKIPPED = "skipped"
 MAX_SYMLINK_HOPS = 16
-BATCH_FILES = 256
+BATCH_FILES = 64
 
 
 @dataclass
@@ -154,11 +156,25 @@ def _check_content(item: SourceFile, data: bytes, processing: ProcessingConfig) 
             return item.skip("minified", "minified")
     item.encoding = decoded.encoding
     item.text = text
+    item.line_count = text.count("\n") + (0 if text.endswith("\n") else 1)
     return item
 
 
+@dataclass
+class _Pending:
+    batch: list[SourceFile]
+    kept: list[SourceFile]
+    misses: list[SourceFile]
+    plans: PendingPlans | None
+
+
 class Discovery:
-    """Discovery of one commit of one repository clone."""
+    """Discovery of one commit of one repository clone.
+
+    Batches are pipelined: while batch k is tokenized in the background (the tokenizer
+    releases the GIL), batch k+1 is read from git and checked. Content verdicts and chunk
+    plans are cached per blob, so an unchanged file is neither read nor tokenized again.
+    """
 
     def __init__(
         self,
@@ -167,11 +183,13 @@ class Discovery:
         processing: ProcessingConfig,
         chunker: Chunker | None = None,
         workers: int | None = None,
+        verdicts: VerdictCache | None = None,
     ) -> None:
         self.repo_path = Path(repo_path)
         self.commit = commit
         self.processing = processing
         self.chunker = chunker
+        self.verdicts = verdicts
         self.workers = workers or processing.max_concurrent_files
         self.stats = DiscoveryStats()
 
@@ -183,80 +201,128 @@ class Discovery:
         """Every tracked file as a :class:`SourceFile` (texts dropped), sorted by path."""
         out: list[SourceFile] = []
         for batch in self.iter_batches(on_progress=on_progress):
-            for item in batch:
-                item.text = None
             out.extend(batch)
         return out
 
     def iter_batches(
         self, on_progress: Callable[[int], None] | None = None, keep_text: bool = False
     ) -> Iterator[list[SourceFile]]:
-        """Yield files in batches; kept files carry ``text`` until the next batch is produced."""
+        """Yield files in batches (``text`` set on kept files only with ``keep_text``)."""
         started = time.perf_counter()
         entries = self.entries()
         by_path = {e.path: e for e in entries}
         directories = _directories(entries)
-        stats = self.stats
-        stats.files_total = len(entries)
-        max_bytes = self.processing.max_file_size_kb * 1024
+        self.stats.files_total = len(entries)
+        previous: _Pending | None = None
         with BlobReader(self.repo_path) as reader, ThreadPoolExecutor(self.workers) as pool:
             for start in range(0, len(entries), BATCH_FILES):
-                batch: list[SourceFile] = []
-                to_read: list[tuple[SourceFile, TreeEntry]] = []
-                for entry in entries[start : start + BATCH_FILES]:
-                    item = SourceFile(entry.path, entry.sha, entry.size, entry.mode, detect_language(entry.path))
-                    batch.append(item)
-                    if entry.mode == MODE_SUBMODULE or entry.kind != "blob":
-                        item.skip("submodule", "git submodule (not followed)")
-                        continue
-                    rejected = path_filter(entry.path, self.processing)
-                    if rejected is not None:
-                        item.skip(*rejected)
-                        continue
-                    target = entry
-                    if entry.is_symlink:
-                        resolved, category, detail = _resolve_symlink(entry, by_path, directories, reader)
-                        if resolved is None:
-                            item.skip(category, detail)
-                            continue
-                        target = resolved
-                        item.blob_sha, item.size_bytes, item.symlink_target = resolved.sha, resolved.size, detail
-                    if target.size > max_bytes:
-                        limit_kb = self.processing.max_file_size_kb
-                        item.skip("too_large", f"too large: {_kb(target.size)} KB > {limit_kb} KB")
-                        continue
-                    to_read.append((item, target))
-                blobs = [reader.read(target.sha) for _, target in to_read]
-                stats.bytes_read += sum(len(b) for b in blobs)
-                list(pool.map(lambda pair: _check_content(pair[0][0], pair[1], self.processing),
-                              zip(to_read, blobs, strict=True)))
-                kept = [item for item in batch if item.status == KEPT]
-                self._plan(kept)
-                for item in batch:
-                    if item.status == KEPT:
-                        stats.files_kept += 1
-                        stats.bytes_kept += item.size_bytes
-                        stats.tokens += item.token_count
-                        stats.chunks += item.chunk_count
-                    else:
-                        stats.files_skipped += 1
-                        stats.skipped_by_category[item.skip_category or "other"] += 1
-                if on_progress is not None:
-                    on_progress(len(batch))
-                stats.seconds = time.perf_counter() - started
-                yield batch
-                if not keep_text:
-                    for item in kept:
-                        item.text = None
-        stats.seconds = time.perf_counter() - started
+                batch = self._prepare(entries[start : start + BATCH_FILES], by_path, directories, reader, pool,
+                                      keep_text)
+                if previous is not None:
+                    yield self._finish(previous, on_progress, keep_text, started)
+                previous = batch
+            if previous is not None:
+                yield self._finish(previous, on_progress, keep_text, started)
+        self.stats.seconds = time.perf_counter() - started
 
-    def _plan(self, kept: list[SourceFile]) -> None:
+    def _prepare(
+        self,
+        entries: list[TreeEntry],
+        by_path: dict[str, TreeEntry],
+        directories: set[str],
+        reader: BlobReader,
+        pool: ThreadPoolExecutor,
+        keep_text: bool,
+    ) -> _Pending:
+        """Filter one batch, classify its content and start tokenizing what is not cached."""
+        max_bytes = self.processing.max_file_size_kb * 1024
+        batch: list[SourceFile] = []
+        candidates: list[tuple[SourceFile, TreeEntry]] = []
+        for entry in entries:
+            item = SourceFile(entry.path, entry.sha, entry.size, entry.mode, detect_language(entry.path))
+            batch.append(item)
+            if entry.mode == MODE_SUBMODULE or entry.kind != "blob":
+                item.skip("submodule", "git submodule (not followed)")
+                continue
+            rejected = path_filter(entry.path, self.processing)
+            if rejected is not None:
+                item.skip(*rejected)
+                continue
+            target = entry
+            if entry.is_symlink:
+                resolved, category, detail = _resolve_symlink(entry, by_path, directories, reader)
+                if resolved is None:
+                    item.skip(category, detail)
+                    continue
+                target = resolved
+                item.blob_sha, item.size_bytes, item.symlink_target = resolved.sha, resolved.size, detail
+            if target.size > max_bytes:
+                limit_kb = self.processing.max_file_size_kb
+                item.skip("too_large", f"too large: {_kb(target.size)} KB > {limit_kb} KB")
+                continue
+            candidates.append((item, target))
+
+        known = self.verdicts.get_many([t.sha for _, t in candidates]) if self.verdicts else {}
+        to_read = [(item, target) for item, target in candidates if target.sha not in known]
+        for item, target in candidates:
+            verdict = known.get(target.sha)
+            if verdict is not None:
+                if verdict.kept:
+                    item.encoding, item.line_count = verdict.encoding, verdict.line_count
+                else:
+                    item.skip(verdict.category or "other", verdict.reason or "skipped")
+        blobs = [reader.read(target.sha) for _, target in to_read]
+        self.stats.bytes_read += sum(len(b) for b in blobs)
+        list(pool.map(lambda pair: _check_content(pair[0][0], pair[1], self.processing),
+                      zip(to_read, blobs, strict=True)))
+        if self.verdicts is not None and to_read:
+            self.verdicts.put_many(
+                (item.blob_sha, Verdict(item.status == KEPT, item.skip_category, item.skip_reason, item.encoding,
+                                        item.line_count))
+                for item, _ in to_read
+            )
+        kept = [item for item, _ in candidates if item.status == KEPT]
+        if self.chunker is None:
+            self._load_texts([item for item in kept if item.text is None] if keep_text else [], reader)
+            return _Pending(batch, kept, [], None)
+        summaries = self.chunker.summaries([(i.blob_sha, i.language) for i in kept])
+        misses: list[SourceFile] = []
         for item in kept:
-            assert item.text is not None  # noqa: S101 - set by _check_content
-            item.line_count = item.text.count("\n") + (0 if item.text.endswith("\n") else 1)
-        if self.chunker is None or not kept:
-            return
-        plans = self.chunker.plan_many([PlanRequest(i.blob_sha, i.language, i.text or "") for i in kept])
-        for item, plan in zip(kept, plans, strict=True):
-            item.token_count = plan.token_count
-            item.chunk_count = len(plan.chunks)
+            summary = summaries.get(self.chunker.key(item.blob_sha, item.language))
+            if summary is None:
+                misses.append(item)
+            else:
+                item.token_count, item.chunk_count = summary.token_count, summary.chunk_count
+        self._load_texts([i for i in (kept if keep_text else misses) if i.text is None], reader)
+        plans = self.chunker.submit([PlanRequest(i.blob_sha, i.language, i.text or "") for i in misses])
+        return _Pending(batch, kept, misses, plans)
+
+    def _load_texts(self, items: list[SourceFile], reader: BlobReader) -> None:
+        """Read and decode kept files whose verdict came from the cache."""
+        for item in items:
+            data = reader.read(item.blob_sha)
+            self.stats.bytes_read += len(data)
+            item.text = decode_with(data, item.encoding or "utf-8")
+
+    def _finish(
+        self, pending: _Pending, on_progress: Callable[[int], None] | None, keep_text: bool, started: float
+    ) -> list[SourceFile]:
+        if pending.plans is not None:
+            for item, plan in zip(pending.misses, pending.plans.result(), strict=True):
+                item.token_count, item.chunk_count = plan.token_count, len(plan.chunks)
+        stats = self.stats
+        for item in pending.batch:
+            if item.status == KEPT:
+                stats.files_kept += 1
+                stats.bytes_kept += item.size_bytes
+                stats.tokens += item.token_count
+                stats.chunks += item.chunk_count
+                if not keep_text:
+                    item.text = None
+            else:
+                stats.files_skipped += 1
+                stats.skipped_by_category[item.skip_category or "other"] += 1
+        if on_progress is not None:
+            on_progress(len(pending.batch))
+        stats.seconds = time.perf_counter() - started
+        return pending.batch
