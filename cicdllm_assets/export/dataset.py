@@ -34,7 +34,7 @@ from cicdllm_assets.export.splits import assign_splits
 from cicdllm_assets.export.writers import WrittenFile, write_exports, write_text_atomic
 from cicdllm_assets.quality.dedup import find_duplicates
 from cicdllm_assets.quality.filters import LICENSE_EXCLUDED
-from cicdllm_assets.quality.secrets import redact_secrets
+from cicdllm_assets.quality.secrets import RedactionResult, redact_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,8 @@ def build_training_dataset(
     kept: list[dict[str, Any]] = []
     excluded: dict[str, dict[str, Any]] = {}
     for r in accepted:
-        lic = _text(r.get("license")).strip() or repo_license.get(str(r["repo"]), "") or NOASSERTION
+        # The repositories table is the current word on a repo's licence; the row's copy is a fallback.
+        lic = repo_license.get(str(r["repo"]), "") or _text(r.get("license")).strip() or NOASSERTION
         r["license"] = lic
         if license_allowed(lic, export_cfg.allowed_licenses):
             kept.append(r)
@@ -234,9 +235,13 @@ def build_training_dataset(
 
     # 4. records with a second secret scan of every text field
     redactions: Counter[str] = Counter()
+    memo: dict[str, RedactionResult] = {}  # a chunk's text is shared by all its pairs
 
     def clean(value: Any) -> str:
-        result = redact_secrets(_text(value))
+        text = _text(value)
+        result = memo.get(text)
+        if result is None:
+            result = memo[text] = redact_secrets(text)
         redactions.update(result.counts)
         return result.text
 
