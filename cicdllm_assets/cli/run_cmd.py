@@ -80,7 +80,8 @@ def quiet_library_noise() -> None:
 
     warnings.filterwarnings("ignore", category=BetaWarning)
     warnings.filterwarnings("ignore", category=PreviewWarning)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for name in ("alembic", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _fail_usage(message: str) -> NoReturn:
