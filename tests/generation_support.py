@@ -202,3 +202,9 @@ class ScriptedBackend:
 
     def close(self) -> None:
         return None
+
+
+def materialization_values(result: ExecuteInProcessResult, node: str) -> dict[str, Any]:
+    """Plain values of the first materialization's metadata of ``node``."""
+    metadata = result.asset_materializations_for_node(node)[0].metadata
+    return {key: value.value for key, value in metadata.items()}

@@ -17,7 +17,15 @@ from cicdllm_assets.config import load_settings
 from cicdllm_assets.generation.runner import QUESTIONS_SCHEMA
 from cicdllm_assets.resources.llm.mlx_resource import MLXResource
 from cicdllm_assets.storage.tables import TableStore
-from tests.generation_support import SAMPLE_FILES, chunk_rows, ledger_of, read_table, run_generation, write_chunks
+from tests.generation_support import (
+    SAMPLE_FILES,
+    chunk_rows,
+    ledger_of,
+    materialization_values,
+    read_table,
+    run_generation,
+    write_chunks,
+)
 from tests.generation_support import write_project_config as write_config
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 
@@ -51,9 +59,9 @@ def test_mlx_questions_and_answers_mechanics(project: Path, tiny_model_dir: Path
             assert entry.parsed()
     questions = read_table(settings, "questions", REPO)
     assert questions.num_rows == sum(len(e.parsed()) for e in entries)
-    meta = result.asset_materializations_for_node("questions")[0].metadata
-    assert meta["generated"].value + meta["failed"].value == 6
-    assert meta["completion_tokens"].value > 0
+    meta = materialization_values(result, "questions")
+    assert meta["generated"] + meta["failed"] == 6
+    assert meta["completion_tokens"] > 0
 
     # answers for hand-written questions about the first two chunks
     chosen = sorted(rows, key=lambda r: (r["path"], r["start_line"]))[:2]
@@ -82,7 +90,7 @@ def test_mlx_questions_and_answers_mechanics(project: Path, tiny_model_dir: Path
     before = {e.key: e.updated_at for e in ledger_of(settings).entries() if e.status == "ok"}
     result = run_generation(REPO, MLXResource(), selection=["answers"], instance=instance)
     assert result.success
-    meta = result.asset_materializations_for_node("answers")[0].metadata
-    assert meta["reused"].value == len(ok)
+    meta = materialization_values(result, "answers")
+    assert meta["reused"] == len(ok)
     after = {e.key: e.updated_at for e in ledger_of(settings).entries() if e.status == "ok"}
     assert all(after[k] == v for k, v in before.items())
