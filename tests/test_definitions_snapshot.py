@@ -74,7 +74,8 @@ def render_definitions(defs: dg.Definitions) -> str:
         target = ""
         if sensor.has_jobs:
             target = " jobs=[" + ", ".join(sorted(j.name for j in sensor.jobs)) + "]"
-        lines.append(f"sensor {sensor.name}: type={sensor.sensor_type.value}{target} default={sensor.default_status.value}")
+        status = sensor.default_status.value
+        lines.append(f"sensor {sensor.name}: type={sensor.sensor_type.value}{target} default={status}")
     return "\n".join(lines) + "\n"
 
 
