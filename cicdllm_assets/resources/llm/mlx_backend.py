@@ -170,13 +170,19 @@ _prefix_cache = _PrefixLRU(PREFIX_CACHE_BYTES)
 # Sampling.
 
 
+def _greedy(logprobs: Any) -> Any:
+    import mlx.core as mx
+
+    return mx.argmax(logprobs, axis=-1)
+
+
 def make_request_sampler(temperature: float, top_p: float, seed: int) -> Callable[[Any], Any]:
     """A sampler with its own PRNG key: greedy at temperature 0, else top-p sampling."""
     import mlx.core as mx
     from mlx_lm.sample_utils import apply_top_p
 
     if temperature <= 0:
-        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+        return _greedy  # one shared object: BatchGenerator then samples the whole batch in one call
     state = {"key": mx.random.key(seed & 0xFFFFFFFF)}
 
     def sample(logprobs: Any) -> Any:
