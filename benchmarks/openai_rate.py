@@ -4,6 +4,8 @@ The server answers every request after a fixed latency ``L`` and serves at most 
 requests at once, so no client can do better than ``C / L`` requests per second. The
 backend runs with ``max_concurrency = C``; the ratio achieved / ideal shows the client's
 overhead (connection pooling, keep-alive, event loop, thread hand-off). Target: >= 0.9.
+One untimed warm-up round of C requests opens the pool's connections first, so the
+figure is the steady-state rate (the one-off start-up, ~0.15 s, is not a rate).
 
     .venv/bin/python -m benchmarks.openai_rate [--requests 200 --latency 0.2 --capacity 8]
 """
@@ -11,15 +13,16 @@ overhead (connection pooling, keep-alive, event loop, thread hand-off). Target: 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
 from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
-from cicdllm_assets.testing import FaultServer
+from cicdllm_assets.testing.fault_server import FaultServer, FaultServerProcess
 
 TARGET_RATIO = 0.9
 
@@ -29,14 +32,14 @@ _CODE = (
 )
 
 
-def _requests(n: int, max_tokens: int) -> list[GenerationRequest]:
+def _requests(n: int, max_tokens: int, label: str = "bench") -> list[GenerationRequest]:
     prefix = (
         ChatMessage("system", "You are a senior software engineer."),
         ChatMessage("user", _CODE),
     )
     return [
         GenerationRequest(
-            key=f"bench-{i}",
+            key=f"{label}-{i}",
             messages=(*prefix, ChatMessage("user", f"Answer this question about the code above: case {i}?")),
             max_tokens=max_tokens,
             temperature=0.0,
@@ -60,19 +63,35 @@ def run_openai_rate_benchmark(
     latency: float = 0.2,
     capacity: int = 8,
     max_tokens: int = 64,
+    server: Literal["process", "thread"] = "process",
 ) -> dict[str, Any]:
     """Send ``requests`` through the backend to a server of ``capacity`` slots x ``latency`` s.
 
-    Returns a JSON-serialisable dict: achieved and ideal request rates, their ratio
-    (``ratio``, target >= 0.9), latency percentiles, errors, the server's max in-flight and the
-    CPU the process (client and in-process server together) spent per request.
+    ``server="process"`` (default) runs the fault server in its own process, as a real
+    model server would be, so it does not compete with the client for the GIL;
+    ``"thread"`` runs it in this process. Returns a JSON-serialisable dict: achieved and
+    ideal request rates, their ratio (``ratio``, target >= 0.9), latency percentiles,
+    errors, the server's max in-flight and the client process's CPU per request.
     """
     if requests < 1 or capacity < 1 or latency <= 0:
         raise ValueError("requests and capacity must be >= 1 and latency > 0")
+    if server not in ("process", "thread"):
+        raise ValueError(f"server must be 'process' or 'thread', got {server!r}")
     batch = _requests(requests, max_tokens)
-    with FaultServer(latency=latency, capacity=capacity, max_lifetime=max(600.0, requests * latency * 4)) as server:
+    options: dict[str, Any] = {
+        "latency": latency,
+        "capacity": capacity,
+        "max_lifetime": max(600.0, requests * latency * 4),
+    }
+    with contextlib.ExitStack() as stack:
+        if server == "process":
+            child = stack.enter_context(FaultServerProcess(**options))
+            base_url = child.base_url
+        else:
+            local = stack.enter_context(FaultServer(**options))
+            base_url = local.base_url
         config = OpenAIBackendConfig(
-            base_url=server.base_url,
+            base_url=base_url,
             model="bench-model",
             max_concurrency=capacity,
             timeout_seconds=max(30.0, latency * 10),
@@ -80,13 +99,20 @@ def run_openai_rate_benchmark(
             context_window=4096,
         )
         with OpenAIBackend(config) as backend:
+            # Warm-up (not timed): one round of C requests starts the event-loop thread,
+            # imports httpx's async backend and opens the pool's C keep-alive connections.
+            warmup = list(backend.generate(_requests(capacity, max_tokens, label="warmup")))
             started = time.perf_counter()
             cpu_started = time.process_time()
             results = list(backend.generate(batch))
             elapsed = time.perf_counter() - started
             cpu = time.process_time() - cpu_started
-        server_requests = server.request_count
-        server_max_in_flight = server.max_in_flight
+        if server == "process":
+            stats = child.stop()
+            server_requests, server_max_in_flight = stats.get("request_count", -1), stats.get("max_in_flight", -1)
+        else:
+            server_requests, server_max_in_flight = local.request_count, local.max_in_flight
+        server_requests -= len(warmup)
     ok = [r for r in results if r.ok]
     latencies = [r.latency_ms for r in ok]
     ideal_rps = capacity / latency
@@ -95,6 +121,7 @@ def run_openai_rate_benchmark(
     return {
         "benchmark": "openai_rate",
         "requests": requests,
+        "warmup_requests": len(warmup),
         "ok": len(ok),
         "errors": len(results) - len(ok),
         "latency_s": latency,
@@ -109,6 +136,7 @@ def run_openai_rate_benchmark(
         "meets_target": ratio >= TARGET_RATIO,
         "client_latency_ms_p50": round(statistics.median(latencies), 1) if latencies else 0.0,
         "client_latency_ms_p95": round(_percentile(latencies, 0.95), 1),
+        "server": server,
         "process_cpu_ms_per_request": round(cpu * 1000.0 / requests, 2),
         "server_requests": server_requests,
         "server_max_in_flight": server_max_in_flight,
@@ -122,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--capacity", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--server", choices=["process", "thread"], default="process",
+                        help="run the fault server in its own process (default) or in a thread")
     args = parser.parse_args(argv)
-    report = run_openai_rate_benchmark(args.requests, args.latency, args.capacity, args.max_tokens)
+    report = run_openai_rate_benchmark(args.requests, args.latency, args.capacity, args.max_tokens, args.server)
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0 if report["meets_target"] else 1
 

@@ -7,11 +7,13 @@ import pytest
 from benchmarks.openai_rate import run_openai_rate_benchmark
 
 
-def test_rate_benchmark_smoke() -> None:
-    report = run_openai_rate_benchmark(requests=24, latency=0.05, capacity=4)
+@pytest.mark.parametrize("server", ["thread", "process"])
+def test_rate_benchmark_smoke(server: str) -> None:
+    report = run_openai_rate_benchmark(requests=24, latency=0.05, capacity=4, server=server)  # type: ignore[arg-type]
     assert report["ok"] == 24 and report["errors"] == 0
+    assert report["warmup_requests"] == 4
     assert report["server_requests"] == 24
-    assert report["server_max_in_flight"] <= 4
+    assert 1 <= report["server_max_in_flight"] <= 4
     assert report["ideal_rps"] == pytest.approx(80.0)
     assert report["ratio"] > 0
     assert set(report) >= {"achieved_rps", "ideal_rps", "ratio", "meets_target", "elapsed_s"}
@@ -20,3 +22,5 @@ def test_rate_benchmark_smoke() -> None:
 def test_rate_benchmark_validates_arguments() -> None:
     with pytest.raises(ValueError, match="latency"):
         run_openai_rate_benchmark(requests=1, latency=0, capacity=1)
+    with pytest.raises(ValueError, match="server"):
+        run_openai_rate_benchmark(requests=1, server="cluster")  # type: ignore[arg-type]

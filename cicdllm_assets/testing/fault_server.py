@@ -543,3 +543,74 @@ class ServerStats:
             if record.fault:
                 counts[record.fault] = counts.get(record.fault, 0) + 1
         return cls(requests=server.request_count, max_in_flight=server.max_in_flight, faults=counts)
+
+
+def _serve_in_child(conn: Any, options: dict[str, Any]) -> None:
+    """Child-process body of :class:`FaultServerProcess` (module level so spawn can import it)."""
+    with FaultServer(**options) as server:
+        conn.send(server.port)
+        conn.poll(options.get("max_lifetime", 600.0))  # until the parent asks to stop
+        conn.send({"request_count": server.request_count, "max_in_flight": server.max_in_flight})
+    conn.close()
+
+
+class FaultServerProcess:
+    """A :class:`FaultServer` in its own (spawned) process, so it shares no GIL with the client.
+
+    For benchmarks: only picklable options (faults, latency, capacity, a module-level
+    responder...). ``stats`` (request_count, max_in_flight) is filled in by :meth:`stop`.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.stats: dict[str, int] = {}
+        self._process: Any = None
+        self._conn: Any = None
+        self.port = 0
+
+    def start(self, timeout: float = 60.0) -> FaultServerProcess:
+        """Spawn the server process and wait until it listens."""
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._process = ctx.Process(target=_serve_in_child, args=(child, self.options), daemon=True)
+        self._process.start()
+        child.close()
+        if not parent.poll(timeout):
+            self._process.kill()
+            raise RuntimeError(f"fault server process did not start within {timeout:g}s")
+        self.port = int(parent.recv())
+        self._conn = parent
+        return self
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI API root of the child server."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> dict[str, int]:
+        """Stop the child and return its stats (idempotent)."""
+        if self._conn is not None:
+            try:
+                self._conn.send("stop")
+                if self._conn.poll(30):
+                    self.stats = dict(self._conn.recv())
+            except (EOFError, OSError, BrokenPipeError):
+                pass
+            self._conn.close()
+            self._conn = None
+        if self._process is not None:
+            self._process.join(timeout=10)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(timeout=5)
+            self._process = None
+        return self.stats
+
+    def __enter__(self) -> FaultServerProcess:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
