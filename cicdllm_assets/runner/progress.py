@@ -15,6 +15,7 @@ from types import TracebackType
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
@@ -79,6 +80,8 @@ class ProgressDisplay:
         self._thread: threading.Thread | None = None
         self._live: Live | None = None
         self._lock = threading.Lock()
+        self._swapped: list[logging.Handler] = []
+        self._rich_handler: RichHandler | None = None
 
     def _renderable(self) -> Group:
         with self._lock:
@@ -99,8 +102,30 @@ class ProgressDisplay:
         else:
             self._live.update(self._renderable())
 
+    def _route_logging(self) -> None:
+        """Send root-logger output through the live console so log lines print above the table."""
+        root = logging.getLogger()
+        self._swapped = [h for h in root.handlers if type(h) is logging.StreamHandler]
+        if not self._swapped:
+            return
+        level = min(h.level for h in self._swapped)
+        for handler in self._swapped:
+            root.removeHandler(handler)
+        self._rich_handler = RichHandler(console=self.console, level=level, show_path=False)
+        root.addHandler(self._rich_handler)
+
+    def _restore_logging(self) -> None:
+        root = logging.getLogger()
+        if self._rich_handler is not None:
+            root.removeHandler(self._rich_handler)
+            self._rich_handler = None
+        for handler in self._swapped:
+            root.addHandler(handler)
+        self._swapped = []
+
     def __enter__(self) -> ProgressDisplay:
         if self.console.is_terminal:
+            self._route_logging()
             self._live = Live(self._renderable(), console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
             self._thread = threading.Thread(target=self._poll, name="cicdllm-progress", daemon=True)
@@ -120,3 +145,4 @@ class ProgressDisplay:
             self._live.update(self._renderable())
             self._live.__exit__(exc_type, exc, tb)
             self._live = None
+        self._restore_logging()
