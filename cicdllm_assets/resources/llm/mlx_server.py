@@ -1,0 +1,23 @@
+"""``mlx_lm.server`` with OpenBLAS loaded first (Linux), for the openai backend on this machine.
+
+    .venv/bin/python -m cicdllm_assets.resources.llm.mlx_server --model .cicdllm/models/smollm2-135m-instruct
+
+Takes exactly ``mlx_lm.server``'s arguments. Plain ``python -m mlx_lm.server`` works too,
+but on Linux its matmuls then run on the bundled reference BLAS (tens of times slower).
+"""
+
+from __future__ import annotations
+
+from cicdllm_assets.resources.llm.openblas import ensure_openblas
+
+
+def main() -> None:
+    """Load OpenBLAS, then hand over to mlx_lm.server's own command line."""
+    ensure_openblas()
+    from mlx_lm.server import main as server_main
+
+    server_main()
+
+
+if __name__ == "__main__":
+    main()
