@@ -67,8 +67,8 @@ def test_each_retryable_fault_recovers(fault: Fault) -> None:
 
 
 def test_timeout_is_retried() -> None:
-    with FaultServer(faults=[Fault.slow(5.0, times=1)]) as srv, make_backend(
-        srv.base_url, timeout_seconds=0.5
+    with FaultServer(faults=[Fault.slow(10.0, times=1)]) as srv, make_backend(
+        srv.base_url, timeout_seconds=1.0
     ) as backend:
         [result] = run_all(backend, [make_request("k")])
         assert result.ok, result.error
@@ -87,7 +87,10 @@ def test_timeout_is_retried() -> None:
     ids=["500", "malformed", "truncated", "drop", "timeout"],
 )
 def test_exhausted_retries_report_category(fault: Fault, category: str) -> None:
-    with FaultServer(faults=[fault]) as srv, make_backend(srv.base_url, max_retries=2, timeout_seconds=0.3) as backend:
+    timeout = 0.5 if fault.kind == "slow" else 10.0
+    with FaultServer(faults=[fault]) as srv, make_backend(
+        srv.base_url, max_retries=2, timeout_seconds=timeout
+    ) as backend:
         [result] = run_all(backend, [make_request("k")])
         assert not result.ok
         assert result.error is not None and result.error.category == category
