@@ -77,3 +77,23 @@ def test_think_blocks_are_ignored() -> None:
 
 def test_normalize_question() -> None:
     assert normalize_question("  What   IS this?? ") == normalize_question("what is this")
+
+
+def test_list_mixing_questions_and_notes_keeps_the_questions() -> None:
+    text = (
+        "Here are two questions:\n\n"
+        f"1. {Q1}\n    - The function `add` is the main purpose of the script and returns a sum.\n\n"
+        f"2. {Q2}\n    - It splits on whitespace.\n"
+    )
+    assert parse_questions(text, min_chars=12).questions == [Q1, Q2]
+
+
+def test_questions_inside_prose_and_placeholder_echoes() -> None:
+    text = (
+        "I'm happy to help. Example: What does ... return when ...? "
+        f"A good first one is this. {Q1} And also: {Q2}\nThat is all."
+    )
+    parsed = parse_questions(text, min_chars=12)
+    assert parsed.method == "question_marks"
+    assert Q2 in parsed.questions and all("..." not in q for q in parsed.questions)
+    assert parsed.dropped.get("placeholder") == 1

@@ -3,10 +3,11 @@
 Tried in order, first that yields questions wins:
 1. a JSON array (the whole reply, inside a ``` fence, or embedded in prose) of
    strings or of objects with a ``question`` key;
-2. a numbered or bulleted list;
-3. lines ending with ``?``.
-Questions are cleaned (quotes, markdown, "Question:" labels), and empty, too short
-and duplicate (case/space/punctuation-insensitive) ones are dropped.
+2. a numbered or bulleted list (only its items ending with ``?`` if there are any);
+3. sentences ending with ``?``.
+Questions are cleaned (quotes, markdown, "Question:" labels), and empty, too short,
+placeholder echoes of the prompt's example ("What does ... return?") and duplicate
+(case/space/punctuation-insensitive) ones are dropped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _LIST_ITEM = re.compile(r"^\s*(?:\(?\d{1,3}[.):]|[-*•+]|Q\d{0,3}\s*[.):])\s+(.*\S)\s*$", re.IGNORECASE)
 _LABEL = re.compile(r"^\s*(?:\*\*)?(?:question|q)\s*\d{0,3}\s*[:.)-]\s*(?:\*\*)?\s*", re.IGNORECASE)
 _OBJECT_KEYS = ("question", "q", "text", "content")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?:])\s+(?=[A-Z`\"'])")
+_PLACEHOLDER_ECHO = re.compile(r"\.\.\.|…")
 
 
 @dataclass(frozen=True)
@@ -104,18 +107,30 @@ def _from_json(text: str) -> list[str] | None:
     return None
 
 
+def _ends_with_question_mark(item: str) -> bool:
+    return clean_question(item).endswith("?")
+
+
 def _from_list(text: str) -> list[str]:
-    return [m.group(1) for line in text.splitlines() if (m := _LIST_ITEM.match(line))]
+    items = [m.group(1) for line in text.splitlines() if (m := _LIST_ITEM.match(line))]
+    questions = [item for item in items if _ends_with_question_mark(item)]
+    # A list mixing questions and explanations (sub-bullets, notes): keep the questions.
+    return questions or items
 
 
 def _from_question_marks(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip().endswith("?")]
+    found = []
+    for line in text.splitlines():
+        for sentence in _SENTENCE_SPLIT.split(line.strip()):
+            if sentence.endswith("?"):
+                found.append(sentence)
+    return found
 
 
 def _filter(raw: list[str], min_chars: int, limit: int | None) -> tuple[list[str], dict[str, int]]:
     kept: list[str] = []
     seen: set[str] = set()
-    dropped = {"empty": 0, "too_short": 0, "duplicate": 0, "over_limit": 0}
+    dropped = {"empty": 0, "too_short": 0, "placeholder": 0, "duplicate": 0, "over_limit": 0}
     for item in raw:
         question = clean_question(item)
         if not question:
@@ -123,6 +138,9 @@ def _filter(raw: list[str], min_chars: int, limit: int | None) -> tuple[list[str
             continue
         if len(question) < min_chars:
             dropped["too_short"] += 1
+            continue
+        if _PLACEHOLDER_ECHO.search(question):  # the prompt's example echoed back
+            dropped["placeholder"] += 1
             continue
         key = normalize_question(question)
         if key in seen:
