@@ -151,13 +151,31 @@ def _plugins() -> _Plugins:
 # has a quoted run of base64/hex characters: everything else skips the per-line plugins.
 _KEY_HINT = r"pass|pwd|pw\b|secret|token|key|cred|dsn|url|conn|bearer|contrase|auth"
 _ENTROPY_HINT = r"""['"][A-Za-z0-9+/=_\-]{8,}['"]"""
-_KEY_LINES = re.compile(rf"^[^\n]*?(?:{_KEY_HINT})[^\n]*", re.IGNORECASE | re.MULTILINE)
-_ENTROPY_LINES = re.compile(rf"^[^\n]*?{_ENTROPY_HINT}[^\n]*", re.MULTILINE)
+_KEY_LINES = re.compile(_KEY_HINT)  # searched in lower-cased text: much faster than IGNORECASE
+_KEY_LINES_ANYCASE = re.compile(_KEY_HINT, re.IGNORECASE)
+_ENTROPY_LINES = re.compile(_ENTROPY_HINT)
 
 
-def _candidate_lines(text: str, lines_regex: re.Pattern[str]) -> list[tuple[int, str]]:
-    """(offset, line) of every line the regex selects, in order."""
-    return [(match.start(), match.group(0)) for match in lines_regex.finditer(text)]
+def _keyword_lines(text: str) -> list[tuple[int, str]]:
+    """Lines naming a secret-ish key (case-insensitive)."""
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a few Unicode characters change length when lower-cased
+        return _candidate_lines(text, _KEY_LINES_ANYCASE)
+    return [(start, text[start : start + len(line)]) for start, line in _candidate_lines(lowered, _KEY_LINES)]
+
+
+def _candidate_lines(text: str, hint: re.Pattern[str]) -> list[tuple[int, str]]:
+    """(offset, line) of every line in which ``hint`` matches, in order (one search per line)."""
+    lines = []
+    match = hint.search(text)
+    while match is not None:
+        start = text.rfind("\n", 0, match.start()) + 1
+        end = text.find("\n", match.end())
+        if end == -1:
+            end = len(text)
+        lines.append((start, text[start:end]))
+        match = hint.search(text, end)
+    return lines
 
 
 def _line_starts(text: str) -> list[int]:
@@ -445,7 +463,7 @@ def _merge(spans: list[tuple[int, int, str, str]]) -> list[tuple[int, int, str, 
 def _find_spans(text: str, path: str) -> list[tuple[int, int, str, str]]:
     if not text:
         return []
-    keyword_lines = _candidate_lines(text, _KEY_LINES)
+    keyword_lines = _keyword_lines(text)
     entropy_lines = _candidate_lines(text, _ENTROPY_LINES)
     spans = list(_pattern_spans(text, path, keyword_lines))
     spans.extend(_detect_secrets_spans(text, path, keyword_lines, entropy_lines))
