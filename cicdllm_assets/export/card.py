@@ -36,28 +36,28 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     cfg = settings.config
     records = result.records
     splits = result.split_counts()
-    parts: list[str] = ["# cicdllm question/answer dataset\n"]
+    parts: list[str] = ["# cicdllm question/answer dataset\n\n"]
     parts.append(
         f"{result.exported_pairs} question/answer pairs about source code, generated from "
         f"{len({r for r in records.column('repo').to_pylist()})} repositories "
-        f"({splits['train']} train, {splits['valid']} valid, {splits['test']} test).\n"
+        f"({splits['train']} train, {splits['valid']} valid, {splits['test']} test).\n\n"
     )
 
     per_repo: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(SPLITS, 0))
     for repo, split, count in result.counts_by("repo", "split"):
         per_repo[repo][split] = count
-    parts.append("## Pairs per repository and split\n")
+    parts.append("## Pairs per repository and split\n\n")
     parts.append(_table(["repo", *SPLITS, "total"],
                         [[repo, *(c[s] for s in SPLITS), sum(c.values())] for repo, c in sorted(per_repo.items())]))
 
-    parts.append("\n## Pairs per theme\n")
+    parts.append("\n## Pairs per theme\n\n")
     parts.append(_table(["theme", "pairs"], [[t, n] for t, n in result.counts_by("theme")]))
 
-    parts.append("\n## Sources\n")
+    parts.append("\n## Sources\n\n")
     source_rows = [[repo, lic, commit, n] for repo, lic, commit, n in result.counts_by("repo", "license", "commit")]
     parts.append(_table(["repo", "licence", "commit", "pairs"], source_rows))
 
-    parts.append("\n## Licences\n")
+    parts.append("\n## Licences\n\n")
     parts.append(f"Allowed (`export.allowed_licenses`): {', '.join(cfg.export.allowed_licenses) or '(none)'}.\n\n")
     if result.excluded_repos:
         parts.append("Excluded repositories:\n\n")
@@ -67,7 +67,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     else:
         parts.append("No repository was excluded by its licence.\n")
 
-    parts.append("\n## Generation\n")
+    parts.append("\n## Generation\n\n")
     models = sorted({m for m in records.column("model_id").to_pylist() if m}) if records.num_rows else []
     parts.append(f"- Model(s): {', '.join(models) or '(none)'} (backend `{cfg.llm.backend}`, `llm.model` = "
                  f"`{cfg.llm.model}`)\n")
@@ -76,7 +76,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
                  + (", ".join(f"{t}: `{h}`" for t, h, _ in templates) or "(none)") + "\n")
     parts.append(f"- System prompt: {cfg.export.system_prompt!r}\n")
 
-    parts.append("\n## Quality filters\n")
+    parts.append("\n## Quality filters\n\n")
     parts.append(
         f"{result.input_pairs} generated pairs in, {result.accepted_pairs} accepted by the per-pair filters, "
         f"{result.exported_pairs} exported. Rejections by reason:\n\n"
@@ -90,7 +90,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
         f"question + answer, Jaccard >= {cfg.export.near_duplicate_threshold}) within and across repositories; "
         "licence allow-list.\n"
     )
-    parts.append("\n## Secrets\n")
+    parts.append("\n## Secrets\n\n")
     total = sum(result.redactions.values())
     parts.append(
         "Code chunks are redacted when they are cut; every exported text field is scanned again "
@@ -100,7 +100,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
         + ".\n"
     )
 
-    parts.append("\n## Splits\n")
+    parts.append("\n## Splits\n\n")
     parts.append(
         "Assigned by source file: SHA-256 of (repo, path) mapped to [0, 1) and cut by the ratios "
         f"train {cfg.export.split.train:g} / valid {cfg.export.split.valid:g} / test {cfg.export.split.test:g}, "
@@ -112,7 +112,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     for note in result.notes:
         parts.append(f"\n> Note: {note}\n")
 
-    parts.append("\n## Formats\n")
+    parts.append("\n## Formats\n\n")
     for fmt in formats:
         parts.append(f"- {_FORMAT_DOCS.get(fmt, fmt)}\n")
     parts.append("\nFiles:\n\n")
