@@ -159,3 +159,14 @@ def test_planted_repo_never_leaks_into_exports(
             assert secret not in text, f"{secret[:10]}… leaked into {path.relative_to(out)}"
     prompts = "\n".join(line for line in (out / "dataset.jsonl").read_text().splitlines())
     assert "[REDACTED:" in prompts
+
+
+def test_key_block_split_across_chunks_is_redacted_in_every_piece() -> None:
+    lines = PEM.splitlines()
+    head = "KEY = '''" + "\n".join(lines[:2]) + "\n"
+    middle = "\n".join(lines[1:3]) + "\n"
+    tail = "\n".join(lines[2:]) + "\n'''\nx = 1\n"
+    for piece in (head, middle, tail):
+        result = redact_secrets(piece, "keys.py")
+        assert_clean(result.text)
+    assert redact_secrets(tail, "keys.py").text.endswith("\n'''\nx = 1\n")

@@ -277,6 +277,17 @@ _PEM_BLOCK = re.compile(
     r"(?:.*?-----END (?P=label)-----|[\sA-Za-z0-9+/=:,\-\"'\\]*)",  # complete, or truncated to the end
     re.DOTALL,
 )
+# The end of a key block whose beginning is in another chunk: base64 lines, then the END marker.
+_PEM_TAIL = re.compile(
+    r"(?:^[ \t\"']*[A-Za-z0-9+/=]{16,}[ \t\"',\\n]*\r?\n)*"
+    r"[ \t\"']*-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----",
+    re.MULTILINE,
+)
+# The middle of a key (or any embedded binary blob): 2+ consecutive lines of bare base64.
+_BASE64_BLOCK = re.compile(
+    r"(?:^[ \t\"']*[A-Za-z0-9+/]{40,}={0,2}[ \t\"',\\n]*(?:\r?\n|\Z)){2,}",
+    re.MULTILINE,
+)
 _PUTTY_KEY = re.compile(r"PuTTY-User-Key-File-\d:.*?(?:Private-MAC: *\S+|\Z)", re.DOTALL)
 
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-+/=]*")
@@ -416,6 +427,12 @@ def _pattern_spans(
 ) -> Iterator[tuple[int, int, str, str]]:
     for match in _PEM_BLOCK.finditer(text):
         yield match.start(), match.end(), "private_key", "pattern:pem_block"
+    for match in _PEM_TAIL.finditer(text):
+        yield match.start(), match.end(), "private_key", "pattern:pem_block"
+    for match in _BASE64_BLOCK.finditer(text):
+        block = match.group(0).rstrip("\r\n")
+        if re.search(r"[0-9+/]", block) and re.search(r"[A-Z]", block) and re.search(r"[a-z]", block):
+            yield match.start(), match.start() + len(block), "base64_block", "pattern:base64_block"
     for match in _PUTTY_KEY.finditer(text):
         yield match.start(), match.end(), "private_key", "pattern:putty_key"
     for match in _JWT.finditer(text):
