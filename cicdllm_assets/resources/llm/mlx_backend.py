@@ -58,6 +58,7 @@ class LoadedModel:
 
 
 _models: dict[str, LoadedModel] = {}
+_tokenizers: dict[str, Any] = {}
 _models_lock = threading.Lock()
 load_count = 0
 """How many times a model was actually loaded in this process (for tests/diagnostics)."""
@@ -89,12 +90,34 @@ def load_model(path: str, *, dequantize: bool = True) -> LoadedModel:
         return entry
 
 
-def release_models(path: str | None = None) -> None:
-    """Drop cached models (all, or the one at ``path``) and their prefix caches."""
+def load_tokenizer(path: str) -> Any:
+    """Only the tokenizer of ``path`` (mlx_lm's TokenizerWrapper), cached by path.
+
+    Token counting does not need the weights; a loaded model's own tokenizer is used
+    when there is one.
+    """
     with _models_lock:
-        paths = [path] if path is not None else list(_models)
+        if path in _models:
+            return _models[path].tokenizer
+        cached = _tokenizers.get(path)
+        if cached is not None:
+            return cached
+        ensure_openblas()
+        from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
+
+        config = _read_config(Path(path))
+        tokenizer = mlx_load_tokenizer(Path(path), eos_token_ids=config.get("eos_token_id"))
+        _tokenizers[path] = tokenizer
+        return tokenizer
+
+
+def release_models(path: str | None = None) -> None:
+    """Drop cached models and tokenizers (all, or those of ``path``) and their prefix caches."""
+    with _models_lock:
+        paths = [path] if path is not None else list({*_models, *_tokenizers})
         for key in paths:
             _models.pop(key, None)
+            _tokenizers.pop(key, None)
         _prefix_cache.drop(lambda k: k[0] in paths)
     try:
         import sys
@@ -287,8 +310,15 @@ class MLXBackend:
 
     # -- tokens -------------------------------------------------------------------------
 
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer; loading it does not load the weights."""
+        if self._loaded is not None:
+            return self._loaded.tokenizer
+        return load_tokenizer(self.model_path)
+
     def _template(self, messages: Sequence[ChatMessage], generation_prompt: bool) -> list[int]:
-        tokenizer = self.loaded.tokenizer
+        tokenizer = self.tokenizer
         ids = tokenizer.apply_chat_template(
             [{"role": m.role, "content": m.content} for m in messages],
             add_generation_prompt=generation_prompt,
@@ -304,7 +334,7 @@ class MLXBackend:
 
     def count_tokens(self, text: str) -> int:
         """Tokens of plain text (no special tokens)."""
-        return len(self.loaded.tokenizer.encode(text, add_special_tokens=False))
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     # -- generation ---------------------------------------------------------------------
 
