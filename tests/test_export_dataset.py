@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetCheckKey, AssetKey
+from dagster import AssetCheckKey, AssetKey, AssetRecordsFilter
 
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.export.validate import ALL_CHECKS, load_export
@@ -103,6 +103,18 @@ def test_dataset_end_to_end(project: Path) -> None:
 
     export = load_export(out)
     assert all(fn(export).passed for fn in ALL_CHECKS.values())
+
+    # rejection counts per reason are Dagster metadata
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("qa_pairs"), asset_partitions=["acme/tools"]), limit=1
+    ).records
+    meta = records[0].asset_materialization.metadata  # type: ignore[union-attr]
+    assert meta["rejections"].value == {"empty_answer": 1, "near_duplicate": 1, "not_grounded": 1,
+                                        "refusal": 1, "truncated": 1}
+    assert meta["accepted"].value == 8 and meta["rejected_refusal"].value == 1
+    event = instance.get_latest_materialization_event(AssetKey("training_dataset"))
+    meta = event.asset_materialization.metadata  # type: ignore[union-attr]
+    assert meta["exported_pairs"].value == 8 and meta["excluded_repos"].value["gnu/thing"]["pairs"] == 1
 
 
 @pytest.mark.parametrize("check", sorted(ALL_CHECKS))
