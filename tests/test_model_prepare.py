@@ -17,8 +17,11 @@ from cicdllm_assets.models.paths import embedded_model_dir
 from cicdllm_assets.models.prepare import (
     STAMP_FILE,
     EmbeddedModelUnavailableError,
+    ModelVerificationError,
+    _swap_into_place,
     find_embedded_gguf,
     is_prepared,
+    prepare_model_from_gguf,
 )
 from cicdllm_assets.resources.llm.openblas import ensure_openblas
 
@@ -34,6 +37,18 @@ def test_tensor_names_map_to_llama() -> None:
     assert hf_tensor_name("output_norm.weight") == "model.norm.weight"
     with pytest.raises(GGUFConversionError):
         hf_tensor_name("blk.0.attn_qkv.weight")
+
+
+def test_swap_replaces_an_existing_directory(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    new = tmp_path / ".model.tmp"
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    _swap_into_place(new, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
 
 
 def test_missing_wheel_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, project: Path) -> None:
@@ -101,6 +116,13 @@ def test_prepare_is_idempotent_and_loads_in_mlx_lm(project: Path) -> None:
     second = runner.invoke(cli, ["model", "prepare"])
     assert second.exit_code == 0, second.output
     assert "already prepared" in second.output
+
+    # A forced re-conversion that fails verification leaves the good directory untouched.
+    before = (model_dir / STAMP_FILE).read_bytes()
+    with pytest.raises(ModelVerificationError, match="incoherent"):
+        prepare_model_from_gguf(find_embedded_gguf(), model_dir, force=True, expect="no-such-word-xyzzy")
+    assert (model_dir / STAMP_FILE).read_bytes() == before
+    assert not [p for p in model_dir.parent.iterdir() if p.name.startswith(".")]
 
     from mlx_lm import generate, load
 
