@@ -1,0 +1,98 @@
+"""`cicdllm run` over the whole pipeline: real git repos, every real asset, the dataset step,
+and generation through the OpenAI backend against a real loopback server (FaultServer).
+
+The code location is rebuilt for the test's config (definitions pick the LLM resource from
+``llm.backend`` when they are built), then the CLI runs exactly as a user would call it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import cicdllm_assets.definitions as definitions_module
+from cicdllm_assets.cli.main import cli
+from cicdllm_assets.testing.fault_server import FaultServer
+from tests.generation_support import SAMPLE_FILES, openai_config
+from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
+
+pytestmark = pytest.mark.slow
+
+PIPELINE = ["repositories", "source_files", "code_chunks", "questions", "answers", "qa_pairs", "training_dataset"]
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    with FaultServer(capacity=8) as srv:
+        yield srv
+
+
+def _run(*args: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(cli, ["run", *args, "--json"], catch_exceptions=False)
+    assert result.stdout.strip().startswith("{"), result.stderr[-3000:]
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_full_pipeline_run_then_noop_then_one_repo_moves(
+    project: Path,
+    make_git_repo,
+    server: FaultServer,
+    tiny_model_dir: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = openai_config(
+        project,
+        server.base_url,
+        tiny_model_dir,
+        generation={"themes": ["code_explanation"], "questions_per_chunk": 1, "max_chunks_per_repo": 3},
+    )
+    mit = "MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy\n"
+    calc = make_git_repo("calc", {**SAMPLE_FILES, "LICENSE": mit})
+    other = make_git_repo("other", {"tool.py": "def tool(x):\n    return x + 1\n", "LICENSE": mit})
+    (project / "repos.txt").write_text(f"{calc.path}\n{other.path}\n", encoding="utf-8")
+    monkeypatch.setattr(definitions_module, "defs", definitions_module.build_definitions())
+
+    code, data = _run()
+    assert code == 0, data
+    assert data["selection"] == PIPELINE
+    repos = {r["name"]: r for r in data["repos"]}
+    assert {name: r["status"] for name, r in repos.items()} == {"local-calc": "done", "local-other": "done"}
+    assert set(repos["local-calc"]["rows"]) == set(PIPELINE[:-1])
+    assert repos["local-calc"]["rows"]["questions"] >= 1
+    assert data["dataset"]["status"] == "done"
+    assert "training_dataset" in data["dataset"]["rows"]
+    calls = len(server.chat_records)
+    assert calls >= 2  # questions and answers went through the server
+    assert settings.export_dir.is_dir() and any(settings.export_dir.iterdir())
+
+    # Nothing changed: every repo is unchanged and the LLM is not called again.
+    code, data = _run()
+    assert code == 0
+    assert {r["status"] for r in data["repos"]} == {"unchanged"}
+    assert len(server.chat_records) == calls
+
+    # One repo moves: only its new chunk is generated; the other stays unchanged.
+    calc.write("calc/mul.py", "def mul(a, b):\n    \"\"\"Multiply.\"\"\"\n    return a * b\n")
+    head = calc.commit("mul")
+    code, data = _run("--repo", "local-calc", "--repo", "local-other")
+    repos = {r["name"]: r for r in data["repos"]}
+    assert code == 0
+    assert repos["local-calc"]["status"] == "done" and repos["local-calc"]["head_commit"] == head
+    assert repos["local-other"]["status"] == "unchanged"
+    assert data["dataset"]["status"] in ("done", "unchanged")
+
+
+def test_dataset_step_is_skipped_when_no_repo_succeeded(project: Path, make_git_repo, tmp_path: Path) -> None:
+    import shutil
+
+    broken = make_git_repo("gone", {"a.py": "a = 1\n"})
+    (project / "repos.txt").write_text(f"{broken.path}\n", encoding="utf-8")
+    shutil.rmtree(broken.path / ".git")
+    code, data = _run("--select", "key:repositories or key:training_dataset")
+    assert code == 1
+    assert data["repos"][0]["status"] == "failed"
+    assert data["dataset"] == {**data["dataset"], "status": "not_run", "reason": "no repo succeeded"}
