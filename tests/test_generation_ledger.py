@@ -157,7 +157,7 @@ def test_runner_records_backend_errors_and_missing_results(settings: Settings, r
     stats = _runner(Lossy(), state, ledger, settings).run(work, question_postprocess(gen))
     assert stats.generated == 2 and stats.failures == {"backend_error": 1}
 
-    backend = ScriptedBackend(fail={"unit tests": "timeout"})
+    backend = ScriptedBackend(fail={"unit testing": "timeout"})
     work2 = plan_questions(chunks[3:5], [prompts.theme("testing")], "scripted", gen, "repo")
     stats = _runner(backend, state, ledger, settings).run(work2, question_postprocess(gen))
     assert stats.failures == {"timeout": 2}

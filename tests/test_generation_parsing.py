@@ -97,3 +97,13 @@ def test_questions_inside_prose_and_placeholder_echoes() -> None:
     assert parsed.method == "question_marks"
     assert Q2 in parsed.questions and all("..." not in q for q in parsed.questions)
     assert parsed.dropped.get("placeholder") == 1
+
+
+def test_headings_and_trailing_statements() -> None:
+    text = (
+        "1. Why it is written this way:\n"
+        f"2. {Q1} The error occurs when the file does not exist.\n"
+        f"3. {Q2}\n"
+    )
+    parsed = parse_questions(text, min_chars=12)
+    assert parsed.questions == [Q1, Q2]

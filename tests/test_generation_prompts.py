@@ -37,7 +37,7 @@ def test_shipped_themes_are_valid() -> None:
         theme = manager.theme(name)
         assert theme.description
         messages = theme.question_messages(CHUNK, 3)
-        assert "JSON array" in messages[-1].content and "3" in messages[-1].content
+        assert "numbered list" in messages[-1].content and "3" in messages[-1].content
         answer = theme.answer_messages(CHUNK, "What does add return?")
         assert "What does add return?" in answer[-1].content
 

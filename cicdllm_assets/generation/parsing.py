@@ -6,7 +6,7 @@ Tried in order, first that yields questions wins:
 2. a numbered or bulleted list (only its items ending with ``?`` if there are any);
 3. sentences ending with ``?``.
 Questions are cleaned (quotes, markdown, "Question:" labels), and empty, too short,
-placeholder echoes of the prompt's example ("What does ... return?") and duplicate
+headings ending with ``:``, placeholder echoes of the prompt's example ("What does ... return?") and duplicate
 (case/space/punctuation-insensitive) ones are dropped.
 """
 
@@ -25,6 +25,7 @@ _LABEL = re.compile(r"^\s*(?:\*\*)?(?:question|q)\s*\d{0,3}\s*[:.)-]\s*(?:\*\*)?
 _OBJECT_KEYS = ("question", "q", "text", "content")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?:])\s+(?=[A-Z`\"'])")
 _PLACEHOLDER_ECHO = re.compile(r"\.\.\.|…")
+_TRAILING_STATEMENT = re.compile(r"(.*?\?)\s+[A-Z][^?]*$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ def clean_question(text: str) -> str:
         text = text.rstrip(",").strip()
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
             text = text[1:-1]
+    trailing = _TRAILING_STATEMENT.match(text)
+    if trailing:  # "Why X? Because Y." -> "Why X?"
+        text = trailing.group(1)
     return text.strip()
 
 
@@ -130,7 +134,7 @@ def _from_question_marks(text: str) -> list[str]:
 def _filter(raw: list[str], min_chars: int, limit: int | None) -> tuple[list[str], dict[str, int]]:
     kept: list[str] = []
     seen: set[str] = set()
-    dropped = {"empty": 0, "too_short": 0, "placeholder": 0, "duplicate": 0, "over_limit": 0}
+    dropped = {"empty": 0, "too_short": 0, "header": 0, "placeholder": 0, "duplicate": 0, "over_limit": 0}
     for item in raw:
         question = clean_question(item)
         if not question:
@@ -138,6 +142,9 @@ def _filter(raw: list[str], min_chars: int, limit: int | None) -> tuple[list[str
             continue
         if len(question) < min_chars:
             dropped["too_short"] += 1
+            continue
+        if question.endswith(":"):  # a heading such as "Why it is written this way:"
+            dropped["header"] += 1
             continue
         if _PLACEHOLDER_ECHO.search(question):  # the prompt's example echoed back
             dropped["placeholder"] += 1
