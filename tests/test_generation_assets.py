@@ -255,3 +255,20 @@ def test_assets_use_the_llm_pool_and_generation_group() -> None:
         assert asset_def.op.pool == "llm"
         assert set(asset_def.group_names_by_key.values()) == {"generation"}
         assert {"app_config", "llm"} <= asset_def.required_resource_keys
+
+
+def test_bad_template_fails_the_asset_naming_the_file(
+    project: Path, server: FaultServer, tiny_model_dir: Path  # noqa: F811
+) -> None:
+    settings = openai_config(project, server.base_url, tiny_model_dir)
+    write_chunks(settings, REPO, chunk_rows(REPO, SAMPLE_FILES))
+    bad = project / "prompts" / "testing.yaml"
+    bad.write_text(bad.read_text(encoding="utf-8").replace("{path}", "{file_path}", 1), encoding="utf-8")
+    result = run_generation(REPO, OpenAIResource(), selection=["questions"], instance=DagsterInstance.ephemeral(),
+                            raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("questions")
+    assert failure is not None
+    message = str(failure.error)
+    assert "testing.yaml" in message and "{file_path}" in message
+    assert server.chat_records == []

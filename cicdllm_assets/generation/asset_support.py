@@ -76,6 +76,9 @@ def stage_env(context: AssetExecutionContext, stage: str) -> Iterator[StageEnv]:
             state.finish_stage(repo, stage, "failed")
             state.log_event("error", message, repo=repo)
             raise Failure(description=message) from None
+        except PromptTemplateError as exc:
+            state.finish_stage(repo, stage, "failed")
+            raise Failure(description=f"{stage}: invalid prompt templates: {exc}") from None
         except Failure:
             state.finish_stage(repo, stage, "failed")
             raise
