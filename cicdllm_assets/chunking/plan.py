@@ -9,7 +9,6 @@ never push it over ``budget``; pieces cut inside one giant line are re-encoded a
 
 from __future__ import annotations
 
-import ast
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 
 from tokenizers import Encoding
 
+from cicdllm_assets.chunking.pylex import PyLexer
 from cicdllm_assets.discovery.languages import BRACE_LANGUAGES
 
 CHUNKER_VERSION = "1"
@@ -121,36 +121,29 @@ class _Segment:
     splittable: bool = True  # may be split by the generic packer when too big
 
 
-def _node_start(node: ast.stmt) -> int:
-    lines = [node.lineno]
-    for deco in getattr(node, "decorator_list", []) or []:
-        lines.append(deco.lineno)
-    return min(lines) - 1
-
-
-_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-
-
 def _python_body_segments(
-    body: Sequence[ast.stmt], start: int, end: int, prefix: str, default_symbol: str, lines: _Lines, budget: int
+    lexer: PyLexer, start: int, end: int, indent: str, prefix: str, default_symbol: str, lines: _Lines, budget: int
 ) -> list[_Segment]:
-    """Split lines [start, end) at the statements of ``body``; recurse into big classes."""
-    starts = [max(start, _node_start(node)) for node in body]
+    """Split lines [start, end) at the statements at ``indent``; recurse into classes too big."""
+    statements = lexer.statements(start, end, indent)
     segments: list[_Segment] = []
     group_start = start
-    for k, node in enumerate(body):
-        node_start = starts[k] if k else start
-        node_end = starts[k + 1] if k + 1 < len(body) else end
-        if not isinstance(node, _DEFS):
+    for k, st in enumerate(statements):
+        node_start = max(st.line, start) if k else start
+        node_end = statements[k + 1].line if k + 1 < len(statements) else end
+        if st.kind not in ("def", "class"):
             continue
         if group_start < node_start:
             segments.append(_Segment(group_start, node_start, default_symbol))
-        name = f"{prefix}{node.name}"
-        if isinstance(node, ast.ClassDef) and lines.tokens(node_start, node_end) > budget and node.body:
-            inner_first = max(node_start, _node_start(node.body[0]))
+        name = f"{prefix}{st.name}"
+        body = lexer.body_indent(st.def_line, node_end) if st.kind == "class" else None
+        if body is not None and lines.tokens(node_start, node_end) > budget:
+            first_body, body_indent = body
+            members = lexer.statements(first_body, node_end, body_indent)
+            inner_first = members[0].line if members else first_body
             segments.append(_Segment(node_start, inner_first, name))
             segments.extend(
-                _python_body_segments(node.body, inner_first, node_end, f"{name}.", name, lines, budget)
+                _python_body_segments(lexer, inner_first, node_end, body_indent, f"{name}.", name, lines, budget)
             )
         else:
             segments.append(_Segment(node_start, node_end, name))
@@ -160,20 +153,18 @@ def _python_body_segments(
     return [s for s in segments if s.end > s.start]
 
 
-def _python_plan(lines: _Lines, budget: int) -> tuple[list[_Segment], list[tuple[int, int]]] | None:
-    """Top-level (and big-class member) segments plus import line ranges; None if unparsable."""
-    try:
-        module = ast.parse(lines.text)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-    imports = [
-        (node.lineno - 1, (node.end_lineno or node.lineno))
-        for node in module.body
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-    ]
-    if not module.body:
-        return [_Segment(0, lines.count, "")], imports
-    return _python_body_segments(module.body, 0, lines.count, "", "", lines, budget), imports
+def _python_plan(lines: _Lines, budget: int) -> tuple[list[_Segment], list[tuple[int, int]]]:
+    """Top-level (and big-class member) segments plus import line ranges."""
+    lexer = PyLexer(lines.text, lines.starts)
+    top = lexer.statements(0, lines.count, "")
+    imports: list[tuple[int, int]] = []
+    for k, st in enumerate(top):
+        if st.kind == "import":
+            end = top[k + 1].line if k + 1 < len(top) else lines.count
+            while end > st.line + 1 and (not lines.line(end - 1).strip() or lines.line(end - 1).startswith("#")):
+                end -= 1
+            imports.append((st.line, end))
+    return _python_body_segments(lexer, 0, lines.count, "", "", "", lines, budget), imports
 
 
 _SYMBOL_RE = re.compile(
@@ -196,27 +187,36 @@ def _symbol_of(line: str) -> str:
     return match.group(1) if match else ""
 
 
-def _boundary_scores(lines: _Lines, a: int, b: int, brace: bool) -> dict[int, int]:
-    """How good a cut before line c is (c in (a, b)): 3 best ... 0 worst."""
-    scores: dict[int, int] = {}
-    indents = [len(t) - len(t.lstrip()) for t in (lines.line(c) for c in range(a + 1, b)) if t.strip()]
-    base = min(indents) if indents else 0
-    prev = lines.line(a)
-    for c in range(a + 1, b):
-        cur = lines.line(c)
-        stripped = cur.strip()
-        prev_stripped = prev.strip()
+class _Scores:
+    """How good a cut before line c is: 3 best ... 0 worst (computed on demand)."""
+
+    def __init__(self, lines: _Lines, a: int, b: int, brace: bool) -> None:
+        self.lines, self.brace = lines, brace
+        sample = (lines.line(c) for c in range(a + 1, min(b, a + 200)))
+        indents = [len(t) - len(t.lstrip()) for t in sample if t.strip()]
+        self.base = min(indents) if indents else 0
+        self.memo: dict[int, int] = {}
+
+    def __call__(self, c: int) -> int:
+        score = self.memo.get(c)
+        if score is None:
+            score = self.memo[c] = self._score(c)
+        return score
+
+    def _score(self, c: int) -> int:
+        cur, prev = self.lines.line(c), self.lines.line(c - 1)
+        stripped, prev_stripped = cur.strip(), prev.strip()
         indent = len(cur) - len(cur.lstrip()) if stripped else -1
-        score = 0
-        if not prev_stripped:
-            score = 1
-        if 0 <= indent <= base and not stripped.startswith(_CLOSERS):
-            score = 3 if not prev_stripped or (brace and prev_stripped.startswith("}")) else 2
-        elif brace and prev_stripped in ("}", "};", "},", "end") and len(prev) - len(prev.lstrip()) <= base:
+        score = 1 if not prev_stripped else 0
+        if 0 <= indent <= self.base and not stripped.startswith(_CLOSERS):
+            score = 3 if not prev_stripped or (self.brace and prev_stripped.startswith("}")) else 2
+        elif (
+            self.brace
+            and prev_stripped in ("}", "};", "},", "end")
+            and len(prev) - len(prev.lstrip()) <= self.base
+        ):
             score = 3
-        scores[c] = score
-        prev = cur
-    return scores
+        return score
 
 
 def _pack(lines: _Lines, a: int, b: int, budget: int, brace: bool) -> list[tuple[int, int]]:
@@ -226,7 +226,7 @@ def _pack(lines: _Lines, a: int, b: int, budget: int, brace: bool) -> list[tuple
     """
     if lines.tokens(a, b) <= budget:
         return [(a, b)]
-    scores = _boundary_scores(lines, a, b, brace)
+    scores = _Scores(lines, a, b, brace)
     min_fill = budget // 3
     out: list[tuple[int, int]] = []
     i = a
@@ -240,11 +240,11 @@ def _pack(lines: _Lines, a: int, b: int, budget: int, brace: bool) -> list[tuple
         if j >= b:
             out.append((i, b))
             break
-        best, best_score = j, scores.get(j, 0)
+        best, best_score = j, scores(j)
         for c in range(j - 1, i, -1):
             if best_score >= 3 or tok[c] - tok[i] < min_fill:
                 break
-            score = scores.get(c, 0)
+            score = scores(c)
             if score > best_score:
                 best, best_score = c, score
         out.append((i, best))
@@ -320,7 +320,7 @@ def plan_file(text: str, language: str, encoding: Encoding, budget: int, count: 
 
     ``count`` encodes texts exactly (used only for pieces of over-long lines).
     """
-    total = len(encoding.ids)
+    total = len(encoding)
     if not text.strip():
         return FilePlan(total, text.count("\n") + (0 if text.endswith("\n") else 1) if text else 0, "", ())
     effective = budget - margin_for(budget)
@@ -332,9 +332,7 @@ def plan_file(text: str, language: str, encoding: Encoding, budget: int, count: 
     segments: list[_Segment] | None = None
     import_ranges: list[tuple[int, int]] = []
     if language == "python":
-        parsed = _python_plan(lines, effective)
-        if parsed is not None:
-            segments, import_ranges = parsed
+        segments, import_ranges = _python_plan(lines, effective)
     if segments is None:
         segments = [_Segment(0, n, "")]
         import_ranges = [
@@ -366,7 +364,7 @@ def plan_file(text: str, language: str, encoding: Encoding, budget: int, count: 
 
 def _single_chunk_plan(text: str, language: str, encoding: Encoding) -> FilePlan:
     """A file that fits the budget whole: one chunk, no per-line token positions needed."""
-    total = len(encoding.ids)
+    total = len(encoding)
     starts = _line_starts(text)
     n = len(starts) - 1
     first = 0

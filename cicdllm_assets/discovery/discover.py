@@ -37,6 +37,7 @@ KEPT = "kept"
 SKIPPED = "skipped"
 MAX_SYMLINK_HOPS = 16
 BATCH_FILES = 64
+GROUP_CHARS = 4_000_000  # characters tokenized per background group
 
 
 @dataclass
@@ -165,7 +166,19 @@ class _Pending:
     batch: list[SourceFile]
     kept: list[SourceFile]
     misses: list[SourceFile]
-    plans: PendingPlans | None
+
+
+@dataclass
+class _Group:
+    batches: list[_Pending] = field(default_factory=list)
+    misses: list[SourceFile] = field(default_factory=list)
+    chars: int = 0
+    plans: PendingPlans | None = None
+
+    def add(self, pending: _Pending) -> None:
+        self.batches.append(pending)
+        self.misses.extend(pending.misses)
+        self.chars += sum(len(item.text or "") for item in pending.misses)
 
 
 class Discovery:
@@ -207,23 +220,40 @@ class Discovery:
     def iter_batches(
         self, on_progress: Callable[[int], None] | None = None, keep_text: bool = False
     ) -> Iterator[list[SourceFile]]:
-        """Yield files in batches (``text`` set on kept files only with ``keep_text``)."""
+        """Yield files in batches (``text`` set on kept files only with ``keep_text``).
+
+        Uncached files are tokenized in groups of about ``GROUP_CHARS`` characters: one group
+        is encoded in the background while the next one is read and checked.
+        """
         started = time.perf_counter()
         entries = self.entries()
         by_path = {e.path: e for e in entries}
         directories = _directories(entries)
         self.stats.files_total = len(entries)
-        previous: _Pending | None = None
+        previous: _Group | None = None
+        group = _Group()
         with BlobReader(self.repo_path) as reader, ThreadPoolExecutor(self.workers) as pool:
             for start in range(0, len(entries), BATCH_FILES):
-                batch = self._prepare(entries[start : start + BATCH_FILES], by_path, directories, reader, pool,
-                                      keep_text)
-                if previous is not None:
-                    yield self._finish(previous, on_progress, keep_text, started)
-                previous = batch
+                pending = self._prepare(entries[start : start + BATCH_FILES], by_path, directories, reader, pool,
+                                        keep_text)
+                group.add(pending)
+                if group.chars >= GROUP_CHARS:
+                    self._submit(group)
+                    if previous is not None:
+                        yield from self._finish(previous, on_progress, keep_text, started)
+                    previous, group = group, _Group()
+            self._submit(group)
             if previous is not None:
-                yield self._finish(previous, on_progress, keep_text, started)
+                yield from self._finish(previous, on_progress, keep_text, started)
+            yield from self._finish(group, on_progress, keep_text, started)
         self.stats.seconds = time.perf_counter() - started
+
+    def _submit(self, group: _Group) -> None:
+        """Start encoding a group's uncached files, largest first (balances the tokenizer's threads)."""
+        if self.chunker is None or not group.misses:
+            return
+        group.misses.sort(key=lambda item: len(item.text or ""), reverse=True)
+        group.plans = self.chunker.submit([PlanRequest(i.blob_sha, i.language, i.text or "") for i in group.misses])
 
     def _prepare(
         self,
@@ -284,7 +314,7 @@ class Discovery:
         kept = [item for item, _ in candidates if item.status == KEPT]
         if self.chunker is None:
             self._load_texts([item for item in kept if item.text is None] if keep_text else [], reader)
-            return _Pending(batch, kept, [], None)
+            return _Pending(batch, kept, [])
         summaries = self.chunker.summaries([(i.blob_sha, i.language) for i in kept])
         misses: list[SourceFile] = []
         for item in kept:
@@ -294,8 +324,7 @@ class Discovery:
             else:
                 item.token_count, item.chunk_count = summary.token_count, summary.chunk_count
         self._load_texts([i for i in (kept if keep_text else misses) if i.text is None], reader)
-        plans = self.chunker.submit([PlanRequest(i.blob_sha, i.language, i.text or "") for i in misses])
-        return _Pending(batch, kept, misses, plans)
+        return _Pending(batch, kept, misses)
 
     def _load_texts(self, items: list[SourceFile], reader: BlobReader) -> None:
         """Read and decode kept files whose verdict came from the cache."""
@@ -305,24 +334,25 @@ class Discovery:
             item.text = decode_with(data, item.encoding or "utf-8")
 
     def _finish(
-        self, pending: _Pending, on_progress: Callable[[int], None] | None, keep_text: bool, started: float
-    ) -> list[SourceFile]:
-        if pending.plans is not None:
-            for item, plan in zip(pending.misses, pending.plans.result(), strict=True):
+        self, group: _Group, on_progress: Callable[[int], None] | None, keep_text: bool, started: float
+    ) -> Iterator[list[SourceFile]]:
+        if group.plans is not None:
+            for item, plan in zip(group.misses, group.plans.result(), strict=True):
                 item.token_count, item.chunk_count = plan.token_count, len(plan.chunks)
         stats = self.stats
-        for item in pending.batch:
-            if item.status == KEPT:
-                stats.files_kept += 1
-                stats.bytes_kept += item.size_bytes
-                stats.tokens += item.token_count
-                stats.chunks += item.chunk_count
-                if not keep_text:
-                    item.text = None
-            else:
-                stats.files_skipped += 1
-                stats.skipped_by_category[item.skip_category or "other"] += 1
-        if on_progress is not None:
-            on_progress(len(pending.batch))
-        stats.seconds = time.perf_counter() - started
-        return pending.batch
+        for pending in group.batches:
+            for item in pending.batch:
+                if item.status == KEPT:
+                    stats.files_kept += 1
+                    stats.bytes_kept += item.size_bytes
+                    stats.tokens += item.token_count
+                    stats.chunks += item.chunk_count
+                    if not keep_text:
+                        item.text = None
+                else:
+                    stats.files_skipped += 1
+                    stats.skipped_by_category[item.skip_category or "other"] += 1
+            if on_progress is not None:
+                on_progress(len(pending.batch))
+            stats.seconds = time.perf_counter() - started
+            yield pending.batch
