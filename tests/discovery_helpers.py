@@ -76,7 +76,8 @@ def materialize_ingest(repo: str, assets: Sequence[Any] | None = None, instance:
     from cicdllm_assets.resources.config_resource import AppConfigResource
 
     instance = instance or DagsterInstance.get()
-    instance.add_dynamic_partitions("repos", [repo])
+    if not instance.has_dynamic_partition("repos", repo):
+        instance.add_dynamic_partitions("repos", [repo])
     upstream = SourceAsset(key="repositories", partitions_def=repos_partitions)
     return materialize(
         [upstream, *(assets if assets is not None else [source_files, code_chunks])],
