@@ -60,6 +60,7 @@ def test_noop_rerun_makes_zero_llm_calls(project: Path, server: FaultServer, tin
                    "prompt_tokens", "completion_tokens", "latency_ms", "trimmed", "license", "question_id"):
         assert row[column] is not None, column
     assert row["model_id"] == "fake-model" and row["commit"] == "c0ffee"
+    assert row["finish_reason"] == "stop" and row["max_tokens"] == 256
 
     # message layout: system, user(code), user(instruction); the code is in message 2 only
     body = server.chat_records[0].body or {}
@@ -229,6 +230,7 @@ def test_context_window_trimming(project: Path, server: FaultServer, tiny_model_
     answers = read_table(settings, "answers", REPO)
     assert answers.num_rows == 1 and answers.column("trimmed").to_pylist() == [True]
     assert all((r.body or {})["max_tokens"] < 1000 for r in server.chat_records if "Answer this" in r.prompt_text)
+    assert answers.column("max_tokens").to_pylist()[0] < 1000  # the effective, capped budget is recorded
 
 
 def test_circuit_open_fails_the_asset_and_keeps_progress(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811

@@ -162,3 +162,28 @@ def test_runner_records_backend_errors_and_missing_results(settings: Settings, r
     stats = _runner(backend, state, ledger, settings).run(work2, question_postprocess(gen))
     assert stats.failures == {"timeout": 2}
     assert {e.error_category for e in ledger.get_many(w.item.key for w in work2).values()} == {"timeout"}
+
+
+def test_older_ledger_gains_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    con = sqlite3.connect(path)
+    con.execute(
+        "CREATE TABLE generation_ledger (key TEXT PRIMARY KEY, kind TEXT NOT NULL, repo TEXT NOT NULL,"
+        " chunk_key TEXT NOT NULL, theme TEXT NOT NULL, template_hash TEXT NOT NULL, model_id TEXT NOT NULL,"
+        " params_json TEXT NOT NULL, input_text TEXT, status TEXT NOT NULL, output TEXT, parsed_json TEXT,"
+        " error_category TEXT, error_message TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
+        " prompt_tokens INTEGER NOT NULL DEFAULT 0, cached_prompt_tokens INTEGER NOT NULL DEFAULT 0,"
+        " completion_tokens INTEGER NOT NULL DEFAULT 0, latency_ms REAL NOT NULL DEFAULT 0,"
+        " trimmed INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+    )
+    con.execute("INSERT INTO generation_ledger (key, kind, repo, chunk_key, theme, template_hash, model_id,"
+                " params_json, status, output, attempts, created_at, updated_at)"
+                " VALUES ('old', 'answer', 'r', 'c', 't', 'h', 'm', '{}', 'ok', 'text', 1, 0, 0)")
+    con.commit()
+    con.close()
+    ledger = Ledger(StateStore(path))
+    old = ledger.get("old")
+    assert old is not None and old.ok and old.max_tokens == 0 and old.finish_reason is None
+    ledger.record(_item("new"), Outcome("ok", output="x", max_tokens=64, finish_reason="length"))
+    new = ledger.get("new")
+    assert new is not None and (new.max_tokens, new.finish_reason) == (64, "length")

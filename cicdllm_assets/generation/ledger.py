@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     latency_ms REAL NOT NULL DEFAULT 0,
     trimmed INTEGER NOT NULL DEFAULT 0,
+    max_tokens INTEGER NOT NULL DEFAULT 0,
+    finish_reason TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -55,8 +57,10 @@ _COLUMNS = (
     "key", "kind", "repo", "chunk_key", "theme", "template_hash", "model_id", "params_json",
     "input_text", "status", "output", "parsed_json", "error_category", "error_message", "attempts",
     "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "latency_ms", "trimmed",
-    "created_at", "updated_at",
+    "max_tokens", "finish_reason", "created_at", "updated_at",
 )
+_ADDED_COLUMNS = {"max_tokens": "INTEGER NOT NULL DEFAULT 0", "finish_reason": "TEXT"}
+"""Columns added after the first release: created on older databases by :class:`Ledger`."""
 _SQLITE_MAX_VARS = 500
 
 
@@ -122,6 +126,8 @@ class LedgerEntry:
     completion_tokens: int
     latency_ms: float
     trimmed: int
+    max_tokens: int
+    finish_reason: str | None
     created_at: float
     updated_at: float
 
@@ -156,6 +162,8 @@ class Outcome:
     completion_tokens: int = 0
     latency_ms: float = 0.0
     trimmed: bool = False
+    max_tokens: int = 0
+    finish_reason: str | None = None
 
 
 class Ledger:
@@ -164,6 +172,19 @@ class Ledger:
     def __init__(self, state: StateStore) -> None:
         self.state = state
         state.ensure(LEDGER_TABLE, _DDL)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        con = self.state.connection()
+        present = {row["name"] for row in con.execute(f"PRAGMA table_info({LEDGER_TABLE})")}
+        missing = [name for name in _ADDED_COLUMNS if name not in present]
+        if not missing:
+            return
+        with self.state.transaction() as tx:
+            present = {row["name"] for row in tx.execute(f"PRAGMA table_info({LEDGER_TABLE})")}
+            for name in missing:
+                if name not in present:  # another process may have added it meanwhile
+                    tx.execute(f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN {name} {_ADDED_COLUMNS[name]}")
 
     def get_many(self, keys: Iterable[str]) -> dict[str, LedgerEntry]:
         """Stored entries for the given keys (absent keys are left out)."""
@@ -196,7 +217,8 @@ class Ledger:
             item.params_json, item.input_text, outcome.status, outcome.output, parsed, outcome.error_category,
             outcome.error_message[:4000] if outcome.error_message else None,
             1, int(outcome.prompt_tokens), int(outcome.cached_prompt_tokens), int(outcome.completion_tokens),
-            float(outcome.latency_ms), int(outcome.trimmed), now, now,
+            float(outcome.latency_ms), int(outcome.trimmed), int(outcome.max_tokens), outcome.finish_reason,
+            now, now,
         )
         with self.state.transaction() as con:
             con.execute(
@@ -208,7 +230,8 @@ class Ledger:
                 f" attempts = {LEDGER_TABLE}.attempts + 1,"
                 " prompt_tokens = excluded.prompt_tokens, cached_prompt_tokens = excluded.cached_prompt_tokens,"
                 " completion_tokens = excluded.completion_tokens, latency_ms = excluded.latency_ms,"
-                " trimmed = excluded.trimmed, updated_at = excluded.updated_at"
+                " trimmed = excluded.trimmed, max_tokens = excluded.max_tokens,"
+                " finish_reason = excluded.finish_reason, updated_at = excluded.updated_at"
                 f" WHERE {LEDGER_TABLE}.status != 'ok'",
                 values,
             )

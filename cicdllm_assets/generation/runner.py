@@ -234,7 +234,7 @@ class StageRunner:
         stats: RunStats,
     ) -> None:
         requests: list[GenerationRequest] = []
-        in_flight: dict[str, tuple[WorkItem, bool]] = {}
+        in_flight: dict[str, tuple[WorkItem, bool, int]] = {}
         for w in group:
             previous = entries.get(w.item.key)
             fitted = self._fit(w, previous.attempts if previous else 0, stats)
@@ -242,7 +242,7 @@ class StageRunner:
                 continue
             request, trimmed = fitted
             requests.append(request)
-            in_flight[request.key] = (w, trimmed)
+            in_flight[request.key] = (w, trimmed, request.max_tokens)
         if not requests:
             return
         stats.llm_requests += len(requests)
@@ -253,7 +253,7 @@ class StageRunner:
                 if entry is None:
                     self.log.warning(f"{self.stage}: backend returned an unknown key {result.key!r}; ignored")
                     continue
-                self._handle(entry[0], entry[1], result, postprocess, stats)
+                self._handle(entry[0], entry[1], entry[2], result, postprocess, stats)
         except CircuitOpenError as exc:
             self._abandon(in_flight, "circuit_open", str(exc), stats)
             raise
@@ -265,7 +265,13 @@ class StageRunner:
         self._fail_remaining(in_flight, "backend_error", "the backend returned no result for this request", stats)
 
     def _handle(
-        self, w: WorkItem, trimmed: bool, result: GenerationResult, postprocess: Postprocess, stats: RunStats
+        self,
+        w: WorkItem,
+        trimmed: bool,
+        max_tokens: int,
+        result: GenerationResult,
+        postprocess: Postprocess,
+        stats: RunStats,
     ) -> None:
         stats.prompt_tokens += result.prompt_tokens
         stats.cached_prompt_tokens += result.cached_prompt_tokens
@@ -293,6 +299,8 @@ class StageRunner:
             completion_tokens=result.completion_tokens,
             latency_ms=result.latency_ms,
             trimmed=trimmed,
+            max_tokens=max_tokens,
+            finish_reason=result.finish_reason or None,
         )
         self._record(w, outcome, stats)
 
@@ -309,16 +317,18 @@ class StageRunner:
             self.state.record_failure(self.repo, self.stage, w.label, category, outcome.error_message or category)
 
     def _fail_remaining(
-        self, in_flight: dict[str, tuple[WorkItem, bool]], category: str, message: str, stats: RunStats
+        self, in_flight: dict[str, tuple[WorkItem, bool, int]], category: str, message: str, stats: RunStats
     ) -> None:
-        for w, trimmed in list(in_flight.values()):
-            self._record(w, Outcome("failed", error_category=category, error_message=message, trimmed=trimmed), stats)
+        for w, trimmed, max_tokens in list(in_flight.values()):
+            outcome = Outcome("failed", error_category=category, error_message=message, trimmed=trimmed,
+                              max_tokens=max_tokens)
+            self._record(w, outcome, stats)
         in_flight.clear()
 
     def _abandon(
-        self, in_flight: dict[str, tuple[WorkItem, bool]], category: str, message: str, stats: RunStats
+        self, in_flight: dict[str, tuple[WorkItem, bool, int]], category: str, message: str, stats: RunStats
     ) -> None:
-        for w, _ in in_flight.values():
+        for w, _, _ in in_flight.values():
             stats.failures[category] += 1
             self.state.record_failure(self.repo, self.stage, w.label, category, message)
         in_flight.clear()
@@ -387,6 +397,7 @@ QUESTIONS_SCHEMA = pa.schema([
     ("completion_tokens", pa.int64()),
     ("latency_ms", pa.float64()),
     ("trimmed", pa.bool_()),
+    ("finish_reason", pa.string()),
 ])
 
 
@@ -461,6 +472,7 @@ def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]
                 "completion_tokens": entry.completion_tokens,
                 "latency_ms": entry.latency_ms,
                 "trimmed": bool(entry.trimmed),
+                "finish_reason": entry.finish_reason,
             })
     return pa.Table.from_pylist(rows, schema=QUESTIONS_SCHEMA)
 
@@ -484,6 +496,8 @@ ANSWERS_SCHEMA = pa.schema([
     ("completion_tokens", pa.int64()),
     ("latency_ms", pa.float64()),
     ("trimmed", pa.bool_()),
+    ("max_tokens", pa.int64()),
+    ("finish_reason", pa.string()),
     ("path", pa.string()),
     ("start_line", pa.int64()),
     ("end_line", pa.int64()),
@@ -578,6 +592,8 @@ def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry]
             "completion_tokens": entry.completion_tokens,
             "latency_ms": entry.latency_ms,
             "trimmed": bool(entry.trimmed),
+            "max_tokens": entry.max_tokens,
+            "finish_reason": entry.finish_reason,
             "path": chunk.path,
             "start_line": chunk.start_line,
             "end_line": chunk.end_line,
