@@ -3,14 +3,14 @@
     .venv/bin/python -m benchmarks.export                 # 1,000,000 rows
     .venv/bin/python -m benchmarks.export --rows 20000    # quick
 
-1. Builds an in-memory table of ``--rows`` synthetic export records (realistic text
+1. Runs a child process per size in ``--memory-sizes`` that streams generated batches
+   (never the whole table) into all formats in one pass and reports its peak RSS
+   (``VmHWM``): flat peak memory across sizes shows the writers stream.
+2. Builds an in-memory table of ``--rows`` synthetic export records (realistic text
    lengths, 20k distinct strings per text column, unique ids).
-2. Times our streamed writer for each format separately (the file is deleted after),
+3. Times our streamed writer for each format separately (the file is deleted after),
    and DuckDB's own ``COPY t TO 'x.parquet'`` of the same table loaded into DuckDB,
    with the same codec (zstd) and with DuckDB's default codec; prints the ratio.
-0. First, runs a child process per size in ``--memory-sizes`` that streams generated batches
-   (never the whole table) into all formats in one pass and reports its peak RSS
-   (``ru_maxrss``): flat peak memory across sizes shows the writers stream.
 """
 
 from __future__ import annotations
