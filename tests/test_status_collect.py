@@ -51,6 +51,8 @@ def test_empty_project_is_all_zeros_and_creates_nothing(settings: Settings) -> N
     assert status.repos == [] and status.stages == [] and status.events == [] and status.runs == []
     assert status.errors == []
     assert not settings.state_db.exists()
+    # the viewer never initialises Dagster's storage (a race with a starting run would corrupt it)
+    assert list(settings.dagster_home.iterdir()) == []
     assert status.to_dict()["totals"]["answers"] == 0
 
 
@@ -139,3 +141,14 @@ def test_human_units() -> None:
     assert human_bytes(5 * 1024 * 1024) == "5.0 MB"
     assert human_bytes(None) == "-"
     assert human_duration(75) == "1m15s" and human_duration(3700) == "1h01m" and human_duration(None) == "-"
+
+
+def test_unpartitioned_stage_is_a_stage_not_a_repo(settings: Settings) -> None:
+    state = StateStore(settings.state_db)
+    state.start_stage("*", "training_dataset", 3, "repos")
+    state.advance("*", "training_dataset", done=3)
+    state.finish_stage("*", "training_dataset")
+    status = collect_status(settings, include_runs=False, battery_reader=lambda: None)
+    assert status.repos == []
+    (stage,) = status.stages
+    assert (stage.stage, stage.done, stage.total, stage.status) == ("training_dataset", 3, 3, "done")

@@ -40,6 +40,8 @@ T = TypeVar("T")
 #: Stage order in the pipeline (unknown stages sort after these, by name).
 STAGE_ORDER = ("repositories", "source_files", "code_chunks", "questions", "answers", "qa_pairs", "training_dataset")
 PARTITION_TAG = "dagster/partition"
+#: Repo names unpartitioned assets report progress under; shown as stages, not as repos.
+PSEUDO_REPOS = frozenset({"*", "__all__", ""})
 READ_RETRIES = 5
 RETRY_SLEEP_SECONDS = 0.1
 SQLITE_TIMEOUT_SECONDS = 2.0
@@ -64,11 +66,16 @@ class StageStatus:
     repos: int = 1
 
     @property
+    def processed(self) -> int:
+        """Items handled so far, successfully or not."""
+        return self.done + self.failed
+
+    @property
     def fraction(self) -> float:
-        """done / total in [0, 1] (1 when the total is 0 and the stage is finished)."""
+        """processed / total in [0, 1] (1 when the total is 0 and the stage is finished)."""
         if self.total <= 0:
             return 1.0 if self.status != "running" else 0.0
-        return max(0.0, min(1.0, self.done / self.total))
+        return max(0.0, min(1.0, self.processed / self.total))
 
 
 @dataclass
@@ -383,6 +390,7 @@ def _stage_key(stage: str) -> tuple[int, str]:
 
 def _rate_and_eta(done: int, total: int, started: float | None, updated: float | None, status: str,
                   now: float) -> tuple[float | None, float | None]:
+    """Items processed per minute and seconds left; ``done`` counts processed items (incl. failed)."""
     if started is None or done <= 0:
         return None, None
     end = (updated or now) if status != "running" else now
@@ -406,11 +414,12 @@ def read_stage_progress(con: sqlite3.Connection, now: float) -> list[StageStatus
         done, total = int(data.get("done") or 0), int(data.get("total") or 0)
         status = str(data.get("status") or "running")
         started, updated = data.get("started_at"), data.get("updated_at")
-        rate, eta = _rate_and_eta(done, total, started, updated, status, now)
+        failed = int(data.get("failed") or 0)
+        rate, eta = _rate_and_eta(done + failed, total, started, updated, status, now)
         stages.append(
             StageStatus(
                 stage=str(data["stage"]), repo=str(data["repo"]), done=done, total=total,
-                failed=int(data.get("failed") or 0), unit=str(data.get("unit") or "items"), status=status,
+                failed=failed, unit=str(data.get("unit") or "items"), status=status,
                 started_at=started, updated_at=updated, rate_per_minute=rate, eta_seconds=eta,
             )
         )
@@ -429,16 +438,17 @@ def summarize_stages(stages: list[StageStatus], now: float) -> list[StageStatus]
         running = [r for r in rows if r.status == "running"]
         status = "running" if running else ("failed" if any(r.status == "failed" for r in rows) else "done")
         done, total = sum(r.done for r in rows), sum(r.total for r in rows)
+        failed = sum(r.failed for r in rows)
         started = min((r.started_at for r in rows if r.started_at is not None), default=None)
         updated = max((r.updated_at for r in rows if r.updated_at is not None), default=None)
-        rate, eta = _rate_and_eta(done, total, started, updated, status, now)
+        rate, eta = _rate_and_eta(done + failed, total, started, updated, status, now)
         if running:  # the ETA of the whole stage is the slowest running repo's
             etas = [r.eta_seconds for r in running if r.eta_seconds is not None]
             eta = max(etas) if etas else eta
         units = {r.unit for r in rows}
         summary.append(
             StageStatus(
-                stage=name, repo=None, done=done, total=total, failed=sum(r.failed for r in rows),
+                stage=name, repo=None, done=done, total=total, failed=failed,
                 unit=units.pop() if len(units) == 1 else "items", status=status, started_at=started,
                 updated_at=updated, rate_per_minute=rate, eta_seconds=eta, repos=len(rows),
             )
@@ -515,9 +525,28 @@ def _no_missing_yaml_warning(record: logging.LogRecord) -> bool:
     return "No dagster instance configuration file" not in record.getMessage()
 
 
-def _dagster_instance(dagster_home: Path) -> Any | None:
-    """A cached DagsterInstance for ``dagster_home`` (None if the directory does not exist)."""
+def instance_storage_exists(dagster_home: Path) -> bool:
+    """True when the instance's storage was already created by Dagster.
+
+    The viewer must never be the one to create it: two processes initialising a fresh
+    SQLite run storage at once can both stamp its schema version, which breaks the
+    instance for everyone. A database server configured in dagster.yaml is always used.
+    """
     if not dagster_home.is_dir():
+        return False
+    config = dagster_home / "dagster.yaml"
+    try:
+        text = config.read_text(encoding="utf-8") if config.is_file() else ""
+    except OSError:
+        text = ""
+    if any(server in text for server in ("postgres", "mysql")):
+        return True
+    return any((dagster_home / sub / "runs.db").exists() for sub in ("storage", "history"))
+
+
+def _dagster_instance(dagster_home: Path) -> Any | None:
+    """A cached DagsterInstance for ``dagster_home`` (None until Dagster created its storage)."""
+    if not instance_storage_exists(dagster_home):
         return None
     key = str(dagster_home.resolve())
     instance = _instances.get(key)
@@ -637,6 +666,7 @@ def collect_status(
             errors.append(f"dagster partitions: {exc}")
 
     names = set(counts) | {s.repo for s in stages if s.repo} | set(heads) | set(failure_counts) | set(partitions)
+    names -= PSEUDO_REPOS  # unpartitioned stages (training_dataset) are not repos
     if include_runs:
         try:
             runs, last_runs = read_runs(settings.dagster_home, ui.recent_runs, sorted(names))

@@ -34,8 +34,8 @@ Collector = Callable[..., Status]
 CSS = """
 #repos { height: auto; max-height: 45%; min-height: 5; border: round $primary; }
 #middle { height: 1fr; }
-#progress { width: 3fr; height: 100%; border: round $primary; padding: 0 1; }
-#side { width: 2fr; }
+#progress { width: 1fr; height: 100%; border: round $primary; padding: 0 1; }
+#side { width: 76; }
 #resources { height: auto; border: round $primary; padding: 0 1; }
 #runs { height: 1fr; border: round $primary; }
 #statusline { height: 1; padding: 0 1; }

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, RichLog, Static, Tree
 from textual.widgets.tree import TreeNode
@@ -71,7 +71,7 @@ class FailuresScreen(Screen[None]):
         """Show the categories and the newest failures."""
         categories = self.query_one("#failure-categories", StaticPanel)
         if status.failure_categories:
-            table = Table(title="Failures by category", title_justify="left", box=None, pad_edge=False)
+            table = Table(title="Failures by category", title_justify="left", box=None, pad_edge=False, min_width=40)
             table.add_column("Category")
             table.add_column("Count", justify="right")
             for category, count in status.failure_categories.items():
@@ -123,7 +123,7 @@ class LogScreen(Screen[None]):
     def update_status(self, status: Status) -> None:
         """Append new lines (or rewrite when the tail moved past what is shown)."""
         lines = [
-            f"{clock(e.ts)} {e.level:<7} {(e.repo + ': ') if e.repo else ''}{e.message}" for e in status.events
+            f"{clock(e.ts)} {e.level.upper():<7} {(e.repo + ': ') if e.repo else ''}{e.message}" for e in status.events
         ]
         log = self.query_one("#log", RichLog)
         shown = self._shown
@@ -197,7 +197,7 @@ class ConfigScreen(Screen[None]):
         yield Header()
         with Horizontal(id="config-body"):
             yield Tree("cicdllm.yaml", id="config-tree")
-            with VerticalScroll(id="config-side"):
+            with Vertical(id="config-side"):
                 yield StaticPanel(id="field-detail")
                 yield Input(placeholder="new value (YAML: 8, true, [a, b], null)", id="field-input")
                 yield StaticPanel(id="field-message")
@@ -259,6 +259,12 @@ class ConfigScreen(Screen[None]):
         data = event.node.data
         if isinstance(data, FieldSpec) and (self.selected is None or self.selected.path != data.path):
             self.select_field(data.path)
+
+    def on_tree_node_selected(self, event: Tree.NodeSelected[Any]) -> None:
+        """Enter on a field: edit it."""
+        if isinstance(event.node.data, FieldSpec):
+            self.select_field(event.node.data.path)
+            self.query_one("#field-input", Input).focus()
 
     def select_field(self, dotted_key: str) -> None:
         """Show one field (type, current, default, description) and load it into the input."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -52,9 +53,34 @@ def to_png(svg: Path) -> Path | None:
     return png
 
 
+def ansi_to_svg(capture: Path, svg: Path, title: str) -> Path:
+    """Render a terminal capture (``tmux capture-pane -p -e``) to SVG with rich."""
+    from rich.console import Console
+    from rich.text import Text
+
+    lines = capture.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    width = max(len(Text.from_ansi(line).plain) for line in lines)
+    console = Console(record=True, width=width, force_terminal=True, color_system="truecolor",
+                      file=open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - closed with the process
+    for line in lines:
+        console.print(Text.from_ansi(line), no_wrap=True, crop=True, soft_wrap=False)
+    console.save_svg(str(svg), title=title)
+    return svg
+
+
 def main(argv: list[str]) -> int:
-    """Write both screenshots into ``argv[0]`` (default docs/screenshots)."""
+    """Write both screenshots into ``argv[0]`` (default docs/screenshots).
+
+    ``--ansi CAPTURE NAME OUT_DIR`` instead renders a tmux capture to ``NAME.svg``/``.png``.
+    """
     logging.disable(logging.WARNING)
+    if argv[:1] == ["--ansi"]:
+        capture, name, out = Path(argv[1]), argv[2], Path(argv[3])
+        out.mkdir(parents=True, exist_ok=True)
+        svg = ansi_to_svg(capture, out / f"{name}.svg", title=name)
+        png = to_png(svg)
+        sys.stdout.write(f"{svg}{' -> ' + str(png) if png else ''}\n")
+        return 0
     out = Path(argv[0] if argv else "docs/screenshots")
     out.mkdir(parents=True, exist_ok=True)
     for svg in (asyncio.run(_status(out)), asyncio.run(_config(out))):

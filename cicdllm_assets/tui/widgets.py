@@ -59,10 +59,10 @@ def styled_status(status: str | None) -> Text:
 
 
 def rate_text(stage: StageStatus) -> str:
-    """'42.0 files/min' (or '-')."""
+    """'42.0/min' in the stage's unit (or '-'); the unit is shown beside the count."""
     if stage.rate_per_minute is None:
         return "-"
-    return f"{stage.rate_per_minute:,.1f} {stage.unit}/min"
+    return f"{stage.rate_per_minute:,.1f}/min"
 
 
 class StaticPanel(Static):
@@ -136,11 +136,11 @@ def progress_table(status: Status) -> RenderableType:
         return Text("No stage has reported progress yet (start a run: cicdllm run).", style="dim")
     table = Table(box=None, expand=True, pad_edge=False, show_edge=False, title="Progress", title_justify="left")
     table.add_column("Stage / repo", no_wrap=True)
-    table.add_column("", width=22, no_wrap=True)
+    table.add_column("", width=17, no_wrap=True)
     table.add_column("Done", justify="right", no_wrap=True)
-    table.add_column("Rate", justify="right", no_wrap=True)
+    table.add_column("Rate", justify="right", no_wrap=True)  # units per minute
     table.add_column("ETA", justify="right", no_wrap=True)
-    table.add_column("State", no_wrap=True)
+    table.add_column("State", no_wrap=True, min_width=7)
     per_repo: dict[str, list[StageStatus]] = {}
     for repo in status.repos:
         for stage in repo.stages:
@@ -158,7 +158,8 @@ def progress_table(status: Status) -> RenderableType:
 
 
 def _progress_row(label: Text, stage: StageStatus) -> tuple[RenderableType, ...]:
-    bar = ProgressBar(total=max(stage.total, 1), completed=min(stage.done, max(stage.total, 1)), width=20)
+    total = max(stage.total, 1)
+    bar = ProgressBar(total=total, completed=total * stage.fraction, width=16)
     done = f"{stage.done}/{stage.total} {stage.unit}"
     if stage.failed:
         done += f" ({stage.failed} failed)"
