@@ -115,6 +115,10 @@ def test_runner_reuses_retries_and_exhausts(settings: Settings, runner_parts) ->
     backend3 = ScriptedBackend()
     stats = _runner(backend3, state, ledger, settings).run(work, question_postprocess(gen))
     assert backend3.calls == [] and stats.exhausted == len(chunks)
+    shown = state.connection().execute(
+        "SELECT category, message FROM failures WHERE repo = 'repo' AND stage = 'questions'").fetchall()
+    assert len(shown) == len(chunks)
+    assert all(f["category"] == "parse_error" and "no attempts left (2/2)" in f["message"] for f in shown)
 
     entries = ledger.get_many(w.item.key for w in work)
     table = questions_table(work, entries, "repo")

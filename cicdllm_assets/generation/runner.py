@@ -181,6 +181,7 @@ class StageRunner:
         self.state.clear_failures(self.repo, self.stage)
         if stats.reused or stats.exhausted:
             self.state.advance(self.repo, self.stage, done=stats.reused, failed=stats.exhausted)
+        self._show_exhausted(work, entries)
         self.log.info(
             f"{self.stage}: {stats.total} items, {stats.reused} reused from the ledger,"
             f" {len(pending)} to generate, {stats.exhausted} failed with no attempts left"
@@ -207,6 +208,17 @@ class StageRunner:
                 f" {stats.completion_tokens} completion tokens at {stats.tokens_per_second:.1f} tok/s"
             )
         return stats
+
+    def _show_exhausted(self, work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]) -> None:
+        """Keep failures that will not be retried visible to the viewer after the clear."""
+        shown: set[str] = set()
+        for w in work:
+            entry = entries.get(w.item.key)
+            if entry is None or entry.ok or entry.needs_attempt(self.gen.max_attempts) or entry.key in shown:
+                continue
+            shown.add(entry.key)
+            message = f"no attempts left ({entry.attempts}/{self.gen.max_attempts}): {entry.error_message or ''}"
+            self.state.record_failure(self.repo, self.stage, w.label, entry.error_category or "backend_error", message)
 
     def _fit(self, w: WorkItem, attempt: int, stats: RunStats) -> tuple[GenerationRequest, bool] | None:
         gen = self.gen
