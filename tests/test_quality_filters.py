@@ -11,7 +11,7 @@ import pytest
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.export.dataset import build_training_dataset
 from cicdllm_assets.quality.dedup import find_duplicates, similarity
-from cicdllm_assets.quality.filters import check_pair, check_refusal, check_truncated
+from cicdllm_assets.quality.filters import check_echo, check_pair, check_question, check_refusal, check_truncated
 from cicdllm_assets.quality.grounding import claimed_identifiers, grounding_score
 from cicdllm_assets.quality.pairs import filter_pairs
 from tests.export_fixtures import answer_row, chunk_row
@@ -66,6 +66,23 @@ def test_grounding_uses_code_and_backticks_only() -> None:
     assert score.judged and score.ratio < 0.6 and "RepoCrawler" in score.missing
     # plain prose claims nothing and passes
     assert not grounding_score("It builds an index of the repository files.", CHUNK).judged
+
+
+@pytest.mark.parametrize(("question", "bad"), [
+    ("What is the mean of", True),
+    ("What is the purpose of `slugify, truncate?", True),
+    ("How does build_index use `load_settings`?", False),
+    ("Usage of build_index, scan_repository", False),
+])
+def test_truncated_questions(question: str, bad: bool) -> None:
+    assert bool(check_question(question)) is bad
+
+
+def test_answers_that_only_echo_the_chunk() -> None:
+    assert check_echo("def build_index(repo_path, max_files=100):\n    settings = load_settings()\n\nYes.", CHUNK)
+    quoting = ("It is defined as\n```python\ndef build_index(repo_path, max_files=100):\n```\n"
+               "and returns an IndexBuilder holding at most max_files scanned files.")
+    assert check_echo(quoting, CHUNK) is None
 
 
 def test_check_pair_reasons() -> None:

@@ -22,15 +22,19 @@ TOO_SHORT = "too_short"
 TRUNCATED = "truncated"
 REFUSAL = "refusal"
 NOT_GROUNDED = "not_grounded"
+ECHOES_CHUNK = "echoes_chunk"
+TRUNCATED_QUESTION = "truncated_question"
 DUPLICATE = "duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 LICENSE_EXCLUDED = "license_excluded"
 
 REASONS: tuple[str, ...] = (
-    EMPTY_QUESTION, EMPTY_ANSWER, TOO_SHORT, TRUNCATED, REFUSAL, NOT_GROUNDED, DUPLICATE, NEAR_DUPLICATE,
-    LICENSE_EXCLUDED,
+    EMPTY_QUESTION, TRUNCATED_QUESTION, EMPTY_ANSWER, TOO_SHORT, TRUNCATED, REFUSAL, ECHOES_CHUNK, NOT_GROUNDED,
+    DUPLICATE, NEAR_DUPLICATE, LICENSE_EXCLUDED,
 )
 MIN_ANSWER_CHARS = 20
+# An answer that only repeats lines of its chunk must add at least this much of its own.
+MIN_OWN_CHARS = 40
 
 _REFUSAL_START = re.compile(
     r"^\W*(?:i'?m sorry|i am sorry|sorry,|i apologi[sz]e|unfortunately,? i (?:can(?:not|'t)|am unable|'m unable)|"
@@ -96,6 +100,36 @@ def check_truncated(answer: str, completion_tokens: int | None = None, max_token
     return None
 
 
+def check_question(question: str) -> str | None:
+    """A detail string if the question is cut off (open backtick, or ends on a dangling word)."""
+    text = question.strip()
+    if text.count("`") % 2 == 1:
+        return "unbalanced backtick"
+    if text[-1] in _SENTENCE_END:
+        return None
+    words = re.findall(r"[A-Za-z']+", text)
+    if text[-1] in ",(-/=+&" or (words and words[-1].lower() in _DANGLING_WORDS and text[-1].isalpha()):
+        return "question ends mid-sentence"
+    return None
+
+
+def check_echo(answer: str, chunk_text: str) -> str | None:
+    """A detail string if the answer mostly repeats its chunk and adds almost nothing."""
+    chunk_lines = {line.strip() for line in chunk_text.splitlines() if line.strip()}
+    copied = own = 0
+    for line in answer.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("```"):
+            continue
+        if stripped in chunk_lines:
+            copied += 1
+        else:
+            own += len(stripped)
+    if copied and own < MIN_OWN_CHARS:
+        return f"{copied} line(s) copied from the chunk, only {own} characters of its own"
+    return None
+
+
 def check_refusal(answer: str) -> str | None:
     """A detail string if ``answer`` is a refusal or an 'as an AI' disclaimer."""
     head = answer.lstrip()[:300]
@@ -114,6 +148,9 @@ def check_pair(
     answer = str(row.get("answer") or "").strip()
     if not question:
         return Rejection(EMPTY_QUESTION, "question is empty")
+    question_problem = check_question(question)
+    if question_problem:
+        return Rejection(TRUNCATED_QUESTION, question_problem)
     if not answer:
         return Rejection(EMPTY_ANSWER, "answer is empty")
     if len(answer) < MIN_ANSWER_CHARS:
@@ -130,6 +167,9 @@ def check_pair(
     if truncated:
         return Rejection(TRUNCATED, truncated)
     if chunk_text is not None:
+        echo = check_echo(answer, chunk_text)
+        if echo:
+            return Rejection(ECHOES_CHUNK, echo)
         score = grounding_score(answer, chunk_text, imports=imports, question=question, path=str(row.get("path") or ""))
         if score.checked and score.ratio < min_grounded_ratio:
             missing = ", ".join(score.missing[:5])
