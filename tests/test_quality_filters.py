@@ -30,6 +30,7 @@ CHUNK = (
     "As an AI language model, I cannot see your files, but generally this builds an index.",
     "Unfortunately, I cannot determine what this code does without more context.",
     "I don't have access to the code you are referring to, so here is a guess.",
+    "Output:\n```\nNothing here\n```\nThe code does not fully answer this question.",
 ])
 def test_refusals(answer: str) -> None:
     assert check_refusal(answer)

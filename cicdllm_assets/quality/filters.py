@@ -45,7 +45,9 @@ _REFUSAL_START = re.compile(
 _REFUSAL_ANYWHERE = re.compile(
     r"\bas an ai\b|\bas a(?:n ai)? language model\b|\bi(?:'m| am) (?:just )?an ai\b|"
     r"\bi (?:do not|don't) have (?:access to|enough (?:information|context))\b|"
-    r"\bwithout (?:seeing|access to) the (?:actual |full )?code\b",
+    r"\bwithout (?:seeing|access to) the (?:actual |full )?code\b|\bi (?:do not|don't) know\b|"
+    r"\b(?:cannot|can't|does not|doesn't|do not|don't) (?:fully )?answer (?:this|the|your) question\b|"
+    r"\bnot enough (?:information|context) to (?:answer|determine|tell)\b",
     re.IGNORECASE,
 )
 _DANGLING_TEXT = (
