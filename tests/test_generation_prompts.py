@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -22,11 +21,6 @@ def prompts(tmp_path: Path) -> Path:
     target = tmp_path / "prompts"
     shutil.copytree(PROMPTS_SRC, target)
     return target
-
-
-def _touch_later(path: Path) -> None:
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
 
 
 def test_shipped_themes_are_valid() -> None:
@@ -100,7 +94,6 @@ def test_hot_reload_changes_only_the_edited_hash(prompts: Path) -> None:
     path = prompts / "debugging.yaml"
     path.write_text(path.read_text(encoding="utf-8").replace("propose a concrete fix", "propose a fix"),
                     encoding="utf-8")
-    _touch_later(path)
     after = {name: (manager.theme(name).question_hash, manager.theme(name).answer_hash) for name in DEFAULT_THEMES}
     changed = {name for name in DEFAULT_THEMES if before[name] != after[name]}
     assert changed == {"debugging"}
@@ -121,7 +114,6 @@ def test_defaults_edit_changes_every_theme(prompts: Path) -> None:
     path = prompts / "_defaults.yaml"
     path.write_text(path.read_text(encoding="utf-8").replace("patient teacher", "careful teacher"),
                     encoding="utf-8")
-    _touch_later(path)
     assert manager.theme("testing").question_hash != before
 
 

@@ -183,15 +183,15 @@ def _build_theme(
 class PromptManager:
     """Loads every theme under ``prompts_dir`` and reloads whenever a file changes.
 
-    Each lookup stats the directory's YAML files (cheap) and re-reads them only when
-    a name, size or mtime changed, so edits apply to the next request of a
-    long-running process without a restart.
+    Each lookup hashes the directory's YAML files (a few KB: cheap) and re-parses
+    them only when a name or a byte changed, so edits apply to the next request of
+    a long-running process without a restart.
     """
 
     def __init__(self, prompts_dir: Path) -> None:
         self.prompts_dir = Path(prompts_dir)
         self._lock = threading.Lock()
-        self._signature: tuple[tuple[str, int, int, int], ...] | None = None
+        self._signature: tuple[tuple[str, str], ...] | None = None
         self._themes: dict[str, ThemeTemplate] = {}
         self._errors: dict[str, PromptTemplateError] = {}
 
@@ -200,14 +200,15 @@ class PromptManager:
             raise PromptTemplateError(f"prompts directory {self.prompts_dir} does not exist (generation.prompts_dir)")
         return sorted(p for p in self.prompts_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
-    def _current_signature(self, files: list[Path]) -> tuple[tuple[str, int, int, int], ...]:
+    def _current_signature(self, files: list[Path]) -> tuple[tuple[str, str], ...]:
+        """(name, content hash) of every file: the files are small, so hashing is cheap and exact."""
         sig = []
         for path in files:
             try:
-                st = path.stat()
+                data = path.read_bytes()
             except FileNotFoundError:
                 continue
-            sig.append((path.name, st.st_mtime_ns, st.st_size, st.st_ino))
+            sig.append((path.name, hashlib.sha256(data).hexdigest()))
         return tuple(sig)
 
     def refresh(self) -> bool:
