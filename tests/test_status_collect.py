@@ -152,3 +152,18 @@ def test_unpartitioned_stage_is_a_stage_not_a_repo(settings: Settings) -> None:
     assert status.repos == []
     (stage,) = status.stages
     assert (stage.stage, stage.done, stage.total, stage.status) == ("training_dataset", 3, 3, "done")
+
+
+def test_running_stage_without_progress_is_stalled(settings: Settings) -> None:
+    state = StateStore(settings.state_db)
+    state.start_stage("alpha", "answers", 10, "items")
+    state.advance("alpha", "answers", done=3)
+    with state.transaction() as con:  # the run process died 20 minutes ago
+        con.execute("UPDATE stage_progress SET started_at = started_at - 1500, updated_at = updated_at - 1200")
+    state.start_stage("beta", "answers", 4, "items")
+    state.advance("beta", "answers", done=1)
+    status = collect_status(settings, include_runs=False, battery_reader=lambda: None)
+    by_repo = {r.repo: r.stages[0] for r in status.repos}
+    assert by_repo["alpha"].stalled and not by_repo["beta"].stalled
+    assert not status.stages[0].stalled  # beta is still moving
+    assert by_repo["alpha"].rate_per_minute is not None and by_repo["alpha"].rate_per_minute < 1

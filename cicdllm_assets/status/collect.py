@@ -42,6 +42,10 @@ STAGE_ORDER = ("repositories", "source_files", "code_chunks", "questions", "answ
 PARTITION_TAG = "dagster/partition"
 #: Repo names unpartitioned assets report progress under; shown as stages, not as repos.
 PSEUDO_REPOS = frozenset({"*", "__all__", ""})
+#: A running stage with no progress for this long probably lost its process.
+STALLED_AFTER_SECONDS = 600.0
+#: Repos whose last run is looked up one by one when not among the recent runs.
+MAX_PER_REPO_RUN_LOOKUPS = 50
 READ_RETRIES = 5
 RETRY_SLEEP_SECONDS = 0.1
 SQLITE_TIMEOUT_SECONDS = 2.0
@@ -64,6 +68,7 @@ class StageStatus:
     rate_per_minute: float | None = None
     eta_seconds: float | None = None
     repos: int = 1
+    stalled: bool = False
 
     @property
     def processed(self) -> int:
@@ -421,6 +426,7 @@ def read_stage_progress(con: sqlite3.Connection, now: float) -> list[StageStatus
                 stage=str(data["stage"]), repo=str(data["repo"]), done=done, total=total,
                 failed=failed, unit=str(data.get("unit") or "items"), status=status,
                 started_at=started, updated_at=updated, rate_per_minute=rate, eta_seconds=eta,
+                stalled=status == "running" and updated is not None and now - updated > STALLED_AFTER_SECONDS,
             )
         )
     stages.sort(key=lambda s: (_stage_key(s.stage), s.repo or ""))
@@ -451,6 +457,7 @@ def summarize_stages(stages: list[StageStatus], now: float) -> list[StageStatus]
                 stage=name, repo=None, done=done, total=total, failed=failed,
                 unit=units.pop() if len(units) == 1 else "items", status=status, started_at=started,
                 updated_at=updated, rate_per_minute=rate, eta_seconds=eta, repos=len(rows),
+                stalled=bool(running) and all(r.stalled for r in running),
             )
         )
     return summary
@@ -590,9 +597,8 @@ def read_runs(dagster_home: Path, limit: int, repos: Iterable[str]) -> tuple[lis
         info = _run_info(run)
         if info.partition and info.partition not in last:
             last[info.partition] = info
-    for repo in repos:
-        if repo in last:
-            continue
+    missing = [repo for repo in repos if repo not in last][:MAX_PER_REPO_RUN_LOOKUPS]
+    for repo in missing:
         records = instance.get_run_records(filters=RunsFilter(tags={PARTITION_TAG: repo}), limit=1)
         if records:
             last[repo] = _run_info(records[0])

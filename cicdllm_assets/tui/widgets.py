@@ -163,8 +163,9 @@ def _progress_row(label: Text, stage: StageStatus) -> tuple[RenderableType, ...]
     done = f"{stage.done}/{stage.total} {stage.unit}"
     if stage.failed:
         done += f" ({stage.failed} failed)"
-    eta = human_duration(stage.eta_seconds) if stage.status == "running" else "-"
-    return (label, bar, done, rate_text(stage), eta, styled_status(stage.status))
+    eta = human_duration(stage.eta_seconds) if stage.status == "running" and not stage.stalled else "-"
+    state = Text("stalled", style="bold yellow") if stage.stalled else styled_status(stage.status)
+    return (label, bar, done, rate_text(stage), eta, state)
 
 
 class ResourcesPanel(StaticPanel):
