@@ -25,7 +25,6 @@ MAX_SYMBOLS_IN_NAME = 4
 
 CountFn = Callable[[Sequence[str]], list[int]]
 _NEWLINE_RE = re.compile("\n")
-_BIG = 1 << 62
 _PY_TOP_RE = re.compile(r"^(?:async[ \t]+def|def|class)[ \t]+(\w+)", re.MULTILINE)
 _PY_IMPORT_RE = re.compile(r"^(?:import|from)[ \t]+[\w.]+", re.MULTILINE)
 
@@ -69,10 +68,52 @@ def margin_for(budget: int) -> int:
     return max(4, budget // 32)
 
 
+class _TokenIndex:
+    """Token index at each line start, computed on demand (a sequence usable with ``bisect``).
+
+    The index of line i is the first token that ends after the line's first character.
+    ``Encoding.char_to_token`` scans linearly and converting all offsets to Python costs a
+    tuple per token, so every ``SAMPLE``-th token's end is sampled once and each requested
+    line is resolved by a short binary search with ``token_to_chars`` (O(1) per call).
+    """
+
+    SAMPLE = 64
+
+    def __init__(self, starts: list[int], encoding: Encoding) -> None:
+        self.starts = starts
+        self.encoding = encoding
+        self.total = len(encoding)
+        self.sample_ends = [self._end(t) for t in range(self.SAMPLE - 1, self.total, self.SAMPLE)]
+        self.memo: dict[int, int] = {0: 0, len(starts) - 1: self.total}
+
+    def _end(self, token: int) -> int:
+        chars = self.encoding.token_to_chars(token)
+        return chars[1] if chars is not None else 0
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, line: int) -> int:
+        value = self.memo.get(line)
+        if value is None:
+            char = self.starts[line]
+            block = bisect_right(self.sample_ends, char)  # first sampled token ending after char
+            lo = block * self.SAMPLE
+            hi = min(lo + self.SAMPLE, self.total)
+            while lo < hi:  # smallest token in [lo, hi) whose end > char
+                mid = (lo + hi) // 2
+                if self._end(mid) > char:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            value = self.memo[line] = lo
+        return value
+
+
 @dataclass
 class _Lines:
     starts: list[int]  # char offset of each line start, plus len(text) at the end
-    tok: list[int]  # token index at each line start, plus total tokens at the end
+    tok: _TokenIndex  # token index at each line start, plus total tokens at the end
     text: str
 
     @property
@@ -94,21 +135,9 @@ def _line_starts(text: str) -> list[int]:
 
 
 def _line_index(text: str, encoding: Encoding) -> _Lines:
-    """Line starts and the token index at each (the token containing the line's first char).
-
-    ``Encoding.char_to_token`` scans linearly, so one bisect per line over the offsets is used.
-    """
+    """Line starts and (lazily) the token index at each."""
     starts = _line_starts(text)
-    offsets = encoding.offsets
-    total = len(offsets)
-    tok = [0] * len(starts)
-    tok[-1] = total
-    previous = 0
-    for i in range(1, len(starts) - 1):
-        index = bisect_right(offsets, (starts[i], _BIG), previous) - 1
-        previous = max(previous, index)
-        tok[i] = previous
-    return _Lines(starts, tok, text)
+    return _Lines(starts, _TokenIndex(starts, encoding), text)
 
 
 # -- segmentation -------------------------------------------------------------------------
@@ -241,8 +270,9 @@ def _pack(lines: _Lines, a: int, b: int, budget: int, brace: bool) -> list[tuple
             out.append((i, b))
             break
         best, best_score = j, scores(j)
-        for c in range(j - 1, i, -1):
-            if best_score >= 3 or tok[c] - tok[i] < min_fill:
+        floor = bisect_right(tok, tok[i] + min_fill, i + 1, j)  # cuts below this leave a tiny chunk
+        for c in range(j - 1, floor - 1, -1):
+            if best_score >= 3:
                 break
             score = scores(c)
             if score > best_score:
