@@ -170,3 +170,25 @@ def test_key_block_split_across_chunks_is_redacted_in_every_piece() -> None:
         result = redact_secrets(piece, "keys.py")
         assert_clean(result.text)
     assert redact_secrets(tail, "keys.py").text.endswith("\n'''\nx = 1\n")
+
+
+def test_real_chunker_never_emits_a_planted_secret(tmp_path: Path) -> None:
+    """The chunking engineer's row builder calls redact_secrets per chunk: small chunks cut
+    key blocks and config files apart, and no piece may carry a secret."""
+    from cicdllm_assets.chunking.plan import plan_file
+    from cicdllm_assets.chunking.rows import ChunkRowBuilder, FileForChunks
+    from cicdllm_assets.chunking.tokenizer import TokenCounter
+    from tests.llm_fixtures import make_tiny_model_dir
+
+    counter = TokenCounter(make_tiny_model_dir(tmp_path / "tiny") / "tokenizer.json")
+    builder = ChunkRowBuilder("acme/leaky", "c0ffee", "MIT", budget=64, counter=counter)
+    for path, text in sorted(FILES.items()):
+        encoding = counter.encode_batch([text])[0]
+        plan = plan_file(text, "text", encoding, 64, counter.count_batch)
+        builder.add_file(FileForChunks(path, "blob-" + path, "text", text), plan)
+    table = builder.table()
+    assert table.num_rows > len(FILES)  # files were really cut into several chunks
+    assert builder.stats.redactions > 0
+    for text in table.column("text").to_pylist():
+        for secret in PLANTED:
+            assert secret not in text

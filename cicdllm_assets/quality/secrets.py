@@ -24,6 +24,7 @@ redaction repeats until :func:`find_secrets` reports nothing, so
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections import Counter
@@ -288,6 +289,10 @@ _BASE64_BLOCK = re.compile(
     r"(?:^[ \t\"']*[A-Za-z0-9+/]{40,}={0,2}[ \t\"',\\n]*(?:\r?\n|\Z)){2,}",
     re.MULTILINE,
 )
+# Bare (unquoted) runs of token characters: a secret cut in pieces by a chunk boundary, or a
+# token in prose. Only runs mixing upper case, lower case and digits with high entropy count.
+_TOKEN_RUN = re.compile(r"(?<![A-Za-z0-9_\-+/=])[A-Za-z0-9_\-+/]{24,}={0,2}(?![A-Za-z0-9_\-+/=])")
+TOKEN_RUN_MIN_ENTROPY = 4.2
 _PUTTY_KEY = re.compile(r"PuTTY-User-Key-File-\d:.*?(?:Private-MAC: *\S+|\Z)", re.DOTALL)
 
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-+/=]*")
@@ -353,8 +358,12 @@ def _is_reference(value: str) -> bool:
         return True
     if stripped.startswith(("$", "%(", "{{", "<", "${", "#{", "@", "&", "*", "!", "os.", "env(", "process.env")):
         return True
-    if _is_placeholder(stripped):
+    if _is_placeholder(stripped) or len(stripped) < 3:
         return True
+    if stripped.startswith("[") or re.fullmatch(r"<\|?[\w\-]+\|?>", stripped):
+        return True  # lists, regex classes, special tokens ([PAD], <|im_end|>)
+    if re.fullmatch(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+", stripped):
+        return True  # the NAME of an environment variable, e.g. "AWS_SECRET_ACCESS_KEY"
     return bool(re.fullmatch(r"[\d.\-_]+", stripped))  # numbers, versions, ttl values
 
 
@@ -422,6 +431,34 @@ def _line_assignment_spans(text: str, path: str) -> Iterator[tuple[int, int, str
         yield start, start + len(value), _key_kind(key), "pattern:assignment"
 
 
+def shannon_entropy(value: str) -> float:
+    """Bits per character of ``value``."""
+    if not value:
+        return 0.0
+    counts = Counter(value)
+    total = len(value)
+    return -sum(n / total * math.log2(n / total) for n in counts.values())
+
+
+def _looks_random(run: str) -> bool:
+    """Mixed upper/lower/digits and high entropy: a token, not an identifier or a hash."""
+    core = run.strip("=_-")
+    if len(core) < 24 or _is_placeholder(core):
+        return False
+    if not (any(c.isdigit() for c in core) and any(c.isupper() for c in core) and any(c.islower() for c in core)):
+        return False
+    if "_" in core and re.fullmatch(r"[A-Za-z0-9]+(?:_[A-Za-z0-9]+)+", core) and max(
+        len(part) for part in core.split("_")
+    ) < 16:
+        return False  # snake_case / CONSTANT_NAMES with numbers
+    camel = sum(len(m) for m in re.findall(r"[A-Z][a-z]{2,}|[a-z]{3,}", core))
+    if camel >= 0.6 * len(core):
+        return False  # CamelCase / compound identifiers (_V1ValidatorWithValuesKwOnlyClsMethod)
+    if "/" in core and any(len(seg) >= 3 and seg.isalpha() and seg.islower() for seg in core.split("/")):
+        return False  # a path or URL (…/dagster/blob/<sha>)
+    return shannon_entropy(core) >= TOKEN_RUN_MIN_ENTROPY
+
+
 def _pattern_spans(
     text: str, path: str, keyword_lines: list[tuple[int, str]]
 ) -> Iterator[tuple[int, int, str, str]]:
@@ -433,6 +470,9 @@ def _pattern_spans(
         block = match.group(0).rstrip("\r\n")
         if re.search(r"[0-9+/]", block) and re.search(r"[A-Z]", block) and re.search(r"[a-z]", block):
             yield match.start(), match.start() + len(block), "base64_block", "pattern:base64_block"
+    for match in _TOKEN_RUN.finditer(text):
+        if _looks_random(match.group(0)):
+            yield match.start(), match.end(), "high_entropy_token", "pattern:token_run"
     for match in _PUTTY_KEY.finditer(text):
         yield match.start(), match.end(), "private_key", "pattern:putty_key"
     for match in _JWT.finditer(text):
@@ -448,7 +488,7 @@ def _pattern_spans(
 
 
 _GENERIC_DETECTORS = frozenset(
-    {"pattern:assignment", "pattern:url_credentials", "BasicAuthDetector", "KeywordDetector",
+    {"pattern:assignment", "pattern:url_credentials", "pattern:token_run", "BasicAuthDetector", "KeywordDetector",
      "Base64HighEntropyString", "HexHighEntropyString"}
 )
 
