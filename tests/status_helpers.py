@@ -100,3 +100,20 @@ def make_runs(dagster_home: Path, repos: list[str]) -> None:
         for repo in repos:
             result = materialize([status_probe], partition_key=repo, instance=instance)
             assert result.success
+
+
+def make_failed_run(dagster_home: Path, repo: str) -> str:
+    """A run of ``repo``'s partition whose step raises; returns the run id."""
+    from dagster import DagsterInstance, asset, materialize
+
+    from cicdllm_assets.partitions import repos_partitions
+
+    @asset(partitions_def=repos_partitions, name="status_probe")
+    def status_probe() -> None:
+        raise ValueError("kaboom: the model server refused the connection")
+
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        instance.add_dynamic_partitions("repos", [repo])
+        result = materialize([status_probe], partition_key=repo, instance=instance, raise_on_error=False)
+        assert not result.success
+        return result.run_id

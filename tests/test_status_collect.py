@@ -14,7 +14,7 @@ from cicdllm_assets.config import Settings
 from cicdllm_assets.status.collect import collect_status, human_bytes, human_duration
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.storage.tables import TableStore
-from tests.status_helpers import HEADS, populate, write_state, write_tables
+from tests.status_helpers import HEADS, make_failed_run, populate, write_state, write_tables
 
 
 def test_counts_progress_failures_runs(settings: Settings) -> None:
@@ -167,3 +167,16 @@ def test_running_stage_without_progress_is_stalled(settings: Settings) -> None:
     assert by_repo["alpha"].stalled and not by_repo["beta"].stalled
     assert not status.stages[0].stalled  # beta is still moving
     assert by_repo["alpha"].rate_per_minute is not None and by_repo["alpha"].rate_per_minute < 1
+
+
+def test_failed_runs_explain_why(settings: Settings) -> None:
+    populate(settings)
+    run_id = make_failed_run(settings.dagster_home, "beta")
+    status = collect_status(settings, battery_reader=lambda: None)
+    beta = next(r for r in status.repos if r.repo == "beta")
+    assert beta.last_run is not None and beta.last_run.status == "FAILURE" and beta.last_run.run_id == run_id
+    (failure,) = status.run_failures
+    assert (failure.repo, failure.stage, failure.category) == ("beta", "status_probe", "run_failure")
+    assert failure.item == f"run {run_id[:8]}"
+    assert failure.message == "ValueError: kaboom: the model server refused the connection"
+    assert status.to_dict()["run_failures"][0]["message"].startswith("ValueError: kaboom")

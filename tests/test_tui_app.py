@@ -14,7 +14,7 @@ from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.tui.app import StatusApp
 from cicdllm_assets.tui.screens import ConfigScreen, FailuresScreen, HelpScreen, LogScreen
 from cicdllm_assets.tui.widgets import ProgressPanel, ReposTable, ResourcesPanel, RunsTable, StaticPanel
-from tests.status_helpers import populate
+from tests.status_helpers import make_failed_run, populate
 
 SIZE = (180, 50)
 
@@ -39,6 +39,7 @@ def record_battery_pause(settings: Settings) -> None:
 @pytest.fixture
 def populated(settings: Settings) -> Settings:
     populate(settings)
+    make_failed_run(settings.dagster_home, "beta")
     record_battery_pause(settings)
     return settings
 
@@ -66,7 +67,9 @@ def test_dashboard_and_every_key(populated: Settings) -> None:
             assert "CPU" in resources and "Memory" in resources
             assert "12% on battery — paused: on battery below 20%" in resources
             runs = app.query_one(RunsTable).row_texts()
-            assert sorted(r[2] for r in runs) == ["alpha", "beta"] and {r[3] for r in runs} == {"SUCCESS"}
+            assert sorted(r[2] for r in runs) == ["alpha", "beta", "beta"]
+            assert [r[3] for r in runs] == ["FAILURE", "SUCCESS", "SUCCESS"]  # newest first
+            assert rows["beta"][11] == "FAILURE"
 
             # r: refresh now
             before = app.refresh_count
@@ -79,10 +82,15 @@ def test_dashboard_and_every_key(populated: Settings) -> None:
             screen = app.screen
             categories = screen.query_one("#failure-categories", StaticPanel).plain_text
             assert "timeout" in categories and "parse_error" in categories and "decode_error" in categories
+            assert "run_failure" in categories
             table = screen.query_one("#failures-table", DataTable)
             messages = [str(table.get_row_at(i)[5]) for i in range(table.row_count)]
-            assert "request timed out after 120s" in messages and table.row_count == 3
-            assert screen.query_one("#failure-detail", StaticPanel).plain_text.strip() == "not UTF-8 text"
+            assert "request timed out after 120s" in messages and table.row_count == 4
+            # newest first: the failed run, with the root cause of its step error
+            assert messages[0] == "ValueError: kaboom: the model server refused the connection"
+            assert str(table.get_row_at(0)[2]) == "status_probe"
+            detail = screen.query_one("#failure-detail", StaticPanel).plain_text.strip()
+            assert detail == "ValueError: kaboom: the model server refused the connection"
             await pilot.press("f")
             await wait_for(pilot, lambda: not isinstance(app.screen, FailuresScreen))
 

@@ -68,6 +68,13 @@ def render_once(status: Status) -> Group:
         for category, count in status.failure_categories.items():
             failures.add_row(category, str(count))
         parts.append(failures)
+    if status.run_failures:
+        failed = Table(title="Failed runs", title_justify="left")
+        for name in ("Run", "Partition", "Step", "Error"):
+            failed.add_column(name, overflow="fold" if name == "Error" else "ellipsis")
+        for failure in status.run_failures:
+            failed.add_row(failure.item, failure.repo, failure.stage, failure.message.splitlines()[0][:300])
+        parts.append(failed)
     if status.runs:
         runs = Table(title="Recent Dagster runs", title_justify="left")
         for name in ("Run", "Job", "Partition", "Status", "Started", "Duration"):

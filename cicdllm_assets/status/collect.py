@@ -178,6 +178,7 @@ class Status:
     resources: ResourceInfo
     tokens_per_second: float | None = None
     errors: list[str] = field(default_factory=list)
+    run_failures: list[FailureInfo] = field(default_factory=list)
 
     def totals(self) -> dict[str, int]:
         """Sums of the per-repo counters."""
@@ -219,6 +220,7 @@ class Status:
             "failures": [asdict(item) for item in self.failures],
             "events": [asdict(item) for item in self.events],
             "runs": [run_dict(run) for run in self.runs],
+            "run_failures": [asdict(item) for item in self.run_failures],
             "resources": resources,
             "tokens_per_second": self.tokens_per_second,
             "errors": self.errors,
@@ -605,6 +607,48 @@ def read_runs(dagster_home: Path, limit: int, repos: Iterable[str]) -> tuple[lis
     return recent, last
 
 
+#: Failed runs whose error messages are read for the failures view.
+MAX_FAILED_RUNS_EXPLAINED = 5
+
+
+def _root_error(error: Any) -> str:
+    """The innermost cause of a Dagster SerializableErrorInfo, as one trimmed message."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return str(getattr(error, "message", error)).strip()
+
+
+def read_run_failures(dagster_home: Path, runs: Iterable[RunInfo]) -> list[FailureInfo]:
+    """Why the most recent failed runs failed (step errors, else the run error)."""
+    instance = _dagster_instance(dagster_home)
+    if instance is None:
+        return []
+    from dagster import DagsterEventType
+
+    failures: list[FailureInfo] = []
+    failed = [run for run in runs if run.status == "FAILURE"][:MAX_FAILED_RUNS_EXPLAINED]
+    for run in failed:
+        entries = instance.all_logs(
+            run.run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
+        )
+        step_entries = [e for e in entries if e.dagster_event and e.dagster_event.step_key]
+        for entry in step_entries or entries[:1]:
+            event = entry.dagster_event
+            error = getattr(event.event_specific_data, "error", None) if event else None
+            message = _root_error(error) if error is not None else (entry.message or "run failed")
+            failures.append(
+                FailureInfo(
+                    repo=run.partition or "-",
+                    stage=(event.step_key if event and event.step_key else run.job_name),
+                    item=f"run {run.run_id[:8]}",
+                    category="run_failure",
+                    message=message,
+                    created_at=float(entry.timestamp),
+                )
+            )
+    return failures
+
+
 def read_dynamic_partitions(dagster_home: Path) -> list[str]:
     """Repos registered as dynamic partitions "repos" in the Dagster instance."""
     instance = _dagster_instance(dagster_home)
@@ -664,6 +708,7 @@ def collect_status(
 
     partitions: list[str] = []
     runs: list[RunInfo] = []
+    run_failures: list[FailureInfo] = []
     last_runs: dict[str, RunInfo] = {}
     if include_runs:
         try:
@@ -676,6 +721,7 @@ def collect_status(
     if include_runs:
         try:
             runs, last_runs = read_runs(settings.dagster_home, ui.recent_runs, sorted(names))
+            run_failures = read_run_failures(settings.dagster_home, runs)
         except Exception as exc:
             errors.append(f"dagster runs: {exc}")
 
@@ -713,6 +759,7 @@ def collect_status(
         failure_categories=dict(sorted(categories.items(), key=lambda kv: (-kv[1], kv[0]))),
         events=events,
         runs=runs,
+        run_failures=run_failures,
         resources=resources,
         tokens_per_second=tokens_per_second,
         errors=errors,

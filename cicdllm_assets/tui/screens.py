@@ -70,11 +70,14 @@ class FailuresScreen(Screen[None]):
     def update_status(self, status: Status) -> None:
         """Show the categories and the newest failures."""
         categories = self.query_one("#failure-categories", StaticPanel)
-        if status.failure_categories:
+        counts = dict(status.failure_categories)
+        if status.run_failures:
+            counts["run_failure"] = len(status.run_failures)
+        if counts:
             table = Table(title="Failures by category", title_justify="left", box=None, pad_edge=False, min_width=40)
             table.add_column("Category")
             table.add_column("Count", justify="right")
-            for category, count in status.failure_categories.items():
+            for category, count in counts.items():
                 table.add_row(category, str(count))
             categories.show(table)
         else:
@@ -82,8 +85,9 @@ class FailuresScreen(Screen[None]):
         rows = self.query_one("#failures-table", DataTable)
         cursor = rows.cursor_row
         rows.clear()
-        self._messages = [f.message for f in status.failures]
-        for failure in status.failures:
+        failures = sorted([*status.run_failures, *status.failures], key=lambda f: f.created_at, reverse=True)
+        self._messages = [f.message for f in failures]
+        for failure in failures:
             message = failure.message.splitlines()[0] if failure.message else ""
             rows.add_row(clock(failure.created_at), failure.repo, failure.stage, failure.category, failure.item,
                          message[:120])
