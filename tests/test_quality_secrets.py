@@ -105,6 +105,12 @@ def test_ordinary_code_is_untouched() -> None:
         "    key = (repo, path)\n"
         "    url = f'https://example.com/{path}'\n"
         "    return [t for t in text.split() if t]\n"
+        'pad_token = "[PAD]"\n'
+        'eos_token = "<|im_end|>"\n'
+        'secret_env = os.environ["AWS_SECRET_ACCESS_KEY"]\n'
+        'api_key_env = "OPENAI_API_KEY"\n'
+        "class _V1ValidatorWithValuesKwOnlyClsMethod(Protocol): ...\n"
+        "see https://github.com/dagster-io/dagster/blob/22e79ea7024bd13b197e3a2f66401197/README.md\n"
     )
     assert redact_secrets(code, "tok.py").text == code
     assert redact_secrets(code).text == code

@@ -267,6 +267,8 @@ def _detect_secrets_spans(
                 value = found.secret_value
                 if not value or _is_placeholder(value) or any(h(value) for h in plugins.heuristics):
                     continue
+                if type(plugin).__name__ == "KeywordDetector" and _is_reference(value):
+                    continue  # env var names, special tokens, templates
                 for start, end in _occurrences(line, value, offset):
                     yield start, end, _slug(plugin.secret_type), type(plugin).__name__
 
