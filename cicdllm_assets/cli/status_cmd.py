@@ -6,7 +6,8 @@ import json
 import logging
 
 import click
-from rich.console import Console, Group
+from rich import box
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -42,25 +43,37 @@ def command(once: bool, as_json: bool, no_runs: bool) -> None:
     if as_json:
         click.echo(json.dumps(status.to_dict(), indent=2, default=str))
         return
-    Console().print(render_once(status))
+    console = Console()
+    console.print(render_once(status, console.width))
 
 
-def render_once(status: Status) -> Group:
-    """The ``--once`` view: repos, progress, failures by category, runs, resources."""
-    repos = Table(title="Repositories", title_justify="left")
-    for name in ("Repo", "Head", "Size", "Kept", "Skipped", "Chunks", "Questions", "Answers", "Accepted",
-                 "Failures", "Last run"):
+def render_once(status: Status, width: int = 160) -> Group:
+    """The ``--once`` view: repos, progress, failures by category, runs, resources.
+
+    Narrow terminals (< 110 columns) leave out the head commit and size columns.
+    """
+    wide = width >= 110
+    repos = Table(title="Repositories", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    names = ["Repo", "Head", "Size"] if wide else ["Repo"]
+    names += ["Kept", "Skip", "Chunks", "Qs", "Answers", "OK", "Fail", "Last run"]
+    for name in names:
         repos.add_column(name, justify="left" if name in ("Repo", "Head", "Last run") else "right",
-                         no_wrap=name in ("Repo", "Head", "Size"))
+                         no_wrap=name in ("Repo", "Head"))
     for repo in status.repos:
         run = repo.last_run
         last = Text.assemble(clock(run.created_at), " ", styled_status(run.status)) if run else Text("-")
+        head: list[RenderableType] = [repo.repo]
+        if wide:
+            head += [(repo.head_commit or "-")[:10], human_bytes(repo.size_bytes)]
         repos.add_row(
-            repo.repo, (repo.head_commit or "-")[:10], human_bytes(repo.size_bytes),
-            f"{repo.files_kept} ({human_bytes(repo.kept_bytes)})", str(repo.files_skipped), str(repo.chunks),
+            *head, str(repo.files_kept), str(repo.files_skipped), str(repo.chunks),
             str(repo.questions), str(repo.answers), f"{repo.qa_accepted}/{repo.qa_pairs}", str(repo.failures), last,
         )
-    parts: list = [repos, progress_table(status)]
+    if not status.repos:
+        hint = Text("No repositories yet: list them in repos.txt, then `cicdllm run`.", style="dim")
+        parts: list[RenderableType] = [hint, progress_table(status)]
+    else:
+        parts = [repos, progress_table(status)]
     if status.failure_categories:
         failures = Table(title="Failures by category", title_justify="left")
         failures.add_column("Category")
