@@ -1,0 +1,122 @@
+"""The whole pipeline on a real git repo with planted secrets, through to the export files.
+
+repositories -> source_files -> code_chunks -> questions -> answers (OpenAI backend against
+the local fault server) -> qa_pairs -> training_dataset (+ blocking checks). No planted
+secret may appear in a prompt the server received, in any asset table, in the ledger or
+in any export file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from dagster import AssetKey, DagsterInstance, materialize
+
+from cicdllm_assets.io_managers import PartitionedParquetIOManager
+from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
+from cicdllm_assets.repos.repos_file import parse_repos_text
+from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
+from cicdllm_assets.testing.fault_server import FaultServer
+from tests.export_fixtures import CHECKS
+from tests.generation_support import SAMPLE_FILES, openai_config
+from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
+from tests.test_quality_secrets import FILES as SECRET_FILES
+from tests.test_quality_secrets import PLANTED
+
+
+def _assets() -> list[Any]:
+    from cicdllm_assets.assets.answers import answers
+    from cicdllm_assets.assets.code_chunks import code_chunks
+    from cicdllm_assets.assets.qa_pairs import qa_pairs
+    from cicdllm_assets.assets.questions import questions
+    from cicdllm_assets.assets.repositories import repositories
+    from cicdllm_assets.assets.source_files import source_files
+    from cicdllm_assets.assets.training_dataset import training_dataset
+
+    return [repositories, source_files, code_chunks, questions, answers, qa_pairs, training_dataset]
+
+
+MIT_TEXT = """MIT License
+
+Copyright (c) 2026 Test
+
+Permission is hereby granted, free of charge, to any person obtaining a copy
+of this software and associated documentation files (the "Software"), to deal
+in the Software without restriction, including without limitation the rights
+to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+"""
+
+
+def _leaks(text: str) -> list[str]:
+    return [secret[:12] for secret in PLANTED if secret in text]
+
+
+@pytest.mark.slow
+def test_chain_to_export_leaks_no_secret(project: Path, make_git_repo, tiny_model_dir: Path) -> None:  # noqa: F811
+    files = {**SAMPLE_FILES, **SECRET_FILES, "LICENSE": MIT_TEXT}
+    repo = make_git_repo("leaky", files)
+    (project / "repos.txt").write_text(f"{repo.path}\n", encoding="utf-8")
+    with FaultServer(capacity=4) as server:
+        openai_config(project, server.base_url, tiny_model_dir, generation={"themes": ["code_explanation"]})
+        with (project / "cicdllm.yaml").open("a", encoding="utf-8") as handle:
+            handle.write(f"processing:\n  tokenizer: {tiny_model_dir / 'tokenizer.json'}\n  chunk_max_tokens: 96\n")
+        from cicdllm_assets.config import load_settings
+
+        settings = load_settings()
+        key = parse_repos_text(f"{repo.path}\n", project)[0].key
+        instance = DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions(REPOS_PARTITIONS_NAME, [key])
+        resources = {"app_config": AppConfigResource(), "io_manager": PartitionedParquetIOManager(),
+                     "llm": OpenAIResource()}
+        assets = _assets()
+        result = materialize(assets[:-1], partition_key=key, instance=instance, resources=resources)
+        assert result.success
+        result = materialize([*assets, *CHECKS], selection=[assets[-1]], instance=instance, resources=resources)
+        assert result.success
+        prompts = [record.prompt_text for record in server.chat_records]
+
+    assert prompts
+    for prompt in prompts:
+        assert not _leaks(prompt), "a planted secret reached the LLM"
+    for table_file in sorted(settings.tables_dir.rglob("*.parquet")):
+        text = "\n".join(str(v) for row in pq.read_table(table_file).to_pylist() for v in row.values())
+        assert not _leaks(text), f"leak in {table_file.relative_to(settings.tables_dir)}"
+    with sqlite3.connect(settings.state_db) as con:
+        for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            rows = con.execute(f'SELECT * FROM "{name}"').fetchall()  # noqa: S608 - names from sqlite_master
+            assert not _leaks("\n".join(map(str, rows))), f"leak in state table {name}"
+    out = settings.export_dir
+    exported = [p for p in out.rglob("*") if p.is_file()]
+    assert (out / "dataset.parquet") in exported and (out / "README.md") in exported
+    for path in exported:
+        text = (
+            "\n".join(str(v) for row in pq.read_table(path).to_pylist() for v in row.values())
+            if path.suffix == ".parquet" else path.read_text(encoding="utf-8")
+        )
+        assert not _leaks(text), f"leak in export file {path.relative_to(out)}"
+    records = pq.read_table(out / "dataset.parquet")
+    assert records.num_rows > 0 and set(records.column("license").to_pylist()) == {"MIT"}
+    for check in CHECKS:
+        for check_key in check.check_keys:
+            record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])[check_key]
+            assert record.event.asset_check_evaluation.passed, check_key  # type: ignore[union-attr]
+    event = instance.get_latest_materialization_event(AssetKey("training_dataset"))
+    assert event is not None
