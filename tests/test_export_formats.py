@@ -180,3 +180,23 @@ def test_cli_export(project: Path) -> None:
 def test_cli_export_without_tables(project: Path) -> None:
     result = CliRunner().invoke(cli, ["export"])
     assert result.exit_code == 1 and "materialize qa_pairs first" in result.output
+
+
+def test_cli_export_follows_repos_txt(project: Path) -> None:
+    from cicdllm_assets.repos.repos_file import parse_repos_text
+
+    settings = load_settings()
+    (project / "kept").mkdir()
+    (project / "repos.txt").write_text("kept\n", encoding="utf-8")
+    kept = parse_repos_text("kept\n", project)[0].key
+    store = TableStore(settings.tables_dir)
+    store.write("qa_pairs", kept, qa_table(repo=kept))
+    store.write("qa_pairs", "removed-repo", qa_table(n_files=2, repo="removed-repo", tricky=False))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["export", "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    assert "Exported 12 pairs" in result.output and "Skipped 1 stored repo(s)" in result.output
+    everything = runner.invoke(cli, ["export", "--format", "jsonl", "--all-partitions", "--json"])
+    assert everything.exit_code == 0, everything.output
+    summary = json.loads(everything.output)
+    assert summary["skipped_partitions"] == [] and summary["pairs"] > 12

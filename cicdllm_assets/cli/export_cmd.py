@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 import click
 
-from cicdllm_assets.config import ConfigError, load_settings
+from cicdllm_assets.config import ConfigError, Settings, load_settings
 from cicdllm_assets.config.models import EXPORT_FORMATS
 from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
-from cicdllm_assets.storage.tables import TableStore
+from cicdllm_assets.repos.repos_file import ReposFileError, read_repos_file
+from cicdllm_assets.storage.tables import TableStore, partition_file_name
+
+logger = logging.getLogger(__name__)
 
 
 @click.command(name="export")
@@ -23,8 +27,12 @@ from cicdllm_assets.storage.tables import TableStore
     "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Output directory (default: export.out_dir from the config).",
 )
+@click.option(
+    "--all-partitions", "all_partitions", is_flag=True,
+    help="Also export stored qa_pairs of repositories no longer listed in repos.txt.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def command(formats: tuple[str, ...], out_dir: Path | None, as_json: bool) -> None:
+def command(formats: tuple[str, ...], out_dir: Path | None, all_partitions: bool, as_json: bool) -> None:
     """Export the latest dataset from the stored qa_pairs tables without re-running generation.
 
     Applies the licence allow-list, cross-repository dedup, a secret re-scan and the
@@ -37,7 +45,8 @@ def command(formats: tuple[str, ...], out_dir: Path | None, as_json: bool) -> No
         click.echo(str(exc), err=True)
         sys.exit(2)
     store = TableStore(settings.tables_dir)
-    qa_pairs = store.read_all("qa_pairs")
+    keys, skipped = _partitions(settings, store, all_partitions)
+    qa_pairs = store.read_all("qa_pairs", keys)
     if qa_pairs is None:
         raise click.ClickException(
             f"no qa_pairs tables under {settings.tables_dir}: materialize qa_pairs first (cicdllm run)"
@@ -51,6 +60,9 @@ def command(formats: tuple[str, ...], out_dir: Path | None, as_json: bool) -> No
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     splits = result.split_counts()
+    if skipped and not as_json:
+        click.echo(f"Skipped {len(skipped)} stored repo(s) not in repos.txt (use --all-partitions): "
+                   + ", ".join(skipped))
     if as_json:
         click.echo(json.dumps({
             "out_dir": str(result.out_dir),
@@ -62,6 +74,7 @@ def command(formats: tuple[str, ...], out_dir: Path | None, as_json: bool) -> No
             "files": [{"format": f.format, "split": f.split, "path": str(f.path), "rows": f.rows}
                       for f in result.files],
             "notes": result.notes,
+            "skipped_partitions": skipped,
         }, indent=2))
         return
     click.echo(
@@ -78,3 +91,24 @@ def command(formats: tuple[str, ...], out_dir: Path | None, as_json: bool) -> No
         click.echo("Secrets redacted: " + ", ".join(f"{k} {v}" for k, v in result.redactions.items()))
     for note in result.notes:
         click.echo(f"Note: {note}")
+
+
+def _partitions(settings: Settings, store: TableStore, all_partitions: bool) -> tuple[list[str] | None, list[str]]:
+    """qa_pairs partitions to export (None = all) and stored ones skipped as no longer listed.
+
+    Like the training_dataset asset (which sees the current "repos" partitions), the export
+    covers the repositories of repos.txt; with an empty or unreadable repos.txt, or with
+    ``--all-partitions``, every stored partition is used.
+    """
+    if all_partitions:
+        return None, []
+    try:
+        listed = [entry.key for entry in read_repos_file(settings.repos_file)]
+    except (ReposFileError, OSError) as exc:
+        logger.warning("repos.txt unreadable (%s); exporting every stored partition", exc)
+        return None, []
+    if not listed:
+        return None, []
+    listed_files = {partition_file_name(key) for key in listed}
+    skipped = sorted(path.stem for path in store.files("qa_pairs") if path.name not in listed_files)
+    return listed, skipped
