@@ -140,6 +140,13 @@ def test_dashboard_and_every_key(populated: Settings) -> None:
             assert "refresh_seconds: 0.5" in written and written.startswith("storage:")
             # hot reload: the viewer adopts the new interval on its next refresh
             await wait_for(pilot, lambda: app.refresh_seconds == 0.5)
+            # while typing a value, the viewer's letter keys are just text
+            editor.select_field("llm.model")
+            field_input.focus()
+            field_input.value = ""
+            await pilot.press("q", "r", "f", "l", "c", "question_mark")
+            await pilot.pause()
+            assert field_input.value == "qrflc?" and isinstance(app.screen, ConfigScreen)
             await pilot.press("escape")
             await wait_for(pilot, lambda: not isinstance(app.screen, ConfigScreen))
 
