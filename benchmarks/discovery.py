@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -47,6 +48,7 @@ class Run:
     """One timed pipeline run."""
 
     seconds: float
+    cpu_seconds: float
     discovery_seconds: float
     chunks_seconds: float
     files_total: int
@@ -79,6 +81,7 @@ def run_pipeline(
     counter = TokenCounter(tokenizer)
     state = StateStore(state_db)
     cache = PlanCache(state, lru_size=256)
+    cpu = time.process_time()
     start = time.perf_counter()
     chunker = Chunker(counter, processing.chunk_max_tokens, cache)
     discovery = Discovery(repo, commit, processing, chunker, verdicts=VerdictCache(state, processing.skip_generated))
@@ -93,9 +96,21 @@ def run_pipeline(
     end = time.perf_counter()
     chunker.close()
     stats = discovery.stats
-    return Run(end - start, middle - start, end - middle, stats.files_total, stats.files_kept, stats.bytes_kept,
-               stats.tokens, builder.stats.chunks, discovery.chunker.stats.cache_hits if discovery.chunker else 0,
-               discovery.chunker.stats.cache_misses if discovery.chunker else 0, counter.calls)
+    planned = discovery.chunker.stats if discovery.chunker else None
+    return Run(
+        seconds=end - start,
+        cpu_seconds=time.process_time() - cpu,
+        discovery_seconds=middle - start,
+        chunks_seconds=end - middle,
+        files_total=stats.files_total,
+        files_kept=stats.files_kept,
+        bytes_kept=stats.bytes_kept,
+        tokens=stats.tokens,
+        chunks=builder.stats.chunks,
+        cache_hits=planned.cache_hits if planned else 0,
+        cache_misses=planned.cache_misses if planned else 0,
+        tokenizer_calls=counter.calls,
+    )
 
 
 def kept_texts(repo: Path, commit: str, processing: ProcessingConfig) -> list[str]:
@@ -106,12 +121,13 @@ def kept_texts(repo: Path, commit: str, processing: ProcessingConfig) -> list[st
     return texts
 
 
-def bare_encode(tokenizer: Path, texts: list[str]) -> float:
-    """Seconds for one bare encode_batch over ``texts`` with a fresh tokenizer."""
+def bare_encode(tokenizer: Path, texts: list[str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one bare encode_batch over ``texts`` with a fresh tokenizer."""
     tok = Tokenizer.from_file(str(tokenizer))
+    cpu = time.process_time()
     start = time.perf_counter()
     tok.encode_batch(texts, add_special_tokens=False)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def redaction_seconds(repo: Path, commit: str, processing: ProcessingConfig, tokenizer: Path) -> tuple[float, int]:
@@ -141,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", default="HEAD")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the configured/embedded model's)")
     parser.add_argument("--budget", type=int, default=None, help="chunk_max_tokens (default: config)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each kind; the best is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of bare/cold/warm; medians are reported")
     parser.add_argument("--redact", action="store_true", help="include secret redaction in the timed runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -156,33 +172,45 @@ def main(argv: list[str] | None = None) -> int:
     repo = args.repo.resolve()
     commit = resolve_commit(repo, args.commit)
     texts = kept_texts(repo, commit, processing)
-    bare = min(bare_encode(tokenizer, texts) for _ in range(args.repeat))
-    colds: list[Run] = []
-    warms: list[Run] = []
+    # The machine may be shared: each round runs bare, cold and warm back to back, and the
+    # median of the per-round ratios is reported (wall clock and process CPU time).
+    rounds: list[tuple[tuple[float, float], Run, Run]] = []
     for _ in range(args.repeat):
+        bare = bare_encode(tokenizer, texts)
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "state.db"
-            colds.append(run_pipeline(repo, commit, processing, tokenizer, db, args.redact))
-            warms.append(run_pipeline(repo, commit, processing, tokenizer, db, args.redact))
-        bare = min(bare, bare_encode(tokenizer, texts))
-    cold = min(colds, key=lambda r: r.seconds)
-    warm = min(warms, key=lambda r: r.seconds)
+            cold = run_pipeline(repo, commit, processing, tokenizer, db, args.redact)
+            warm = run_pipeline(repo, commit, processing, tokenizer, db, args.redact)
+        rounds.append((bare, cold, warm))
+    cold_ratios = [c.seconds / b[0] for b, c, _ in rounds]
+    warm_ratios = [w.seconds / b[0] for b, _, w in rounds]
+    cold_cpu_ratios = [c.cpu_seconds / b[1] for b, c, _ in rounds]
+    warm_cpu_ratios = [w.cpu_seconds / b[1] for b, _, w in rounds]
+    bare_s = statistics.median(b[0] for b, _, _ in rounds)
+    cold = sorted((r[1] for r in rounds), key=lambda r: r.seconds)[len(rounds) // 2]
+    warm = sorted((r[2] for r in rounds), key=lambda r: r.seconds)[len(rounds) // 2]
     redact_s, redactions = redaction_seconds(repo, commit, processing, tokenizer)
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     report: dict[str, Any] = {
         "repo": str(repo), "commit": commit, "tokenizer": str(tokenizer), "budget": processing.chunk_max_tokens,
+        "rounds": args.repeat,
         "files_total": cold.files_total, "files_kept": cold.files_kept, "mb_kept": round(mb, 2),
         "tokens": cold.tokens, "chunks": cold.chunks,
-        "bare_encode_s": round(bare, 3),
+        "bare_encode_s": round(bare_s, 3),
         "cold_s": round(cold.seconds, 3), "cold_discovery_s": round(cold.discovery_seconds, 3),
         "cold_chunks_s": round(cold.chunks_seconds, 3),
         "warm_s": round(warm.seconds, 3), "warm_discovery_s": round(warm.discovery_seconds, 3),
         "warm_chunks_s": round(warm.chunks_seconds, 3),
-        "cold_ratio": round(cold.seconds / bare, 3), "warm_ratio": round(warm.seconds / bare, 3),
+        "cold_ratio": round(statistics.median(cold_ratios), 3),
+        "warm_ratio": round(statistics.median(warm_ratios), 3),
+        "cold_ratios": [round(r, 3) for r in cold_ratios],
+        "warm_ratios": [round(r, 3) for r in warm_ratios],
+        "cold_cpu_ratio": round(statistics.median(cold_cpu_ratios), 3),
+        "warm_cpu_ratio": round(statistics.median(warm_cpu_ratios), 3),
         "cold_files_per_s": round(cold.files_total / cold.seconds, 1),
         "warm_files_per_s": round(warm.files_total / warm.seconds, 1),
         "cold_mb_per_s": round(mb / cold.seconds, 2), "warm_mb_per_s": round(mb / warm.seconds, 2),
-        "bare_mb_per_s": round(mb / bare, 2),
+        "bare_mb_per_s": round(mb / bare_s, 2),
         "warm_tokenizer_calls": warm.tokenizer_calls, "warm_cache_hits": warm.cache_hits,
         "redaction_s": round(redact_s, 3), "redactions": redactions, "redaction_included": args.redact,
         "targets": {"cold_ratio": TARGET_COLD, "warm_ratio": TARGET_WARM},
