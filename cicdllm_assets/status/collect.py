@@ -374,6 +374,7 @@ def open_state_readonly(state_db: Path) -> sqlite3.Connection | None:
     if not state_db.exists():
         return None
     con = sqlite3.connect(str(state_db), timeout=SQLITE_TIMEOUT_SECONDS, check_same_thread=False)
+    con.execute("PRAGMA query_only = 1")
     con.row_factory = sqlite3.Row
     return con
 
