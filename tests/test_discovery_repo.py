@@ -158,3 +158,29 @@ def test_bad_commit_is_a_clear_error(sample) -> None:
         list_tree(repo.path, "--output=/tmp/x")
     with pytest.raises(GitError):
         list_tree(repo.path, "0" * 40)
+
+
+def test_verdict_and_plan_caches_skip_reading_and_tokenizing(sample, tmp_path, counter) -> None:
+    from cicdllm_assets.chunking.cache import PlanCache
+    from cicdllm_assets.discovery.verdicts import VerdictCache
+    from cicdllm_assets.storage.state import StateStore
+
+    repo, main_head, _ = sample
+    processing = ProcessingConfig(max_file_size_kb=64)
+    state = StateStore(tmp_path / "state.db")
+
+    def run() -> tuple[Discovery, list[SourceFile]]:
+        chunker = Chunker(counter, 128, PlanCache(StateStore(tmp_path / "state.db"), 0))
+        discovery = Discovery(repo.path, main_head, processing, chunker, verdicts=VerdictCache(state, True))
+        return discovery, discovery.run()
+
+    first, files_first = run()
+    calls = counter.calls
+    second, files_second = run()
+    assert first.stats.bytes_read > 0
+    assert second.stats.bytes_read < 200  # only symlink targets are read again, no file content
+    assert counter.calls == calls  # nothing tokenized again
+    strip = [(f.path, f.status, f.skip_reason, f.encoding, f.line_count, f.token_count, f.chunk_count)
+             for f in files_first]
+    assert strip == [(f.path, f.status, f.skip_reason, f.encoding, f.line_count, f.token_count, f.chunk_count)
+                     for f in files_second]
