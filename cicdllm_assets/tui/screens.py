@@ -50,6 +50,10 @@ class FailuresScreen(Screen[None]):
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._messages: list[str] = []  # full message of each table row
+
     def compose(self) -> ComposeResult:
         """Categories on top, the failures table, the selected message below."""
         yield Header()
@@ -100,15 +104,18 @@ class FailuresScreen(Screen[None]):
         self._show_detail(event.cursor_row)
 
     def _show_detail(self, row: int) -> None:
-        messages = getattr(self, "_messages", [])
-        if 0 <= row < len(messages):
-            self.query_one("#failure-detail", StaticPanel).show(Text(messages[row]))
+        if 0 <= row < len(self._messages):
+            self.query_one("#failure-detail", StaticPanel).show(Text(self._messages[row]))
 
 
 class LogScreen(Screen[None]):
     """The tail of the StateStore event log, newest last."""
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []  # what the log shows, oldest first
 
     def compose(self) -> ComposeResult:
         """A scrolling log."""
@@ -119,7 +126,6 @@ class LogScreen(Screen[None]):
     def on_mount(self) -> None:
         """Fill from the current status."""
         self.title = "cicdllm status — log"
-        self._shown: list[str] = []
         status = getattr(self.app, "status", None)
         if status is not None:
             self.update_status(status)
@@ -130,7 +136,9 @@ class LogScreen(Screen[None]):
             f"{clock(e.ts)} {e.level.upper():<7} {(e.repo + ': ') if e.repo else ''}{e.message}" for e in status.events
         ]
         log = self.query_one("#log", RichLog)
-        shown = self._shown
+        shown = self.lines
+        if lines == shown:
+            return
         overlap = 0
         for size in range(min(len(shown), len(lines)), 0, -1):  # longest suffix of shown == prefix of lines
             if shown[-size:] == lines[:size]:
@@ -143,10 +151,7 @@ class LogScreen(Screen[None]):
             new = lines[overlap:]
         for line in new:
             log.write(_styled_log_line(line))
-        self._shown = lines
         self.lines = lines
-
-    lines: list[str] = []
 
 
 def _styled_log_line(line: str) -> Text:
