@@ -25,6 +25,7 @@ from tokenizers import Tokenizer
 
 from cicdllm_assets.chunking.build import build_chunks, kept_in_chunk_order
 from cicdllm_assets.chunking.cache import PlanCache
+from cicdllm_assets.chunking.redaction_cache import RedactionCache
 from cicdllm_assets.chunking.rows import ChunkRowBuilder
 from cicdllm_assets.chunking.service import Chunker
 from cicdllm_assets.chunking.tokenizer import TokenCounter
@@ -90,7 +91,10 @@ def run_pipeline(
     middle = time.perf_counter()
     chunker.close()
     chunker = Chunker(counter, processing.chunk_max_tokens, cache)  # as a separate step would
-    builder = ChunkRowBuilder("bench", commit, None, chunker.budget, counter, redact_secrets if redact else None)
+    builder = ChunkRowBuilder(
+        "bench", commit, None, chunker.budget, counter, redact_secrets if redact else None,
+        redaction_cache=RedactionCache(state) if redact else None,
+    )
     build_chunks(repo, kept_in_chunk_order(table.to_pylist()), chunker, builder)
     builder.table()
     end = time.perf_counter()

@@ -121,3 +121,28 @@ def test_real_secret_redaction_hook(tok_path: Path) -> None:
     rows = builder.table().to_pylist()
     assert secret not in "".join(r["text"] for r in rows)
     assert sum(r["redactions"] for r in rows) >= 1
+
+
+def test_redaction_results_are_cached_per_text_and_detector(tmp_path: Path, tok_path: Path) -> None:
+    from cicdllm_assets.chunking.redaction_cache import RedactionCache
+
+    counter = TokenCounter(tok_path)
+    chunker = Chunker(counter, 64)
+    text = "".join(f"value_{i} = x + 1\n" for i in range(40))
+    plan = chunker.plan_many([PlanRequest("f" * 40, "python", text)])[0]
+    file = FileForChunks("a.py", "f" * 40, "python", text)
+    state = StateStore(tmp_path / "state.db")
+
+    def build(detector: str) -> tuple[InflatingRedactor, list[dict]]:
+        redactor = InflatingRedactor()
+        builder = ChunkRowBuilder("r", "c" * 40, None, 64, counter, redactor=redactor,
+                                  redaction_cache=RedactionCache(state, detector=detector))
+        builder.add_file(file, plan)
+        return redactor, builder.table().to_pylist()
+
+    first_redactor, first = build("v1")
+    assert len(first_redactor.calls) == len(plan.chunks)
+    second_redactor, second = build("v1")
+    assert second_redactor.calls == [] and second == first  # served from the cache
+    third_redactor, _ = build("v2")  # a new detector version redacts again
+    assert len(third_redactor.calls) == len(plan.chunks)

@@ -92,6 +92,8 @@ def test_rematerialize_hits_cache_and_keeps_keys(ingest_project) -> None:
     assert result.success
     meta = _meta(result, "source_files")
     assert meta["cache_misses"] == 0 and meta["tokenizer_calls"] == 0 and meta["cache_hits"] == 6
+    chunk_meta = _meta(result, "code_chunks")
+    assert chunk_meta["redaction_cache_misses"] == 0 and chunk_meta["redaction_cache_hits"] == chunk_meta["chunks"]
     second = store.read("code_chunks", "sample").to_pylist()
     assert [c["chunk_key"] for c in first] == [c["chunk_key"] for c in second]
     assert first == second

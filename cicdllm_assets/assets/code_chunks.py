@@ -10,6 +10,7 @@ from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, 
 from cicdllm_assets.assets.source_files import repository_row
 from cicdllm_assets.chunking.build import build_chunks, kept_in_chunk_order
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
+from cicdllm_assets.chunking.redaction_cache import RedactionCache
 from cicdllm_assets.chunking.rows import ChunkRowBuilder, texts_digest
 from cicdllm_assets.chunking.runtime import chunker_for
 from cicdllm_assets.config import ConfigError
@@ -57,7 +58,10 @@ def code_chunks(
             state.finish_stage(repo, STAGE, "failed")
             raise Failure(str(exc)) from None
         calls_before = chunker.counter.calls
-        builder = ChunkRowBuilder(repo, commit, row.get("license"), chunker.budget, chunker.counter)
+        redaction_cache = RedactionCache(state)
+        builder = ChunkRowBuilder(
+            repo, commit, row.get("license"), chunker.budget, chunker.counter, redaction_cache=redaction_cache
+        )
         try:
             built = build_chunks(
                 row["local_path"], kept, chunker, builder,
@@ -92,6 +96,8 @@ def code_chunks(
             "resplit_after_redaction": MetadataValue.int(stats.resplit_chunks),
             "duplicate_chunks_dropped": MetadataValue.int(stats.duplicate_chunks),
             "chunks_by_language": MetadataValue.json(dict(sorted(stats.by_language.items()))),
+            "redaction_cache_hits": MetadataValue.int(redaction_cache.hits),
+            "redaction_cache_misses": MetadataValue.int(redaction_cache.misses),
             "cache_hits": MetadataValue.int(chunker.stats.cache_hits),
             "cache_misses": MetadataValue.int(chunker.stats.cache_misses),
             "tokenizer_calls": MetadataValue.int(chunker.counter.calls - calls_before),

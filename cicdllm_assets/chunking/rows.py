@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from cicdllm_assets.chunking.plan import ChunkSpan, FilePlan
+from cicdllm_assets.chunking.redaction_cache import RedactionCache, text_key
 from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.quality.secrets import redact_secrets
 
@@ -96,11 +97,14 @@ class ChunkRowBuilder:
         budget: int,
         counter: TokenCounter,
         redactor: Redactor | None = redact_secrets,
+        redaction_cache: RedactionCache | None = None,
     ) -> None:
         self.repo, self.commit, self.license = repo, commit, license_id
         self.budget = budget
         self.counter = counter
         self.redactor = redactor
+        self.redaction_cache = redaction_cache
+        self._pending_redactions: list[tuple[str, str | None, int]] = []
         self.columns: dict[str, list[Any]] = {name: [] for name in CODE_CHUNKS_SCHEMA.names}
         self.stats = ChunkRowStats()
         self._seen: set[str] = set()
@@ -126,23 +130,49 @@ class ChunkRowBuilder:
         stats.max_tokens = max(stats.max_tokens, tokens)
         stats.by_language[file.language] = stats.by_language.get(file.language, 0) + 1
 
+    def _redact(self, path: str, texts: list[str]) -> list[tuple[str, int]]:
+        """(text after redaction, secrets replaced) per text, through the cache when there is one."""
+        if self.redactor is None:
+            return [(text, 0) for text in texts]
+        cache = self.redaction_cache
+        if cache is None:
+            results = [self.redactor(text, path) for text in texts]
+            return [(r.text, int(r.total)) for r in results]
+        keys = [text_key(path, text) for text in texts]
+        cached = cache.get_many(keys)
+        out: list[tuple[str, int]] = []
+        for key, text in zip(keys, texts, strict=True):
+            hit = cached.get(key)
+            if hit is not None:
+                out.append((hit[0] if hit[0] is not None else text, hit[1]))
+                continue
+            result = self.redactor(text, path)
+            total = int(result.total)
+            out.append((result.text, total))
+            self._pending_redactions.append((key, result.text if result.text != text else None, total))
+        if len(self._pending_redactions) >= 512:
+            self.flush()
+        return out
+
+    def flush(self) -> None:
+        """Write pending redaction results to the cache."""
+        if self.redaction_cache is not None and self._pending_redactions:
+            self.redaction_cache.put_many(self._pending_redactions)
+        self._pending_redactions = []
+
     def add_file(self, file: FileForChunks, plan: FilePlan) -> int:
         """Add the rows of one file; returns how many chunks it produced."""
         before = self.stats.chunks
-        for span in plan.chunks:
-            text = file.text[span.start_char : span.end_char]
+        originals = [file.text[span.start_char : span.end_char] for span in plan.chunks]
+        redacted = self._redact(file.path, originals)
+        for span, original, (text, redactions) in zip(plan.chunks, originals, redacted, strict=True):
             extra = f"{span.start_char}-{span.end_char}" if span.partial else ""
             key = chunk_key(file.blob_sha, span.start_line, span.end_line, extra)
-            redactions = 0
             tokens = span.token_count
-            if self.redactor is not None:
-                result = self.redactor(text, file.path)
-                redactions = int(result.total)
-                if result.text != text:
-                    text = result.text
-                    self.stats.redacted_chunks += 1
-                    self.stats.redactions += redactions
-                    tokens = self.counter.count(text)  # placeholders change the token count
+            self.stats.redactions += redactions
+            if text != original:
+                self.stats.redacted_chunks += 1
+                tokens = self.counter.count(text)  # placeholders change the token count
             if tokens > self.budget:
                 self.stats.resplit_chunks += 1
                 for k, (offset, piece, piece_tokens) in enumerate(fit_text(text, self.budget, self.counter)):
@@ -155,7 +185,8 @@ class ChunkRowBuilder:
         return self.stats.chunks - before
 
     def table(self) -> pa.Table:
-        """The accumulated rows as a table with the ``code_chunks`` schema."""
+        """The accumulated rows as a table with the ``code_chunks`` schema (flushes the cache)."""
+        self.flush()
         return pa.Table.from_pydict(self.columns, schema=CODE_CHUNKS_SCHEMA)
 
 
