@@ -108,6 +108,7 @@ class ChunkRowBuilder:
         self.columns: dict[str, list[Any]] = {name: [] for name in CODE_CHUNKS_SCHEMA.names}
         self.stats = ChunkRowStats()
         self._seen: set[str] = set()
+        self._seen_spans: set[str] = set()
 
     def _append(self, file: FileForChunks, span: ChunkSpan, key: str, start: int, end: int,
                 imports: str, text: str, tokens: int, redactions: int) -> None:
@@ -163,11 +164,18 @@ class ChunkRowBuilder:
     def add_file(self, file: FileForChunks, plan: FilePlan) -> int:
         """Add the rows of one file; returns how many chunks it produced."""
         before = self.stats.chunks
-        originals = [file.text[span.start_char : span.end_char] for span in plan.chunks]
-        redacted = self._redact(file.path, originals)
-        for span, original, (text, redactions) in zip(plan.chunks, originals, redacted, strict=True):
+        spans: list[tuple[ChunkSpan, str, str]] = []
+        for span in plan.chunks:
             extra = f"{span.start_char}-{span.end_char}" if span.partial else ""
             key = chunk_key(file.blob_sha, span.start_line, span.end_line, extra)
+            if key in self._seen_spans:  # the same blob under another path (symlink, copy)
+                self.stats.duplicate_chunks += 1
+                continue
+            self._seen_spans.add(key)
+            spans.append((span, extra, key))
+        originals = [file.text[span.start_char : span.end_char] for span, _, _ in spans]
+        redacted = self._redact(file.path, originals)
+        for (span, extra, key), original, (text, redactions) in zip(spans, originals, redacted, strict=True):
             tokens = span.token_count
             self.stats.redactions += redactions
             if text != original:
