@@ -184,3 +184,11 @@ def test_verdict_and_plan_caches_skip_reading_and_tokenizing(sample, tmp_path, c
              for f in files_first]
     assert strip == [(f.path, f.status, f.skip_reason, f.encoding, f.line_count, f.token_count, f.chunk_count)
                      for f in files_second]
+
+
+def test_non_utf8_file_name_is_kept_with_a_readable_path(make_git_repo, counter) -> None:
+    repo = make_git_repo("names", {"README.md": "# names\n"})
+    (repo.path / os.fsdecode(b"caf\xe9.py")).write_text("x = 1\n", encoding="utf-8")
+    head = repo.commit("latin-1 file name")
+    files = by_path(Discovery(repo.path, head, ProcessingConfig(), Chunker(counter, 64)).run())
+    assert files["caf\ufffd.py"].status == "kept"

@@ -113,7 +113,7 @@ def _resolve_symlink(
     """Follow a git symlink inside the tree: (target entry or None, category, reason/target)."""
     current = entry
     for _ in range(MAX_SYMLINK_HOPS):
-        raw = reader.read(current.sha).decode("utf-8", "surrogateescape")
+        raw = reader.read(current.sha).decode("utf-8", "replace")
         if raw.startswith("/") or "\0" in raw:
             return None, "symlink_outside", f"symlink outside repository (-> {raw})"
         target = posixpath.normpath(posixpath.join(posixpath.dirname(current.path), raw))

@@ -73,7 +73,7 @@ def list_tree(repo: Path, commit: str) -> list[TreeEntry]:
         if len(parts) != 4:
             raise GitError(f"unexpected ls-tree line: {record[:200]!r}")
         mode, kind, sha, size = (p.decode() for p in parts)
-        path = raw_path.decode("utf-8", "surrogateescape")
+        path = raw_path.decode("utf-8", "replace")
         entries.append(TreeEntry(mode, kind, sha, int(size) if size.isdigit() else 0, path))
     entries.sort(key=lambda e: e.path)
     return entries
