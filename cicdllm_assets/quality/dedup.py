@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 from datasketch import MinHash, MinHashLSH
 
@@ -57,15 +61,22 @@ def shingles(text: str, size: int = SHINGLE_CHARS) -> set[bytes]:
     return {norm[i : i + size].encode("utf-8") for i in range(len(norm) - size + 1)}
 
 
-def jaccard(a: set[bytes], b: set[bytes]) -> float:
+def jaccard(a: AbstractSet[bytes], b: AbstractSet[bytes]) -> float:
     """Exact Jaccard similarity of two shingle sets."""
     if not a and not b:
         return 1.0
     return len(a & b) / len(a | b)
 
 
-def _minhash(parts: set[bytes], num_perm: int) -> MinHash:
-    sketch = MinHash(num_perm=num_perm, seed=1)
+@lru_cache(maxsize=8)
+def _permutations(num_perm: int) -> Any:
+    return MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations
+
+
+def _minhash(parts: AbstractSet[bytes], num_perm: int) -> MinHash:
+    # crc32 (C) instead of datasketch's default sha1 per shingle; permutations computed once.
+    sketch = MinHash(num_perm=num_perm, seed=1, hashfunc=zlib.crc32, permutations=_permutations(num_perm),
+                     scheme="affine32")
     if parts:
         sketch.update_batch(list(parts))
     return sketch
@@ -93,7 +104,12 @@ def find_duplicates(
     result: list[DuplicateOf] = []
     exact_seen: dict[str, list[int]] = {}
     lsh = MinHashLSH(threshold=max(0.05, threshold - CANDIDATE_MARGIN), num_perm=num_perm)
-    shingle_sets: dict[int, set[bytes]] = {}
+
+    # Shingle sets are recomputed for the (few) LSH candidates instead of kept for every
+    # pair: memory stays at one MinHash signature per kept pair.
+    @lru_cache(maxsize=4096)
+    def pair_shingles(j: int) -> frozenset[bytes]:
+        return frozenset(shingles(questions[j] + " \n " + answers[j]))
 
     def other_group(i: int, j: int) -> bool:
         return not only_across_groups or groups is None or groups[i] != groups[j]
@@ -105,15 +121,14 @@ def find_duplicates(
             result.append(DuplicateOf(i, earlier[0], "duplicate"))
             continue
         exact_seen.setdefault(key, []).append(i)
-        parts = shingles(question + " \n " + answer)
+        parts = pair_shingles(i)
         sketch = _minhash(parts, num_perm)
         matches = sorted(int(j) for j in lsh.query(sketch))
-        near = [j for j in matches if other_group(i, j) and jaccard(parts, shingle_sets[j]) >= threshold]
+        near = [j for j in matches if other_group(i, j) and jaccard(parts, pair_shingles(j)) >= threshold]
         if near:
             result.append(DuplicateOf(i, near[0], "near_duplicate"))
             continue
         lsh.insert(i, sketch)
-        shingle_sets[i] = parts
     return result
 
 
