@@ -193,7 +193,9 @@ def build_training_dataset(
     by_id: dict[str, dict[str, Any]] = {}
     for r in sorted(accepted, key=lambda r: (str(r["repo"]), str(r["path"]), int(r["start_line"] or 0),
                                               str(r["answer_id"]))):
-        by_id.setdefault(str(r["answer_id"]), r)
+        if by_id.setdefault(str(r["answer_id"]), r) is not r:
+            # a vendored file shared by two repos shares its generations: one pair, counted once
+            rejections[CROSS_REPO_DUPLICATE] += 1
     accepted = list(by_id.values())
     accepted_pairs = len(accepted)
 
