@@ -200,3 +200,23 @@ def test_cli_export_follows_repos_txt(project: Path) -> None:
     assert everything.exit_code == 0, everything.output
     summary = json.loads(everything.output)
     assert summary["skipped_partitions"] == [] and summary["pairs"] > 12
+
+
+def test_failed_export_leaves_previous_files_and_no_temp_files(project: Path) -> None:
+    from cicdllm_assets.export.writers import write_exports
+
+    settings = load_settings()
+    build_training_dataset(qa_table(), settings)
+    out = settings.export_dir
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    good = pq.read_table(out / "dataset.parquet").to_batches()
+
+    def failing() -> Any:
+        yield from good
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_exports(failing(), ["jsonl", "csv", "parquet", "mlx_chat"], out)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert not [p for p in out.rglob(".*.tmp")]

@@ -19,6 +19,7 @@ A per-split file is only written when its split has rows (mlx-lm fails on an emp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -88,6 +89,22 @@ class FormatWriter:
     def staged(self) -> list[_Staged]:
         """Files to rename into place once every writer finished."""
         raise NotImplementedError
+
+    def close_quietly(self) -> None:
+        """Close open handles after a failure (errors ignored)."""
+        for name in ("handle", "writer"):
+            closer = getattr(getattr(self, name, None), "close", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):  # best effort while aborting
+                    closer()
+        for handle in getattr(self, "handles", {}).values():
+            handle.close()
+
+    def abort(self) -> None:
+        """Close and delete every temp file."""
+        self.close_quietly()
+        for staged in self.staged():
+            staged.abort()
 
 
 def _columns(batch: pa.RecordBatch, names: Iterable[str]) -> dict[str, list[Any]]:
@@ -317,9 +334,11 @@ def write_exports(batches: Iterable[pa.RecordBatch], formats: Iterable[str], out
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    writers = [make_writer(fmt, out_dir) for fmt in dict.fromkeys(formats)]
+    writers: list[FormatWriter] = []
     written: list[WrittenFile] = []
     try:
+        for fmt in dict.fromkeys(formats):
+            writers.append(make_writer(fmt, out_dir))
         for batch in batches:
             if batch.schema != EXPORT_SCHEMA:
                 batch = pa.RecordBatch.from_arrays(
@@ -333,8 +352,7 @@ def write_exports(batches: Iterable[pa.RecordBatch], formats: Iterable[str], out
             written.extend(writer.finish())
     except BaseException:
         for writer in writers:
-            for staged in writer.staged():
-                staged.abort()
+            writer.abort()
         raise
     for writer in writers:
         for staged in writer.staged():
