@@ -38,7 +38,7 @@ def test_mlx_questions_and_answers_mechanics(project: Path, tiny_model_dir: Path
         project,
         generation={"themes": ["code_explanation", "testing"], "questions_per_chunk": 2, "question_max_tokens": 24,
                     "answer_max_tokens": 16, "batch_size": 4, "max_chunks_per_repo": 3, "temperature": 0.8},
-        llm={"backend": "mlx", "model": str(tiny_model_dir), "mlx": {"use_openblas": False}},
+        llm={"backend": "mlx", "model": str(tiny_model_dir)},
     )
     settings = load_settings()
     rows = chunk_rows(REPO, SAMPLE_FILES)
