@@ -63,7 +63,7 @@ CODE_FILES = [
 
 def reference_gflops() -> float | None:
     """Matmul GFLOP/s of the bundled reference BLAS, measured in a subprocess without OpenBLAS."""
-    code = "from cicdllm_assets.resources.llm.openblas import matmul_gflops; print(matmul_gflops(256, 3))"
+    code = "from cicdllm_assets.resources.llm.openblas import matmul_gflops; print(matmul_gflops(512, 5))"
     env = {**os.environ, DISABLE_ENV: "1"}
     try:
         out = subprocess.run(
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "openblas": {
             "loaded": openblas_effective(),
             "threads": openblas_threads(),
-            "gflops": matmul_gflops(256, 3),
+            "gflops": matmul_gflops(512, 5),
             "reference_gflops": reference_gflops(),
             "load_average": os.getloadavg()[0],
         },

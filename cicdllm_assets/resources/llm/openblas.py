@@ -236,7 +236,7 @@ def openblas_effective() -> bool:
 
 
 def matmul_gflops(n: int = 512, repeats: int = 5) -> float:
-    """Measured float32 matmul speed of mlx on the CPU in GFLOP/s (imports mlx)."""
+    """mlx float32 ``n x n`` matmul speed on the CPU in GFLOP/s: best of ``repeats`` (imports mlx)."""
     import time
 
     ensure_openblas()
@@ -246,8 +246,9 @@ def matmul_gflops(n: int = 512, repeats: int = 5) -> float:
         a = mx.random.normal((n, n))
         b = mx.random.normal((n, n))
         mx.eval(a @ b)
-        start = time.perf_counter()
-        for _ in range(repeats):
+        best = float("inf")
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
             mx.eval(a @ b)
-        elapsed = time.perf_counter() - start
-    return 2.0 * n**3 * repeats / max(elapsed, 1e-9) / 1e9
+            best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / max(best, 1e-9) / 1e9
