@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import warnings
+from types import FrameType
 from typing import NoReturn
 
 import click
@@ -84,6 +86,17 @@ def quiet_library_noise() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _sigterm_as_interrupt(_signo: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def install_stop_signals() -> None:
+    """Ctrl-C (SIGINT, even if the shell started us with it ignored) and ``kill`` (SIGTERM)
+    both stop a run: the current Dagster run is marked canceled, the summary says so."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
 def _fail_usage(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     raise SystemExit(EXIT_USAGE)
@@ -144,6 +157,7 @@ def command(ctx: click.Context, repos: tuple[str, ...], select: str | None, as_j
     if plan.repo_keys and not partitions:
         _fail_usage(f"no repositories to run: {settings.repos_file} lists none")
 
+    install_stop_signals()
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     console = Console(stderr=True)
     display = ProgressDisplay(settings.state_db, settings.config.ui.refresh_seconds, console=console)

@@ -9,18 +9,41 @@ repo runs are what ``dagster dev`` backfills (``cicdllm backfill``) are for.
 
 A failing repo does not stop the others: each run is isolated, its step failures are
 retried by the jobs' retry policy, and its final failure message lands in the summary.
+
+Ctrl-C stops at once. Dagster turns an interrupt inside a step into a *retry* when the job
+has a retry policy (right for a preempted pod, wrong for a user at a terminal), so each run
+executes in a worker thread, where Dagster leaves signal handling alone, and the main thread
+keeps the interrupt: it marks the run canceled in the instance and returns. Every finished
+LLM item is already committed to the ledger, so the next run resumes where this one stopped.
+Runs left ``STARTED`` by a ``cicdllm`` process that died (``kill -9``, a crash) are marked
+failed on the next start (:func:`reap_orphaned_runs`), so they do not block automation.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, Definitions
+import psutil
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    RunsFilter,
+)
 from dagster._core.events import DagsterEvent
+from dagster._core.execution.execute_in_process_result import ExecuteInProcessResult
+from dagster._core.utils import make_new_run_id
 
 from cicdllm_assets.automation.jobs import dataset_job, main_job
 from cicdllm_assets.config import Settings
@@ -34,6 +57,11 @@ logger = logging.getLogger(__name__)
 DATA_VERSION_TAG = "dagster/data_version"
 HEAD_ASSET = AssetKey("repositories")
 MAX_REASON_CHARS = 2000
+
+TRIGGER_TAG = "cicdllm/trigger"
+PID_TAG = "cicdllm/pid"
+HOST_TAG = "cicdllm/host"
+_LIVE_STATUSES = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED]
 
 StepCallback = Callable[[str, str], None]
 """Called with (name, event) where event is "start" or the final status."""
@@ -139,6 +167,60 @@ def _classify(outcome: StepOutcome, before: _Snapshot, after: _Snapshot) -> None
         outcome.status = "done"
 
 
+def reap_orphaned_runs(instance: DagsterInstance) -> list[str]:
+    """Mark failed the CLI runs on this host still ``STARTED`` whose process is gone."""
+    host = socket.gethostname()
+    reaped: list[str] = []
+    for run in instance.get_runs(RunsFilter(statuses=_LIVE_STATUSES, tags={TRIGGER_TAG: "cli"})):
+        pid_text = run.tags.get(PID_TAG, "")
+        if run.tags.get(HOST_TAG) != host or not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid() or psutil.pid_exists(pid):
+            continue
+        instance.report_run_failed(run, f"the cicdllm process that ran it (pid {pid}) is gone")
+        reaped.append(run.run_id)
+        logger.warning("marked orphaned run %s (pid %s) as failed", run.run_id, pid)
+    return reaped
+
+
+def _cancel(instance: DagsterInstance, settings: Settings, run_id: str, partition: str | None) -> None:
+    """After Ctrl-C: the run is canceled in the instance, its running stages are marked."""
+    run = instance.get_run_by_id(run_id)
+    if run is not None and run.status in _LIVE_STATUSES:
+        instance.report_run_canceled(run, "interrupted by the user (Ctrl-C / SIGTERM)")
+    if partition is None:
+        return
+    try:
+        state = StateStore(settings.state_db)
+        for row in state.progress(partition):
+            if row.status == "running":
+                state.finish_stage(partition, row.stage, "interrupted")
+        state.log_event("warning", "run interrupted by the user", repo=partition)
+    except sqlite3.Error as exc:
+        logger.debug("could not mark interrupted stages: %s", exc)
+
+
+def _in_worker(fn: Callable[[], ExecuteInProcessResult]) -> ExecuteInProcessResult:
+    """Call ``fn`` in a daemon thread; the main thread waits interruptibly."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the main thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="cicdllm-run", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    result: ExecuteInProcessResult = box["result"]
+    return result
+
+
 def _execute(
     defs: Definitions,
     instance: DagsterInstance,
@@ -152,18 +234,24 @@ def _execute(
     outcome = StepOutcome(name=name, status="not_run")
     before = _snapshot(instance, keys, partition)
     started = time.time()
-    tags = {"cicdllm/trigger": "cli"}
+    tags = {TRIGGER_TAG: "cli", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    run_id = make_new_run_id()
+    outcome.run_id = run_id
     try:
         job = defs.resolve_job_def(job_name)
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=partition,
-            asset_selection=list(keys),
-            raise_on_error=False,
-            tags=tags,
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        result = _in_worker(
+            lambda: job.execute_in_process(
+                instance=instance,
+                partition_key=partition,
+                asset_selection=list(keys),
+                raise_on_error=False,
+                run_id=run_id,
+                tags=tags,
+                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            )
         )
     except KeyboardInterrupt:
+        _cancel(instance, settings, run_id, partition)
         raise
     except Exception as exc:  # a run that could not even start (bad resources, storage errors)
         outcome.status = "failed"
@@ -201,11 +289,13 @@ def run_pipeline(
     """Run the selected chain for each repo partition, then the dataset step.
 
     The dataset step runs when it is selected and at least one repo succeeded (or no
-    repo step was selected). Ctrl-C stops after marking the remaining repos ``not_run``.
+    repo step was selected). Ctrl-C cancels the current run and marks the remaining repos
+    ``not_run``; the summary is then ``interrupted``.
     """
     notify = on_step or (lambda _name, _event: None)
     summary = RunSummary(selection=plan.names)
     pending = list(partitions) if plan.repo_keys else []
+    reap_orphaned_runs(instance)
     try:
         while pending:
             partition = pending[0]
@@ -232,4 +322,6 @@ def run_pipeline(
     except KeyboardInterrupt:
         summary.interrupted = True
         summary.repos.extend(StepOutcome(name=p, status="not_run", reason="interrupted") for p in pending)
+        if plan.dataset_keys and summary.dataset is None:
+            summary.dataset = StepOutcome(name="training_dataset", status="not_run", reason="interrupted")
     return summary
