@@ -76,6 +76,13 @@ def test_prefix_reuse_processes_fewer_prompt_tokens(tiny_model_dir: Path) -> Non
     cached = [r for r in shared if r.cached_prompt_tokens > 0]
     assert len(cached) == len(QUESTIONS * len(CHUNKS)) - len(CHUNKS)
     processed = reuse.stats.processed_prompt_tokens
+    # Our accounting agrees with what mlx_lm's BatchGenerator says it prefilled (plus the
+    # prefix prefills and each request's last prompt token, fed with its first decode step).
+    for backend in (without, reuse):
+        stats = backend.stats
+        assert stats.processed_prompt_tokens == (
+            stats.prefix_prefill_tokens + stats.batch_prefill_tokens + stats.requests
+        )
     assert processed == total - sum(r.cached_prompt_tokens for r in shared)
     assert processed < 0.6 * total
     # Reuse must not change what greedy decoding produces.

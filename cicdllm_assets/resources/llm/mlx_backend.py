@@ -253,6 +253,11 @@ class BackendStats:
     completion_tokens: int = 0
     requests: int = 0
     failures: int = 0
+    prefix_prefill_tokens: int = 0
+    """Of ``processed_prompt_tokens``: shared prefixes prefilled into prefix caches."""
+    batch_prefill_tokens: int = 0
+    """Prompt tokens mlx_lm's BatchGenerator reports it prefilled (each request's suffix
+    minus its last token, which goes in with the first decoding step)."""
 
 
 class MLXBackend:
@@ -386,6 +391,7 @@ class MLXBackend:
             model(tokens[:, start : start + step], cache=cache)
             mx.eval([c.state for c in cache])
         self.stats.processed_prompt_tokens += len(prefix)
+        self.stats.prefix_prefill_tokens += len(prefix)
         _prefix_cache.put(key, cache)
         return cache, False
 
@@ -445,26 +451,31 @@ class MLXBackend:
                 prefill_batch_size=self.batch_size,
                 max_kv_size=self.max_kv_size,
             )
-            while waiting or in_flight:
-                while waiting and len(in_flight) < self.batch_size:
-                    prepared = waiting.pop(0)
-                    try:
-                        uid, cached = self._insert(generator, prepared, paid)
-                    except Exception as exc:  # this request's prefix/prompt could not be queued
-                        logger.exception("cannot queue request %s", prepared.request.key)
-                        self.stats.failures += 1
-                        yield _error(prepared.request, "backend_error", f"cannot queue request: {exc}")
-                        continue
-                    in_flight[uid] = _InFlight(prepared=prepared, started=time.perf_counter(), cached=cached)
-                for response in generator.next_generated():
-                    flight = in_flight.get(response.uid)
-                    if flight is None:
-                        continue
-                    if response.finish_reason != "stop":
-                        flight.tokens.append(int(response.token))
-                    if response.finish_reason is not None:
-                        del in_flight[response.uid]
-                        yield self._result(tokenizer, flight, response.finish_reason)
+            with generator.stats() as batch_stats:
+                while waiting or in_flight:
+                    while waiting and len(in_flight) < self.batch_size:
+                        prepared = waiting.pop(0)
+                        try:
+                            uid, cached = self._insert(generator, prepared, paid)
+                        except Exception as exc:  # this request's prefix/prompt could not be queued
+                            logger.exception("cannot queue request %s", prepared.request.key)
+                            self.stats.failures += 1
+                            yield _error(prepared.request, "backend_error", f"cannot queue request: {exc}")
+                            continue
+                        in_flight[uid] = _InFlight(prepared=prepared, started=time.perf_counter(), cached=cached)
+                    responses = generator.next_generated() if in_flight else []
+                    if in_flight and not responses:
+                        raise RuntimeError("BatchGenerator stopped with requests still in flight")
+                    for response in responses:
+                        flight = in_flight.get(response.uid)
+                        if flight is None:
+                            continue
+                        if response.finish_reason != "stop":
+                            flight.tokens.append(int(response.token))
+                        if response.finish_reason is not None:
+                            del in_flight[response.uid]
+                            yield self._result(tokenizer, flight, response.finish_reason)
+            self.stats.batch_prefill_tokens += batch_stats.prompt_tokens
         except Exception as exc:  # mlx/mlx_lm failure mid-batch: fail what is in flight, keep going
             logger.exception("mlx generation failed; failing %d in-flight requests", len(in_flight))
             failed = list(in_flight.values())
