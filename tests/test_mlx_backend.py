@@ -157,3 +157,38 @@ def test_unloadable_model_fails_requests_not_the_caller(tmp_path: Path) -> None:
     results = list(backend.generate(_requests()[:3]))
     assert len(results) == 3
     assert all(r.error is not None and r.error.category == "backend_error" for r in results)
+
+
+class _FailOnce:
+    """The real model, except that one forward pass raises (a fault injected mid-batch)."""
+
+    def __init__(self, model: object, fail_at: int) -> None:
+        self._model = model
+        self._calls = 0
+        self._fail_at = fail_at
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._model, name)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        self._calls += 1
+        if self._calls == self._fail_at:
+            raise RuntimeError("injected failure")
+        return self._model(*args, **kwargs)  # type: ignore[operator]
+
+
+def test_failure_mid_batch_fails_only_the_requests_in_flight(tiny_model_dir: Path) -> None:
+    release_models()
+    backend = MLXBackend(str(tiny_model_dir), batch_size=4, prefix_reuse=False)
+    loaded = backend.loaded
+    real_model = loaded.model
+    loaded.model = _FailOnce(real_model, fail_at=3)
+    try:
+        results = list(backend.generate(_requests(max_tokens=4)))
+    finally:
+        loaded.model = real_model
+    assert len(results) == len(_requests())
+    failed = [r for r in results if not r.ok]
+    assert failed and all(r.error is not None and r.error.category == "backend_error" for r in failed)
+    assert len(failed) <= 4  # at most one batch
+    assert sum(r.ok for r in results) >= len(results) - 4
