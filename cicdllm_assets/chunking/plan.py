@@ -100,9 +100,11 @@ class _TokenIndex:
             block = bisect_right(self.sample_ends, char)  # first sampled token ending after char
             lo = block * self.SAMPLE
             hi = min(lo + self.SAMPLE, self.total)
+            token_to_chars = self.encoding.token_to_chars
             while lo < hi:  # smallest token in [lo, hi) whose end > char
                 mid = (lo + hi) // 2
-                if self._end(mid) > char:
+                chars = token_to_chars(mid)
+                if chars is not None and chars[1] > char:
                     hi = mid
                 else:
                     lo = mid + 1
@@ -221,7 +223,7 @@ class _Scores:
 
     def __init__(self, lines: _Lines, a: int, b: int, brace: bool) -> None:
         self.lines, self.brace = lines, brace
-        sample = (lines.line(c) for c in range(a + 1, min(b, a + 200)))
+        sample = (lines.line(c) for c in range(a + 1, min(b, a + 60)))
         indents = [len(t) - len(t.lstrip()) for t in sample if t.strip()]
         self.base = min(indents) if indents else 0
         self.memo: dict[int, int] = {}
