@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
@@ -58,8 +59,9 @@ def _collect(packages: list[ModuleType]) -> dict[str, list[Any]]:
     return found
 
 
-def build_definitions() -> Definitions:
-    """Assemble the code location (resources chosen from the current config).
+def build_definitions(resource_overrides: Mapping[str, Any] | None = None) -> Definitions:
+    """Assemble the code location (resources chosen from the current config, then
+    ``resource_overrides``: the CLI swaps in an LLM resource that outlives one run).
 
     Pipeline assets without an automation condition get the one from
     :mod:`cicdllm_assets.automation.conditions`. The default executor is in-process: each
@@ -73,7 +75,7 @@ def build_definitions() -> Definitions:
         jobs=found["jobs"],
         sensors=found["sensors"],
         schedules=found["schedules"],
-        resources=build_resources(),
+        resources={**build_resources(), **(resource_overrides or {})},
         executor=in_process_executor,
     )
 

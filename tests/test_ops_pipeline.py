@@ -1,8 +1,8 @@
 """`cicdllm run` over the whole pipeline: real git repos, every real asset, the dataset step,
 and generation through the OpenAI backend against a real loopback server (FaultServer).
 
-The code location is rebuilt for the test's config (definitions pick the LLM resource from
-``llm.backend`` when they are built), then the CLI runs exactly as a user would call it.
+The CLI builds the code location for the current config (the LLM resource follows
+``llm.backend``), so each test's project config applies, as for a user.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import cicdllm_assets.definitions as definitions_module
 from cicdllm_assets.cli.main import cli
 from cicdllm_assets.testing.fault_server import FaultServer
 from tests.generation_support import SAMPLE_FILES, openai_config
@@ -42,7 +41,6 @@ def test_full_pipeline_run_then_noop_then_one_repo_moves(
     make_git_repo,
     server: FaultServer,
     tiny_model_dir: Path,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = openai_config(
         project,
@@ -54,7 +52,6 @@ def test_full_pipeline_run_then_noop_then_one_repo_moves(
     calc = make_git_repo("calc", {**SAMPLE_FILES, "LICENSE": mit})
     other = make_git_repo("other", {"tool.py": "def tool(x):\n    return x + 1\n", "LICENSE": mit})
     (project / "repos.txt").write_text(f"{calc.path}\n{other.path}\n", encoding="utf-8")
-    monkeypatch.setattr(definitions_module, "defs", definitions_module.build_definitions())
 
     code, data = _run()
     assert code == 0, data
@@ -96,3 +93,31 @@ def test_dataset_step_is_skipped_when_no_repo_succeeded(project: Path, make_git_
     assert code == 1
     assert data["repos"][0]["status"] == "failed"
     assert data["dataset"] == {**data["dataset"], "status": "not_run", "reason": "no repo succeeded"}
+
+
+def test_mlx_model_is_loaded_once_for_all_repos_of_a_run(
+    project: Path, make_git_repo, tiny_model_dir: Path  # noqa: F811
+) -> None:
+    from cicdllm_assets.resources.llm import mlx_backend
+    from tests.generation_support import write_project_config
+
+    write_project_config(
+        project,
+        llm={"backend": "mlx", "model": str(tiny_model_dir)},
+        generation={
+            "themes": ["code_explanation"], "questions_per_chunk": 1, "max_chunks_per_repo": 1,
+            "question_max_tokens": 16, "answer_max_tokens": 16, "max_attempts": 1,
+        },
+    )
+    first = make_git_repo("first", {"f.py": "def f():\n    return 1\n"})
+    second = make_git_repo("second", {"s.py": "def s():\n    return 2\n"})
+    (project / "repos.txt").write_text(f"{first.path}\n{second.path}\n", encoding="utf-8")
+    mlx_backend.release_models()
+    loads_before = mlx_backend.load_count
+
+    code, data = _run("--select", "key:repositories+ or key:questions")
+    assert code == 0, data
+    assert [r["status"] for r in data["repos"]] == ["done", "done"]
+    assert all("questions" in r["rows"] for r in data["repos"])
+    assert mlx_backend.load_count - loads_before == 1  # one load served both repos' runs
+    assert mlx_backend._models == {}  # and it was freed when the command ended

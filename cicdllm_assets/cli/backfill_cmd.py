@@ -6,7 +6,7 @@ the run queue limit) and shows at ``<url>/runs/b/<id>``. Without a webserver, th
 here, in process, one after the other (like ``cicdllm run``).
 
 Exit codes: 0 launched (or, with ``--wait``/in process, succeeded), 1 failed or timed out,
-2 bad input (config, repos.txt, selection, unknown repo).
+2 bad input (config, repos.txt, selection, unknown repo), 130 interrupted (in process).
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 
-from cicdllm_assets.cli.run_cmd import EXIT_FAILED, EXIT_USAGE, quiet_library_noise, render_summary
+from cicdllm_assets.cli.run_cmd import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    install_stop_signals,
+    quiet_library_noise,
+    render_summary,
+)
 from cicdllm_assets.config import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -91,8 +98,10 @@ def command(
     from cicdllm_assets.runner.selection import SelectionError, plan_selection
 
     settings = _load()
+    from cicdllm_assets.runner.cli_defs import definitions_for_cli
+
     try:
-        from cicdllm_assets.definitions import defs
+        defs = definitions_for_cli()
     except Exception as exc:  # a broken code location: say so instead of a traceback
         _fail_usage(f"cannot load the Dagster definitions (cicdllm_assets.definitions): {type(exc).__name__}: {exc}")
     try:
@@ -166,9 +175,12 @@ def command(
         partitions = choose_partitions(instance, wanted)
     except (InstanceError, ReposFileError, RunPlanError) as exc:
         _fail_usage(str(exc))
+    install_stop_signals()
     summary = run_pipeline(defs, instance, settings, partitions, plan)
     if as_json:
         click.echo(json.dumps({"mode": "in_process", **summary.to_dict()}, indent=2, sort_keys=True))
     else:
         render_summary(summary, Console())
+    if summary.interrupted:
+        ctx.exit(EXIT_INTERRUPTED)
     ctx.exit(0 if summary.ok else EXIT_FAILED)

@@ -142,9 +142,10 @@ def command(ctx: click.Context, repos: tuple[str, ...], select: str | None, as_j
         logger.info("repo partitions: added %s, removed %s", added or "none", removed or "none")
 
     from cicdllm_assets.automation.jobs import dataset_job, main_job
+    from cicdllm_assets.runner.cli_defs import definitions_for_cli
 
     try:
-        from cicdllm_assets.definitions import defs
+        defs = definitions_for_cli()
     except Exception as exc:  # a broken code location: say so instead of a traceback
         logger.debug("loading definitions failed", exc_info=True)
         _fail_usage(f"cannot load the Dagster definitions (cicdllm_assets.definitions): {type(exc).__name__}: {exc}")

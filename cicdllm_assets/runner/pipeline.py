@@ -4,8 +4,10 @@ Runs execute **in this process** (``JobDefinition.execute_in_process``) against 
 persistent instance at ``settings.dagster_home``, so they are recorded like any other run
 and appear in ``dagster dev``. In-process execution is deliberate: the repos are run one
 after the other, and the LLM backend (an MLX model of hundreds of MB) stays loaded in this
-process across repos instead of being loaded again by a fresh run process per repo. Parallel
-repo runs are what ``dagster dev`` backfills (``cicdllm backfill``) are for.
+process across repos instead of being loaded again by a fresh run process per repo (the
+MLX resource normally frees the model when a run ends; :mod:`.cli_defs` keeps it, and it is
+freed once, at the end).
+Parallel repo runs are what ``dagster dev`` backfills (``cicdllm backfill``) are for.
 
 A failing repo does not stop the others: each run is isolated, its step failures are
 retried by the jobs' retry policy, and its final failure message lands in the summary.
@@ -162,7 +164,7 @@ def _classify(outcome: StepOutcome, before: _Snapshot, after: _Snapshot) -> None
     rows_same = bool(before.rows) and all(before.rows.get(name) == count for name, count in after.rows.items())
     if (head_same or HEAD_ASSET.to_user_string() not in after.rows) and rows_same:
         outcome.status = "unchanged"
-        outcome.reason = "head commit unchanged, no new items"
+        outcome.reason = "head commit unchanged, no new items" if head_same else "no new items"
     else:
         outcome.status = "done"
 
@@ -199,6 +201,15 @@ def _cancel(instance: DagsterInstance, settings: Settings, run_id: str, partitio
         state.log_event("warning", "run interrupted by the user", repo=partition)
     except sqlite3.Error as exc:
         logger.debug("could not mark interrupted stages: %s", exc)
+
+
+def _release_models() -> None:
+    """Free the MLX models this process loaded (kept across repos by :mod:`.cli_defs`)."""
+    import sys
+
+    backend = sys.modules.get("cicdllm_assets.resources.llm.mlx_backend")
+    if backend is not None:
+        backend.release_models()
 
 
 def _in_worker(fn: Callable[[], ExecuteInProcessResult]) -> ExecuteInProcessResult:
@@ -324,4 +335,6 @@ def run_pipeline(
         summary.repos.extend(StepOutcome(name=p, status="not_run", reason="interrupted") for p in pending)
         if plan.dataset_keys and summary.dataset is None:
             summary.dataset = StepOutcome(name="training_dataset", status="not_run", reason="interrupted")
+    finally:
+        _release_models()
     return summary
