@@ -265,6 +265,7 @@ def _execute(
         _cancel(instance, settings, run_id, partition)
         raise
     except Exception as exc:  # a run that could not even start (bad resources, storage errors)
+        outcome.run_id = run_id if instance.get_run_by_id(run_id) is not None else None
         outcome.status = "failed"
         outcome.reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
         outcome.duration_seconds = round(time.time() - started, 3)
