@@ -147,7 +147,10 @@ def test_dagster_home_defaults_to_the_project_one(project: Path, monkeypatch: py
     import os
 
     assert os.environ["DAGSTER_HOME"] == str(home)
-    assert isinstance(dg.DagsterInstance.get(), dg.DagsterInstance)
+    instance = dg.DagsterInstance.get()  # the written dagster.yaml validates
+    assert instance.run_monitoring_enabled
+    assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
+    assert instance.run_coordinator is not None
 
 
 def _stand_in_defs() -> dg.Definitions:

@@ -20,6 +20,14 @@ telemetry:
 concurrency:
   runs:
     max_concurrent_runs: {max_runs}   # performance.max_parallel_repos: repo runs at once
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 300   # a launched run whose process never starts is failed
+  cancel_timeout_seconds: 300  # a cancel that never completes is forced to canceled
+run_retries:
+  enabled: true
+  max_retries: 1                        # a run that died outside its steps is retried once
+  retry_on_asset_or_op_failure: false   # step failures already had their step retries
 """
 
 
