@@ -192,3 +192,32 @@ def test_non_utf8_file_name_is_kept_with_a_readable_path(make_git_repo, counter)
     head = repo.commit("latin-1 file name")
     files = by_path(Discovery(repo.path, head, ProcessingConfig(), Chunker(counter, 64)).run())
     assert files["caf\ufffd.py"].status == "kept"
+
+
+def test_blob_reader_pipelined_reads_and_missing_objects(sample) -> None:
+    from cicdllm_assets.discovery.git_objects import BlobReader
+
+    repo, main_head, _ = sample
+    entries = [e for e in list_tree(repo.path, main_head) if not e.is_symlink]
+    with BlobReader(repo.path) as reader:
+        blobs = reader.read_many([e.sha for e in entries])
+        assert [len(b) for b in blobs] == [e.size for e in entries]
+        with pytest.raises(GitError, match="cannot read blob"):
+            reader.read_many([entries[0].sha, "0" * 40, entries[1].sha])
+        assert reader.read(entries[0].sha) == blobs[0]  # usable again afterwards
+
+
+def test_build_chunks_reports_unreadable_blobs(sample, counter) -> None:
+    from cicdllm_assets.chunking.build import build_chunks
+    from cicdllm_assets.chunking.rows import ChunkRowBuilder
+
+    repo, main_head, _ = sample
+    kept = [
+        {"path": "src/app.py", "blob_sha": repo.git("rev-parse", f"{main_head}:src/app.py"), "language": "python",
+         "encoding": "utf-8", "status": "kept"},
+        {"path": "gone.py", "blob_sha": "1" * 40, "language": "python", "encoding": "utf-8", "status": "kept"},
+    ]
+    builder = ChunkRowBuilder("r", main_head, None, 128, counter)
+    result = build_chunks(repo.path, kept, Chunker(counter, 128), builder)
+    assert result.files == 1 and [f.path for f in result.failures] == ["gone.py"]
+    assert builder.table().num_rows >= 1

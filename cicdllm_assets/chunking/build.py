@@ -52,10 +52,22 @@ def build_chunks(
         for start in range(0, len(kept), BATCH_FILES):
             files: list[FileForChunks] = []
             batch = kept[start : start + BATCH_FILES]
-            for item in batch:
+            try:
+                blobs: list[bytes | None] = list(reader.read_many([item["blob_sha"] for item in batch]))
+            except GitError:  # a missing object: fall back to one by one to name the file(s)
+                blobs = []
+                for item in batch:
+                    try:
+                        blobs.append(reader.read(item["blob_sha"]))
+                    except GitError as exc:
+                        result.failures.append(BuildFailure(item["path"], f"{type(exc).__name__}: {exc}"))
+                        blobs.append(None)
+            for item, data in zip(batch, blobs, strict=True):
+                if data is None:
+                    continue
                 try:
-                    text = decode_with(reader.read(item["blob_sha"]), item.get("encoding") or "utf-8")
-                except (GitError, UnicodeDecodeError, LookupError) as exc:
+                    text = decode_with(data, item.get("encoding") or "utf-8")
+                except (UnicodeDecodeError, LookupError) as exc:
                     result.failures.append(BuildFailure(item["path"], f"{type(exc).__name__}: {exc}"))
                     continue
                 files.append(FileForChunks(item["path"], item["blob_sha"], item["language"], text))

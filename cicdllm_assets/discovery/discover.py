@@ -301,7 +301,7 @@ class Discovery:
                     item.encoding, item.line_count = verdict.encoding, verdict.line_count
                 else:
                     item.skip(verdict.category or "other", verdict.reason or "skipped")
-        blobs = [reader.read(target.sha) for _, target in to_read]
+        blobs = reader.read_many([target.sha for _, target in to_read])
         self.stats.bytes_read += sum(len(b) for b in blobs)
         list(pool.map(lambda pair: _check_content(pair[0][0], pair[1], self.processing),
                       zip(to_read, blobs, strict=True)))
@@ -328,8 +328,7 @@ class Discovery:
 
     def _load_texts(self, items: list[SourceFile], reader: BlobReader) -> None:
         """Read and decode kept files whose verdict came from the cache."""
-        for item in items:
-            data = reader.read(item.blob_sha)
+        for item, data in zip(items, reader.read_many([i.blob_sha for i in items]), strict=True):
             self.stats.bytes_read += len(data)
             item.text = decode_with(data, item.encoding or "utf-8")
 

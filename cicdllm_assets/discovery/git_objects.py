@@ -116,6 +116,55 @@ class BlobReader:
             self.bytes_read += size
             return data
 
+    def read_many(self, shas: list[str]) -> list[bytes]:
+        """Blobs in order, requests pipelined (no round trip per object)."""
+        for sha in shas:
+            if not _SHA_RE.fullmatch(sha):
+                raise GitError(f"not an object id: {sha!r}")
+        if not shas:
+            return []
+        with self._lock:
+            proc = self._process()
+            assert proc.stdin is not None and proc.stdout is not None  # noqa: S101
+            stdin, stdout = proc.stdin, proc.stdout
+            payload = "".join(f"{sha}\n" for sha in shas).encode()
+
+            def feed() -> None:  # a thread, so a full stdout pipe cannot deadlock the writer
+                try:
+                    stdin.write(payload)
+                    stdin.flush()
+                except (OSError, ValueError):  # the process was stopped after an error
+                    pass
+
+            writer = threading.Thread(target=feed, name="cicdllm-cat-file", daemon=True)
+            writer.start()
+            out: list[bytes] = []
+            try:
+                for sha in shas:
+                    header = stdout.readline().split()
+                    if len(header) != 3 or header[1] != b"blob":
+                        raise GitError(f"cannot read blob {sha} in {self.repo}: {b' '.join(header).decode()}")
+                    data = stdout.read(int(header[2]))
+                    stdout.read(1)
+                    out.append(data)
+            except GitError:
+                self.close_locked()  # first, so a blocked writer gets a broken pipe
+                writer.join()
+                raise
+            writer.join()
+            self.bytes_read += sum(len(b) for b in out)
+            return out
+
+    def close_locked(self) -> None:
+        """Stop the process (caller holds the lock); a later read starts a new one."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(timeout=30)
+            for stream in (self._proc.stdin, self._proc.stdout):
+                if stream is not None:
+                    stream.close()
+            self._proc = None
+
     def close(self) -> None:
         """Stop the cat-file process."""
         if self._proc is not None:
