@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -19,7 +20,7 @@ from cicdllm_assets.cli.main import cli
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME, repos_partitions
 from cicdllm_assets.runner.instance import ensure_dagster_home
-from cicdllm_assets.runner.progress import read_progress, render_progress
+from cicdllm_assets.runner.progress import ProgressDisplay, read_progress, render_progress
 from cicdllm_assets.runner.selection import SelectionError, plan_selection
 from cicdllm_assets.storage.state import StateStore
 from tests.discovery_helpers import train_tokenizer
@@ -214,3 +215,36 @@ def test_partitions_are_synced_from_repos_txt_before_running(ingest_project: Pat
     result = CliRunner().invoke(cli, ["run", "--select", "key:nothing_here"])
     assert result.exit_code == 2  # the selection is rejected, but the sync already happened
     assert dg.DagsterInstance.get().get_dynamic_partitions(REPOS_PARTITIONS_NAME) == ["local-synced"]
+
+
+def test_live_display_polls_the_state_store_and_keeps_log_lines_readable(tmp_path: Path) -> None:
+    import io
+    import logging
+
+    from rich.console import Console
+
+    db = tmp_path / "state.db"
+    store = StateStore(db)
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=140, color_system=None)
+    root = logging.getLogger()
+    plain = logging.StreamHandler(io.StringIO())
+    root.addHandler(plain)
+    try:
+        with ProgressDisplay(db, refresh_seconds=0.25, console=console) as display:
+            assert plain not in root.handlers  # routed through the live console meanwhile
+            display.step("local-a", "start")
+            store.start_stage("local-a", "questions", total=8, unit="items")
+            store.advance("local-a", "questions", done=3)
+            logging.getLogger("cicdllm.test").warning("a log line during the run")
+            deadline = time.monotonic() + 10
+            while "3/8 items" not in buffer.getvalue() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            display.step("local-a", "done")
+        assert plain in root.handlers  # restored
+    finally:
+        root.removeHandler(plain)
+    text = buffer.getvalue()
+    assert "3/8 items" in text and "questions" in text
+    assert "a log line during the run" in text
+    assert "done" in text

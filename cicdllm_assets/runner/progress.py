@@ -23,7 +23,7 @@ from cicdllm_assets.storage.state import StageProgress, StateStore
 
 logger = logging.getLogger(__name__)
 
-_STATUS_STYLE = {"running": "yellow", "done": "green", "failed": "red", "skipped": "dim"}
+_STATUS_STYLE = {"running": "yellow", "done": "green", "failed": "red", "skipped": "dim", "interrupted": "magenta"}
 
 
 def read_progress(state_db: Path, since: float) -> list[StageProgress]:
@@ -38,18 +38,29 @@ def read_progress(state_db: Path, since: float) -> list[StageProgress]:
     return [row for row in rows if row.updated_at >= since]
 
 
-def render_progress(rows: list[StageProgress], runs: dict[str, str]) -> Table:
-    """One line per repo and stage: done/total, failures, status; plus the run state per repo."""
+def _rate(row: StageProgress, now: float) -> str:
+    """Items per second while running, elapsed seconds once finished."""
+    end = now if row.status == "running" else row.updated_at
+    elapsed = max(0.0, end - row.started_at)
+    if row.status == "running" and row.done and elapsed > 0:
+        return f"{row.done / elapsed:.1f}/s"
+    return f"{elapsed:.1f}s"
+
+
+def render_progress(rows: list[StageProgress], runs: dict[str, str], now: float | None = None) -> Table:
+    """One line per repo and stage: done/total, failures, rate or time, status; plus the
+    run state per repo."""
+    current = time.time() if now is None else now
     table = Table(title="cicdllm run", expand=False)
-    for column in ("repo", "run", "stage", "progress", "failed", "status"):
-        table.add_column(column, justify="right" if column in ("progress", "failed") else "left")
+    for column in ("repo", "run", "stage", "progress", "failed", "rate", "status"):
+        table.add_column(column, justify="right" if column in ("progress", "failed", "rate") else "left")
     by_repo: dict[str, list[StageProgress]] = {}
     for row in rows:
         by_repo.setdefault(row.repo, []).append(row)
     for repo, state in runs.items():
         stages = by_repo.pop(repo, [])
         if not stages:
-            table.add_row(repo, state, "", "", "", "")
+            table.add_row(repo, state, "", "", "", "", "")
         for i, row in enumerate(stages):
             total = f"{row.done}/{row.total} {row.unit}" if row.total else f"{row.done} {row.unit}"
             style = _STATUS_STYLE.get(row.status, "")
@@ -59,6 +70,7 @@ def render_progress(rows: list[StageProgress], runs: dict[str, str]) -> Table:
                 row.stage,
                 total,
                 str(row.failed) if row.failed else "",
+                _rate(row, current),
                 Text(row.status, style=style),
             )
     return table
