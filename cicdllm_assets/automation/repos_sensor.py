@@ -21,6 +21,7 @@ from dagster import (
     sensor,
 )
 
+from cicdllm_assets.automation.jobs import STEP_RETRY_POLICY
 from cicdllm_assets.config import ConfigError, load_settings
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME, repos_partitions
 from cicdllm_assets.repos.repos_file import ReposFileError
@@ -39,6 +40,7 @@ ingest_new_repo_job = define_asset_job(
     partitions_def=repos_partitions,
     description="All per-repository assets for one repo partition (launched by repos_sync_sensor).",
     tags={"cicdllm/job": "ingest_new_repo"},
+    op_retry_policy=STEP_RETRY_POLICY,
 )
 
 
