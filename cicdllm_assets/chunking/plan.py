@@ -13,6 +13,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from tokenizers import Encoding
 
@@ -29,8 +30,7 @@ _PY_TOP_RE = re.compile(r"^(?:async[ \t]+def|def|class)[ \t]+(\w+)", re.MULTILIN
 _PY_IMPORT_RE = re.compile(r"^(?:import|from)[ \t]+[\w.]+", re.MULTILINE)
 
 
-@dataclass(frozen=True)
-class ChunkSpan:
+class ChunkSpan(NamedTuple):
     """One chunk: 1-based inclusive line span, character span, symbol, estimated tokens."""
 
     start_line: int
@@ -47,10 +47,10 @@ class ChunkSpan:
                 self.token_count, int(self.partial)]
 
     @classmethod
-    def from_list(cls, row: Sequence[object]) -> ChunkSpan:
-        """Inverse of :meth:`to_list`."""
+    def from_list(cls, row: Sequence[Any]) -> ChunkSpan:
+        """Inverse of :meth:`to_list` (values come from our own JSON, already typed)."""
         sl, el, sc, ec, sym, tok, part = row
-        return cls(int(sl), int(el), int(sc), int(ec), str(sym), int(tok), bool(part))  # type: ignore[call-overload]
+        return cls(sl, el, sc, ec, sym, tok, part == 1)
 
 
 @dataclass(frozen=True)
