@@ -72,6 +72,7 @@ def build_chunks(
                     continue
                 files.append(FileForChunks(item["path"], item["blob_sha"], item["language"], text))
             plans = chunker.plan_many([PlanRequest(f.blob_sha, f.language, f.text) for f in files])
+            builder.prefetch(files, plans)
             for file, plan in zip(files, plans, strict=True):
                 builder.add_file(file, plan)
             result.files += len(files)
