@@ -112,6 +112,17 @@ class _TokenIndex:
         return value
 
 
+    def straddles(self, line: int) -> int:
+        """1 if the token at ``line``'s start began on an earlier line (e.g. ``"\\n    "``)."""
+        if line <= 0 or line >= len(self.starts) - 1:
+            return 0
+        token = self[line]
+        if token >= self.total:
+            return 0
+        chars = self.encoding.token_to_chars(token)
+        return 1 if chars is not None and chars[0] < self.starts[line] else 0
+
+
 @dataclass
 class _Lines:
     starts: list[int]  # char offset of each line start, plus len(text) at the end
@@ -123,7 +134,9 @@ class _Lines:
         return len(self.starts) - 1
 
     def tokens(self, a: int, b: int) -> int:
-        return self.tok[b] - self.tok[a]
+        """Tokens of lines [a, b): a token straddling the end of line b-1 counts once more,
+        because on its own the range ends with the first part of that token."""
+        return self.tok[b] - self.tok[a] + self.tok.straddles(b)
 
     def line(self, i: int) -> str:
         return self.text[self.starts[i] : self.starts[i + 1]]
