@@ -13,7 +13,7 @@ from cicdllm_assets.chunking.cache import CacheKey, PlanCache, PlanSummary
 from cicdllm_assets.chunking.plan import FilePlan, plan_file
 from cicdllm_assets.chunking.tokenizer import TokenCounter
 
-ENCODE_BATCH_CHARS = 8_000_000  # characters per encode call: big calls balance best; bounds memory
+ENCODE_BATCH_CHARS = 16_000_000  # characters per encode call: big calls cost the least; bounds memory
 
 
 @dataclass(frozen=True)
