@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from tokenizers import Encoding
 
-from cicdllm_assets.chunking.pylex import PyLexer
+from cicdllm_assets.chunking.pylex import PyLexer, Statement
 from cicdllm_assets.discovery.languages import BRACE_LANGUAGES
 
 CHUNKER_VERSION = "1"
@@ -85,6 +85,7 @@ class _TokenIndex:
         self.total = len(encoding)
         self.sample_ends = [self._end(t) for t in range(self.SAMPLE - 1, self.total, self.SAMPLE)]
         self.memo: dict[int, int] = {0: 0, len(starts) - 1: self.total}
+        self.straddle_memo: dict[int, int] = {}
 
     def _end(self, token: int) -> int:
         chars = self.encoding.token_to_chars(token)
@@ -114,13 +115,17 @@ class _TokenIndex:
 
     def straddles(self, line: int) -> int:
         """1 if the token at ``line``'s start began on an earlier line (e.g. ``"\\n    "``)."""
-        if line <= 0 or line >= len(self.starts) - 1:
-            return 0
-        token = self[line]
-        if token >= self.total:
-            return 0
-        chars = self.encoding.token_to_chars(token)
-        return 1 if chars is not None and chars[0] < self.starts[line] else 0
+        known = self.straddle_memo.get(line)
+        if known is not None:
+            return known
+        result = 0
+        if 0 < line < len(self.starts) - 1:
+            token = self[line]
+            if token < self.total:
+                chars = self.encoding.token_to_chars(token)
+                result = 1 if chars is not None and chars[0] < self.starts[line] else 0
+        self.straddle_memo[line] = result
+        return result
 
 
 @dataclass
@@ -166,10 +171,16 @@ class _Segment:
 
 
 def _python_body_segments(
-    lexer: PyLexer, start: int, end: int, indent: str, prefix: str, default_symbol: str, lines: _Lines, budget: int
+    lexer: PyLexer,
+    statements: list[Statement],
+    start: int,
+    end: int,
+    prefix: str,
+    default_symbol: str,
+    lines: _Lines,
+    budget: int,
 ) -> list[_Segment]:
-    """Split lines [start, end) at the statements at ``indent``; recurse into classes too big."""
-    statements = lexer.statements(start, end, indent)
+    """Split lines [start, end) at ``statements``; recurse into classes too big for one chunk."""
     segments: list[_Segment] = []
     group_start = start
     for k, st in enumerate(statements):
@@ -187,7 +198,7 @@ def _python_body_segments(
             inner_first = members[0].line if members else first_body
             segments.append(_Segment(node_start, inner_first, name))
             segments.extend(
-                _python_body_segments(lexer, inner_first, node_end, body_indent, f"{name}.", name, lines, budget)
+                _python_body_segments(lexer, members, inner_first, node_end, f"{name}.", name, lines, budget)
             )
         else:
             segments.append(_Segment(node_start, node_end, name))
@@ -208,7 +219,7 @@ def _python_plan(lines: _Lines, budget: int) -> tuple[list[_Segment], list[tuple
             while end > st.line + 1 and (not lines.line(end - 1).strip() or lines.line(end - 1).startswith("#")):
                 end -= 1
             imports.append((st.line, end))
-    return _python_body_segments(lexer, 0, lines.count, "", "", "", lines, budget), imports
+    return _python_body_segments(lexer, top, 0, lines.count, "", "", lines, budget), imports
 
 
 _SYMBOL_RE = re.compile(
