@@ -272,22 +272,25 @@ def test_moved_tag_is_picked_up(upstream, tmp_path: Path) -> None:
 
 def test_unknown_ref_is_a_readable_error(upstream, tmp_path: Path) -> None:
     repo, _ = upstream
-    with pytest.raises(GitError, match=r"ref 'nope' not found in .*upstream"):
+    with pytest.raises(GitError, match=r"ref 'nope' not found in .*upstream") as raised:
         sync_repo(entry_for("upstream@nope", repo.path.parent), tmp_path / "cache", timeout=60)
+    assert raised.value.permanent  # retrying cannot make the ref appear
 
 
 def test_not_a_repository_is_a_readable_error(tmp_path: Path) -> None:
     (tmp_path / "plain-dir").mkdir()
-    with pytest.raises(GitError, match=r"clone of .*plain-dir failed: .*does not exist"):
+    with pytest.raises(GitError, match=r"clone of .*plain-dir failed: .*does not exist") as raised:
         sync_repo(entry_for("plain-dir", tmp_path), tmp_path / "cache", timeout=60)
+    assert raised.value.permanent
     assert not (tmp_path / "cache" / "local-plain-dir").exists()
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
 
 
 def test_unreachable_remote_fails_fast_without_prompting(tmp_path: Path) -> None:
     entry = entry_for("https://127.0.0.1:9/owner/name", tmp_path)
-    with pytest.raises(GitError, match=r"clone of https://127\.0\.0\.1:9/owner/name failed"):
+    with pytest.raises(GitError, match=r"clone of https://127\.0\.0\.1:9/owner/name failed") as raised:
         sync_repo(entry, tmp_path / "cache", timeout=30)
+    assert not raised.value.permanent  # a network failure may heal: the step retry policy applies
 
 
 def test_ext_transport_is_blocked_even_if_it_reached_git(tmp_path: Path) -> None:
@@ -334,8 +337,9 @@ def test_hanging_server_is_killed_after_the_timeout(tmp_path: Path) -> None:
     port = server.getsockname()[1]
     try:
         entry = entry_for(f"https://127.0.0.1:{port}/owner/name", tmp_path)
-        with pytest.raises(GitError, match=r"timed out after 2s"):
+        with pytest.raises(GitError, match=r"timed out after 2s") as raised:
             sync_repo(entry, tmp_path / "cache", timeout=2)
+        assert not raised.value.permanent
         assert not (tmp_path / "cache" / entry.key).exists()
     finally:
         server.close()

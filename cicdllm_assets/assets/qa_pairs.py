@@ -5,9 +5,10 @@ import hashlib
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
 from cicdllm_assets.config import ConfigError
+from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.quality.pairs import filter_pairs
 from cicdllm_assets.storage.state import StateStore
@@ -37,7 +38,7 @@ def qa_pairs(context: AssetExecutionContext, answers: pa.Table, code_chunks: pa.
     try:
         settings = context.resources.app_config.settings()
     except ConfigError as exc:
-        raise Failure(description=str(exc)) from None
+        raise permanent_failure(str(exc)) from None
     state = StateStore(settings.state_db)
     state.start_stage(repo, STAGE, answers.num_rows, "pairs")
     reported = [0]

@@ -22,6 +22,7 @@ from dagster import (
 )
 
 from cicdllm_assets.config import ConfigError
+from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.repos.git_ops import GitError, sync_repo
 from cicdllm_assets.repos.license import detect_license
@@ -61,16 +62,29 @@ def _previous_head(state: StateStore, repo: str) -> str | None:
 
 
 def _fail(
-    context: AssetExecutionContext, state: StateStore | None, repo: str, category: str, message: str
+    context: AssetExecutionContext,
+    state: StateStore | None,
+    repo: str,
+    category: str,
+    message: str,
+    *,
+    permanent: bool = False,
 ) -> Failure:
-    """Record the failure for the viewer and build the Failure to raise."""
+    """Record the failure for the viewer and build the Failure to raise.
+
+    ``permanent`` failures (bad config, repos.txt, a source that cannot exist) skip the
+    step retry policy: a retry would fail the same way.
+    """
     context.log.error(message)
     if state is not None:
         state.record_failure(repo, STAGE, repo, category, message)
         state.advance(repo, STAGE, done=0, failed=1)
         state.finish_stage(repo, STAGE, "failed")
         state.log_event("error", f"{STAGE}: {message}", repo=repo)
-    return Failure(description=message, metadata={"repo": repo, "category": category})
+    metadata = {"repo": repo, "category": category}
+    if permanent:
+        return permanent_failure(message, metadata)
+    return Failure(description=message, metadata=metadata)
 
 
 @asset(
@@ -86,7 +100,7 @@ def repositories(context: AssetExecutionContext, app_config: AppConfigResource) 
     try:
         settings = app_config.settings()
     except ConfigError as exc:
-        raise _fail(context, None, repo, "config", str(exc)) from None
+        raise _fail(context, None, repo, "config", str(exc), permanent=True) from None
     state = StateStore(settings.state_db)
     try:
         state.start_stage(repo, STAGE, total=1, unit="repos")
@@ -94,13 +108,15 @@ def repositories(context: AssetExecutionContext, app_config: AppConfigResource) 
         try:
             entries, problems = read_repos_file_lenient(settings.repos_file)
         except ReposFileError as exc:
-            raise _fail(context, state, repo, "repos_file", str(exc)) from None
+            raise _fail(context, state, repo, "repos_file", str(exc), permanent=True) from None
         entry = find_entry(entries, repo)
         if problems is not None:
             # Bad lines elsewhere in repos.txt do not stop this repository.
             context.log.warning(str(problems))
             if entry is None:
-                raise _fail(context, state, repo, "repos_file", f"partition {repo!r} not found; {problems}")
+                raise _fail(
+                    context, state, repo, "repos_file", f"partition {repo!r} not found; {problems}", permanent=True
+                )
         if entry is None:
             raise _fail(
                 context,
@@ -109,6 +125,7 @@ def repositories(context: AssetExecutionContext, app_config: AppConfigResource) 
                 "not_in_repos_file",
                 f"partition {repo!r} is not in {settings.repos_file} any more; "
                 "run `cicdllm repos sync` (or let the repos sensor run) to drop it",
+                permanent=True,
             )
         url = redact_credentials(entry.url)
         context.log.info(f"syncing {url}" + (f" @ {entry.ref}" if entry.ref else "") + f" into {settings.cache_dir}")
@@ -116,7 +133,7 @@ def repositories(context: AssetExecutionContext, app_config: AppConfigResource) 
         try:
             checkout = sync_repo(entry, settings.cache_dir, float(settings.config.repos.clone_timeout_seconds))
         except GitError as exc:
-            raise _fail(context, state, repo, "git", str(exc)) from None
+            raise _fail(context, state, repo, "git", str(exc), permanent=exc.permanent) from None
         license_id = detect_license(checkout.path)
         head_changed = previous != checkout.head_commit
         fetched_at = datetime.now(UTC)

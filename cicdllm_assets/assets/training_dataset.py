@@ -2,10 +2,11 @@
 
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from cicdllm_assets.config import ConfigError
 from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
+from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.storage.tables import TableStore
 
@@ -26,7 +27,7 @@ def training_dataset(context: AssetExecutionContext, qa_pairs: pa.Table) -> Outp
     try:
         settings = context.resources.app_config.settings()
     except ConfigError as exc:
-        raise Failure(description=str(exc)) from None
+        raise permanent_failure(str(exc)) from None
     state = StateStore(settings.state_db)
     state.start_stage(ALL_REPOS, STAGE, qa_pairs.num_rows, "pairs")
     repositories = TableStore(settings.tables_dir).read_all("repositories")
@@ -34,7 +35,7 @@ def training_dataset(context: AssetExecutionContext, qa_pairs: pa.Table) -> Outp
         result = build_training_dataset(qa_pairs, settings, repositories=repositories)
     except ExportInputError as exc:
         state.finish_stage(ALL_REPOS, STAGE, "failed")
-        raise Failure(description=str(exc)) from None
+        raise permanent_failure(str(exc)) from None
     except Exception as exc:
         state.finish_stage(ALL_REPOS, STAGE, "failed")
         state.log_event("error", f"{STAGE}: {type(exc).__name__}: {exc}")

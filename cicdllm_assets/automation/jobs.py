@@ -14,7 +14,9 @@ Selections are Dagster selection strings, which tolerate keys that are not defin
 
 Every job retries a failed step twice with exponential backoff and jitter: transient
 failures (a flaky fetch, an LLM server restart) heal, and a retried generation step is
-cheap because every finished item is already committed to the ledger.
+cheap because every finished item is already committed to the ledger. Errors a retry
+cannot fix (bad config, repos.txt, a missing source) are raised as
+:func:`cicdllm_assets.failures.permanent_failure` and skip the policy.
 """
 
 from __future__ import annotations

@@ -40,7 +40,20 @@ _STDERR_LINES = 6
 
 
 class GitError(RuntimeError):
-    """A git operation failed; the message is readable and free of credentials."""
+    """A git operation failed; the message is readable and free of credentials.
+
+    ``permanent`` is True when trying again cannot help (a ref that does not exist, an empty
+    repository, a local source that is not a repository, no git executable); network
+    failures and timeouts are not permanent.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+# git's words for a local source that is missing or is not a repository.
+_NOT_A_REPO = ("does not exist", "not a git repository", "does not appear to be a git repository")
 
 
 @dataclass(frozen=True)
@@ -101,10 +114,16 @@ class _Git:
                 universal_newlines=True,
             )
         except git.GitCommandNotFound as exc:
-            raise GitError("git executable not found; install git") from exc
+            raise GitError("git executable not found; install git", permanent=True) from exc
         if status != 0 and check:
-            raise GitError(self._message(what, str(stderr)))
+            raise GitError(self._message(what, str(stderr)), permanent=self._permanent(str(stderr)))
         return int(status), str(stdout), str(stderr)
+
+    def _permanent(self, stderr: str) -> bool:
+        """A local source that is missing or not a repository stays so; remote errors may heal."""
+        if not self.entry.is_local or stderr.startswith("Timeout:"):
+            return False
+        return any(marker in stderr for marker in _NOT_A_REPO)
 
     def _message(self, what: str, stderr: str) -> str:
         if stderr.startswith("Timeout:"):
@@ -142,7 +161,7 @@ def _origin_url(path: Path) -> str | None:
 def _remove_tree(path: Path, cache_dir: Path) -> None:
     resolved = path.resolve()
     if cache_dir.resolve() not in resolved.parents:
-        raise GitError(f"refusing to delete {resolved}: not inside the clone cache {cache_dir}")
+        raise GitError(f"refusing to delete {resolved}: not inside the clone cache {cache_dir}", permanent=True)
     shutil.rmtree(resolved)
 
 
@@ -195,7 +214,7 @@ def _resolve(runner: _Git, dest: Path, ref: str | None, branch: str | None, head
             if _rev_parse(runner, dest, head_sha) is None:
                 runner.run(["fetch", "--quiet", "origin", "--", head_sha], dest, "fetch of HEAD")
             return head_sha, "remote HEAD (detached)"
-        raise GitError(f"{runner.shown_url} has no default branch (empty repository?)")
+        raise GitError(f"{runner.shown_url} has no default branch (empty repository?)", permanent=True)
     candidates = [
         (f"refs/remotes/origin/{ref}", f"branch {ref}"),
         (f"refs/tags/{ref}", f"tag {ref}"),
@@ -212,7 +231,9 @@ def _resolve(runner: _Git, dest: Path, ref: str | None, branch: str | None, head
         sha = _rev_parse(runner, dest, ref.lower()) if status == 0 else None
         if sha:
             return sha, f"commit {ref}"
-    raise GitError(f"ref {ref!r} not found in {runner.shown_url} (no branch, tag or commit of that name)")
+    raise GitError(
+        f"ref {ref!r} not found in {runner.shown_url} (no branch, tag or commit of that name)", permanent=True
+    )
 
 
 def _size_bytes(runner: _Git, dest: Path) -> int:
