@@ -7,7 +7,14 @@ the export as not to be trusted in the UI.
 
 from collections.abc import Callable
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    MetadataValue,
+    asset_check,
+)
 
 from cicdllm_assets.assets.training_dataset import training_dataset
 from cicdllm_assets.export.validate import (
@@ -44,36 +51,31 @@ def _run(context: AssetCheckExecutionContext, check: Callable[[ExportFiles], Che
                             metadata=metadata)
 
 
-@asset_check(asset=training_dataset, blocking=True, required_resource_keys={"app_config"},
-             description="Every export file parses and has its format's schema and row count.")
-def schema_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    """Schema of every written file."""
-    return _run(context, check_schema)
+def _export_check(
+    name: str, description: str, check: Callable[[ExportFiles], CheckOutcome]
+) -> AssetChecksDefinition:
+    """A blocking check of ``training_dataset`` that runs ``check`` over the written export."""
+
+    @asset_check(asset=training_dataset, name=name, blocking=True, required_resource_keys={"app_config"},
+                 description=description)
+    def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        return _run(context, check)
+
+    return _check
 
 
-@asset_check(asset=training_dataset, blocking=True, required_resource_keys={"app_config"},
-             description="No empty question, answer, prompt or provenance field in any file.")
-def no_empty_fields(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    """No empty field."""
-    return _run(context, check_no_empty_fields)
-
-
-@asset_check(asset=training_dataset, blocking=True, required_resource_keys={"app_config"},
-             description="No pair id or (question, answer) twice; no duplicate line in a split file.")
-def no_duplicates(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    """No duplicate."""
-    return _run(context, check_no_duplicates)
-
-
-@asset_check(asset=training_dataset, blocking=True, required_resource_keys={"app_config"},
-             description="No secret (detect-secrets plugins + targeted patterns) in any exported text.")
-def no_secrets(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    """No secret."""
-    return _run(context, check_no_secrets)
-
-
-@asset_check(asset=training_dataset, blocking=True, required_resource_keys={"app_config"},
-             description="Train/valid/test are disjoint by source file.")
-def splits_disjoint_by_file(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    """Splits disjoint by file."""
-    return _run(context, check_splits_disjoint)
+schema_valid = _export_check(
+    "schema_valid", "Every export file parses and has its format's schema and row count.", check_schema
+)
+no_empty_fields = _export_check(
+    "no_empty_fields", "No empty question, answer, prompt or provenance field in any file.", check_no_empty_fields
+)
+no_duplicates = _export_check(
+    "no_duplicates", "No pair id or (question, answer) twice; no duplicate line in a split file.", check_no_duplicates
+)
+no_secrets = _export_check(
+    "no_secrets", "No secret (detect-secrets plugins + targeted patterns) in any exported text.", check_no_secrets
+)
+splits_disjoint_by_file = _export_check(
+    "splits_disjoint_by_file", "Train/valid/test are disjoint by source file.", check_splits_disjoint
+)
