@@ -205,10 +205,13 @@ class Discovery:
         self.verdicts = verdicts
         self.workers = workers or processing.max_concurrent_files
         self.stats = DiscoveryStats()
+        self._entries: list[TreeEntry] | None = None
 
     def entries(self) -> list[TreeEntry]:
-        """The commit's tree (every tracked file)."""
-        return list_tree(self.repo_path, self.commit)
+        """The commit's tree (every tracked file); listed once per Discovery."""
+        if self._entries is None:
+            self._entries = list_tree(self.repo_path, self.commit)
+        return self._entries
 
     def run(self, on_progress: Callable[[int], None] | None = None) -> list[SourceFile]:
         """Every tracked file as a :class:`SourceFile` (texts dropped), sorted by path."""
