@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -236,9 +237,9 @@ class Ledger:
                 values,
             )
 
-    def counts(self, repo: str | None = None, kind: str | None = None) -> dict[str, int]:
-        """Rows by status, optionally for one repo and/or kind."""
-        sql = f"SELECT status, COUNT(*) AS n FROM {LEDGER_TABLE} WHERE 1 = 1"  # noqa: S608 - constant
+    def _select(self, columns: str, repo: str | None, kind: str | None, tail: str) -> list[sqlite3.Row]:
+        """``SELECT columns`` of the ledger rows of ``repo`` and/or ``kind`` (None: any), then ``tail``."""
+        sql = f"SELECT {columns} FROM {LEDGER_TABLE} WHERE 1 = 1"  # noqa: S608 - constant identifiers
         args: list[str] = []
         if repo is not None:
             sql += " AND repo = ?"
@@ -247,21 +248,16 @@ class Ledger:
             sql += " AND kind = ?"
             args.append(kind)
         con = self.state.connection()
-        rows = con.execute(sql + " GROUP BY status", args).fetchall()
-        con.commit()
+        rows = con.execute(f"{sql} {tail}", args).fetchall()
+        con.commit()  # end the implicit read transaction
+        return rows
+
+    def counts(self, repo: str | None = None, kind: str | None = None) -> dict[str, int]:
+        """Rows by status, optionally for one repo and/or kind."""
+        rows = self._select("status, COUNT(*) AS n", repo, kind, "GROUP BY status")
         return {row["status"]: int(row["n"]) for row in rows}
 
     def entries(self, repo: str | None = None, kind: str | None = None) -> list[LedgerEntry]:
         """All rows (optionally filtered), oldest first; for tests, the viewer and the CLI."""
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM {LEDGER_TABLE} WHERE 1 = 1"  # noqa: S608 - constant
-        args: list[str] = []
-        if repo is not None:
-            sql += " AND repo = ?"
-            args.append(repo)
-        if kind is not None:
-            sql += " AND kind = ?"
-            args.append(kind)
-        con = self.state.connection()
-        rows = con.execute(sql + " ORDER BY created_at, key", args).fetchall()
-        con.commit()
+        rows = self._select(", ".join(_COLUMNS), repo, kind, "ORDER BY created_at, key")
         return [LedgerEntry(**dict(row)) for row in rows]
