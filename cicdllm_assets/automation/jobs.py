@@ -21,7 +21,16 @@ cannot fix (bad config, repos.txt, a missing source) are raised as
 
 from __future__ import annotations
 
-from dagster import Backoff, Jitter, RetryPolicy, define_asset_job, in_process_executor
+from dagster import (
+    AssetSelection,
+    Backoff,
+    Jitter,
+    PartitionsDefinition,
+    RetryPolicy,
+    define_asset_job,
+    in_process_executor,
+)
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 PIPELINE_GROUPS: tuple[str, ...] = ("ingest", "generation", "dataset")
 PARTITIONED_ASSETS: tuple[str, ...] = (
@@ -55,32 +64,43 @@ MAIN_SELECTION = keys_selection(PARTITIONED_ASSETS)
 DATASET_SELECTION = keys_selection(DATASET_ASSETS)
 REFRESH_SELECTION = "key:repositories"
 
-main_job = define_asset_job(
+def pipeline_job(
+    name: str,
+    selection: str | AssetSelection,
+    description: str,
+    tag: str,
+    partitions_def: PartitionsDefinition | None = None,
+) -> UnresolvedAssetJobDefinition:
+    """An asset job of the pipeline: in-process executor, :data:`STEP_RETRY_POLICY`, ``cicdllm/job`` tag."""
+    return define_asset_job(
+        name,
+        selection=selection,
+        description=description,
+        partitions_def=partitions_def,
+        executor_def=in_process_executor,
+        op_retry_policy=STEP_RETRY_POLICY,
+        tags={"cicdllm/job": tag},
+    )
+
+
+main_job = pipeline_job(
     "main_job",
-    selection=MAIN_SELECTION,
-    description=(
-        "The per-repository chain repositories -> source_files -> code_chunks -> questions -> answers"
-        " -> qa_pairs, one run per repo partition. Run dataset_job afterwards to export."
-    ),
-    executor_def=in_process_executor,
-    op_retry_policy=STEP_RETRY_POLICY,
-    tags={"cicdllm/job": "main"},
+    MAIN_SELECTION,
+    "The per-repository chain repositories -> source_files -> code_chunks -> questions -> answers"
+    " -> qa_pairs, one run per repo partition. Run dataset_job afterwards to export.",
+    "main",
 )
 
-dataset_job = define_asset_job(
+dataset_job = pipeline_job(
     "dataset_job",
-    selection=DATASET_SELECTION,
-    description="training_dataset (dedup, split, export) over every repo's qa_pairs, with its checks.",
-    executor_def=in_process_executor,
-    op_retry_policy=STEP_RETRY_POLICY,
-    tags={"cicdllm/job": "dataset"},
+    DATASET_SELECTION,
+    "training_dataset (dedup, split, export) over every repo's qa_pairs, with its checks.",
+    "dataset",
 )
 
-refresh_job = define_asset_job(
+refresh_job = pipeline_job(
     "refresh_job",
-    selection=REFRESH_SELECTION,
-    description="Fetch each repository and record its head commit (run by the refresh schedule).",
-    executor_def=in_process_executor,
-    op_retry_policy=STEP_RETRY_POLICY,
-    tags={"cicdllm/job": "refresh"},
+    REFRESH_SELECTION,
+    "Fetch each repository and record its head commit (run by the refresh schedule).",
+    "refresh",
 )

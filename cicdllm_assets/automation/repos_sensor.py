@@ -17,11 +17,10 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    define_asset_job,
     sensor,
 )
 
-from cicdllm_assets.automation.jobs import STEP_RETRY_POLICY
+from cicdllm_assets.automation.jobs import pipeline_job
 from cicdllm_assets.config import ConfigError, load_settings
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME, repos_partitions
 from cicdllm_assets.repos.repos_file import ReposFileError
@@ -32,15 +31,14 @@ logger = logging.getLogger(__name__)
 
 _DEFAULT_INTERVAL_SECONDS = 30
 
-ingest_new_repo_job = define_asset_job(
-    name="ingest_new_repo_job",
+ingest_new_repo_job = pipeline_job(
+    "ingest_new_repo_job",
     # Every repo-partitioned asset (repositories … qa_pairs); the unpartitioned
     # training_dataset is left to the main job / schedule.
-    selection=AssetSelection.from_string('partitions:"dynamic"'),
+    AssetSelection.from_string('partitions:"dynamic"'),
+    "All per-repository assets for one repo partition (launched by repos_sync_sensor).",
+    "ingest_new_repo",
     partitions_def=repos_partitions,
-    description="All per-repository assets for one repo partition (launched by repos_sync_sensor).",
-    tags={"cicdllm/job": "ingest_new_repo"},
-    op_retry_policy=STEP_RETRY_POLICY,
 )
 
 
