@@ -355,24 +355,34 @@ class _BatchError(Exception):
 # ---------------------------------------------------------------------------- params
 
 
+def _sampling_params(gen: GenerationConfig) -> dict[str, Any]:
+    """Sampling params shared by question and answer items (keys are hashed sorted: order is free)."""
+    return {"temperature": gen.temperature, "top_p": gen.top_p, "seed": gen.seed}
+
+
 def question_params(gen: GenerationConfig) -> dict[str, Any]:
     """Generation params that shape a question item (part of its key)."""
     return {
         "max_tokens": gen.question_max_tokens,
         "n_questions": gen.questions_per_chunk,
-        "temperature": gen.temperature,
-        "top_p": gen.top_p,
-        "seed": gen.seed,
+        **_sampling_params(gen),
     }
 
 
 def answer_params(gen: GenerationConfig) -> dict[str, Any]:
     """Generation params that shape an answer item (part of its key)."""
+    return {"max_tokens": gen.effective_answer_max_tokens, **_sampling_params(gen)}
+
+
+def _chunk_columns(chunk: Chunk) -> dict[str, Any]:
+    """The provenance columns every generated row copies from its code chunk."""
     return {
-        "max_tokens": gen.effective_answer_max_tokens,
-        "temperature": gen.temperature,
-        "top_p": gen.top_p,
-        "seed": gen.seed,
+        "path": chunk.path,
+        "start_line": chunk.start_line,
+        "end_line": chunk.end_line,
+        "commit": chunk.commit,
+        "license": chunk.license,
+        "language": chunk.language,
     }
 
 
@@ -472,12 +482,7 @@ def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]
                 "question": question,
                 "model_id": entry.model_id,
                 "params": entry.params_json,
-                "path": chunk.path,
-                "start_line": chunk.start_line,
-                "end_line": chunk.end_line,
-                "commit": chunk.commit,
-                "license": chunk.license,
-                "language": chunk.language,
+                **_chunk_columns(chunk),
                 "question_index": index,
                 "generation_key": entry.key,
                 "prompt_tokens": entry.prompt_tokens,
@@ -606,12 +611,7 @@ def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry]
             "trimmed": bool(entry.trimmed),
             "max_tokens": entry.max_tokens,
             "finish_reason": entry.finish_reason,
-            "path": chunk.path,
-            "start_line": chunk.start_line,
-            "end_line": chunk.end_line,
-            "commit": chunk.commit,
-            "license": chunk.license,
-            "language": chunk.language,
+            **_chunk_columns(chunk),
         })
     return pa.Table.from_pylist(rows, schema=ANSWERS_SCHEMA)
 
