@@ -96,7 +96,8 @@ def test_run_ingest_then_unchanged_then_only_the_moved_repo(ingest_project: Path
 def test_a_failing_repo_is_reported_and_the_others_still_run(ingest_project: Path, make_git_repo) -> None:
     good = make_git_repo("good", {"g.py": "print('ok')\n"})
     broken = make_git_repo("broken", {"x.py": "print('x')\n"})
-    (ingest_project / "repos.txt").write_text(f"{broken.path}\n{good.path}\n", encoding="utf-8")
+    unreachable = "https://127.0.0.1:1/acme/down"  # nothing listens on port 1: a network failure
+    (ingest_project / "repos.txt").write_text(f"{broken.path}\n{good.path}\n{unreachable}\n", encoding="utf-8")
     shutil.rmtree(broken.path / ".git")  # still a directory, no longer a repository
 
     code, data, _ = _run("--select", "key:repositories")
@@ -107,10 +108,14 @@ def test_a_failing_repo_is_reported_and_the_others_still_run(ingest_project: Pat
     assert failed["status"] == "failed"
     assert failed["reason"].startswith("repositories: ")
     assert "max_retries" not in failed["reason"]  # the cause, not Dagster's wrapper
-    assert failed["retries"] == 2  # the retry policy ran before giving up
+    assert failed["retries"] == 0  # not a repository: a permanent failure, not retried
     assert failed["run_id"]
+    down = repos["127.0.0.1-1-acme-down"]
+    assert down["status"] == "failed"
+    assert "max_retries" not in down["reason"]
+    assert down["retries"] == 2  # a network failure: the retry policy ran before giving up
     assert data["ok"] is False
-    assert data["counts"] == {"done": 1, "failed": 1, "not_run": 0, "unchanged": 0}
+    assert data["counts"] == {"done": 1, "failed": 2, "not_run": 0, "unchanged": 0}
 
 
 def test_bad_input_exits_2_with_a_clear_message(ingest_project: Path, make_git_repo) -> None:
