@@ -14,36 +14,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, NoReturn
+from typing import Any
 
 import click
-from rich.console import Console
 
-from cicdllm_assets.cli.run_cmd import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_USAGE,
-    install_stop_signals,
-    quiet_library_noise,
-    render_summary,
-)
-from cicdllm_assets.config import ConfigError, Settings, load_settings
+from cicdllm_assets.cli.common import EXIT_FAILED, fail_usage, load_definitions_or_exit, load_settings_or_exit
+from cicdllm_assets.cli.run_cmd import exit_with_summary, install_stop_signals, quiet_library_noise
 
 logger = logging.getLogger(__name__)
 
 URL_ENV = "CICDLLM_DAGSTER_URL"
-
-
-def _fail_usage(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    raise SystemExit(EXIT_USAGE)
-
-
-def _load() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        _fail_usage(str(exc))
 
 
 def _emit(data: dict[str, Any], as_json: bool, lines: list[str]) -> None:
@@ -97,25 +77,20 @@ def command(
     )
     from cicdllm_assets.runner.selection import SelectionError, plan_selection
 
-    settings = _load()
-    from cicdllm_assets.runner.cli_defs import definitions_for_cli
-
-    try:
-        defs = definitions_for_cli()
-    except Exception as exc:  # a broken code location: say so instead of a traceback
-        _fail_usage(f"cannot load the Dagster definitions (cicdllm_assets.definitions): {type(exc).__name__}: {exc}")
+    settings = load_settings_or_exit()
+    defs = load_definitions_or_exit()
     try:
         plan = plan_selection(defs, select or MAIN_SELECTION, main_job.name, dataset_job.name)
     except SelectionError as exc:
-        _fail_usage(str(exc))
+        fail_usage(str(exc))
     if plan.dataset_keys:
         names = [key.to_user_string() for key in plan.dataset_keys]
-        _fail_usage(
+        fail_usage(
             f"{names} not partitioned by repo, so not backfillable per repo; "
             "use `cicdllm run --select key:training_dataset` (automation also rebuilds it)"
         )
     if not plan.repo_keys:
-        _fail_usage(f"selection {plan.text!r} has no repo-partitioned asset")
+        fail_usage(f"selection {plan.text!r} has no repo-partitioned asset")
     wanted = list(dict.fromkeys(repos))
 
     client = GraphQLClient(url)
@@ -125,7 +100,7 @@ def command(
                 known = fetch_partition_keys(client, plan.repo_keys[0])
                 unknown = [key for key in wanted if key not in known]
                 if unknown:
-                    _fail_usage(
+                    fail_usage(
                         f"unknown repo partition(s) {unknown} on {url}; known: {', '.join(known) or 'none'}"
                         " (add them to repos.txt; the repos sensor or `cicdllm repos sync` registers them)"
                     )
@@ -174,13 +149,7 @@ def command(
         sync_partitions(instance, settings)
         partitions = choose_partitions(instance, wanted)
     except (InstanceError, ReposFileError, RunPlanError) as exc:
-        _fail_usage(str(exc))
+        fail_usage(str(exc))
     install_stop_signals()
     summary = run_pipeline(defs, instance, settings, partitions, plan)
-    if as_json:
-        click.echo(json.dumps({"mode": "in_process", **summary.to_dict()}, indent=2, sort_keys=True))
-    else:
-        render_summary(summary, Console())
-    if summary.interrupted:
-        ctx.exit(EXIT_INTERRUPTED)
-    ctx.exit(0 if summary.ok else EXIT_FAILED)
+    exit_with_summary(ctx, summary, as_json, {"mode": "in_process"})

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NoReturn
 
 import click
 from dagster import DagsterInstance
 
-from cicdllm_assets.config import ConfigError, Settings, load_settings
+from cicdllm_assets.cli.common import fail_usage, load_settings_or_exit
+from cicdllm_assets.config import Settings
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
 from cicdllm_assets.repos.repos_file import (
     ReposFileError,
@@ -23,13 +23,6 @@ from cicdllm_assets.repos.repos_file import (
     redact_credentials,
 )
 from cicdllm_assets.repos.sync import open_instance, sync_partitions
-
-EXIT_INVALID = 2
-
-
-def _invalid(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    raise SystemExit(EXIT_INVALID)
 
 
 def _instance(settings: Settings) -> DagsterInstance:
@@ -41,13 +34,6 @@ def _instance(settings: Settings) -> DagsterInstance:
         raise click.ClickException(str(exc)) from None
 
 
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        _invalid(str(exc))
-
-
 @click.group(name="repos")
 def command() -> None:
     """Manage the repositories listed in repos.txt (one Dagster partition each)."""
@@ -57,11 +43,11 @@ def command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 def list_cmd(as_json: bool) -> None:
     """List repos.txt entries with their partition keys and Dagster registration."""
-    settings = _settings()
+    settings = load_settings_or_exit()
     try:
         entries = read_repos_file(settings.repos_file)
     except ReposFileError as exc:
-        _invalid(str(exc))
+        fail_usage(str(exc))
     registered = set(_instance(settings).get_dynamic_partitions(REPOS_PARTITIONS_NAME))
     rows = [{**entry.to_dict(), "registered": entry.key in registered} for entry in entries]
     if as_json:
@@ -84,7 +70,7 @@ def list_cmd(as_json: bool) -> None:
 @click.argument("spec")
 def add_cmd(spec: str) -> None:
     """Append SPEC (URL[@ref] or local path) to repos.txt after validating it."""
-    settings = _settings()
+    settings = load_settings_or_exit()
     path = settings.repos_file
     try:
         current = path.read_text(encoding="utf-8") if path.exists() else ""
@@ -92,14 +78,14 @@ def add_cmd(spec: str) -> None:
         raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
     entry_text = spec.strip()
     if not entry_text or entry_text.startswith("#") or "\n" in entry_text or "\r" in entry_text:
-        _invalid(f"not a repository entry: {redact_credentials(spec)!r}")
+        fail_usage(f"not a repository entry: {redact_credentials(spec)!r}")
     separator = "" if not current or current.endswith("\n") else "\n"
     updated = f"{current}{separator}{entry_text}\n"
     line_no = updated.count("\n")
     try:
         entries = parse_repos_text(updated, path.parent, str(path))
     except ReposFileError as exc:
-        _invalid(str(exc))
+        fail_usage(str(exc))
     added = next(entry for entry in entries if entry.line_no == line_no)
     _write_atomic(path, updated)
     click.echo(f"added {added.key} ({redact_credentials(added.url)}{'@' + added.ref if added.ref else ''}) to {path}")
@@ -110,16 +96,16 @@ def add_cmd(spec: str) -> None:
 @click.argument("key_or_spec")
 def remove_cmd(key_or_spec: str) -> None:
     """Remove the repos.txt line whose partition key or entry text is KEY_OR_SPEC."""
-    settings = _settings()
+    settings = load_settings_or_exit()
     path = settings.repos_file
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        _invalid(f"cannot read {path}: {exc.strerror}")
+        fail_usage(f"cannot read {path}: {exc.strerror}")
     entries, _ = parse_repos_lenient(text, path.parent)
     matches = [entry for entry in entries if key_or_spec in (entry.key, entry.spec)]
     if not matches:
-        _invalid(f"no entry with partition key or text {redact_credentials(key_or_spec)!r} in {path}")
+        fail_usage(f"no entry with partition key or text {redact_credentials(key_or_spec)!r} in {path}")
     drop = {entry.line_no for entry in matches}
     kept = [line for number, line in enumerate(text.splitlines(keepends=True), start=1) if number not in drop]
     _write_atomic(path, "".join(kept))
@@ -139,12 +125,12 @@ def _write_atomic(path: Path, text: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print {added, removed} as JSON.")
 def sync_cmd(as_json: bool) -> None:
     """Register repos.txt entries as Dagster partitions and drop removed ones."""
-    settings = _settings()
+    settings = load_settings_or_exit()
     instance = _instance(settings)
     try:
         added, removed = sync_partitions(instance, settings)
     except ReposFileError as exc:
-        _invalid(str(exc))
+        fail_usage(str(exc))
     if as_json:
         click.echo(json.dumps({"added": added, "removed": removed}))
         return

@@ -11,22 +11,26 @@ import json
 import logging
 import signal
 import warnings
+from collections.abc import Mapping
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cicdllm_assets.config import ConfigError, Settings, load_settings
+from cicdllm_assets.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    fail_usage,
+    load_definitions_or_exit,
+    load_settings_or_exit,
+)
 from cicdllm_assets.runner.outcome import RunSummary, StepOutcome
 
 logger = logging.getLogger(__name__)
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 _STYLE = {"done": "green", "unchanged": "cyan", "failed": "red", "not_run": "dim"}
 
@@ -97,16 +101,17 @@ def install_stop_signals() -> None:
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
-def _fail_usage(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    raise SystemExit(EXIT_USAGE)
-
-
-def _load() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        _fail_usage(str(exc))
+def exit_with_summary(
+    ctx: click.Context, summary: RunSummary, as_json: bool, json_extra: Mapping[str, Any] | None = None
+) -> NoReturn:
+    """Print the summary (JSON with ``json_extra`` fields, or the table) and exit with its code."""
+    if as_json:
+        click.echo(json.dumps({**(json_extra or {}), **summary.to_dict()}, indent=2, sort_keys=True))
+    else:
+        render_summary(summary, Console())
+    if summary.interrupted:
+        ctx.exit(EXIT_INTERRUPTED)
+    ctx.exit(0 if summary.ok else EXIT_FAILED)
 
 
 @click.command(name="run")
@@ -132,31 +137,26 @@ def command(ctx: click.Context, repos: tuple[str, ...], select: str | None, as_j
     from cicdllm_assets.runner.progress import ProgressDisplay
     from cicdllm_assets.runner.selection import SelectionError, plan_selection
 
-    settings = _load()
+    settings = load_settings_or_exit()
     try:
         instance = open_instance(settings)
         added, removed = sync_partitions(instance, settings)
     except (InstanceError, ReposFileError) as exc:
-        _fail_usage(str(exc))
+        fail_usage(str(exc))
     if added or removed:
         logger.info("repo partitions: added %s, removed %s", added or "none", removed or "none")
 
     from cicdllm_assets.automation.jobs import dataset_job, main_job
-    from cicdllm_assets.runner.cli_defs import definitions_for_cli
 
-    try:
-        defs = definitions_for_cli()
-    except Exception as exc:  # a broken code location: say so instead of a traceback
-        logger.debug("loading definitions failed", exc_info=True)
-        _fail_usage(f"cannot load the Dagster definitions (cicdllm_assets.definitions): {type(exc).__name__}: {exc}")
+    defs = load_definitions_or_exit()
 
     try:
         plan = plan_selection(defs, select, main_job.name, dataset_job.name)
         partitions = choose_partitions(instance, repos)
     except (SelectionError, RunPlanError) as exc:
-        _fail_usage(str(exc))
+        fail_usage(str(exc))
     if plan.repo_keys and not partitions:
-        _fail_usage(f"no repositories to run: {settings.repos_file} lists none")
+        fail_usage(f"no repositories to run: {settings.repos_file} lists none")
 
     install_stop_signals()
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
@@ -172,10 +172,4 @@ def command(ctx: click.Context, repos: tuple[str, ...], select: str | None, as_j
             on_step=display.step,
             log_level="DEBUG" if verbose else "CRITICAL",
         )
-    if as_json:
-        click.echo(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
-    else:
-        render_summary(summary, Console())
-    if summary.interrupted:
-        ctx.exit(EXIT_INTERRUPTED)
-    ctx.exit(0 if summary.ok else EXIT_FAILED)
+    exit_with_summary(ctx, summary, as_json)
