@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
+from typing import cast
 
-from dagster import ConfigurableResource, InitResourceContext
-from pydantic import PrivateAttr
-
-from cicdllm_assets.config import Settings, load_settings
+from cicdllm_assets.config import Settings
 from cicdllm_assets.models.paths import EMBEDDED_ALIAS, ModelNotPreparedError, resolve_model
+from cicdllm_assets.resources.llm.backend_resource import BackendResource
+from cicdllm_assets.resources.llm.base import LLMBackend
 from cicdllm_assets.resources.llm.mlx_backend import MLXBackend, release_models
 from cicdllm_assets.resources.llm.openblas import ensure_openblas
 
@@ -32,7 +31,7 @@ def backend_from_settings(settings: Settings) -> MLXBackend:
     )
 
 
-class MLXResource(ConfigurableResource):
+class MLXResource(BackendResource):
     """mlx-lm in process; ``config_path`` empty means $CICDLLM_CONFIG or ./cicdllm.yaml.
 
     ``get_backend()`` builds the backend on first use; the model itself is loaded
@@ -40,26 +39,14 @@ class MLXResource(ConfigurableResource):
     and released when the step's resources are torn down (or by :meth:`close`).
     """
 
-    config_path: str = ""
-
-    _backend: MLXBackend | None = PrivateAttr(default=None)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-
     def get_backend(self) -> MLXBackend:
         """The backend for ``llm.model`` (settings read via ``load_settings``)."""
-        with self._lock:
-            if self._backend is None:
-                self._backend = backend_from_settings(load_settings(self.config_path or None))
-            return self._backend
+        return cast(MLXBackend, self._cached_backend())
 
-    def close(self) -> None:
-        """Release the backend and the process's loaded models."""
-        with self._lock:
-            backend, self._backend = self._backend, None
-        if backend is not None:
-            backend.close()
-            release_models(backend.model_path)
+    def _build(self, settings: Settings) -> MLXBackend:
+        return backend_from_settings(settings)
 
-    def teardown_after_execution(self, context: InitResourceContext) -> None:
-        """Dagster hook: free the model at the end of the step."""
-        self.close()
+    def _release(self, backend: LLMBackend) -> None:
+        """Close the backend and free the process's loaded models."""
+        backend.close()
+        release_models(cast(MLXBackend, backend).model_path)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import threading
+from typing import cast
 
-from dagster import ConfigurableResource, InitResourceContext
-from pydantic import PrivateAttr
-
-from cicdllm_assets.config import load_settings
+from cicdllm_assets.config import Settings
+from cicdllm_assets.resources.llm.backend_resource import BackendResource
 from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend
 
 
-class OpenAIResource(ConfigurableResource):
+class OpenAIResource(BackendResource):
     """Any OpenAI-compatible server; ``config_path`` empty means $CICDLLM_CONFIG or ./cicdllm.yaml.
 
     ``get_backend()`` builds one :class:`OpenAIBackend` from ``llm.openai`` on first use
@@ -19,26 +17,9 @@ class OpenAIResource(ConfigurableResource):
     closed when the step's resources are torn down (or by :meth:`close`).
     """
 
-    config_path: str = ""
-
-    _backend: OpenAIBackend | None = PrivateAttr(default=None)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-
     def get_backend(self) -> OpenAIBackend:
         """The backend for the configured server (settings read via ``load_settings``)."""
-        with self._lock:
-            if self._backend is None:
-                settings = load_settings(self.config_path or None)
-                self._backend = OpenAIBackend.from_settings(settings)
-            return self._backend
+        return cast(OpenAIBackend, self._cached_backend())
 
-    def close(self) -> None:
-        """Close the backend's connections (a later ``get_backend()`` builds a new one)."""
-        with self._lock:
-            backend, self._backend = self._backend, None
-        if backend is not None:
-            backend.close()
-
-    def teardown_after_execution(self, context: InitResourceContext) -> None:
-        """Dagster hook: release connections at the end of the step."""
-        self.close()
+    def _build(self, settings: Settings) -> OpenAIBackend:
+        return OpenAIBackend.from_settings(settings)
