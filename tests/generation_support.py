@@ -143,6 +143,51 @@ def run_generation(repo: str, llm: Any, selection: Sequence[str] = ("questions",
     )
 
 
+def chain_assets(last: str = "training_dataset") -> list[Any]:
+    """The pipeline's assets in chain order, from repositories up to and including ``last``."""
+    from cicdllm_assets.assets.answers import answers
+    from cicdllm_assets.assets.code_chunks import code_chunks
+    from cicdllm_assets.assets.qa_pairs import qa_pairs
+    from cicdllm_assets.assets.questions import questions
+    from cicdllm_assets.assets.repositories import repositories
+    from cicdllm_assets.assets.source_files import source_files
+    from cicdllm_assets.assets.training_dataset import training_dataset
+
+    chain = [repositories, source_files, code_chunks, questions, answers, qa_pairs, training_dataset]
+    names = [a.key.to_user_string() for a in chain]
+    return chain[: names.index(last) + 1]
+
+
+def chain_resources() -> dict[str, Any]:
+    """Resources for the whole chain with the OpenAI backend (config from the project)."""
+    from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
+
+    return {"app_config": AppConfigResource(), "io_manager": PartitionedParquetIOManager(), "llm": OpenAIResource()}
+
+
+def chain_project(
+    project: Path, repo_path: Path, base_url: str, tokenizer_dir: Path, chunk_max_tokens: int
+) -> tuple[Settings, str, DagsterInstance]:
+    """Set up one real repo for the whole chain: repos.txt, the OpenAI backend at ``base_url``
+    (one theme), the tiny model's tokenizer for chunking with ``chunk_max_tokens``.
+
+    Returns (settings, the repo's partition key, an ephemeral instance with it registered).
+    """
+    from cicdllm_assets.repos.repos_file import parse_repos_text
+
+    (project / "repos.txt").write_text(f"{repo_path}\n", encoding="utf-8")
+    openai_config(project, base_url, tokenizer_dir, generation={"themes": ["code_explanation"]})
+    with (project / "cicdllm.yaml").open("a", encoding="utf-8") as handle:
+        handle.write(
+            f"processing:\n  tokenizer: {tokenizer_dir / 'tokenizer.json'}\n  chunk_max_tokens: {chunk_max_tokens}\n"
+        )
+    settings = load_settings()
+    key = parse_repos_text(f"{repo_path}\n", project)[0].key
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(REPOS_PARTITIONS_NAME, [key])
+    return settings, key, instance
+
+
 def ledger_of(settings: Settings) -> Ledger:
     """The ledger in the project's state DB."""
     return Ledger(StateStore(settings.state_db))

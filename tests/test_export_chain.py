@@ -10,36 +10,17 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, materialize
 
-from cicdllm_assets.io_managers import PartitionedParquetIOManager
-from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
-from cicdllm_assets.repos.repos_file import parse_repos_text
-from cicdllm_assets.resources.config_resource import AppConfigResource
-from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
 from cicdllm_assets.testing.fault_server import FaultServer
 from tests.export_fixtures import CHECKS
-from tests.generation_support import SAMPLE_FILES, openai_config
+from tests.generation_support import SAMPLE_FILES, chain_assets, chain_project, chain_resources
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 from tests.test_quality_secrets import FILES as SECRET_FILES
 from tests.test_quality_secrets import PLANTED
-
-
-def _assets() -> list[Any]:
-    from cicdllm_assets.assets.answers import answers
-    from cicdllm_assets.assets.code_chunks import code_chunks
-    from cicdllm_assets.assets.qa_pairs import qa_pairs
-    from cicdllm_assets.assets.questions import questions
-    from cicdllm_assets.assets.repositories import repositories
-    from cicdllm_assets.assets.source_files import source_files
-    from cicdllm_assets.assets.training_dataset import training_dataset
-
-    return [repositories, source_files, code_chunks, questions, answers, qa_pairs, training_dataset]
-
 
 MIT_TEXT = """MIT License
 
@@ -73,20 +54,10 @@ def _leaks(text: str) -> list[str]:
 def test_chain_to_export_leaks_no_secret(project: Path, make_git_repo, tiny_model_dir: Path) -> None:  # noqa: F811
     files = {**SAMPLE_FILES, **SECRET_FILES, "LICENSE": MIT_TEXT}
     repo = make_git_repo("leaky", files)
-    (project / "repos.txt").write_text(f"{repo.path}\n", encoding="utf-8")
     with FaultServer(capacity=4) as server:
-        openai_config(project, server.base_url, tiny_model_dir, generation={"themes": ["code_explanation"]})
-        with (project / "cicdllm.yaml").open("a", encoding="utf-8") as handle:
-            handle.write(f"processing:\n  tokenizer: {tiny_model_dir / 'tokenizer.json'}\n  chunk_max_tokens: 96\n")
-        from cicdllm_assets.config import load_settings
-
-        settings = load_settings()
-        key = parse_repos_text(f"{repo.path}\n", project)[0].key
-        instance = DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions(REPOS_PARTITIONS_NAME, [key])
-        resources = {"app_config": AppConfigResource(), "io_manager": PartitionedParquetIOManager(),
-                     "llm": OpenAIResource()}
-        assets = _assets()
+        settings, key, instance = chain_project(project, repo.path, server.base_url, tiny_model_dir, 96)
+        resources = chain_resources()
+        assets = chain_assets()
         result = materialize(assets[:-1], partition_key=key, instance=instance, resources=resources)
         assert result.success
         result = materialize([*assets, *CHECKS], selection=[assets[-1]], instance=instance, resources=resources)

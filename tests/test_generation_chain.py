@@ -7,54 +7,25 @@ file regenerates only that file's chunks, and an unchanged re-run sends no reque
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from dagster import DagsterInstance, materialize
 
-from cicdllm_assets.io_managers import PartitionedParquetIOManager
-from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
-from cicdllm_assets.repos.repos_file import parse_repos_text
-from cicdllm_assets.resources.config_resource import AppConfigResource
-from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
 from cicdllm_assets.testing.fault_server import FaultServer
-from tests.generation_support import SAMPLE_FILES, ledger_of, openai_config, read_table
+from tests.generation_support import SAMPLE_FILES, chain_assets, chain_project, chain_resources, ledger_of, read_table
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 
 
-def _chain() -> list[Any]:
-    from cicdllm_assets.assets.answers import answers
-    from cicdllm_assets.assets.code_chunks import code_chunks
-    from cicdllm_assets.assets.questions import questions
-    from cicdllm_assets.assets.repositories import repositories
-    from cicdllm_assets.assets.source_files import source_files
-
-    return [repositories, source_files, code_chunks, questions, answers]
-
-
 def _run(repo: str, instance: DagsterInstance) -> None:
-    result = materialize(
-        _chain(), partition_key=repo, instance=instance,
-        resources={"app_config": AppConfigResource(), "io_manager": PartitionedParquetIOManager(),
-                   "llm": OpenAIResource()},
-    )
+    result = materialize(chain_assets("answers"), partition_key=repo, instance=instance, resources=chain_resources())
     assert result.success
 
 
 @pytest.mark.slow
 def test_chain_incremental_on_a_real_repo(project: Path, make_git_repo, tiny_model_dir: Path) -> None:  # noqa: F811
     repo = make_git_repo("calc", {**SAMPLE_FILES, "LICENSE": "MIT License\n\nPermission is hereby granted"})
-    (project / "repos.txt").write_text(f"{repo.path}\n", encoding="utf-8")
     with FaultServer(capacity=4) as server:
-        openai_config(project, server.base_url, tiny_model_dir, generation={"themes": ["code_explanation"]})
-        with (project / "cicdllm.yaml").open("a", encoding="utf-8") as handle:
-            handle.write(f"processing:\n  tokenizer: {tiny_model_dir / 'tokenizer.json'}\n  chunk_max_tokens: 64\n")
-        from cicdllm_assets.config import load_settings
-
-        settings = load_settings()
-        key = parse_repos_text(f"{repo.path}\n", project)[0].key
-        instance = DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions(REPOS_PARTITIONS_NAME, [key])
+        settings, key, instance = chain_project(project, repo.path, server.base_url, tiny_model_dir, 64)
 
         _run(key, instance)
         chunks = read_table(settings, "code_chunks", key).to_pylist()
