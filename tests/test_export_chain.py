@@ -21,29 +21,7 @@ from tests.generation_support import SAMPLE_FILES, chain_assets, chain_project, 
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 from tests.test_quality_secrets import FILES as SECRET_FILES
 from tests.test_quality_secrets import PLANTED
-
-MIT_TEXT = """MIT License
-
-Copyright (c) 2026 Test
-
-Permission is hereby granted, free of charge, to any person obtaining a copy
-of this software and associated documentation files (the "Software"), to deal
-in the Software without restriction, including without limitation the rights
-to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
-copies of the Software, and to permit persons to whom the Software is
-furnished to do so, subject to the following conditions:
-
-The above copyright notice and this permission notice shall be included in all
-copies or substantial portions of the Software.
-
-THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
-IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
-FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
-AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
-LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
-OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
-SOFTWARE.
-"""
+from tests.test_repos_git import MIT
 
 
 def _leaks(text: str) -> list[str]:
@@ -52,7 +30,7 @@ def _leaks(text: str) -> list[str]:
 
 @pytest.mark.slow
 def test_chain_to_export_leaks_no_secret(project: Path, make_git_repo, tiny_model_dir: Path) -> None:  # noqa: F811
-    files = {**SAMPLE_FILES, **SECRET_FILES, "LICENSE": MIT_TEXT}
+    files = {**SAMPLE_FILES, **SECRET_FILES, "LICENSE": MIT}
     repo = make_git_repo("leaky", files)
     with FaultServer(capacity=4) as server:
         settings, key, instance = chain_project(project, repo.path, server.base_url, tiny_model_dir, 96)
