@@ -134,25 +134,21 @@ def _qa_flow(backend: MLXBackend, chunks: list[tuple[str, str]], per_chunk: int,
             ChatMessage("user", f"File: {path}\n\n```python\n{code}\n```"),
         )
 
-    questions = [
-        GenerationRequest(
-            key=f"q-{path}",
-            messages=(*prefix(path, code), ChatMessage("user", f"Write {per_chunk} questions about this code.")),
+    def request(key: str, path: str, code: str, instruction: str) -> GenerationRequest:
+        return GenerationRequest(
+            key=key,
+            messages=(*prefix(path, code), ChatMessage("user", instruction)),
             max_tokens=max_tokens,
             temperature=0.0,
             prefix_messages=2,
         )
-        for path, code in chunks
+
+    questions = [
+        request(f"q-{path}", path, code, f"Write {per_chunk} questions about this code.") for path, code in chunks
     ]
     list(backend.generate(questions))
     answers = [
-        GenerationRequest(
-            key=f"a-{path}-{i}",
-            messages=(*prefix(path, code), ChatMessage("user", f"Answer question {i + 1} about this code briefly.")),
-            max_tokens=max_tokens,
-            temperature=0.0,
-            prefix_messages=2,
-        )
+        request(f"a-{path}-{i}", path, code, f"Answer question {i + 1} about this code briefly.")
         for path, code in chunks
         for i in range(per_chunk)
     ]
