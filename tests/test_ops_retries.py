@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, define_asset_job, in_process_executor
+import pytest
+from dagster import (
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    Failure,
+    define_asset_job,
+    in_process_executor,
+)
 
 from cicdllm_assets.assets.repositories import repositories
 from cicdllm_assets.automation.jobs import STEP_RETRY_POLICY
@@ -73,3 +81,11 @@ def test_unreachable_server_is_retried(project: Path) -> None:
     assert not result.success
     assert events["STEP_UP_FOR_RETRY"] == STEP_RETRY_POLICY.max_retries
     assert events["STEP_START"] + events["STEP_RESTARTED"] == 1 + STEP_RETRY_POLICY.max_retries
+
+
+def test_invalid_config_is_a_permanent_failure(project: Path) -> None:
+    (project / "cicdllm.yaml").write_text("generation:\n  batch_size: -1\n", encoding="utf-8")
+    with pytest.raises(Failure) as raised:
+        AppConfigResource().step_settings()
+    assert raised.value.allow_retries is False
+    assert "generation.batch_size" in (raised.value.description or "")

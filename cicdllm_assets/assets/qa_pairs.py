@@ -7,8 +7,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
-from cicdllm_assets.config import ConfigError
-from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.quality.pairs import filter_pairs
 from cicdllm_assets.storage.state import StateStore
@@ -35,10 +33,7 @@ def _data_version(table: pa.Table) -> str:
 def qa_pairs(context: AssetExecutionContext, answers: pa.Table, code_chunks: pa.Table) -> Output[pa.Table]:
     """Filter this repository's answers; every row is kept with ``accepted`` and ``reject_reason``."""
     repo = context.partition_key
-    try:
-        settings = context.resources.app_config.settings()
-    except ConfigError as exc:
-        raise permanent_failure(str(exc)) from None
+    settings = context.resources.app_config.step_settings()
     state = StateStore(settings.state_db)
     state.start_stage(repo, STAGE, answers.num_rows, "pairs")
     reported = [0]

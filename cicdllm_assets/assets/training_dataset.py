@@ -4,7 +4,6 @@
 import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
-from cicdllm_assets.config import ConfigError
 from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
 from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.storage.state import StateStore
@@ -24,10 +23,7 @@ ALL_REPOS = "*"
 )
 def training_dataset(context: AssetExecutionContext, qa_pairs: pa.Table) -> Output[pa.Table]:
     """Export the dataset; the returned table counts pairs per repo, split and theme."""
-    try:
-        settings = context.resources.app_config.settings()
-    except ConfigError as exc:
-        raise permanent_failure(str(exc)) from None
+    settings = context.resources.app_config.step_settings()
     state = StateStore(settings.state_db)
     state.start_stage(ALL_REPOS, STAGE, qa_pairs.num_rows, "pairs")
     repositories = TableStore(settings.tables_dir).read_all("repositories")

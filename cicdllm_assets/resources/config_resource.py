@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dagster import ConfigurableResource
 
-from cicdllm_assets.config import Settings, load_settings
+from cicdllm_assets.config import ConfigError, Settings, load_settings
+from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.storage.tables import TableStore
 
@@ -17,6 +18,13 @@ class AppConfigResource(ConfigurableResource):
     def settings(self) -> Settings:
         """Load and validate the config now, so edits apply to the next materialization."""
         return load_settings(self.config_path or None)
+
+    def step_settings(self) -> Settings:
+        """:meth:`settings` for a step: an invalid config fails it at once, without step retries."""
+        try:
+            return self.settings()
+        except ConfigError as exc:
+            raise permanent_failure(str(exc)) from None
 
     def tables(self) -> TableStore:
         """The asset table store under the configured data dir."""
