@@ -34,6 +34,7 @@ from cicdllm_assets.export.splits import assign_splits
 from cicdllm_assets.export.writers import WrittenFile, write_exports, write_text_atomic
 from cicdllm_assets.quality.dedup import find_duplicates
 from cicdllm_assets.quality.filters import LICENSE_EXCLUDED
+from cicdllm_assets.quality.pairs import cell_text
 from cicdllm_assets.quality.secrets import RedactionResult, redact_secrets
 
 logger = logging.getLogger(__name__)
@@ -123,14 +124,6 @@ def license_allowed(license_id: str, allowed_licenses: Iterable[str]) -> bool:
 # ------------------------------------------------------------------------ helpers
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple):
-        return "\n".join(str(v) for v in value)
-    return str(value)
-
-
 def _require(table: pa.Table, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
@@ -205,7 +198,7 @@ def build_training_dataset(
     excluded: dict[str, dict[str, Any]] = {}
     for r in accepted:
         # The repositories table is the current word on a repo's licence; the row's copy is a fallback.
-        lic = repo_license.get(str(r["repo"]), "") or _text(r.get("license")).strip() or NOASSERTION
+        lic = repo_license.get(str(r["repo"]), "") or cell_text(r.get("license")).strip() or NOASSERTION
         r["license"] = lic
         if license_allowed(lic, export_cfg.allowed_licenses):
             kept.append(r)
@@ -219,8 +212,8 @@ def build_training_dataset(
 
     # 2. duplicates across repositories (within-repo ones were removed by qa_pairs)
     duplicates = find_duplicates(
-        [_text(r["question"]) for r in kept],
-        [_text(r["answer"]) for r in kept],
+        [cell_text(r["question"]) for r in kept],
+        [cell_text(r["answer"]) for r in kept],
         export_cfg.near_duplicate_threshold,
     )
     dropped = {d.index for d in duplicates}
@@ -240,7 +233,7 @@ def build_training_dataset(
     memo: dict[str, RedactionResult] = {}  # a chunk's text is shared by all its pairs
 
     def clean(value: Any) -> str:
-        text = _text(value)
+        text = cell_text(value)
         result = memo.get(text)
         if result is None:
             result = memo[text] = redact_secrets(text)
@@ -251,7 +244,7 @@ def build_training_dataset(
     records: list[dict[str, Any]] = []
     for r in kept:
         question, answer, context = clean(r["question"]), clean(r["answer"]), clean(r.get("context"))
-        path, language = _text(r["path"]), _text(r.get("language"))
+        path, language = cell_text(r["path"]), cell_text(r.get("language"))
         start, end = int(r["start_line"] or 0), int(r["end_line"] or 0)
         records.append({
             "id": str(r["answer_id"]),
@@ -260,20 +253,20 @@ def build_training_dataset(
             "path": path,
             "start_line": start,
             "end_line": end,
-            "commit": _text(r.get("commit")),
+            "commit": cell_text(r.get("commit")),
             "license": str(r["license"]),
             "language": language,
-            "theme": _text(r.get("theme")),
+            "theme": cell_text(r.get("theme")),
             "system": system,
             "question": question,
             "context": context,
             "prompt": user_prompt(question, path, start, end, language, context),
             "answer": answer,
-            "model_id": _text(r.get("model_id")),
-            "template_hash": _text(r.get("template_hash")),
-            "question_id": _text(r.get("question_id")),
-            "chunk_key": _text(r.get("chunk_key")),
-            "params": _text(r.get("params")),
+            "model_id": cell_text(r.get("model_id")),
+            "template_hash": cell_text(r.get("template_hash")),
+            "question_id": cell_text(r.get("question_id")),
+            "chunk_key": cell_text(r.get("chunk_key")),
+            "params": cell_text(r.get("params")),
         })
     order = {name: i for i, name in enumerate(SPLITS)}
     records.sort(key=lambda x: (order[x["split"]], x["repo"], x["path"], x["start_line"], x["id"]))

@@ -41,7 +41,8 @@ class PairsResult:
         return self.table.num_rows - sum(self.rejections.values())
 
 
-def _text(value: Any) -> str:
+def cell_text(value: Any) -> str:
+    """A table cell as text: None is empty, a list is its items one per line."""
     if value is None:
         return ""
     if isinstance(value, list | tuple):
@@ -65,7 +66,7 @@ def filter_pairs(
         imports = code_chunks.column("imports").to_pylist() if "imports" in code_chunks.column_names else None
         for i, (key, text) in enumerate(zip(code_chunks.column("chunk_key").to_pylist(),
                                             code_chunks.column("text").to_pylist(), strict=True)):
-            chunks[str(key)] = (_text(text), _text(imports[i]) if imports else "")
+            chunks[str(key)] = (cell_text(text), cell_text(imports[i]) if imports else "")
     rows = answers.to_pylist()
     verdicts: list[Rejection | None] = []
     for done, row in enumerate(rows, start=1):
@@ -81,15 +82,17 @@ def filter_pairs(
 
     order = sorted(
         (i for i, v in enumerate(verdicts) if v is None),
-        key=lambda i: (_text(rows[i].get("path")), int(rows[i].get("start_line") or 0), _text(rows[i]["answer_id"])),
+        key=lambda i: (
+            cell_text(rows[i].get("path")), int(rows[i].get("start_line") or 0), cell_text(rows[i]["answer_id"])
+        ),
     )
     duplicates = find_duplicates(
-        [_text(rows[i]["question"]) for i in order],
-        [_text(rows[i]["answer"]) for i in order],
+        [cell_text(rows[i]["question"]) for i in order],
+        [cell_text(rows[i]["answer"]) for i in order],
         near_duplicate_threshold,
     )
     for dup in duplicates:
-        kept_id = _text(rows[order[dup.kept]]["answer_id"])
+        kept_id = cell_text(rows[order[dup.kept]]["answer_id"])
         reason = DUPLICATE if dup.kind == "duplicate" else NEAR_DUPLICATE
         verdicts[order[dup.index]] = Rejection(reason, f"duplicate of answer {kept_id}")
 
