@@ -114,7 +114,20 @@ def _columns(batch: pa.RecordBatch, names: Iterable[str]) -> dict[str, list[Any]
 # ------------------------------------------------------------------------ full-record formats
 
 
-class JsonlRecordsWriter(FormatWriter):
+class _RecordFileWriter(FormatWriter):
+    """A format written as one file of full records (``self.file``)."""
+
+    file: _Staged
+
+    def _written(self) -> list[WrittenFile]:
+        return [WrittenFile(self.format, None, self.file.target, self.file.rows, self.file.temp.stat().st_size)]
+
+    def staged(self) -> list[_Staged]:
+        """The one staged file."""
+        return [self.file]
+
+
+class JsonlRecordsWriter(_RecordFileWriter):
     """``dataset.jsonl``: every column of every record, one JSON object per line."""
 
     format = "jsonl"
@@ -133,14 +146,10 @@ class JsonlRecordsWriter(FormatWriter):
     def finish(self) -> list[WrittenFile]:
         """Close the temp file."""
         self.handle.close()
-        return [WrittenFile(self.format, None, self.file.target, self.file.rows, self.file.temp.stat().st_size)]
-
-    def staged(self) -> list[_Staged]:
-        """The one staged file."""
-        return [self.file]
+        return self._written()
 
 
-class CsvRecordsWriter(FormatWriter):
+class CsvRecordsWriter(_RecordFileWriter):
     """``dataset.csv``: RFC 4180 quoting, so commas, quotes and newlines round-trip."""
 
     format = "csv"
@@ -158,14 +167,10 @@ class CsvRecordsWriter(FormatWriter):
     def finish(self) -> list[WrittenFile]:
         """Close the temp file."""
         self.writer.close()
-        return [WrittenFile(self.format, None, self.file.target, self.file.rows, self.file.temp.stat().st_size)]
-
-    def staged(self) -> list[_Staged]:
-        """The one staged file."""
-        return [self.file]
+        return self._written()
 
 
-class ParquetRecordsWriter(FormatWriter):
+class ParquetRecordsWriter(_RecordFileWriter):
     """``dataset.parquet`` (zstd, row groups of ~64k rows; polars/pyarrow/datasets read it)."""
 
     format = "parquet"
@@ -197,11 +202,7 @@ class ParquetRecordsWriter(FormatWriter):
         """Write the last row group and the footer."""
         self._flush()
         self.writer.close()
-        return [WrittenFile(self.format, None, self.file.target, self.file.rows, self.file.temp.stat().st_size)]
-
-    def staged(self) -> list[_Staged]:
-        """The one staged file."""
-        return [self.file]
+        return self._written()
 
 
 # ------------------------------------------------------------------------ per-split formats
