@@ -154,10 +154,35 @@ def _line_starts(text: str) -> list[int]:
     return starts
 
 
-def _line_index(text: str, encoding: Encoding) -> _Lines:
+def _line_index(text: str, encoding: Encoding, starts: list[int] | None = None) -> _Lines:
     """Line starts and (lazily) the token index at each."""
-    starts = _line_starts(text)
+    if starts is None:
+        starts = _line_starts(text)
     return _Lines(starts, _TokenIndex(starts, encoding), text)
+
+
+LEX_AHEAD_CHARS = 1536  # files shorter than this usually fit one chunk: lexing them ahead is wasted
+
+
+@dataclass
+class Prepared:
+    """Token-independent facts about a file, computed while its encoding is still running.
+
+    :func:`plan_file` accepts one to skip that work; without it the same is computed there.
+    """
+
+    starts: list[int]
+    lexer: PyLexer | None = None
+    top: list[Statement] | None = None
+
+
+def prepare(text: str, language: str) -> Prepared:
+    """Line starts, and for longer Python files the lexer and top-level statements."""
+    starts = _line_starts(text)
+    if language == "python" and len(text) > LEX_AHEAD_CHARS and text.strip():
+        lexer = PyLexer(text, starts)
+        return Prepared(starts, lexer, lexer.statements(0, len(starts) - 1, ""))
+    return Prepared(starts)
 
 
 # -- segmentation -------------------------------------------------------------------------
@@ -208,10 +233,15 @@ def _python_body_segments(
     return [s for s in segments if s.end > s.start]
 
 
-def _python_plan(lines: _Lines, budget: int) -> tuple[list[_Segment], list[tuple[int, int]]]:
+def _python_plan(
+    lines: _Lines, budget: int, prepared: Prepared | None = None
+) -> tuple[list[_Segment], list[tuple[int, int]]]:
     """Top-level (and big-class member) segments plus import line ranges."""
-    lexer = PyLexer(lines.text, lines.starts)
-    top = lexer.statements(0, lines.count, "")
+    if prepared is not None and prepared.lexer is not None and prepared.top is not None:
+        lexer, top = prepared.lexer, prepared.top
+    else:
+        lexer = PyLexer(lines.text, lines.starts)
+        top = lexer.statements(0, lines.count, "")
     imports: list[tuple[int, int]] = []
     for k, st in enumerate(top):
         if st.kind == "import":
@@ -371,24 +401,29 @@ def _split_line_by_tokens(
     return [ChunkSpan(line + 1, line + 1, s, e, symbol, n, True) for s, e, n in pieces if lines.text[s:e].strip()]
 
 
-def plan_file(text: str, language: str, encoding: Encoding, budget: int, count: CountFn) -> FilePlan:
+def plan_file(
+    text: str, language: str, encoding: Encoding, budget: int, count: CountFn, prepared: Prepared | None = None
+) -> FilePlan:
     """Plan the chunks of one file from its text and its full-file encoding.
 
-    ``count`` encodes texts exactly (used only for pieces of over-long lines).
+    ``count`` encodes texts exactly (used only for pieces of over-long lines); ``prepared``
+    (from :func:`prepare` on the same text and language) saves recomputing line starts and
+    the Python lexing.
     """
     total = len(encoding)
     if not text.strip():
         return FilePlan(total, text.count("\n") + (0 if text.endswith("\n") else 1) if text else 0, "", ())
     effective = budget - margin_for(budget)
+    starts = prepared.starts if prepared is not None else None
     if total <= effective:
-        return _single_chunk_plan(text, language, encoding)
-    lines = _line_index(text, encoding)
+        return _single_chunk_plan(text, language, encoding, starts)
+    lines = _line_index(text, encoding, starts)
     n = lines.count
     brace = language in BRACE_LANGUAGES
     segments: list[_Segment] | None = None
     import_ranges: list[tuple[int, int]] = []
     if language == "python":
-        segments, import_ranges = _python_plan(lines, effective)
+        segments, import_ranges = _python_plan(lines, effective, prepared)
     if segments is None:
         segments = [_Segment(0, n, "")]
         import_ranges = [
@@ -418,10 +453,11 @@ def plan_file(text: str, language: str, encoding: Encoding, budget: int, count: 
     return FilePlan(total, n, _imports_text(lines, import_ranges), tuple(chunks))
 
 
-def _single_chunk_plan(text: str, language: str, encoding: Encoding) -> FilePlan:
+def _single_chunk_plan(text: str, language: str, encoding: Encoding, starts: list[int] | None = None) -> FilePlan:
     """A file that fits the budget whole: one chunk, no per-line token positions needed."""
     total = len(encoding)
-    starts = _line_starts(text)
+    if starts is None:
+        starts = _line_starts(text)
     n = len(starts) - 1
     first = 0
     while first < n - 1 and not text[starts[first] : starts[first + 1]].strip():

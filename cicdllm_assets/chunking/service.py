@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from tokenizers import Encoding
 
 from cicdllm_assets.chunking.cache import CacheKey, PlanCache, PlanSummary
-from cicdllm_assets.chunking.plan import FilePlan, plan_file
+from cicdllm_assets.chunking.plan import FilePlan, plan_file, prepare
 from cicdllm_assets.chunking.tokenizer import TokenCounter
 
 ENCODE_BATCH_CHARS = 16_000_000  # characters per encode call: big calls cost the least; bounds memory
@@ -127,9 +127,12 @@ class PendingPlans:
         chunker = self._chunker
         computed: dict[CacheKey, FilePlan] = {}
         for batch, future in zip(self._batches, self._futures, strict=True):
-            for (key, request), encoding in zip(batch, future.result(), strict=True):
+            # Token-independent work (line starts, Python lexing) runs while the batch is
+            # still being encoded: the tokenizer releases the GIL.
+            prepared = [prepare(request.text, request.language) for _, request in batch]
+            for (key, request), encoding, ready in zip(batch, future.result(), prepared, strict=True):
                 computed[key] = plan_file(
-                    request.text, request.language, encoding, chunker.budget, chunker.counter.count_batch
+                    request.text, request.language, encoding, chunker.budget, chunker.counter.count_batch, ready
                 )
         if computed:
             chunker.cache.put_many(computed.items())
