@@ -10,7 +10,7 @@ never push it over ``budget``; pieces cut inside one giant line are re-encoded a
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -112,6 +112,19 @@ class _TokenIndex:
             value = self.memo[line] = lo
         return value
 
+    def bisect(self, tokens: int, lo: int, hi: int) -> int:
+        """``bisect_right(self, tokens, lo, hi)``: the first line in [lo, hi) whose start token
+        is past ``tokens``, found from that token's end offset (one bisect over line starts).
+
+        Line ``k`` starts at or before token ``t`` exactly when ``starts[k]`` lies before the
+        end of ``t`` (token ends never decrease), so no per-line token search is needed.
+        """
+        if tokens >= self.total:
+            return hi
+        chars = self.encoding.token_to_chars(tokens) if tokens >= 0 else None
+        if chars is None:
+            return bisect_right(self, tokens, lo, hi)
+        return min(max(bisect_left(self.starts, chars[1]), lo), hi)
 
     def straddles(self, line: int) -> int:
         """1 if the token at ``line``'s start began on an earlier line (e.g. ``"\\n    "``)."""
@@ -321,12 +334,12 @@ def _pack(lines: _Lines, a: int, b: int, budget: int, brace: bool) -> list[tuple
             out.append((i, i + 1))
             i += 1
             continue
-        j = bisect_right(tok, tok[i] + budget, i + 1, b + 1) - 1
+        j = tok.bisect(tok[i] + budget, i + 1, b + 1) - 1
         if j >= b:
             out.append((i, b))
             break
         best, best_score = j, scores(j)
-        floor = bisect_right(tok, tok[i] + min_fill, i + 1, j)  # cuts below this leave a tiny chunk
+        floor = tok.bisect(tok[i] + min_fill, i + 1, j)  # cuts below this leave a tiny chunk
         for c in range(j - 1, floor - 1, -1):
             if best_score >= 3:
                 break
