@@ -221,3 +221,20 @@ def test_build_chunks_reports_unreadable_blobs(sample, counter) -> None:
     result = build_chunks(repo.path, kept, Chunker(counter, 128), builder)
     assert result.files == 1 and [f.path for f in result.failures] == ["gone.py"]
     assert builder.table().num_rows >= 1
+
+
+def test_build_chunks_reads_ahead_across_batches_with_a_missing_object(sample, counter, monkeypatch) -> None:
+    """Batches are read ahead in the background; a bad batch does not disturb the next one."""
+    from cicdllm_assets.chunking import build
+    from cicdllm_assets.chunking.rows import ChunkRowBuilder
+
+    repo, main_head, _ = sample
+    good = {"path": "src/app.py", "blob_sha": repo.git("rev-parse", f"{main_head}:src/app.py"),
+            "language": "python", "encoding": "utf-8", "status": "kept"}
+    gone = {"path": "gone.py", "blob_sha": "1" * 40, "language": "python", "encoding": "utf-8", "status": "kept"}
+    monkeypatch.setattr(build, "BATCH_FILES", 2)
+    kept = [good, {**good, "path": "copy1.py"}, gone, {**good, "path": "copy2.py"}, {**good, "path": "copy3.py"}]
+    builder = ChunkRowBuilder("r", main_head, None, 128, counter)
+    result = build.build_chunks(repo.path, kept, Chunker(counter, 128), builder)
+    assert result.files == 4 and [f.path for f in result.failures] == ["gone.py"]
+    assert builder.table().num_rows >= 1

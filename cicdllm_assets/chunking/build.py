@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,14 +49,23 @@ def build_chunks(
 ) -> BuildResult:
     """Add every kept file's chunks to ``builder``; ``on_progress(done, failed)`` per batch."""
     result = BuildResult()
-    with BlobReader(Path(repo_path)) as reader:
-        for start in range(0, len(kept), BATCH_FILES):
+    batches = [kept[start : start + BATCH_FILES] for start in range(0, len(kept), BATCH_FILES)]
+    with BlobReader(Path(repo_path)) as reader, ThreadPoolExecutor(1, thread_name_prefix="cicdllm-read") as pool:
+
+        def read(batch: Sequence[Mapping[str, Any]]) -> list[bytes]:
+            return reader.read_many([item["blob_sha"] for item in batch])
+
+        # The next batch is read (git inflates, our thread waits on the pipe) while this one
+        # is decoded, planned and turned into rows.
+        ahead: Future[list[bytes]] | None = pool.submit(read, batches[0]) if batches else None
+        for index, batch in enumerate(batches):
             files: list[FileForChunks] = []
-            batch = kept[start : start + BATCH_FILES]
+            current = ahead
+            ahead = pool.submit(read, batches[index + 1]) if index + 1 < len(batches) else None
             try:
-                blobs: list[bytes | None] = list(reader.read_many([item["blob_sha"] for item in batch]))
+                blobs: list[bytes | None] = list(current.result() if current is not None else read(batch))
             except GitError:  # a missing object: fall back to one by one to name the file(s)
-                blobs = []
+                blobs = []  # (the reader restarts its git process; the batch read ahead is unaffected)
                 for item in batch:
                     try:
                         blobs.append(reader.read(item["blob_sha"]))

@@ -38,6 +38,7 @@ SKIPPED = "skipped"
 MAX_SYMLINK_HOPS = 16
 BATCH_FILES = 64
 GROUP_CHARS = 12_000_000  # most characters per tokenizer call (few big calls cost the least CPU)
+PIPELINE_MIN_CHARS = 1_000_000  # from this size on, at least two calls: reading and planning overlap encoding
 
 
 @dataclass
@@ -255,13 +256,17 @@ class Discovery:
     def _group_target(self, entries: list[TreeEntry]) -> int:
         """Characters per tokenizer call: equal groups of at most ``GROUP_CHARS``.
 
-        Every extra ``encode_batch`` call was measured to cost CPU, so a repo whose candidate
-        files fit one group is tokenized in one call, and larger repos in equal parts (no
-        small trailing call). Blob sizes from the tree are the estimate.
+        Few big calls cost the least CPU, but with a single call nothing overlaps it: reading
+        comes before and planning after. So a repo of at least ``PIPELINE_MIN_CHARS`` is
+        tokenized in at least two equal calls (group 2 is read while group 1 is encoded, and
+        group 1 is planned while group 2 is encoded). Blob sizes from the tree are the estimate.
         """
         max_bytes = self.processing.max_file_size_kb * 1024
-        estimate = sum(e.size for e in entries if e.size <= max_bytes and not e.is_symlink)
-        groups = max(1, -(-estimate // GROUP_CHARS))
+        estimate = sum(
+            e.size for e in entries
+            if e.size <= max_bytes and not e.is_symlink and path_filter(e.path, self.processing) is None
+        )
+        groups = max(1 if estimate < PIPELINE_MIN_CHARS else 2, -(-estimate // GROUP_CHARS))
         return max(1, estimate // groups)
 
     def _submit(self, group: _Group) -> None:
