@@ -1,6 +1,6 @@
 """Benchmark discovery + chunking against bare ``tokenizers`` encoding of the same files.
 
-    python benchmarks/discovery.py REPO_PATH [--tokenizer tokenizer.json] [--budget 512]
+    python benchmarks/discovery.py REPO_PATH [--tokenizer tokenizer.json] [--budget 512] [--project-config]
 
 Runs the source_files work (list, filter, decode, tokenize, plan) and the code_chunks work
 (read kept blobs, plan from cache, slice) on REPO_PATH's HEAD: cold (empty cache) and warm
@@ -160,17 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("repo", type=Path, help="a git repository (its HEAD is benchmarked)")
     parser.add_argument("--commit", default="HEAD")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the configured/embedded model's)")
-    parser.add_argument("--budget", type=int, default=None, help="chunk_max_tokens (default: config)")
+    parser.add_argument("--budget", type=int, default=None, help="chunk_max_tokens (default: 512)")
+    parser.add_argument("--project-config", action="store_true",
+                        help="use cicdllm.yaml's processing settings (default: ProcessingConfig defaults)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of bare/cold/warm; medians are reported")
     parser.add_argument("--redact", action="store_true", help="include secret redaction in the timed runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
     tokenizer = find_tokenizer(args.tokenizer)
-    try:
-        processing = load_settings().config.processing
-    except ConfigError:
-        processing = ProcessingConfig()
+    processing = ProcessingConfig()  # defaults: reproducible whatever cicdllm.yaml holds today
+    if args.project_config:
+        try:
+            processing = load_settings().config.processing
+        except ConfigError as exc:
+            raise SystemExit(f"cannot load the project config: {exc}") from None
     if args.budget:
         processing = processing.model_copy(update={"chunk_max_tokens": args.budget})
     repo = args.repo.resolve()
