@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 
@@ -57,7 +58,7 @@ class Chunk:
             "repo": self.repo,
             "path": self.path,
             "language": self.language or "text",
-            "symbol": self.symbol or f"lines {self.start_line}-{self.end_line}",
+            "symbol": self.symbol or f"the top-level code of {PurePosixPath(self.path).name}",
             "imports": self.imports or "(none)",
             "start_line": str(self.start_line),
             "end_line": str(self.end_line),
