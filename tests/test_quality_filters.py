@@ -11,7 +11,14 @@ import pytest
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.export.dataset import build_training_dataset
 from cicdllm_assets.quality.dedup import find_duplicates, similarity
-from cicdllm_assets.quality.filters import check_echo, check_pair, check_question, check_refusal, check_truncated
+from cicdllm_assets.quality.filters import (
+    check_echo,
+    check_pair,
+    check_question,
+    check_refusal,
+    check_repetitive,
+    check_truncated,
+)
 from cicdllm_assets.quality.grounding import claimed_identifiers, grounding_score
 from cicdllm_assets.quality.pairs import filter_pairs
 from tests.export_fixtures import answer_row, chunk_row
@@ -147,3 +154,18 @@ def test_cross_repo_duplicates_removed_in_training_dataset(project: Path) -> Non
     result = build_training_dataset(pa.concat_tables(tables), settings, formats=["jsonl"])
     assert result.rejections == {"cross_repo_duplicate": 1}
     assert result.exported_pairs == 3
+
+
+def test_looping_answers_are_repetitive_and_normal_ones_are_not() -> None:
+    looping = "The function returns a string of the format " + "`<name:<stat_size>:<dtype_size>` and " * 15 + "so on."
+    assert check_repetitive(looping)
+    normal = (
+        "The function reads the file, splits it into lines and returns the lines that are not empty. "
+        "It raises ValueError when the path does not exist, and it returns an empty list for an empty file. "
+        "The function is used by the loader to read the configuration."
+    )
+    assert check_repetitive(normal) is None
+    assert check_repetitive("short short short short short") is None
+    chunk = chunk_row("acme-demo", "f.py", "def f():\n    return 1\n")
+    rejection = check_pair(answer_row(chunk, "What does f return?", looping), chunk["text"])
+    assert rejection is not None and rejection.reason == "repetitive"

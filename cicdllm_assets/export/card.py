@@ -84,7 +84,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     parts.append(_table(["reason", "pairs"], [[k, v] for k, v in result.rejections.items()]))
     parts.append(
         "\nFilters: empty question/answer; truncated question; too short; answers that only echo the chunk; "
-        "refusals (\"I'm sorry, I can't…\", \"As an AI…\"); "
+        "refusals (\"I'm sorry, I can't…\", \"As an AI…\"); repetitive (looping) answers; "
         "truncated (length limit reached, unbalanced code fence, ends mid-sentence); not grounded "
         "(under 60 % of the identifiers in the answer's code and backticks occur in the chunk, its imports, "
         "path or question); exact duplicates and near-duplicates (MinHash LSH on character 5-grams of "

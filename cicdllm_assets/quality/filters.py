@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,14 +28,20 @@ TRUNCATED_QUESTION = "truncated_question"
 DUPLICATE = "duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 LICENSE_EXCLUDED = "license_excluded"
+REPETITIVE = "repetitive"
 
 REASONS: tuple[str, ...] = (
-    EMPTY_QUESTION, TRUNCATED_QUESTION, EMPTY_ANSWER, TOO_SHORT, TRUNCATED, REFUSAL, ECHOES_CHUNK, NOT_GROUNDED,
-    DUPLICATE, NEAR_DUPLICATE, LICENSE_EXCLUDED,
+    EMPTY_QUESTION, TRUNCATED_QUESTION, EMPTY_ANSWER, TOO_SHORT, TRUNCATED, REFUSAL, REPETITIVE, ECHOES_CHUNK,
+    NOT_GROUNDED, DUPLICATE, NEAR_DUPLICATE, LICENSE_EXCLUDED,
 )
 MIN_ANSWER_CHARS = 20
 # An answer that only repeats lines of its chunk must add at least this much of its own.
 MIN_OWN_CHARS = 40
+# Degenerate, looping output: the most frequent word 4-gram covers this share of the text.
+REPEAT_NGRAM = 4
+MAX_REPEATED_SHARE = 0.3
+MIN_WORDS_FOR_REPEAT_CHECK = 24
+_WORD = re.compile(r"[A-Za-z0-9_]+")
 
 _REFUSAL_START = re.compile(
     r"^\W*(?:i'?m sorry|i am sorry|sorry,|i apologi[sz]e|unfortunately,? i (?:can(?:not|'t)|am unable|'m unable)|"
@@ -132,6 +139,19 @@ def check_echo(answer: str, chunk_text: str) -> str | None:
     return None
 
 
+def check_repetitive(answer: str) -> str | None:
+    """A detail string if ``answer`` loops: one word 4-gram repeated over much of the text."""
+    words = [w.lower() for w in _WORD.findall(answer)]
+    if len(words) < MIN_WORDS_FOR_REPEAT_CHECK:
+        return None
+    grams = Counter(tuple(words[i : i + REPEAT_NGRAM]) for i in range(len(words) - REPEAT_NGRAM + 1))
+    gram, count = grams.most_common(1)[0]
+    share = count * REPEAT_NGRAM / len(words)
+    if count >= 3 and share >= MAX_REPEATED_SHARE:
+        return f"{' '.join(gram)!r} repeated {count} times ({share:.0%} of the words)"
+    return None
+
+
 def check_refusal(answer: str) -> str | None:
     """A detail string if ``answer`` is a refusal or an 'as an AI' disclaimer."""
     head = answer.lstrip()[:300]
@@ -168,6 +188,9 @@ def check_pair(
     )
     if truncated:
         return Rejection(TRUNCATED, truncated)
+    repetitive = check_repetitive(answer)
+    if repetitive:
+        return Rejection(REPETITIVE, repetitive)
     if chunk_text is not None:
         echo = check_echo(answer, chunk_text)
         if echo:
