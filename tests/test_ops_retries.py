@@ -89,3 +89,40 @@ def test_invalid_config_is_a_permanent_failure(project: Path) -> None:
         AppConfigResource().step_settings()
     assert raised.value.allow_retries is False
     assert "generation.batch_size" in (raised.value.description or "")
+
+
+def test_unprepared_model_fails_generation_at_once(project: Path) -> None:
+    from cicdllm_assets.assets.questions import questions
+    from cicdllm_assets.resources.llm.mlx_resource import MLXResource
+
+    (project / "cicdllm.yaml").write_text(
+        "storage:\n  data_dir: data\n  dagster_home: dagster_home\nllm:\n  model: embedded\n", encoding="utf-8"
+    )
+    job = define_asset_job(
+        "questions_with_retries", selection="key:questions",
+        executor_def=in_process_executor, op_retry_policy=STEP_RETRY_POLICY,
+    )
+    from dagster import AssetSpec
+
+    from cicdllm_assets.partitions import repos_partitions
+
+    defs = Definitions(
+        assets=[questions, AssetSpec("code_chunks", partitions_def=repos_partitions)],
+        jobs=[job],
+        resources={
+            "app_config": AppConfigResource(), "io_manager": PartitionedParquetIOManager(), "llm": MLXResource(),
+        },
+    )
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(REPOS_PARTITIONS_NAME, ["local-x"])
+        from cicdllm_assets.config import load_settings
+        from tests.generation_support import SAMPLE_FILES, chunk_rows, write_chunks
+
+        write_chunks(load_settings(), "local-x", chunk_rows("local-x", SAMPLE_FILES))
+        result = defs.resolve_job_def(job.name).execute_in_process(
+            partition_key="local-x", instance=instance, raise_on_error=False
+        )
+    events = Counter(event.event_type_value for event in result.all_events)
+    assert not result.success
+    assert events["STEP_START"] == 1 and events["STEP_UP_FOR_RETRY"] == 0
+    assert "cicdllm model prepare" in _failure_description(result)

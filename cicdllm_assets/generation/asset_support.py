@@ -11,7 +11,8 @@ from typing import Any
 import pyarrow as pa
 from dagster import AssetExecutionContext, Failure, MetadataValue
 
-from cicdllm_assets.config import ConfigError, Settings
+from cicdllm_assets.config import Settings
+from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.generation.chunks import Chunk, select_chunks
 from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.generation.prompts import (
@@ -21,6 +22,7 @@ from cicdllm_assets.generation.prompts import (
     resolve_prompts_dir,
 )
 from cicdllm_assets.generation.runner import RunStats, StageRunner
+from cicdllm_assets.models.paths import ModelNotPreparedError
 from cicdllm_assets.resources.llm.base import CircuitOpenError, LLMBackend
 from cicdllm_assets.storage.state import StateStore
 
@@ -53,10 +55,7 @@ def stage_env(context: AssetExecutionContext, stage: str) -> Iterator[StageEnv]:
     already generated stays in the ledger, so the next run resumes.
     """
     repo = context.partition_key
-    try:
-        settings = context.resources.app_config.settings()
-    except ConfigError as exc:
-        raise Failure(description=str(exc)) from None
+    settings = context.resources.app_config.step_settings()
     state = StateStore(settings.state_db)
     try:
         try:
@@ -64,8 +63,12 @@ def stage_env(context: AssetExecutionContext, stage: str) -> Iterator[StageEnv]:
             prompts.validate(list(settings.config.generation.themes))
         except PromptTemplateError as exc:
             state.record_failure(repo, stage, "prompts", "config", str(exc))
-            raise Failure(description=f"{stage}: invalid prompt templates: {exc}") from None
-        backend = context.resources.llm.get_backend()
+            raise permanent_failure(f"{stage}: invalid prompt templates: {exc}") from None
+        try:
+            backend = context.resources.llm.get_backend()
+        except ModelNotPreparedError as exc:
+            state.record_failure(repo, stage, "model", "config", str(exc))
+            raise permanent_failure(f"{stage}: {exc}") from None
         env = StageEnv(repo, stage, settings, state, Ledger(state), prompts, backend)
         try:
             yield env
@@ -79,7 +82,7 @@ def stage_env(context: AssetExecutionContext, stage: str) -> Iterator[StageEnv]:
             raise Failure(description=message) from None
         except PromptTemplateError as exc:
             state.finish_stage(repo, stage, "failed")
-            raise Failure(description=f"{stage}: invalid prompt templates: {exc}") from None
+            raise permanent_failure(f"{stage}: invalid prompt templates: {exc}") from None
         except Failure:
             state.finish_stage(repo, stage, "failed")
             raise
