@@ -159,6 +159,8 @@ def test_cross_repo_duplicates_removed_in_training_dataset(project: Path) -> Non
 def test_looping_answers_are_repetitive_and_normal_ones_are_not() -> None:
     looping = "The function returns a string of the format " + "`<name:<stat_size>:<dtype_size>` and " * 15 + "so on."
     assert check_repetitive(looping)
+    sentence = "It takes a list of pipeline conditions and applies them to the specs of assets that have none. "
+    assert check_repetitive(sentence * 5)
     normal = (
         "The function reads the file, splits it into lines and returns the lines that are not empty. "
         "It raises ValueError when the path does not exist, and it returns an empty list for an empty file. "

@@ -37,9 +37,9 @@ REASONS: tuple[str, ...] = (
 MIN_ANSWER_CHARS = 20
 # An answer that only repeats lines of its chunk must add at least this much of its own.
 MIN_OWN_CHARS = 40
-# Degenerate, looping output: the most frequent word 4-gram covers this share of the text.
+# Degenerate, looping output: this share of an answer's word 4-grams repeat earlier ones.
 REPEAT_NGRAM = 4
-MAX_REPEATED_SHARE = 0.3
+MAX_REPEATED_SHARE = 0.4
 MIN_WORDS_FOR_REPEAT_CHECK = 24
 _WORD = re.compile(r"[A-Za-z0-9_]+")
 
@@ -140,15 +140,15 @@ def check_echo(answer: str, chunk_text: str) -> str | None:
 
 
 def check_repetitive(answer: str) -> str | None:
-    """A detail string if ``answer`` loops: one word 4-gram repeated over much of the text."""
+    """A detail string if ``answer`` loops: most of its word 4-grams are repeats of earlier ones."""
     words = [w.lower() for w in _WORD.findall(answer)]
     if len(words) < MIN_WORDS_FOR_REPEAT_CHECK:
         return None
-    grams = Counter(tuple(words[i : i + REPEAT_NGRAM]) for i in range(len(words) - REPEAT_NGRAM + 1))
-    gram, count = grams.most_common(1)[0]
-    share = count * REPEAT_NGRAM / len(words)
-    if count >= 3 and share >= MAX_REPEATED_SHARE:
-        return f"{' '.join(gram)!r} repeated {count} times ({share:.0%} of the words)"
+    grams = [tuple(words[i : i + REPEAT_NGRAM]) for i in range(len(words) - REPEAT_NGRAM + 1)]
+    repeated = 1 - len(set(grams)) / len(grams)
+    if repeated >= MAX_REPEATED_SHARE:
+        (top, count), = Counter(grams).most_common(1)
+        return f"{repeated:.0%} of its word 4-grams are repeats (e.g. {' '.join(top)!r} x{count})"
     return None
 
 
