@@ -12,9 +12,7 @@ from cicdllm_assets.chunking.build import build_chunks, kept_in_chunk_order
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
 from cicdllm_assets.chunking.redaction_cache import RedactionCache
 from cicdllm_assets.chunking.rows import ChunkRowBuilder, texts_digest
-from cicdllm_assets.chunking.runtime import chunker_for
-from cicdllm_assets.config import ConfigError
-from cicdllm_assets.models.paths import ModelNotPreparedError
+from cicdllm_assets.chunking.runtime import step_chunker
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.storage.state import StateStore
@@ -39,10 +37,7 @@ def code_chunks(
 ) -> Output[pa.Table]:
     """Slice each kept file by its (cached) chunk plan, redact secrets, keep every chunk in budget."""
     repo = context.partition_key
-    try:
-        settings = app_config.settings()
-    except ConfigError as exc:
-        raise Failure(str(exc)) from None
+    settings = app_config.step_settings()
     row = repository_row(repositories, repo)
     commit = str(row["head_commit"])
     state = StateStore(settings.state_db)
@@ -51,12 +46,7 @@ def code_chunks(
     try:
         state.clear_failures(repo, STAGE)
         state.start_stage(repo, STAGE, total=len(kept), unit="files")
-        try:
-            chunker = chunker_for(settings)
-        except (ModelNotPreparedError, ValueError) as exc:
-            state.record_failure(repo, STAGE, repo, "tokenizer", str(exc))
-            state.finish_stage(repo, STAGE, "failed")
-            raise Failure(str(exc)) from None
+        chunker = step_chunker(settings, state, repo, STAGE)
         calls_before = chunker.counter.calls
         redaction_cache = RedactionCache(state)
         builder = ChunkRowBuilder(

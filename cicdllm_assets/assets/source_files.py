@@ -9,13 +9,11 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, asset
 
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
-from cicdllm_assets.chunking.runtime import chunker_for
-from cicdllm_assets.config import ConfigError
+from cicdllm_assets.chunking.runtime import step_chunker
 from cicdllm_assets.discovery.discover import SKIPPED, Discovery, SourceFile
 from cicdllm_assets.discovery.git_objects import GitError
 from cicdllm_assets.discovery.table import source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
-from cicdllm_assets.models.paths import ModelNotPreparedError
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.storage.state import StateStore
@@ -59,23 +57,15 @@ def source_files(
 ) -> Output[pa.Table]:
     """Discover, filter and token-count the files of this partition's checkout."""
     repo = context.partition_key
-    try:
-        settings = app_config.settings()
-    except ConfigError as exc:
-        raise Failure(str(exc)) from None
+    settings = app_config.step_settings()
     row = repository_row(repositories, repo)
     commit = str(row["head_commit"])
     state = StateStore(settings.state_db)
     processing = settings.config.processing
     try:
         state.clear_failures(repo, STAGE)
-        try:
-            chunker = chunker_for(settings)
-        except (ModelNotPreparedError, ValueError) as exc:
-            state.start_stage(repo, STAGE, total=0, unit="files")
-            state.record_failure(repo, STAGE, repo, "tokenizer", str(exc))
-            state.finish_stage(repo, STAGE, "failed")
-            raise Failure(str(exc)) from None
+        state.start_stage(repo, STAGE, total=0, unit="files")
+        chunker = step_chunker(settings, state, repo, STAGE)
         calls_before = chunker.counter.calls
         verdicts = VerdictCache(state, processing.skip_generated)
         discovery = Discovery(row["local_path"], commit, processing, chunker, verdicts=verdicts)

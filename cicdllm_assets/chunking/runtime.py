@@ -45,3 +45,17 @@ def chunker_for(settings: Settings) -> Chunker:
     counter = token_counter(resolve_tokenizer_path(settings))
     cache = plan_cache(settings.state_db, settings.config.performance.cache_size)
     return Chunker(counter, settings.config.processing.chunk_max_tokens, cache)
+
+
+def step_chunker(settings: Settings, state: StateStore, repo: str, stage: str) -> Chunker:
+    """:func:`chunker_for` inside an asset step: a missing or unusable tokenizer is recorded as a
+    ``tokenizer`` failure of the stage and fails the step at once (a retry cannot fix it)."""
+    from cicdllm_assets.failures import permanent_failure
+    from cicdllm_assets.models.paths import ModelNotPreparedError
+
+    try:
+        return chunker_for(settings)
+    except (ModelNotPreparedError, ValueError) as exc:
+        state.record_failure(repo, stage, repo, "tokenizer", str(exc))
+        state.finish_stage(repo, stage, "failed")
+        raise permanent_failure(str(exc)) from None
