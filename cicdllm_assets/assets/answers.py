@@ -6,13 +6,12 @@ each is committed as it completes, so a killed run resumes without duplicates.
 """
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
-from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env, stage_metadata
+from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env
 from cicdllm_assets.generation.runner import (
     answer_postprocess,
     answers_table,
-    data_version_of,
     plan_answers,
 )
 from cicdllm_assets.partitions import repos_partitions
@@ -42,21 +41,10 @@ def answers(context: AssetExecutionContext, questions: pa.Table, code_chunks: pa
         stats = env.runner(context).run(work, answer_postprocess)
         entries = env.ledger.get_many(w.item.key for w in work)
         table = answers_table(planned, entries, env.repo)
-        env.state.finish_stage(env.repo, STAGE, "done")
-        env.state.log_event(
-            "info",
-            f"{STAGE}: {table.num_rows} answers ({stats.generated} generated, {stats.reused} reused,"
-            f" {stats.failed} failed)",
-            repo=env.repo,
-        )
         themes = sorted({p.work.item.theme for p in planned})
-        metadata = stage_metadata(stats, table, model_id, {
+        return env.output(table, "answer_id", stats, {
             "questions": MetadataValue.int(questions.num_rows),
             "stale_questions": MetadataValue.int(stale),
-            "template_hashes": MetadataValue.json(
-                {name: env.prompts.theme(name).answer_hash for name in themes}
-            ),
+            "template_hashes": MetadataValue.json({name: env.prompts.theme(name).answer_hash for name in themes}),
             "preview": preview(table, ["path", "question", "answer"]),
         })
-        return Output(table, data_version=DataVersion(data_version_of(table.column("answer_id").to_pylist())),
-                      metadata=metadata)

@@ -6,11 +6,10 @@ is rebuilt from the ledger, so a no-op re-run makes zero LLM calls.
 """
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
-from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env, stage_metadata
+from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env
 from cicdllm_assets.generation.runner import (
-    data_version_of,
     plan_questions,
     question_postprocess,
     questions_table,
@@ -42,19 +41,10 @@ def questions(context: AssetExecutionContext, code_chunks: pa.Table) -> Output[p
         stats = env.runner(context).run(work, question_postprocess(gen))
         entries = env.ledger.get_many(w.item.key for w in work)
         table = questions_table(work, entries, env.repo)
-        env.state.finish_stage(env.repo, STAGE, "done")
-        env.state.log_event(
-            "info",
-            f"{STAGE}: {table.num_rows} questions ({stats.generated} items generated, {stats.reused} reused,"
-            f" {stats.failed} failed)",
-            repo=env.repo,
-        )
-        metadata = stage_metadata(stats, table, model_id, {
+        return env.output(table, "question_id", stats, {
             "chunks": MetadataValue.int(len(chunks)),
             "chunks_available": MetadataValue.int(code_chunks.num_rows),
             "themes": MetadataValue.json(list(gen.themes)),
             "template_hashes": MetadataValue.json(template_hashes(themes)),
             "preview": preview(table, ["path", "theme", "question"]),
         })
-        return Output(table, data_version=DataVersion(data_version_of(table.column("question_id").to_pylist())),
-                      metadata=metadata)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, Failure, MetadataValue
+from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.failures import permanent_failure
@@ -21,7 +21,7 @@ from cicdllm_assets.generation.prompts import (
     prompt_manager,
     resolve_prompts_dir,
 )
-from cicdllm_assets.generation.runner import RunStats, StageRunner
+from cicdllm_assets.generation.runner import RunStats, StageRunner, data_version_of
 from cicdllm_assets.models.paths import ModelNotPreparedError
 from cicdllm_assets.resources.llm.base import CircuitOpenError, LLMBackend
 from cicdllm_assets.storage.state import StateStore
@@ -45,6 +45,22 @@ class StageEnv:
             backend=self.backend, ledger=self.ledger, state=self.state, settings=self.settings,
             repo=self.repo, stage=self.stage, log=context.log,
         )
+
+    def output(
+        self, table: pa.Table, id_column: str, stats: RunStats, extra: Mapping[str, Any]
+    ) -> Output[pa.Table]:
+        """Close the stage (state + event log) and build the asset's Output: rich metadata,
+        and a data version derived from the row ids, so unchanged rows mean an unchanged version."""
+        self.state.finish_stage(self.repo, self.stage, "done")
+        self.state.log_event(
+            "info",
+            f"{self.stage}: {table.num_rows} {self.stage} ({stats.generated} items generated, {stats.reused} reused,"
+            f" {stats.failed} failed)",
+            repo=self.repo,
+        )
+        metadata = stage_metadata(stats, table, self.backend.model_id, extra)
+        version = DataVersion(data_version_of(table.column(id_column).to_pylist()))
+        return Output(table, data_version=version, metadata=metadata)
 
 
 @contextmanager
