@@ -9,6 +9,7 @@ ledger, so a no-op re-run makes no LLM call and a killed run resumes where it st
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -300,12 +301,8 @@ class StageRunner:
                               error_message=result.error.message)
         else:
             outcome = postprocess(w, result)
-        outcome = Outcome(
-            status=outcome.status,
-            output=outcome.output,
-            parsed=outcome.parsed,
-            error_category=outcome.error_category,
-            error_message=outcome.error_message,
+        outcome = dataclasses.replace(
+            outcome,
             prompt_tokens=result.prompt_tokens,
             cached_prompt_tokens=result.cached_prompt_tokens,
             completion_tokens=result.completion_tokens,
