@@ -5,7 +5,7 @@ import time
 from typing import Any
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
 from cicdllm_assets.assets.source_files import repository_row
 from cicdllm_assets.chunking.build import build_chunks, kept_in_chunk_order
@@ -13,6 +13,7 @@ from cicdllm_assets.chunking.plan import CHUNKER_VERSION
 from cicdllm_assets.chunking.redaction_cache import RedactionCache
 from cicdllm_assets.chunking.rows import ChunkRowBuilder, texts_digest
 from cicdllm_assets.chunking.runtime import step_chunker
+from cicdllm_assets.failures import stage_failures_recorded
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.storage.state import StateStore
@@ -43,7 +44,7 @@ def code_chunks(
     state = StateStore(settings.state_db)
     started = time.perf_counter()
     kept = kept_in_chunk_order(source_files.to_pylist())
-    try:
+    with stage_failures_recorded(state, repo, STAGE):
         state.clear_failures(repo, STAGE)
         state.start_stage(repo, STAGE, total=len(kept), unit="files")
         chunker = step_chunker(settings, state, repo, STAGE)
@@ -96,11 +97,3 @@ def code_chunks(
         }
         digest = texts_digest([*table.column("chunk_key").to_pylist(), *table.column("text").to_pylist()])
         return Output(table, data_version=DataVersion(digest), metadata=metadata)
-    except Failure:
-        raise
-    except Exception as exc:
-        state.record_failure(repo, STAGE, repo, "internal", f"{type(exc).__name__}: {exc}")
-        state.finish_stage(repo, STAGE, "failed")
-        raise
-    finally:
-        state.close()

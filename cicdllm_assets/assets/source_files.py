@@ -14,6 +14,7 @@ from cicdllm_assets.discovery.discover import SKIPPED, Discovery, SourceFile
 from cicdllm_assets.discovery.git_objects import GitError
 from cicdllm_assets.discovery.table import source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
+from cicdllm_assets.failures import stage_failures_recorded
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.storage.state import StateStore
@@ -62,7 +63,7 @@ def source_files(
     commit = str(row["head_commit"])
     state = StateStore(settings.state_db)
     processing = settings.config.processing
-    try:
+    with stage_failures_recorded(state, repo, STAGE):
         state.clear_failures(repo, STAGE)
         state.start_stage(repo, STAGE, total=0, unit="files")
         chunker = step_chunker(settings, state, repo, STAGE)
@@ -114,11 +115,3 @@ def source_files(
         }
         return Output(table, data_version=DataVersion(hashlib.sha256(version.encode()).hexdigest()[:24]),
                       metadata=metadata)
-    except Failure:
-        raise
-    except Exception as exc:
-        state.record_failure(repo, STAGE, repo, "internal", f"{type(exc).__name__}: {exc}")
-        state.finish_stage(repo, STAGE, "failed")
-        raise
-    finally:
-        state.close()
