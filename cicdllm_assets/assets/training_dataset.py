@@ -24,7 +24,7 @@ ALL_REPOS = "*"
 def training_dataset(context: AssetExecutionContext, qa_pairs: pa.Table) -> Output[pa.Table]:
     """Export the dataset; the returned table counts pairs per repo, split and theme."""
     settings = context.resources.app_config.step_settings()
-    state = StateStore(settings.state_db)
+    state = StateStore(settings.state_target)
     state.start_stage(ALL_REPOS, STAGE, qa_pairs.num_rows, "pairs")
     repositories = TableStore(settings.tables_dir).read_all("repositories")
     try:

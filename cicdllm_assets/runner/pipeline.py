@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -52,7 +51,7 @@ from cicdllm_assets.config import Settings
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
 from cicdllm_assets.runner.outcome import RunSummary, StepOutcome
 from cicdllm_assets.runner.selection import PlannedSelection
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import STATE_ERRORS, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -146,13 +145,11 @@ def _failure_reason(events: Sequence[DagsterEvent]) -> str:
 
 def _item_failures(settings: Settings, repo: str, since: float) -> int:
     try:
-        con = StateStore(settings.state_db).connection()
-        row = con.execute(
-            "SELECT COUNT(*) FROM failures WHERE repo = ? AND created_at >= ?", (repo, since)
-        ).fetchone()
-    except sqlite3.Error:
+        with StateStore(settings.state_target) as state:
+            rows = state.query("SELECT COUNT(*) FROM failures WHERE repo = ? AND created_at >= ?", (repo, since))
+    except STATE_ERRORS:
         return 0
-    return int(row[0]) if row else 0
+    return int(rows[0][0]) if rows else 0
 
 
 def _classify(outcome: StepOutcome, before: _Snapshot, after: _Snapshot) -> None:
@@ -194,12 +191,12 @@ def _cancel(instance: DagsterInstance, settings: Settings, run_id: str, partitio
     if partition is None:
         return
     try:
-        state = StateStore(settings.state_db)
-        for row in state.progress(partition):
-            if row.status == "running":
-                state.finish_stage(partition, row.stage, "interrupted")
-        state.log_event("warning", "run interrupted by the user", repo=partition)
-    except sqlite3.Error as exc:
+        with StateStore(settings.state_target) as state:
+            for row in state.progress(partition):
+                if row.status == "running":
+                    state.finish_stage(partition, row.stage, "interrupted")
+            state.log_event("warning", "run interrupted by the user", repo=partition)
+    except STATE_ERRORS as exc:
         logger.debug("could not mark interrupted stages: %s", exc)
 
 

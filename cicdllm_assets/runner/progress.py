@@ -7,7 +7,6 @@ WAL database; this display only reads it, so it never slows or blocks a run.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -19,20 +18,22 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
-from cicdllm_assets.storage.state import StageProgress, StateStore
+from cicdllm_assets.storage.state import STATE_ERRORS, StageProgress, open_state_readonly
 
 logger = logging.getLogger(__name__)
 
 _STATUS_STYLE = {"running": "yellow", "done": "green", "failed": "red", "skipped": "dim", "interrupted": "magenta"}
 
 
-def read_progress(state_db: Path, since: float) -> list[StageProgress]:
+def read_progress(state: str | Path, since: float) -> list[StageProgress]:
     """Stage rows updated at or after ``since`` (empty when the database does not exist yet)."""
-    if not state_db.exists():
-        return []
     try:
-        rows = StateStore(state_db).progress()
-    except sqlite3.Error as exc:
+        store = open_state_readonly(state)
+        if store is None:
+            return []
+        with store:
+            rows = store.progress()
+    except STATE_ERRORS as exc:
         logger.debug("progress read failed: %s", exc)
         return []
     return [row for row in rows if row.updated_at >= since]
@@ -82,8 +83,8 @@ class ProgressDisplay:
     When the console is not a terminal, it prints one line per repo event instead.
     """
 
-    def __init__(self, state_db: Path, refresh_seconds: float, console: Console | None = None) -> None:
-        self.state_db = state_db
+    def __init__(self, state: str | Path, refresh_seconds: float, console: Console | None = None) -> None:
+        self.state = state
         self.refresh_seconds = max(0.25, refresh_seconds)
         self.console = console or Console(stderr=True)
         self.runs: dict[str, str] = {}
@@ -98,7 +99,7 @@ class ProgressDisplay:
     def _renderable(self) -> Group:
         with self._lock:
             runs = dict(self.runs)
-        return Group(render_progress(read_progress(self.state_db, self.since), runs))
+        return Group(render_progress(read_progress(self.state, self.since), runs))
 
     def _poll(self) -> None:
         while not self._stop.wait(self.refresh_seconds):
