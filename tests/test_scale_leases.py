@@ -22,7 +22,14 @@ from cicdllm_assets.generation.prompts import PromptManager
 from cicdllm_assets.generation.runner import StageRunner, plan_questions, question_postprocess
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.testing.fault_server import FaultServer
-from tests.generation_support import PROMPTS_SRC, SAMPLE_FILES, ScriptedBackend, chunk_rows, openai_config
+from tests.generation_support import (
+    PROMPTS_SRC,
+    SAMPLE_FILES,
+    ScriptedBackend,
+    chunk_rows,
+    openai_config,
+    write_project_config,
+)
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 
 BIN = Path(sys.executable).parent
@@ -54,8 +61,15 @@ def test_a_live_holder_keeps_its_leases_past_the_ttl(state_target: str | Path) -
 
 
 def _runner(backend: ScriptedBackend, state: StateStore, settings: Settings) -> StageRunner:
-    return StageRunner(backend=backend, ledger=Ledger(state), state=state, settings=settings, repo="repo",
-                       stage="questions", pause_hook=lambda: None)
+    return StageRunner(
+        backend=backend,
+        ledger=Ledger(state),
+        state=state,
+        settings=settings,
+        repo="repo",
+        stage="questions",
+        pause_hook=lambda: None,
+    )
 
 
 def _work(settings: Settings) -> list:
@@ -64,8 +78,9 @@ def _work(settings: Settings) -> list:
     return plan_questions(chunks, themes, "scripted", settings.config.generation, "repo")
 
 
-def test_runner_waits_for_a_held_item_and_takes_it_over_after_expiry(state_target: str | Path,
-                                                                     settings: Settings) -> None:
+def test_runner_waits_for_a_held_item_and_takes_it_over_after_expiry(
+    state_target: str | Path, settings: Settings
+) -> None:
     work = _work(settings)
     held = work[0].item.key
     with StateStore(state_target) as state:
@@ -92,7 +107,8 @@ def test_runner_reads_an_item_another_holder_finished(state_target: str | Path, 
             time.sleep(1.0)
             with StateStore(state_target) as mine:
                 _runner(ScriptedBackend(), mine, settings)._record(
-                    work[0], question_postprocess(gen)(work[0], _reply(work[0].item.key)), _stats())
+                    work[0], question_postprocess(gen)(work[0], _reply(work[0].item.key)), _stats()
+                )
                 Leases(mine, ttl_seconds=60, holder="other-run").release_all()
 
         thread = threading.Thread(target=finish_elsewhere)
@@ -117,21 +133,56 @@ def _stats():
     return RunStats()
 
 
+def _sections(project: Path) -> dict:
+    from ruamel.yaml import YAML
+
+    return dict(YAML(typ="safe").load((project / "cicdllm.yaml").read_text(encoding="utf-8")))
+
+
+def _stage_started_after(target: str | Path, repo: str, stage: str, after: float) -> bool:
+    try:
+        with StateStore(target, readonly=True) as state:
+            rows = [p for p in state.progress(repo) if p.stage == stage]
+    except Exception:  # not created yet
+        return False
+    return bool(rows) and rows[0].started_at > after
+
+
 @pytest.mark.slow
 def test_two_cicdllm_runs_on_the_same_repos_send_each_request_once(
-    state_target: str | Path, project: Path, make_git_repo, tiny_model_dir: Path,  # noqa: F811
+    state_target: str | Path,
+    project: Path,
+    make_git_repo,
+    tiny_model_dir: Path,  # noqa: F811
 ) -> None:
     """Two `cicdllm run` processes at once: no lock error, nothing lost or duplicated, and every
-    item's request reaches the server exactly once."""
+    item's request reaches the server exactly once.
+
+    The server holds every request until the second process has started its own questions
+    stage, so both provably plan the same missing items while the first has them in flight.
+    """
     from dagster import DagsterInstance
 
     from cicdllm_assets.runner.instance import ensure_dagster_home
+    from cicdllm_assets.testing.fault_server import default_responder
 
-    with FaultServer(latency=0.2, capacity=16) as server:
+    gate = threading.Event()
+
+    def gated(body: dict) -> str:
+        gate.wait(timeout=300)
+        return default_responder(body)
+
+    with FaultServer(capacity=16, responder=gated) as server:
         settings = openai_config(
-            project, server.base_url, tiny_model_dir,
-            generation={"themes": ["code_explanation", "testing"], "questions_per_chunk": 2, "batch_size": 2},
+            project,
+            server.base_url,
+            tiny_model_dir,
+            generation={"themes": ["code_explanation", "testing"], "questions_per_chunk": 1},
+            openai={"max_concurrency": 2, "timeout_seconds": 300.0},  # held requests must not time out
         )
+        # Two generation steps at once (the instance's pool `llm` would otherwise make the
+        # second run wait for the first's step): only the leases keep the items apart.
+        write_project_config(project, **{**_sections(project), "performance": {"llm_pool_limit": 2}})
         repos = [
             make_git_repo(name, {f"{name}/m{i}.py": f"def {name}_{i}(x):\n    return x + {i}\n" for i in range(3)})
             for name in ("alpha", "beta")
@@ -139,13 +190,33 @@ def test_two_cicdllm_runs_on_the_same_repos_send_each_request_once(
         (project / "repos.txt").write_text("".join(f"{r.path}\n" for r in repos), encoding="utf-8")
         ensure_dagster_home(settings)
         DagsterInstance.get().dispose()  # the instance's storage exists before two processes open it
-        env = {**os.environ, "CICDLLM_CONFIG": str(project / "cicdllm.yaml"),
-               "DAGSTER_HOME": str(project / "dagster_home")}
-        procs = [
-            subprocess.Popen([str(BIN / "cicdllm"), "run", "--json"], cwd=project, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for _ in range(2)
-        ]
+        env = {
+            **os.environ,
+            "CICDLLM_CONFIG": str(project / "cicdllm.yaml"),
+            "DAGSTER_HOME": str(project / "dagster_home"),
+        }
+
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [str(BIN / "cicdllm"), "run", "--json"],
+                cwd=project,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+
+        procs = [start()]
+        deadline = time.monotonic() + 300
+        while not server.chat_records:  # the first process is generating (and held at the server)
+            assert procs[0].poll() is None and time.monotonic() < deadline, procs[0].communicate()[1][-3000:]
+            time.sleep(0.2)
+        second_at = time.time()
+        procs.append(start())
+        while not _stage_started_after(settings.state_target, "local-alpha", "questions", second_at):
+            assert procs[1].poll() is None and time.monotonic() < deadline, procs[1].communicate()[1][-3000:]
+            time.sleep(0.2)
+        time.sleep(2.0)  # the second process has planned and claimed (or waits on the first's leases)
+        gate.set()
         outputs = [proc.communicate(timeout=600) for proc in procs]
         for proc, (out, err) in zip(procs, outputs, strict=True):
             assert proc.returncode == 0, err.decode(errors="replace")[-4000:]
@@ -161,5 +232,4 @@ def test_two_cicdllm_runs_on_the_same_repos_send_each_request_once(
         assert len(entries) == len(prompts)  # one request per ledger item, nothing lost
         assert {e.status for e in entries} == {"ok"}
         assert {e.attempts for e in entries} == {1}
-        questions = ledger.counts(kind="question")["ok"]
-        assert questions == 2 * 3 * 2  # repos x chunks x themes
+        assert ledger.counts(kind="question")["ok"] == 2 * 3 * 2  # repos x chunks x themes

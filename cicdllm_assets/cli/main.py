@@ -16,6 +16,7 @@ from cicdllm_assets.cli import (
     repos_cmd,
     run_cmd,
     status_cmd,
+    workers_cmd,
 )
 
 
@@ -38,7 +39,8 @@ def cli(config_path: str | None, verbose: bool) -> None:
         os.environ["CICDLLM_CONFIG"] = os.path.abspath(config_path)
 
 
-for _module in (run_cmd, status_cmd, export_cmd, repos_cmd, config_cmd, model_cmd, backfill_cmd):
+for _module in (run_cmd, status_cmd, export_cmd, repos_cmd, config_cmd, model_cmd, backfill_cmd,
+                workers_cmd):
     cli.add_command(_module.command)
 
 

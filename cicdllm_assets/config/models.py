@@ -280,7 +280,6 @@ class CeleryConfig(StrictModel):
 
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="redis://... or amqp://...")
     backend_url: str | None = Field(None, description="result backend; default: the broker (Redis) or rpc://")
-    queue: str = Field("cicdllm", description="queue the steps are sent to and workers listen on")
 
     @field_validator("broker_url")
     @classmethod

@@ -63,7 +63,7 @@ class Leases:
         wanted = list(dict.fromkeys(keys))
         held: set[str] = set()
         for start in range(0, len(wanted), _BATCH):
-            part = wanted[start:start + _BATCH]
+            part = wanted[start : start + _BATCH]
             now = time.time()
             with self.state.transaction() as con:
                 con.executemany(_CLAIM, [(key, self.holder, now + self.ttl, now) for key in part])
@@ -82,7 +82,7 @@ class Leases:
         """Drop our leases of ``keys`` (others' leases are untouched)."""
         wanted = list(keys)
         for start in range(0, len(wanted), _BATCH):
-            part = wanted[start:start + _BATCH]
+            part = wanted[start : start + _BATCH]
             marks = ",".join("?" * len(part))
             with self.state.transaction() as con:
                 con.execute(

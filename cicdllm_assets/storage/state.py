@@ -124,9 +124,7 @@ def connect_sqlite(path: Path, *, readonly: bool = False, timeout_ms: int = BUSY
     """A connection in WAL mode with a long busy timeout (autocommit off)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if readonly:
-        con = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, timeout=timeout_ms / 1000, check_same_thread=False
-        )
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_ms / 1000, check_same_thread=False)
     else:
         con = sqlite3.connect(path, timeout=timeout_ms / 1000, check_same_thread=False)
         con.execute("PRAGMA journal_mode=WAL")
@@ -373,7 +371,8 @@ class StateStore:
     def _add_columns(self, con: Any, table: str, columns: Mapping[str, str]) -> None:
         if self.postgres:
             present = {
-                str(row[0]) for row in con.execute(
+                str(row[0])
+                for row in con.execute(
                     "SELECT column_name FROM information_schema.columns"
                     " WHERE table_schema = current_schema() AND table_name = ?",
                     (table,),
@@ -437,8 +436,7 @@ class StateStore:
         """Keep one failure (already free of secrets) for the viewer and `status`."""
         with self.transaction() as con:
             con.execute(
-                "INSERT INTO failures (repo, stage, item, category, message, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO failures (repo, stage, item, category, message, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (repo, stage, item, category, message[:4000], time.time()),
             )
 
