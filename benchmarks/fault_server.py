@@ -28,8 +28,8 @@ whose client has gone is served all the same, up to its first write (streamed) o
 completely (not streamed), like a real inference server.
 
 Streaming: a request with ``"stream": true`` gets server-sent events (chunked transfer):
-the first token after half the service time (the "prefill"), the rest spread over the
-other half, then a usage event (when ``stream_options.include_usage``) and
+the first token after ``prefill_share`` (half) of the service time, the rest spread over
+the remainder, then a usage event (when ``stream_options.include_usage``) and
 ``data: [DONE]``; a client that disconnects mid-stream frees its slot at the next event.
 ``streaming=False`` makes the server ignore ``stream`` (one JSON body, like a server that
 does not stream). ``owned_by`` sets the ``/v1/models`` entries' ``owned_by`` (None: absent,
@@ -47,6 +47,7 @@ import hashlib
 import json
 import logging
 import re
+import select
 import socket
 import threading
 import time
@@ -124,7 +125,7 @@ class Fault:
         return cls("context_overflow", times=times, status=400, match=match)
 
 
-@dataclass
+@dataclass(eq=False)
 class RequestRecord:
     """One request the server received (times are ``time.monotonic()``; ``client_port``
     identifies the TCP connection, so keep-alive reuse is visible)."""
@@ -142,6 +143,8 @@ class RequestRecord:
     finished_at: float | None = None
     abandoned: bool = False
     """The client had gone when the server wrote (its work was wasted)."""
+    client_gone_at: float | None = None
+    """When the server saw the client close the connection while the request was pending."""
 
     @property
     def prompt_text(self) -> str:
@@ -327,6 +330,7 @@ class FaultServer:
         streaming: bool = True,
         stream_chunks: int = 8,
         owned_by: str | None = "cicdllm-fault-server",
+        prefill_share: float = 0.5,
     ) -> None:
         if latency < 0:
             raise ValueError(f"latency must be >= 0, got {latency}")
@@ -349,6 +353,10 @@ class FaultServer:
         self.stream_chunks = max(1, stream_chunks)
         self.owned_by = owned_by
         self._waiting = 0
+        self._pending: dict[RequestRecord, socket.socket] = {}
+        if not 0 < prefill_share <= 1:
+            raise ValueError(f"prefill_share must be in (0, 1], got {prefill_share}")
+        self.prefill_share = prefill_share
         self.records: list[RequestRecord] = []
         self.max_in_flight = 0
         self._in_flight = 0
@@ -440,6 +448,9 @@ class FaultServer:
     # ------------------------------------------------------------------ handling
 
     def _record(self, handler: _Handler, body: dict[str, Any] | None) -> RequestRecord:
+        for pending, connection in list(self._pending.items()):  # closed before this one arrived?
+            if pending.client_gone_at is None and _peer_closed(connection):
+                pending.client_gone_at = time.monotonic()
         with self._lock:
             record = RequestRecord(
                 index=len(self.records),
@@ -508,6 +519,7 @@ class FaultServer:
                     self._in_flight -= 1
 
         handler.on_finishing = leave  # type: ignore[attr-defined]
+        self._pending[record] = handler.connection
         acquired = False
         try:
             if self._slots is not None:
@@ -515,9 +527,10 @@ class FaultServer:
                     self._waiting += 1
                 try:
                     while not self._stop.is_set():
-                        if self._slots.acquire(timeout=0.1):
+                        if self._slots.acquire(timeout=0.05):
                             acquired = True
                             break
+                        self._note_gone(handler, record)
                 finally:
                     with self._lock:
                         self._waiting -= 1
@@ -529,7 +542,7 @@ class FaultServer:
             if self.streaming and body.get("stream") is True and (fault is None or fault.kind == "slow"):
                 self._stream(handler, record, body, fault, service)
                 return
-            if service and self._stop.wait(service):
+            if self._work(handler, record, service):
                 return
             self._respond(handler, record, body, fault)
         except (TimeoutError, BrokenPipeError, ConnectionResetError):
@@ -541,12 +554,27 @@ class FaultServer:
                 self._slots.release()
             leave()
             handler.on_finishing = None  # type: ignore[attr-defined]
+            self._pending.pop(record, None)
+
+    def _work(self, handler: _Handler, record: RequestRecord, seconds: float) -> bool:
+        """Spend ``seconds`` on a request, noting when its client goes away; True if stopping."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._stop.wait(min(left, 0.05)):
+                return True
+            self._note_gone(handler, record)
+        return self._stop.is_set()
+
+    @staticmethod
+    def _note_gone(handler: _Handler, record: RequestRecord) -> None:
+        if record.client_gone_at is None and _peer_closed(handler.connection):
+            record.client_gone_at = time.monotonic()
 
     def _stream(
         self, handler: _Handler, record: RequestRecord, body: dict[str, Any], fault: Fault | None, service: float
     ) -> None:
         """Server-sent events: first token after half of ``service``, the rest over the other half."""
-        if fault is not None and self._stop.wait(min(fault.delay, self.max_delay)):
+        if fault is not None and self._work(handler, record, min(fault.delay, self.max_delay)):
             return
         completion = self._completion(body)
         words = completion["choices"][0]["message"]["content"].split(" ")
@@ -555,7 +583,7 @@ class FaultServer:
         pieces = [
             " ".join(words[i : i + size]) + (" " if i + size < len(words) else "") for i in range(0, len(words), size)
         ]
-        if self._stop.wait(service / 2):
+        if self._work(handler, record, service * self.prefill_share):
             return
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
@@ -569,9 +597,9 @@ class FaultServer:
             handler.wfile.flush()
 
         base = {"id": completion["id"], "object": "chat.completion.chunk", "created": 0, "model": completion["model"]}
-        gap = service / 2 / max(1, len(pieces) - 1)
+        gap = service * (1 - self.prefill_share) / max(1, len(pieces) - 1)
         for i, piece in enumerate(pieces):
-            if i and gap and self._stop.wait(gap):
+            if i and self._work(handler, record, gap):
                 return
             last = i == len(pieces) - 1
             choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
@@ -588,7 +616,7 @@ class FaultServer:
 
     def _respond(self, handler: _Handler, record: RequestRecord, body: dict[str, Any], fault: Fault | None) -> None:
         if fault is None or fault.kind == "slow":
-            if fault is not None and self._stop.wait(min(fault.delay, self.max_delay)):
+            if fault is not None and self._work(handler, record, min(fault.delay, self.max_delay)):
                 return
             record.status = 200
             handler._send(200, json.dumps(self._completion(body)).encode())
@@ -627,6 +655,15 @@ class FaultServer:
         )
         record.status = fault.status
         handler._send(fault.status, payload_bytes, headers)
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """The client closed its end (readable with nothing to read: no pipelined request here)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 @dataclass

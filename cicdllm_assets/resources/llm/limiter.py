@@ -5,9 +5,9 @@ An AIMD limiter in the spirit of Netflix's concurrency-limits (TCP Vegas/Reno fo
 - it starts at one request in flight and, while latency stays flat, grows by one per
   success (slow start, doubling per round trip) until the first congestion signal, then
   by ``1 / limit`` per success (one request per round trip);
-- a *drop* (timeout, 429, 5xx, connection error) halves the limit; latency above
-  ``tolerance`` x the baseline (the lowest latency of the recent window) plus a noise
-  floor cuts it by ``latency_backoff``;
+- a *drop* (timeout, 429, 5xx, connection error) halves the limit; a latency above the
+  threshold ``tolerance`` x baseline (the lowest latency of the recent window) + a noise
+  floor scales it by threshold / latency (a gradient, as in Gradient2), at most halving;
 - one cut per congestion episode: only requests that started after the last cut can cut
   again, so a burst of timeouts from one overload halves the limit once, not eight times;
 - the limit grows only while it is in use and always stays within ``[1, max_limit]``;
@@ -70,10 +70,9 @@ class AdaptiveLimiter:
         *,
         adaptive: bool = True,
         initial: int = 1,
-        tolerance: float = 1.5,
+        tolerance: float = 2.0,
         noise_floor_seconds: float = 0.05,
         drop_backoff: float = 0.5,
-        latency_backoff: float = 0.9,
         window: int = 50,
     ) -> None:
         if max_limit < 1:
@@ -84,7 +83,6 @@ class AdaptiveLimiter:
         self.tolerance = tolerance
         self.noise_floor = noise_floor_seconds
         self.drop_backoff = drop_backoff
-        self.latency_backoff = latency_backoff
         self.in_flight = 0
         self.reserved = 0
         self.drops = 0
@@ -157,10 +155,11 @@ class AdaptiveLimiter:
         self._samples.append(latency)
         self._ewma = latency if self._ewma is None else 0.8 * self._ewma + 0.2 * latency
         baseline = min(self._samples)
-        if latency > self.tolerance * baseline + self.noise_floor:
+        threshold = self.tolerance * baseline + self.noise_floor
+        if latency > threshold:
             if not in_episode:
                 self.latency_cuts += 1
-                self._cut(self.latency_backoff)
+                self._cut(max(0.5, threshold / latency))
             return
         if self.in_flight + 1 < self.limit:  # the limit was not in use: no evidence it can grow
             return

@@ -684,7 +684,7 @@ class OpenAIBackend:
             for _ in batch:
                 results.put(exc)
             return
-        if self.config.seed == "auto" and self._server_kind is None:
+        if self._server_kind is None:
             try:
                 await self._probe()
             except (httpx.HTTPError, ValueError, TimeoutError) as exc:
