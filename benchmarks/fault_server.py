@@ -22,7 +22,7 @@ without a response) and context-overflow 400s.
 
 Capacity model: ``capacity`` requests are served at once, the rest wait in a queue, and
 each served request holds its slot for ``latency`` seconds (its service time), times
-``1 + degradation x (requests waiting in the queue)`` when ``degradation`` is set (a server
+``1 + degradation x (requests waiting in the queue, at most 8)`` when ``degradation`` is set (a server
 that slows down under overload). Work a client abandoned still costs capacity: a request
 whose client has gone is served all the same, up to its first write (streamed) or
 completely (not streamed), like a real inference server.
@@ -241,6 +241,10 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
     owner: FaultServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is expected here (timeouts, cancellation): log, do not print."""
+        logger.debug("fault server: connection from %s ended with an error", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -538,7 +542,7 @@ class FaultServer:
                 return
             record.started_at = time.monotonic()
             with self._lock:
-                service = self.latency * (1.0 + self.degradation * self._waiting)
+                service = self.latency * (1.0 + self.degradation * min(self._waiting, 8))
             if self.streaming and body.get("stream") is True and (fault is None or fault.kind == "slow"):
                 self._stream(handler, record, body, fault, service)
                 return

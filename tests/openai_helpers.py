@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from typing import Any
 
 from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
@@ -46,3 +49,66 @@ def make_request(key: str, instruction: str = "Write 2 specific questions. Reply
         seed=7,
         prefix_messages=2,
     )
+
+
+class RecordingProxy:
+    """A TCP relay on 127.0.0.1 in front of a model server that counts the chat requests
+    passing through it (and those carrying a ``seed``), whatever the client does later."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.chat_requests = 0
+        self.seeded_requests = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        """The proxy's OpenAI API root."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
+        tail = b""
+        try:
+            while data := source.recv(65536):
+                if count:
+                    window = tail + data
+                    with self._lock:
+                        self.chat_requests += _new_matches(window, len(tail), b"POST /v1/chat/completions ")
+                        self.seeded_requests += _new_matches(window, len(tail), b'"seed":')
+                    tail = window[-64:]
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def close(self) -> None:
+        """Stop accepting (open relays end with their connections)."""
+        self._stop.set()
+        self._server.close()
+
+
+def _new_matches(window: bytes, seen: int, marker: bytes) -> int:
+    """Occurrences of ``marker`` in ``window`` that end after its first ``seen`` bytes."""
+    found, start = 0, 0
+    while (i := window.find(marker, start)) != -1:
+        found += i + len(marker) > seen
+        start = i + 1
+    return found

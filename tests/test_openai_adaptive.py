@@ -142,10 +142,11 @@ def test_seed_follows_the_servers_kind(owned_by: str | None, mode: str, kind: st
         ({}, {"object": "list", "data": [{"id": "qwen3:0.6b", "owned_by": "library"}]}, "ollama"),
         ({}, {"data": [{"id": "m", "owned_by": "organization_owner"}]}, "lmstudio"),
         ({"server": "BaseHTTP/0.6 Python/3.11.7"}, {"object": "list", "data": [{"id": "/m"}]}, "mlx_lm.server"),
+        ({"server": "BaseHTTP/0.6 Python/3.11.7"}, None, "mlx_lm.server"),  # its /v1/models failed mid-reply
         ({"server": "nginx"}, {"data": [{"id": "gpt"}]}, "unknown"),
     ],
 )
-def test_identify_server(headers: dict[str, str], models: dict[str, object], kind: str) -> None:
+def test_identify_server(headers: dict[str, str], models: dict[str, object] | None, kind: str) -> None:
     assert identify_server(headers, models) == kind
 
 

@@ -7,7 +7,9 @@ An AIMD limiter in the spirit of Netflix's concurrency-limits (TCP Vegas/Reno fo
   by ``1 / limit`` per success (one request per round trip);
 - a *drop* (timeout, 429, 5xx, connection error) halves the limit; a latency above the
   threshold ``tolerance`` x baseline (the lowest latency of the recent window) + a noise
-  floor scales it by threshold / latency (a gradient, as in Gradient2), at most halving;
+  floor means requests queue in the server: the limit halves if that ends slow start
+  (doubling overshoots by up to 2x), else it drops by one (Vegas-style: one queued
+  request keeps the server busy, so the limit settles just above the server's capacity);
 - one cut per congestion episode: only requests that started after the last cut can cut
   again, so a burst of timeouts from one overload halves the limit once, not eight times;
 - the limit grows only while it is in use and always stays within ``[1, max_limit]``;
@@ -159,7 +161,7 @@ class AdaptiveLimiter:
         if latency > threshold:
             if not in_episode:
                 self.latency_cuts += 1
-                self._cut(max(0.5, threshold / latency))
+                self._cut(0.5 if self._slow_start else (self._limit - 1.0) / self._limit)
             return
         if self.in_flight + 1 < self.limit:  # the limit was not in use: no evidence it can grow
             return

@@ -411,7 +411,7 @@ def identify_server(headers: Mapping[str, str], models_payload: object) -> str:
         return "lmstudio"
     if "me" in owners and server.startswith("uvicorn"):
         return "llama-cpp-python"
-    if server.startswith("basehttp") and entries and not owners:
+    if server.startswith("basehttp") and not owners:  # Python's http.server, no owned_by (or no list)
         return "mlx_lm.server"
     return "unknown"
 
@@ -613,8 +613,10 @@ class OpenAIBackend:
         client = self._ensure_client()
         async with asyncio.timeout(min(self.config.timeout_seconds, 30.0)):
             response = await client.get(f"{self.config.base_url}/models")
-        response.raise_for_status()
-        self._models_payload = response.json()
+        try:
+            self._models_payload = response.json() if response.is_success else None
+        except ValueError:  # e.g. mlx_lm.server without a Hugging Face cache: 200, then no body
+            self._models_payload = None
         self._server_kind = identify_server(response.headers, self._models_payload)
         logger.info(
             "model server %s: %s (seed %s)",
