@@ -12,7 +12,7 @@ slows down by ``degradation`` per queued request and still serves work its clien
 up on, a 1 s silence timeout. The backend with a fixed 8 in flight (the old behaviour)
 and with adaptive concurrency (up to 8) each send the same requests to a fresh server;
 the report gives achieved / ideal (``C / L``) for both, duplicate requests and timeouts.
-Target: adaptive >= 0.7 and at least 2x the fixed ratio, with no failed request.
+Target: adaptive >= 0.6 and at least 2x the fixed ratio, no failed request, duplicates <= 5%.
 
     .venv/bin/python -m benchmarks.openai_rate [--requests 200 --latency 0.2 --capacity 8]
     .venv/bin/python -m benchmarks.openai_rate --degrading [--requests 40]
@@ -33,7 +33,7 @@ from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
 from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
 
 TARGET_RATIO = 0.9
-TARGET_DEGRADING_RATIO = 0.7
+TARGET_DEGRADING_RATIO = 0.6
 TARGET_DEGRADING_GAIN = 2.0
 
 _CODE = (
@@ -225,7 +225,8 @@ def run_degrading_benchmark(
         "targets": {"adaptive_ratio": TARGET_DEGRADING_RATIO, "adaptive_over_fixed": TARGET_DEGRADING_GAIN},
         "meets_target": adaptive["ratio"] >= TARGET_DEGRADING_RATIO
         and gain >= TARGET_DEGRADING_GAIN
-        and adaptive["errors"] == 0,
+        and adaptive["errors"] == 0
+        and adaptive["duplicate_requests"] <= 0.05 * requests,
     }
 
 

@@ -3,8 +3,9 @@
 An AIMD limiter in the spirit of Netflix's concurrency-limits (TCP Vegas/Reno for RPCs):
 
 - it starts at one request in flight and, while latency stays flat, grows by one per
-  success (slow start, doubling per round trip) until the first congestion signal, then
-  by ``1 / limit`` per success (one request per round trip);
+  success (slow start, doubling per round trip) until latency rises halfway to the cut
+  threshold or the first congestion signal, then by ``1 / limit`` per success (one
+  request per round trip);
 - a *drop* (timeout, 429, 5xx, connection error) halves the limit; a latency above the
   threshold ``tolerance`` x baseline (the lowest latency of the recent window) + a noise
   floor means requests queue in the server: the limit halves if that ends slow start
@@ -163,6 +164,8 @@ class AdaptiveLimiter:
                 self.latency_cuts += 1
                 self._cut(0.5 if self._slow_start else (self._limit - 1.0) / self._limit)
             return
+        if self._slow_start and latency > (1 + self.tolerance) / 2 * baseline + self.noise_floor:
+            self._slow_start = False  # latency starts to rise: grow gently from here
         if self.in_flight + 1 < self.limit:  # the limit was not in use: no evidence it can grow
             return
         self._limit = min(float(self.max_limit), self._limit + (1.0 if self._slow_start else 1.0 / self._limit))
