@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import httpx
+import pytest
 
 from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
 from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
@@ -33,8 +40,9 @@ def make_backend(base_url: str, **overrides: Any) -> OpenAIBackend:
     return OpenAIBackend(OpenAIBackendConfig(**settings), token_counter=token_counter)
 
 
-def make_request(key: str, instruction: str = "Write 2 specific questions. Reply with only a JSON array.",
-                 max_tokens: int = 64) -> GenerationRequest:
+def make_request(
+    key: str, instruction: str = "Write 2 specific questions. Reply with only a JSON array.", max_tokens: int = 64
+) -> GenerationRequest:
     """A question-style request about a tiny code chunk."""
     return GenerationRequest(
         key=key,
@@ -112,3 +120,43 @@ def _new_matches(window: bytes, seen: int, marker: bytes) -> int:
         found += i + len(marker) > seen
         start = i + 1
     return found
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(
+    command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None, deadline_seconds: float = 180.0
+) -> Iterator[str]:
+    """Start a model server (``command`` + ``--host 127.0.0.1 --port PORT``), wait until
+    ``GET /v1/models`` answers, yield its ``/v1`` URL; always stop it."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + deadline_seconds
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{command[2]} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                log = log_path.read_text()[-3000:]
+                pytest.fail(f"{command[2]} did not answer within {deadline_seconds:g}s:\n{log}")
+            time.sleep(0.25)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)

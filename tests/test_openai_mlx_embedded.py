@@ -5,14 +5,10 @@ would serve seeded requests one at a time)."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from dagster import DagsterInstance
 
@@ -20,7 +16,7 @@ from cicdllm_assets.config import load_settings
 from cicdllm_assets.models.prepare import prepare_embedded_model
 from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
 from tests.generation_support import REPO_ROOT, chunk_rows, ledger_of, openai_config, run_generation, write_chunks
-from tests.openai_helpers import RecordingProxy
+from tests.openai_helpers import RecordingProxy, free_port, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -38,34 +34,12 @@ def embedded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def mlx_server_port(embedded_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    log_path = tmp_path_factory.mktemp("mlx-server") / "server.log"
+    """The embedded model behind mlx_lm.server, started through the project's OpenBLAS wrapper
+    (no Hugging Face cache: its /v1/models fails, as on a fresh machine)."""
+    port = free_port()
     command = [sys.executable, "-m", "cicdllm_assets.resources.llm.mlx_server", "--model", str(embedded_model)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlx_lm.server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlx_lm.server did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
+    with running_server(command, port, tmp_path_factory.mktemp("mlx-server") / "server.log"):
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
 
 
 def test_questions_against_mlx_lm_server_without_timeouts_or_duplicates(
@@ -108,3 +82,8 @@ def test_questions_against_mlx_lm_server_without_timeouts_or_duplicates(
     assert meta["llm_server"].value == "mlx_lm.server"
     assert meta["llm_seed_sent"].value is False
     assert 1 <= meta["llm_concurrency_limit"].value <= 8
+    print(  # the figures docs/servers.md quotes (pytest -s)
+        f"mlx_lm.server: {ITEMS} items, {proxy.chat_requests} requests, limit {meta['llm_concurrency_limit'].value}/8,"
+        f" first-token {meta['llm_first_token_latency_ms'].value:.0f} ms,"
+        f" {meta['generate_seconds'].value:.0f} s generating"
+    )
