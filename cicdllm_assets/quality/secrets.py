@@ -318,7 +318,7 @@ _BASE64_BLOCK = re.compile(
 )
 # Bare (unquoted) runs of token characters: a secret cut in pieces by a chunk boundary, or a
 # token in prose. Only runs mixing upper case, lower case and digits with high entropy count.
-_TOKEN_RUN = re.compile(r"(?<![A-Za-z0-9_\-+/=])[A-Za-z0-9_\-+/]{24,}={0,2}(?![A-Za-z0-9_\-+/=])")
+_TOKEN_RUN = re.compile(r"(?<![A-Za-z0-9_\-+/])[A-Za-z0-9_\-+/]{24,}={0,2}(?![A-Za-z0-9_\-+/])")
 TOKEN_RUN_MIN_ENTROPY = 4.2
 _PUTTY_KEY = re.compile(r"PuTTY-User-Key-File-\d:.*?(?:Private-MAC: *\S+|\Z)", re.DOTALL)
 
@@ -328,10 +328,10 @@ _URL_PASSWORD = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"`]+:(?P<valu
 # Tokens with a documented prefix that detect-secrets lacks (or only matches in an old format).
 _PREFIXED_TOKENS = (
     (re.compile(r"AIza[0-9A-Za-z_\-]{35}"), "google_api_key"),
-    (re.compile(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{32,}"), "openai_key"),
-    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}"), "github_token"),
-    (re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), "slack_token"),
-    (re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}"), "stripe_key"),
+    (re.compile(r"(?<![A-Za-z0-9])sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{32,}"), "openai_key"),
+    (re.compile(r"(?<![A-Za-z0-9])github_pat_[A-Za-z0-9_]{22,}"), "github_token"),
+    (re.compile(r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9\-]{10,}"), "slack_token"),
+    (re.compile(r"(?<![A-Za-z0-9])[rs]k_(?:live|test)_[0-9A-Za-z]{16,}"), "stripe_key"),
 )
 # A credential in a URL's query string: `?key=…`, `&access_token=…`, `?sig=…`.
 _URL_QUERY_SECRET = re.compile(
@@ -343,7 +343,7 @@ _URL_QUERY_SECRET = re.compile(
 _SENSITIVE_KEY_WORDS = (
     r"password|passwd|passphrase|(?<![A-Za-z])pass|pwd|secret|secret[_\-.]?key|client[_\-.]?secret|token|"
     r"access[_\-.]?token|refresh[_\-.]?token|auth[_\-.]?token|bearer|api[_\-.]?key|apikey|"
-    r"access[_\-.]?key|secret[_\-.]?access[_\-.]?key|private[_\-.]?key|signing[_\-.]?key|"
+    r"access[_\-.]?key|secret[_\-.]?access[_\-.]?key|private[_\-.]?key(?:[_\-.]?id)?|signing[_\-.]?key|"
     r"encryption[_\-.]?key|master[_\-.]?key|session[_\-.]?key|credentials?|"
     r"database[_\-.]?url|db[_\-.]?url|\w*dsn|connection[_\-.]?string|conn[_\-.]?str|"
     r"(?:redis|mongo(?:db)?|postgres(?:ql)?|mysql|amqp|broker)[_\-.]?url"
@@ -518,8 +518,15 @@ def _pattern_spans(
         if re.search(r"[0-9+/]", block) and re.search(r"[A-Z]", block) and re.search(r"[a-z]", block):
             yield match.start(), match.start() + len(block), "base64_block", "pattern:base64_block"
     for match in _TOKEN_RUN.finditer(text):
-        if _looks_random(match.group(0)):
+        run = match.group(0)
+        if _looks_random(run):
             yield match.start(), match.end(), "high_entropy_token", "pattern:token_run"
+        elif "/" in run:  # a path: a token can still be one of its directory or file names
+            offset = match.start()
+            for segment in run.split("/"):
+                if len(segment) >= 24 and _looks_random(segment):
+                    yield offset, offset + len(segment), "high_entropy_token", "pattern:token_run"
+                offset += len(segment) + 1
     for match in _PUTTY_KEY.finditer(text):
         yield match.start(), match.end(), "private_key", "pattern:putty_key"
     for match in _JWT.finditer(text):
