@@ -41,23 +41,29 @@ def _b64url(data: bytes) -> str:
 
 def _jwt() -> str:
     header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    payload = _b64url(json.dumps({"sub": _pick(string.digits, 10), "name": "Fake User",
-                                  "iat": 1700000000 + _RNG.randrange(10**6)}).encode())
+    payload = _b64url(
+        json.dumps(
+            {"sub": _pick(string.digits, 10), "name": "Fake User", "iat": 1700000000 + _RNG.randrange(10**6)}
+        ).encode()
+    )
     return f"{header}.{payload}.{_pick(_ALNUM + '_-', 43)}"
 
 
 _PEM_LINES = [_pick(_B64_SAFE, 64) for _ in range(6)] + [_pick(_B64_SAFE, 24) + "=="]
 PEM = "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(_PEM_LINES) + "\n-----END RSA PRIVATE KEY-----\n"
 _GCP_KEY_ID = _pick(_HEX, 40)
-GCP_SERVICE_ACCOUNT = json.dumps({
-    "type": "service_account",
-    "project_id": "fake-project-4711",
-    "private_key_id": _GCP_KEY_ID,
-    "private_key": PEM,
-    "client_email": "svc@fake-project-4711.iam.gserviceaccount.com",
-    "client_id": "1" + _pick(string.digits, 20),
-    "token_uri": "https://oauth2.googleapis.com/token",
-}, indent=2)
+GCP_SERVICE_ACCOUNT = json.dumps(
+    {
+        "type": "service_account",
+        "project_id": "fake-project-4711",
+        "private_key_id": _GCP_KEY_ID,
+        "private_key": PEM,
+        "client_email": "svc@fake-project-4711.iam.gserviceaccount.com",
+        "client_id": "1" + _pick(string.digits, 20),
+        "token_uri": "https://oauth2.googleapis.com/token",
+    },
+    indent=2,
+)
 
 
 @dataclass(frozen=True)
@@ -110,19 +116,53 @@ def _kinds() -> list[Kind]:
         Kind("openai_sk", openai, (openai,), key="openai_api_key"),
         Kind("openai_sk_proj", openai_proj, (openai_proj,), key="openai_api_key"),
         Kind("google_aiza", google, (google,), key="google_api_key"),
-        Kind("azure_storage_key", azure, (azure,), key="azure_storage_key",
-             extra={"connection": f"DefaultEndpointsProtocol=https;AccountName=fakeacct;AccountKey={azure};"
-                                  "EndpointSuffix=core.windows.net"}),
-        Kind("pem_private_key", _PEM_LINES[0], tuple(_PEM_LINES[:-1]), key="private_key", in_names=True,
-             code_form=PEM.replace("\n", "\\n")),
-        Kind("gcp_service_account", _GCP_KEY_ID, (_GCP_KEY_ID, *_PEM_LINES[:-1]), key="private_key_id",
-             in_names=False, bare_ok=False),
-        Kind("database_url", f"postgres://app:{db_password}@db.internal:5432/app", (db_password,),
-             key="database_url", in_names=False),
-        Kind("url_api_key", f"https://api.example.com/v1/items?api_key={url_key}&limit=5", (url_key,),
-             key="endpoint", in_names=False),
-        Kind("url_google_key", f"https://maps.googleapis.com/maps/api/js?key={google}&v=3", (google,),
-             key="maps_url", in_names=False),
+        Kind(
+            "azure_storage_key",
+            azure,
+            (azure,),
+            key="azure_storage_key",
+            extra={
+                "connection": f"DefaultEndpointsProtocol=https;AccountName=fakeacct;AccountKey={azure};"
+                "EndpointSuffix=core.windows.net"
+            },
+        ),
+        Kind(
+            "pem_private_key",
+            _PEM_LINES[0],
+            tuple(_PEM_LINES[:-1]),
+            key="private_key",
+            in_names=True,
+            code_form=PEM.replace("\n", "\\n"),
+        ),
+        Kind(
+            "gcp_service_account",
+            _GCP_KEY_ID,
+            (_GCP_KEY_ID, *_PEM_LINES[:-1]),
+            key="private_key_id",
+            in_names=False,
+            bare_ok=False,
+        ),
+        Kind(
+            "database_url",
+            f"postgres://app:{db_password}@db.internal:5432/app",
+            (db_password,),
+            key="database_url",
+            in_names=False,
+        ),
+        Kind(
+            "url_api_key",
+            f"https://api.example.com/v1/items?api_key={url_key}&limit=5",
+            (url_key,),
+            key="endpoint",
+            in_names=False,
+        ),
+        Kind(
+            "url_google_key",
+            f"https://maps.googleapis.com/maps/api/js?key={google}&v=3",
+            (google,),
+            key="maps_url",
+            in_names=False,
+        ),
         Kind("password", password, (password,), key="password", in_names=False, bare_ok=False),
         Kind("jwt", jwt, (jwt, jwt.split(".")[2]), key="session_token"),
         Kind("hex_high_entropy", hex_secret, (hex_secret,), key="signing_key", in_names=False, bare_ok=False),
