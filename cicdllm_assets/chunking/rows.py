@@ -111,7 +111,6 @@ class ChunkRowBuilder:
         self.stats = ChunkRowStats()
         self._seen: set[str] = set()
         self._seen_spans: set[str] = set()
-        self._symbols: dict[str, str] = {}
 
     def _append(self, file: FileForChunks, span: ChunkSpan, key: str, start: int, end: int,
                 imports: str, text: str, tokens: int, redactions: int) -> None:
@@ -121,10 +120,11 @@ class ChunkRowBuilder:
         self._seen.add(key)
         cols = self.columns
         index = len(cols["chunk_key"])
+        symbol = redact_field(span.symbol) if self.redactor is not None else span.symbol
         for name, value in (
             ("repo", self.repo), ("commit", self.commit), ("license", self.license), ("path", file.path),
             ("blob_sha", file.blob_sha), ("language", file.language), ("chunk_key", key),
-            ("start_line", start), ("end_line", end), ("symbol", self._symbol(span.symbol)), ("imports", imports),
+            ("start_line", start), ("end_line", end), ("symbol", symbol), ("imports", imports),
             ("text", text), ("token_count", tokens), ("redactions", redactions), ("chunk_index", index),
         ):
             cols[name].append(value)
@@ -133,15 +133,6 @@ class ChunkRowBuilder:
         stats.tokens += tokens
         stats.max_tokens = max(stats.max_tokens, tokens)
         stats.by_language[file.language] = stats.by_language.get(file.language, 0) + 1
-
-    def _symbol(self, symbol: str | None) -> str | None:
-        """The symbol name with secrets replaced (memoised: names repeat across chunks)."""
-        if not symbol or self.redactor is None:
-            return symbol
-        redacted = self._symbols.get(symbol)
-        if redacted is None:
-            redacted = self._symbols[symbol] = redact_field(symbol) or symbol
-        return redacted
 
     def _redact(self, path: str, texts: list[str]) -> list[tuple[str, int]]:
         """(text after redaction, secrets replaced) per text, through the cache when there is one."""

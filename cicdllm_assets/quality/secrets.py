@@ -463,6 +463,8 @@ def _line_assignment_spans(text: str, path: str) -> Iterator[tuple[int, int, str
             following = text[match.end(group) : match.end(group) + 3].lstrip(" \t")
             if value != bare or following.startswith(("=", ")", ",")):
                 continue  # a parameter annotation or call argument: `password: str = ...`
+            if text[match.end(group) : match.end(group) + 1] in ("'", '"'):
+                continue  # an expression going on into a string: `credential: password="…"`
             if kind_of_file == "unknown" and sep in {"=", ":=", "=>"} and _CODE_LIKE.match(bare):
                 # `password = get_password()` in prose/code: an expression, unless .env-style
                 # (KEY=value with an upper-case key and no spaces around '=').
@@ -738,6 +740,12 @@ def redact_field(value: str | None, path: str = "") -> str | None:
     """``value`` with secrets replaced (None stays None): for names, paths, imports, questions."""
     if not value:
         return value
+    return _redact_field(value, path)
+
+
+@lru_cache(maxsize=65536)
+def _redact_field(value: str, path: str) -> str:
+    """Memoised: symbol names, imports and paths repeat across chunks and files."""
     return redact_secrets(value, path).text
 
 
