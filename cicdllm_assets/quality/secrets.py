@@ -605,13 +605,12 @@ def _scan(text: str, path: str) -> list[tuple[int, int, str, str]]:
 # prefixes below. One cheap pass finds those lines; the detectors then run on them only
 # (joined, with a separator no detector crosses). Multi-line key blocks need their context:
 # a text with a key marker is scanned whole.
-_RUN = re.compile(
-    r"(?<![A-Za-z0-9+/=_\-])(?=[A-Za-z0-9+/=_\-]{16})(?:[A-Za-z+/=_\-]*[0-9]|[A-Za-z0-9+/=_\-]{40})"
-)
-_MARKERS = ("eyJ", "AIza", "k_live_", "xox", "AKC", "AccountKey", "_authToken", "://", "sk-", "ghp_", "glpat-")
+_RUN = re.compile(r"(?<![A-Za-z0-9+/=_\-])(?=[A-Za-z0-9+/=_\-]{16})[A-Za-z+/=_\-]*[0-9]")
+# Prefixed tokens that can be short or digit-free (longer ones with a digit are runs already).
+_MARKERS = ("AIza", "k_live_", "k_test_", "glpat-", "xox")
+# A URL can carry a credential before its host or in its query string.
+_URL_MARKER = re.compile(r"://[^\s'\"`<>]*[@?&]")
 _WHOLE_TEXT_MARKERS = ("PRIVATE KEY", "PuTTY-User-Key", "Private-MAC")
-_KEY_TAIL = r"""[\w\-.]*["'\]]{0,2}[ \t]*(?:[:=!>"'`(]|$)"""
-# `key`/`url` alone are everywhere in code: only after these words are they secret-ish.
 _KEY_PREFIXES = (
     "api", "auth", "service", "account", "db", "database", "priv", "private", "client", "access", "secret",
     "signing", "encryption", "master", "session", "cloudant", "cl", "clou", "softlayer", "sl", "ibm", "cos",
@@ -622,16 +621,34 @@ _URL_PREFIXES = ("database", "db", "redis", "mongo", "mongodb", "postgres", "pos
                  "broker", "conn", "connection")
 
 
+_CLOSE_AND_SEP = r"""["'\]]{0,2}[ \t]*[:=!>"'`]"""
+# Words that make a key secret-ish: detect-secrets' keywords may carry a suffix
+# (`password_hash: …`), ours must end the key (`db_token = …`).
+_SUFFIXED_WORDS = ("password", "passwd", "pwd", "secret", "contrase", "key")
+_END_WORDS = ("pass", "token", "bearer", "credential", "credentials", "dsn", "url", "str", "string", "phrase")
 _KEY_WORD_PATTERNS = tuple(
-    (word, re.compile(word + _KEY_TAIL, re.MULTILINE))
-    for word in ("pass", "pwd", "secret", "token", "bearer", "cred", "dsn", "contrase", "conn", "auth", "key", "url")
-)
-_PREFIXED_WORDS = {"key": _KEY_PREFIXES, "url": _URL_PREFIXES}
-# `"hunter2" == password` (the value before the key).
+    (word, re.compile(word + r"[\w\-.]*" + _CLOSE_AND_SEP)) for word in _SUFFIXED_WORDS
+) + tuple((word, re.compile(word + _CLOSE_AND_SEP)) for word in _END_WORDS)
+_PREFIXED_WORDS = {
+    "key": _KEY_PREFIXES,
+    "url": _URL_PREFIXES,
+    "str": ("conn", "connection"),
+    "string": ("conn", "connection"),
+    "phrase": ("pass",),
+}
 _COMPARED_KEY = tuple(
     re.compile(op + r"[ \t]*[\w.]*(?:pass|pwd|secret|contrase)") for op in ("==", "!=")
 )
 _SEPARATOR = "\n\x00\n"  # no detector pattern matches across a NUL on its own line
+
+
+def _word_start(match: re.Match[str]) -> int:
+    return match.string.rfind(" ", 0, match.start()) + 1
+
+
+def _word_end(match: re.Match[str]) -> int:
+    end = match.string.find(" ", match.end())
+    return len(match.string) if end == -1 else end
 
 
 def _line_bounds(text: str, start: int, end: int) -> tuple[int, int]:
@@ -644,12 +661,23 @@ def _candidate_segments(text: str) -> list[tuple[int, int]]:
     """Merged (start, end) line ranges of ``text`` that may hold a secret; [] when none can."""
     if any(marker in text for marker in _WHOLE_TEXT_MARKERS):
         return [(0, len(text))]
-    hits = [match.start() for match in _RUN.finditer(text)]
+    hits: list[int] = []
+    # A run lies inside one whitespace-separated word: scan only the long words (C-speed split).
+    long_words = [word for word in text.split() if len(word) >= 16]
+    if long_words:
+        for word in {match.string[_word_start(match) : _word_end(match)] for match in
+                     _RUN.finditer(" ".join(long_words))}:
+            pos = text.find(word)
+            while pos != -1:
+                hits.append(pos)
+                pos = text.find(word, pos + len(word))
     for marker in _MARKERS:
         pos = text.find(marker)
         while pos != -1:
             hits.append(pos)
             pos = text.find(marker, pos + len(marker))
+    if "://" in text:
+        hits.extend(match.start() for match in _URL_MARKER.finditer(text))
     lowered = text.lower()
     if len(lowered) != len(text):  # a few characters change length when lower-cased
         lowered = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
