@@ -24,12 +24,12 @@ import pytest
 from click.testing import CliRunner
 from dagster import AssetKey, DagsterInstance
 
+from benchmarks.fault_server import FaultServer
 from cicdllm_assets.cli.main import cli
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.storage.tables import TableStore
-from cicdllm_assets.testing.fault_server import FaultServer
 from cicdllm_assets.tui.app import StatusApp
 from cicdllm_assets.tui.screens import FailuresScreen
 from cicdllm_assets.tui.widgets import StaticPanel
