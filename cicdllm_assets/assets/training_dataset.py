@@ -4,7 +4,9 @@
 import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
+from cicdllm_assets.assets._conventions import OWNERS, ROW_COUNT, URI, code_version, table_definition_metadata
 from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
+from cicdllm_assets.export.records import EXPORT_SCHEMA
 from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.storage.tables import TableStore
@@ -16,6 +18,10 @@ ALL_REPOS = "*"
 @asset(
     group_name="dataset",
     required_resource_keys={"app_config"},
+    code_version=code_version("training_dataset", "export", "quality", "assets/training_dataset.py"),
+    kinds={"python", "parquet", "huggingface"},
+    owners=OWNERS,
+    metadata=table_definition_metadata(EXPORT_SCHEMA),
     description=(
         "Accepted pairs of all repositories: licence allow-list, cross-repo dedup, secret re-scan, "
         "file-disjoint train/valid/test split, written in every configured format with a dataset card."
@@ -52,6 +58,8 @@ def training_dataset(context: AssetExecutionContext, qa_pairs: pa.Table) -> Outp
     context.log.info(f"exported {result.exported_pairs} pairs to {result.out_dir}")
     summary = result.summary_table()
     metadata = {
+        ROW_COUNT: MetadataValue.int(result.exported_pairs),
+        URI: MetadataValue.text(result.out_dir.resolve().as_uri()),
         "export_dir": MetadataValue.path(str(result.out_dir)),
         "input_pairs": MetadataValue.int(result.input_pairs),
         "accepted_pairs": MetadataValue.int(result.accepted_pairs),

@@ -74,6 +74,16 @@ class TableStore:
             return []
         return sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
 
+    def row_count(self, asset: str) -> int:
+        """Rows of an asset over all its stored partitions (read from the Parquet footers)."""
+        total = 0
+        for path in self.files(asset):
+            try:
+                total += pq.ParquetFile(path).metadata.num_rows
+            except FileNotFoundError:  # removed between listing and reading
+                continue
+        return total
+
     def read_all(self, asset: str, partition_keys: Iterable[str] | None = None) -> pa.Table | None:
         """Concatenate partitions (all, or the given keys that exist); None if there are none."""
         if partition_keys is None:
