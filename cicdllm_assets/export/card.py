@@ -104,12 +104,11 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 def render_card(result: DatasetResult, formats: list[str], settings: Settings) -> str:
     """Markdown describing counts, provenance, filters, licences and formats of an export."""
     cfg = settings.config
-    records = result.records
     splits = result.split_counts()
     parts: list[str] = [front_matter(result, formats), "# cicdllm question/answer dataset\n\n"]
     parts.append(
         f"{result.exported_pairs} question/answer pairs about source code, generated from "
-        f"{len({r for r in records.column('repo').to_pylist()})} repositories "
+        f"{len(result.counts_by('repo'))} repositories "
         f"({splits['train']} train, {splits['valid']} valid, {splits['test']} test).\n\n"
     )
 
@@ -138,7 +137,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
         parts.append("No repository was excluded by its licence.\n")
 
     parts.append("\n## Generation\n\n")
-    models = sorted({m for m in records.column("model_id").to_pylist() if m}) if records.num_rows else []
+    models = [m for m, _ in result.counts_by("model_id") if m]
     parts.append(f"- Model(s): {', '.join(models) or '(none)'} (backend `{cfg.llm.backend}`, `llm.model` = "
                  f"`{cfg.llm.model}`)\n")
     templates = result.counts_by("theme", "template_hash")
