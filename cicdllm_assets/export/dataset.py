@@ -46,7 +46,7 @@ CROSS_REPO_NEAR_DUPLICATE = "cross_repo_near_duplicate"
 MANIFEST_NAME = "manifest.json"
 CARD_NAME = "README.md"
 BATCH_ROWS = 2_000
-WORK_MEMORY = "192MB"  # DuckDB's cap for the export's work tables (it spills beyond)
+WORK_MEMORY = "64MB"  # DuckDB's cap for the export's work tables (it spills beyond)
 WHITESPACE = " \t\n\r\x0b\x0c"  # what str.strip() removes from a licence (ASCII)
 REDACTION_CACHE = 20_000  # recently seen texts whose redaction is reused
 REQUIRED_COLUMNS = ("repo", "answer_id", "question", "answer", "path", "start_line", "end_line", "accepted")
@@ -187,7 +187,7 @@ def build_training_dataset(
             duckdb.connect(str(Path(work) / "work.duckdb")) as con:
         con.execute(f"SET memory_limit = '{WORK_MEMORY}'")
         con.execute(f"SET temp_directory = '{Path(work) / 'spill'}'".replace("\\", "/"))
-        con.execute("SET threads = 2")
+        con.execute("SET threads = 1")
         con.execute("SET preserve_insertion_order = false")
         return _build(con, qa_pairs, settings, repositories, chosen, target)
 

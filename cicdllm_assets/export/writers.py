@@ -36,7 +36,7 @@ from cicdllm_assets.export.records import EXPORT_SCHEMA, SPLITS, context_block
 
 RECORD_FILES: dict[str, str] = {"jsonl": "dataset.jsonl", "csv": "dataset.csv", "parquet": "dataset.parquet"}
 SPLIT_FORMATS: tuple[str, ...] = ("mlx_chat", "mlx_completions", "alpaca", "sharegpt", "openai")
-PARQUET_ROW_GROUP_ROWS = 65_536
+PARQUET_ROW_GROUP_ROWS = 16_384
 PARQUET_COMPRESSION = "zstd"
 
 
