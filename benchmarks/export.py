@@ -71,8 +71,10 @@ def write_qa_pairs(project: Path, pairs: int, seed: int = 0) -> None:
             chunk = idx // 4  # four pairs per chunk, three chunks per file
             questions = _texts(rng, words, n, 14)
             answers = _texts(rng, words, n, 60)
-            contexts = [f"def handler_{c}(request, cache):\n    # {t}\n    return cache.get(request.key)\n"
-                        for c, t in zip(chunk, _texts(rng, words, n, 30), strict=True)]
+            contexts = [
+                f"def handler_{c}(request, cache):\n    # {t}\n    return cache.get(request.key)\n"
+                for c, t in zip(chunk, _texts(rng, words, n, 30), strict=True)
+            ]
             # 1 % exact duplicates of the previous pair, 1 % near duplicates (one word changed)
             for i in range(1, n):
                 roll = rng.random()
@@ -82,28 +84,30 @@ def write_qa_pairs(project: Path, pairs: int, seed: int = 0) -> None:
                     questions[i] = questions[i - 1]
                     answers[i] = answers[i - 1].replace(" ", " x", 1)
             accepted = rng.random(n) > 0.1
-            batch = pa.table({
-                "repo": [repo] * n,
-                "answer_id": [f"{r:02d}{i:030x}" for i in idx],
-                "question_id": [f"q{r:02d}{i:030x}" for i in idx],
-                "chunk_key": [f"{r:02d}{c:030x}" for c in chunk],
-                "theme": [("code_explanation", "usage_examples", "debugging", "testing")[i % 4] for i in idx],
-                "template_hash": ["3f2a9c0d1e2b4a67"] * n,
-                "question": questions,
-                "answer": answers,
-                "model_id": ["SmolLM2-135M-Instruct"] * n,
-                "params": ['{"max_tokens": 256}'] * n,
-                "path": [f"src/pkg_{c % 97}/module_{c // 3}.py" for c in chunk],
-                "start_line": pa.array(1 + (chunk % 3) * 40, pa.int64()),
-                "end_line": pa.array(40 + (chunk % 3) * 40, pa.int64()),
-                "commit": ["c0ffee" * 6 + "abcd"] * n,
-                "license": ["MIT"] * n,
-                "language": ["python"] * n,
-                "context": contexts,
-                "accepted": pa.array(accepted),
-                "reject_reason": [None if ok else "too_short" for ok in accepted],
-                "reject_detail": [None] * n,
-            })
+            batch = pa.table(
+                {
+                    "repo": [repo] * n,
+                    "answer_id": [f"{r:02d}{i:030x}" for i in idx],
+                    "question_id": [f"q{r:02d}{i:030x}" for i in idx],
+                    "chunk_key": [f"{r:02d}{c:030x}" for c in chunk],
+                    "theme": [("code_explanation", "usage_examples", "debugging", "testing")[i % 4] for i in idx],
+                    "template_hash": ["3f2a9c0d1e2b4a67"] * n,
+                    "question": questions,
+                    "answer": answers,
+                    "model_id": ["SmolLM2-135M-Instruct"] * n,
+                    "params": ['{"max_tokens": 256}'] * n,
+                    "path": [f"src/pkg_{c % 97}/module_{c // 3}.py" for c in chunk],
+                    "start_line": pa.array(1 + (chunk % 3) * 40, pa.int64()),
+                    "end_line": pa.array(40 + (chunk % 3) * 40, pa.int64()),
+                    "commit": ["c0ffee" * 6 + "abcd"] * n,
+                    "license": ["MIT"] * n,
+                    "language": ["python"] * n,
+                    "context": contexts,
+                    "accepted": pa.array(accepted),
+                    "reject_reason": [None if ok else "too_short" for ok in accepted],
+                    "reject_detail": [None] * n,
+                }
+            )
             if writer is None:
                 writer = pq.ParquetWriter(tables / "qa_pairs" / name, batch.schema, compression="zstd")
             writer.write_table(batch)
@@ -136,8 +140,9 @@ def child_ours(project: Path) -> None:
         cli.main(["export", "--all-partitions", "--json"], standalone_mode=False)
     finally:
         sys.stdout.flush()
-    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(),
-                      "baseline_rss_mb": baseline}))
+    print(
+        json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline})
+    )
 
 
 def child_duckdb(project: Path) -> None:
@@ -148,10 +153,11 @@ def child_duckdb(project: Path) -> None:
     out.mkdir(exist_ok=True)
     source = str(project / "data" / "tables" / "qa_pairs" / "*.parquet").replace("'", "''")
     accepted = f"SELECT * FROM read_parquet('{source}', union_by_name = true) WHERE accepted"  # noqa: S608
-    chat = (
-        "SELECT [{'role': 'user', 'content': question || chr(10) || chr(10) || context}, "
-        f"{{'role': 'assistant', 'content': answer}}] AS messages FROM ({accepted})"  # noqa: S608
+    messages = (
+        "[{'role': 'user', 'content': question || chr(10) || chr(10) || context}, "
+        "{'role': 'assistant', 'content': answer}]"
     )
+    chat = f"SELECT {messages} AS messages FROM ({accepted})"  # noqa: S608 - constants and a quoted path
     baseline = peak_rss_mb()
     start = time.perf_counter()
     with duckdb.connect(":memory:") as con:
@@ -162,14 +168,18 @@ def child_duckdb(project: Path) -> None:
             (chat, "chat.jsonl", "FORMAT json"),
         ):
             con.execute(f"COPY ({sql}) TO '{out / target}' ({options})")
-    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(),
-                      "baseline_rss_mb": baseline}))
+    print(
+        json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline})
+    )
 
 
 def _run_child(kind: str, project: Path) -> dict[str, float]:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.export", f"--child-{kind}", str(project)],
-        capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
     )
     if proc.returncode != 0:
         raise SystemExit(f"{kind} export failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -215,22 +225,31 @@ def main() -> None:
             mine = _run_child("ours", project)
             duck = _run_child("duckdb", project)
             ours.append(mine)
-            print(f"  ours (cicdllm export, 8 formats): {mine['pairs']:>9,.0f} pairs, {mine['seconds']:7.1f} s, "
-                  f"peak RSS {mine['peak_rss_mb']:6.0f} MB (after imports {mine['baseline_rss_mb']:.0f} MB)",
-                  flush=True)
-            print(f"  DuckDB COPY (4 files):            {'':>9} {duck['seconds']:13.1f} s, "
-                  f"peak RSS {duck['peak_rss_mb']:6.0f} MB (after imports {duck['baseline_rss_mb']:.0f} MB)",
-                  flush=True)
-            print(f"  ours / DuckDB: time {mine['seconds'] / duck['seconds']:.1f}x, "
-                  f"peak RSS {mine['peak_rss_mb'] / duck['peak_rss_mb']:.2f}x", flush=True)
+            print(
+                f"  ours (cicdllm export, 8 formats): {mine['pairs']:>9,.0f} pairs, {mine['seconds']:7.1f} s, "
+                f"peak RSS {mine['peak_rss_mb']:6.0f} MB (after imports {mine['baseline_rss_mb']:.0f} MB)",
+                flush=True,
+            )
+            print(
+                f"  DuckDB COPY (4 files):            {'':>9} {duck['seconds']:13.1f} s, "
+                f"peak RSS {duck['peak_rss_mb']:6.0f} MB (after imports {duck['baseline_rss_mb']:.0f} MB)",
+                flush=True,
+            )
+            print(
+                f"  ours / DuckDB: time {mine['seconds'] / duck['seconds']:.1f}x, "
+                f"peak RSS {mine['peak_rss_mb'] / duck['peak_rss_mb']:.2f}x",
+                flush=True,
+            )
             shutil.rmtree(project, ignore_errors=True)
     finally:
         if not args.out:
             shutil.rmtree(work, ignore_errors=True)
     growth = ours[-1]["peak_rss_mb"] / ours[0]["peak_rss_mb"]
     ok = growth <= TARGET_GROWTH
-    print(f"Peak RSS of ours at {sizes[-1]:,} rows is {growth:.2f}x that at {sizes[0]:,} "
-          f"({sizes[-1] / sizes[0]:.0f}x the rows; target <= {TARGET_GROWTH}x): {'OK' if ok else 'MISSED'}")
+    print(
+        f"Peak RSS of ours at {sizes[-1]:,} rows is {growth:.2f}x that at {sizes[0]:,} "
+        f"({sizes[-1] / sizes[0]:.0f}x the rows; target <= {TARGET_GROWTH}x): {'OK' if ok else 'MISSED'}"
+    )
     sys.exit(0 if ok else 1)
 
 
