@@ -205,9 +205,13 @@ def test_per_repo_include_and_a_repo_with_no_kept_files(ingest_project: Path, ma
         if row["status"] == "kept"
     }
     assert kept == {"src/a.py"}  # tools/t.py is outside alpha's include=
-    records = dg.DagsterInstance.get().fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("source_files"), asset_partitions=["local-beta"]), limit=1
-    ).records
+    records = (
+        dg.DagsterInstance.get()
+        .fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("source_files"), asset_partitions=["local-beta"]), limit=1
+        )
+        .records
+    )
     beta_meta = records[0].asset_materialization.metadata
     assert beta_meta["warning"].value.startswith("0 of 2 files kept")
 

@@ -98,6 +98,21 @@ def no_files_kept_warning(files_total: int, skipped_by_category: Mapping[str, in
     return f"0 of {files_total} files kept{detail}: nothing to generate from; {NO_FILES_KEPT_HINT}"
 
 
+def preview_kept(repo_path: Path, commit: str, processing: ProcessingConfig) -> tuple[int, int, Counter[str]]:
+    """(files the path and size filters keep, files tracked, skipped per category) at ``commit``,
+    without reading any content (content checks may skip a few more)."""
+    entries = list_tree(Path(repo_path), commit)
+    max_bytes = processing.max_file_size_kb * 1024
+    skipped: Counter[str] = Counter()
+    for entry in entries:
+        rejected = path_filter(entry.path, processing)
+        if rejected is None and entry.size > max_bytes:
+            rejected = ("too_large", "")
+        if rejected is not None:
+            skipped[rejected[0]] += 1
+    return len(entries) - sum(skipped.values()), len(entries), skipped
+
+
 def _kb(size: int) -> int:
     return math.ceil(size / 1024)
 

@@ -193,13 +193,15 @@ def resolve_tokenizer(settings: Settings) -> TokenizerChoice:
     model's tokenizer in the HF cache; else the embedded tokenizer as an approximation."""
     config = settings.config
     if config.processing.tokenizer != "model":
-        return TokenizerChoice(_required(settings.resolve(config.processing.tokenizer), "processing.tokenizer"),
-                               "processing.tokenizer")
+        return TokenizerChoice(
+            _required(settings.resolve(config.processing.tokenizer), "processing.tokenizer"), "processing.tokenizer"
+        )
     llm = config.llm
     if llm.backend == "openai":
         if llm.openai.tokenizer:
-            return TokenizerChoice(_required(settings.resolve(llm.openai.tokenizer), "llm.openai.tokenizer"),
-                                   "llm.openai.tokenizer")
+            return TokenizerChoice(
+                _required(settings.resolve(llm.openai.tokenizer), "llm.openai.tokenizer"), "llm.openai.tokenizer"
+            )
         names = list(dict.fromkeys(n for n in (llm.openai.model, llm.model) if n and n != EMBEDDED_ALIAS))
         for name in names:
             found = _model_tokenizer(settings, name)

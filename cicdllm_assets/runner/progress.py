@@ -141,9 +141,10 @@ class ProgressDisplay:
         """Point every other logger's terminal handler at the live console too, so no line
         is written past it (a line written directly to the terminal splits the table)."""
         terminal = {id(s) for s in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__, self.console.file)}
-        loggers = [logging.getLogger(), *(
-            item for item in logging.Logger.manager.loggerDict.values() if isinstance(item, logging.Logger)
-        )]
+        loggers = [
+            logging.getLogger(),
+            *(item for item in logging.Logger.manager.loggerDict.values() if isinstance(item, logging.Logger)),
+        ]
         for item in loggers:
             for handler in item.handlers:
                 if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
