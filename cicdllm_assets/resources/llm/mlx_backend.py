@@ -586,4 +586,7 @@ def _model_fingerprint(model_path: str) -> str:
             digest.update(file.read_bytes())
     for weights in sorted(path.glob("*.safetensors")):
         digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
-    return f"mlx:{path.name}@{digest.hexdigest()[:12]}"
+    name = path.name
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        name = path.parent.parent.name[len("models--") :].replace("--", "/")  # an HF cache snapshot: org/name
+    return f"mlx:{name}@{digest.hexdigest()[:12]}"
