@@ -110,6 +110,13 @@ def test_doctor_names_a_hub_model_missing_from_the_cache(project: Path, hf_home:
     deep = CliRunner().invoke(cli, ["config", "validate", "--deep"], catch_exceptions=False)
     assert deep.exit_code == 2 and "huggingface-cli download" in deep.output
 
+    # Online, a hub id missing from the cache is downloaded by the first run: a warning.
+    with pytest.MonkeyPatch.context() as online:
+        online.delenv("HF_HUB_OFFLINE")
+        result = CliRunner().invoke(cli, ["doctor"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "warn  model: mlx-community/Qwen2.5-0.5B-Instruct-4bit is not in the Hugging Face cache" in result.output
+
     run = CliRunner().invoke(cli, ["run", "--json"], catch_exceptions=False)
     assert run.exit_code == 1
     (outcome,) = json.loads(run.stdout)["repos"]
