@@ -17,7 +17,10 @@ from click.testing import CliRunner
 from cicdllm_assets.chunking.runtime import chunker_for
 from cicdllm_assets.cli.main import cli
 from cicdllm_assets.config import load_settings
+from cicdllm_assets.generation.context import fit_prompt
 from cicdllm_assets.models.paths import ModelNotPreparedError, resolve_model, resolve_tokenizer
+from cicdllm_assets.resources.llm.base import ChatMessage
+from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend
 from cicdllm_assets.storage.tables import TableStore
 from tests.discovery_helpers import train_tokenizer
 from tests.generation_support import write_project_config
@@ -90,6 +93,21 @@ def test_tokenizer_resolution_order(project: Path, tmp_path: Path, hf_home: Path
         assert chunker.budget == int(settings.config.processing.chunk_max_tokens * 0.8)
     finally:
         chunker.close()
+    # ... and prompts are fitted into 80% of the context window.
+    write_project_config(project, llm={"backend": "openai", "model": "some-server-model", "context_window": 1000})
+    backend = OpenAIBackend.from_settings(load_settings())
+    try:
+        code = "def add(a, b):\n    return a + b\n" * 20
+
+        def build(text: str) -> list[ChatMessage]:
+            return [ChatMessage("system", "Ask about this code."), ChatMessage("user", text)]
+
+        full = backend.count_prompt_tokens(build(code))
+        assert backend.approximate_counts and full < 700
+        fitted = fit_prompt(backend, build, code, desired_max_tokens=900 - full)
+        assert fitted.prompt_tokens + fitted.max_tokens <= 800
+    finally:
+        backend.close()
 
     write_project_config(project, processing={"tokenizer": str(tmp_path / "missing.json")})
     with pytest.raises(ModelNotPreparedError, match=r"processing.tokenizer: no tokenizer.json at .*missing.json"):
