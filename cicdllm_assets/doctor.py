@@ -103,8 +103,13 @@ def check_server(settings: Settings) -> Check:
         return Check("server", "fail", f"{url} answered HTTP {response.status_code}; check llm.openai.base_url")
     try:
         listed = [str(item.get("id")) for item in response.json().get("data", []) if isinstance(item, dict)]
-    except ValueError:
-        return Check("server", "fail", f"{url} did not answer JSON; is llm.openai.base_url an OpenAI API (…/v1)?")
+    except (ValueError, AttributeError):
+        return Check(
+            "server",
+            "warn",
+            f"{url} answers but not with a JSON model list, so {config.model!r} cannot be checked "
+            "(mlx_lm.server does this when the HF cache directory is missing: mkdir -p ~/.cache/huggingface/hub)",
+        )
     if config.model == SERVER_DEFAULT_MODEL:
         return Check("server", "ok", f"{url} answers; requests use the server's default model")
     wanted = {config.model, str(settings.resolve(config.model))}
