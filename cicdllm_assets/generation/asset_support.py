@@ -160,7 +160,6 @@ def stage_metadata(
     """Rich metadata for a generation Output."""
     data = stats.as_dict()
     metadata: dict[str, Any] = {
-        "rows": MetadataValue.int(table.num_rows),
         "model_id": MetadataValue.text(model_id),
         "failures_by_category": MetadataValue.json(data.pop("failures_by_category")),
     }
