@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.fault_server import FaultServer
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.storage.tables import TableStore
-from cicdllm_assets.testing.fault_server import FaultServer
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 from tests.scale_cluster import BIN, make_repos, running_cluster, write_cluster_config
 from tests.services import RABBITMQ_URL, fresh_database, require, schema_url

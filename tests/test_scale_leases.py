@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.fault_server import FaultServer
 from cicdllm_assets.config import Settings
 from cicdllm_assets.generation.chunks import select_chunks
 from cicdllm_assets.generation.leases import LEASES_TABLE, Leases
@@ -21,7 +22,6 @@ from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.generation.prompts import PromptManager
 from cicdllm_assets.generation.runner import StageRunner, plan_questions, question_postprocess
 from cicdllm_assets.storage.state import StateStore
-from cicdllm_assets.testing.fault_server import FaultServer
 from tests.generation_support import (
     PROMPTS_SRC,
     SAMPLE_FILES,
@@ -163,8 +163,8 @@ def test_two_cicdllm_runs_on_the_same_repos_send_each_request_once(
     """
     from dagster import DagsterInstance
 
+    from benchmarks.fault_server import default_responder
     from cicdllm_assets.runner.instance import ensure_dagster_home
-    from cicdllm_assets.testing.fault_server import default_responder
 
     gate = threading.Event()
 
