@@ -44,12 +44,11 @@ def free_port() -> int:
 
 
 def gql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One GraphQL call; raises on errors."""
+    """One GraphQL call; an AssertionError on GraphQL errors."""
     response = httpx.post(f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
     response.raise_for_status()
     payload = response.json()
-    if payload.get("errors"):
-        raise RuntimeError(payload["errors"])
+    assert not payload.get("errors"), payload["errors"]
     data: dict[str, Any] = payload["data"]
     return data
 
@@ -196,7 +195,7 @@ def running_cluster(project: Path, logs: Path, workers: int) -> Iterator[Cluster
                 raise AssertionError(f"the webserver did not come up\n{cluster.tail_logs()}")
             try:
                 sensors = gql(cluster.url, SENSORS_QUERY)["repositoriesOrError"]["nodes"][0]["sensors"]
-            except (httpx.HTTPError, RuntimeError, KeyError, IndexError):
+            except (httpx.HTTPError, AssertionError, KeyError, IndexError):
                 time.sleep(2)
         for sensor in sensors:  # only the backfill runs: no automation on the side
             gql(cluster.url, STOP_SENSOR, {"id": sensor["id"]})

@@ -85,3 +85,12 @@ def test_a_missing_service_skips_or_fails_when_services_are_required(monkeypatch
     monkeypatch.setenv("CICDLLM_REQUIRE_SERVICES", "1")
     with pytest.raises(pytest.fail.Exception, match="CICDLLM_REQUIRE_SERVICES=1"):
         services.require("postgres")
+
+
+def test_the_executor_follows_orchestration_executor(project: Path) -> None:
+    from cicdllm_assets.automation.executors import configured_executor
+
+    assert configured_executor().name == "in_process"  # the default
+    for name, expected in (("multiprocess", "cicdllm_multiprocess"), ("celery", "cicdllm_celery")):
+        write_project_config(project, orchestration={"executor": name, "celery": {"broker_url": "amqp://b//"}})
+        assert configured_executor().name == expected

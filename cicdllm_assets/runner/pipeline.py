@@ -172,6 +172,17 @@ def _classify(outcome: StepOutcome, before: _Snapshot, after: _Snapshot) -> None
         outcome.status = "done"
 
 
+def free_pool_slots(instance: DagsterInstance, run_id: str) -> None:
+    """Give back the pool slots (``llm``) a run that ended outside its steps still holds.
+
+    The daemon does this for the runs it watches; a ``cicdllm run`` has no daemon, so a
+    canceled or reaped run would otherwise keep the slot and stall every later generation step.
+    """
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        storage.free_concurrency_slots_for_run(run_id)
+
+
 def reap_orphaned_runs(instance: DagsterInstance) -> list[str]:
     """Mark failed the CLI runs on this host still ``STARTED`` whose process is gone."""
     host = socket.gethostname()
@@ -184,6 +195,7 @@ def reap_orphaned_runs(instance: DagsterInstance) -> list[str]:
         if pid == os.getpid() or psutil.pid_exists(pid):
             continue
         instance.report_run_failed(run, f"the cicdllm process that ran it (pid {pid}) is gone")
+        free_pool_slots(instance, run.run_id)
         reaped.append(run.run_id)
         logger.warning("marked orphaned run %s (pid %s) as failed", run.run_id, pid)
     return reaped
@@ -194,6 +206,7 @@ def _cancel(instance: DagsterInstance, settings: Settings, run_id: str, partitio
     run = instance.get_run_by_id(run_id)
     if run is not None and run.status in _LIVE_STATUSES:
         instance.report_run_canceled(run, "interrupted by the user (Ctrl-C / SIGTERM)")
+        free_pool_slots(instance, run_id)
     if partition is None:
         return
     try:
