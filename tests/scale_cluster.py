@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -201,10 +200,3 @@ def running_cluster(project: Path, logs: Path, workers: int) -> Iterator[Cluster
             gql(cluster.url, STOP_SENSOR, {"id": sensor["id"]})
         spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-m", "cicdllm_assets.definitions"])
         yield cluster
-
-
-def random_redis_db() -> str:
-    """A Redis URL on a random database index, so parallel test runs do not share a queue."""
-    from tests.services import REDIS_URL
-
-    return REDIS_URL.rsplit("/", 1)[0] + f"/{random.randint(1, 15)}"

@@ -17,7 +17,6 @@ from functools import cache
 import pytest
 
 PG_ADMIN_URL = os.environ.get("CICDLLM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("CICDLLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RABBITMQ_URL = os.environ.get("CICDLLM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 _PORTS = {"postgres": 5432, "redis": 6379, "rabbitmq": 5672}
 

@@ -295,8 +295,8 @@ class PerformanceConfig(StrictModel):
 class CeleryConfig(StrictModel):
     """Celery broker for ``orchestration.executor: celery``."""
 
-    broker_url: str = Field("redis://127.0.0.1:6379/0", description="redis://... or amqp://...")
-    backend_url: str | None = Field(None, description="result backend; default: the broker (Redis) or rpc://")
+    broker_url: str = Field("amqp://guest:guest@127.0.0.1:5672//", description="amqp://... (RabbitMQ) or redis://...")
+    backend_url: str | None = Field(None, description="result backend; default: rpc:// (or the broker if Redis)")
 
     @field_validator("broker_url")
     @classmethod
