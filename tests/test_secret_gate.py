@@ -24,26 +24,17 @@ from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - fixture
 from tests.openai_helpers import make_backend
 
 STRIPE_KEY = "sk_live_" + "Vb8Nq3Lx7Rt2Wz5Km9Hp4Jd6"  # fake, in Stripe's format
-CLEAN = Chunk(
-    repo="acme/app",
-    chunk_key="c-clean",
-    path="calc.py",
-    start_line=1,
-    end_line=2,
-    text="def add(a, b):\n    return a + b\n",
-    language="python",
-    symbol="add",
-)
+CLEAN = Chunk("acme/app", "c-clean", "calc.py", 1, 2, "def add(a, b):\n    return a + b\n", "python", "add")
 # A field that bypassed redaction (as if a template placed something raw): the imports line.
 RAW = Chunk(
-    repo="acme/app",
-    chunk_key="c-raw",
-    path="pay.js",
-    start_line=1,
-    end_line=2,
-    text="export function pay(x) {\n  return stripe.charge(x);\n}\n",
-    language="javascript",
-    symbol="pay",
+    "acme/app",
+    "c-raw",
+    "pay.js",
+    1,
+    3,
+    "export function pay(x) {\n  return stripe.charge(x);\n}\n",
+    "javascript",
+    "pay",
     imports=f'const stripe = require("stripe")("{STRIPE_KEY}");',
 )
 
