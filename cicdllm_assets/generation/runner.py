@@ -43,6 +43,7 @@ from cicdllm_assets.resources.llm.base import (
     LLMBackend,
     request_secrets,
 )
+from cicdllm_assets.storage.llm_load import write_llm_load
 from cicdllm_assets.storage.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class StageRunner:
         self.pause_hook = pause_hook or (
             lambda: pause_while_on_low_battery(settings, self.log, repo=repo)
         )
+        self._load_reported = 0.0
 
     @property
     def gen(self) -> GenerationConfig:
@@ -283,6 +285,7 @@ class StageRunner:
                     self.log.warning(f"{self.stage}: backend returned an unknown key {result.key!r}; ignored")
                     continue
                 self._handle(entry[0], entry[1], entry[2], result, postprocess, stats)
+                self._report_load()
         except CircuitOpenError as exc:
             self._abandon(in_flight, "circuit_open", str(exc), stats)
             raise
@@ -292,6 +295,15 @@ class StageRunner:
         finally:
             stats.generate_seconds += time.monotonic() - started
         self._fail_remaining(in_flight, "backend_error", "the backend returned no result for this request", stats)
+
+    def _report_load(self, every_seconds: float = 1.0) -> None:
+        """Store the backend's concurrency limit and latency for the live displays (OpenAI backend)."""
+        load_status = getattr(self.backend, "load_status", None)
+        now = time.monotonic()
+        if load_status is None or now - self._load_reported < every_seconds:
+            return
+        self._load_reported = now
+        write_llm_load(self.state, self.repo, self.stage, load_status())
 
     def _handle(
         self,
