@@ -429,7 +429,8 @@ def plan_questions(
     work = []
     for chunk in chunks:
         for theme in themes:
-            key = item_key("question", chunk.chunk_key, theme.name, theme.question_hash, model_id, params)
+            key = item_key("question", theme.chunk_input(chunk, "question"), theme.name, theme.question_hash,
+                           model_id, params)
             item = LedgerItem(key, "question", repo, chunk.chunk_key, theme.name, theme.question_hash, model_id, pjson)
             work.append(WorkItem(
                 item=item,
@@ -558,7 +559,8 @@ def plan_answers(
             themes[theme_name] = prompts.theme(theme_name)
         theme = themes[theme_name]
         question = str(row["question"])
-        key = item_key("answer", chunk.chunk_key, theme.name, theme.answer_hash, model_id, params, question)
+        key = item_key("answer", theme.chunk_input(chunk, "answer"), theme.name, theme.answer_hash, model_id, params,
+                       question)
         item = LedgerItem(
             key, "answer", repo, chunk.chunk_key, theme.name, theme.answer_hash, model_id, pjson, question
         )
