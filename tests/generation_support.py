@@ -13,6 +13,7 @@ import pyarrow as pa
 from dagster import AssetSpec, DagsterInstance, materialize
 from dagster._core.execution.execute_in_process_result import ExecuteInProcessResult
 
+from cicdllm_assets.chunking.rows import chunk_key
 from cicdllm_assets.config import Settings, load_settings
 from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.io_managers.parquet_io_manager import PartitionedParquetIOManager
@@ -86,11 +87,6 @@ def openai_config(project: Path, base_url: str, tokenizer: Path, *, context_wind
     return load_settings()
 
 
-def chunk_key(blob_sha: str, start: int, end: int) -> str:
-    """The same recipe as code_chunks: hash of (blob sha, span)."""
-    return hashlib.sha256(f"{blob_sha}:{start}:{end}".encode()).hexdigest()[:32]
-
-
 def chunk_rows(
     repo: str, files: dict[str, str], lines_per_chunk: int = 4, commit: str = "c0ffee"
 ) -> list[dict[str, Any]]:
@@ -105,10 +101,11 @@ def chunk_rows(
             body = "\n".join(part) + "\n"
             symbol = next((w.split("(")[0].split(":")[0] for line in part for w in line.split()[1:2]
                            if line.lstrip().startswith(("def ", "class "))), "")
+            imports = "os" if "import os" in text else ""
             rows.append({
                 "repo": repo, "commit": commit, "license": "MIT", "path": path, "blob_sha": blob,
-                "language": "python", "chunk_key": chunk_key(blob, s, e), "start_line": s, "end_line": e,
-                "symbol": symbol, "imports": "os" if "import os" in text else "", "text": body,
+                "language": "python", "chunk_key": chunk_key(repo, path, "python", symbol, imports, body),
+                "start_line": s, "end_line": e, "symbol": symbol, "imports": imports, "text": body,
                 "token_count": len(body.split()), "redactions": 0,
             })
     return rows
