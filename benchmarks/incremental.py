@@ -6,10 +6,12 @@ Takes the last N commits of REPO's first-parent history (plus the commit before 
 starting point) and runs the real source_files and code_chunks work on each, in order, with
 one plan/verdict/redaction cache as the assets keep it. Per replayed commit it prints
 
-- ``a``: chunks needing generation: chunk keys not seen in any earlier commit of the replay
-  (a generation item's key changes exactly when its chunk key does, with the shipped prompts);
+- ``a``: chunks needing generation: chunks whose generation input (the values the prompt
+  templates show of a chunk, hashed as the generation ledger's item keys hash them; the
+  shipped templates, or ``--prompts DIR``) was not seen in any earlier commit of the replay;
 - ``b``: chunks of the new commit that overlap a line changed by ``git diff -U0 --no-renames``
-  (added or changed lines, or both sides of a deletion): chunks that must change;
+  (an added or changed line; for a deletion, a line next to it that shared an old chunk
+  with a deleted line): chunks that must change;
 - ``per_file``: chunks of the files whose content changed (what keying chunks by blob
   regenerates);
 
@@ -39,20 +41,22 @@ from cicdllm_assets.chunking.redaction_cache import RedactionCache
 from cicdllm_assets.chunking.rows import ChunkRowBuilder
 from cicdllm_assets.chunking.service import Chunker
 from cicdllm_assets.chunking.tokenizer import TokenCounter
-from cicdllm_assets.config.models import ProcessingConfig
+from cicdllm_assets.config.models import GenerationConfig, ProcessingConfig
 from cicdllm_assets.discovery.discover import Discovery
 from cicdllm_assets.discovery.table import source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
+from cicdllm_assets.generation.chunks import Chunk
+from cicdllm_assets.generation.prompts import SHIPPED_PROMPTS_DIR, PromptManager
 from cicdllm_assets.quality.secrets import redact_secrets
 from cicdllm_assets.storage.state import StateStore
 
 TARGET = 1.10
-_HUNK_RE = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@", re.MULTILINE)
+_HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", re.MULTILINE)
 
 
 @dataclass(frozen=True)
 class ChunkRow:
-    """What the replay needs of one code_chunks row."""
+    """What the replay needs of one code_chunks row (``key``: its generation input)."""
 
     key: str
     path: str
@@ -92,17 +96,19 @@ def replay_commits(repo: Path, count: int, head: str = "HEAD") -> list[str]:
     return shas[::-1]
 
 
-Change = tuple[int, int, bool]
-"""(first, last line of the new file, 1-based; True when a chunk must hold both to be touched)."""
+@dataclass(frozen=True)
+class Hunk:
+    """One ``git diff -U0`` hunk: lines ``old_start``.. (``old_count``) became ``new_start``.. (``new_count``)."""
+
+    old_start: int
+    old_count: int
+    new_start: int
+    new_count: int
 
 
-def changed_lines(repo: Path, old: str, new: str) -> dict[str, list[Change]]:
-    """Per path of ``new``: the changed line ranges.
-
-    Added or changed lines count as themselves (overlapping them touches a chunk); a pure
-    deletion after line n as (n, n + 1, True): a chunk that holds both sides of it.
-    """
-    out: dict[str, list[Change]] = {}
+def changed_lines(repo: Path, old: str, new: str) -> dict[str, list[Hunk]]:
+    """The hunks of ``git diff -U0 --no-renames old new``, per path of ``new``."""
+    out: dict[str, list[Hunk]] = {}
     diff = git(repo, "diff", "-U0", "--no-renames", "--no-color", "--no-ext-diff", old, new)
     path: str | None = None
     for line in diff.splitlines():
@@ -112,19 +118,41 @@ def changed_lines(repo: Path, old: str, new: str) -> dict[str, list[Change]]:
         match = _HUNK_RE.match(line)
         if match is None or path is None:
             continue
-        start, count = int(match.group(1)), int(match.group(2) if match.group(2) is not None else 1)
-        out.setdefault(path, []).append((start, start + count - 1, False) if count else (start, start + 1, True))
+        a, k, n, m = (int(g) if g is not None else 1 for g in match.groups())
+        out.setdefault(path, []).append(Hunk(a, k, n, m))
     return out
 
 
-def touched(rows: Iterable[ChunkRow], changes: dict[str, list[Change]]) -> int:
-    """Chunks overlapping a changed range (holding both lines of a deletion)."""
+def _holds(row: ChunkRow, line: int) -> bool:
+    return row.start_line <= line <= row.end_line
+
+
+def touched(rows: Iterable[ChunkRow], hunks: dict[str, list[Hunk]], old_rows: Iterable[ChunkRow] = ()) -> int:
+    """Chunks of the new commit that the diff touches.
+
+    A chunk is touched when it holds an added or changed line, or, for lines only deleted,
+    when it holds a line next to the deletion that sat in the same old chunk as a deleted line
+    (the surviving part of a chunk that lost lines).
+    """
+    old_by_path: dict[str, list[ChunkRow]] = {}
+    for row in old_rows:
+        old_by_path.setdefault(row.path, []).append(row)
     count = 0
     for row in rows:
-        for lo, hi, both in changes.get(row.path, ()):
-            if (row.start_line <= lo and row.end_line >= hi) if both else (row.start_line <= hi and row.end_line >= lo):
-                count += 1
+        for hunk in hunks.get(row.path, ()):
+            if hunk.new_count:
+                if row.start_line <= hunk.new_start + hunk.new_count - 1 and row.end_line >= hunk.new_start:
+                    break
+                continue
+            first, last = hunk.old_start, hunk.old_start + hunk.old_count - 1  # deleted old lines
+            lost = [o for o in old_by_path.get(row.path, ()) if o.start_line <= last and o.end_line >= first]
+            before = _holds(row, hunk.new_start) and any(_holds(o, first - 1) for o in lost)
+            after = _holds(row, hunk.new_start + 1) and any(_holds(o, last + 1) for o in lost)
+            if before or after:
                 break
+        else:
+            continue
+        count += 1
     return count
 
 
@@ -132,9 +160,17 @@ class Replayer:
     """Discovery + chunking of successive commits of one repo, with the assets' caches."""
 
     def __init__(
-        self, repo: Path, processing: ProcessingConfig, tokenizer: Path, state_db: Path, redact: bool = True
+        self,
+        repo: Path,
+        processing: ProcessingConfig,
+        tokenizer: Path,
+        state_db: Path,
+        redact: bool = True,
+        prompts_dir: Path = SHIPPED_PROMPTS_DIR,
     ) -> None:
         self.repo, self.processing, self.redact = repo, processing, redact
+        manager = PromptManager(prompts_dir)
+        self.themes = [manager.theme(name) for name in GenerationConfig().themes]
         self.counter = TokenCounter(tokenizer)
         self.state = StateStore(state_db)
         self.cache = PlanCache(self.state, lru_size=4096)
@@ -157,10 +193,17 @@ class Replayer:
                 redaction_cache=self.redactions,
             )
             build_chunks(self.repo, kept_in_chunk_order(table.to_pylist()), chunker, builder)
-            rows = builder.table().select(["chunk_key", "path", "blob_sha", "start_line", "end_line"]).to_pylist()
+            rows = builder.table().to_pylist()
         finally:
             chunker.close()
-        return [ChunkRow(r["chunk_key"], r["path"], r["blob_sha"], r["start_line"], r["end_line"]) for r in rows]
+        return [
+            ChunkRow(self.generation_input(r), r["path"], r["blob_sha"], r["start_line"], r["end_line"]) for r in rows
+        ]
+
+    def generation_input(self, row: dict[str, Any]) -> str:
+        """What the ledger keys of a chunk's items depend on besides templates, model and params."""
+        chunk = Chunk.from_row(row)
+        return "|".join(theme.chunk_input(chunk, kind) for theme in self.themes for kind in ("question", "answer"))
 
 
 def replay(replayer: Replayer, commits: Sequence[str], log: Any = None) -> list[CommitResult]:
@@ -181,7 +224,7 @@ def replay(replayer: Replayer, commits: Sequence[str], log: Any = None) -> list[
             files_changed=len(changes),
             chunks=len(rows),
             needing_generation=len(fresh),
-            touched_by_diff=touched(rows, changes),
+            touched_by_diff=touched(rows, changes, previous),
             per_file=sum(1 for row in rows if (row.path, row.blob_sha) not in old_blobs),
         )
         results.append(result)
@@ -225,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", default="HEAD", help="replay the history ending at this commit")
     parser.add_argument("--budget", type=int, default=None, help="chunk_max_tokens (default: 512)")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the configured/embedded model's)")
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        default=SHIPPED_PROMPTS_DIR,
+        help="prompt templates whose inputs define a new chunk (default: the shipped ones)",
+    )
     parser.add_argument("--no-redact", action="store_true", help="skip secret redaction (the assets always redact)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -238,9 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     commits = replay_commits(repo, args.commits, args.head)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        replayer = Replayer(
-            repo, processing, find_tokenizer(args.tokenizer), Path(tmp) / "state.db", redact=not args.no_redact
-        )
+        tokenizer = find_tokenizer(args.tokenizer)
+        db = Path(tmp) / "state.db"
+        replayer = Replayer(repo, processing, tokenizer, db, redact=not args.no_redact, prompts_dir=args.prompts)
         results = replay(replayer, commits, None if args.json else lambda r: print(_line(r), flush=True))
     summary = {
         "repo": str(repo),

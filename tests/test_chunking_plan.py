@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cicdllm_assets.chunking.plan import IMPORTS_MAX_TOKENS, FilePlan, plan_file
+from cicdllm_assets.chunking.plan import IMPORTS_MAX_TOKENS, FilePlan, margin_for, plan_file
 from cicdllm_assets.chunking.tokenizer import TokenCounter
 from tests.discovery_helpers import train_tokenizer
 
@@ -52,9 +52,10 @@ def test_5000_line_function_is_split_by_lines_within_budget(counter: TokenCounte
     assert result.chunks[0].symbol in {"", "enormous"}
     assert {c.symbol for c in result.chunks[1:]} == {"enormous"}
     assert result.chunks[-1].end_line == text.count("\n")
-    # no tiny pieces in the middle: a range over the budget is cut with a third of it or
-    # half a budget on each side (content-defined cuts trade some fill for stable chunks)
-    assert min(c.token_count for c in result.chunks[1:-1]) > budget // 3
+    # no needless small pieces: any two neighbouring chunks together exceed the budget (a cut
+    # is only kept when the ranges it separates do not fit together)
+    effective = budget - margin_for(budget)
+    assert all(a.token_count + b.token_count > effective - 2 for a, b in pairwise(result.chunks))
 
 
 @pytest.mark.parametrize("language", ["python", "text", "javascript"])

@@ -14,6 +14,7 @@ import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 from tokenizers import Encoding
@@ -344,12 +345,6 @@ class _CutKeys:
         self.starts = sorted(self.boundary)
         self.memo: dict[int, int] = {}
 
-    def best(self, first: int, last: int) -> int:
-        """The best cut in lines [first, last] (statement boundaries beat any other line)."""
-        lo, hi = bisect_left(self.starts, first), bisect_right(self.starts, last)
-        candidates = self.starts[lo:hi] if lo < hi else range(first, last + 1)
-        return max(candidates, key=self)
-
     def score(self, c: int) -> int:
         """The syntactic class of a cut before line ``c``."""
         cls = self.boundary.get(c)
@@ -373,38 +368,37 @@ class _CutKeys:
 def _split(lines: _Lines, a: int, b: int, budget: int, keys: _CutKeys) -> list[tuple[int, int]]:
     """Cut lines [a, b) into ranges of at most ``budget`` tokens, with content-defined cuts.
 
-    A range over the budget is cut once, at its best cut by :class:`_CutKeys` (syntax first,
-    then a fair share of tokens on each side, then content), and both halves are cut again. Whether a
-    cut is eligible depends only on the tokens between it and the range's edge (or, for a
-    range of under two budgets, on that small range), so an edit moves at most the cuts
-    near it: its neighbours keep their chunks (incremental generation relies on this). A
-    range of one line may still exceed the budget (split later by tokens).
+    Every line starts as its own range; cuts are then removed from the worst to the best by
+    :class:`_CutKeys` (inside statements first, statement boundaries last; among equals by
+    content hash), each one only if the two ranges it separates fit the budget together. A
+    decision depends on the content and sizes of the ranges around the cut, never on what
+    lies far before it, so an edit moves at most the cuts near it: its neighbours keep their
+    chunks (incremental generation relies on this). A range of one line may still exceed
+    the budget (split later by tokens).
     """
+    starts = keys.starts
+    # lines inside a statement that fits the budget whole never end up apart: skip their cuts
+    cuts: list[int] = []
+    bounds = [c for c in starts if a < c < b]
+    edges = [a, *bounds, b]
+    for lo, hi in pairwise(edges):
+        if lines.tokens(lo, hi) > budget:
+            cuts.extend(range(lo + 1, hi))
+    cuts.extend(bounds)
+    cuts.sort(key=keys)
+    active = sorted(set(edges) | set(cuts))
+    prev = dict(pairwise(active[::-1]))
+    succ = dict(pairwise(active))
+    for c in cuts:
+        lo, hi = prev[c], succ[c]
+        if lines.tokens(lo, hi) <= budget:
+            succ[lo], prev[hi] = hi, lo
+            del succ[c], prev[c]
     out: list[tuple[int, int]] = []
-    tok = lines.tok
-    stack = [(a, b)]
-    while stack:
-        lo_line, hi_line = stack.pop()
-        if hi_line - lo_line <= 1 or lines.tokens(lo_line, hi_line) <= budget:
-            out.append((lo_line, hi_line))
-            continue
-        total = lines.tokens(lo_line, hi_line)
-        # The best class of cut wins; among cuts of that class, the fairest share wins: half
-        # a budget on each side, else (for a range under two budgets, whose cuts are all
-        # local anyway) a third of it, else an eighth of a budget, else one line.
-        best, best_order = lo_line + 1, (-1, 0, 0)
-        for tier, side in enumerate((budget // 2, total // 3, budget // 8, 0)):
-            first = max(tok.bisect(tok[lo_line] + side - 1, lo_line + 1, hi_line), lo_line + 1) if side else lo_line + 1
-            last = min(tok.bisect(tok[hi_line] - side, lo_line + 1, hi_line) - 1, hi_line - 1) if side else hi_line - 1
-            if first > last:
-                continue
-            cut = keys.best(first, last)
-            key = keys(cut)
-            order = (key >> 32, -tier, key & 0xFFFFFFFF)
-            if order > best_order:
-                best, best_order = cut, order
-        stack.append((best, hi_line))
-        stack.append((lo_line, best))
+    c = a
+    while c < b:
+        out.append((c, succ[c]))
+        c = succ[c]
     return out
 
 
