@@ -34,6 +34,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from benchmarks.discovery import find_tokenizer
 from cicdllm_assets.chunking.build import build_chunks, kept_in_chunk_order
 from cicdllm_assets.chunking.cache import PlanCache

@@ -431,6 +431,23 @@ def _symbols_in(lines: _Lines, a: int, b: int, segments: list[_Segment], keys: _
     return names
 
 
+_HEADING_RE = re.compile(r"^(?:#{1,6}[ \t]|```|~~~)", re.MULTILINE)
+
+
+def _markdown_sections(lines: _Lines) -> list[_Segment]:
+    """Markdown split at headings outside code fences: a section that fits is never cut."""
+    starts = [0]
+    fenced = False
+    for match in _HEADING_RE.finditer(lines.text):
+        if match.group(0).startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced:
+            line = bisect_right(lines.starts, match.start()) - 1
+            if line > starts[-1]:
+                starts.append(line)
+    return [_Segment(a, b, "") for a, b in pairwise([*starts, lines.count])]
+
+
 def _symbol_name(symbols: list[str]) -> str:
     names = [s for s in symbols if s]
     if len(names) > MAX_SYMBOLS_IN_NAME:
@@ -496,7 +513,7 @@ def plan_file(
     if language == "python":
         segments, import_ranges = _python_plan(lines, effective, prepared)
     if segments is None:
-        segments = [_Segment(0, n, "")]
+        segments = _markdown_sections(lines) if language == "markdown" else [_Segment(0, n, "")]
         import_ranges = [
             (bisect_right(lines.starts, m.start()) - 1, bisect_right(lines.starts, m.start()))
             for m in _IMPORT_RE.finditer(text[: min(len(text), 20000)])
