@@ -90,8 +90,8 @@ def _function(i: int) -> str:
 
 
 REPORT = "def report(rows):\n" + "".join(
-    f"    line_{k} = json.dumps({{'row': rows[{k}], 'index': {k}, 'label': 'entry {k}'}})\n" for k in range(7)
-) + "    return [line_0, line_1, line_2, line_3, line_4, line_5, line_6]\n\n\n"
+    f"    line_{k} = json.dumps({{'row': rows[{k}], 'index': {k}, 'label': 'entry {k}'}})\n" for k in range(6)
+) + "    return [line_0, line_1, line_2, line_3, line_4, line_5]\n\n\n"
 HEAD = "import json\nimport os\n\n\n"
 
 
@@ -113,7 +113,7 @@ def test_an_edit_regenerates_only_its_chunk_and_moved_code_is_reused(
     functions.insert(9, REPORT)
     repo = make_git_repo("stats", {"stats/core.py": _module(functions), "README.md": "# stats\n"})
     with FaultServer(capacity=4) as server:
-        settings, key, instance = chain_project(project, repo.path, server.base_url, tiny_model_dir, 128)
+        settings, key, instance = chain_project(project, repo.path, server.base_url, tiny_model_dir, 512)
         _run_chain(key, instance)
         chunks = read_table(settings, "code_chunks", key).to_pylist()
         core = [c for c in chunks if c["path"] == "stats/core.py"]
