@@ -199,27 +199,15 @@ def make_scripted_model_dir(path: Path, reply: str = SCRIPTED_REPLY) -> Path:
 STARTUP_DEADLINE_SECONDS = 180.0
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def serve_mlx_model(model: str, workdir: Path, hf_home: Path | None = None, max_tokens: int = 16) -> Iterator[str]:
     """Run ``mlx_lm.server --model MODEL`` on a free loopback port (offline, HF cache at ``hf_home``
     or an empty one in ``workdir``); yield its /v1 URL once it answers; always terminate it."""
     import os
-    import subprocess
     import sys
-    import time
 
-    import httpx
+    from tests.openai_helpers import free_port, running_server
 
-    port = free_port()
     home = hf_home or workdir / "server-hf"
     (home / "hub").mkdir(parents=True, exist_ok=True)
     env = {
@@ -229,48 +217,7 @@ def serve_mlx_model(model: str, workdir: Path, hf_home: Path | None = None, max_
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
-    log_path = workdir / f"mlx_server_{port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlx_lm.server",
-                "--model",
-                model,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--max-tokens",
-                str(max_tokens),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlx_lm.server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"mlx_lm.server did not answer within {STARTUP_DEADLINE_SECONDS:g}s:\n"
-                    f"{log_path.read_text()[-3000:]}"
-                )
-            time.sleep(0.25)
-        yield base_url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    command = [sys.executable, "-m", "mlx_lm.server", "--model", model, "--max-tokens", str(max_tokens)]
+    port = free_port()
+    with running_server(command, port, workdir / f"mlx_server_{port}.log", env, STARTUP_DEADLINE_SECONDS) as url:
+        yield url

@@ -64,7 +64,9 @@ def test_backend_against_real_mlx_lm_server(mlx_server: str, tiny_model_dir: Pat
 
 @pytest.mark.slow
 def test_embedded_alias_uses_the_servers_default_model(
-    mlx_server: str, tiny_model_dir: Path, project: Path  # noqa: F811
+    mlx_server: str,
+    tiny_model_dir: Path,  # noqa: F811
+    project: Path,
 ) -> None:
     (project / "cicdllm.yaml").write_text(
         "storage:\n  data_dir: data\n  dagster_home: dagster_home\n"

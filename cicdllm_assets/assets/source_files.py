@@ -8,11 +8,12 @@ from typing import Any
 import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, asset
 
+from cicdllm_assets.assets._conventions import OWNERS, table_definition_metadata
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
 from cicdllm_assets.chunking.runtime import step_chunker
 from cicdllm_assets.discovery.discover import SKIPPED, Discovery, SourceFile, no_files_kept_warning
 from cicdllm_assets.discovery.git_objects import GitError
-from cicdllm_assets.discovery.table import source_files_table
+from cicdllm_assets.discovery.table import SOURCE_FILES_SCHEMA, source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
 from cicdllm_assets.failures import stage_failures_recorded
 from cicdllm_assets.partitions import repos_partitions
@@ -52,6 +53,8 @@ def _skip_preview(files: list[SourceFile], limit: int = 25) -> str:
     group_name="ingest",
     code_version=CODE_VERSION,
     kinds={"git", "parquet"},
+    owners=OWNERS,
+    metadata=table_definition_metadata(SOURCE_FILES_SCHEMA),
     description="Files tracked at the head commit: language, encoding, tokens; skipped files keep their reason.",
 )
 def source_files(

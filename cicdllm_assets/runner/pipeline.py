@@ -101,7 +101,7 @@ def _latest_materialization(instance: DagsterInstance, key: AssetKey, partition:
 
 def _rows_of(materialization: object | None) -> int | None:
     metadata = getattr(materialization, "metadata", None) or {}
-    entry = metadata.get("rows")
+    entry = metadata.get("dagster/partition_row_count") or metadata.get("dagster/row_count")
     value = getattr(entry, "value", entry)
     return int(value) if isinstance(value, int | float) else None
 

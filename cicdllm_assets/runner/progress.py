@@ -22,6 +22,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
 from cicdllm_assets.storage.state import StageProgress, StateStore
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,17 @@ def read_progress(state_db: Path, since: float) -> list[StageProgress]:
     return [row for row in rows if row.updated_at >= since]
 
 
+def read_loads(state_db: Path) -> dict[tuple[str, str], LLMLoad]:
+    """The model server's load per (repo, stage) as the generation stages last saw it."""
+    if not state_db.exists():
+        return {}
+    try:
+        return read_llm_load(StateStore(state_db).connection())
+    except sqlite3.Error as exc:
+        logger.debug("llm load read failed: %s", exc)
+        return {}
+
+
 def _elapsed(row: StageProgress, now: float) -> float:
     end = now if row.status == "running" else row.updated_at
     return max(0.0, end - row.started_at)
@@ -52,15 +64,22 @@ def _speed(row: StageProgress, now: float) -> str:
     return f"{row.done / elapsed:.1f} {row.unit}/s" if row.done and elapsed > 0 else ""
 
 
-COLUMNS = ("repo", "run", "stage", "done/total", "failed", "speed", "elapsed", "status")
+COLUMNS = ("repo", "run", "stage", "done/total", "failed", "speed", "elapsed", "llm", "status")
 _RIGHT = frozenset({"done/total", "failed", "speed", "elapsed"})
 
 
-def render_progress(rows: list[StageProgress], runs: dict[str, str], now: float | None = None) -> Table:
+def render_progress(
+    rows: list[StageProgress],
+    runs: dict[str, str],
+    now: float | None = None,
+    loads: dict[tuple[str, str], LLMLoad] | None = None,
+) -> Table:
     """One line per repo and stage: done/total, failures, speed (units per second), elapsed
-    time, status; plus the run state per repo."""
+    time, the model server's concurrency limit and latency (generation stages), status; plus
+    the run state per repo."""
     current = time.time() if now is None else now
     table = Table(title="cicdllm run", expand=False)
+    loads = loads or {}
     for column in COLUMNS:
         table.add_column(column, justify="right" if column in _RIGHT else "left")
     by_repo: dict[str, list[StageProgress]] = {}
@@ -81,6 +100,7 @@ def render_progress(rows: list[StageProgress], runs: dict[str, str], now: float 
                 str(row.failed) if row.failed else "",
                 _speed(row, current),
                 f"{_elapsed(row, current):.1f}s",
+                load.label if (load := loads.get((row.repo, row.stage))) else "",
                 Text(row.status, style=style),
             )
     return table
@@ -109,7 +129,7 @@ class ProgressDisplay:
     def _renderable(self) -> Group:
         with self._lock:
             runs = dict(self.runs)
-        return Group(render_progress(read_progress(self.state_db, self.since), runs))
+        return Group(render_progress(read_progress(self.state_db, self.since), runs, loads=read_loads(self.state_db)))
 
     def _poll(self) -> None:
         while not self._stop.wait(self.refresh_seconds):
