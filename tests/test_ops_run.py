@@ -219,6 +219,8 @@ def test_per_repo_include_and_a_repo_with_no_kept_files(ingest_project: Path, ma
     by_repo = {repo["repo"]: repo for repo in json.loads(status.stdout)["repos"]}
     assert by_repo["local-alpha"]["warnings"] == []
     assert by_repo["local-beta"]["warnings"][0].startswith("0 of 2 files kept")
+    once = CliRunner().invoke(cli, ["status", "--once", "--no-runs"], catch_exceptions=False)
+    assert "warning: local-beta: 0 of 2 files kept" in " ".join(once.output.split())
 
     table = CliRunner().invoke(cli, ["run", "--select", "repositories,source_files"], catch_exceptions=False)
     assert "warning: local-beta: source_files: 0 of 2 files kept" in " ".join(table.output.split())
