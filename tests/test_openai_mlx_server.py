@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cicdllm_assets.config import load_settings
@@ -19,20 +15,14 @@ from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
 from cicdllm_assets.resources.llm.openai_backend import DEFAULT_CONTEXT_WINDOW, OpenAIBackend, OpenAIBackendConfig
 from cicdllm_assets.resources.llm.tokenizer_counter import TokenCounter
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
+from tests.openai_helpers import free_port, running_server
 
 STARTUP_DEADLINE_SECONDS = 180.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def mlx_server(tiny_model_dir: Path, tmp_path: Path) -> Iterator[str]:  # noqa: F811
     """Start mlx_lm.server on a free loopback port; yield its /v1 URL; always terminate it."""
-    port = _free_port()
     hub = tmp_path / "hf" / "hub"
     hub.mkdir(parents=True)
     env = {
@@ -42,36 +32,9 @@ def mlx_server(tiny_model_dir: Path, tmp_path: Path) -> Iterator[str]:  # noqa: 
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
-    log_path = tmp_path / "mlx_server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlx_lm.server", "--model", str(tiny_model_dir),
-             "--host", "127.0.0.1", "--port", str(port), "--max-tokens", "16"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlx_lm.server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlx_lm.server did not answer within {STARTUP_DEADLINE_SECONDS:g}s:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield base_url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    command = [sys.executable, "-m", "mlx_lm.server", "--model", str(tiny_model_dir), "--max-tokens", "16"]
+    with running_server(command, free_port(), tmp_path / "mlx_server.log", env, STARTUP_DEADLINE_SECONDS) as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -158,8 +158,17 @@ class OpenAIConfig(StrictModel):
     )
     api_key: SecretStr | None = Field(None, description="bearer token (prefer api_key_env)")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="env var read when api_key unset")
-    max_concurrency: int = Field(8, ge=1, le=1024, description="requests in flight at once")
-    timeout_seconds: float = Field(120.0, gt=0, description="per-request timeout")
+    max_concurrency: int = Field(8, ge=1, le=1024, description="most requests in flight at once")
+    adaptive_concurrency: bool = Field(
+        True, description="start at 1 in flight and follow the server's latency up to max_concurrency"
+    )
+    timeout_seconds: float = Field(
+        120.0, gt=0, description="silence timeout: no token for this long abandons a request (never its length)"
+    )
+    connect_timeout_seconds: float = Field(10.0, gt=0, description="time to open a connection to the server")
+    seed: Literal["auto", "always", "never"] = Field(
+        "auto", description="send generation.seed: auto = only to servers that batch seeded requests"
+    )
     max_retries: int = Field(5, ge=0, le=50, description="retries of a failed request (backoff + jitter)")
     backoff_base_seconds: float = Field(0.5, gt=0, description="first retry delay")
     backoff_max_seconds: float = Field(30.0, gt=0, description="longest retry delay (also caps Retry-After)")

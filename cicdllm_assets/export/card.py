@@ -101,6 +101,20 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def blocked_requests(settings: Settings) -> int:
+    """Generation items the secret gate refused to send (ledger rows failed with ``secret``)."""
+    from cicdllm_assets.generation.ledger import Ledger
+    from cicdllm_assets.storage.state import StateStore
+
+    if not settings.state_db.exists():
+        return 0
+    state = StateStore(settings.state_db)
+    try:
+        return Ledger(state).failure_counts().get("secret", 0)
+    finally:
+        state.close()
+
+
 def render_card(result: DatasetResult, formats: list[str], settings: Settings) -> str:
     """Markdown describing counts, provenance, filters, licences and formats of an export."""
     cfg = settings.config
@@ -168,6 +182,11 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
         f"secret replaced by `[REDACTED:<type>]`. Redacted at export: {total}"
         + (" (" + ", ".join(f"{k}: {v}" for k, v in result.redactions.items()) + ")" if total else "")
         + ".\n"
+    )
+    blocked = blocked_requests(settings)
+    parts.append(
+        "Every rendered request is scanned once more just before it is sent to the model; a request "
+        f"that still holds a secret is never sent (failure category `secret`). Blocked items: {blocked}.\n"
     )
 
     parts.append("\n## Splits\n\n")

@@ -19,6 +19,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
 from cicdllm_assets.storage.state import StageProgress, StateStore
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,17 @@ def read_progress(state_db: Path, since: float) -> list[StageProgress]:
     return [row for row in rows if row.updated_at >= since]
 
 
+def read_loads(state_db: Path) -> dict[tuple[str, str], LLMLoad]:
+    """The model server's load per (repo, stage) as the generation stages last saw it."""
+    if not state_db.exists():
+        return {}
+    try:
+        return read_llm_load(StateStore(state_db).connection())
+    except sqlite3.Error as exc:
+        logger.debug("llm load read failed: %s", exc)
+        return {}
+
+
 def _rate(row: StageProgress, now: float) -> str:
     """Items per second while running, elapsed seconds once finished."""
     end = now if row.status == "running" else row.updated_at
@@ -47,12 +59,18 @@ def _rate(row: StageProgress, now: float) -> str:
     return f"{elapsed:.1f}s"
 
 
-def render_progress(rows: list[StageProgress], runs: dict[str, str], now: float | None = None) -> Table:
-    """One line per repo and stage: done/total, failures, rate or time, status; plus the
-    run state per repo."""
+def render_progress(
+    rows: list[StageProgress],
+    runs: dict[str, str],
+    now: float | None = None,
+    loads: dict[tuple[str, str], LLMLoad] | None = None,
+) -> Table:
+    """One line per repo and stage: done/total, failures, rate or time, the model server's
+    concurrency limit and latency (generation stages), status; plus the run state per repo."""
     current = time.time() if now is None else now
     table = Table(title="cicdllm run", expand=False)
-    for column in ("repo", "run", "stage", "progress", "failed", "rate", "status"):
+    loads = loads or {}
+    for column in ("repo", "run", "stage", "progress", "failed", "rate", "llm", "status"):
         table.add_column(column, justify="right" if column in ("progress", "failed", "rate") else "left")
     by_repo: dict[str, list[StageProgress]] = {}
     for row in rows:
@@ -60,7 +78,7 @@ def render_progress(rows: list[StageProgress], runs: dict[str, str], now: float 
     for repo, state in runs.items():
         stages = by_repo.pop(repo, [])
         if not stages:
-            table.add_row(repo, state, "", "", "", "", "")
+            table.add_row(repo, state, "", "", "", "", "", "")
         for i, row in enumerate(stages):
             total = f"{row.done}/{row.total} {row.unit}" if row.total else f"{row.done} {row.unit}"
             style = _STATUS_STYLE.get(row.status, "")
@@ -71,6 +89,7 @@ def render_progress(rows: list[StageProgress], runs: dict[str, str], now: float 
                 total,
                 str(row.failed) if row.failed else "",
                 _rate(row, current),
+                load.label if (load := loads.get((row.repo, row.stage))) else "",
                 Text(row.status, style=style),
             )
     return table
@@ -98,7 +117,9 @@ class ProgressDisplay:
     def _renderable(self) -> Group:
         with self._lock:
             runs = dict(self.runs)
-        return Group(render_progress(read_progress(self.state_db, self.since), runs))
+        return Group(
+            render_progress(read_progress(self.state_db, self.since), runs, loads=read_loads(self.state_db))
+        )
 
     def _poll(self) -> None:
         while not self._stop.wait(self.refresh_seconds):

@@ -32,6 +32,7 @@ import psutil
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.performance.battery import BatteryReader, BatteryStatus, battery_status
+from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
 
 _logger = logging.getLogger(__name__)
 
@@ -179,6 +180,8 @@ class Status:
     tokens_per_second: float | None = None
     errors: list[str] = field(default_factory=list)
     run_failures: list[FailureInfo] = field(default_factory=list)
+    llm_load: list[LLMLoad] = field(default_factory=list)
+    """The model server's concurrency limit and latency per running generation stage."""
 
     def totals(self) -> dict[str, int]:
         """Sums of the per-repo counters."""
@@ -223,6 +226,7 @@ class Status:
             "run_failures": [asdict(item) for item in self.run_failures],
             "resources": resources,
             "tokens_per_second": self.tokens_per_second,
+            "llm_load": [asdict(load) for load in self.llm_load],
             "errors": self.errors,
         }
 
@@ -695,6 +699,7 @@ def collect_status(
     events: list[EventInfo] = []
     heads: dict[str, str | None] = {}
     tokens_per_second: float | None = None
+    llm_load: list[LLMLoad] = []
     con: sqlite3.Connection | None = None
     try:
         con = open_state_readonly(settings.state_db)
@@ -704,6 +709,8 @@ def collect_status(
             events = read_events(con, ui.log_tail_lines)
             heads = read_repo_info(con)
             tokens_per_second = read_tokens_per_second(con, 300.0, now)
+            running = {(s.repo, s.stage) for s in stages if s.status == "running"}
+            llm_load = [load for key, load in sorted(read_llm_load(con).items()) if key in running]
     except sqlite3.Error as exc:
         errors.append(f"state store: {exc}")
 
@@ -764,4 +771,5 @@ def collect_status(
         resources=resources,
         tokens_per_second=tokens_per_second,
         errors=errors,
+        llm_load=llm_load,
     )

@@ -190,6 +190,8 @@ def resources_table(status: Status) -> RenderableType:
     table.add_row("Battery", battery)
     tokens = "-" if status.tokens_per_second is None else f"{status.tokens_per_second:,.1f} tokens/s"
     table.add_row("Generation", tokens)
+    for load in status.llm_load:
+        table.add_row("Model server", f"{load.label} ({load.server}; {load.repo} {load.stage})")
     totals = status.totals()
     table.add_row(
         "Totals",
