@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,27 +12,14 @@ from cicdllm_assets.models.paths import EMBEDDED_MODEL_NAME
 from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
 from cicdllm_assets.resources.llm.openai_backend import DEFAULT_CONTEXT_WINDOW, OpenAIBackend, OpenAIBackendConfig
 from cicdllm_assets.resources.llm.tokenizer_counter import TokenCounter
-from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
-from tests.openai_helpers import free_port, running_server
-
-STARTUP_DEADLINE_SECONDS = 180.0
+from tests.llm_fixtures import serve_mlx_model, tiny_model_dir  # noqa: F401 - session fixture
 
 
 @pytest.fixture
 def mlx_server(tiny_model_dir: Path, tmp_path: Path) -> Iterator[str]:  # noqa: F811
-    """Start mlx_lm.server on a free loopback port; yield its /v1 URL; always terminate it."""
-    hub = tmp_path / "hf" / "hub"
-    hub.mkdir(parents=True)
-    env = {
-        **os.environ,
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_HUB_CACHE": str(hub),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-    command = [sys.executable, "-m", "mlx_lm.server", "--model", str(tiny_model_dir), "--max-tokens", "16"]
-    with running_server(command, free_port(), tmp_path / "mlx_server.log", env, STARTUP_DEADLINE_SECONDS) as url:
-        yield url
+    """mlx_lm.server on a free loopback port serving the tiny model; yields its /v1 URL."""
+    with serve_mlx_model(str(tiny_model_dir), tmp_path) as base_url:
+        yield base_url
 
 
 @pytest.mark.slow
@@ -79,7 +64,9 @@ def test_backend_against_real_mlx_lm_server(mlx_server: str, tiny_model_dir: Pat
 
 @pytest.mark.slow
 def test_embedded_alias_uses_the_servers_default_model(
-    mlx_server: str, tiny_model_dir: Path, project: Path  # noqa: F811
+    mlx_server: str,
+    tiny_model_dir: Path,  # noqa: F811
+    project: Path,
 ) -> None:
     (project / "cicdllm.yaml").write_text(
         "storage:\n  data_dir: data\n  dagster_home: dagster_home\n"

@@ -31,6 +31,7 @@ import duckdb
 import psutil
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.discovery.discover import no_files_kept_warning
 from cicdllm_assets.performance.battery import BatteryReader, BatteryStatus, battery_status
 from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
 
@@ -148,6 +149,7 @@ class RepoStatus:
     failures_by_category: dict[str, int] = field(default_factory=dict)
     last_run: RunInfo | None = None
     stages: list[StageStatus] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -744,6 +746,9 @@ def collect_status(
         repo.failures = sum(repo.failures_by_category.values())
         repo.last_run = last_runs.get(name)
         repo.stages = [s for s in stages if s.repo == name]
+        discovered = any(s.stage == "source_files" and s.status == "done" for s in repo.stages)
+        if discovered and repo.files_kept == 0:
+            repo.warnings.append(no_files_kept_warning(repo.files_skipped))
         repos.append(repo)
 
     categories: dict[str, int] = {}

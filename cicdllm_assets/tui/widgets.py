@@ -78,7 +78,7 @@ class StaticPanel(Static):
 
 REPO_COLUMNS = (
     "Repo", "Head", "Size", "Kept", "Skipped", "Chunks", "Questions", "Answers", "Accepted",
-    "Failures", "Last run", "Run status",
+    "Failures", "Last run", "Run status", "Warning",
 )
 
 
@@ -112,6 +112,7 @@ class ReposTable(DataTable[RenderableType]):
                 failures,
                 clock(run.created_at) if run else "-",
                 styled_status(run.status if run else None),
+                Text("; ".join(repo.warnings), style="yellow") if repo.warnings else "",
                 key=repo.repo,
             )
         if self.row_count:

@@ -62,7 +62,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from cicdllm_assets.config import Settings
-from cicdllm_assets.models.paths import EMBEDDED_ALIAS, EMBEDDED_MODEL_NAME, resolve_tokenizer_path
+from cicdllm_assets.models.paths import EMBEDDED_ALIAS, EMBEDDED_MODEL_NAME, resolve_tokenizer
 from cicdllm_assets.resources.llm.base import (
     ChatMessage,
     CircuitOpenError,
@@ -428,6 +428,8 @@ class OpenAIBackend:
         self.config = config
         self._settings = settings
         self._counter = token_counter
+        self.approximate_counts = False
+        """True when prompt counts use the embedded tokenizer as an approximation (no tokenizer found)."""
         self._counter_lock = threading.Lock()
         self._loop_thread: _LoopThread | None = None
         self._loop_lock = threading.Lock()
@@ -548,7 +550,8 @@ class OpenAIBackend:
                             "no tokenizer for token counting: set llm.openai.tokenizer to the served "
                             "model's tokenizer.json"
                         )
-                    path = resolve_tokenizer_path(self._settings)
+                    choice = resolve_tokenizer(self._settings)
+                    path, self.approximate_counts = choice.path, choice.approximate
                 self._counter = load_token_counter(str(path))
             return self._counter
 
