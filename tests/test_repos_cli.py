@@ -120,3 +120,12 @@ def test_remove_by_key_or_spec_keeps_comments(project: Path) -> None:
     assert repos_txt.read_text(encoding="utf-8") == "# header\n\n# footer\n"
     missing = invoke("remove", "github.com-a-b")
     assert missing.exit_code == 2 and "no entry" in missing.output
+
+
+def test_add_local_path_with_spaces_writes_it_quoted(project: Path, make_git_repo) -> None:
+    repo = make_git_repo("my repo")
+    result = invoke("add", str(repo.path))
+    assert result.exit_code == 0, result.output
+    assert (project / "repos.txt").read_text(encoding="utf-8") == f'"{repo.path}"\n'
+    rows = json.loads(invoke("list", "--json").output)
+    assert [(row["key"], row["url"]) for row in rows] == [("local-my-repo", str(repo.path))]

@@ -79,6 +79,8 @@ def add_cmd(spec: str) -> None:
     entry_text = spec.strip()
     if not entry_text or entry_text.startswith("#") or "\n" in entry_text or "\r" in entry_text:
         fail_usage(f"not a repository entry: {redact_credentials(spec)!r}")
+    if any(ch.isspace() for ch in entry_text) and entry_text[0] not in "'\"" and '"' not in entry_text:
+        entry_text = f'"{entry_text}"'  # a local path with spaces is written quoted
     separator = "" if not current or current.endswith("\n") else "\n"
     updated = f"{current}{separator}{entry_text}\n"
     line_no = updated.count("\n")

@@ -564,9 +564,12 @@ def _dagster_instance(dagster_home: Path) -> Any | None:
         from dagster import DagsterInstance
 
         dagster_logger = logging.getLogger("dagster")
+        from cicdllm_assets.runner.instance import instance_lock
+
         dagster_logger.addFilter(_no_missing_yaml_warning)
         try:
-            instance = DagsterInstance.from_config(key)
+            with instance_lock(dagster_home):  # never read a storage another process is migrating
+                instance = DagsterInstance.from_config(key)
         finally:
             dagster_logger.removeFilter(_no_missing_yaml_warning)
         _instances[key] = instance
