@@ -14,7 +14,8 @@ from cicdllm_assets.storage.state import StateStore
 STAGE = "qa_pairs"
 
 
-def _data_version(table: pa.Table) -> str:
+def pairs_data_version(table: pa.Table) -> str:
+    """A content version of qa_pairs rows: hash of the sorted (answer id, accepted) pairs."""
     ids = table.column("answer_id").to_pylist()
     flags = table.column("accepted").to_pylist()
     payload = "\n".join(sorted(f"{i}:{int(bool(f))}" for i, f in zip(ids, flags, strict=True)))
@@ -65,7 +66,7 @@ def qa_pairs(context: AssetExecutionContext, answers: pa.Table, code_chunks: pa.
         **{f"rejected_{reason}": MetadataValue.int(count) for reason, count in result.rejections.items()},
         "rejected_preview": MetadataValue.md(_preview_md(preview_rows)),
     }
-    return Output(table, data_version=DataVersion(_data_version(table)), metadata=metadata)
+    return Output(table, data_version=DataVersion(pairs_data_version(table)), metadata=metadata)
 
 
 def _preview_md(table: pa.Table) -> str:

@@ -2,8 +2,9 @@
 
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
+from cicdllm_assets.assets.qa_pairs import pairs_data_version
 from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
 from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.storage.state import StateStore
@@ -65,7 +66,9 @@ def training_dataset(context: AssetExecutionContext, qa_pairs: pa.Table) -> Outp
         "dataset_card": MetadataValue.path(str(result.card_path)),
         "summary": MetadataValue.md(_summary_md(summary)),
     }
-    return Output(summary, metadata=metadata)
+    # The pairs it was built from and what was exported: a new or changed pair is a new version.
+    version = f"{pairs_data_version(qa_pairs)}-{result.exported_pairs}"
+    return Output(summary, data_version=DataVersion(version), metadata=metadata)
 
 
 def _summary_md(summary: pa.Table) -> str:
