@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
@@ -50,6 +49,7 @@ from dagster._core.utils import make_new_run_id
 from cicdllm_assets.automation.jobs import dataset_job, main_job
 from cicdllm_assets.config import Settings
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
+from cicdllm_assets.runner.liveness import HOST_TAG, PID_TAG, TRIGGER_TAG, dead_process
 from cicdllm_assets.runner.outcome import RunSummary, StepOutcome
 from cicdllm_assets.runner.selection import PlannedSelection
 from cicdllm_assets.storage.state import StateStore
@@ -61,9 +61,6 @@ DATA_VERSION_IS_USER_PROVIDED_TAG = "dagster/data_version_is_user_provided"
 HEAD_ASSET = AssetKey("repositories")
 MAX_REASON_CHARS = 2000
 
-TRIGGER_TAG = "cicdllm/trigger"
-PID_TAG = "cicdllm/pid"
-HOST_TAG = "cicdllm/host"
 _LIVE_STATUSES = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED]
 
 StepCallback = Callable[[str, str], None]
@@ -206,14 +203,10 @@ def _classify(outcome: StepOutcome, before: _Snapshot, after: _Snapshot) -> None
 
 def reap_orphaned_runs(instance: DagsterInstance) -> list[str]:
     """Mark failed the CLI runs on this host still ``STARTED`` whose process is gone."""
-    host = socket.gethostname()
     reaped: list[str] = []
     for run in instance.get_runs(RunsFilter(statuses=_LIVE_STATUSES, tags={TRIGGER_TAG: "cli"})):
-        pid_text = run.tags.get(PID_TAG, "")
-        if run.tags.get(HOST_TAG) != host or not pid_text.isdigit():
-            continue
-        pid = int(pid_text)
-        if pid == os.getpid() or psutil.pid_exists(pid):
+        pid = dead_process(run.tags)
+        if pid is None:
             continue
         instance.report_run_failed(run, f"the cicdllm process that ran it (pid {pid}) is gone")
         reaped.append(run.run_id)
