@@ -20,9 +20,9 @@ import sys
 import time
 from typing import Any, Literal
 
+from benchmarks.fault_server import FaultServer, FaultServerProcess
 from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
 from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
-from cicdllm_assets.testing.fault_server import FaultServer, FaultServerProcess
 
 TARGET_RATIO = 0.9
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, materialize
 
-from cicdllm_assets.testing.fault_server import FaultServer
+from benchmarks.fault_server import FaultServer
 from tests.export_fixtures import CHECKS
 from tests.generation_support import SAMPLE_FILES, chain_assets, chain_project, chain_resources
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
+from benchmarks.fault_server import Fault, FaultServer
 from cicdllm_assets.resources.llm.base import CircuitOpenError, GenerationResult, LLMBackend
-from cicdllm_assets.testing import Fault, FaultServer
 from tests.openai_helpers import make_backend, make_request
 
 

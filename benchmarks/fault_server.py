@@ -1,4 +1,4 @@
-"""A small OpenAI-compatible HTTP server on 127.0.0.1 that can inject faults.
+"""An OpenAI-compatible HTTP server on 127.0.0.1 that injects faults (tests and benchmarks only, not in the wheel).
 
 Used by tests and benchmarks as a real server (real sockets, real HTTP/1.1 keep-alive):
 
