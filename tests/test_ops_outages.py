@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from benchmarks.fault_server import Fault, FaultServer
 from cicdllm_assets.cli.main import cli
 from cicdllm_assets.config import Settings
 from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.storage.tables import TableStore
-from cicdllm_assets.testing.fault_server import Fault, FaultServer
 from tests.generation_support import SAMPLE_FILES, openai_config
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 
