@@ -11,8 +11,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,10 +19,8 @@ from click.testing import CliRunner
 
 from benchmarks.fault_server import FaultServer
 from cicdllm_assets.cli.main import cli
-from tests.generation_support import SAMPLE_FILES, openai_config
+from tests.generation_support import SAMPLE_FILES, openai_config, spawn_cli_run
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
-
-BIN = Path(sys.executable).parent
 
 
 def _ok_answers(state_db: Path) -> int:
@@ -55,19 +51,7 @@ def test_status_after_kill_counts_the_ledger_and_shows_the_run_dead(
         )
         repo = make_git_repo("calc", SAMPLE_FILES)
         (project / "repos.txt").write_text(f"{repo.path}\n", encoding="utf-8")
-        env = {
-            **os.environ,
-            "CICDLLM_CONFIG": str(project / "cicdllm.yaml"),
-            "DAGSTER_HOME": str(project / "dagster_home"),
-        }
-        proc = subprocess.Popen(
-            [str(BIN / "cicdllm"), "run", "--json"],
-            cwd=project,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        proc = spawn_cli_run(project)
         try:
             deadline = time.monotonic() + 240
             while _ok_answers(settings.state_db) < 3:

@@ -183,6 +183,12 @@ class Outcome:
     """False for an outage (see :func:`is_outage`): recorded, but the item keeps its attempts."""
 
 
+def _conditions(filters: Mapping[str, str | None]) -> tuple[str, list[str]]:
+    """`` AND column = ?`` for each filter that is set (column names are constants), and the values."""
+    where = "".join(f" AND {column} = ?" for column, value in filters.items() if value is not None)
+    return where, [value for value in filters.values() if value is not None]
+
+
 class Ledger:
     """Reads and writes the ledger table in the StateStore's SQLite database."""
 
@@ -256,27 +262,15 @@ class Ledger:
 
     def reset_failed(self, repo: str | None = None, category: str | None = None) -> int:
         """Give failed items (of ``repo`` / ``category``; None: any) their attempts back; returns how many."""
-        sql = f"UPDATE {LEDGER_TABLE} SET attempts = 0 WHERE status != 'ok' AND attempts > 0"  # noqa: S608
-        args: list[str] = []
-        if repo is not None:
-            sql += " AND repo = ?"
-            args.append(repo)
-        if category is not None:
-            sql += " AND error_category = ?"
-            args.append(category)
+        where, args = _conditions({"repo": repo, "error_category": category})
+        sql = f"UPDATE {LEDGER_TABLE} SET attempts = 0 WHERE status != 'ok' AND attempts > 0{where}"  # noqa: S608
         with self.state.transaction() as con:
             return int(con.execute(sql, args).rowcount)
 
     def _select(self, columns: str, repo: str | None, kind: str | None, tail: str) -> list[sqlite3.Row]:
         """``SELECT columns`` of the ledger rows of ``repo`` and/or ``kind`` (None: any), then ``tail``."""
-        sql = f"SELECT {columns} FROM {LEDGER_TABLE} WHERE 1 = 1"  # noqa: S608 - constant identifiers
-        args: list[str] = []
-        if repo is not None:
-            sql += " AND repo = ?"
-            args.append(repo)
-        if kind is not None:
-            sql += " AND kind = ?"
-            args.append(kind)
+        where, args = _conditions({"repo": repo, "kind": kind})
+        sql = f"SELECT {columns} FROM {LEDGER_TABLE} WHERE 1 = 1{where}"  # noqa: S608 - constant identifiers
         con = self.state.connection()
         rows = con.execute(f"{sql} {tail}", args).fetchall()
         con.commit()  # end the implicit read transaction
