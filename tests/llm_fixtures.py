@@ -8,6 +8,7 @@ tokenizer_config.json (ChatML template, eos ``<|im_end|>``) that ``mlx_lm.load``
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +137,44 @@ def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A session-wide tiny random model directory (see :func:`make_tiny_model_dir`)."""
     yield make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+SCRIPTED_REPLY = "What does add return?"
+
+
+def make_scripted_model_dir(path: Path, reply: str = SCRIPTED_REPLY) -> Path:
+    """A tiny llama that always writes ``reply`` then ``<|im_end|>``, through the real mlx-lm path.
+
+    The layers' output projections are zero, so the last hidden state is the current token's
+    embedding and the model is a bigram table: ``lm_head`` maps each token of the generation
+    prompt's end and of ``reply`` to the next one. ``reply`` must tokenize to distinct tokens.
+    """
+    from safetensors.numpy import load_file, save_file
+    from tokenizers import Tokenizer
+
+    make_tiny_model_dir(path)
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    start = tokenizer.encode("<|im_start|>assistant\n").ids[-1]
+    chain = [start, *tokenizer.encode(reply).ids, tokenizer.token_to_id("<|im_end|>")]
+    if len(set(chain)) != len(chain):
+        raise ValueError(f"{reply!r} repeats a token; a bigram model cannot write it")
+    weights = load_file(str(path / "model.safetensors"))
+    for name in list(weights):
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[name] = np.zeros_like(weights[name])
+    embed = weights["model.embed_tokens.weight"]
+    head = np.zeros_like(embed)
+    for current, following in itertools.pairwise(chain):
+        head[following] += 20.0 * embed[current] / np.linalg.norm(embed[current])
+    weights["lm_head.weight"] = head
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "mlx"})
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    config["tie_word_embeddings"] = False
+    (path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def scripted_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A session-wide model directory that always replies :data:`SCRIPTED_REPLY`."""
+    yield make_scripted_model_dir(tmp_path_factory.mktemp("scripted-model") / "model")

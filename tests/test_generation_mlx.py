@@ -27,7 +27,7 @@ from tests.generation_support import (
     write_chunks,
 )
 from tests.generation_support import write_project_config as write_config
-from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
+from tests.llm_fixtures import SCRIPTED_REPLY, scripted_model_dir, tiny_model_dir  # noqa: F401 - session fixtures
 
 REPO = "acme-mlx"
 
@@ -52,7 +52,7 @@ def test_mlx_questions_and_answers_mechanics(project: Path, tiny_model_dir: Path
     model_id = entries[0].model_id
     assert model_id.startswith("mlx:")
     # The random model's 24 tokens of gibberish never parse (sampling is seeded: deterministic).
-    # Questions that do parse through mlx-lm are proven with SmolLM2 in test_e2e_embedded.py.
+    # Questions that parse are the scripted model's test below.
     for entry in entries:
         assert (entry.status, entry.error_category, entry.attempts) == ("failed", "parse_error", 1)
         assert entry.prompt_tokens > 0 and entry.completion_tokens > 0 and entry.output  # raw text kept
@@ -90,3 +90,34 @@ def test_mlx_questions_and_answers_mechanics(project: Path, tiny_model_dir: Path
     meta = materialization_values(result, "answers")
     assert (meta["reused"], meta["generated"], meta["failed"], meta["llm_requests"]) == (2, 0, 0, 0)
     assert {e.key: e.updated_at for e in ledger_of(settings).entries()} == before
+
+
+@pytest.mark.slow
+def test_mlx_questions_parse_answers_follow_and_a_rerun_generates_nothing(
+    project: Path, scripted_model_dir: Path  # noqa: F811
+) -> None:
+    write_config(
+        project,
+        generation={"themes": ["code_explanation"], "questions_per_chunk": 2, "question_max_tokens": 24,
+                    "answer_max_tokens": 24, "batch_size": 4, "max_chunks_per_repo": 3},
+        llm={"backend": "mlx", "model": str(scripted_model_dir)},
+    )
+    settings = load_settings()
+    write_chunks(settings, REPO, chunk_rows(REPO, SAMPLE_FILES))
+    instance = DagsterInstance.ephemeral()
+
+    result = run_generation(REPO, MLXResource(), instance=instance)
+    assert result.success
+    questions = ledger_of(settings).entries(kind="question")
+    assert [(e.status, e.parsed()) for e in questions] == [("ok", [SCRIPTED_REPLY])] * 3
+    assert read_table(settings, "questions", REPO).column("question").to_pylist() == [SCRIPTED_REPLY] * 3
+    answers = read_table(settings, "answers", REPO)
+    assert answers.column("answer").to_pylist() == [SCRIPTED_REPLY] * 3
+    assert set(answers.column("finish_reason").to_pylist()) == {"stop"}
+    assert materialization_values(result, "answers")["generated"] == 3
+
+    result = run_generation(REPO, MLXResource(), instance=instance)
+    assert result.success
+    for stage in ("questions", "answers"):
+        meta = materialization_values(result, stage)
+        assert (meta["generated"], meta["reused"], meta["llm_requests"]) == (0, 3, 0), stage
