@@ -27,7 +27,7 @@ from tests.generation_support import (
     write_chunks,
 )
 from tests.generation_support import write_project_config as write_config
-from tests.llm_fixtures import SCRIPTED_REPLY, scripted_model_dir, tiny_model_dir  # noqa: F401 - session fixtures
+from tests.llm_fixtures import SCRIPTED_REPLY, make_scripted_model_dir, tiny_model_dir  # noqa: F401 - session fixture
 
 REPO = "acme-mlx"
 
@@ -93,9 +93,8 @@ def test_mlx_questions_and_answers_mechanics(project: Path, tiny_model_dir: Path
 
 
 @pytest.mark.slow
-def test_mlx_questions_parse_answers_follow_and_a_rerun_generates_nothing(
-    project: Path, scripted_model_dir: Path  # noqa: F811
-) -> None:
+def test_mlx_questions_parse_answers_follow_and_a_rerun_generates_nothing(project: Path, tmp_path: Path) -> None:
+    scripted_model_dir = make_scripted_model_dir(tmp_path / "scripted")
     write_config(
         project,
         generation={"themes": ["code_explanation"], "questions_per_chunk": 2, "question_max_tokens": 24,

@@ -7,15 +7,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
+from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
+from cicdllm_assets.generation.runner import ANSWERS_SCHEMA
 from cicdllm_assets.partitions import repos_partitions
-from cicdllm_assets.quality.pairs import filter_pairs
+from cicdllm_assets.quality.pairs import QA_EXTRA_FIELDS, filter_pairs
 from cicdllm_assets.storage.state import StateStore
 
 STAGE = "qa_pairs"
 
 
-def pairs_data_version(table: pa.Table) -> str:
-    """A content version of qa_pairs rows: hash of the sorted (answer id, accepted) pairs."""
+def _data_version(table: pa.Table) -> str:
     ids = table.column("answer_id").to_pylist()
     flags = table.column("accepted").to_pylist()
     payload = "\n".join(sorted(f"{i}:{int(bool(f))}" for i, f in zip(ids, flags, strict=True)))
@@ -26,6 +27,10 @@ def pairs_data_version(table: pa.Table) -> str:
     partitions_def=repos_partitions,
     group_name="dataset",
     required_resource_keys={"app_config"},
+    code_version=code_version("qa_pairs", "quality", "assets/qa_pairs.py"),
+    kinds={"python", "parquet"},
+    owners=OWNERS,
+    metadata=table_definition_metadata(pa.schema([*ANSWERS_SCHEMA, *QA_EXTRA_FIELDS])),
     description=(
         "Answers with quality verdicts: accepted, or rejected as empty, too short, refusal, truncated, "
         "not grounded in the chunk, or a (near-)duplicate within the repository."
@@ -66,7 +71,7 @@ def qa_pairs(context: AssetExecutionContext, answers: pa.Table, code_chunks: pa.
         **{f"rejected_{reason}": MetadataValue.int(count) for reason, count in result.rejections.items()},
         "rejected_preview": MetadataValue.md(_preview_md(preview_rows)),
     }
-    return Output(table, data_version=DataVersion(pairs_data_version(table)), metadata=metadata)
+    return Output(table, data_version=DataVersion(_data_version(table)), metadata=metadata)
 
 
 def _preview_md(table: pa.Table) -> str:

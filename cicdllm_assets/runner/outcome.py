@@ -31,6 +31,7 @@ class StepOutcome:
     item_failures: int = 0
     missing_items: int = 0
     duration_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""

@@ -77,6 +77,7 @@ class _Snapshot:
     rows: dict[str, int]
     versions: dict[str, str]
     """Content data versions the assets reported themselves (Dagster's default one changes every run)."""
+    warnings: list[str]
 
 
 def choose_partitions(instance: DagsterInstance, requested: Sequence[str]) -> list[str]:
@@ -100,9 +101,10 @@ def _latest_materialization(instance: DagsterInstance, key: AssetKey, partition:
 
 def _rows_of(materialization: object | None) -> int | None:
     """The asset's item count: ``exported_pairs`` for the dataset (its table is a per-repo x split x
-    theme summary), else the ``rows`` of its table."""
+    theme summary), else its table's row count."""
     metadata = getattr(materialization, "metadata", None) or {}
-    entry = metadata.get("exported_pairs", metadata.get("rows"))
+    entry = metadata.get("exported_pairs") or metadata.get("dagster/partition_row_count")
+    entry = entry or metadata.get("dagster/row_count")
     value = getattr(entry, "value", entry)
     return int(value) if isinstance(value, int | float) else None
 
@@ -111,10 +113,14 @@ def _snapshot(instance: DagsterInstance, keys: Sequence[AssetKey], partition: st
     head: str | None = None
     rows: dict[str, int] = {}
     versions: dict[str, str] = {}
+    warnings: list[str] = []
     for key in keys:
         materialization = _latest_materialization(instance, key, partition)
         if materialization is None:
             continue
+        warning = (getattr(materialization, "metadata", None) or {}).get("warning")
+        if warning is not None:
+            warnings.append(f"{key.to_user_string()}: {getattr(warning, 'value', warning)}")
         count = _rows_of(materialization)
         if count is not None:
             rows[key.to_user_string()] = count
@@ -123,7 +129,7 @@ def _snapshot(instance: DagsterInstance, keys: Sequence[AssetKey], partition: st
             head = tags.get(DATA_VERSION_TAG)
         if tags.get(DATA_VERSION_IS_USER_PROVIDED_TAG) == "true" and DATA_VERSION_TAG in tags:
             versions[key.to_user_string()] = tags[DATA_VERSION_TAG]
-    return _Snapshot(head_commit=head, rows=rows, versions=versions)
+    return _Snapshot(head_commit=head, rows=rows, versions=versions, warnings=warnings)
 
 
 def _step_error_text(event: DagsterEvent) -> str:
@@ -185,6 +191,7 @@ def _classify(outcome: StepOutcome, before: _Snapshot, after: _Snapshot) -> None
     outcome.head_commit = after.head_commit
     outcome.previous_rows = before.rows
     outcome.rows = after.rows
+    outcome.warnings = after.warnings
     head_same = before.head_commit is not None and before.head_commit == after.head_commit
     rows_same = bool(before.rows) and all(before.rows.get(name) == count for name, count in after.rows.items())
     content_same = all(before.versions.get(name) == version for name, version in after.versions.items())
@@ -315,6 +322,7 @@ def _execute(
         outcome.previous_head_commit = before.head_commit
         outcome.head_commit = after.head_commit
         outcome.rows = after.rows
+        outcome.warnings = after.warnings
     return outcome
 
 

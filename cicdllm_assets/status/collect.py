@@ -31,8 +31,10 @@ import duckdb
 import psutil
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.discovery.discover import no_files_kept_warning
 from cicdllm_assets.performance.battery import BatteryReader, BatteryStatus, battery_status
 from cicdllm_assets.runner.liveness import DEAD_STATUS, dead_process
+from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
 
 _logger = logging.getLogger(__name__)
 
@@ -148,6 +150,7 @@ class RepoStatus:
     failures_by_category: dict[str, int] = field(default_factory=dict)
     last_run: RunInfo | None = None
     stages: list[StageStatus] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -180,6 +183,8 @@ class Status:
     tokens_per_second: float | None = None
     errors: list[str] = field(default_factory=list)
     run_failures: list[FailureInfo] = field(default_factory=list)
+    llm_load: list[LLMLoad] = field(default_factory=list)
+    """The model server's concurrency limit and latency per running generation stage."""
 
     def totals(self) -> dict[str, int]:
         """Sums of the per-repo counters."""
@@ -224,6 +229,7 @@ class Status:
             "run_failures": [asdict(item) for item in self.run_failures],
             "resources": resources,
             "tokens_per_second": self.tokens_per_second,
+            "llm_load": [asdict(load) for load in self.llm_load],
             "errors": self.errors,
         }
 
@@ -719,6 +725,7 @@ def collect_status(
     heads: dict[str, str | None] = {}
     ledger_counts: dict[str, dict[str, int]] = {}
     tokens_per_second: float | None = None
+    llm_load: list[LLMLoad] = []
     con: sqlite3.Connection | None = None
     try:
         con = open_state_readonly(settings.state_db)
@@ -729,6 +736,8 @@ def collect_status(
             heads = read_repo_info(con)
             ledger_counts = read_ledger_counts(con)
             tokens_per_second = read_tokens_per_second(con, 300.0, now)
+            running = {(s.repo, s.stage) for s in stages if s.status == "running"}
+            llm_load = [load for key, load in sorted(read_llm_load(con).items()) if key in running]
     except sqlite3.Error as exc:
         errors.append(f"state store: {exc}")
 
@@ -767,6 +776,9 @@ def collect_status(
             if stage.stage in ("questions", "answers") and stage.status != "done":
                 generated = ledger_counts.get(name, {}).get(stage.stage, 0)
                 setattr(repo, stage.stage, max(getattr(repo, stage.stage), generated))
+        discovered = any(s.stage == "source_files" and s.status == "done" for s in repo.stages)
+        if discovered and repo.files_kept == 0:
+            repo.warnings.append(no_files_kept_warning(repo.files_skipped))
         repos.append(repo)
 
     categories: dict[str, int] = {}
@@ -794,4 +806,5 @@ def collect_status(
         resources=resources,
         tokens_per_second=tokens_per_second,
         errors=errors,
+        llm_load=llm_load,
     )
