@@ -1,6 +1,9 @@
 """The secret gate before the backend: a rendered request that still holds a secret is never
 sent, whichever backend (the in-process MLX one or the OpenAI one against a loopback server),
-and whatever field the template placed it through; the item fails with category ``secret``."""
+and whatever field the template placed it through; the item fails with category ``secret``.
+
+The default templates no longer place ``{imports}``; the theme here does (a user's template
+edit), with a chunk whose imports line bypassed redaction."""
 
 from __future__ import annotations
 
@@ -39,6 +42,34 @@ RAW = Chunk(
 )
 
 
+# A user's theme that places every chunk field, imports included.
+RAW_FIELDS_THEME = """description: places every chunk field
+context: |
+  Repository: {repo}
+  File: {path} (lines {start_line}-{end_line}, {language})
+  Symbol: {symbol}
+  Imports: {imports}
+
+  ```{language}
+  {code}
+  ```
+question: |
+  Write {n_questions} questions about {symbol}. Reply with only a JSON array of strings.
+answer: |
+  {question}
+"""
+
+
+def _prompts_dir(root: Path) -> Path:
+    import shutil
+
+    target = root / "prompts"
+    if not target.exists():
+        shutil.copytree(Path(__file__).resolve().parent.parent / "prompts", target)
+    (target / "raw_fields.yaml").write_text(RAW_FIELDS_THEME, encoding="utf-8")
+    return target
+
+
 class Spy:
     """Delegates to a real backend and records every request that reached it."""
 
@@ -58,15 +89,16 @@ def _run(project: Path, backend: LLMBackend) -> tuple[dict[str, int], Ledger, St
     write_project_config(
         project,
         generation={
-            "themes": ["code_explanation"],
+            "themes": ["raw_fields"],
             "questions_per_chunk": 1,
             "question_max_tokens": 16,
             "max_attempts": 1,
         },
     )
+    _prompts_dir(project)
     settings = load_settings()
     gen = settings.config.generation
-    themes = [prompt_manager(resolve_prompts_dir(settings)).theme("code_explanation")]
+    themes = [prompt_manager(resolve_prompts_dir(settings)).theme("raw_fields")]
     state = StateStore(settings.state_db)
     ledger = Ledger(state)
     runner = StageRunner(
@@ -116,13 +148,13 @@ def test_gate_blocks_before_the_mlx_backend(project: Path, tiny_model_dir: Path)
 
 
 @pytest.mark.parametrize("field", ["imports", "symbol", "path", "text", "repo"])
-def test_gate_sees_every_placeable_field(field: str) -> None:
+def test_gate_sees_every_placeable_field(field: str, tmp_path: Path) -> None:
     from dataclasses import replace
 
     from cicdllm_assets.resources.llm.base import request_secrets
 
     chunk = replace(CLEAN, **{field: getattr(CLEAN, field) + f" {STRIPE_KEY}"})
-    theme = prompt_manager(Path(__file__).resolve().parent.parent / "prompts").theme("code_explanation")
+    theme = prompt_manager(_prompts_dir(tmp_path)).theme("raw_fields")
     messages = theme.question_builder(chunk, 1)(chunk.text)
     request = GenerationRequest(key="k", messages=tuple(messages), max_tokens=8)
     assert request_secrets(request) != []
