@@ -15,6 +15,7 @@ from cicdllm_assets.cli import (
     export_cmd,
     model_cmd,
     repos_cmd,
+    retry_cmd,
     run_cmd,
     status_cmd,
     workers_cmd,
@@ -41,8 +42,9 @@ def cli(config_path: str | None, verbose: bool) -> None:
         os.environ["CICDLLM_CONFIG"] = os.path.abspath(config_path)
 
 
-for _module in (run_cmd, status_cmd, export_cmd, repos_cmd, config_cmd, model_cmd, backfill_cmd, doctor_cmd,
-                workers_cmd):
+for _module in (
+    run_cmd, status_cmd, export_cmd, repos_cmd, config_cmd, model_cmd, backfill_cmd, doctor_cmd, retry_cmd, workers_cmd
+):
     cli.add_command(_module.command)
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dagster import DagsterInstance
@@ -60,8 +63,34 @@ def dagster_yaml(settings: Settings) -> str:
     )
 
 
+LOCK_FILE = ".cicdllm-instance.lock"
+"""Held (``flock``) while a process creates, migrates or opens the instance in DAGSTER_HOME."""
+
+
 class InstanceError(RuntimeError):
     """The Dagster instance could not be prepared or opened."""
+
+
+@contextmanager
+def instance_lock(home: Path) -> Iterator[None]:
+    """Serialise instance creation and storage migration across processes sharing ``home``.
+
+    Dagster creates and migrates its SQLite storage on first open with no lock of its own;
+    two processes doing it at once leave two alembic heads behind. The lock is released as
+    soon as the instance is open, so running commands never wait on each other.
+    """
+    try:
+        handle = (home / LOCK_FILE).open("a")
+    except OSError as exc:  # a read-only home: nothing here can be created or migrated anyway
+        logger.debug("no instance lock in %s: %s", home, exc)
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_dagster_home(settings: Settings) -> Path:
@@ -78,12 +107,13 @@ def ensure_dagster_home(settings: Settings) -> Path:
     os.environ["DAGSTER_HOME"] = str(home)
     config = home / "dagster.yaml"
     wanted = dagster_yaml(settings)
-    current = config.read_text(encoding="utf-8") if config.exists() else None
-    if current is None or (current.startswith(DAGSTER_YAML_MARKER) and current != wanted):
-        tmp = config.with_name(f".dagster.yaml.{os.getpid()}.tmp")
-        tmp.write_text(wanted, encoding="utf-8")
-        tmp.replace(config)  # atomic: a concurrent reader sees the old or the new file
-        logger.info("wrote %s", config)
+    with instance_lock(home):  # a concurrent process must never read a half-written file
+        current = config.read_text(encoding="utf-8") if config.exists() else None
+        if current is None or (current.startswith(DAGSTER_YAML_MARKER) and current != wanted):
+            tmp = config.with_name(f".dagster.yaml.{os.getpid()}.tmp")
+            tmp.write_text(wanted, encoding="utf-8")
+            tmp.replace(config)  # atomic: a concurrent reader sees the old or the new file
+            logger.info("wrote %s", config)
     return home
 
 
@@ -92,11 +122,17 @@ def open_instance(settings: Settings) -> DagsterInstance:
     limited to ``performance.llm_pool_limit`` (also when the pool existed with another limit)."""
     home = ensure_dagster_home(settings)
     try:
-        instance = DagsterInstance.get()
+        with instance_lock(home):
+            instance = DagsterInstance.get()
+            # Touch every storage now, under the lock: each creates/migrates its tables on first use.
+            instance.get_runs_count()
+            instance.event_log_storage.get_asset_records([])
+            if instance.schedule_storage is not None:
+                instance.schedule_storage.all_instigator_state()
+            apply_pool_limit(instance, settings.config.performance.llm_pool_limit)
+            return instance
     except Exception as exc:  # dagster raises several types for a broken dagster.yaml
         raise InstanceError(f"cannot open the Dagster instance in {home}: {exc}") from exc
-    apply_pool_limit(instance, settings.config.performance.llm_pool_limit)
-    return instance
 
 
 def apply_pool_limit(instance: DagsterInstance, limit: int, pool: str = LLM_POOL) -> None:
