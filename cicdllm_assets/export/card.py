@@ -104,11 +104,12 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 def blocked_requests(settings: Settings) -> int:
     """Generation items the secret gate refused to send (ledger rows failed with ``secret``)."""
     from cicdllm_assets.generation.ledger import Ledger
-    from cicdllm_assets.storage.state import StateStore, is_postgres_url
+    from cicdllm_assets.storage.state import open_existing_state
 
-    if not is_postgres_url(settings.state_target) and not settings.state_db.exists():
+    state = open_existing_state(settings.state_target)
+    if state is None:
         return 0
-    with StateStore(settings.state_target) as state:
+    with state:
         return Ledger(state).failure_counts().get("secret", 0)
 
 

@@ -462,11 +462,17 @@ class StateStore:
             )
 
 
-def open_state_readonly(target: str | Path, timeout_ms: int = 2_000) -> StateStore | None:
-    """A read-only store for viewers, or None when a SQLite state file does not exist yet.
-
-    It never creates anything; on SQLite (WAL) its reads never block a writer.
-    """
+def open_existing_state(
+    target: str | Path, *, readonly: bool = False, timeout_ms: int = BUSY_TIMEOUT_MS
+) -> StateStore | None:
+    """The store at ``target``, or None when it is a SQLite file that does not exist yet
+    (a Postgres URL always opens)."""
     if not is_postgres_url(target) and not Path(target).exists():
         return None
-    return StateStore(target, readonly=True, timeout_ms=timeout_ms)
+    return StateStore(target, readonly=readonly, timeout_ms=timeout_ms)
+
+
+def open_state_readonly(target: str | Path, timeout_ms: int = 2_000) -> StateStore | None:
+    """A read-only store for viewers (see :func:`open_existing_state`); it never creates anything,
+    and on SQLite (WAL) its reads never block a writer."""
+    return open_existing_state(target, readonly=True, timeout_ms=timeout_ms)
