@@ -12,6 +12,7 @@ from cicdllm_assets.cli import (
     backfill_cmd,
     config_cmd,
     export_cmd,
+    finetune_cmd,
     model_cmd,
     repos_cmd,
     run_cmd,
@@ -40,6 +41,8 @@ def cli(config_path: str | None, verbose: bool) -> None:
 
 for _module in (run_cmd, status_cmd, export_cmd, repos_cmd, config_cmd, model_cmd, backfill_cmd):
     cli.add_command(_module.command)
+for _command in finetune_cmd.commands:
+    cli.add_command(_command)
 
 
 def main() -> None:

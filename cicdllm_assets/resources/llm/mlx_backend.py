@@ -71,23 +71,28 @@ def load_model(path: str, *, dequantize: bool = True) -> LoadedModel:
         cached = _models.get(path)
         if cached is not None:
             return cached
-        ensure_openblas()
-        import mlx.core as mx
-        from mlx_lm import load
-        from mlx_lm.utils import dequantize_model
-
-        logger.info("loading model %s", path)
-        loaded: Any = load(path)
-        model, tokenizer = loaded[0], loaded[1]
-        if dequantize and mx.default_device() == mx.cpu and _is_quantized(model):
-            # mlx's quantized matmul is not vectorised on the CPU backend.
-            model = dequantize_model(model)
-            mx.eval(model.parameters())
-        config = _read_config(Path(path))
-        entry = LoadedModel(path=path, model=model, tokenizer=tokenizer, config=config)
+        entry = load_fresh_model(path, dequantize=dequantize)
         _models[path] = entry
         load_count += 1
         return entry
+
+
+def load_fresh_model(path: str, *, dequantize: bool = True) -> LoadedModel:
+    """Load ``path`` without the per-process cache: a private copy the caller may modify
+    (LoRA training replaces its linear layers). Same loading path as :func:`load_model`."""
+    ensure_openblas()
+    import mlx.core as mx
+    from mlx_lm import load
+    from mlx_lm.utils import dequantize_model
+
+    logger.info("loading model %s", path)
+    loaded: Any = load(path)
+    model, tokenizer = loaded[0], loaded[1]
+    if dequantize and mx.default_device() == mx.cpu and _is_quantized(model):
+        # mlx's quantized matmul is not vectorised on the CPU backend.
+        model = dequantize_model(model)
+        mx.eval(model.parameters())
+    return LoadedModel(path=path, model=model, tokenizer=tokenizer, config=_read_config(Path(path)))
 
 
 def load_tokenizer(path: str) -> Any:
