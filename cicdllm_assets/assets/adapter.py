@@ -8,6 +8,7 @@ from cicdllm_assets.finetune.live import LiveBoard
 from cicdllm_assets.finetune.plot import CURVE_FILE, plot_training_curve
 from cicdllm_assets.finetune.project import current_plan
 from cicdllm_assets.finetune.train import TrainProgress, train_adapter
+from cicdllm_assets.resources.llm.openblas import ensure_openblas
 from cicdllm_assets.storage.state import StateStore
 
 STAGE = "adapter"
@@ -27,6 +28,7 @@ def adapter(context: AssetExecutionContext) -> MaterializeResult:
     """Train, resume or reuse the adapter of the current export."""
     settings = context.resources.app_config.step_settings()
     cfg = settings.config.finetune
+    ensure_openblas(enabled=settings.config.llm.mlx.use_openblas)
     try:
         plan = current_plan(settings)
     except FinetuneInputError as exc:

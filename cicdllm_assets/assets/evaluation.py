@@ -13,6 +13,7 @@ from cicdllm_assets.finetune.history import EvaluationHistory, evaluation_key
 from cicdllm_assets.finetune.plot import CURVE_FILE
 from cicdllm_assets.finetune.project import current_plan
 from cicdllm_assets.finetune.train import adapter_ready
+from cicdllm_assets.resources.llm.openblas import ensure_openblas
 from cicdllm_assets.storage.state import StateStore
 
 STAGE = "evaluation"
@@ -34,6 +35,7 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
     """Evaluate the current adapter once (a re-run reuses the recorded result)."""
     settings = context.resources.app_config.step_settings()
     cfg = settings.config.finetune
+    ensure_openblas(enabled=settings.config.llm.mlx.use_openblas)
     try:
         plan = current_plan(settings)
     except FinetuneInputError as exc:

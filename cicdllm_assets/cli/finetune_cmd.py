@@ -6,8 +6,10 @@ Both run through the Dagster instance like ``cicdllm run`` (the runs appear in
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -22,6 +24,7 @@ from cicdllm_assets.cli.common import (
     load_settings_or_exit,
 )
 from cicdllm_assets.config import Settings
+from cicdllm_assets.finetune.history import HistoryRow
 from cicdllm_assets.runner.outcome import StepOutcome
 
 logger = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ def _adapter_info(settings: Settings) -> dict[str, Any]:
         "steps": plan.iters,
         "done": state.done,
         "final_train_loss": state.final_train_loss,
-        "sessions": state.sessions,
+        "session_starts": state.session_starts,
     }
 
 
@@ -138,24 +141,15 @@ def eval_command(ctx: click.Context, compare: bool, as_json: bool) -> None:
     if not rows:
         console.print("no evaluations recorded yet: run `cicdllm eval`")
         return
-    table = Table(title="Evaluations by dataset version")
-    for name in (
-        "when (UTC)",
-        "dataset",
-        "adapter",
-        "status",
-        "test n",
-        "test base",
-        "test adapter",
-        "change",
-        "valid base",
-        "valid adapter",
-    ):
-        table.add_column(
-            name, justify="right" if name not in ("dataset", "adapter", "status", "when (UTC)") else "left"
-        )
-    import datetime as dt
+    console.print(evaluations_table(rows))
 
+
+def evaluations_table(rows: Sequence[HistoryRow], title: str = "Evaluations by dataset version") -> Table:
+    """One line per recorded evaluation: dataset version, base vs adapter loss on test and valid."""
+    table = Table(title=title, title_justify="left")
+    left = ("when (UTC)", "dataset", "adapter", "status")
+    for name in (*left, "test n", "test base", "test adapter", "change", "valid base", "valid adapter"):
+        table.add_column(name, justify="left" if name in left else "right")
     for row in rows:
         change = "-"
         if row.test_base_loss and row.test_adapter_loss is not None:
@@ -172,7 +166,7 @@ def eval_command(ctx: click.Context, compare: bool, as_json: bool) -> None:
             _num(row.valid_base_loss),
             _num(row.valid_adapter_loss),
         )
-    console.print(table)
+    return table
 
 
 def _num(value: float | None) -> str:

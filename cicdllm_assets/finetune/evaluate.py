@@ -17,6 +17,7 @@ from typing import Any
 from cicdllm_assets.config.models import FinetuneConfig
 from cicdllm_assets.finetune.train import TrainPlan, adapter_ready
 from cicdllm_assets.resources.llm.mlx_backend import load_fresh_model
+from cicdllm_assets.resources.llm.openblas import ensure_openblas
 
 EVAL_SPLITS: tuple[str, ...] = ("test", "valid")
 NO_TEST_FILES = "not evaluated: no test files"
@@ -200,6 +201,7 @@ def evaluate_adapter(plan: TrainPlan, config: FinetuneConfig) -> EvaluationResul
     if not present:
         return result
 
+    ensure_openblas()  # before the first mlx import
     from mlx_lm.tuner.datasets import load_local_dataset
     from mlx_lm.tuner.utils import load_adapters
 

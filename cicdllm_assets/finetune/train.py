@@ -11,6 +11,7 @@ the step counter continues and the batches already trained on are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ from typing import Any
 from cicdllm_assets.config.models import FinetuneConfig
 from cicdllm_assets.finetune.data import ChatData, FinetuneInputError
 from cicdllm_assets.resources.llm.mlx_backend import load_fresh_model
+from cicdllm_assets.resources.llm.openblas import ensure_openblas
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ STATE_FILE = "training.json"
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 CHECKPOINTS = "checkpoints"
+TRAIN_LOG = "train.log"
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,10 @@ class TrainingState:
     trained_tokens: int = 0
     tokens_per_second: list[float] = field(default_factory=list)
     """mlx-lm's own train tokens/s of each report window."""
-    sessions: int = 0
+    reports: list[list[float]] = field(default_factory=list)
+    """[step, wall clock, trained tokens so far] per report (for throughput over wall time)."""
+    session_starts: list[int] = field(default_factory=list)
+    """The step each training session started from (0, then the checkpoint of each resume)."""
     notes: list[str] = field(default_factory=list)
 
     @classmethod
@@ -190,6 +196,7 @@ class _Recorder:
         self.state.train_curve.append([step, loss])
         self.state.tokens_per_second.append(float(info["tokens_per_second"]))
         self.state.trained_tokens = self.base_tokens + int(info["trained_tokens"])
+        self.state.reports.append([step, time.time(), self.state.trained_tokens])
         self.state.step = step
         if step % self.checkpoint_every == 0 and step < self.plan.iters:
             self.checkpoint(step)
@@ -246,6 +253,7 @@ def train_adapter(
     if state.done and adapter_ready(plan.adapter_dir):
         return TrainResult(plan, state, trained_steps=0, resumed_from=state.step, seconds=0.0)
 
+    ensure_openblas()  # before the first mlx import (no-op if the caller already decided)
     import mlx.core as mx
     import mlx.optimizers as optim
     import numpy as np
@@ -291,10 +299,13 @@ def train_adapter(
         # drop what was reported after the checkpoint: those steps are trained again
         state.train_curve = [p for p in state.train_curve if p[0] <= start]
         state.valid_curve = [p for p in state.valid_curve if p[0] <= start]
+        state.reports = [p for p in state.reports if p[0] <= start]
+        state.trained_tokens = int(state.reports[-1][2]) if state.reports else 0
         logger.info("resuming %s from step %d of %d", plan.key, start, plan.iters)
     else:
         state = TrainingState()
-    state.step, state.sessions, state.notes = start, state.sessions + 1, notes
+    state.step, state.notes = start, notes
+    state.session_starts.append(start)
 
     plan.adapter_dir.mkdir(parents=True, exist_ok=True)
     save_config(
@@ -321,15 +332,17 @@ def train_adapter(
     )
     recorder = _Recorder(plan, state, model, optimizer, start, config.checkpoint_every, on_progress)
     if remaining > 0:
-        train(
-            model=model,
-            optimizer=optimizer,
-            train_dataset=CacheDataset(train_set),
-            val_dataset=CacheDataset(valid_set) if len(valid_set) else None,
-            args=args,
-            training_callback=recorder,  # type: ignore[arg-type]
-            iterate_batches=_skip_batches(start),
-        )
+        # mlx-lm's own console output (loss table, progress) goes to train.log, not our stdout
+        with (plan.adapter_dir / TRAIN_LOG).open("a", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+            train(
+                model=model,
+                optimizer=optimizer,
+                train_dataset=CacheDataset(train_set),
+                val_dataset=CacheDataset(valid_set) if len(valid_set) else None,
+                args=args,
+                training_callback=recorder,  # type: ignore[arg-type]
+                iterate_batches=_skip_batches(start),
+            )
     state.step, state.done = plan.iters, True
     state.save(plan.adapter_dir)
     return TrainResult(plan, state, trained_steps=remaining, resumed_from=start, seconds=time.monotonic() - started)

@@ -31,6 +31,7 @@ import duckdb
 import psutil
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.finetune.history import HistoryRow, read_history
 from cicdllm_assets.performance.battery import BatteryReader, BatteryStatus, battery_status
 
 _logger = logging.getLogger(__name__)
@@ -38,10 +39,13 @@ _logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Stage order in the pipeline (unknown stages sort after these, by name).
-STAGE_ORDER = ("repositories", "source_files", "code_chunks", "questions", "answers", "qa_pairs", "training_dataset")
+STAGE_ORDER = ("repositories", "source_files", "code_chunks", "questions", "answers", "qa_pairs", "training_dataset",
+               "adapter", "evaluation")
 PARTITION_TAG = "dagster/partition"
 #: Repo names unpartitioned assets report progress under; shown as stages, not as repos.
 PSEUDO_REPOS = frozenset({"*", "__all__", ""})
+#: Recorded evaluations a status snapshot keeps (the most recent).
+EVALUATIONS_SHOWN = 10
 #: A running stage with no progress for this long probably lost its process.
 STALLED_AFTER_SECONDS = 600.0
 #: Repos whose last run is looked up one by one when not among the recent runs.
@@ -179,6 +183,8 @@ class Status:
     tokens_per_second: float | None = None
     errors: list[str] = field(default_factory=list)
     run_failures: list[FailureInfo] = field(default_factory=list)
+    evaluations: list[HistoryRow] = field(default_factory=list)
+    """The most recent recorded fine-tuning evaluations (at most ``EVALUATIONS_SHOWN``), oldest first."""
 
     def totals(self) -> dict[str, int]:
         """Sums of the per-repo counters."""
@@ -224,6 +230,7 @@ class Status:
             "resources": resources,
             "tokens_per_second": self.tokens_per_second,
             "errors": self.errors,
+            "evaluations": [row.to_dict() for row in self.evaluations],
         }
 
 
@@ -695,6 +702,7 @@ def collect_status(
     events: list[EventInfo] = []
     heads: dict[str, str | None] = {}
     tokens_per_second: float | None = None
+    evaluations: list[HistoryRow] = []
     con: sqlite3.Connection | None = None
     try:
         con = open_state_readonly(settings.state_db)
@@ -704,6 +712,7 @@ def collect_status(
             events = read_events(con, ui.log_tail_lines)
             heads = read_repo_info(con)
             tokens_per_second = read_tokens_per_second(con, 300.0, now)
+            evaluations = read_history(con)[-EVALUATIONS_SHOWN:]
     except sqlite3.Error as exc:
         errors.append(f"state store: {exc}")
 
@@ -764,4 +773,5 @@ def collect_status(
         resources=resources,
         tokens_per_second=tokens_per_second,
         errors=errors,
+        evaluations=evaluations,
     )
