@@ -1,7 +1,7 @@
 """Fine-tuning benchmark: training tokens/s of mlx-lm's own ``mlx_lm.lora`` vs the ``adapter`` asset.
 
-    .venv/bin/python -m benchmarks.finetune                   # 24 steps of the embedded SmolLM2-135M
-    .venv/bin/python -m benchmarks.finetune --iters 12        # quicker
+    .venv/bin/python -m benchmarks.finetune                   # 2 rounds of 16 steps, embedded SmolLM2-135M
+    .venv/bin/python -m benchmarks.finetune --rounds 1        # quicker
 
 Both sides train the same LoRA (same model, data, seed and settings) on a fixed mlx chat
 export of questions about this repository's own modules:
@@ -11,6 +11,8 @@ export of questions about this repository's own modules:
    its report lines are timestamped as they arrive (unbuffered stdout).
 2. ``cicdllm finetune`` (the asset, through Dagster); its report times come from ``training.json``.
 
+Rounds run in ABBA order (mlx-lm, asset, asset, mlx-lm, ...) so a machine load that drifts
+during the benchmark weighs on both sides alike; tokens and seconds are summed over rounds.
 Throughput is measured over wall time between the reports of step 3 and step ``iters - 1``, so
 model loading, compilation (steps 1-2) and the validation passes mlx-lm runs before steps 1 and
 ``iters`` are outside the window on both sides, while anything the asset adds per step is inside.
@@ -40,6 +42,7 @@ REPORT = re.compile(r"^\s*(\d+)\s+(\d+\.\d+)\s+[▼▲]")
 
 def _run_cli(args: argparse.Namespace, data: Path, out: Path) -> dict[int, tuple[float, float]]:
     """mlx_lm.lora on ``data``: {step: (arrival time, train loss)} of its report lines."""
+    out.mkdir(parents=True, exist_ok=True)
     config = out / "lora.json"
     config.write_text(json.dumps({"lora_parameters": {"rank": args.rank, "dropout": 0.0, "scale": 20.0}}))
     command = [
@@ -132,7 +135,8 @@ def _run_asset(args: argparse.Namespace, export: Path, project: Path) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=EMBEDDED, help="mlx model directory (default: embedded)")
-    parser.add_argument("--iters", type=int, default=24)
+    parser.add_argument("--iters", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of (mlx-lm, asset), in ABBA order")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--rank", type=int, default=8)
@@ -143,32 +147,46 @@ def main() -> None:
     if args.iters < 6:
         parser.error("--iters must be at least 6 (the window is steps 3 .. iters-1)")
 
+    first, last = 3, args.iters - 1
+    totals = {"cli": [0, 0.0], "asset": [0, 0.0]}
+    drift = 0.0
     with tempfile.TemporaryDirectory(prefix="cicdllm-bench-finetune-") as tmp:
         root = Path(tmp)
         export = root / "export"
         counts = write_repo_export(export, {"train": args.train_examples, "valid": 4, "test": 4})
-        project = root / "project"
-        project.mkdir()
         print(
             f"model {args.model}, data {counts}, {args.iters} steps, batch {args.batch_size}, "
-            f"{args.num_layers} LoRA layers, rank {args.rank}",
+            f"{args.num_layers} LoRA layers, rank {args.rank}, {args.rounds} round(s)",
             flush=True,
         )
-        cli_reports = _run_cli(args, export / "mlx_chat", root)
-        state = _run_asset(args, export, project)
-
-    reports = {int(step): (clock, int(tokens)) for step, clock, tokens in state["reports"]}  # type: ignore[attr-defined]
-    losses = {int(step): loss for step, loss in state["train_curve"]}  # type: ignore[attr-defined]
-    first, last = 3, args.iters - 1
-    missing = [s for s in range(1, args.iters + 1) if s not in cli_reports or s not in reports]
-    if missing:
-        raise SystemExit(f"missing report lines for steps {missing}")
-    drift = max(abs(cli_reports[s][1] - round(losses[s], 3)) for s in range(1, args.iters + 1))
-    tokens = reports[last][1] - reports[first][1]
-    asset_tps = tokens / (reports[last][0] - reports[first][0])
-    cli_tps = tokens / (cli_reports[last][0] - cli_reports[first][0])
+        order = [side for i in range(args.rounds) for side in (("cli", "asset") if i % 2 == 0 else ("asset", "cli"))]
+        cli_runs: list[dict[int, tuple[float, float]]] = []
+        states: list[dict[str, object]] = []
+        for n, side in enumerate(order):
+            if side == "cli":
+                cli_runs.append(_run_cli(args, export / "mlx_chat", root / f"cli{n}"))
+            else:
+                project = root / f"project{n}"
+                project.mkdir()
+                states.append(_run_asset(args, export, project))
+            print(f"  run {n + 1}/{len(order)} ({side}) done", flush=True)
+    for cli_reports, state in zip(cli_runs, states, strict=True):
+        reports = {int(step): (clock, int(tokens)) for step, clock, tokens in state["reports"]}  # type: ignore[attr-defined]
+        losses = {int(step): loss for step, loss in state["train_curve"]}  # type: ignore[attr-defined]
+        missing = [s for s in range(1, args.iters + 1) if s not in cli_reports or s not in reports]
+        if missing:
+            raise SystemExit(f"missing report lines for steps {missing}")
+        drift = max(drift, *(abs(cli_reports[s][1] - round(losses[s], 3)) for s in range(1, args.iters + 1)))
+        window_tokens = reports[last][1] - reports[first][1]
+        totals["asset"][0] += window_tokens
+        totals["asset"][1] += reports[last][0] - reports[first][0]
+        totals["cli"][0] += window_tokens
+        totals["cli"][1] += cli_reports[last][0] - cli_reports[first][0]
+    tokens = int(totals["asset"][0])
+    asset_tps = totals["asset"][0] / totals["asset"][1]
+    cli_tps = totals["cli"][0] / totals["cli"][1]
     ratio = asset_tps / cli_tps
-    print(f"tokens trained in steps {first + 1}..{last}: {tokens}")
+    print(f"tokens trained in steps {first + 1}..{last}, summed over rounds: {tokens}")
     print(f"mlx_lm.lora (mlx-lm's command):   {cli_tps:8.1f} tokens/s")
     print(f"cicdllm finetune (adapter asset): {asset_tps:8.1f} tokens/s")
     print(f"ratio asset / mlx_lm.lora: {ratio:.3f} (target >= {args.target})")
