@@ -254,3 +254,25 @@ def test_adapter_lowers_held_out_loss_with_the_embedded_model(project: Path) -> 
     metadata = _latest_metadata("evaluation")
     assert metadata["test_adapter_loss"] == pytest.approx(test["adapter_loss"])
     assert metadata["test_base_perplexity"] == pytest.approx(test["base_perplexity"])
+
+
+def test_progress_bar_shows_steps_loss_and_eta(settings: Any) -> None:
+    import io
+
+    from rich.console import Console
+
+    from cicdllm_assets.finetune.live import LiveBoard
+    from cicdllm_assets.runner.finetune import TrainingProgressBar
+    from cicdllm_assets.storage.state import StateStore
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=150, color_system=None)
+    board = LiveBoard(StateStore(settings.state_db))
+    with TrainingProgressBar(settings, console, refresh_seconds=60) as bar:
+        board.report("k1", 10, 40, 2.5, 900.0, 10)
+        bar.update(board)
+        time.sleep(0.3)
+        board.report("k1", 12, 40, 1.234, 1000.0, 10)
+        bar.update(board)
+    text = out.getvalue()
+    assert "12/40" in text and "loss 1.234" in text and "1,000 tok/s" in text and "ETA" in text

@@ -107,7 +107,7 @@ def _print_report(report: dict[str, Any], outcome: StepOutcome, console: Console
     if evaluation:
         from cicdllm_assets.finetune.evaluate import EvaluationResult
 
-        console.print(EvaluationResult.from_dict(evaluation).markdown())
+        click.echo(EvaluationResult.from_dict(evaluation).markdown())
 
 
 @click.command(name="finetune")
