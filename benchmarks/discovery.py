@@ -5,8 +5,10 @@
 Runs the source_files work (list, filter, decode, tokenize, plan) and the code_chunks work
 (read kept blobs, plan from cache, slice) on REPO_PATH's HEAD: cold (empty cache) and warm
 (same cache, fresh process-level LRU), and times one bare ``Tokenizer.encode_batch`` over the
-kept files' texts. Prints files/s, MB/s and the ratios cold/bare (target <= 1.3) and
-warm/bare (target <= 0.1). Secret redaction is timed separately (``--redact`` to include it).
+kept files' texts. The timed runs include secret redaction of every chunk, as the
+code_chunks asset always does (``--no-redact`` leaves it out, for comparison). Prints
+files/s, MB/s and the ratios cold/bare (target <= 1.5) and warm/bare (target <= 0.1); exits
+1 when a ratio misses its target (``--target-cold`` / ``--target-warm`` override them).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from cicdllm_assets.models.paths import EMBEDDED_DIR_NAME, ModelNotPreparedError
 from cicdllm_assets.quality.secrets import redact_secrets
 from cicdllm_assets.storage.state import StateStore
 
-TARGET_COLD = 1.3
+TARGET_COLD = 1.5
 TARGET_WARM = 0.1
 
 
@@ -164,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project-config", action="store_true",
                         help="use cicdllm.yaml's processing settings (default: ProcessingConfig defaults)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of bare/cold/warm; medians are reported")
-    parser.add_argument("--redact", action="store_true", help="include secret redaction in the timed runs")
+    parser.add_argument("--no-redact", dest="redact", action="store_false",
+                        help="leave secret redaction out of the timed runs (the asset always redacts)")
+    parser.add_argument("--target-cold", type=float, default=TARGET_COLD, help="cold/bare target (default 1.5)")
+    parser.add_argument("--target-warm", type=float, default=TARGET_WARM, help="warm/bare target (default 0.1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
@@ -183,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     # One-time process costs are not per-repo work (the bare side has tokenizers imported too):
     # the first pyarrow conversion imports pandas (~0.35 s), so pay for it before timing.
     source_files_table("warmup", commit, [])
+    # Likewise the secret detector's plugins are imported and built once per process (~0.3 s).
+    redact_secrets('password = "warm-up-1"', "warmup.py")
     # The machine may be shared: each round runs bare, cold and warm back to back, and the
     # median of the per-round ratios is reported (wall clock and process CPU time).
     rounds: list[tuple[tuple[float, float], Run, Run]] = []
@@ -224,10 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         "bare_mb_per_s": round(mb / bare_s, 2),
         "warm_tokenizer_calls": warm.tokenizer_calls, "warm_cache_hits": warm.cache_hits,
         "redaction_s": round(redact_s, 3), "redactions": redactions, "redaction_included": args.redact,
-        "targets": {"cold_ratio": TARGET_COLD, "warm_ratio": TARGET_WARM},
+        "targets": {"cold_ratio": args.target_cold, "warm_ratio": args.target_warm},
     }
-    report["cold_ok"] = report["cold_ratio"] <= TARGET_COLD
-    report["warm_ok"] = report["warm_ratio"] <= TARGET_WARM
+    report["cold_ok"] = report["cold_ratio"] <= args.target_cold
+    report["warm_ok"] = report["warm_ratio"] <= args.target_warm
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:

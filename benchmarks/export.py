@@ -1,159 +1,124 @@
-"""Export benchmark: synthetic pairs written in every format, Parquet vs DuckDB's COPY, memory.
+"""Export benchmark: peak memory of the real export path at two sizes, against DuckDB's COPY.
 
-    .venv/bin/python -m benchmarks.export                 # 1,000,000 rows
-    .venv/bin/python -m benchmarks.export --rows 20000    # quick
+    .venv/bin/python -m benchmarks.export                          # 100,000 and 1,000,000 pairs
+    .venv/bin/python -m benchmarks.export --sizes 2000,20000       # quick
 
-1. Runs a child process per size in ``--memory-sizes`` that streams generated batches
-   (never the whole table) into all formats in one pass and reports its peak RSS
-   (``VmHWM``): flat peak memory across sizes shows the writers stream.
-2. Builds an in-memory table of ``--rows`` synthetic export records (realistic text
-   lengths, 20k distinct strings per text column, unique ids).
-3. Times our streamed writer for each format separately (the file is deleted after),
-   and DuckDB's own ``COPY t TO 'x.parquet'`` of the same table loaded into DuckDB,
-   with the same codec (zstd) and with DuckDB's default codec; prints the ratio.
+For each size it writes synthetic ``qa_pairs`` partition files (4 repositories, realistic
+text lengths, unique pairs plus a few exact and near duplicates and rejected rows) into a
+fresh project, then runs, each in a fresh child process that reports its own peak RSS
+(``VmHWM``, or ``ru_maxrss`` where there is no /proc):
+
+* **ours**: ``cicdllm export`` (the real command, in process: licence filter, cross-repo
+  dedup, secret re-scan, split, all 8 formats, card, manifest);
+* **DuckDB COPY**: what a user would run instead, ``COPY (SELECT … FROM read_parquet(…)
+  WHERE accepted) TO …`` into the same kinds of files: Parquet (zstd), CSV, JSON lines of
+  the full records and JSON lines of chat messages — no dedup, no redaction, no split.
+
+Target: our peak RSS at the largest size is at most 1.1x that at the smallest (the export
+streams; memory does not grow with the pairs). Exits 1 on a miss.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from cicdllm_assets.config.models import EXPORT_FORMATS
-from cicdllm_assets.export.records import EXPORT_SCHEMA, SPLITS
-from cicdllm_assets.export.writers import write_exports
-
-DISTINCT = 20_000
-BATCH_ROWS = 2_000
-_WORD_TEXT = (
-    "the function returns a list of parsed tokens from the input stream and raises ValueError when "
-    "the buffer is empty so callers should check the cache before they retry the request with a "
-    "larger window while the scheduler keeps every worker busy and commits each result to the ledger"
-)
-_WORDS = _WORD_TEXT.split()
+TARGET_GROWTH = 1.1
+REPOS = ("acme/core", "acme/web", "tools/cli", "libs/net")
+BATCH_ROWS = 10_000
+VOCABULARY = 6_000
 
 
-def _pool(rng: np.random.Generator, count: int, words: int, code: bool = False) -> pa.Array:
-    picks = rng.integers(0, len(_WORDS), size=(count, words))
-    texts = []
-    for i, row in enumerate(picks):
-        body = " ".join(_WORDS[j] for j in row)
-        if code:
-            body = (f"def handler_{i}(request, cache):\n    # {body}\n"
-                    f"    return cache.get(request.key, \"a, \\\"b\\\"\")\n")
-        texts.append(body)
-    return pa.array(texts, pa.string())
+def _words(rng: np.random.Generator) -> list[str]:
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    lengths = rng.integers(3, 11, size=VOCABULARY)
+    return ["".join(rng.choice(letters, size=n)) for n in lengths]
 
 
-class Synthetic:
-    """Deterministic synthetic export records, produced batch by batch."""
-
-    def __init__(self, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        self.rng = rng
-        self.questions = _pool(rng, DISTINCT, 14)
-        self.answers = _pool(rng, DISTINCT, 60)
-        self.contexts = _pool(rng, DISTINCT, 40, code=True)
-        self.themes = pa.array(["code_explanation", "usage_examples", "debugging", "testing"], pa.string())
-
-    def batch(self, start: int, rows: int) -> pa.RecordBatch:
-        """Rows ``start`` .. ``start + rows`` (ids and files unique per row range)."""
-        idx = np.arange(start, start + rows)
-        q = pa.array(self.rng.integers(0, DISTINCT, rows))
-        a = pa.array(self.rng.integers(0, DISTINCT, rows))
-        c = pa.array(self.rng.integers(0, DISTINCT, rows))
-        question = self.questions.take(q)
-        context = self.contexts.take(c)
-        file_no = idx // 4
-        split_codes = np.where(file_no % 10 < 8, 0, np.where(file_no % 10 == 8, 1, 2))
-        ids = pa.array([f"{i:032x}" for i in idx], pa.string())
-        paths = pa.array([f"src/pkg_{f % 997}/module_{f}.py" for f in file_no], pa.string())
-        prompt = pa.array([f"{qq}\n\nFile: x.py (lines 1-4)\n```python\n{cc}```" for qq, cc in
-                           zip(question.to_pylist(), context.to_pylist(), strict=True)], pa.string())
-        const = {
-            "repo": "acme/big", "commit": "c0ffee" * 6 + "abcd", "license": "MIT", "language": "python",
-            "system": "You are an expert software engineer who answers questions about code.",
-            "model_id": "SmolLM2-135M-Instruct", "template_hash": "3f2a9c0d1e", "params": '{"max_tokens": 256}',
-        }
-        columns = {
-            "id": ids,
-            "split": pa.array([SPLITS[s] for s in split_codes], pa.string()),
-            "path": paths,
-            "start_line": pa.array(np.ones(rows, dtype=np.int64)),
-            "end_line": pa.array(np.full(rows, 4, dtype=np.int64)),
-            "theme": self.themes.take(pa.array(idx % 4)),
-            "question": question,
-            "context": context,
-            "prompt": prompt,
-            "answer": self.answers.take(a),
-            "question_id": ids,
-            "chunk_key": ids,
-        }
-        arrays = [columns[name] if name in columns else pa.array([const[name]] * rows, pa.string())
-                  for name in EXPORT_SCHEMA.names]
-        return pa.RecordBatch.from_arrays(arrays, schema=EXPORT_SCHEMA)
-
-    def batches(self, rows: int, size: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-        """Stream ``rows`` rows in batches."""
-        for start in range(0, rows, size):
-            yield self.batch(start, min(size, rows - start))
+def _texts(rng: np.random.Generator, words: list[str], rows: int, length: int) -> list[str]:
+    picks = rng.integers(0, len(words), size=(rows, length))
+    return [" ".join(words[j] for j in row) for row in picks]
 
 
-def _dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def time_formats(table: pa.Table, work: Path) -> dict[str, tuple[float, int]]:
-    """Seconds and bytes per format, each written alone from the in-memory table."""
-    results: dict[str, tuple[float, int]] = {}
-    for fmt in EXPORT_FORMATS:
-        out = work / f"ours-{fmt}"
-        start = time.perf_counter()
-        write_exports(table.to_batches(max_chunksize=BATCH_ROWS), [fmt], out)
-        elapsed = time.perf_counter() - start
-        results[fmt] = (elapsed, _dir_size(out))
-        shutil.rmtree(out)
-        print(f"  ours {fmt:16} {elapsed:8.2f} s  {results[fmt][1] / 1e6:9.1f} MB", flush=True)
-    return results
-
-
-def time_duckdb(table: pa.Table, work: Path) -> dict[str, tuple[float, int]]:
-    """DuckDB COPY of the same table (loaded into DuckDB first) with zstd and its default codec."""
-    con = duckdb.connect(":memory:")
-    con.register("arrow_source", table)
-    con.execute("CREATE TABLE t AS SELECT * FROM arrow_source")
-    con.unregister("arrow_source")
-    results: dict[str, tuple[float, int]] = {}
-    for label, options in (("zstd", "(FORMAT parquet, COMPRESSION zstd)"), ("default", "(FORMAT parquet)")):
-        target = work / f"duckdb-{label}.parquet"
-        start = time.perf_counter()
-        con.execute(f"COPY t TO '{target}' {options}")
-        elapsed = time.perf_counter() - start
-        results[label] = (elapsed, target.stat().st_size)
-        target.unlink()
-        print(f"  duckdb COPY ({label:7}) {elapsed:8.2f} s  {results[label][1] / 1e6:9.1f} MB", flush=True)
-    con.close()
-    return results
+def write_qa_pairs(project: Path, pairs: int, seed: int = 0) -> None:
+    """``pairs`` qa_pairs rows over :data:`REPOS` partitions, plus their repositories rows."""
+    rng = np.random.default_rng(seed)
+    words = _words(rng)
+    tables = project / "data" / "tables"
+    per_repo = -(-pairs // len(REPOS))
+    for r, repo in enumerate(REPOS):
+        rows = min(per_repo, pairs - r * per_repo)
+        name = repo.replace("/", "%2F") + ".parquet"
+        (tables / "repositories").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"repo": [repo], "license": ["MIT"]}), tables / "repositories" / name)
+        (tables / "qa_pairs").mkdir(parents=True, exist_ok=True)
+        writer: pq.ParquetWriter | None = None
+        for start in range(0, rows, BATCH_ROWS):
+            n = min(BATCH_ROWS, rows - start)
+            idx = np.arange(start, start + n)
+            chunk = idx // 4  # four pairs per chunk, three chunks per file
+            questions = _texts(rng, words, n, 14)
+            answers = _texts(rng, words, n, 60)
+            contexts = [
+                f"def handler_{c}(request, cache):\n    # {t}\n    return cache.get(request.key)\n"
+                for c, t in zip(chunk, _texts(rng, words, n, 30), strict=True)
+            ]
+            # 1 % exact duplicates of the previous pair, 1 % near duplicates (one word changed)
+            for i in range(1, n):
+                roll = rng.random()
+                if roll < 0.01:
+                    questions[i], answers[i] = questions[i - 1], answers[i - 1]
+                elif roll < 0.02:
+                    questions[i] = questions[i - 1]
+                    answers[i] = answers[i - 1].replace(" ", " x", 1)
+            accepted = rng.random(n) > 0.1
+            batch = pa.table(
+                {
+                    "repo": [repo] * n,
+                    "answer_id": [f"{r:02d}{i:030x}" for i in idx],
+                    "question_id": [f"q{r:02d}{i:030x}" for i in idx],
+                    "chunk_key": [f"{r:02d}{c:030x}" for c in chunk],
+                    "theme": [("code_explanation", "usage_examples", "debugging", "testing")[i % 4] for i in idx],
+                    "template_hash": ["3f2a9c0d1e2b4a67"] * n,
+                    "question": questions,
+                    "answer": answers,
+                    "model_id": ["SmolLM2-135M-Instruct"] * n,
+                    "params": ['{"max_tokens": 256}'] * n,
+                    "path": [f"src/pkg_{c % 97}/module_{c // 3}.py" for c in chunk],
+                    "start_line": pa.array(1 + (chunk % 3) * 40, pa.int64()),
+                    "end_line": pa.array(40 + (chunk % 3) * 40, pa.int64()),
+                    "commit": ["c0ffee" * 6 + "abcd"] * n,
+                    "license": ["MIT"] * n,
+                    "language": ["python"] * n,
+                    "context": contexts,
+                    "accepted": pa.array(accepted),
+                    "reject_reason": [None if ok else "too_short" for ok in accepted],
+                    "reject_detail": [None] * n,
+                }
+            )
+            if writer is None:
+                writer = pq.ParquetWriter(tables / "qa_pairs" / name, batch.schema, compression="zstd")
+            writer.write_table(batch)
+        if writer is not None:
+            writer.close()
+    (project / "repos.txt").write_text("".join(f"file:///srv/{repo}\n" for repo in REPOS), encoding="utf-8")
+    (project / "cicdllm.yaml").write_text("storage:\n  data_dir: data\n", encoding="utf-8")
 
 
 def peak_rss_mb() -> float:
-    """This process's peak RSS in MB.
-
-    Linux: ``VmHWM`` from /proc/self/status, which belongs to the process's own address
-    space (``ru_maxrss`` is inherited across fork+exec, so a child would report its
-    parent's peak). Elsewhere: ``ru_maxrss`` (KB on Linux, bytes on macOS).
-    """
+    """This process's peak RSS in MB (``VmHWM`` on Linux: the child's own, not inherited)."""
     status = Path("/proc/self/status")
     if status.exists():
         for line in status.read_text().splitlines():
@@ -163,76 +128,129 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def child(rows: int, out: Path) -> None:
-    """Stream ``rows`` synthetic rows into every format; print peak RSS as JSON."""
-    synthetic = Synthetic(seed=1)
+def child_ours(project: Path) -> None:
+    """Run ``cicdllm export --all-partitions --json`` in this process; print figures as JSON."""
+    from cicdllm_assets.cli.main import cli
+
+    os.environ["CICDLLM_CONFIG"] = str(project / "cicdllm.yaml")
+    os.chdir(project)
     baseline = peak_rss_mb()
     start = time.perf_counter()
-    written = write_exports(synthetic.batches(rows), list(EXPORT_FORMATS), out)
-    elapsed = time.perf_counter() - start
-    print(json.dumps({
-        "rows": rows, "seconds": elapsed, "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline,
-        "files": len(written), "bytes": sum(f.bytes for f in written),
-    }))
+    try:
+        cli.main(["export", "--all-partitions", "--json"], standalone_mode=False)
+    finally:
+        sys.stdout.flush()
+    print(
+        json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline})
+    )
 
 
-def memory_profile(sizes: list[int], work: Path) -> list[dict[str, float]]:
-    """Run :func:`child` in a fresh process per size."""
-    reports = []
-    for rows in sizes:
-        out = work / f"mem-{rows}"
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.export", "--child", "--rows", str(rows), "--out", str(out)],
-            check=True, capture_output=True, text=True,
-        )
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
-        shutil.rmtree(out, ignore_errors=True)
-        reports.append(report)
-        print(f"  {rows:>9} rows, all formats in one pass: {report['seconds']:7.1f} s, peak RSS "
-              f"{report['peak_rss_mb']:7.1f} MB (after imports and set-up: {report['baseline_rss_mb']:.1f} MB; "
-              f"{report['bytes'] / 1e6:,.0f} MB written)", flush=True)
-    return reports
+def child_duckdb(project: Path) -> None:
+    """DuckDB's own COPY of the accepted pairs into Parquet, CSV, JSON records and chat JSON."""
+    import duckdb
+
+    out = project / "duckdb-out"
+    out.mkdir(exist_ok=True)
+    source = str(project / "data" / "tables" / "qa_pairs" / "*.parquet").replace("'", "''")
+    accepted = f"SELECT * FROM read_parquet('{source}', union_by_name = true) WHERE accepted"  # noqa: S608
+    messages = (
+        "[{'role': 'user', 'content': question || chr(10) || chr(10) || context}, "
+        "{'role': 'assistant', 'content': answer}]"
+    )
+    chat = f"SELECT {messages} AS messages FROM ({accepted})"  # noqa: S608 - constants and a quoted path
+    baseline = peak_rss_mb()
+    start = time.perf_counter()
+    with duckdb.connect(":memory:") as con:
+        for sql, target, options in (
+            (accepted, "dataset.parquet", "FORMAT parquet, COMPRESSION zstd"),
+            (accepted, "dataset.csv", "FORMAT csv, HEADER true"),
+            (accepted, "dataset.jsonl", "FORMAT json"),
+            (chat, "chat.jsonl", "FORMAT json"),
+        ):
+            con.execute(f"COPY ({sql}) TO '{out / target}' ({options})")
+    print(
+        json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline})
+    )
+
+
+def _run_child(kind: str, project: Path) -> dict[str, float]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.export", f"--child-{kind}", str(project)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} export failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    lines = proc.stdout.strip().splitlines()
+    report: dict[str, float] = json.loads(lines[-1])
+    if kind == "ours":
+        summary = json.loads("\n".join(lines[:-1]))
+        report["pairs"] = summary["pairs"]
+        report["files"] = len(summary["files"])
+    return report
 
 
 def main() -> None:
     """Command-line entry."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the timing run")
-    parser.add_argument("--memory-sizes", default=None,
-                        help="comma-separated row counts for the memory run (default: rows/10,rows)")
+    parser.add_argument("--sizes", default="100000,1000000", help="comma-separated qa_pairs row counts")
     parser.add_argument("--out", type=Path, default=None, help="work dir (default: a temp dir, removed after)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-ours", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-duckdb", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.rows <= 0:
-        parser.error("--rows must be positive")
-    if args.child:
-        child(args.rows, args.out)
+    if args.child_ours:
+        child_ours(args.child_ours)
         return
-    sizes = ([int(s) for s in args.memory_sizes.split(",")] if args.memory_sizes
-             else [max(1, args.rows // 10), args.rows])
+    if args.child_duckdb:
+        child_duckdb(args.child_duckdb)
+        return
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
+    if len(sizes) < 2 or min(sizes) <= 0:
+        parser.error("--sizes needs two or more positive row counts")
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="cicdllm-export-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    ours: list[dict[str, float]] = []
     try:
-        print("Peak memory (child process per size, streamed generation, all formats in one pass):", flush=True)
-        reports = memory_profile(sizes, work)
-        if len(reports) >= 2:
-            growth = reports[-1]["peak_rss_mb"] / reports[0]["peak_rss_mb"]
-            print(f"Peak RSS grows {growth:.2f}x for {sizes[-1] / sizes[0]:.0f}x the rows", flush=True)
-        print(f"Generating {args.rows:,} synthetic pairs …", flush=True)
-        table = pa.Table.from_batches(list(Synthetic(seed=0).batches(args.rows)), EXPORT_SCHEMA)
-        print(f"  in-memory table: {table.nbytes / 1e6:,.0f} MB\nOur writers (each format alone):", flush=True)
-        ours = time_formats(table, work)
-        print("DuckDB:", flush=True)
-        duck = time_duckdb(table, work)
-        del table
-        ratio = ours["parquet"][0] / duck["zstd"][0]
-        ratio_default = ours["parquet"][0] / duck["default"][0]
-        verdict = "within" if ratio <= 1.25 else "NOT within"
-        print(f"Parquet: ours {ours['parquet'][0]:.2f} s vs DuckDB COPY zstd {duck['zstd'][0]:.2f} s -> "
-              f"{ratio:.2f}x ({verdict} the 1.25x target); vs DuckDB default codec {ratio_default:.2f}x", flush=True)
+        for rows in sizes:
+            project = work / f"project-{rows}"
+            shutil.rmtree(project, ignore_errors=True)
+            start = time.perf_counter()
+            write_qa_pairs(project, rows)
+            print(f"{rows:,} qa_pairs rows written in {time.perf_counter() - start:.0f} s", flush=True)
+            mine = _run_child("ours", project)
+            duck = _run_child("duckdb", project)
+            ours.append(mine)
+            print(
+                f"  ours (cicdllm export, 8 formats): {mine['pairs']:>9,.0f} pairs, {mine['seconds']:7.1f} s, "
+                f"peak RSS {mine['peak_rss_mb']:6.0f} MB (after imports {mine['baseline_rss_mb']:.0f} MB)",
+                flush=True,
+            )
+            print(
+                f"  DuckDB COPY (4 files):            {'':>9} {duck['seconds']:13.1f} s, "
+                f"peak RSS {duck['peak_rss_mb']:6.0f} MB (after imports {duck['baseline_rss_mb']:.0f} MB)",
+                flush=True,
+            )
+            print(
+                f"  ours / DuckDB: time {mine['seconds'] / duck['seconds']:.1f}x, "
+                f"peak RSS {mine['peak_rss_mb'] / duck['peak_rss_mb']:.2f}x",
+                flush=True,
+            )
+            shutil.rmtree(project, ignore_errors=True)
     finally:
         if not args.out:
             shutil.rmtree(work, ignore_errors=True)
+    growth = ours[-1]["peak_rss_mb"] / ours[0]["peak_rss_mb"]
+    ok = growth <= TARGET_GROWTH
+    print(
+        f"Peak RSS of ours at {sizes[-1]:,} rows is {growth:.2f}x that at {sizes[0]:,} "
+        f"({sizes[-1] / sizes[0]:.0f}x the rows; target <= {TARGET_GROWTH}x): {'OK' if ok else 'MISSED'}"
+    )
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

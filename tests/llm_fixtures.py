@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,87 @@ def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A session-wide tiny random model directory (see :func:`make_tiny_model_dir`)."""
     yield make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+SCRIPTED_REPLY = "What does add return?"
+
+
+def make_scripted_model_dir(path: Path, reply: str = SCRIPTED_REPLY) -> Path:
+    """A tiny llama (saved with mlx) that answers every chat prompt with ``reply`` then ``<|im_end|>``.
+
+    A bigram model: attention and MLP outputs are zero, so the next token depends only on the
+    current one; one-hot embeddings and an untied ``lm_head`` map each token of ``reply`` to the
+    next, ``?`` to ``<|im_end|>`` and every other token to the reply's first. ``reply`` must
+    encode to distinct tokens. Real mlx-lm code (load, batching, sampling) runs it like any model.
+    """
+    import mlx.core as mx
+    from tokenizers import Tokenizer
+
+    make_tiny_model_dir(path)
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    chain = tokenizer.encode(reply, add_special_tokens=False).ids
+    assert len(set(chain)) == len(chain), f"{reply!r} repeats a token"
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    vocab = int(config["vocab_size"])
+    eos = int(config["eos_token_id"])
+    hidden = -(-vocab // 16) * 16
+    config.update(hidden_size=hidden, tie_word_embeddings=False)
+    (path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    following = {token: nxt for token, nxt in zip(chain, [*chain[1:], eos], strict=True)}
+    lm_head = np.zeros((vocab, hidden), dtype=np.float32)
+    for token in range(vocab):
+        lm_head[following.get(token, chain[0]), token] = 5.0
+    head_dim, n_heads, n_kv = 16, int(config["num_attention_heads"]), int(config["num_key_value_heads"])
+    inter = int(config["intermediate_size"])
+    zeros = np.zeros
+    weights = {
+        "model.embed_tokens.weight": np.eye(vocab, hidden, dtype=np.float32),
+        "model.norm.weight": np.ones(hidden, dtype=np.float32),
+        "lm_head.weight": lm_head,
+    }
+    for i in range(int(config["num_hidden_layers"])):
+        p = f"model.layers.{i}."
+        weights.update(
+            {
+                p + "self_attn.q_proj.weight": zeros((n_heads * head_dim, hidden), np.float32),
+                p + "self_attn.k_proj.weight": zeros((n_kv * head_dim, hidden), np.float32),
+                p + "self_attn.v_proj.weight": zeros((n_kv * head_dim, hidden), np.float32),
+                p + "self_attn.o_proj.weight": zeros((hidden, n_heads * head_dim), np.float32),
+                p + "mlp.gate_proj.weight": zeros((inter, hidden), np.float32),
+                p + "mlp.up_proj.weight": zeros((inter, hidden), np.float32),
+                p + "mlp.down_proj.weight": zeros((hidden, inter), np.float32),
+                p + "input_layernorm.weight": np.ones(hidden, dtype=np.float32),
+                p + "post_attention_layernorm.weight": np.ones(hidden, dtype=np.float32),
+            }
+        )
+    mx.save_safetensors(
+        str(path / "model.safetensors"), {k: mx.array(v) for k, v in weights.items()}, metadata={"format": "mlx"}
+    )
+    return path
+
+
+STARTUP_DEADLINE_SECONDS = 180.0
+
+
+@contextmanager
+def serve_mlx_model(model: str, workdir: Path, hf_home: Path | None = None, max_tokens: int = 16) -> Iterator[str]:
+    """Run ``mlx_lm.server --model MODEL`` on a free loopback port (offline, HF cache at ``hf_home``
+    or an empty one in ``workdir``); yield its /v1 URL once it answers; always terminate it."""
+    import os
+    import sys
+
+    from tests.openai_helpers import free_port, running_server
+
+    home = hf_home or workdir / "server-hf"
+    (home / "hub").mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    command = [sys.executable, "-m", "mlx_lm.server", "--model", model, "--max-tokens", str(max_tokens)]
+    port = free_port()
+    with running_server(command, port, workdir / f"mlx_server_{port}.log", env, STARTUP_DEADLINE_SECONDS) as url:
+        yield url

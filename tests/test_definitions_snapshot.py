@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -30,6 +31,18 @@ def _keys(keys: object) -> str:
     return "[" + ", ".join(names) + "]"
 
 
+def _code_version(version: str | None) -> str:
+    """The code version with its source/prompt digests masked (they move with every edit)."""
+    return re.sub(r"-([sp])[0-9a-f]{12}\b", r"-\1<sha>", version) if version else "none"
+
+
+def _columns(metadata: object) -> str:
+    schema = metadata.get("dagster/column_schema") if isinstance(metadata, dict) else None
+    if schema is None:
+        return "none"
+    return ",".join(f"{c.name}:{c.type}" for c in schema.columns)
+
+
 def render_definitions(defs: dg.Definitions) -> str:
     """A stable, line-oriented description of everything the code location defines."""
     graph = defs.resolve_asset_graph()
@@ -46,7 +59,10 @@ def render_definitions(defs: dg.Definitions) -> str:
             f" deps={_keys(node.parent_keys)}"
             f" automation={condition.get_label() if condition else 'none'}"
             f" kinds={sorted(node.kinds)}"
+            f" owners={sorted(node.owners)}"
+            f" code_version={_code_version(node.code_version)}"
         )
+        lines.append(f"  columns {key.to_user_string()}: {_columns(dict(node.metadata))}")
     lines += ["", "## checks"]
     for check_key in sorted(graph.asset_check_keys, key=lambda c: (c.asset_key.to_user_string(), c.name)):
         lines.append(f"check {check_key.asset_key.to_user_string()}:{check_key.name}")

@@ -72,7 +72,7 @@ def test_path_filter_reasons() -> None:
     assert path_filter("Makefile", cfg) is None
     assert path_filter("src/a.py", cfg) is None
     only_src = ProcessingConfig(include_globs=["src/**"])
-    assert path_filter("tests/a.py", only_src) == ("not_included", "not matched by processing.include_globs")
+    assert path_filter("tests/a.py", only_src) == ("not_included", "not matched by the include globs")
     assert path_filter("src/a.py", only_src) is None
 
 

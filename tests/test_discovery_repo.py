@@ -149,7 +149,7 @@ def test_include_globs_and_disabled_generated_filter(sample, counter) -> None:
     assert files["api/types.go"].status == "kept"
     assert files["web/bundle.js"].status == "kept"
     assert files["web/app.min.js"].status == "kept"
-    assert files["src/app.py"].skip_reason == "not matched by processing.include_globs"
+    assert files["src/app.py"].skip_reason == "not matched by the include globs"
 
 
 def test_bad_commit_is_a_clear_error(sample) -> None:

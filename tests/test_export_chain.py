@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, materialize
 
-from cicdllm_assets.testing.fault_server import FaultServer
-from tests.export_fixtures import CHECKS
+from benchmarks.fault_server import FaultServer
+from tests.export_fixtures import CHECKS, assert_table_metadata
 from tests.generation_support import SAMPLE_FILES, chain_assets, chain_project, chain_resources
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 from tests.test_quality_secrets import FILES as SECRET_FILES
@@ -69,3 +69,6 @@ def test_chain_to_export_leaks_no_secret(project: Path, make_git_repo, tiny_mode
             assert record.event.asset_check_evaluation.passed, check_key  # type: ignore[union-attr]
     event = instance.get_latest_materialization_event(AssetKey("training_dataset"))
     assert event is not None
+    # Dagster table conventions on every asset of a real run: true row counts, location, columns
+    partitioned = ["repositories", "source_files", "code_chunks", "questions", "answers", "qa_pairs"]
+    assert_table_metadata(instance, settings.tables_dir, out, partitioned, [key])

@@ -12,7 +12,7 @@ from dagster import AssetCheckKey, AssetKey, AssetRecordsFilter
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.export.validate import ALL_CHECKS, load_export
 from cicdllm_assets.storage.tables import TableStore
-from tests.export_fixtures import answer_row, chunk_row, run_dataset_assets, store_repo
+from tests.export_fixtures import answer_row, assert_table_metadata, chunk_row, run_dataset_assets, store_repo
 
 CODE = {
     "src/config.py": "import yaml\n\ndef parse_config(path):\n    data = yaml.safe_load(open(path))\n"
@@ -115,6 +115,9 @@ def test_dataset_end_to_end(project: Path) -> None:
     event = instance.get_latest_materialization_event(AssetKey("training_dataset"))
     meta = event.asset_materialization.metadata  # type: ignore[union-attr]
     assert meta["exported_pairs"].value == 8 and meta["excluded_repos"].value["gnu/thing"]["pairs"] == 1
+    # Dagster table conventions: true row counts (pairs, not summary rows), location, columns
+    assert_table_metadata(instance, settings.tables_dir, out, ["qa_pairs"], ["acme/tools", "gnu/thing"],
+                          columns=False)
 
 
 @pytest.mark.parametrize("check", sorted(ALL_CHECKS))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +20,7 @@ from click.testing import CliRunner
 from cicdllm_assets.cli.main import cli
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.config.models import SplitConfig
+from cicdllm_assets.export.card import hub_licenses, size_category
 from cicdllm_assets.export.dataset import build_training_dataset, license_allowed
 from cicdllm_assets.export.splits import assign_splits
 from cicdllm_assets.export.validate import ALL_CHECKS, load_export
@@ -72,6 +75,53 @@ def test_parquet_loads_in_polars_pyarrow_and_datasets(exported: tuple[Path, Any]
     assert any(TRICKY in a for a in ds["answer"])
 
 
+def test_hub_configs_load_with_datasets(exported: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The card's YAML front matter makes the folder loadable as it is: default config and each format."""
+    import datasets
+    import yaml
+
+    out, result = exported
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n")
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["license"] == ["mit"] and meta["size_categories"] == ["n<1K"]
+    assert {"question-answering", "text-generation"} <= set(meta["task_categories"]) and "en" in meta["language"]
+    per_split = ["mlx_chat", "mlx_completions", "alpaca", "sharegpt", "openai"]
+    assert [c["config_name"] for c in meta["configs"]] == per_split
+    assert [c["config_name"] for c in meta["configs"] if c.get("default")] == ["mlx_chat"]
+    counts = {s: n for s, n in result.split_counts().items() if n}
+    assert set(counts) == {"train", "valid", "test"}
+    cache = str(out.parent / "hf-cache")
+    default = datasets.load_dataset(str(out), cache_dir=cache)
+    assert {split: len(ds) for split, ds in default.items()} == counts
+    assert default.column_names["train"] == ["messages"]
+    columns = {"mlx_chat": ["messages"], "openai": ["messages"], "mlx_completions": ["prompt", "completion"],
+               "alpaca": ["instruction", "input", "output"], "sharegpt": ["conversations", "system"]}
+    for fmt in per_split:
+        loaded = datasets.load_dataset(str(out), fmt, cache_dir=cache)
+        assert {split: len(ds) for split, ds in loaded.items()} == counts, fmt
+        assert sorted(loaded.column_names["train"]) == sorted(columns[fmt]), fmt
+
+
+def test_exported_files_honour_the_umask(project: Path) -> None:
+    settings = load_settings()
+    old = os.umask(0o022)
+    try:
+        build_training_dataset(qa_table(tricky=False), settings)
+    finally:
+        os.umask(old)
+    files = [p for p in settings.export_dir.rglob("*") if p.is_file()]
+    assert len(files) >= 19
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(0o644)}
+
+
+def test_hub_license_ids() -> None:
+    assert hub_licenses(["MIT", "Apache-2.0 OR MIT"]) == ["apache-2.0", "mit"]
+    assert hub_licenses(["GPL-3.0-only", "LicenseRef-custom"]) == ["gpl-3.0", "other"]
+    assert size_category(999) == "n<1K" and size_category(1000) == "1K<n<10K"
+
+
 def test_csv_round_trips_quotes_commas_and_newlines(exported: tuple[Path, Any]) -> None:
     import polars as pl
 
@@ -80,7 +130,8 @@ def test_csv_round_trips_quotes_commas_and_newlines(exported: tuple[Path, Any]) 
     csv.field_size_limit(sys.maxsize)
     with open(path, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    expected = result.records.column("answer").to_pylist()
+    expected = pq.read_table(out / "dataset.parquet").column("answer").to_pylist()
+    assert len(expected) == result.exported_pairs
     assert [r["answer"] for r in rows] == expected
     assert any(TRICKY in r["answer"] for r in rows)
     assert pacsv.read_csv(path).column("answer").to_pylist() == expected

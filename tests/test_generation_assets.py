@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
+from benchmarks.fault_server import Fault, FaultServer
 from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
-from cicdllm_assets.testing.fault_server import Fault, FaultServer
 from tests.generation_support import (
     SAMPLE_FILES,
     chunk_rows,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, materialize
 
-from cicdllm_assets.testing.fault_server import FaultServer
+from benchmarks.fault_server import FaultServer
 from tests.generation_support import SAMPLE_FILES, chain_assets, chain_project, chain_resources, ledger_of, read_table
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 

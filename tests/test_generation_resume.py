@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
+from benchmarks.fault_server import FaultServer
 from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
 from cicdllm_assets.storage.tables import TableStore
-from cicdllm_assets.testing.fault_server import FaultServer
 from tests.generation_support import (
     REPO_ROOT,
     SAMPLE_FILES,

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cicdllm_assets.config import load_settings
@@ -18,60 +12,14 @@ from cicdllm_assets.models.paths import EMBEDDED_MODEL_NAME
 from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
 from cicdllm_assets.resources.llm.openai_backend import DEFAULT_CONTEXT_WINDOW, OpenAIBackend, OpenAIBackendConfig
 from cicdllm_assets.resources.llm.tokenizer_counter import TokenCounter
-from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
-
-STARTUP_DEADLINE_SECONDS = 180.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.llm_fixtures import serve_mlx_model, tiny_model_dir  # noqa: F401 - session fixture
 
 
 @pytest.fixture
 def mlx_server(tiny_model_dir: Path, tmp_path: Path) -> Iterator[str]:  # noqa: F811
-    """Start mlx_lm.server on a free loopback port; yield its /v1 URL; always terminate it."""
-    port = _free_port()
-    hub = tmp_path / "hf" / "hub"
-    hub.mkdir(parents=True)
-    env = {
-        **os.environ,
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_HUB_CACHE": str(hub),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-    log_path = tmp_path / "mlx_server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlx_lm.server", "--model", str(tiny_model_dir),
-             "--host", "127.0.0.1", "--port", str(port), "--max-tokens", "16"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlx_lm.server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlx_lm.server did not answer within {STARTUP_DEADLINE_SECONDS:g}s:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
+    """mlx_lm.server on a free loopback port serving the tiny model; yields its /v1 URL."""
+    with serve_mlx_model(str(tiny_model_dir), tmp_path) as base_url:
         yield base_url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
 
 
 @pytest.mark.slow
@@ -116,7 +64,9 @@ def test_backend_against_real_mlx_lm_server(mlx_server: str, tiny_model_dir: Pat
 
 @pytest.mark.slow
 def test_embedded_alias_uses_the_servers_default_model(
-    mlx_server: str, tiny_model_dir: Path, project: Path  # noqa: F811
+    mlx_server: str,
+    tiny_model_dir: Path,  # noqa: F811
+    project: Path,
 ) -> None:
     (project / "cicdllm.yaml").write_text(
         "storage:\n  data_dir: data\n  dagster_home: dagster_home\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.openai_rate import run_openai_rate_benchmark
+from benchmarks.openai_rate import run_degrading_benchmark, run_openai_rate_benchmark
 
 
 @pytest.mark.parametrize("server", ["thread", "process"])
@@ -24,3 +24,14 @@ def test_rate_benchmark_validates_arguments() -> None:
         run_openai_rate_benchmark(requests=1, latency=0, capacity=1)
     with pytest.raises(ValueError, match="server"):
         run_openai_rate_benchmark(requests=1, server="cluster")  # type: ignore[arg-type]
+
+
+def test_degrading_benchmark_smoke() -> None:
+    """Both clients run against fresh degrading servers (figures are the benchmark's to judge)."""
+    report = run_degrading_benchmark(requests=12)
+    fixed, adaptive = report["fixed"], report["adaptive"]
+    assert adaptive["ok"] == 12 and adaptive["errors"] == 0
+    assert adaptive["server_requests"] >= 12 and fixed["server_requests"] >= 12
+    assert fixed["ok"] + fixed["errors"] == 12
+    assert fixed["final_limit"] == 8 and 1 <= adaptive["final_limit"] <= 8
+    assert set(report) >= {"adaptive_over_fixed", "meets_target", "ideal_rps"}

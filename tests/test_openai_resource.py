@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 from dagster import AssetExecutionContext, DagsterInstance, MaterializeResult, asset, materialize
 
+from benchmarks.fault_server import Fault, FaultServer
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.resources.llm import build_llm_resource
 from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend
 from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
-from cicdllm_assets.testing import Fault, FaultServer
 from tests.openai_helpers import make_request
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from benchmarks.fault_server import FaultServer
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.resources.llm.base import ChatMessage
 from cicdllm_assets.resources.llm.openai_backend import (
@@ -27,7 +28,6 @@ from cicdllm_assets.resources.llm.tokenizer_counter import (
     TokenCounter,
     TokenizerLoadError,
 )
-from cicdllm_assets.testing import FaultServer
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 from tests.openai_helpers import make_backend, make_request
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from benchmarks.fault_server import FaultServer
 from cicdllm_assets.cli.main import cli
-from cicdllm_assets.testing.fault_server import FaultServer
 from tests.generation_support import SAMPLE_FILES, openai_config
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 

@@ -21,8 +21,8 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
+from benchmarks.fault_server import Fault, FaultServer
 from cicdllm_assets.runner.pipeline import HOST_TAG, PID_TAG, TRIGGER_TAG, reap_orphaned_runs
-from cicdllm_assets.testing.fault_server import Fault, FaultServer
 from tests.generation_support import openai_config
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from cicdllm_assets.runner.instance import ensure_dagster_home
 from cicdllm_assets.runner.progress import ProgressDisplay, read_progress, render_progress
 from cicdllm_assets.runner.selection import SelectionError, plan_selection
 from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.tables import TableStore
 from tests.discovery_helpers import train_tokenizer
 
 INGEST = ["repositories", "source_files", "code_chunks"]
@@ -178,6 +180,50 @@ def _stand_in_defs() -> dg.Definitions:
     return dg.Definitions(assets=assets, jobs=[main_job, dataset_job])
 
 
+@pytest.mark.slow
+def test_per_repo_include_and_a_repo_with_no_kept_files(ingest_project: Path, make_git_repo) -> None:
+    """repos.txt options apply to their own line only; 0 kept files warn in the run summary (JSON
+    and table), ``cicdllm status --once --json`` and the source_files materialization."""
+    alpha = make_git_repo("alpha", {"src/a.py": "def a():\n    return 1\n", "tools/t.py": "X = 1\n"})
+    beta = make_git_repo("beta", {"b.py": "def b(x):\n    return x * 2\n", "c.py": "C = 3\n"})
+    (ingest_project / "repos.txt").write_text(
+        f"{alpha.path} include=src/**\n{beta.path} include=src/**,lib/** exclude=b.py\n", encoding="utf-8"
+    )
+    code, data, _ = _run("--select", "repositories,source_files")
+    assert code == 0, data
+    assert data["selection"] == ["repositories", "source_files"]
+    repos = _by_repo(data)
+    assert repos["local-alpha"]["warnings"] == []
+    assert repos["local-alpha"]["rows"]["source_files"] == 2
+    warning = repos["local-beta"]["warnings"]
+    assert len(warning) == 1 and warning[0].startswith("source_files: 0 of 2 files kept (2 not_included)")
+
+    settings = load_settings()
+    kept = {
+        row["path"]
+        for row in TableStore(settings.tables_dir).read("source_files", "local-alpha").to_pylist()
+        if row["status"] == "kept"
+    }
+    assert kept == {"src/a.py"}  # tools/t.py is outside alpha's include=
+    records = (
+        dg.DagsterInstance.get()
+        .fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("source_files"), asset_partitions=["local-beta"]), limit=1
+        )
+        .records
+    )
+    beta_meta = records[0].asset_materialization.metadata
+    assert beta_meta["warning"].value.startswith("0 of 2 files kept")
+
+    status = CliRunner().invoke(cli, ["status", "--once", "--json", "--no-runs"], catch_exceptions=False)
+    by_repo = {repo["repo"]: repo for repo in json.loads(status.stdout)["repos"]}
+    assert by_repo["local-alpha"]["warnings"] == []
+    assert by_repo["local-beta"]["warnings"][0].startswith("0 of 2 files kept")
+
+    table = CliRunner().invoke(cli, ["run", "--select", "repositories,source_files"], catch_exceptions=False)
+    assert "warning: local-beta: source_files: 0 of 2 files kept" in " ".join(table.output.split())
+
+
 def test_selection_strings_split_into_repo_chain_and_dataset_step() -> None:
     defs = _stand_in_defs()
     plan = plan_selection(defs, None, "main_job", "dataset_job")
@@ -188,6 +234,10 @@ def test_selection_strings_split_into_repo_chain_and_dataset_step() -> None:
     assert plan.names == ["qa_pairs", "training_dataset"]
     plan = plan_selection(defs, "group:ingest", "main_job", "dataset_job")
     assert plan.names == INGEST and plan.dataset_keys == ()
+    plan = plan_selection(defs, "repositories,source_files", "main_job", "dataset_job")
+    assert plan.names == ["repositories", "source_files"]
+    plan = plan_selection(defs, "code_chunks, qa_pairs+", "main_job", "dataset_job")
+    assert plan.names == ["code_chunks", "qa_pairs", "training_dataset"]
     plan = plan_selection(defs, "key:training_dataset", "main_job", "dataset_job")
     assert plan.repo_keys == () and plan.names == ["training_dataset"]
     with pytest.raises(SelectionError, match="matches no asset"):
@@ -222,7 +272,7 @@ def test_partitions_are_synced_from_repos_txt_before_running(ingest_project: Pat
     assert dg.DagsterInstance.get().get_dynamic_partitions(REPOS_PARTITIONS_NAME) == ["local-synced"]
 
 
-def test_live_display_polls_the_state_store_and_keeps_log_lines_readable(tmp_path: Path) -> None:
+def test_live_display_polls_the_state_store_and_keeps_log_lines_readable(tmp_path: Path, monkeypatch) -> None:
     import io
     import logging
 
@@ -235,6 +285,14 @@ def test_live_display_polls_the_state_store_and_keeps_log_lines_readable(tmp_pat
     root = logging.getLogger()
     plain = logging.StreamHandler(io.StringIO())
     root.addHandler(plain)
+    # A library logger with its own handler on the terminal (like dagster's): it must not
+    # write past the live table either.
+    terminal = io.StringIO()
+    library = logging.getLogger("cicdllm.test.library")
+    library.propagate = False
+    own = logging.StreamHandler(terminal)
+    library.addHandler(own)
+    monkeypatch.setattr(sys, "stderr", terminal)
     try:
         with ProgressDisplay(db, refresh_seconds=0.25, console=console) as display:
             assert plain not in root.handlers  # routed through the live console meanwhile
@@ -242,14 +300,21 @@ def test_live_display_polls_the_state_store_and_keeps_log_lines_readable(tmp_pat
             store.start_stage("local-a", "questions", total=8, unit="items")
             store.advance("local-a", "questions", done=3)
             logging.getLogger("cicdllm.test").warning("a log line during the run")
+            library.warning("a library line during the run")
             deadline = time.monotonic() + 10
             while "3/8 items" not in buffer.getvalue() and time.monotonic() < deadline:
                 time.sleep(0.1)
             display.step("local-a", "done")
         assert plain in root.handlers  # restored
+        assert own.stream is terminal
     finally:
         root.removeHandler(plain)
+        library.removeHandler(own)
     text = buffer.getvalue()
+    assert terminal.getvalue() == ""  # nothing bypassed the live console
+    assert "a library line during the run" in text
+    assert text.index("a library line during the run") < text.rindex("3/8 items")  # the table is redrawn below
     assert "3/8 items" in text and "questions" in text
+    assert "speed" in text and "elapsed" in text
     assert "a log line during the run" in text
     assert "done" in text

@@ -29,7 +29,7 @@ def test_add_list_sync_roundtrip(project: Path, make_git_repo) -> None:
     result = invoke("add", str(repo.path))
     assert result.exit_code == 0, result.output
     assert "added local-alpha" in result.output
-    result = invoke("add", "https://github.com/pallets/click@8.1.7")
+    result = invoke("add", "--no-preview", "https://github.com/pallets/click@8.1.7")
     assert result.exit_code == 0, result.output
     assert repos_txt.read_text(encoding="utf-8") == (
         f"# my repos\n\n# keep this comment\n{repo.path}\nhttps://github.com/pallets/click@8.1.7\n"
@@ -120,3 +120,26 @@ def test_remove_by_key_or_spec_keeps_comments(project: Path) -> None:
     assert repos_txt.read_text(encoding="utf-8") == "# header\n\n# footer\n"
     missing = invoke("remove", "github.com-a-b")
     assert missing.exit_code == 2 and "no entry" in missing.output
+
+
+def test_add_counts_the_files_its_options_keep(project: Path, make_git_repo) -> None:
+    repo = make_git_repo("mixed", {"src/a.py": "A = 1\n", "src/b.py": "B = 2\n", "docs/x.md": "# x\n"})
+    repos_txt = project / "repos.txt"
+
+    result = invoke("add", str(repo.path), "include=lib/**")
+    assert result.exit_code == 0, result.output
+    assert "0 of 3 files at" in result.output and "would be kept (3 not_included skipped)" in result.output
+    assert "warning: no file would be kept: set include=GLOB on its repos.txt line" in result.output
+
+    repos_txt.write_text("", encoding="utf-8")
+    result = invoke("add", str(repo.path), "include=src/**", "exclude=src/b.py")
+    assert result.exit_code == 0, result.output
+    assert "1 of 3 files at" in result.output and "warning" not in result.output
+    assert repos_txt.read_text(encoding="utf-8") == f"{repo.path} include=src/** exclude=src/b.py\n"
+    rows = json.loads(invoke("list", "--json").output)
+    assert (rows[0]["include"], rows[0]["exclude"]) == (["src/**"], ["src/b.py"])
+
+    result = invoke("add", str(repo.path), "inclde=src/**")
+    assert result.exit_code == 2
+    assert f"repos.txt:2: '{repo.path} inclde=src/**': unknown option 'inclde'" in result.output
+    assert repos_txt.read_text(encoding="utf-8") == f"{repo.path} include=src/** exclude=src/b.py\n"  # unchanged

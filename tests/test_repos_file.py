@@ -214,3 +214,47 @@ def test_shipped_repos_file_is_valid() -> None:
     root = Path(__file__).resolve().parents[1]
     entries = read_repos_file(root / "repos.txt")
     assert any(entry.local_path == root for entry in entries)
+    demo = next(entry for entry in entries if entry.local_path == root)
+    assert demo.include_globs == ("cicdllm_assets/**/*.py",)  # the demo bound is this repository's own
+
+
+def test_per_repo_options(tmp_path: Path) -> None:
+    from cicdllm_assets.config.models import ProcessingConfig
+
+    entries = parse(
+        "https://github.com/pallets/click@8.1.7 include=src/**\n"
+        "https://github.com/psf/requests exclude=tests/** exclude=docs/**,*.md include=src/**,lib/*.py\n"
+        "https://github.com/a/b\n",
+        tmp_path,
+    )
+    click, requests, plain = entries
+    assert (click.ref, click.include_globs, click.exclude_globs, click.spec) == (
+        "8.1.7",
+        ("src/**",),
+        (),
+        "https://github.com/pallets/click@8.1.7",
+    )
+    assert requests.include_globs == ("src/**", "lib/*.py")
+    assert requests.exclude_globs == ("tests/**", "docs/**", "*.md")
+    base = ProcessingConfig(include_globs=["everything/**"])
+    merged = requests.processing(base)
+    assert merged.include_globs == ["src/**", "lib/*.py"]  # the repo's include replaces the global one
+    assert merged.exclude_globs == [*base.exclude_globs, "tests/**", "docs/**", "*.md"]  # excludes add up
+    assert plain.processing(base) is base
+
+
+@pytest.mark.parametrize(
+    ("option", "fragment"),
+    [
+        ("includes=src/**", "unknown option 'includes'"),
+        ("include=", "option include= needs at least one glob"),
+        ("include=,", "option include= needs at least one glob"),
+        ("exclude=/etc/**", "must be relative to the repository root"),
+        ("include=../other/**", "must be relative to the repository root"),
+    ],
+)
+def test_bad_options_are_line_numbered_errors(tmp_path: Path, option: str, fragment: str) -> None:
+    error = errors_of(f"# header\nhttps://github.com/a/b {option}\n", tmp_path)
+    assert [e.line_no for e in error.errors] == [2]
+    assert fragment in error.errors[0].message
+    assert f"repos.txt:2: 'https://github.com/a/b {option}'" in str(error)

@@ -171,3 +171,27 @@ def test_viewer_survives_an_invalid_config(populated: Settings) -> None:
             assert "no battery" in app.query_one(ResourcesPanel).plain_text
 
     asyncio.run(scenario())
+
+
+def test_panels_stack_at_80x24_and_a_repo_without_files_is_flagged(populated: Settings) -> None:
+    """At 80x24 every panel keeps a usable width; a repo whose filters kept nothing shows a warning."""
+    from tests.status_helpers import write_tables
+
+    write_tables(populated, "gamma", files=0, skipped=3, chunks=0, questions=0, answers=0, accepted=0)
+    state = StateStore(populated.state_db)
+    state.start_stage("gamma", "source_files", 3, "files")
+    state.finish_stage("gamma", "source_files", "done")
+
+    async def scenario() -> None:
+        app = StatusApp(battery_reader=lambda: BatteryReading(80.0, True))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.refresh_count >= 1)
+            await pilot.pause(0.2)
+            for widget in (ReposTable, ProgressPanel, ResourcesPanel, RunsTable):
+                region = app.query_one(widget).region
+                assert region.width >= 40, (widget.__name__, region)
+            rows = {row[0]: row for row in app.query_one(ReposTable).row_texts()}
+            assert rows["gamma"][-1].startswith("0 of 3 files kept")
+            assert rows["alpha"][-1] == ""
+
+    asyncio.run(scenario())

@@ -2,6 +2,7 @@
 
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
+from cicdllm_assets.assets._conventions import OWNERS, code_version
 from cicdllm_assets.failures import permanent_failure, stage_failures_recorded
 from cicdllm_assets.finetune.data import FinetuneInputError
 from cicdllm_assets.finetune.live import LiveBoard
@@ -19,6 +20,9 @@ ALL = "*"
     group_name="evaluation",
     deps=["training_dataset"],
     required_resource_keys={"app_config"},
+    code_version=code_version("adapter", "finetune", "assets/adapter.py"),
+    kinds={"python", "mlx"},
+    owners=OWNERS,
     description=(
         "Opt-in: LoRA adapter of the base model trained with mlx-lm on the mlx_chat export; resumable, "
         "keyed by dataset content + base model + finetune settings (a no-op re-run trains nothing)."

@@ -8,8 +8,10 @@ each is committed as it completes, so a killed run resumes without duplicates.
 import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
+from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
 from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env
 from cicdllm_assets.generation.runner import (
+    ANSWERS_SCHEMA,
     answer_postprocess,
     answers_table,
     plan_answers,
@@ -24,6 +26,10 @@ STAGE = "answers"
     group_name="generation",
     required_resource_keys={"app_config", "llm"},
     pool="llm",
+    code_version=code_version("answers", "generation", "assets/answers.py", prompts="answer"),
+    kinds={"llm", "parquet"},
+    owners=OWNERS,
+    metadata=table_definition_metadata(ANSWERS_SCHEMA),
     description="Answers to each question, grounded in the code chunk (LLM; incremental via the ledger).",
 )
 def answers(context: AssetExecutionContext, questions: pa.Table, code_chunks: pa.Table) -> Output[pa.Table]:

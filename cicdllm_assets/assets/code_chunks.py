@@ -7,11 +7,12 @@ from typing import Any
 import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
+from cicdllm_assets.assets._conventions import OWNERS, table_definition_metadata
 from cicdllm_assets.assets.source_files import repository_row
 from cicdllm_assets.chunking.build import build_chunks, kept_in_chunk_order
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
 from cicdllm_assets.chunking.redaction_cache import RedactionCache
-from cicdllm_assets.chunking.rows import ChunkRowBuilder, texts_digest
+from cicdllm_assets.chunking.rows import CODE_CHUNKS_SCHEMA, ChunkRowBuilder, texts_digest
 from cicdllm_assets.chunking.runtime import step_chunker
 from cicdllm_assets.failures import stage_failures_recorded
 from cicdllm_assets.partitions import repos_partitions
@@ -26,7 +27,9 @@ CODE_VERSION = f"code-chunks-c{CHUNKER_VERSION}-r1"
     partitions_def=repos_partitions,
     group_name="ingest",
     code_version=CODE_VERSION,
-    kinds={"parquet"},
+    kinds={"python", "parquet"},
+    owners=OWNERS,
+    metadata=table_definition_metadata(CODE_CHUNKS_SCHEMA),
     description="Chunks of kept files split at syntax boundaries, each within processing.chunk_max_tokens, "
     "secrets redacted.",
 )

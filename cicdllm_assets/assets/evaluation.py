@@ -4,6 +4,7 @@ import shutil
 
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
+from cicdllm_assets.assets._conventions import OWNERS, code_version
 from cicdllm_assets.export.card import set_card_section
 from cicdllm_assets.export.dataset import CARD_NAME
 from cicdllm_assets.failures import permanent_failure, stage_failures_recorded
@@ -26,6 +27,9 @@ CARD_ASSETS_DIR = "evaluation"
     group_name="evaluation",
     deps=["adapter"],
     required_resource_keys={"app_config"},
+    code_version=code_version("evaluation", "finetune", "assets/evaluation.py"),
+    kinds={"python", "mlx"},
+    owners=OWNERS,
     description=(
         "Opt-in: mean loss and perplexity of the base model vs base + adapter on the test split (files the "
         "adapter never saw) and the valid split, side-by-side answers, recorded per dataset version."

@@ -7,8 +7,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
+from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
+from cicdllm_assets.generation.runner import ANSWERS_SCHEMA
 from cicdllm_assets.partitions import repos_partitions
-from cicdllm_assets.quality.pairs import filter_pairs
+from cicdllm_assets.quality.pairs import QA_EXTRA_FIELDS, filter_pairs
 from cicdllm_assets.storage.state import StateStore
 
 STAGE = "qa_pairs"
@@ -25,6 +27,10 @@ def _data_version(table: pa.Table) -> str:
     partitions_def=repos_partitions,
     group_name="dataset",
     required_resource_keys={"app_config"},
+    code_version=code_version("qa_pairs", "quality", "assets/qa_pairs.py"),
+    kinds={"python", "parquet"},
+    owners=OWNERS,
+    metadata=table_definition_metadata(pa.schema([*ANSWERS_SCHEMA, *QA_EXTRA_FIELDS])),
     description=(
         "Answers with quality verdicts: accepted, or rejected as empty, too short, refusal, truncated, "
         "not grounded in the chunk, or a (near-)duplicate within the repository."

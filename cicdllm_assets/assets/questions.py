@@ -8,8 +8,10 @@ is rebuilt from the ledger, so a no-op re-run makes zero LLM calls.
 import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
+from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
 from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env
 from cicdllm_assets.generation.runner import (
+    QUESTIONS_SCHEMA,
     plan_questions,
     question_postprocess,
     questions_table,
@@ -25,6 +27,10 @@ STAGE = "questions"
     group_name="generation",
     required_resource_keys={"app_config", "llm"},
     pool="llm",
+    code_version=code_version("questions", "generation", "assets/questions.py", prompts="question"),
+    kinds={"llm", "parquet"},
+    owners=OWNERS,
+    metadata=table_definition_metadata(QUESTIONS_SCHEMA),
     description="Questions about each code chunk, per prompt theme (LLM; incremental via the ledger).",
 )
 def questions(context: AssetExecutionContext, code_chunks: pa.Table) -> Output[pa.Table]:

@@ -21,6 +21,7 @@ from dagster import (
     asset,
 )
 
+from cicdllm_assets.assets._conventions import OWNERS, table_definition_metadata
 from cicdllm_assets.config import ConfigError
 from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.partitions import repos_partitions
@@ -91,7 +92,9 @@ def _fail(
     partitions_def=repos_partitions,
     group_name="ingest",
     code_version="repositories-v1",
-    kinds={"git"},
+    kinds={"git", "parquet"},
+    owners=OWNERS,
+    metadata=table_definition_metadata(REPOSITORIES_SCHEMA),
     description="Clone or fetch the repository of this partition and check out its ref (one row).",
 )
 def repositories(context: AssetExecutionContext, app_config: AppConfigResource) -> Output[pa.Table]:

@@ -8,14 +8,16 @@ from typing import Any
 import pyarrow as pa
 from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, asset
 
+from cicdllm_assets.assets._conventions import OWNERS, table_definition_metadata
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
 from cicdllm_assets.chunking.runtime import step_chunker
-from cicdllm_assets.discovery.discover import SKIPPED, Discovery, SourceFile
+from cicdllm_assets.discovery.discover import SKIPPED, Discovery, SourceFile, no_files_kept_warning
 from cicdllm_assets.discovery.git_objects import GitError
-from cicdllm_assets.discovery.table import source_files_table
+from cicdllm_assets.discovery.table import SOURCE_FILES_SCHEMA, source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
 from cicdllm_assets.failures import stage_failures_recorded
 from cicdllm_assets.partitions import repos_partitions
+from cicdllm_assets.repos.sync import repo_processing
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.storage.state import StateStore
 
@@ -51,6 +53,8 @@ def _skip_preview(files: list[SourceFile], limit: int = 25) -> str:
     group_name="ingest",
     code_version=CODE_VERSION,
     kinds={"git", "parquet"},
+    owners=OWNERS,
+    metadata=table_definition_metadata(SOURCE_FILES_SCHEMA),
     description="Files tracked at the head commit: language, encoding, tokens; skipped files keep their reason.",
 )
 def source_files(
@@ -62,7 +66,7 @@ def source_files(
     row = repository_row(repositories, repo)
     commit = str(row["head_commit"])
     state = StateStore(settings.state_db)
-    processing = settings.config.processing
+    processing = repo_processing(settings, repo)
     with stage_failures_recorded(state, repo, STAGE):
         state.clear_failures(repo, STAGE)
         state.start_stage(repo, STAGE, total=0, unit="files")
@@ -89,6 +93,10 @@ def source_files(
         )
         state.log_event("info", summary, repo=repo)
         context.log.info(summary)
+        warning = no_files_kept_warning(stats.files_total, stats.skipped_by_category) if not stats.files_kept else None
+        if warning:
+            state.log_event("warning", f"{STAGE}: {warning}", repo=repo)
+            context.log.warning(warning)
         table = source_files_table(repo, commit, files)
         config_hash = hashlib.sha256(
             json.dumps(processing.model_dump(mode="json"), sort_keys=True).encode()
@@ -110,8 +118,12 @@ def source_files(
             "files_per_second": MetadataValue.float(round(stats.files_per_second, 1)),
             "seconds": MetadataValue.float(round(stats.seconds, 3)),
             "tokenizer": MetadataValue.path(str(chunker.counter.path)),
+            "tokenizer_source": MetadataValue.text(chunker.tokenizer_source),
+            "include_globs": MetadataValue.json(list(processing.include_globs)),
             "chunk_max_tokens": MetadataValue.int(chunker.budget),
             "skipped_files": MetadataValue.md(_skip_preview(files)),
         }
+        if warning:
+            metadata["warning"] = MetadataValue.text(warning)
         return Output(table, data_version=DataVersion(hashlib.sha256(version.encode()).hexdigest()[:24]),
                       metadata=metadata)

@@ -2,9 +2,11 @@
 
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetIn, MetadataValue, Nothing, Output, asset
 
+from cicdllm_assets.assets._conventions import OWNERS, ROW_COUNT, URI, code_version, table_definition_metadata
 from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
+from cicdllm_assets.export.records import EXPORT_SCHEMA
 from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.storage.tables import TableStore
@@ -16,19 +18,31 @@ ALL_REPOS = "*"
 @asset(
     group_name="dataset",
     required_resource_keys={"app_config"},
+    # Not loaded through the IO manager: the export streams the stored partition files.
+    ins={"qa_pairs": AssetIn(dagster_type=Nothing)},
+    code_version=code_version("training_dataset", "export", "quality", "assets/training_dataset.py"),
+    kinds={"python", "parquet", "huggingface"},
+    owners=OWNERS,
+    metadata=table_definition_metadata(EXPORT_SCHEMA),
     description=(
         "Accepted pairs of all repositories: licence allow-list, cross-repo dedup, secret re-scan, "
         "file-disjoint train/valid/test split, written in every configured format with a dataset card."
     ),
 )
-def training_dataset(context: AssetExecutionContext, qa_pairs: pa.Table) -> Output[pa.Table]:
+def training_dataset(context: AssetExecutionContext) -> Output[pa.Table]:
     """Export the dataset; the returned table counts pairs per repo, split and theme."""
     settings = context.resources.app_config.step_settings()
+    store = TableStore(settings.tables_dir)
+    keys = context.asset_partition_keys_for_input("qa_pairs")
+    paths = store.partition_files("qa_pairs", keys)
+    if not paths:
+        raise FileNotFoundError("no stored table for qa_pairs (materialize it first)")
+    input_rows = store.row_count("qa_pairs", keys)
     state = StateStore(settings.state_db)
-    state.start_stage(ALL_REPOS, STAGE, qa_pairs.num_rows, "pairs")
-    repositories = TableStore(settings.tables_dir).read_all("repositories")
+    state.start_stage(ALL_REPOS, STAGE, input_rows, "pairs")
+    repositories = store.read_all("repositories")
     try:
-        result = build_training_dataset(qa_pairs, settings, repositories=repositories)
+        result = build_training_dataset(paths, settings, repositories=repositories)
     except ExportInputError as exc:
         state.finish_stage(ALL_REPOS, STAGE, "failed")
         raise permanent_failure(str(exc)) from None
@@ -36,7 +50,7 @@ def training_dataset(context: AssetExecutionContext, qa_pairs: pa.Table) -> Outp
         state.finish_stage(ALL_REPOS, STAGE, "failed")
         state.log_event("error", f"{STAGE}: {type(exc).__name__}: {exc}")
         raise
-    state.advance(ALL_REPOS, STAGE, done=qa_pairs.num_rows)
+    state.advance(ALL_REPOS, STAGE, done=input_rows)
     state.finish_stage(ALL_REPOS, STAGE, "done")
     for repo, info in result.excluded_repos.items():
         context.log.warning(f"{repo}: {info['pairs']} pairs excluded: {info['reason']}")
@@ -52,6 +66,8 @@ def training_dataset(context: AssetExecutionContext, qa_pairs: pa.Table) -> Outp
     context.log.info(f"exported {result.exported_pairs} pairs to {result.out_dir}")
     summary = result.summary_table()
     metadata = {
+        ROW_COUNT: MetadataValue.int(result.exported_pairs),
+        URI: MetadataValue.text(result.out_dir.resolve().as_uri()),
         "export_dir": MetadataValue.path(str(result.out_dir)),
         "input_pairs": MetadataValue.int(result.input_pairs),
         "accepted_pairs": MetadataValue.int(result.accepted_pairs),

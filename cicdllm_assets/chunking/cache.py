@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION, ChunkSpan, FilePlan
+from cicdllm_assets.quality.secrets import redact_field
 from cicdllm_assets.storage.state import StateStore
 
 CACHE_TABLE_DDL = """
@@ -51,8 +52,12 @@ class CacheKey:
 
 
 def plan_to_json(plan: FilePlan) -> str:
-    """Serialise a plan's imports and chunks."""
-    return json.dumps({"i": plan.imports, "c": [c.to_list() for c in plan.chunks]}, separators=(",", ":"))
+    """Serialise a plan's imports and chunks; the state DB never holds a secret, so imports and
+    symbol names (copied from the file) are stored redacted."""
+    chunks = [c.to_list() for c in plan.chunks]
+    for row in chunks:
+        row[4] = redact_field(row[4])  # type: ignore[arg-type]
+    return json.dumps({"i": redact_field(plan.imports), "c": chunks}, separators=(",", ":"))
 
 
 def plan_from_json(token_count: int, line_count: int, raw: str) -> FilePlan:

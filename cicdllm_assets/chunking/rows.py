@@ -12,7 +12,7 @@ import pyarrow as pa
 from cicdllm_assets.chunking.plan import ChunkSpan, FilePlan
 from cicdllm_assets.chunking.redaction_cache import RedactionCache, text_key
 from cicdllm_assets.chunking.tokenizer import TokenCounter
-from cicdllm_assets.quality.secrets import redact_secrets
+from cicdllm_assets.quality.secrets import redact_field, redact_secrets
 
 CODE_CHUNKS_SCHEMA = pa.schema([
     pa.field("repo", pa.string(), nullable=False),
@@ -120,10 +120,11 @@ class ChunkRowBuilder:
         self._seen.add(key)
         cols = self.columns
         index = len(cols["chunk_key"])
+        symbol = redact_field(span.symbol) if self.redactor is not None else span.symbol
         for name, value in (
             ("repo", self.repo), ("commit", self.commit), ("license", self.license), ("path", file.path),
             ("blob_sha", file.blob_sha), ("language", file.language), ("chunk_key", key),
-            ("start_line", start), ("end_line", end), ("symbol", span.symbol), ("imports", imports),
+            ("start_line", start), ("end_line", end), ("symbol", symbol), ("imports", imports),
             ("text", text), ("token_count", tokens), ("redactions", redactions), ("chunk_index", index),
         ):
             cols[name].append(value)
@@ -204,6 +205,11 @@ class ChunkRowBuilder:
             spans.append((span, extra, key))
         originals = [file.text[span.start_char : span.end_char] for span, _, _ in spans]
         redacted = self._redact(file.path, originals)
+        # Imports, symbols and the path reach prompts and the table as well: redacted too.
+        imports, path = plan.imports, file.path
+        if self.redactor is not None:
+            imports, path = redact_field(imports, file.path) or "", redact_field(path) or path
+        file = FileForChunks(path, file.blob_sha, file.language, file.text) if path != file.path else file
         for (span, extra, key), original, (text, redactions) in zip(spans, originals, redacted, strict=True):
             tokens = span.token_count
             self.stats.redactions += redactions
@@ -216,9 +222,9 @@ class ChunkRowBuilder:
                     start = min(span.start_line + offset, span.end_line)
                     end = min(start + max(piece.count("\n") - (1 if piece.endswith("\n") else 0), 0), span.end_line)
                     self._append(file, span, chunk_key(file.blob_sha, start, end, f"{extra}r{k}"), start, end,
-                                 plan.imports, piece, piece_tokens, redactions if k == 0 else 0)
+                                 imports, piece, piece_tokens, redactions if k == 0 else 0)
                 continue
-            self._append(file, span, key, span.start_line, span.end_line, plan.imports, text, tokens, redactions)
+            self._append(file, span, key, span.start_line, span.end_line, imports, text, tokens, redactions)
         return self.stats.chunks - before
 
     def table(self) -> pa.Table:

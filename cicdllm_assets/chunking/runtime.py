@@ -9,7 +9,7 @@ from cicdllm_assets.chunking.cache import PlanCache
 from cicdllm_assets.chunking.service import Chunker
 from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.config import Settings
-from cicdllm_assets.models.paths import resolve_tokenizer_path
+from cicdllm_assets.models.paths import resolve_tokenizer
 from cicdllm_assets.storage.state import StateStore
 
 _lock = threading.Lock()
@@ -42,9 +42,10 @@ def plan_cache(state_db: Path, lru_size: int) -> PlanCache:
 
 def chunker_for(settings: Settings) -> Chunker:
     """A :class:`Chunker` for the configured tokenizer, budget and cache (close it after use)."""
-    counter = token_counter(resolve_tokenizer_path(settings))
+    choice = resolve_tokenizer(settings)
+    counter = token_counter(choice.path)
     cache = plan_cache(settings.state_db, settings.config.performance.cache_size)
-    return Chunker(counter, settings.config.processing.chunk_max_tokens, cache)
+    return Chunker(counter, choice.budget(settings.config.processing.chunk_max_tokens), cache, choice.source)
 
 
 def step_chunker(settings: Settings, state: StateStore, repo: str, stage: str) -> Chunker:

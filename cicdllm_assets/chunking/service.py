@@ -45,11 +45,14 @@ class ChunkerStats:
 class Chunker:
     """Token counts and chunk plans per blob, cached by (blob, language, tokenizer, budget, version)."""
 
-    def __init__(self, counter: TokenCounter, budget: int, cache: PlanCache | None = None) -> None:
+    def __init__(
+        self, counter: TokenCounter, budget: int, cache: PlanCache | None = None, tokenizer_source: str = ""
+    ) -> None:
         if budget < 8:
             raise ValueError(f"chunk budget must be at least 8 tokens, got {budget}")
         self.counter = counter
         self.budget = budget
+        self.tokenizer_source = tokenizer_source
         self.cache = cache if cache is not None else PlanCache(None, 0)
         self.stats = ChunkerStats()
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cicdllm-encode")

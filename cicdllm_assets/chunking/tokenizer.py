@@ -10,7 +10,7 @@ from pathlib import Path
 from tokenizers import Encoding, Tokenizer
 
 from cicdllm_assets.config import Settings
-from cicdllm_assets.models.paths import resolve_tokenizer_path
+from cicdllm_assets.models.paths import resolve_tokenizer
 
 
 class TokenCounter:
@@ -40,7 +40,7 @@ class TokenCounter:
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenCounter:
         """The tokenizer ``processing.tokenizer`` (or the model) names."""
-        return cls(resolve_tokenizer_path(settings))
+        return cls(resolve_tokenizer(settings).path)
 
     def _count_call(self, texts: Sequence[str]) -> None:
         with self._lock:

@@ -19,7 +19,8 @@ def command() -> None:
 
 
 @command.command(name="validate")
-def validate() -> None:
+@click.option("--deep", is_flag=True, help="Also run the `cicdllm doctor` checks (repos, model, server, disk).")
+def validate(deep: bool) -> None:
     """Exit 0 if the config is valid; else print each bad field and exit 2."""
     try:
         settings = load_settings()
@@ -37,6 +38,11 @@ def validate() -> None:
             click.echo(f"  {problem}", err=True)
         sys.exit(EXIT_INVALID_CONFIG)
     click.echo(f"valid: {settings.path or '<defaults>'}")
+    if deep:
+        from cicdllm_assets.cli.doctor_cmd import report
+        from cicdllm_assets.doctor import run_checks
+
+        sys.exit(report(run_checks(settings), as_json=False))
 
 
 @command.command(name="show")

@@ -46,8 +46,8 @@ def command(formats: tuple[str, ...], out_dir: Path | None, all_partitions: bool
         sys.exit(2)
     store = TableStore(settings.tables_dir)
     keys, skipped = _partitions(settings, store, all_partitions)
-    qa_pairs = store.read_all("qa_pairs", keys)
-    if qa_pairs is None:
+    qa_pairs = store.partition_files("qa_pairs", keys)
+    if not qa_pairs:
         raise click.ClickException(
             f"no qa_pairs tables under {settings.tables_dir}: materialize qa_pairs first (cicdllm run)"
         )

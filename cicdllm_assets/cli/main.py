@@ -11,6 +11,7 @@ import click
 from cicdllm_assets.cli import (
     backfill_cmd,
     config_cmd,
+    doctor_cmd,
     export_cmd,
     finetune_cmd,
     model_cmd,
@@ -21,6 +22,7 @@ from cicdllm_assets.cli import (
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cicdllm", prog_name="cicdllm", message="%(prog)s %(version)s")
 @click.option(
     "--config",
     "config_path",
@@ -39,7 +41,7 @@ def cli(config_path: str | None, verbose: bool) -> None:
         os.environ["CICDLLM_CONFIG"] = os.path.abspath(config_path)
 
 
-for _module in (run_cmd, status_cmd, export_cmd, repos_cmd, config_cmd, model_cmd, backfill_cmd):
+for _module in (run_cmd, status_cmd, export_cmd, repos_cmd, config_cmd, model_cmd, backfill_cmd, doctor_cmd):
     cli.add_command(_module.command)
 for _command in finetune_cmd.commands:
     cli.add_command(_command)

@@ -16,6 +16,7 @@ from cicdllm_assets.cli.common import fail_usage, load_settings_or_exit
 from cicdllm_assets.config import Settings
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
 from cicdllm_assets.repos.repos_file import (
+    RepoEntry,
     ReposFileError,
     parse_repos_lenient,
     parse_repos_text,
@@ -67,18 +68,20 @@ def list_cmd(as_json: bool) -> None:
 
 
 @command.command(name="add")
-@click.argument("spec")
-def add_cmd(spec: str) -> None:
-    """Append SPEC (URL[@ref] or local path) to repos.txt after validating it."""
+@click.argument("spec", nargs=-1, required=True)
+@click.option("--no-preview", is_flag=True, help="Do not clone/fetch to count the files that would be kept.")
+def add_cmd(spec: tuple[str, ...], no_preview: bool) -> None:
+    """Append SPEC (URL[@ref] or local path, then optional include=GLOB exclude=GLOB) to repos.txt
+    after validating it; then clone or fetch it and print how many files would be kept."""
     settings = load_settings_or_exit()
     path = settings.repos_file
     try:
         current = path.read_text(encoding="utf-8") if path.exists() else ""
     except OSError as exc:
         raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
-    entry_text = spec.strip()
+    entry_text = " ".join(part.strip() for part in spec).strip()
     if not entry_text or entry_text.startswith("#") or "\n" in entry_text or "\r" in entry_text:
-        fail_usage(f"not a repository entry: {redact_credentials(spec)!r}")
+        fail_usage(f"not a repository entry: {redact_credentials(entry_text)!r}")
     separator = "" if not current or current.endswith("\n") else "\n"
     updated = f"{current}{separator}{entry_text}\n"
     line_no = updated.count("\n")
@@ -89,7 +92,30 @@ def add_cmd(spec: str) -> None:
     added = next(entry for entry in entries if entry.line_no == line_no)
     _write_atomic(path, updated)
     click.echo(f"added {added.key} ({redact_credentials(added.url)}{'@' + added.ref if added.ref else ''}) to {path}")
+    if not no_preview:
+        _preview(settings, added)
     click.echo("run `cicdllm repos sync` (or let the repos sensor run) to register it with Dagster")
+
+
+def _preview(settings: Settings, entry: RepoEntry) -> None:
+    """Clone/fetch ``entry`` into the cache (the run reuses it) and print what its filters keep."""
+    from cicdllm_assets.discovery.discover import NO_FILES_KEPT_HINT, preview_kept
+    from cicdllm_assets.repos.git_ops import GitError, sync_repo
+
+    try:
+        checkout = sync_repo(entry, settings.cache_dir, float(settings.config.repos.clone_timeout_seconds))
+    except GitError as exc:
+        click.echo(f"warning: cannot count its files yet: {exc}", err=True)
+        return
+    processing = entry.processing(settings.config.processing)
+    kept, total, skipped = preview_kept(checkout.path, checkout.head_commit, processing)
+    reasons = ", ".join(f"{n} {category}" for category, n in skipped.most_common())
+    click.echo(
+        f"{kept} of {total} files at {checkout.head_commit[:12]} would be kept"
+        + (f" ({reasons} skipped)" if reasons else "")
+    )
+    if kept == 0:
+        click.echo(f"warning: no file would be kept: {NO_FILES_KEPT_HINT}", err=True)
 
 
 @command.command(name="remove")

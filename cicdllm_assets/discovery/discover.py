@@ -11,7 +11,7 @@ import math
 import posixpath
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +86,33 @@ class DiscoveryStats:
         return self.files_total / self.seconds if self.seconds > 0 else 0.0
 
 
+NO_FILES_KEPT_HINT = (
+    "set include=GLOB on its repos.txt line, or change processing.include_globs / processing.extensions"
+)
+
+
+def no_files_kept_warning(files_total: int, skipped_by_category: Mapping[str, int] | None = None) -> str:
+    """The warning for a repository whose filters kept none of its ``files_total`` files."""
+    reasons = ", ".join(f"{n} {cat}" for cat, n in sorted((skipped_by_category or {}).items(), key=lambda kv: -kv[1]))
+    detail = f" ({reasons})" if reasons else ""
+    return f"0 of {files_total} files kept{detail}: nothing to generate from; {NO_FILES_KEPT_HINT}"
+
+
+def preview_kept(repo_path: Path, commit: str, processing: ProcessingConfig) -> tuple[int, int, Counter[str]]:
+    """(files the path and size filters keep, files tracked, skipped per category) at ``commit``,
+    without reading any content (content checks may skip a few more)."""
+    entries = list_tree(Path(repo_path), commit)
+    max_bytes = processing.max_file_size_kb * 1024
+    skipped: Counter[str] = Counter()
+    for entry in entries:
+        rejected = path_filter(entry.path, processing)
+        if rejected is None and entry.size > max_bytes:
+            rejected = ("too_large", "")
+        if rejected is not None:
+            skipped[rejected[0]] += 1
+    return len(entries) - sum(skipped.values()), len(entries), skipped
+
+
 def _kb(size: int) -> int:
     return math.ceil(size / 1024)
 
@@ -93,7 +120,7 @@ def _kb(size: int) -> int:
 def path_filter(path: str, processing: ProcessingConfig) -> tuple[str, str] | None:
     """(category, reason) if the path alone excludes the file, else None."""
     if processing.include_globs and first_match(path, processing.include_globs) is None:
-        return "not_included", "not matched by processing.include_globs"
+        return "not_included", "not matched by the include globs"
     pattern = first_match(path, processing.exclude_globs)
     if pattern is not None:
         return "excluded", f"excluded by glob '{pattern}'"

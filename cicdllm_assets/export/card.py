@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.export.records import SPLITS
+from cicdllm_assets.export.writers import SPLIT_FORMATS
 
 if TYPE_CHECKING:
     from cicdllm_assets.export.dataset import DatasetResult
@@ -23,6 +27,72 @@ _FORMAT_DOCS = {
 }
 
 
+# SPDX ids (lower-cased, "-only"/"-or-later" dropped) the Hugging Face Hub knows as ``license`` values.
+HUB_LICENSES = frozenset({
+    "apache-2.0", "mit", "bsd", "bsd-2-clause", "bsd-3-clause", "bsd-3-clause-clear", "isc", "unlicense",
+    "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "gpl-2.0", "gpl-3.0", "lgpl-2.1", "lgpl-3.0",
+    "lgpl-lr", "agpl-3.0", "mpl-2.0", "epl-1.0", "epl-2.0", "bsl-1.0", "artistic-2.0", "wtfpl", "zlib",
+    "postgresql", "osl-3.0", "ecl-2.0", "afl-3.0", "eupl-1.1", "ofl-1.1", "ms-pl", "ncsa", "pddl", "odbl",
+})
+DEFAULT_CONFIG = "mlx_chat"
+# Hub size buckets: (upper bound, label).
+_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
+
+
+def hub_licenses(expressions: Iterable[str]) -> list[str]:
+    """Hub ``license`` ids for SPDX expressions (``other`` for any term the Hub does not know)."""
+    ids: set[str] = set()
+    for expression in expressions:
+        for term in re.split(r"\s+(?:OR|AND|WITH)\s+|[()]", expression, flags=re.IGNORECASE):
+            term = term.strip().lower()
+            if term:
+                term = re.sub(r"-(only|or-later)$", "", term).removesuffix("+")
+                ids.add(term if term in HUB_LICENSES else "other")
+    return sorted(ids) or ["other"]
+
+
+def size_category(rows: int) -> str:
+    """The Hub's ``size_categories`` bucket for a row count."""
+    return next((label for bound, label in _SIZE_CATEGORIES if rows < bound), "n>1T")
+
+
+def _default_config(formats: list[str]) -> str | None:
+    """``mlx_chat`` if exported, else the first per-split format (None if there is none)."""
+    configs = [fmt for fmt in formats if fmt in SPLIT_FORMATS]
+    return DEFAULT_CONFIG if DEFAULT_CONFIG in configs else (configs[0] if configs else None)
+
+
+def front_matter(result: DatasetResult, formats: list[str]) -> str:
+    """YAML front matter for the Hub: licence, task, language, size, one config per per-split format.
+
+    Every per-split format is its own config (``data_files`` per split), so
+    ``datasets.load_dataset(dir)`` loads the default config and never mixes formats.
+    Values are JSON scalars, which are valid YAML.
+    """
+    licenses = hub_licenses(lic for lic, _ in result.counts_by("license"))
+    lines = ["---", "license:", *(f"- {lic}" for lic in licenses)]
+    if "other" in licenses:
+        names = sorted({lic for lic, _ in result.counts_by("license")})
+        lines.append(f"license_name: {json.dumps(' AND '.join(names) or 'NOASSERTION')}")
+    lines += ["task_categories:", "- question-answering", "- text-generation", "language:", "- en", "- code",
+              "tags:", "- code", "- fine-tuning", "- mlx", "size_categories:",
+              f"- {size_category(result.exported_pairs)}", "pretty_name: cicdllm question/answer dataset"]
+    configs = [fmt for fmt in formats if fmt in SPLIT_FORMATS]
+    default = _default_config(formats)
+    if configs:
+        lines.append("configs:")
+    for fmt in configs:
+        files = [f for f in result.files if f.format == fmt and f.split]
+        lines.append(f"- config_name: {fmt}")
+        if fmt == default:
+            lines.append("  default: true")
+        lines.append("  data_files:")
+        for f in files:
+            lines += [f"  - split: {f.split}", f"    path: {json.dumps(f.path.relative_to(result.out_dir).as_posix())}"]
+    return "\n".join([*lines, "---", ""]) + "\n"
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     if not rows:
         return "_none_\n"
@@ -31,15 +101,28 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def blocked_requests(settings: Settings) -> int:
+    """Generation items the secret gate refused to send (ledger rows failed with ``secret``)."""
+    from cicdllm_assets.generation.ledger import Ledger
+    from cicdllm_assets.storage.state import StateStore
+
+    if not settings.state_db.exists():
+        return 0
+    state = StateStore(settings.state_db)
+    try:
+        return Ledger(state).failure_counts().get("secret", 0)
+    finally:
+        state.close()
+
+
 def render_card(result: DatasetResult, formats: list[str], settings: Settings) -> str:
     """Markdown describing counts, provenance, filters, licences and formats of an export."""
     cfg = settings.config
-    records = result.records
     splits = result.split_counts()
-    parts: list[str] = ["# cicdllm question/answer dataset\n\n"]
+    parts: list[str] = [front_matter(result, formats), "# cicdllm question/answer dataset\n\n"]
     parts.append(
         f"{result.exported_pairs} question/answer pairs about source code, generated from "
-        f"{len({r for r in records.column('repo').to_pylist()})} repositories "
+        f"{len(result.counts_by('repo'))} repositories "
         f"({splits['train']} train, {splits['valid']} valid, {splits['test']} test).\n\n"
     )
 
@@ -68,7 +151,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
         parts.append("No repository was excluded by its licence.\n")
 
     parts.append("\n## Generation\n\n")
-    models = sorted({m for m in records.column("model_id").to_pylist() if m}) if records.num_rows else []
+    models = [m for m, _ in result.counts_by("model_id") if m]
     parts.append(f"- Model(s): {', '.join(models) or '(none)'} (backend `{cfg.llm.backend}`, `llm.model` = "
                  f"`{cfg.llm.model}`)\n")
     templates = result.counts_by("theme", "template_hash")
@@ -100,6 +183,11 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
         + (" (" + ", ".join(f"{k}: {v}" for k, v in result.redactions.items()) + ")" if total else "")
         + ".\n"
     )
+    blocked = blocked_requests(settings)
+    parts.append(
+        "Every rendered request is scanned once more just before it is sent to the model; a request "
+        f"that still holds a secret is never sent (failure category `secret`). Blocked items: {blocked}.\n"
+    )
 
     parts.append("\n## Splits\n\n")
     parts.append(
@@ -123,6 +211,10 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     parts.append(
         "\nTrain with mlx-lm: `mlx_lm.lora --model <model> --train --data <export dir>/mlx_chat` "
         "(or `mlx_completions`).\n"
+        "\nLoad with Hugging Face `datasets`: `load_dataset(\"<export dir>\")` gives the default config"
+        + (f" (`{default}`)" if (default := _default_config(formats)) else "")
+        + " with its splits; `load_dataset(\"<export dir>\", \"<format>\")` one per-split format. "
+        "The full records are in `dataset.parquet` (one file, `split` column).\n"
     )
     return "".join(parts)
 

@@ -17,24 +17,26 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import tempfile
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import EXPORT_FORMATS
 from cicdllm_assets.export.card import render_card
 from cicdllm_assets.export.records import EXPORT_SCHEMA, SPLITS, user_prompt
-from cicdllm_assets.export.splits import assign_splits
+from cicdllm_assets.export.splits import assign_splits_table
 from cicdllm_assets.export.writers import WrittenFile, write_exports, write_text_atomic
-from cicdllm_assets.quality.dedup import find_duplicates
+from cicdllm_assets.quality.dedup import DuplicateIndex, DuplicateOf
 from cicdllm_assets.quality.filters import LICENSE_EXCLUDED
-from cicdllm_assets.quality.pairs import cell_text
 from cicdllm_assets.quality.secrets import RedactionResult, redact_secrets
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,12 @@ CROSS_REPO_NEAR_DUPLICATE = "cross_repo_near_duplicate"
 MANIFEST_NAME = "manifest.json"
 CARD_NAME = "README.md"
 BATCH_ROWS = 2_000
+WORK_MEMORY = "64MB"  # DuckDB's cap for the export's work tables (it spills beyond)
+WHITESPACE = " \t\n\r\x0b\x0c"  # what str.strip() removes from a licence (ASCII)
+REDACTION_CACHE = 20_000  # recently seen texts whose redaction is reused
+REQUIRED_COLUMNS = ("repo", "answer_id", "question", "answer", "path", "start_line", "end_line", "accepted")
+TEXT_COLUMNS = ("question", "answer", "context", "commit", "license", "language", "theme", "model_id",
+                "template_hash", "question_id", "chunk_key", "params")
 NOASSERTION = "NOASSERTION"
 
 
@@ -51,12 +59,20 @@ class ExportInputError(ValueError):
     """The qa_pairs input cannot be exported (missing columns, bad formats)."""
 
 
+# Columns the result keeps counts by (low cardinality: the card, metadata and summary use them).
+GROUP_COLUMNS: tuple[str, ...] = ("repo", "split", "theme", "license", "commit", "model_id", "template_hash")
+
+
 @dataclass
 class DatasetResult:
-    """What an export produced: records, files and every count the card and metadata show."""
+    """What an export produced: files and every count the card and metadata show.
+
+    ``groups`` holds the exported pairs counted per :data:`GROUP_COLUMNS` combination (the
+    records themselves are only in the files: the export streams them).
+    """
 
     out_dir: Path
-    records: pa.Table
+    groups: pa.Table
     files: list[WrittenFile]
     input_pairs: int
     accepted_pairs: int
@@ -71,14 +87,14 @@ class DatasetResult:
     @property
     def exported_pairs(self) -> int:
         """Pairs written to the dataset."""
-        return self.records.num_rows
+        return int(pc.sum(self.groups.column("pairs")).as_py() or 0) if self.groups.num_rows else 0
 
     def counts_by(self, *columns: str) -> list[tuple[Any, ...]]:
         """Sorted (values..., count) rows grouped by export columns."""
-        if self.records.num_rows == 0:
+        if self.groups.num_rows == 0:
             return []
-        grouped = self.records.group_by(list(columns)).aggregate([("id", "count")])
-        rows = [(*(grouped.column(c)[i].as_py() for c in columns), grouped.column("id_count")[i].as_py())
+        grouped = self.groups.group_by(list(columns)).aggregate([("pairs", "sum")])
+        rows = [(*(grouped.column(c)[i].as_py() for c in columns), grouped.column("pairs_sum")[i].as_py())
                 for i in range(grouped.num_rows)]
         return sorted(rows)
 
@@ -124,12 +140,6 @@ def license_allowed(license_id: str, allowed_licenses: Iterable[str]) -> bool:
 # ------------------------------------------------------------------------ helpers
 
 
-def _require(table: pa.Table, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise ExportInputError(f"qa_pairs is missing columns {missing}; materialize qa_pairs again")
-
-
 def validate_formats(formats: Iterable[str]) -> list[str]:
     """Known formats, de-duplicated in order; raises on an unknown one."""
     chosen = list(dict.fromkeys(formats))
@@ -151,139 +161,158 @@ def _repo_licenses(repositories: pa.Table | None) -> dict[str, str]:
     }
 
 
-def _batches(rows: list[dict[str, Any]], size: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    for start in range(0, len(rows), size):
-        yield pa.RecordBatch.from_pylist(rows[start : start + size], schema=EXPORT_SCHEMA)
-
-
 # ------------------------------------------------------------------------ main entry
 
 
 def build_training_dataset(
-    qa_pairs: pa.Table,
+    qa_pairs: pa.Table | Sequence[Path],
     settings: Settings,
     *,
     repositories: pa.Table | None = None,
     formats: Sequence[str] | None = None,
     out_dir: Path | None = None,
 ) -> DatasetResult:
-    """Filter, deduplicate, redact, split and write ``qa_pairs`` to the export dir."""
+    """Filter, deduplicate, redact, split and write ``qa_pairs`` (a table or its Parquet files).
+
+    Streams: the pairs pass through a DuckDB work database beside the data dir (memory
+    capped at :data:`WORK_MEMORY`, spilling to disk) and reach the writers batch by batch,
+    so peak memory does not grow with the number of pairs.
+    """
     export_cfg = settings.config.export
     chosen = validate_formats(formats if formats is not None else export_cfg.formats)
     target = Path(out_dir) if out_dir is not None else settings.export_dir
-    _require(qa_pairs, ["repo", "answer_id", "question", "answer", "path", "start_line", "end_line", "accepted"])
+    work_root = settings.data_dir
+    work_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-work-", dir=work_root) as work, \
+            duckdb.connect(str(Path(work) / "work.duckdb")) as con:
+        con.execute(f"SET memory_limit = '{WORK_MEMORY}'")
+        con.execute(f"SET temp_directory = '{Path(work) / 'spill'}'".replace("\\", "/"))
+        con.execute("SET threads = 1")
+        con.execute("SET preserve_insertion_order = false")
+        return _build(con, qa_pairs, settings, repositories, chosen, target)
 
-    rows = qa_pairs.to_pylist()
-    input_pairs = len(rows)
-    rejections: Counter[str] = Counter(
-        str(r.get("reject_reason")) for r in rows if not r.get("accepted") and r.get("reject_reason")
-    )
-    unknown_rejected = sum(1 for r in rows if not r.get("accepted") and not r.get("reject_reason"))
-    if unknown_rejected:
-        rejections["unspecified"] += unknown_rejected
-    accepted = [r for r in rows if r.get("accepted")]
-    # Identity is content: the same answer id from two partitions is one pair.
-    by_id: dict[str, dict[str, Any]] = {}
-    for r in sorted(accepted, key=lambda r: (str(r["repo"]), str(r["path"]), int(r["start_line"] or 0),
-                                              str(r["answer_id"]))):
-        if by_id.setdefault(str(r["answer_id"]), r) is not r:
-            # a vendored file shared by two repos shares its generations: one pair, counted once
-            rejections[CROSS_REPO_DUPLICATE] += 1
-    accepted = list(by_id.values())
-    accepted_pairs = len(accepted)
 
-    # 1. licences
+def _source(con: duckdb.DuckDBPyConnection, qa_pairs: pa.Table | Sequence[Path]) -> None:
+    """View ``src`` over the input; missing optional columns read as empty text."""
+    if isinstance(qa_pairs, pa.Table):
+        con.register("qa_pairs_in", qa_pairs)
+        con.execute("CREATE VIEW src_raw AS SELECT * FROM qa_pairs_in")
+    else:
+        paths = [str(p) for p in qa_pairs]
+        if not paths:
+            raise ExportInputError("no qa_pairs tables to export: materialize qa_pairs first")
+        con.read_parquet(paths, union_by_name=True).create_view("src_raw")
+    present = {row[0] for row in con.execute("DESCRIBE src_raw").fetchall()}
+    missing = [c for c in REQUIRED_COLUMNS if c not in present]
+    if missing:
+        raise ExportInputError(f"qa_pairs is missing columns {missing}; materialize qa_pairs again")
+    texts = [f"coalesce(CAST({c} AS VARCHAR), '') AS {c}" if c in present else f"'' AS {c}" for c in TEXT_COLUMNS]
+    con.execute(f"""
+        CREATE VIEW src AS SELECT
+            CAST(repo AS VARCHAR) AS repo, CAST(path AS VARCHAR) AS path, CAST(answer_id AS VARCHAR) AS answer_id,
+            coalesce(CAST(start_line AS BIGINT), 0) AS start_line, coalesce(CAST(end_line AS BIGINT), 0) AS end_line,
+            coalesce(CAST(accepted AS BOOLEAN), false) AS accepted,
+            {"CAST(reject_reason AS VARCHAR)" if "reject_reason" in present else "NULL"} AS reject_reason,
+            {", ".join(texts)}
+        FROM src_raw""")  # noqa: S608 - column names are constants
+
+
+def _build(
+    con: duckdb.DuckDBPyConnection,
+    qa_pairs: pa.Table | Sequence[Path],
+    settings: Settings,
+    repositories: pa.Table | None,
+    chosen: list[str],
+    target: Path,
+) -> DatasetResult:
+    export_cfg = settings.config.export
+    _source(con, qa_pairs)
+    input_pairs = _scalar(con, "SELECT count(*) FROM src")
+    rejections: Counter[str] = Counter()
+    for reason, count in con.execute(
+        "SELECT coalesce(nullif(reject_reason, ''), 'unspecified'), count(*) FROM src WHERE NOT accepted GROUP BY 1"
+    ).fetchall():
+        rejections[str(reason)] += int(count)
+
+    # Identity is content: the same answer id from two partitions is one pair (the first in
+    # (repo, path, line, id) order); ``idx`` is that order, the order every later step visits.
+    con.execute("CREATE TABLE acc AS SELECT * FROM src WHERE accepted")
+    con.execute("""
+        CREATE TABLE ids AS SELECT rid, row_number() OVER (ORDER BY repo, path, start_line, answer_id) - 1 AS idx
+        FROM (SELECT rowid AS rid, repo, path, start_line, answer_id,
+                     row_number() OVER (PARTITION BY answer_id ORDER BY repo, path, start_line, answer_id) AS rk
+              FROM acc) WHERE rk = 1""")
+    accepted_pairs = _scalar(con, "SELECT count(*) FROM ids")
+    if accepted_pairs < _scalar(con, "SELECT count(*) FROM acc"):
+        # a vendored file shared by two repos shares its generations: one pair, counted once
+        rejections[CROSS_REPO_DUPLICATE] += _scalar(con, "SELECT count(*) FROM acc") - accepted_pairs
+
+    # 1. licences: the repositories table is the current word on a repo's licence; the row's copy is a fallback
     repo_license = _repo_licenses(repositories)
-    kept: list[dict[str, Any]] = []
+    licenses = pa.table({"repo": pa.array(list(repo_license), pa.string()),
+                         "license": pa.array(list(repo_license.values()), pa.string())})
+    con.register("repo_licenses", licenses)
+    con.execute("""
+        CREATE TABLE pairs AS SELECT ids.idx, acc.* EXCLUDE (license),
+            coalesce(nullif(rl.license, ''), nullif(trim(acc.license, ?), ''), ?) AS license
+        FROM ids JOIN acc ON acc.rowid = ids.rid LEFT JOIN repo_licenses rl ON rl.repo = acc.repo""",
+                [WHITESPACE, NOASSERTION])
+    con.execute("DROP TABLE acc")
+    allowed = [(lic, license_allowed(lic, export_cfg.allowed_licenses))
+               for (lic,) in con.execute("SELECT DISTINCT license FROM pairs").fetchall()]
+    con.register("license_verdicts", pa.table({"license": pa.array([a[0] for a in allowed], pa.string()),
+                                               "ok": pa.array([a[1] for a in allowed], pa.bool_())}))
+    con.execute("CREATE TABLE verdicts AS SELECT * FROM license_verdicts")
     excluded: dict[str, dict[str, Any]] = {}
-    for r in accepted:
-        # The repositories table is the current word on a repo's licence; the row's copy is a fallback.
-        lic = repo_license.get(str(r["repo"]), "") or cell_text(r.get("license")).strip() or NOASSERTION
-        r["license"] = lic
-        if license_allowed(lic, export_cfg.allowed_licenses):
-            kept.append(r)
-            continue
-        info = excluded.setdefault(str(r["repo"]), {
-            "license": lic, "pairs": 0,
-            "reason": f"licence {lic!r} is not in export.allowed_licenses",
-        })
-        info["pairs"] += 1
-        rejections[LICENSE_EXCLUDED] += 1
+    for repo, lic, count in con.execute(
+        "SELECT repo, arg_min(license, idx), count(*) FROM pairs JOIN verdicts USING (license) "
+        "WHERE NOT ok GROUP BY repo ORDER BY repo"
+    ).fetchall():
+        excluded[str(repo)] = {"license": lic, "pairs": int(count),
+                               "reason": f"licence {lic!r} is not in export.allowed_licenses"}
+        rejections[LICENSE_EXCLUDED] += int(count)
 
     # 2. duplicates across repositories (within-repo ones were removed by qa_pairs)
-    duplicates = find_duplicates(
-        [cell_text(r["question"]) for r in kept],
-        [cell_text(r["answer"]) for r in kept],
-        export_cfg.near_duplicate_threshold,
-    )
-    dropped = {d.index for d in duplicates}
-    for d in duplicates:
-        same_repo = kept[d.index]["repo"] == kept[d.kept]["repo"]
-        if d.kind == "duplicate":
-            rejections["duplicate" if same_repo else CROSS_REPO_DUPLICATE] += 1
+    index = DuplicateIndex(con, export_cfg.near_duplicate_threshold, texts="pairs")
+    kept_sql = "SELECT idx, question, answer FROM pairs JOIN verdicts USING (license) WHERE ok"
+    for batch in con.cursor().sql(kept_sql).to_arrow_reader(BATCH_ROWS):
+        index.add(batch.column(0).to_pylist(), batch.column(1).to_pylist(), batch.column(2).to_pylist())
+    con.execute("CREATE TABLE dropped (idx BIGINT, kept BIGINT, kind VARCHAR)")
+    _insert_duplicates(con, index.duplicates())
+    for same_repo, kind, count in con.execute("""
+        SELECT a.repo = b.repo, d.kind, count(*) FROM dropped d
+        JOIN pairs a ON a.idx = d.idx JOIN pairs b ON b.idx = d.kept GROUP BY ALL""").fetchall():
+        if kind == "duplicate":
+            rejections["duplicate" if same_repo else CROSS_REPO_DUPLICATE] += int(count)
         else:
-            rejections["near_duplicate" if same_repo else CROSS_REPO_NEAR_DUPLICATE] += 1
-    kept = [r for i, r in enumerate(kept) if i not in dropped]
+            rejections["near_duplicate" if same_repo else CROSS_REPO_NEAR_DUPLICATE] += int(count)
+    con.execute("""
+        CREATE TABLE kept AS SELECT pairs.* FROM pairs JOIN verdicts USING (license)
+        WHERE ok AND idx NOT IN (SELECT idx FROM dropped)""")
 
     # 3. split by file
-    assignment = assign_splits(((str(r["repo"]), str(r["path"])) for r in kept), export_cfg.split)
-
-    # 4. records with a second secret scan of every text field
-    redactions: Counter[str] = Counter()
-    memo: dict[str, RedactionResult] = {}  # a chunk's text is shared by all its pairs
-
-    def clean(value: Any) -> str:
-        text = cell_text(value)
-        result = memo.get(text)
-        if result is None:
-            result = memo[text] = redact_secrets(text)
-        redactions.update(result.counts)
-        return result.text
-
-    system = clean(export_cfg.system_prompt)
-    records: list[dict[str, Any]] = []
-    for r in kept:
-        question, answer, context = clean(r["question"]), clean(r["answer"]), clean(r.get("context"))
-        path, language = cell_text(r["path"]), cell_text(r.get("language"))
-        start, end = int(r["start_line"] or 0), int(r["end_line"] or 0)
-        records.append({
-            "id": str(r["answer_id"]),
-            "split": assignment[(str(r["repo"]), str(r["path"]))],
-            "repo": str(r["repo"]),
-            "path": path,
-            "start_line": start,
-            "end_line": end,
-            "commit": cell_text(r.get("commit")),
-            "license": str(r["license"]),
-            "language": language,
-            "theme": cell_text(r.get("theme")),
-            "system": system,
-            "question": question,
-            "context": context,
-            "prompt": user_prompt(question, path, start, end, language, context),
-            "answer": answer,
-            "model_id": cell_text(r.get("model_id")),
-            "template_hash": cell_text(r.get("template_hash")),
-            "question_id": cell_text(r.get("question_id")),
-            "chunk_key": cell_text(r.get("chunk_key")),
-            "params": cell_text(r.get("params")),
-        })
-    order = {name: i for i, name in enumerate(SPLITS)}
-    records.sort(key=lambda x: (order[x["split"]], x["repo"], x["path"], x["start_line"], x["id"]))
-    table = pa.Table.from_pylist(records, schema=EXPORT_SCHEMA)
-
-    # 5. write
-    files = write_exports(_batches(records), chosen, target)
+    n_files = assign_splits_table(con, "SELECT DISTINCT repo, path FROM kept", "files", export_cfg.split)
     split_files: dict[str, list[list[str]]] = {name: [] for name in SPLITS}
-    for (repo, path), split in sorted(assignment.items()):
+    for repo, path, split in con.execute("SELECT repo, path, split FROM files ORDER BY repo, path").fetchall():
         split_files[split].append([repo, path])
+
+    # 4. records with a second secret scan of every text field, in the files' order; 5. write
+    redactions: Counter[str] = Counter()
+    system = _redactor(redactions)(export_cfg.system_prompt)
+    order = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(SPLITS))
+    records_sql = f"""
+        SELECT kept.*, files.split FROM kept JOIN files USING (repo, path)
+        ORDER BY CASE files.split {order} END, repo, path, start_line, answer_id"""  # noqa: S608 - constants
+    batches = _records(con.cursor().sql(records_sql).to_arrow_reader(BATCH_ROWS), system, _redactor(redactions))
+    groups = GroupCounter()
+    files = write_exports((groups.add(b) for b in batches), chosen, target)
     result = DatasetResult(
-        out_dir=target, records=table, files=files, input_pairs=input_pairs, accepted_pairs=accepted_pairs,
-        rejections=dict(sorted(rejections.items())), excluded_repos=dict(sorted(excluded.items())),
-        redactions=dict(sorted(redactions.items())), split_files=split_files,
+        out_dir=target, groups=groups.table(), files=files, input_pairs=input_pairs,
+        accepted_pairs=accepted_pairs, rejections=dict(sorted(rejections.items())),
+        excluded_repos=dict(sorted(excluded.items())), redactions=dict(sorted(redactions.items())),
+        split_files=split_files,
     )
     counts = result.split_counts()
-    n_files = len(assignment)
     for split in SPLITS:
         if counts[split] == 0:
             result.notes.append(
@@ -294,8 +323,84 @@ def build_training_dataset(
     write_text_atomic(result.manifest_path, json.dumps(_manifest(result, chosen), indent=2, sort_keys=True) + "\n")
     result.card_path = target / CARD_NAME
     write_text_atomic(result.card_path, render_card(result, chosen, settings))
-    logger.info("exported %d pairs to %s (%s)", table.num_rows, target, ", ".join(chosen))
+    logger.info("exported %d pairs to %s (%s)", result.exported_pairs, target, ", ".join(chosen))
     return result
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    rows = con.execute(sql).fetchall()
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+
+def _insert_duplicates(con: duckdb.DuckDBPyConnection, duplicates: Iterable[DuplicateOf]) -> None:
+    """Store duplicates in the ``dropped`` table, a batch at a time."""
+    batch: list[DuplicateOf] = []
+    for dup in [*duplicates, None]:
+        if dup is not None:
+            batch.append(dup)
+        if batch and (dup is None or len(batch) >= BATCH_ROWS):
+            con.register("dropped_in", pa.table({"idx": [d.index for d in batch], "kept": [d.kept for d in batch],
+                                                 "kind": [d.kind for d in batch]}))
+            con.execute("INSERT INTO dropped SELECT * FROM dropped_in")
+            con.unregister("dropped_in")
+            batch = []
+
+
+def _redactor(redactions: Counter[str]) -> Callable[[str], str]:
+    """``text -> redacted text``, counting every secret found; results of recent texts are reused
+    (a chunk's text is shared by all its pairs) in a bounded cache."""
+    cache: OrderedDict[str, RedactionResult] = OrderedDict()
+
+    def clean(text: str) -> str:
+        result = cache.get(text)
+        if result is None:
+            result = cache[text] = redact_secrets(text)
+            if len(cache) > REDACTION_CACHE:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(text)
+        redactions.update(result.counts)
+        return result.text
+
+    return clean
+
+
+def _records(reader: Iterable[pa.RecordBatch], system: str, clean: Callable[[str], str]) -> Iterator[pa.RecordBatch]:
+    """Export records (redacted, with the user prompt) from batches of kept pairs."""
+    for batch in reader:
+        cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+        n = batch.num_rows
+        question = [clean(t) for t in cols["question"]]
+        answer = [clean(t) for t in cols["answer"]]
+        context = [clean(t) for t in cols["context"]]
+        prompt = [user_prompt(question[i], cols["path"][i], cols["start_line"][i], cols["end_line"][i],
+                              cols["language"][i], context[i]) for i in range(n)]
+        columns = {**cols, "id": cols["answer_id"], "system": [system] * n, "question": question, "answer": answer,
+                   "context": context, "prompt": prompt}
+        yield pa.RecordBatch.from_arrays([pa.array(columns[f.name], f.type) for f in EXPORT_SCHEMA],
+                                         schema=EXPORT_SCHEMA)
+
+
+class GroupCounter:
+    """Counts records per :data:`GROUP_COLUMNS` combination while they stream past."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, ...]] = Counter()
+
+    def add(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Count one batch and pass it on."""
+        columns = [batch.column(name).to_pylist() for name in GROUP_COLUMNS]
+        self.counts.update(zip(*columns, strict=True))
+        return batch
+
+    def table(self) -> pa.Table:
+        """One row per combination with its ``pairs``."""
+        keys = sorted(self.counts)
+        data: dict[str, pa.Array] = {
+            name: pa.array([k[i] for k in keys], pa.string()) for i, name in enumerate(GROUP_COLUMNS)
+        }
+        data["pairs"] = pa.array([self.counts[k] for k in keys], pa.int64())
+        return pa.table(data)
 
 
 def _manifest(result: DatasetResult, formats: Sequence[str]) -> dict[str, Any]:

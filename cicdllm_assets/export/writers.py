@@ -36,7 +36,7 @@ from cicdllm_assets.export.records import EXPORT_SCHEMA, SPLITS, context_block
 
 RECORD_FILES: dict[str, str] = {"jsonl": "dataset.jsonl", "csv": "dataset.csv", "parquet": "dataset.parquet"}
 SPLIT_FORMATS: tuple[str, ...] = ("mlx_chat", "mlx_completions", "alpaca", "sharegpt", "openai")
-PARQUET_ROW_GROUP_ROWS = 65_536
+PARQUET_ROW_GROUP_ROWS = 16_384
 PARQUET_COMPRESSION = "zstd"
 
 
@@ -51,10 +51,29 @@ class WrittenFile:
     bytes: int
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; Linux also shows it in /proc)."""
+    status = Path("/proc/self/status")
+    with contextlib.suppress(OSError, ValueError):
+        for line in status.read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _temp_path(target: Path) -> Path:
+    """A fresh temp file beside ``target`` with the mode a plain ``open()`` would give (0666 & ~umask).
+
+    ``mkstemp`` creates 0600 files; renamed into place they would stay unreadable to others.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     return Path(name)
 
 

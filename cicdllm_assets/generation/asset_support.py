@@ -58,7 +58,7 @@ class StageEnv:
             f" {stats.failed} failed)",
             repo=self.repo,
         )
-        metadata = stage_metadata(stats, table, self.backend.model_id, extra)
+        metadata = stage_metadata(stats, table, self.backend.model_id, {**llm_load_metadata(self.backend), **extra})
         version = DataVersion(data_version_of(table.column(id_column).to_pylist()))
         return Output(table, data_version=version, metadata=metadata)
 
@@ -160,7 +160,6 @@ def stage_metadata(
     """Rich metadata for a generation Output."""
     data = stats.as_dict()
     metadata: dict[str, Any] = {
-        "rows": MetadataValue.int(table.num_rows),
         "model_id": MetadataValue.text(model_id),
         "failures_by_category": MetadataValue.json(data.pop("failures_by_category")),
     }
@@ -168,6 +167,25 @@ def stage_metadata(
         metadata[key] = MetadataValue.float(float(value)) if isinstance(value, float) else MetadataValue.int(int(value))
     for key, value in (extra or {}).items():
         metadata[key] = value
+    return metadata
+
+
+def llm_load_metadata(backend: object) -> dict[str, Any]:
+    """The backend's concurrency limit, observed latency, server kind and seed use (OpenAI
+    backend: ``load_status()``); empty for a backend without one."""
+    load_status = getattr(backend, "load_status", None)
+    if load_status is None:
+        return {}
+    status = load_status()
+    metadata: dict[str, Any] = {
+        "llm_concurrency_limit": MetadataValue.int(int(status["limit"])),
+        "llm_max_concurrency": MetadataValue.int(int(status["max_limit"])),
+        "llm_server": MetadataValue.text(str(status["server"])),
+        "llm_seed_sent": MetadataValue.bool(bool(status["seed_sent"])),
+        "llm_congestion_signals": MetadataValue.int(int(status["drops"]) + int(status["latency_cuts"])),
+    }
+    if status.get("latency_ms") is not None:
+        metadata["llm_first_token_latency_ms"] = MetadataValue.float(float(status["latency_ms"]))
     return metadata
 
 

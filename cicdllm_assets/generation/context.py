@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cicdllm_assets.models.paths import APPROXIMATE_BUDGET_FACTOR
 from cicdllm_assets.resources.llm.base import ChatMessage, LLMBackend
 
 TRIM_MARKER = "\n... [trimmed to fit the model's context window]"
@@ -57,7 +58,6 @@ def fit_prompt(
     min_completion_tokens: int = MIN_COMPLETION_TOKENS,
 ) -> FittedPrompt:
     """Messages for ``code`` (trimmed if needed) and a completion budget that fit the window."""
-    window = int(backend.context_window)
     counts: dict[str, int] = {}
 
     def prompt_tokens(candidate: str) -> int:
@@ -66,6 +66,9 @@ def fit_prompt(
         return counts[candidate]
 
     full = prompt_tokens(code)
+    window = int(backend.context_window)
+    if getattr(backend, "approximate_counts", False):  # counted with another model's tokenizer
+        window = int(window * APPROXIMATE_BUDGET_FACTOR)
     if full + desired_max_tokens <= window:
         return FittedPrompt(tuple(build(code)), desired_max_tokens, full, False, len(code))
     empty = prompt_tokens("")

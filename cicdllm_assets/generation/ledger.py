@@ -257,6 +257,12 @@ class Ledger:
         rows = self._select("status, COUNT(*) AS n", repo, kind, "GROUP BY status")
         return {row["status"]: int(row["n"]) for row in rows}
 
+    def failure_counts(self, repo: str | None = None, kind: str | None = None) -> dict[str, int]:
+        """Failed rows by error category, optionally for one repo and/or kind."""
+        rows = self._select("error_category, COUNT(*) AS n", repo, kind,
+                            "AND status != 'ok' GROUP BY error_category")
+        return {str(row["error_category"] or "unknown"): int(row["n"]) for row in rows}
+
     def entries(self, repo: str | None = None, kind: str | None = None) -> list[LedgerEntry]:
         """All rows (optionally filtered), oldest first; for tests, the viewer and the CLI."""
         rows = self._select(", ".join(_COLUMNS), repo, kind, "ORDER BY created_at, key")

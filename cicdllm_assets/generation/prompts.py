@@ -300,7 +300,15 @@ def prompt_manager(prompts_dir: Path) -> PromptManager:
         return manager
 
 
-SHIPPED_PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+def _shipped_prompts_dir() -> Path:
+    """The installed package data (``cicdllm_assets/default_prompts`` in the wheel), else the
+    checkout's top-level ``prompts/`` (running from source or an editable install)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "default_prompts"
+    return installed if installed.is_dir() else package.parent / "prompts"
+
+
+SHIPPED_PROMPTS_DIR = _shipped_prompts_dir()
 """The templates that ship with cicdllm (the repository's top-level ``prompts/``)."""
 
 DEFAULT_PROMPTS_SETTING = "prompts"

@@ -35,12 +35,15 @@ from cicdllm_assets.generation.ledger import (
 from cicdllm_assets.generation.parsing import normalize_question, parse_questions
 from cicdllm_assets.generation.prompts import PREFIX_MESSAGES, PromptManager, ThemeTemplate
 from cicdllm_assets.performance.battery import pause_while_on_low_battery
+from cicdllm_assets.quality.secrets import redact_field
 from cicdllm_assets.resources.llm.base import (
     CircuitOpenError,
     GenerationRequest,
     GenerationResult,
     LLMBackend,
+    request_secrets,
 )
+from cicdllm_assets.storage.llm_load import write_llm_load
 from cicdllm_assets.storage.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -149,6 +152,7 @@ class StageRunner:
         self.pause_hook = pause_hook or (
             lambda: pause_while_on_low_battery(settings, self.log, repo=repo)
         )
+        self._load_reported = 0.0
 
     @property
     def gen(self) -> GenerationConfig:
@@ -239,6 +243,18 @@ class StageRunner:
         )
         return request, fitted.trimmed
 
+    def _blocked(self, w: WorkItem, request: GenerationRequest, stats: RunStats) -> bool:
+        """The secret gate: a rendered request that still holds a secret is never sent; the
+        item fails with category ``secret`` (whatever the templates placed in it)."""
+        found = request_secrets(request, w.chunk.path)
+        if not found:
+            return False
+        message = f"request not sent: {len(found)} secret(s) detected: " + "; ".join(found[:5])
+        self.log.warning(f"{self.stage}: {w.label}: {message}")
+        self._record(w, Outcome("failed", error_category="secret", error_message=message,
+                                max_tokens=request.max_tokens), stats)
+        return True
+
     def _run_group(
         self,
         group: Sequence[WorkItem],
@@ -254,6 +270,8 @@ class StageRunner:
             if fitted is None:
                 continue
             request, trimmed = fitted
+            if self._blocked(w, request, stats):
+                continue
             requests.append(request)
             in_flight[request.key] = (w, trimmed, request.max_tokens)
         if not requests:
@@ -267,6 +285,7 @@ class StageRunner:
                     self.log.warning(f"{self.stage}: backend returned an unknown key {result.key!r}; ignored")
                     continue
                 self._handle(entry[0], entry[1], entry[2], result, postprocess, stats)
+                self._report_load()
         except CircuitOpenError as exc:
             self._abandon(in_flight, "circuit_open", str(exc), stats)
             raise
@@ -276,6 +295,15 @@ class StageRunner:
         finally:
             stats.generate_seconds += time.monotonic() - started
         self._fail_remaining(in_flight, "backend_error", "the backend returned no result for this request", stats)
+
+    def _report_load(self, every_seconds: float = 1.0) -> None:
+        """Store the backend's concurrency limit and latency for the live displays (OpenAI backend)."""
+        load_status = getattr(self.backend, "load_status", None)
+        now = time.monotonic()
+        if load_status is None or now - self._load_reported < every_seconds:
+            return
+        self._load_reported = now
+        write_llm_load(self.state, self.repo, self.stage, load_status())
 
     def _handle(
         self,
@@ -446,12 +474,13 @@ def question_postprocess(gen: GenerationConfig) -> Postprocess:
 
     def postprocess(w: WorkItem, result: GenerationResult) -> Outcome:
         parsed = parse_questions(result.text, min_chars=gen.min_question_chars, limit=w.n_questions or None)
-        if parsed.ok:
-            return Outcome("ok", output=result.text, parsed=parsed.questions)
+        if parsed.ok:  # questions reach answer prompts and tables: redacted like everything else
+            questions = [redact_field(q) or q for q in parsed.questions]
+            return Outcome("ok", output=redact_field(result.text), parsed=questions)
         dropped = ", ".join(f"{k}={v}" for k, v in sorted(parsed.dropped.items())) or "nothing recognisable"
         return Outcome(
             "failed",
-            output=result.text,
+            output=redact_field(result.text),
             error_category="parse_error",
             error_message=f"no usable question in {len(result.text)} chars of output ({dropped})",
         )
@@ -575,7 +604,7 @@ def answer_postprocess(w: WorkItem, result: GenerationResult) -> Outcome:
     text = result.text.strip()
     if not text:
         return Outcome("failed", output=result.text, error_category="parse_error", error_message="empty answer")
-    return Outcome("ok", output=text)
+    return Outcome("ok", output=redact_field(text))
 
 
 def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry], repo: str) -> pa.Table:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
+from cicdllm_assets.assets._conventions import table_location_metadata
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.storage.tables import TableStore
 
@@ -18,15 +19,24 @@ class PartitionedParquetIOManager(ConfigurableIOManager):
         return TableStore(load_settings(self.config_path or None).tables_dir)
 
     def handle_output(self, context: OutputContext, obj: pa.Table | None) -> None:
-        """Persist a table (``None`` writes nothing)."""
+        """Persist a table (``None`` writes nothing) and record its row counts and location.
+
+        Entries the asset already set on its Output (``training_dataset`` reports the exported
+        dataset, not the summary table it returns) are left as they are.
+        """
         if obj is None:
             return
         if not isinstance(obj, pa.Table):
             name = context.asset_key.to_user_string()
             raise TypeError(f"{name} must return a pyarrow.Table, got {type(obj).__name__}")
         key = context.partition_key if context.has_partition_key else None
-        path = self._store().write(context.asset_key.path[-1], key, obj)
-        context.add_output_metadata({"path": str(path), "rows": obj.num_rows})
+        store = self._store()
+        asset = context.asset_key.path[-1]
+        path = store.write(asset, key, obj)
+        metadata = table_location_metadata(path, obj.num_rows if key else None,
+                                           store.row_count(asset) if key else obj.num_rows)
+        given = context.output_metadata or {}
+        context.add_output_metadata({k: v for k, v in metadata.items() if k not in given})
 
     def load_input(self, context: InputContext) -> pa.Table:
         """One partition's table, or all requested partitions concatenated."""

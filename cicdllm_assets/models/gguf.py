@@ -244,3 +244,31 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32") -> Conv
         dtype=dtype,
         vocab_size=int(config["vocab_size"]),
     )
+
+
+def write_tokenizer_from_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Write only tokenizer.json and tokenizer_config.json of ``gguf_path`` into ``out_dir``
+    (atomically); return the tokenizer.json path."""
+    import os
+    import tempfile
+
+    ensure_openblas()
+    import mlx.core as mx
+
+    try:
+        loaded: Any = mx.load(str(gguf_path), return_metadata=True)
+    except Exception as exc:  # mlx raises ValueError/RuntimeError for bad files
+        raise GGUFConversionError(f"cannot read GGUF file {gguf_path}: {exc}") from exc
+    tokenizer_json, tokenizer_config = tokenizer_files(loaded[1])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    (tmp / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
+    (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2), encoding="utf-8")
+    tmp.chmod(0o755)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:  # another process won the race: use its copy
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir / "tokenizer.json"

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -148,6 +149,28 @@ def _plugins() -> _Plugins:
     return _Plugins(tuple(whole), tuple(keyword_lines), tuple(per_line), heuristics)
 
 
+@lru_cache(maxsize=1)
+def _whole_text_gate() -> re.Pattern[str] | None:
+    """One regex matching wherever any whole-text plugin's own patterns match (the plugins
+    then run only on texts it matches); None when the patterns cannot be combined."""
+    parts = []
+    for plugin in _plugins().whole_text:
+        denylist = getattr(plugin, "denylist", None)
+        if not denylist:
+            return None
+        for regex in denylist:
+            flags = ("i" if regex.flags & re.IGNORECASE else "") + ("x" if regex.flags & re.VERBOSE else "")
+            flags += "m" if regex.flags & re.MULTILINE else ""
+            flags += "s" if regex.flags & re.DOTALL else ""
+            parts.append(f"(?{flags}:{regex.pattern}\n)" if "x" in flags else
+                         (f"(?{flags}:{regex.pattern})" if flags else f"(?:{regex.pattern})"))
+    try:
+        return re.compile("|".join(parts))
+    except re.error:  # e.g. a back-reference or a repeated group name
+        logger.debug("detect-secrets patterns cannot be combined; every plugin runs on every text")
+        return None
+
+
 # A line can only hold a keyword or high-entropy finding if it names a secret-ish key or
 # has a quoted run of base64/hex characters: everything else skips the per-line plugins.
 _KEY_HINT = r"pass|pwd|pw\b|secret|token|key|cred|dsn|url|conn|bearer|contrase|auth"
@@ -249,9 +272,11 @@ def _detect_secrets_spans(
     text: str, path: str, keyword_lines: list[tuple[int, str]], entropy_lines: list[tuple[int, str]]
 ) -> Iterator[tuple[int, int, str, str]]:
     plugins = _plugins()
-    for plugin in plugins.whole_text:
-        for start, end in _regex_plugin_spans(plugin, text):
-            yield start, end, _slug(plugin.secret_type), type(plugin).__name__
+    gate = _whole_text_gate()
+    if gate is None or gate.search(text):
+        for plugin in plugins.whole_text:
+            for start, end in _regex_plugin_spans(plugin, text):
+                yield start, end, _slug(plugin.secret_type), type(plugin).__name__
     for offset, line in keyword_lines:
         for plugin in plugins.keyword_lines:
             for start, end in _regex_plugin_spans(plugin, line, offset):
@@ -293,17 +318,32 @@ _BASE64_BLOCK = re.compile(
 )
 # Bare (unquoted) runs of token characters: a secret cut in pieces by a chunk boundary, or a
 # token in prose. Only runs mixing upper case, lower case and digits with high entropy count.
-_TOKEN_RUN = re.compile(r"(?<![A-Za-z0-9_\-+/=])[A-Za-z0-9_\-+/]{24,}={0,2}(?![A-Za-z0-9_\-+/=])")
+_TOKEN_RUN = re.compile(r"(?<![A-Za-z0-9_\-+/])[A-Za-z0-9_\-+/]{24,}={0,2}(?![A-Za-z0-9_\-+/])")
 TOKEN_RUN_MIN_ENTROPY = 4.2
 _PUTTY_KEY = re.compile(r"PuTTY-User-Key-File-\d:.*?(?:Private-MAC: *\S+|\Z)", re.DOTALL)
 
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-+/=]*")
 _URL_PASSWORD = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"`]+:(?P<value>[^\s@/'\"`]+)@[^\s'\"`]")
 
+# Tokens with a documented prefix that detect-secrets lacks (or only matches in an old format).
+_PREFIXED_TOKENS = (
+    (re.compile(r"AIza[0-9A-Za-z_\-]{35}"), "google_api_key"),
+    (re.compile(r"(?<![A-Za-z0-9])sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{32,}"), "openai_key"),
+    (re.compile(r"(?<![A-Za-z0-9])github_pat_[A-Za-z0-9_]{22,}"), "github_token"),
+    (re.compile(r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9\-]{10,}"), "slack_token"),
+    (re.compile(r"(?<![A-Za-z0-9])[rs]k_(?:live|test)_[0-9A-Za-z]{16,}"), "stripe_key"),
+)
+# A credential in a URL's query string: `?key=…`, `&access_token=…`, `?sig=…`.
+_URL_QUERY_SECRET = re.compile(
+    r"[?&](?:key|api[_\-]?key|apikey|access[_\-]?token|auth[_\-]?token|token|secret|client[_\-]?secret|"
+    r"password|passwd|pwd|sig|signature|code)=(?P<value>[^&\s'\"#`<>)\]]+)",
+    re.IGNORECASE,
+)
+
 _SENSITIVE_KEY_WORDS = (
     r"password|passwd|passphrase|(?<![A-Za-z])pass|pwd|secret|secret[_\-.]?key|client[_\-.]?secret|token|"
     r"access[_\-.]?token|refresh[_\-.]?token|auth[_\-.]?token|bearer|api[_\-.]?key|apikey|"
-    r"access[_\-.]?key|secret[_\-.]?access[_\-.]?key|private[_\-.]?key|signing[_\-.]?key|"
+    r"access[_\-.]?key|secret[_\-.]?access[_\-.]?key|private[_\-.]?key(?:[_\-.]?id)?|signing[_\-.]?key|"
     r"encryption[_\-.]?key|master[_\-.]?key|session[_\-.]?key|credentials?|"
     r"database[_\-.]?url|db[_\-.]?url|\w*dsn|connection[_\-.]?string|conn[_\-.]?str|"
     r"(?:redis|mongo(?:db)?|postgres(?:ql)?|mysql|amqp|broker)[_\-.]?url"
@@ -382,6 +422,11 @@ def _file_kind(path: str) -> str:
     return "code"
 
 
+def is_config_path(path: str) -> bool:
+    """True for .env, YAML, INI, JSON, TOML … files, whose bare values are literals."""
+    return _file_kind(path) == "config"
+
+
 def _assignment_spans(
     text: str, path: str, keyword_lines: list[tuple[int, str]]
 ) -> Iterator[tuple[int, int, str, str]]:
@@ -418,6 +463,8 @@ def _line_assignment_spans(text: str, path: str) -> Iterator[tuple[int, int, str
             following = text[match.end(group) : match.end(group) + 3].lstrip(" \t")
             if value != bare or following.startswith(("=", ")", ",")):
                 continue  # a parameter annotation or call argument: `password: str = ...`
+            if text[match.end(group) : match.end(group) + 1] in ("'", '"'):
+                continue  # an expression going on into a string: `credential: password="…"`
             if kind_of_file == "unknown" and sep in {"=", ":=", "=>"} and _CODE_LIKE.match(bare):
                 # `password = get_password()` in prose/code: an expression, unless .env-style
                 # (KEY=value with an upper-case key and no spaces around '=').
@@ -473,12 +520,27 @@ def _pattern_spans(
         if re.search(r"[0-9+/]", block) and re.search(r"[A-Z]", block) and re.search(r"[a-z]", block):
             yield match.start(), match.start() + len(block), "base64_block", "pattern:base64_block"
     for match in _TOKEN_RUN.finditer(text):
-        if _looks_random(match.group(0)):
+        run = match.group(0)
+        if _looks_random(run):
             yield match.start(), match.end(), "high_entropy_token", "pattern:token_run"
+        elif "/" in run:  # a path: a token can still be one of its directory or file names
+            offset = match.start()
+            for segment in run.split("/"):
+                if len(segment) >= 24 and _looks_random(segment):
+                    yield offset, offset + len(segment), "high_entropy_token", "pattern:token_run"
+                offset += len(segment) + 1
     for match in _PUTTY_KEY.finditer(text):
         yield match.start(), match.end(), "private_key", "pattern:putty_key"
     for match in _JWT.finditer(text):
         yield match.start(), match.end(), "jwt", "pattern:jwt"
+    for pattern, kind in _PREFIXED_TOKENS:
+        for match in pattern.finditer(text):
+            yield match.start(), match.end(), kind, "pattern:prefixed_token"
+    if "=" in text:
+        for match in _URL_QUERY_SECRET.finditer(text):
+            value = match.group("value")
+            if len(value) >= 8 and not _is_reference(value) and any(c.isdigit() for c in value):
+                yield match.start("value"), match.end("value"), "url_query_secret", "pattern:url_query"
     for match in _URL_PASSWORD.finditer(text):
         value = match.group("value")
         if not _is_reference(value):
@@ -519,9 +581,8 @@ def _merge(spans: list[tuple[int, int, str, str]]) -> list[tuple[int, int, str, 
     return [(s, e, k, d) for s, e, k, d in merged]
 
 
-def _find_spans(text: str, path: str) -> list[tuple[int, int, str, str]]:
-    if not text:
-        return []
+def _scan(text: str, path: str) -> list[tuple[int, int, str, str]]:
+    """Every detector over ``text`` (no prefilter)."""
     keyword_lines = _keyword_lines(text)
     entropy_lines = _candidate_lines(text, _ENTROPY_LINES)
     spans = list(_pattern_spans(text, path, keyword_lines))
@@ -533,6 +594,139 @@ def _find_spans(text: str, path: str) -> list[tuple[int, int, str, str]]:
             span for span in spans
             if not any(p_start <= span[0] and span[1] <= p_end for p_start, p_end in placeholders)
         ]
+    return spans
+
+
+# --------------------------------------------------------------------------- prefilter
+
+# A line can only hold a secret that some detector reports if it has one of: a run of 16+
+# token characters with a digit (or 40+ without: key bodies, base64 blocks), a secret-ish
+# key word followed by an assignment, comparison or quote, a URL, or one of the literal
+# prefixes below. One cheap pass finds those lines; the detectors then run on them only
+# (joined, with a separator no detector crosses). Multi-line key blocks need their context:
+# a text with a key marker is scanned whole.
+_RUN = re.compile(r"(?<![A-Za-z0-9+/=_\-])(?=[A-Za-z0-9+/=_\-]{16})[A-Za-z+/=_\-]*[0-9]")
+# Prefixed tokens that can be short or digit-free (longer ones with a digit are runs already).
+_MARKERS = ("AIza", "k_live_", "k_test_", "glpat-", "xox")
+# A URL can carry a credential before its host or in its query string.
+_URL_MARKER = re.compile(r"://[^\s'\"`<>]*[@?&]")
+_WHOLE_TEXT_MARKERS = ("PRIVATE KEY", "PuTTY-User-Key", "Private-MAC")
+_KEY_PREFIXES = (
+    "api", "auth", "service", "account", "db", "database", "priv", "private", "client", "access", "secret",
+    "signing", "encryption", "master", "session", "cloudant", "cl", "clou", "softlayer", "sl", "ibm", "cos",
+    "hmac", "storage", "subscription", "app", "aws", "azure", "gcp", "google", "stripe", "github", "gitlab",
+    "slack", "openai", "license", "webhook", "?", "&",
+)
+_URL_PREFIXES = ("database", "db", "redis", "mongo", "mongodb", "postgres", "postgresql", "mysql", "amqp",
+                 "broker", "conn", "connection")
+
+
+_CLOSE_AND_SEP = r"""["'\]]{0,2}[ \t]*[:=!>"'`]"""
+# Words that make a key secret-ish: detect-secrets' keywords may carry a suffix
+# (`password_hash: …`), ours must end the key (`db_token = …`).
+_SUFFIXED_WORDS = ("password", "passwd", "pwd", "secret", "contrase", "key")
+_END_WORDS = ("pass", "token", "bearer", "credential", "credentials", "dsn", "url", "str", "string", "phrase")
+_KEY_WORD_PATTERNS = tuple(
+    (word, re.compile(word + r"[\w\-.]*" + _CLOSE_AND_SEP)) for word in _SUFFIXED_WORDS
+) + tuple((word, re.compile(word + _CLOSE_AND_SEP)) for word in _END_WORDS)
+_PREFIXED_WORDS = {
+    "key": _KEY_PREFIXES,
+    "url": _URL_PREFIXES,
+    "str": ("conn", "connection"),
+    "string": ("conn", "connection"),
+    "phrase": ("pass",),
+}
+_COMPARED_KEY = tuple(
+    re.compile(op + r"[ \t]*[\w.]*(?:pass|pwd|secret|contrase)") for op in ("==", "!=")
+)
+_SEPARATOR = "\n\x00\n"  # no detector pattern matches across a NUL on its own line
+
+
+def _word_start(match: re.Match[str]) -> int:
+    return match.string.rfind(" ", 0, match.start()) + 1
+
+
+def _word_end(match: re.Match[str]) -> int:
+    end = match.string.find(" ", match.end())
+    return len(match.string) if end == -1 else end
+
+
+def _line_bounds(text: str, start: int, end: int) -> tuple[int, int]:
+    line_start = text.rfind("\n", 0, start) + 1
+    line_end = text.find("\n", end)
+    return line_start, len(text) if line_end == -1 else line_end
+
+
+def _candidate_segments(text: str) -> list[tuple[int, int]]:
+    """Merged (start, end) line ranges of ``text`` that may hold a secret; [] when none can."""
+    if any(marker in text for marker in _WHOLE_TEXT_MARKERS):
+        return [(0, len(text))]
+    hits: list[int] = []
+    # A run lies inside one whitespace-separated word: scan only the long words (C-speed split).
+    long_words = [word for word in text.split() if len(word) >= 16]
+    if long_words:
+        for word in {match.string[_word_start(match) : _word_end(match)] for match in
+                     _RUN.finditer(" ".join(long_words))}:
+            pos = text.find(word)
+            while pos != -1:
+                hits.append(pos)
+                pos = text.find(word, pos + len(word))
+    for marker in _MARKERS:
+        pos = text.find(marker)
+        while pos != -1:
+            hits.append(pos)
+            pos = text.find(marker, pos + len(marker))
+    if "://" in text:
+        hits.extend(match.start() for match in _URL_MARKER.finditer(text))
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a few characters change length when lower-cased
+        lowered = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    for word, pattern in _KEY_WORD_PATTERNS:
+        if word not in lowered:
+            continue
+        prefixes = _PREFIXED_WORDS.get(word)
+        for match in pattern.finditer(lowered):
+            start = match.start()
+            if prefixes is None or lowered[max(0, start - 14) : start].rstrip("_-.").endswith(prefixes):
+                hits.append(start)
+    for compared in _COMPARED_KEY:
+        hits.extend(match.start() for match in compared.finditer(lowered))
+    if not hits:
+        return []
+    hits.sort()
+    segments: list[tuple[int, int]] = []
+    for hit in hits:
+        if segments and hit <= segments[-1][1]:
+            continue
+        start, end = _line_bounds(text, hit, hit)
+        if segments and start <= segments[-1][1] + 1:  # adjacent lines form one segment
+            segments[-1] = (segments[-1][0], end)
+        else:
+            segments.append((start, end))
+    return segments
+
+
+def _find_spans(text: str, path: str) -> list[tuple[int, int, str, str]]:
+    if not text:
+        return []
+    segments = _candidate_segments(text)
+    if not segments:
+        return []
+    if len(segments) == 1 and segments[0] == (0, len(text)):
+        return _merge(_scan(text, path))
+    pieces: list[str] = []
+    sub_starts: list[int] = []
+    cursor = 0
+    for start, end in segments:
+        sub_starts.append(cursor)
+        pieces.append(text[start:end])
+        cursor += end - start + len(_SEPARATOR)
+    spans: list[tuple[int, int, str, str]] = []
+    for start, end, kind, detector in _scan(_SEPARATOR.join(pieces), path):
+        index = bisect_right(sub_starts, start) - 1
+        seg_start, seg_end = segments[index]
+        offset = seg_start - sub_starts[index]
+        spans.append((start + offset, min(end + offset, seg_end), kind, detector))
     return _merge(spans)
 
 
@@ -542,8 +736,6 @@ def find_secrets(text: str, path: str = "") -> list[SecretFinding]:
     if not spans:
         return []
     starts = _line_starts(text)
-    from bisect import bisect_right
-
     return [
         SecretFinding(kind=kind, start=start, end=end, line=bisect_right(starts, start), detector=detector)
         for start, end, kind, detector in spans
@@ -570,6 +762,19 @@ def redact_secrets(text: str, path: str = "") -> RedactionResult:
         pieces.append(current[cursor:])
         current = "".join(pieces)
     return RedactionResult(text=current, counts=dict(sorted(counts.items())))
+
+
+def redact_field(value: str | None, path: str = "") -> str | None:
+    """``value`` with secrets replaced (None stays None): for names, paths, imports, questions."""
+    if not value:
+        return value
+    return _redact_field(value, path)
+
+
+@lru_cache(maxsize=65536)
+def _redact_field(value: str, path: str) -> str:
+    """Memoised: symbol names, imports and paths repeat across chunks and files."""
+    return redact_secrets(value, path).text
 
 
 def secret_counts(texts: list[str], path: str = "") -> dict[str, int]:

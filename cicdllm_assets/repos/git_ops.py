@@ -282,3 +282,17 @@ def sync_repo(entry: RepoEntry, cache_dir: Path, timeout: float) -> CheckoutResu
         size_bytes=size,
         cloned=cloned,
     )
+
+
+def check_reachable(entry: RepoEntry, timeout: float) -> str:
+    """``git ls-remote`` the entry: a short description of what answered; :class:`GitError` if
+    the repository or its ref cannot be reached."""
+    runner = _Git(entry, timeout)
+    _, stdout, _ = runner.run(["ls-remote", "--", entry.url, entry.ref or "HEAD"], None, "ls-remote")
+    first = stdout.split()
+    if first:
+        return f"{runner.shown_url}{'@' + entry.ref if entry.ref else ''} answers ({first[0][:12]})"
+    if entry.ref and _HEX.match(entry.ref):
+        return f"{runner.shown_url} answers (commit {entry.ref[:12]} is checked at clone time)"
+    raise GitError(f"{runner.shown_url} has no ref {entry.ref or 'HEAD'!r}; fix the @ref of its repos.txt line",
+                   permanent=True)

@@ -8,6 +8,11 @@ Accepted entries (optionally followed by ``@ref``: a branch, tag or commit):
   Local repositories are cloned into the cache like remote ones, so work never touches the
   user's checkout; only their *committed* state is used.
 
+Per-repository options follow the entry, separated by whitespace (see :func:`split_options`):
+``include=GLOB[,GLOB...]`` replaces ``processing.include_globs`` for this repository only and
+``exclude=GLOB[,GLOB...]`` adds to ``processing.exclude_globs``; both may repeat. For example
+``https://github.com/pallets/click@8.1.7 include=src/**`` or ``. include=cicdllm_assets/**/*.py``.
+
 Rejected, with the file name and line number: transport helpers (``ext::``, ``fd::``, any
 ``xxx::``), entries starting with ``-``, any other scheme (``http://``, ``git://``, ``ftp://``;
 ``file://`` too: write the plain local path instead), credentials in URLs (never echoed:
@@ -27,9 +32,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
+
+from cicdllm_assets.config.models import ProcessingConfig
 
 __all__ = [
     "LineError",
@@ -113,6 +120,8 @@ class RepoEntry:
     identity: str
     key: str
     local_path: Path | None = None
+    include_globs: tuple[str, ...] = ()
+    exclude_globs: tuple[str, ...] = ()
 
     @property
     def is_local(self) -> bool:
@@ -129,7 +138,58 @@ class RepoEntry:
             "url": self.url,
             "ref": self.ref,
             "identity": self.identity,
+            "include": list(self.include_globs),
+            "exclude": list(self.exclude_globs),
         }
+
+    def processing(self, base: ProcessingConfig) -> ProcessingConfig:
+        """``base`` with this repository's own include globs (replacing) and exclude globs (added)."""
+        if not self.include_globs and not self.exclude_globs:
+            return base
+        return base.model_copy(
+            update={
+                "include_globs": list(self.include_globs or base.include_globs),
+                "exclude_globs": [*base.exclude_globs, *self.exclude_globs],
+            }
+        )
+
+
+OPTION_KEYS = ("include", "exclude")
+_OPTION = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)=(.*)$")
+
+
+def split_options(line: str) -> tuple[str, dict[str, tuple[str, ...]]]:
+    """Split trailing ``key=GLOB[,GLOB]`` options off a repos.txt line: (entry, {key: globs}).
+
+    Only whitespace-separated trailing tokens containing ``=`` are options, so the entry
+    itself is passed on untouched. Unknown keys, empty values, absolute globs and ``..``
+    segments are errors.
+    """
+    tokens = line.split()
+    options: dict[str, list[str]] = {}
+    while len(tokens) > 1:
+        match = _OPTION.match(tokens[-1])
+        if match is None:
+            break
+        tokens.pop()
+        key, value = match.group(1), match.group(2)
+        if key not in OPTION_KEYS:
+            raise _EntryError(f"unknown option {key!r} (expected {', '.join(k + '=GLOB' for k in OPTION_KEYS)})")
+        globs = [glob for glob in value.split(",") if glob]
+        if not globs:
+            raise _EntryError(f"option {key}= needs at least one glob, e.g. {key}=src/**")
+        for glob in globs:
+            if glob.startswith("/") or ".." in glob.split("/"):
+                raise _EntryError(f"{key} glob {glob!r} must be relative to the repository root, without '..'")
+        options[key] = globs + options.get(key, [])
+    body = line[: _token_end(line, len(tokens))] if tokens else line
+    return body.strip(), {key: tuple(value) for key, value in options.items()}
+
+
+def _token_end(line: str, count: int) -> int:
+    """Index just past the ``count``-th whitespace-separated token of ``line``."""
+    matches = list(re.finditer(r"\S+", line))
+    return matches[count - 1].end()
 
 
 def _validate_ref(ref: str) -> str:
@@ -313,7 +373,12 @@ def parse_repos_lenient(text: str, base_dir: Path) -> tuple[list[RepoEntry], lis
             continue
         shown = redact_credentials(line)
         try:
-            entry = parse_entry(line, base_dir, line_no)
+            spec, options = split_options(line)
+            entry = replace(
+                parse_entry(spec, base_dir, line_no),
+                include_globs=options.get("include", ()),
+                exclude_globs=options.get("exclude", ()),
+            )
         except _EntryError as exc:
             errors.append(LineError(line_no, shown, str(exc)))
             continue
@@ -350,18 +415,7 @@ def _disambiguate(entries: list[RepoEntry]) -> list[RepoEntry]:
 
 
 def _replace_key(entry: RepoEntry, key: str) -> RepoEntry:
-    if key == entry.key:
-        return entry
-    return RepoEntry(
-        line_no=entry.line_no,
-        spec=entry.spec,
-        kind=entry.kind,
-        url=entry.url,
-        ref=entry.ref,
-        identity=entry.identity,
-        key=key,
-        local_path=entry.local_path,
-    )
+    return entry if key == entry.key else replace(entry, key=key)
 
 
 def _read_text(path: Path) -> str:

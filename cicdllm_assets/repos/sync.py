@@ -12,10 +12,11 @@ from collections.abc import Iterable, Sequence
 from dagster import DagsterInstance
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.config.models import ProcessingConfig
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
 from cicdllm_assets.repos.repos_file import RepoEntry, read_repos_file
 
-__all__ = ["load_entries", "open_instance", "plan_sync", "sync_partitions"]
+__all__ = ["load_entries", "open_instance", "plan_sync", "repo_processing", "sync_partitions"]
 
 
 def load_entries(settings: Settings) -> list[RepoEntry]:
@@ -60,3 +61,15 @@ def open_instance(settings: Settings) -> DagsterInstance:
     # Dagster's storage migrations log every step at INFO through alembic; keep the CLI readable.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     return open_project_instance(settings)
+
+
+def repo_processing(settings: Settings, repo: str) -> ProcessingConfig:
+    """``processing`` as it applies to partition ``repo`` (its repos.txt options merged in)."""
+    from cicdllm_assets.repos.repos_file import ReposFileError, find_entry, read_repos_file_lenient
+
+    try:
+        entries, _ = read_repos_file_lenient(settings.repos_file)
+    except ReposFileError:
+        return settings.config.processing
+    entry = find_entry(entries, repo)
+    return entry.processing(settings.config.processing) if entry else settings.config.processing

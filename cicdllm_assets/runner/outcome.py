@@ -28,6 +28,7 @@ class StepOutcome:
     retries: int = 0
     item_failures: int = 0
     duration_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""

@@ -77,6 +77,7 @@ class RunPlanError(ValueError):
 class _Snapshot:
     head_commit: str | None
     rows: dict[str, int]
+    warnings: list[str]
 
 
 def choose_partitions(instance: DagsterInstance, requested: Sequence[str]) -> list[str]:
@@ -100,7 +101,7 @@ def _latest_materialization(instance: DagsterInstance, key: AssetKey, partition:
 
 def _rows_of(materialization: object | None) -> int | None:
     metadata = getattr(materialization, "metadata", None) or {}
-    entry = metadata.get("rows")
+    entry = metadata.get("dagster/partition_row_count") or metadata.get("dagster/row_count")
     value = getattr(entry, "value", entry)
     return int(value) if isinstance(value, int | float) else None
 
@@ -108,16 +109,20 @@ def _rows_of(materialization: object | None) -> int | None:
 def _snapshot(instance: DagsterInstance, keys: Sequence[AssetKey], partition: str | None) -> _Snapshot:
     head: str | None = None
     rows: dict[str, int] = {}
+    warnings: list[str] = []
     for key in keys:
         materialization = _latest_materialization(instance, key, partition)
         if materialization is None:
             continue
+        warning = (getattr(materialization, "metadata", None) or {}).get("warning")
+        if warning is not None:
+            warnings.append(f"{key.to_user_string()}: {getattr(warning, 'value', warning)}")
         count = _rows_of(materialization)
         if count is not None:
             rows[key.to_user_string()] = count
         if key == HEAD_ASSET:
             head = (getattr(materialization, "tags", None) or {}).get(DATA_VERSION_TAG)
-    return _Snapshot(head_commit=head, rows=rows)
+    return _Snapshot(head_commit=head, rows=rows, warnings=warnings)
 
 
 def _step_error_text(event: DagsterEvent) -> str:
@@ -160,6 +165,7 @@ def _classify(outcome: StepOutcome, before: _Snapshot, after: _Snapshot) -> None
     outcome.head_commit = after.head_commit
     outcome.previous_rows = before.rows
     outcome.rows = after.rows
+    outcome.warnings = after.warnings
     head_same = before.head_commit is not None and before.head_commit == after.head_commit
     rows_same = bool(before.rows) and all(before.rows.get(name) == count for name, count in after.rows.items())
     if (head_same or HEAD_ASSET.to_user_string() not in after.rows) and rows_same:
@@ -286,6 +292,7 @@ def _execute(
         outcome.previous_head_commit = before.head_commit
         outcome.head_commit = after.head_commit
         outcome.rows = after.rows
+        outcome.warnings = after.warnings
     return outcome
 
 

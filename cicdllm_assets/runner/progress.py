@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console, Group
+from rich.file_proxy import FileProxy
 from rich.live import Live
 from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
 from cicdllm_assets.storage.state import StageProgress, StateStore
 
 logger = logging.getLogger(__name__)
@@ -38,29 +42,53 @@ def read_progress(state_db: Path, since: float) -> list[StageProgress]:
     return [row for row in rows if row.updated_at >= since]
 
 
-def _rate(row: StageProgress, now: float) -> str:
-    """Items per second while running, elapsed seconds once finished."""
+def read_loads(state_db: Path) -> dict[tuple[str, str], LLMLoad]:
+    """The model server's load per (repo, stage) as the generation stages last saw it."""
+    if not state_db.exists():
+        return {}
+    try:
+        return read_llm_load(StateStore(state_db).connection())
+    except sqlite3.Error as exc:
+        logger.debug("llm load read failed: %s", exc)
+        return {}
+
+
+def _elapsed(row: StageProgress, now: float) -> float:
     end = now if row.status == "running" else row.updated_at
-    elapsed = max(0.0, end - row.started_at)
-    if row.status == "running" and row.done and elapsed > 0:
-        return f"{row.done / elapsed:.1f}/s"
-    return f"{elapsed:.1f}s"
+    return max(0.0, end - row.started_at)
 
 
-def render_progress(rows: list[StageProgress], runs: dict[str, str], now: float | None = None) -> Table:
-    """One line per repo and stage: done/total, failures, rate or time, status; plus the
-    run state per repo."""
+def _speed(row: StageProgress, now: float) -> str:
+    """Units per second (``3.2 files/s``) over the stage so far; empty before the first unit."""
+    elapsed = _elapsed(row, now)
+    return f"{row.done / elapsed:.1f} {row.unit}/s" if row.done and elapsed > 0 else ""
+
+
+COLUMNS = ("repo", "run", "stage", "done/total", "failed", "speed", "elapsed", "llm", "status")
+_RIGHT = frozenset({"done/total", "failed", "speed", "elapsed"})
+
+
+def render_progress(
+    rows: list[StageProgress],
+    runs: dict[str, str],
+    now: float | None = None,
+    loads: dict[tuple[str, str], LLMLoad] | None = None,
+) -> Table:
+    """One line per repo and stage: done/total, failures, speed (units per second), elapsed
+    time, the model server's concurrency limit and latency (generation stages), status; plus
+    the run state per repo."""
     current = time.time() if now is None else now
     table = Table(title="cicdllm run", expand=False)
-    for column in ("repo", "run", "stage", "progress", "failed", "rate", "status"):
-        table.add_column(column, justify="right" if column in ("progress", "failed", "rate") else "left")
+    loads = loads or {}
+    for column in COLUMNS:
+        table.add_column(column, justify="right" if column in _RIGHT else "left")
     by_repo: dict[str, list[StageProgress]] = {}
     for row in rows:
         by_repo.setdefault(row.repo, []).append(row)
     for repo, state in runs.items():
         stages = by_repo.pop(repo, [])
         if not stages:
-            table.add_row(repo, state, "", "", "", "", "")
+            table.add_row(repo, state, *[""] * (len(COLUMNS) - 2))
         for i, row in enumerate(stages):
             total = f"{row.done}/{row.total} {row.unit}" if row.total else f"{row.done} {row.unit}"
             style = _STATUS_STYLE.get(row.status, "")
@@ -70,7 +98,9 @@ def render_progress(rows: list[StageProgress], runs: dict[str, str], now: float 
                 row.stage,
                 total,
                 str(row.failed) if row.failed else "",
-                _rate(row, current),
+                _speed(row, current),
+                f"{_elapsed(row, current):.1f}s",
+                load.label if (load := loads.get((row.repo, row.stage))) else "",
                 Text(row.status, style=style),
             )
     return table
@@ -94,11 +124,12 @@ class ProgressDisplay:
         self._lock = threading.Lock()
         self._swapped: list[logging.Handler] = []
         self._rich_handler: RichHandler | None = None
+        self._streams: list[tuple[logging.StreamHandler[Any], Any]] = []
 
     def _renderable(self) -> Group:
         with self._lock:
             runs = dict(self.runs)
-        return Group(render_progress(read_progress(self.state_db, self.since), runs))
+        return Group(render_progress(read_progress(self.state_db, self.since), runs, loads=read_loads(self.state_db)))
 
     def _poll(self) -> None:
         while not self._stop.wait(self.refresh_seconds):
@@ -126,7 +157,26 @@ class ProgressDisplay:
         self._rich_handler = RichHandler(console=self.console, level=level, show_path=False)
         root.addHandler(self._rich_handler)
 
+    def _route_streams(self) -> None:
+        """Point every other logger's terminal handler at the live console too, so no line
+        is written past it (a line written directly to the terminal splits the table)."""
+        terminal = {id(s) for s in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__, self.console.file)}
+        loggers = [
+            logging.getLogger(),
+            *(item for item in logging.Logger.manager.loggerDict.values() if isinstance(item, logging.Logger)),
+        ]
+        for item in loggers:
+            for handler in item.handlers:
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                    stream = handler.stream
+                    if id(stream) in terminal:
+                        handler.setStream(FileProxy(self.console, stream))
+                        self._streams.append((handler, stream))
+
     def _restore_logging(self) -> None:
+        for routed, stream in self._streams:
+            routed.setStream(stream)
+        self._streams = []
         root = logging.getLogger()
         if self._rich_handler is not None:
             root.removeHandler(self._rich_handler)
@@ -138,6 +188,7 @@ class ProgressDisplay:
     def __enter__(self) -> ProgressDisplay:
         if self.console.is_terminal:
             self._route_logging()
+            self._route_streams()
             self._live = Live(self._renderable(), console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
             self._thread = threading.Thread(target=self._poll, name="cicdllm-progress", daemon=True)

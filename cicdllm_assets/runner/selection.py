@@ -32,6 +32,21 @@ def _job_keys(defs: Definitions, job_name: str) -> set[AssetKey]:
     return set(job.asset_layer.executable_asset_keys)
 
 
+def parse_selection(text: str) -> AssetSelection:
+    """Dagster's selection syntax, or the comma form of ``dagster asset materialize --select``
+    (``repositories,source_files+``: each clause parsed on its own, the union selected)."""
+    try:
+        return AssetSelection.from_string(text)
+    except Exception:
+        clauses = [clause.strip() for clause in text.split(",")]
+        if len(clauses) < 2 or not all(clauses):
+            raise
+    selection = AssetSelection.from_string(clauses[0])
+    for clause in clauses[1:]:
+        selection = selection | AssetSelection.from_string(clause)
+    return selection
+
+
 def plan_selection(defs: Definitions, text: str | None, main_job: str, dataset_job: str) -> PlannedSelection:
     """Resolve ``text`` (default: every pipeline asset) against ``defs``.
 
@@ -41,7 +56,7 @@ def plan_selection(defs: Definitions, text: str | None, main_job: str, dataset_j
     source = text.strip() if text and text.strip() else PIPELINE_SELECTION
     graph = defs.resolve_asset_graph()
     try:
-        selected = AssetSelection.from_string(source).resolve(graph)
+        selected = parse_selection(source).resolve(graph)
     except Exception as exc:  # dagster raises several error types for bad selections
         raise SelectionError(f"invalid asset selection {source!r}: {exc}") from exc
     if not selected:

@@ -31,8 +31,10 @@ import duckdb
 import psutil
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.discovery.discover import no_files_kept_warning
 from cicdllm_assets.finetune.history import HistoryRow, read_history
 from cicdllm_assets.performance.battery import BatteryReader, BatteryStatus, battery_status
+from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
 
 _logger = logging.getLogger(__name__)
 
@@ -151,6 +153,7 @@ class RepoStatus:
     failures_by_category: dict[str, int] = field(default_factory=dict)
     last_run: RunInfo | None = None
     stages: list[StageStatus] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -185,6 +188,8 @@ class Status:
     run_failures: list[FailureInfo] = field(default_factory=list)
     evaluations: list[HistoryRow] = field(default_factory=list)
     """The most recent recorded fine-tuning evaluations (at most ``EVALUATIONS_SHOWN``), oldest first."""
+    llm_load: list[LLMLoad] = field(default_factory=list)
+    """The model server's concurrency limit and latency per running generation stage."""
 
     def totals(self) -> dict[str, int]:
         """Sums of the per-repo counters."""
@@ -229,6 +234,7 @@ class Status:
             "run_failures": [asdict(item) for item in self.run_failures],
             "resources": resources,
             "tokens_per_second": self.tokens_per_second,
+            "llm_load": [asdict(load) for load in self.llm_load],
             "errors": self.errors,
             "evaluations": [row.to_dict() for row in self.evaluations],
         }
@@ -703,6 +709,7 @@ def collect_status(
     heads: dict[str, str | None] = {}
     tokens_per_second: float | None = None
     evaluations: list[HistoryRow] = []
+    llm_load: list[LLMLoad] = []
     con: sqlite3.Connection | None = None
     try:
         con = open_state_readonly(settings.state_db)
@@ -713,6 +720,8 @@ def collect_status(
             heads = read_repo_info(con)
             tokens_per_second = read_tokens_per_second(con, 300.0, now)
             evaluations = read_history(con)[-EVALUATIONS_SHOWN:]
+            running = {(s.repo, s.stage) for s in stages if s.status == "running"}
+            llm_load = [load for key, load in sorted(read_llm_load(con).items()) if key in running]
     except sqlite3.Error as exc:
         errors.append(f"state store: {exc}")
 
@@ -746,6 +755,9 @@ def collect_status(
         repo.failures = sum(repo.failures_by_category.values())
         repo.last_run = last_runs.get(name)
         repo.stages = [s for s in stages if s.repo == name]
+        discovered = any(s.stage == "source_files" and s.status == "done" for s in repo.stages)
+        if discovered and repo.files_kept == 0:
+            repo.warnings.append(no_files_kept_warning(repo.files_skipped))
         repos.append(repo)
 
     categories: dict[str, int] = {}
@@ -774,4 +786,5 @@ def collect_status(
         tokens_per_second=tokens_per_second,
         errors=errors,
         evaluations=evaluations,
+        llm_load=llm_load,
     )

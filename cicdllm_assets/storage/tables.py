@@ -74,14 +74,26 @@ class TableStore:
             return []
         return sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
 
+    def partition_files(self, asset: str, partition_keys: Iterable[str] | None = None) -> list[Path]:
+        """Files of all partitions, or of the given keys that exist."""
+        if partition_keys is None:
+            return self.files(asset)
+        return [p for p in (self.path_for(asset, k) for k in partition_keys) if p.exists()]
+
+    def row_count(self, asset: str, partition_keys: Iterable[str] | None = None) -> int:
+        """Rows of an asset over all (or the given) stored partitions, read from the Parquet footers."""
+        total = 0
+        for path in self.partition_files(asset, partition_keys):
+            try:
+                total += pq.ParquetFile(path).metadata.num_rows
+            except FileNotFoundError:  # removed between listing and reading
+                continue
+        return total
+
     def read_all(self, asset: str, partition_keys: Iterable[str] | None = None) -> pa.Table | None:
         """Concatenate partitions (all, or the given keys that exist); None if there are none."""
-        if partition_keys is None:
-            paths = self.files(asset)
-        else:
-            paths = [p for p in (self.path_for(asset, k) for k in partition_keys) if p.exists()]
         tables = []
-        for path in paths:
+        for path in self.partition_files(asset, partition_keys):
             try:
                 tables.append(pq.read_table(path))
             except FileNotFoundError:  # removed between listing and reading

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -31,6 +31,9 @@ _logger = logging.getLogger(__name__)
 
 Collector = Callable[..., Status]
 
+NARROW_WIDTH = 140
+"""Terminals narrower than this stack the progress, resources and runs panels."""
+
 CSS = """
 #repos { height: auto; max-height: 45%; min-height: 5; border: round $primary; }
 #middle { height: 1fr; }
@@ -43,6 +46,11 @@ CSS = """
 #failures-table { height: 1fr; }
 #failure-detail { height: auto; max-height: 8; border: round $error; padding: 0 1; }
 #log { height: 1fr; }
+.narrow #repos { max-height: 8; }
+.narrow #middle { layout: vertical; overflow-y: auto; }
+.narrow #progress { width: 1fr; height: auto; min-height: 4; }
+.narrow #side { width: 1fr; height: auto; }
+.narrow #runs { height: auto; min-height: 4; }
 HelpScreen { align: center middle; }
 #help-dialog { width: 72; height: auto; border: thick $primary; background: $surface; padding: 1 2; }
 #config-tree { width: 2fr; }
@@ -110,10 +118,15 @@ class StatusApp(App[None]):
         yield Static(status_line(None, self.refresh_seconds), id="statusline")
         yield Footer()
 
+    def on_resize(self, event: events.Resize) -> None:
+        """Below :data:`NARROW_WIDTH` columns the panels stack instead of sitting side by side."""
+        self.screen.set_class(event.size.width < NARROW_WIDTH, "narrow")
+
     def on_mount(self) -> None:
         """First refresh now, then on the configured interval."""
         self.query_one("#repos").border_title = "Repositories"
         self.query_one("#runs").border_title = "Recent Dagster runs"
+        self.screen.set_class(self.size.width < NARROW_WIDTH, "narrow")
         try:
             self.settings = self._load_settings()
             self.refresh_seconds = self.settings.config.ui.refresh_seconds

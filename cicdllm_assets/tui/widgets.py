@@ -78,7 +78,7 @@ class StaticPanel(Static):
 
 REPO_COLUMNS = (
     "Repo", "Head", "Size", "Kept", "Skipped", "Chunks", "Questions", "Answers", "Accepted",
-    "Failures", "Last run", "Run status",
+    "Failures", "Last run", "Run status", "Warning",
 )
 
 
@@ -112,6 +112,7 @@ class ReposTable(DataTable[RenderableType]):
                 failures,
                 clock(run.created_at) if run else "-",
                 styled_status(run.status if run else None),
+                Text("; ".join(repo.warnings), style="yellow") if repo.warnings else "",
                 key=repo.repo,
             )
         if self.row_count:
@@ -190,6 +191,8 @@ def resources_table(status: Status) -> RenderableType:
     table.add_row("Battery", battery)
     tokens = "-" if status.tokens_per_second is None else f"{status.tokens_per_second:,.1f} tokens/s"
     table.add_row("Generation", tokens)
+    for load in status.llm_load:
+        table.add_row("Model server", f"{load.label} ({load.server}; {load.repo} {load.stage})")
     totals = status.totals()
     table.add_row(
         "Totals",

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal, Protocol, runtime_checkable
+
+from cicdllm_assets.quality.secrets import find_secrets, is_config_path
 
 ErrorCategory = Literal[
     "timeout",
@@ -21,6 +24,7 @@ ErrorCategory = Literal[
     "context_overflow",
     "circuit_open",
     "backend_error",
+    "secret",
 ]
 
 
@@ -74,6 +78,27 @@ class GenerationResult:
     def ok(self) -> bool:
         """True when the request produced text."""
         return self.error is None
+
+
+@lru_cache(maxsize=4096)
+def _message_secrets(content: str, path: str) -> tuple[str, ...]:
+    """Log-safe descriptions of the secrets in one message (a chunk's context repeats: memoised)."""
+    found = find_secrets(content)
+    if path:
+        found += find_secrets(content, path)
+    return tuple(sorted({finding.describe() for finding in found}))
+
+
+def request_secrets(request: GenerationRequest, path: str = "") -> list[str]:
+    """The last gate before a backend: log-safe descriptions of every secret still in the
+    fully rendered request (empty when it may be sent). ``path`` (a config file's path)
+    adds that file type's stricter rules to the generic scan."""
+    hint = path if path and is_config_path(path) else ""
+    return [
+        f"message {index + 1} ({message.role}): {description}"
+        for index, message in enumerate(request.messages)
+        for description in _message_secrets(message.content, hint)
+    ]
 
 
 class CircuitOpenError(RuntimeError):

@@ -86,7 +86,14 @@ def load_fresh_model(path: str, *, dequantize: bool = True) -> LoadedModel:
     from mlx_lm.utils import dequantize_model
 
     logger.info("loading model %s", path)
-    loaded: Any = load(path)
+    try:
+        loaded: Any = load(path)
+    except Exception as exc:  # a hub id that could not be downloaded: say what to run
+        if Path(path).exists():
+            raise
+        from cicdllm_assets.models.paths import ModelNotPreparedError, missing_hub_model_message
+
+        raise ModelNotPreparedError(f"{missing_hub_model_message(path)} ({type(exc).__name__}: {exc})") from None
     model, tokenizer = loaded[0], loaded[1]
     if dequantize and mx.default_device() == mx.cpu and _is_quantized(model):
         # mlx's quantized matmul is not vectorised on the CPU backend.
@@ -584,4 +591,7 @@ def _model_fingerprint(model_path: str) -> str:
             digest.update(file.read_bytes())
     for weights in sorted(path.glob("*.safetensors")):
         digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
-    return f"mlx:{path.name}@{digest.hexdigest()[:12]}"
+    name = path.name
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        name = path.parent.parent.name[len("models--") :].replace("--", "/")  # an HF cache snapshot: org/name
+    return f"mlx:{name}@{digest.hexdigest()[:12]}"

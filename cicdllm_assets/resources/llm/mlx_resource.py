@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import cast
 
 from cicdllm_assets.config import Settings
-from cicdllm_assets.models.paths import EMBEDDED_ALIAS, ModelNotPreparedError, resolve_model
+from cicdllm_assets.models.paths import check_model
 from cicdllm_assets.resources.llm.backend_resource import BackendResource
 from cicdllm_assets.resources.llm.base import LLMBackend
 from cicdllm_assets.resources.llm.mlx_backend import MLXBackend, release_models
@@ -17,11 +16,7 @@ def backend_from_settings(settings: Settings) -> MLXBackend:
     """An :class:`MLXBackend` for ``llm.model`` with the configured batch size and limits."""
     llm = settings.config.llm
     ensure_openblas(enabled=llm.mlx.use_openblas)
-    model = resolve_model(settings)
-    if llm.model == EMBEDDED_ALIAS and not (Path(model) / "config.json").is_file():
-        raise ModelNotPreparedError(
-            f"the embedded model is not prepared at {model}: run `cicdllm model prepare` (or `make model`)"
-        )
+    model = check_model(settings)
     return MLXBackend(
         model,
         batch_size=settings.config.generation.batch_size,

@@ -7,15 +7,27 @@ loop. Results are handed back through a thread-safe queue as each request comple
 
 Resilience, per request:
 
-- at most ``max_concurrency`` requests in flight (one semaphore per backend; a request
-  keeps its slot while it backs off, so retries never exceed the bound);
-- a hard per-attempt deadline of ``timeout_seconds`` (connect + send + whole body);
+- requests in flight follow the server (:mod:`~cicdllm_assets.resources.llm.limiter`): an
+  AIMD limiter starts at one, grows while latency stays flat and cuts back on timeouts,
+  429s, 5xx, connection errors and rising latency, within ``max_concurrency``; a request
+  gives its slot back while it backs off and waits for the limiter again before a retry;
+- responses are streamed (``stream: true``, server-sent events, usage when the server
+  sends it; a plain JSON reply is accepted too): an attempt times out after
+  ``timeout_seconds`` of *silence* (no token, no byte), never for being long, and after
+  ``connect_timeout_seconds`` to open the connection; a timed-out attempt's connection is
+  closed (which stops a streaming server's work) before anything is retried;
 - retries with exponential backoff and full jitter
   (``uniform(0, min(backoff_max, backoff_base * 2**attempt))``) for timeouts, connection
   errors, HTTP 408/429/5xx and malformed or truncated JSON; ``Retry-After`` (seconds or an
   HTTP date) replaces the jittered delay, capped at ``backoff_max_seconds``;
 - no retry for other 4xx; a 400 whose message is about the context length is reported as
   ``context_overflow``.
+
+Seeds: ``seed="auto"`` sends the request's seed only to servers that batch seeded requests;
+mlx_lm.server serves a request that carries a seed on its own (no batching), so it gets
+none. The server is recognised from ``/models`` (``owned_by``) and the ``Server`` header
+(:func:`identify_server`); ``always`` / ``never`` force it. Each result records
+``extra["seed_sent"]``.
 
 A circuit breaker counts consecutive requests that failed after their retries (a
 ``context_overflow`` is the request's own fault: it neither counts nor resets). When the
@@ -29,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import email.utils
 import json
 import logging
@@ -39,17 +52,17 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
 from cicdllm_assets.config import Settings
-from cicdllm_assets.models.paths import EMBEDDED_ALIAS, EMBEDDED_MODEL_NAME, resolve_tokenizer_path
+from cicdllm_assets.models.paths import EMBEDDED_ALIAS, EMBEDDED_MODEL_NAME, resolve_tokenizer
 from cicdllm_assets.resources.llm.base import (
     ChatMessage,
     CircuitOpenError,
@@ -57,11 +70,25 @@ from cicdllm_assets.resources.llm.base import (
     GenerationRequest,
     GenerationResult,
 )
+from cicdllm_assets.resources.llm.limiter import AdaptiveLimiter, LimiterSnapshot
 from cicdllm_assets.resources.llm.tokenizer_counter import TokenCounter, load_token_counter
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+SeedMode = Literal["auto", "always", "never"]
+
+SERVERS_BATCHING_SEEDED = {
+    "vllm": True,  # per-request generators inside the continuous batch
+    "llama.cpp": True,  # per-slot sampler seeds, slots decode together
+    "llama-cpp-python": True,  # one request at a time anyway: a seed costs nothing
+    "ollama": True,  # options.seed per request on top of llama.cpp slots
+    "lmstudio": True,  # llama.cpp engine: as llama.cpp
+    "mlx_lm.server": False,  # a request with a seed is served alone (mlx_lm.server._is_batchable)
+    "unknown": True,  # the OpenAI API itself: seed is a per-request sampling option
+}
+"""Whether ``seed="auto"`` sends a seed to each recognised server."""
 
 SERVER_DEFAULT_MODEL = "default_model"
 """Model name sent for ``llm.model: embedded`` when ``llm.openai.model`` is unset."""
@@ -97,7 +124,11 @@ class OpenAIBackendConfig:
     model: str
     api_key: str | None = field(default=None, repr=False)
     max_concurrency: int = 8
+    adaptive_concurrency: bool = True
     timeout_seconds: float = 120.0
+    """Longest silence (no token, no byte) before an attempt is abandoned."""
+    connect_timeout_seconds: float = 10.0
+    seed: SeedMode = "auto"
     max_retries: int = 5
     backoff_base_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
@@ -116,6 +147,10 @@ class OpenAIBackendConfig:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if self.timeout_seconds <= 0:
             raise ValueError(f"timeout_seconds must be > 0, got {self.timeout_seconds}")
+        if self.connect_timeout_seconds <= 0:
+            raise ValueError(f"connect_timeout_seconds must be > 0, got {self.connect_timeout_seconds}")
+        if self.seed not in ("auto", "always", "never"):
+            raise ValueError(f"seed must be auto, always or never, got {self.seed!r}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.circuit_breaker_failures < 1:
@@ -167,6 +202,8 @@ class _Success:
     completion_tokens: int | None
     cached_prompt_tokens: int
     latency_ms: float
+    first_token_s: float = 0.0
+    streamed: bool = False
 
 
 class _CircuitBreaker:
@@ -291,6 +328,94 @@ def find_context_length(models_payload: object, model: str) -> int | None:
     return None
 
 
+class _SSEAccumulator:
+    """Collects a streamed chat completion (``data: {...}`` events until ``data: [DONE]``)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish_reason = ""
+        self.usage: dict[str, Any] = {}
+        self.first_token_s: float | None = None
+        self.done = False
+        self.error: str | None = None
+
+    def feed(self, line: str, elapsed_s: float) -> bool:
+        """Take one line; True once the stream is complete."""
+        if not line.startswith("data:"):
+            return False  # blank separators, ": keepalive" comments, event:/id: fields
+        data = line[5:].strip()
+        if data == "[DONE]":
+            self.done = True
+            return True
+        try:
+            event = json.loads(data)
+        except ValueError:
+            self.error = f"stream event is not JSON: {data[:80]!r}"
+            return True
+        if not isinstance(event, dict):
+            return False
+        if event.get("error") is not None:
+            self.error = str(event["error"])[:300]
+            return True
+        if isinstance(event.get("usage"), dict):
+            self.usage = event["usage"]
+        choices = event.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            choice = choices[0]
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(text, str) and text:
+                self.parts.append(text)
+            if self.first_token_s is None:
+                self.first_token_s = elapsed_s
+            if isinstance(choice.get("finish_reason"), str):
+                self.finish_reason = choice["finish_reason"]
+        return False
+
+    def result(self, latency_ms: float) -> _Success | _Failure:
+        """The completion, or why the stream is unusable (an error event, cut short)."""
+        if self.error is not None:
+            return _Failure(GenerationError("parse_error", self.error))
+        if not self.done and not self.finish_reason:
+            return _Failure(GenerationError("connection", "the stream ended before the completion was complete"))
+        details = self.usage.get("prompt_tokens_details")
+        cached = _int_or_none(details.get("cached_tokens")) if isinstance(details, dict) else None
+        return _Success(
+            text="".join(self.parts),
+            finish_reason=self.finish_reason,
+            prompt_tokens=_int_or_none(self.usage.get("prompt_tokens")),
+            completion_tokens=_int_or_none(self.usage.get("completion_tokens")),
+            cached_prompt_tokens=cached or 0,
+            latency_ms=latency_ms,
+            first_token_s=self.first_token_s if self.first_token_s is not None else latency_ms / 1000.0,
+            streamed=True,
+        )
+
+
+def identify_server(headers: Mapping[str, str], models_payload: object) -> str:
+    """Which server answers: ``vllm``, ``llama.cpp``, ``llama-cpp-python``, ``ollama``,
+    ``lmstudio``, ``mlx_lm.server`` or ``unknown``, from the ``/models`` reply's
+    ``owned_by`` fields and its ``Server`` header."""
+    server = str(headers.get("server", "")).lower()
+    entries: list[Any] = []
+    if isinstance(models_payload, dict) and isinstance(models_payload.get("data"), list):
+        entries = [e for e in models_payload["data"] if isinstance(e, dict)]
+    owners = {str(e.get("owned_by", "")).lower() for e in entries if "owned_by" in e}
+    if "vllm" in owners:
+        return "vllm"
+    if "llamacpp" in owners or "llama.cpp" in server:
+        return "llama.cpp"
+    if "ollama" in server or "ollama" in owners or "library" in owners:
+        return "ollama"
+    if "organization_owner" in owners or "lm studio" in server or "lmstudio" in server:
+        return "lmstudio"
+    if "me" in owners and server.startswith("uvicorn"):
+        return "llama-cpp-python"
+    if server.startswith("basehttp") and not owners:  # Python's http.server, no owned_by (or no list)
+        return "mlx_lm.server"
+    return "unknown"
+
+
 class OpenAIBackend:
     """:class:`~cicdllm_assets.resources.llm.base.LLMBackend` over ``POST {base_url}/chat/completions``."""
 
@@ -303,11 +428,15 @@ class OpenAIBackend:
         self.config = config
         self._settings = settings
         self._counter = token_counter
+        self.approximate_counts = False
+        """True when prompt counts use the embedded tokenizer as an approximation (no tokenizer found)."""
         self._counter_lock = threading.Lock()
         self._loop_thread: _LoopThread | None = None
         self._loop_lock = threading.Lock()
         self._client: httpx.AsyncClient | None = None
-        self._semaphore: asyncio.Semaphore | None = None
+        self._limiter = AdaptiveLimiter(config.max_concurrency, adaptive=config.adaptive_concurrency)
+        self._server_kind: str | None = None
+        self._models_payload: object = None
         self._breaker = _CircuitBreaker(config.circuit_breaker_failures, config.base_url)
         self._context_window: int | None = config.context_window
         self._closed = False
@@ -334,7 +463,10 @@ class OpenAIBackend:
             model_id=model_id,
             api_key=api_key,
             max_concurrency=oa.max_concurrency,
+            adaptive_concurrency=oa.adaptive_concurrency,
             timeout_seconds=oa.timeout_seconds,
+            connect_timeout_seconds=oa.connect_timeout_seconds,
+            seed=oa.seed,
             max_retries=oa.max_retries,
             backoff_base_seconds=oa.backoff_base_seconds,
             backoff_max_seconds=oa.backoff_max_seconds,
@@ -364,6 +496,23 @@ class OpenAIBackend:
         """True once the circuit breaker has opened (no request is sent any more)."""
         return self._breaker.is_open
 
+    @property
+    def server_kind(self) -> str | None:
+        """The recognised server (:func:`identify_server`); None until it was asked."""
+        return self._server_kind
+
+    @property
+    def sends_seed(self) -> bool:
+        """Whether requests carry their seed (``llm.openai.seed`` and the server's kind)."""
+        if self.config.seed != "auto":
+            return self.config.seed == "always"
+        return SERVERS_BATCHING_SEEDED.get(self._server_kind or "unknown", True)
+
+    def load_status(self) -> dict[str, object]:
+        """Concurrency limit, requests in flight, observed latency, server kind, seed use."""
+        snapshot: LimiterSnapshot = self._limiter.snapshot()
+        return {**snapshot.as_dict(), "server": self._server_kind or "unknown", "seed_sent": self.sends_seed}
+
     def reset_circuit(self) -> None:
         """Close the circuit breaker again (e.g. after the operator fixed the server)."""
         self._breaker.is_open = False
@@ -375,7 +524,8 @@ class OpenAIBackend:
         if self._context_window is None:
             found: int | None = None
             try:
-                found = self._run(self._query_context_window())
+                self._run(self._probe())
+                found = find_context_length(self._models_payload, self.config.model)
             except (httpx.HTTPError, ValueError, TimeoutError, concurrent.futures.TimeoutError) as exc:
                 logger.warning("could not read %s/models: %s", self.config.base_url, exc)
             if found is None:
@@ -400,7 +550,8 @@ class OpenAIBackend:
                             "no tokenizer for token counting: set llm.openai.tokenizer to the served "
                             "model's tokenizer.json"
                         )
-                    path = resolve_tokenizer_path(self._settings)
+                    choice = resolve_tokenizer(self._settings)
+                    path, self.approximate_counts = choice.path, choice.approximate
                 self._counter = load_token_counter(str(path))
             return self._counter
 
@@ -431,31 +582,51 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         return headers
 
-    def _ensure_client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
-        """Create the pooled client and semaphore on first use (inside the loop thread)."""
-        if self._client is None or self._semaphore is None:
+    def _ensure_client(self) -> httpx.AsyncClient:
+        """Create the pooled client on first use (inside the loop thread)."""
+        if self._client is None:
             size = self.config.max_concurrency
             host = urlsplit(self.config.base_url).hostname or ""
+            # silence is timed per event by _attempt; httpx only bounds connecting and sending
+            timeout = httpx.Timeout(
+                connect=self.config.connect_timeout_seconds,
+                read=None,
+                write=self.config.timeout_seconds,
+                pool=None,
+            )
             self._client = httpx.AsyncClient(
                 headers=self._headers(),
-                timeout=httpx.Timeout(self.config.timeout_seconds),
+                timeout=timeout,
                 limits=httpx.Limits(
                     # below uvicorn's (vLLM's) 5 s keep-alive, so a pooled socket is not
                     # reused just as the server closes it
-                    max_connections=size, max_keepalive_connections=size, keepalive_expiry=4.0
+                    max_connections=size,
+                    max_keepalive_connections=size,
+                    keepalive_expiry=4.0,
                 ),
                 # a proxy from the environment must never see loopback traffic
                 trust_env=host not in _LOOPBACK_HOSTS,
             )
-            self._semaphore = asyncio.Semaphore(size)
-        return self._client, self._semaphore
+        return self._client
 
-    async def _query_context_window(self) -> int | None:
-        client, _ = self._ensure_client()
+    async def _probe(self) -> None:
+        """Read ``/models`` once: the server's kind (for seeds) and context length."""
+        if self._server_kind is not None:
+            return
+        client = self._ensure_client()
         async with asyncio.timeout(min(self.config.timeout_seconds, 30.0)):
             response = await client.get(f"{self.config.base_url}/models")
-        response.raise_for_status()
-        return find_context_length(response.json(), self.config.model)
+        try:
+            self._models_payload = response.json() if response.is_success else None
+        except ValueError:  # e.g. mlx_lm.server without a Hugging Face cache: 200, then no body
+            self._models_payload = None
+        self._server_kind = identify_server(response.headers, self._models_payload)
+        logger.info(
+            "model server %s: %s (seed %s)",
+            self.config.base_url,
+            self._server_kind,
+            "sent" if self.sends_seed else "not sent",
+        )
 
     # ------------------------------------------------------------------ generate
 
@@ -513,15 +684,21 @@ class OpenAIBackend:
         self, batch: list[GenerationRequest], results: queue.SimpleQueue[GenerationResult | BaseException]
     ) -> None:
         try:
-            client, semaphore = self._ensure_client()
+            client = self._ensure_client()
         except Exception as exc:
             for _ in batch:
                 results.put(exc)
             return
+        if self._server_kind is None:
+            try:
+                await self._probe()
+            except (httpx.HTTPError, ValueError, TimeoutError) as exc:
+                self._server_kind = "unknown"
+                logger.warning("could not identify the server at %s (%s): seeds are sent", self.config.base_url, exc)
 
         async def one(request: GenerationRequest) -> None:
             try:
-                result = await self._execute(client, semaphore, request)
+                result = await self._execute(client, request)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must not hang the consumer
@@ -541,15 +718,17 @@ class OpenAIBackend:
         )
 
     def _payload(self, request: GenerationRequest) -> bytes:
-        body = {
+        body: dict[str, Any] = {
             "model": self.config.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
-            "seed": request.seed,
-            "stream": False,
+            "stream": True,
+            "stream_options": {"include_usage": True},
         }
+        if self.sends_seed and request.seed is not None:
+            body["seed"] = request.seed
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -558,44 +737,58 @@ class OpenAIBackend:
             return min(retry_after, cap)
         return self._rng.uniform(0.0, min(cap, self.config.backoff_base_seconds * (2**attempt)))
 
-    async def _execute(
-        self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore, request: GenerationRequest
-    ) -> GenerationResult:
+    async def _execute(self, client: httpx.AsyncClient, request: GenerationRequest) -> GenerationResult:
         if self._breaker.is_open:
             return self._circuit_result(request)
         payload = self._payload(request)
-        async with semaphore:
-            started = time.monotonic()
-            attempt = 0
-            while True:
-                if self._breaker.is_open:
-                    return self._circuit_result(request)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            # a retry waits for the limiter like a new request (ahead of new ones: it holds a reservation)
+            slot = await self._limiter.acquire(retry=attempt > 0)
+            if self._breaker.is_open:
+                await self._limiter.release(slot, "ignore")
+                return self._circuit_result(request)
+            try:
                 outcome = await self._attempt(client, payload)
-                if isinstance(outcome, _Success):
-                    self._breaker.record_success()
-                    return self._result(request, outcome, attempt + 1, started)
-                error = self._redact(outcome.error)
-                if not error.retryable or attempt >= self.config.max_retries:
-                    self._breaker.record_failure(error)
-                    logger.warning(
-                        "request %s failed after %d attempt(s): %s", request.key, attempt + 1, _describe(error)
-                    )
-                    return GenerationResult(
-                        key=request.key,
-                        error=error,
-                        latency_ms=(time.monotonic() - started) * 1000.0,
-                        extra={"attempts": attempt + 1},
-                    )
-                delay = self._backoff(attempt, outcome.retry_after)
-                logger.info(
-                    "request %s attempt %d failed (%s); retrying in %.2fs",
-                    request.key,
-                    attempt + 1,
-                    _describe(error),
-                    delay,
+            except BaseException:
+                await self._limiter.release(slot, "ignore")
+                raise
+            if isinstance(outcome, _Success):
+                await self._limiter.release(slot, "ok", outcome.first_token_s)
+                self._breaker.record_success()
+                return self._result(request, outcome, attempt + 1, started)
+            error = self._redact(outcome.error)
+            congested = (
+                error.category in ("timeout", "connection")
+                or error.status_code in (408, 429)
+                or (error.status_code is not None and error.status_code >= 500)
+            )
+            final = not error.retryable or attempt >= self.config.max_retries
+            await self._limiter.release(slot, "drop" if congested else "ignore", will_retry=not final)
+            if final:
+                self._breaker.record_failure(error)
+                logger.warning("request %s failed after %d attempt(s): %s", request.key, attempt + 1, _describe(error))
+                return GenerationResult(
+                    key=request.key,
+                    error=error,
+                    latency_ms=(time.monotonic() - started) * 1000.0,
+                    extra={"attempts": attempt + 1, "seed_sent": self.sends_seed},
                 )
-                attempt += 1
+            delay = self._backoff(attempt, outcome.retry_after)
+            logger.info(
+                "request %s attempt %d failed (%s); retrying in %.2fs",
+                request.key,
+                attempt + 1,
+                _describe(error),
+                delay,
+            )
+            attempt += 1
+            try:
                 await asyncio.sleep(delay)
+            except BaseException:
+                await self._limiter.cancel_reservation()
+                raise
 
     def _redact(self, error: GenerationError) -> GenerationError:
         """Never let the API key leave in an error message (a server may echo headers)."""
@@ -605,7 +798,13 @@ class OpenAIBackend:
         return error
 
     def _result(self, request: GenerationRequest, ok: _Success, attempts: int, started: float) -> GenerationResult:
-        extra: dict[str, object] = {"attempts": attempts, "total_ms": (time.monotonic() - started) * 1000.0}
+        extra: dict[str, object] = {
+            "attempts": attempts,
+            "total_ms": (time.monotonic() - started) * 1000.0,
+            "first_token_ms": ok.first_token_s * 1000.0,
+            "streamed": ok.streamed,
+            "seed_sent": self.sends_seed,
+        }
         prompt_tokens = ok.prompt_tokens
         completion_tokens = ok.completion_tokens
         if prompt_tokens is None or completion_tokens is None:
@@ -630,20 +829,42 @@ class OpenAIBackend:
         )
 
     async def _attempt(self, client: httpx.AsyncClient, payload: bytes) -> _Success | _Failure:
+        """One request: stream the reply, abandoning it after ``timeout_seconds`` of silence.
+
+        Leaving the ``client.stream`` block before the body is complete closes the
+        connection, so a timed-out request is cancelled on the server before any retry.
+        """
         url = f"{self.config.base_url}/chat/completions"
+        silence = self.config.timeout_seconds
+        loop = asyncio.get_running_loop()
         started = time.monotonic()
+        stream = _SSEAccumulator()
         try:
-            async with asyncio.timeout(self.config.timeout_seconds):
-                response = await client.post(url, content=payload)
-        except (TimeoutError, httpx.TimeoutException):
-            return _Failure(GenerationError("timeout", f"no response within {self.config.timeout_seconds:g}s"))
+            async with asyncio.timeout(silence) as deadline:
+                async with client.stream("POST", url, content=payload) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        return self._status_failure(response)
+                    if "text/event-stream" not in response.headers.get("content-type", ""):
+                        body = await response.aread()  # a server that does not stream: one JSON body
+                        elapsed = time.monotonic() - started
+                        return self._parse(body, elapsed * 1000.0, elapsed)
+                    async with contextlib.aclosing(response.aiter_lines()) as lines:  # type: ignore[type-var]
+                        async for line in lines:  # read to the end: a complete reply keeps its connection
+                            deadline.reschedule(loop.time() + silence)  # progress: the clock restarts
+                            if stream.feed(line, time.monotonic() - started) and stream.error is not None:
+                                break
+                    return stream.result((time.monotonic() - started) * 1000.0)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            if stream.done:  # the reply was complete; only the end of the body was late
+                return stream.result((time.monotonic() - started) * 1000.0)
+            if isinstance(exc, httpx.ConnectTimeout):
+                message = f"no connection within {self.config.connect_timeout_seconds:g}s"
+            else:
+                message = f"no token for {silence:g}s"
+            return _Failure(GenerationError("timeout", message))
         except httpx.TransportError as exc:
             return _Failure(GenerationError("connection", f"{type(exc).__name__}: {exc}"))
-        latency_ms = (time.monotonic() - started) * 1000.0
-        status = response.status_code
-        if status >= 400:
-            return self._status_failure(response)
-        return self._parse(response, latency_ms)
 
     def _status_failure(self, response: httpx.Response) -> _Failure:
         status = response.status_code
@@ -658,11 +879,11 @@ class OpenAIBackend:
         )
 
     @staticmethod
-    def _parse(response: httpx.Response, latency_ms: float) -> _Success | _Failure:
+    def _parse(body: bytes, latency_ms: float, first_token_s: float) -> _Success | _Failure:
         try:
-            data = json.loads(response.content)
+            data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            snippet = response.content[:80].decode("utf-8", "replace")
+            snippet = body[:80].decode("utf-8", "replace")
             return _Failure(GenerationError("parse_error", f"response is not JSON ({exc}): {snippet!r}"))
         if not isinstance(data, dict):
             return _Failure(GenerationError("parse_error", f"response is a {type(data).__name__}, not an object"))
@@ -688,6 +909,7 @@ class OpenAIBackend:
             completion_tokens=_int_or_none(usage.get("completion_tokens")),
             cached_prompt_tokens=cached or 0,
             latency_ms=latency_ms,
+            first_token_s=first_token_s,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -696,7 +918,6 @@ class OpenAIBackend:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-        self._semaphore = None
 
     def close(self) -> None:
         """Close the HTTP client and stop the event-loop thread (idempotent)."""
@@ -719,4 +940,3 @@ class OpenAIBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

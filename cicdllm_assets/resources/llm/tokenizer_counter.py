@@ -102,8 +102,7 @@ class TokenCounter:
         self._template = _compile_template(template_text)
         self.template_source = str(config_path if config.get("chat_template") else jinja_file)
         self._template_vars = {
-            name: _special_token_text(config.get(name))
-            for name in ("bos_token", "eos_token", "unk_token", "pad_token")
+            name: _special_token_text(config.get(name)) for name in ("bos_token", "eos_token", "unk_token", "pad_token")
         }
 
     @property
@@ -122,9 +121,7 @@ class TokenCounter:
         if self._template is None:
             return None
         payload = [{"role": m.role, "content": m.content} for m in messages]
-        rendered: str = self._template.render(
-            messages=payload, add_generation_prompt=True, **self._template_vars
-        )
+        rendered: str = self._template.render(messages=payload, add_generation_prompt=True, **self._template_vars)
         return rendered
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:

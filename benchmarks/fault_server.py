@@ -1,4 +1,4 @@
-"""A small OpenAI-compatible HTTP server on 127.0.0.1 that can inject faults.
+"""An OpenAI-compatible HTTP server on 127.0.0.1 that injects faults (tests and benchmarks only, not in the wheel).
 
 Used by tests and benchmarks as a real server (real sockets, real HTTP/1.1 keep-alive):
 
@@ -20,10 +20,24 @@ uses left and whose ``match`` (if any) occurs in the request's messages; a fault
 JSON, truncated JSON (valid HTTP, half a body), dropped connections (socket closed
 without a response) and context-overflow 400s.
 
-``latency`` delays every chat response; ``capacity`` bounds how many chat requests are
-served at once (the rest queue, as on a real inference server). The server records
-every request (monotonic timestamps, body, headers) and the maximum number of chat
-requests in flight. It binds loopback only and stops itself after ``max_lifetime``.
+Capacity model: ``capacity`` requests are served at once, the rest wait in a queue, and
+each served request holds its slot for ``latency`` seconds (its service time), times
+``1 + degradation x (requests waiting in the queue, at most 8)`` when ``degradation`` is set (a server
+that slows down under overload). Work a client abandoned still costs capacity: a request
+whose client has gone is served all the same, up to its first write (streamed) or
+completely (not streamed), like a real inference server.
+
+Streaming: a request with ``"stream": true`` gets server-sent events (chunked transfer):
+the first token after ``prefill_share`` (half) of the service time, the rest spread over
+the remainder, then a usage event (when ``stream_options.include_usage``) and
+``data: [DONE]``; a client that disconnects mid-stream frees its slot at the next event.
+``streaming=False`` makes the server ignore ``stream`` (one JSON body, like a server that
+does not stream). ``owned_by`` sets the ``/v1/models`` entries' ``owned_by`` (None: absent,
+as on mlx_lm.server).
+
+The server records every request (monotonic timestamps, body, headers, whether its
+client had gone) and the maximum number of chat requests in the server (queued or
+served). It binds loopback only and stops itself after ``max_lifetime``.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ import hashlib
 import json
 import logging
 import re
+import select
 import socket
 import threading
 import time
@@ -110,7 +125,7 @@ class Fault:
         return cls("context_overflow", times=times, status=400, match=match)
 
 
-@dataclass
+@dataclass(eq=False)
 class RequestRecord:
     """One request the server received (times are ``time.monotonic()``; ``client_port``
     identifies the TCP connection, so keep-alive reuse is visible)."""
@@ -126,6 +141,10 @@ class RequestRecord:
     status: int | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    abandoned: bool = False
+    """The client had gone when the server wrote (its work was wasted)."""
+    client_gone_at: float | None = None
+    """When the server saw the client close the connection while the request was pending."""
 
     @property
     def prompt_text(self) -> str:
@@ -223,6 +242,10 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
     owner: FaultServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is expected here (timeouts, cancellation): log, do not print."""
+        logger.debug("fault server: connection from %s ended with an error", client_address, exc_info=True)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -246,15 +269,24 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
+        self.finishing()
         self.wfile.write(payload)
         self.wfile.flush()
+
+    def finishing(self) -> None:
+        """Called just before the last bytes of a reply leave (the client may act on them at once)."""
+        callback = getattr(self, "on_finishing", None)
+        if callback is not None:
+            callback()
 
     def do_GET(self) -> None:
         owner = self.server.owner
         owner._record(self, None)
         path = self.path.split("?", 1)[0].rstrip("/")
         if path in ("/v1/models", "/models"):
-            entry: dict[str, Any] = {"id": owner.model, "object": "model", "owned_by": "cicdllm-fault-server"}
+            entry: dict[str, Any] = {"id": owner.model, "object": "model"}
+            if owner.owned_by is not None:
+                entry["owned_by"] = owner.owned_by
             if owner.context_window is not None:
                 entry["max_model_len"] = owner.context_window
             self._send(200, json.dumps({"object": "list", "data": [entry]}).encode())
@@ -298,6 +330,11 @@ class FaultServer:
         responder: Responder | None = None,
         max_lifetime: float = 600.0,
         max_delay: float = 120.0,
+        degradation: float = 0.0,
+        streaming: bool = True,
+        stream_chunks: int = 8,
+        owned_by: str | None = "cicdllm-fault-server",
+        prefill_share: float = 0.5,
     ) -> None:
         if latency < 0:
             raise ValueError(f"latency must be >= 0, got {latency}")
@@ -313,6 +350,17 @@ class FaultServer:
         self.responder: Responder = responder or default_responder
         self.max_lifetime = max_lifetime
         self.max_delay = max_delay
+        if degradation < 0:
+            raise ValueError(f"degradation must be >= 0, got {degradation}")
+        self.degradation = degradation
+        self.streaming = streaming
+        self.stream_chunks = max(1, stream_chunks)
+        self.owned_by = owned_by
+        self._waiting = 0
+        self._pending: dict[RequestRecord, socket.socket] = {}
+        if not 0 < prefill_share <= 1:
+            raise ValueError(f"prefill_share must be in (0, 1], got {prefill_share}")
+        self.prefill_share = prefill_share
         self.records: list[RequestRecord] = []
         self.max_in_flight = 0
         self._in_flight = 0
@@ -404,6 +452,9 @@ class FaultServer:
     # ------------------------------------------------------------------ handling
 
     def _record(self, handler: _Handler, body: dict[str, Any] | None) -> RequestRecord:
+        for pending, connection in list(self._pending.items()):  # closed before this one arrived?
+            if pending.client_gone_at is None and _peer_closed(connection):
+                pending.client_gone_at = time.monotonic()
         with self._lock:
             record = RequestRecord(
                 index=len(self.records),
@@ -463,37 +514,120 @@ class FaultServer:
         with self._lock:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        counted = [True]
+
+        def leave() -> None:  # once: before the reply's last bytes, or at the end
+            with self._lock:
+                if counted[0]:
+                    counted[0] = False
+                    self._in_flight -= 1
+
+        handler.on_finishing = leave  # type: ignore[attr-defined]
+        self._pending[record] = handler.connection
         acquired = False
         try:
             if self._slots is not None:
-                while not self._stop.is_set():
-                    if self._slots.acquire(timeout=0.1):
-                        acquired = True
-                        break
+                with self._lock:
+                    self._waiting += 1
+                try:
+                    while not self._stop.is_set():
+                        if self._slots.acquire(timeout=0.05):
+                            acquired = True
+                            break
+                        self._note_gone(handler, record)
+                finally:
+                    with self._lock:
+                        self._waiting -= 1
             if self._stop.is_set():
                 return
             record.started_at = time.monotonic()
-            if self.latency and self._stop.wait(self.latency):
+            with self._lock:
+                service = self.latency * (1.0 + self.degradation * min(self._waiting, 8))
+            if self.streaming and body.get("stream") is True and (fault is None or fault.kind == "slow"):
+                self._stream(handler, record, body, fault, service)
+                return
+            if self._work(handler, record, service):
                 return
             self._respond(handler, record, body, fault)
         except (TimeoutError, BrokenPipeError, ConnectionResetError):
+            record.abandoned = True
             handler.close_connection = True
         finally:
             record.finished_at = time.monotonic()
             if acquired and self._slots is not None:
                 self._slots.release()
-            with self._lock:
-                self._in_flight -= 1
+            leave()
+            handler.on_finishing = None  # type: ignore[attr-defined]
+            self._pending.pop(record, None)
+
+    def _work(self, handler: _Handler, record: RequestRecord, seconds: float) -> bool:
+        """Spend ``seconds`` on a request, noting when its client goes away; True if stopping."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._stop.wait(min(left, 0.05)):
+                return True
+            self._note_gone(handler, record)
+        return self._stop.is_set()
+
+    @staticmethod
+    def _note_gone(handler: _Handler, record: RequestRecord) -> None:
+        if record.client_gone_at is None and _peer_closed(handler.connection):
+            record.client_gone_at = time.monotonic()
+
+    def _stream(
+        self, handler: _Handler, record: RequestRecord, body: dict[str, Any], fault: Fault | None, service: float
+    ) -> None:
+        """Server-sent events: first token after half of ``service``, the rest over the other half."""
+        if fault is not None and self._work(handler, record, min(fault.delay, self.max_delay)):
+            return
+        completion = self._completion(body)
+        words = completion["choices"][0]["message"]["content"].split(" ")
+        n = min(self.stream_chunks, len(words))
+        size = -(-len(words) // n)
+        pieces = [
+            " ".join(words[i : i + size]) + (" " if i + size < len(words) else "") for i in range(0, len(words), size)
+        ]
+        if self._work(handler, record, service * self.prefill_share):
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        record.status = 200
+
+        def event(data: str) -> None:
+            payload = f"data: {data}\n\n".encode()
+            handler.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+            handler.wfile.flush()
+
+        base = {"id": completion["id"], "object": "chat.completion.chunk", "created": 0, "model": completion["model"]}
+        gap = service * (1 - self.prefill_share) / max(1, len(pieces) - 1)
+        for i, piece in enumerate(pieces):
+            if i and self._work(handler, record, gap):
+                return
+            last = i == len(pieces) - 1
+            choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+            if last:
+                choice["finish_reason"] = completion["choices"][0]["finish_reason"]
+            event(json.dumps({**base, "choices": [choice]}))
+        options = body.get("stream_options")
+        if "usage" in completion and isinstance(options, dict) and options.get("include_usage"):
+            event(json.dumps({**base, "choices": [], "usage": completion["usage"]}))
+        handler.finishing()
+        event("[DONE]")
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
 
     def _respond(self, handler: _Handler, record: RequestRecord, body: dict[str, Any], fault: Fault | None) -> None:
         if fault is None or fault.kind == "slow":
-            if fault is not None and self._stop.wait(min(fault.delay, self.max_delay)):
+            if fault is not None and self._work(handler, record, min(fault.delay, self.max_delay)):
                 return
             record.status = 200
             handler._send(200, json.dumps(self._completion(body)).encode())
             return
         if fault.kind == "drop":
             handler.close_connection = True
+            handler.finishing()
             with contextlib.suppress(OSError):
                 handler.connection.shutdown(socket.SHUT_RDWR)
             return
@@ -527,6 +661,15 @@ class FaultServer:
         handler._send(fault.status, payload_bytes, headers)
 
 
+def _peer_closed(sock: socket.socket) -> bool:
+    """The client closed its end (readable with nothing to read: no pipelined request here)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
 @dataclass
 class ServerStats:
     """A summary of what a :class:`FaultServer` saw (for benchmark reports)."""
@@ -550,7 +693,13 @@ def _serve_in_child(conn: Any, options: dict[str, Any]) -> None:
     with FaultServer(**options) as server:
         conn.send(server.port)
         conn.poll(options.get("max_lifetime", 600.0))  # until the parent asks to stop
-        conn.send({"request_count": server.request_count, "max_in_flight": server.max_in_flight})
+        conn.send(
+            {
+                "request_count": server.request_count,
+                "max_in_flight": server.max_in_flight,
+                "abandoned": sum(r.abandoned for r in server.chat_records),
+            }
+        )
     conn.close()
 
 

@@ -1,0 +1,115 @@
+"""Dagster conventions shared by every asset: owners, column schemas, code versions, table metadata.
+
+* ``dagster/column_schema`` (a :class:`TableSchema` built from the asset's pyarrow schema)
+  is definition metadata, so the Columns tab is filled before the first run.
+* ``dagster/row_count`` (rows of the whole table, all partitions), ``dagster/partition_row_count``
+  and ``dagster/uri`` (where the table lives) are added to every materialization by the IO
+  manager (:func:`table_location_metadata`); ``training_dataset`` sets its own (exported pairs,
+  export dir) because its table is the exported dataset, not the summary it returns.
+* Code versions are derived from the code: a digest of the source files that decide an
+  asset's output and, for ``questions``/``answers``, of the prompt template hashes of the
+  configured themes. Editing that code or a template changes the version Dagster shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from dagster import MetadataValue, TableColumn, TableColumnConstraints, TableSchema
+
+log = logging.getLogger(__name__)
+
+OWNERS = ["team:cicdllm"]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+ROW_COUNT = "dagster/row_count"
+PARTITION_ROW_COUNT = "dagster/partition_row_count"
+URI = "dagster/uri"
+COLUMN_SCHEMA = "dagster/column_schema"
+
+
+def column_schema(schema: pa.Schema) -> TableSchema:
+    """The Dagster column schema of a pyarrow schema (names, arrow types, nullability)."""
+    return TableSchema(
+        columns=[
+            TableColumn(name=f.name, type=str(f.type), constraints=TableColumnConstraints(nullable=f.nullable))
+            for f in schema
+        ]
+    )
+
+
+def table_definition_metadata(schema: pa.Schema) -> dict[str, Any]:
+    """Definition metadata of a table asset: its column schema."""
+    return {COLUMN_SCHEMA: column_schema(schema)}
+
+
+def _digest(parts: Iterable[bytes]) -> str:
+    sha = hashlib.sha256()
+    for part in parts:
+        sha.update(hashlib.sha256(part).digest())
+    return sha.hexdigest()[:12]
+
+
+def source_digest(*relative: str) -> str:
+    """Digest of the package's source files under ``relative`` paths (files or packages), sorted."""
+    files: list[Path] = []
+    for rel in relative:
+        path = PACKAGE_DIR / rel
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return _digest(f"{f.relative_to(PACKAGE_DIR).as_posix()}\0".encode() + f.read_bytes() for f in files)
+
+
+def prompt_digest(kind: Literal["question", "answer"]) -> str:
+    """Digest of the question (or answer) template hashes of the configured themes.
+
+    Read from the prompts directory the config resolves to (the shipped templates without a
+    config); a template that does not load contributes its error, so the version still moves.
+    """
+    from cicdllm_assets.config import ConfigError, load_settings
+    from cicdllm_assets.generation.prompts import (
+        SHIPPED_PROMPTS_DIR,
+        PromptManager,
+        PromptTemplateError,
+        resolve_prompts_dir,
+    )
+
+    themes: list[str] | None
+    try:
+        settings = load_settings()
+        prompts_dir, themes = resolve_prompts_dir(settings), list(settings.config.generation.themes)
+    except ConfigError as exc:
+        log.debug("code versions use the shipped prompt templates: %s", exc)
+        prompts_dir, themes = SHIPPED_PROMPTS_DIR, None
+    manager = PromptManager(prompts_dir)
+    if themes is None:
+        themes = manager.themes()
+    parts = []
+    for name in sorted(themes):
+        try:
+            theme = manager.theme(name)
+            parts.append(f"{name}={theme.question_hash if kind == 'question' else theme.answer_hash}".encode())
+        except PromptTemplateError as exc:
+            parts.append(f"{name}!{exc}".encode())
+    return _digest(parts)
+
+
+def code_version(name: str, *sources: str, prompts: Literal["question", "answer"] | None = None) -> str:
+    """``<name>-s<source digest>[-p<prompt digest>]``."""
+    version = f"{name}-s{source_digest(*sources)}"
+    return version + (f"-p{prompt_digest(prompts)}" if prompts else "")
+
+
+def table_location_metadata(path: Path, partition_rows: int | None, total_rows: int) -> dict[str, Any]:
+    """Row counts and location of a stored table (``partition_rows`` None: unpartitioned)."""
+    metadata: dict[str, Any] = {
+        ROW_COUNT: MetadataValue.int(total_rows),
+        URI: MetadataValue.text(path.resolve().as_uri()),
+        "path": MetadataValue.path(str(path)),
+    }
+    if partition_rows is not None:
+        metadata[PARTITION_ROW_COUNT] = MetadataValue.int(partition_rows)
+    return metadata
