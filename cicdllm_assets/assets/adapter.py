@@ -1,14 +1,17 @@
 """The ``adapter`` asset (opt-in): LoRA fine-tuning of the base model on the mlx chat export."""
 
+from typing import Any
+
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from cicdllm_assets.assets._conventions import OWNERS, code_version
+from cicdllm_assets.config import Settings
 from cicdllm_assets.failures import permanent_failure, stage_failures_recorded
 from cicdllm_assets.finetune.data import FinetuneInputError
 from cicdllm_assets.finetune.live import LiveBoard
 from cicdllm_assets.finetune.plot import CURVE_FILE, plot_training_curve
 from cicdllm_assets.finetune.project import current_plan
-from cicdllm_assets.finetune.train import TrainProgress, train_adapter
+from cicdllm_assets.finetune.train import TrainPlan, TrainProgress, train_adapter
 from cicdllm_assets.resources.llm.openblas import ensure_openblas
 from cicdllm_assets.storage.state import StateStore
 
@@ -16,27 +19,41 @@ STAGE = "adapter"
 ALL = "*"
 
 
-@asset(
-    group_name="evaluation",
-    deps=["training_dataset"],
-    required_resource_keys={"app_config"},
-    code_version=code_version("adapter", "finetune", "assets/adapter.py"),
-    kinds={"python", "mlx"},
-    owners=OWNERS,
-    description=(
-        "Opt-in: LoRA adapter of the base model trained with mlx-lm on the mlx_chat export; resumable, "
-        "keyed by dataset content + base model + finetune settings (a no-op re-run trains nothing)."
-    ),
+def evaluation_asset(name: str, deps: list[str], description: str) -> Any:
+    """The ``@asset`` decorator of the opt-in ``evaluation`` group (adapter, evaluation)."""
+    return asset(
+        name=name,
+        group_name="evaluation",
+        deps=deps,
+        required_resource_keys={"app_config"},
+        code_version=code_version(name, "finetune", f"assets/{name}.py"),
+        kinds={"python", "mlx"},
+        owners=OWNERS,
+        description=description,
+    )
+
+
+def step_plan(context: AssetExecutionContext) -> tuple[Settings, TrainPlan]:
+    """Settings and the adapter plan of the current export (OpenBLAS loaded as configured);
+    bad input is a permanent failure."""
+    settings = context.resources.app_config.step_settings()
+    ensure_openblas(enabled=settings.config.llm.mlx.use_openblas)
+    try:
+        return settings, current_plan(settings)
+    except FinetuneInputError as exc:
+        raise permanent_failure(str(exc)) from None
+
+
+@evaluation_asset(
+    "adapter",
+    ["training_dataset"],
+    "Opt-in: LoRA adapter of the base model trained with mlx-lm on the mlx_chat export; resumable, "
+    "keyed by dataset content + base model + finetune settings (a no-op re-run trains nothing).",
 )
 def adapter(context: AssetExecutionContext) -> MaterializeResult:
     """Train, resume or reuse the adapter of the current export."""
-    settings = context.resources.app_config.step_settings()
+    settings, plan = step_plan(context)
     cfg = settings.config.finetune
-    ensure_openblas(enabled=settings.config.llm.mlx.use_openblas)
-    try:
-        plan = current_plan(settings)
-    except FinetuneInputError as exc:
-        raise permanent_failure(str(exc)) from None
     state = StateStore(settings.state_db)
     live = LiveBoard(state)
     with stage_failures_recorded(state, ALL, STAGE):

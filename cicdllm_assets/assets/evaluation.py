@@ -2,19 +2,16 @@
 
 import shutil
 
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue
 
-from cicdllm_assets.assets._conventions import OWNERS, code_version
+from cicdllm_assets.assets.adapter import evaluation_asset, step_plan
 from cicdllm_assets.export.card import set_card_section
 from cicdllm_assets.export.dataset import CARD_NAME
 from cicdllm_assets.failures import permanent_failure, stage_failures_recorded
-from cicdllm_assets.finetune.data import FinetuneInputError
 from cicdllm_assets.finetune.evaluate import EvaluationResult, evaluate_adapter
 from cicdllm_assets.finetune.history import EvaluationHistory, evaluation_key
 from cicdllm_assets.finetune.plot import CURVE_FILE
-from cicdllm_assets.finetune.project import current_plan
 from cicdllm_assets.finetune.train import adapter_ready
-from cicdllm_assets.resources.llm.openblas import ensure_openblas
 from cicdllm_assets.storage.state import StateStore
 
 STAGE = "evaluation"
@@ -23,28 +20,17 @@ CARD_SECTION = "evaluation"
 CARD_ASSETS_DIR = "evaluation"
 
 
-@asset(
-    group_name="evaluation",
-    deps=["adapter"],
-    required_resource_keys={"app_config"},
-    code_version=code_version("evaluation", "finetune", "assets/evaluation.py"),
-    kinds={"python", "mlx"},
-    owners=OWNERS,
-    description=(
-        "Opt-in: mean loss and perplexity of the base model vs base + adapter on the test split (files the "
-        "adapter never saw) and the valid split, side-by-side answers, recorded per dataset version."
-    ),
+@evaluation_asset(
+    "evaluation",
+    ["adapter"],
+    "Opt-in: mean loss and perplexity of the base model vs base + adapter on the test split (files the "
+    "adapter never saw) and the valid split, side-by-side answers, recorded per dataset version.",
 )
 def evaluation(context: AssetExecutionContext) -> MaterializeResult:
     """Evaluate the current adapter once (a re-run reuses the recorded result)."""
-    settings = context.resources.app_config.step_settings()
+    settings, plan = step_plan(context)
     cfg = settings.config.finetune
-    ensure_openblas(enabled=settings.config.llm.mlx.use_openblas)
-    try:
-        plan = current_plan(settings)
-    except FinetuneInputError as exc:
-        raise permanent_failure(str(exc)) from None
-    if not (plan.adapter_dir / "adapters.safetensors").is_file() or not adapter_ready(plan.adapter_dir):
+    if not adapter_ready(plan.adapter_dir):
         raise permanent_failure(
             f"no finished adapter for dataset {plan.data.version} at {plan.adapter_dir}: "
             "materialize `adapter` first (`cicdllm finetune`)"
