@@ -15,13 +15,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = "You are an expert software engineer who answers questions about code."
 
 
-def _definitions(package: str) -> list[tuple[str, str]]:
+def _definitions(package: str, per_file: int) -> list[tuple[str, str]]:
+    """Up to ``per_file`` public top-level functions/classes of each public module."""
     found: list[tuple[str, str]] = []
     for path in sorted((REPO_ROOT / package).rglob("*.py")):
+        if path.name.startswith("_"):
+            continue
         rel = path.relative_to(REPO_ROOT).as_posix()
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
-                found.append((rel, node.name))
+        names = [
+            node.name
+            for node in ast.parse(path.read_text(encoding="utf-8")).body
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_")
+        ]
+        found += [(rel, name) for name in names[:per_file]]
     return found
 
 
@@ -36,14 +42,17 @@ def record(rel: str, name: str) -> dict[str, object]:
     }
 
 
-def write_repo_export(export_dir: Path, per_split: dict[str, int], package: str = "cicdllm_assets") -> dict[str, int]:
+def write_repo_export(
+    export_dir: Path, per_split: dict[str, int], package: str = "cicdllm_assets", per_file: int = 2
+) -> dict[str, int]:
     """Write ``<export_dir>/mlx_chat/{split}.jsonl`` with at most ``per_split[split]`` examples each.
 
-    Files go to test / valid / train in turn (by sorted path), so no file is in two splits.
+    Files go to test / valid / train in turn (by sorted path), so no file is in two splits;
+    at most ``per_file`` definitions per file, so each split spreads over many files.
     A split asked for 0 examples gets no file (as the export does for an empty split).
     """
     files: dict[str, list[str]] = {}
-    for rel, name in _definitions(package):
+    for rel, name in _definitions(package, per_file):
         files.setdefault(rel, []).append(name)
     order = ("test", "valid", "train", "train", "train")
     rows: dict[str, list[dict[str, object]]] = {split: [] for split in per_split}

@@ -239,7 +239,7 @@ def test_adapter_lowers_held_out_loss_with_the_embedded_model(project: Path) -> 
         checkpoint_every=4,
         eval_every=100,
         val_batches=1,
-        learning_rate=1e-3,
+        learning_rate=3e-4,
         samples=1,
         sample_max_tokens=24,
     )
@@ -248,7 +248,7 @@ def test_adapter_lowers_held_out_loss_with_the_embedded_model(project: Path) -> 
     assert _latest_metadata("adapter")["trained_steps"] == 8
     test, valid = report["evaluation"]["splits"]["test"], report["evaluation"]["splits"]["valid"]
     assert test["examples"] == 6 and valid["examples"] == 4
-    # measured: test 2.59 -> 1.02, valid 2.44 -> 1.39; an untrained or unapplied adapter gives equal losses
+    # measured: test 2.55 -> 0.80, valid 2.44 -> 0.81; an untrained or unapplied adapter gives equal losses
     assert test["adapter_loss"] < 0.8 * test["base_loss"]
     assert valid["adapter_loss"] < 0.8 * valid["base_loss"]
     metadata = _latest_metadata("evaluation")
