@@ -237,8 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--capacity", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--server", choices=["process", "thread"], default="process",
-                        help="run the fault server in its own process (default) or in a thread")
+    parser.add_argument(
+        "--server",
+        choices=["process", "thread"],
+        default="process",
+        help="run the fault server in its own process (default) or in a thread",
+    )
     parser.add_argument(
         "--degrading", action="store_true", help="fixed 8 vs adaptive against a degrading server (capacity 2)"
     )

@@ -93,7 +93,9 @@ def test_rematerialize_hits_cache_and_keeps_keys(ingest_project) -> None:
     meta = _meta(result, "source_files")
     assert meta["cache_misses"] == 0 and meta["tokenizer_calls"] == 0 and meta["cache_hits"] == 6
     chunk_meta = _meta(result, "code_chunks")
-    assert chunk_meta["redaction_cache_misses"] == 0 and chunk_meta["redaction_cache_hits"] == chunk_meta["chunks"]
+    # every chunk text is looked up; docs/latin1.py is one pair of lines three times: three
+    # identical chunks, one content key, one row
+    assert chunk_meta["redaction_cache_misses"] == 0 and chunk_meta["redaction_cache_hits"] == chunk_meta["chunks"] + 2
     second = store.read("code_chunks", "sample").to_pylist()
     assert [c["chunk_key"] for c in first] == [c["chunk_key"] for c in second]
     assert first == second
@@ -111,13 +113,16 @@ def test_rematerialize_hits_cache_and_keeps_keys(ingest_project) -> None:
     assert unchanged <= third
 
 
-def test_missing_tokenizer_fails_with_clear_message(project, make_git_repo) -> None:
+def test_missing_tokenizer_fails_with_clear_message(project, make_git_repo, tmp_path) -> None:
+    """A processing.tokenizer that does not exist is named; (with the default 'model', an
+    unprepared embedded model still has its tokenizer: see test_model_choice)."""
     from cicdllm_assets.assets.source_files import source_files
 
     repo = make_git_repo("plain", {"a.py": "x = 1\n"})
+    write_config(project, tmp_path / "nowhere" / "tokenizer.json")
     settings = load_settings()
     write_repositories_row(settings, "plain", repo.path, repo.git("rev-parse", "HEAD"))
-    with pytest.raises(Exception, match="cicdllm model prepare"):
+    with pytest.raises(Exception, match=r"processing.tokenizer: no tokenizer.json at .*nowhere"):
         materialize_ingest("plain", [source_files])
     failures = StateStore(settings.state_db).connection().execute(
         "SELECT category FROM failures WHERE repo = 'plain' AND stage = 'source_files'").fetchall()

@@ -153,3 +153,19 @@ def test_identify_server(headers: dict[str, str], models: dict[str, object] | No
 def test_invalid_seed_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="seed must be auto, always or never"):
         make_backend("http://127.0.0.1:9/v1", seed="sometimes")
+
+
+@pytest.mark.parametrize(
+    ("fault", "drops"),
+    [
+        (Fault.http(503), 1),
+        (Fault.rate_limited(retry_after=0), 1),
+        (Fault.drop(), 1),
+        (Fault.http(400), 0),  # the request's own fault, not the server's load
+    ],
+)
+def test_congestion_signals_cut_the_limit(fault: Fault, drops: int) -> None:
+    with FaultServer(faults=[fault]) as srv, make_backend(srv.base_url, max_retries=1) as backend:
+        list(backend.generate([make_request("k")]))
+        assert backend.load_status()["drops"] == drops
+    assert srv.request_count == 1 + drops

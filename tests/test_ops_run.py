@@ -117,7 +117,7 @@ def test_a_failing_repo_is_reported_and_the_others_still_run(ingest_project: Pat
     assert "max_retries" not in down["reason"]
     assert down["retries"] == 2  # a network failure: the retry policy ran before giving up
     assert data["ok"] is False
-    assert data["counts"] == {"done": 1, "failed": 2, "not_run": 0, "unchanged": 0}
+    assert data["counts"] == {"done": 1, "failed": 2, "incomplete": 0, "not_run": 0, "unchanged": 0}
 
 
 def test_bad_input_exits_2_with_a_clear_message(ingest_project: Path, make_git_repo) -> None:
@@ -219,6 +219,8 @@ def test_per_repo_include_and_a_repo_with_no_kept_files(ingest_project: Path, ma
     by_repo = {repo["repo"]: repo for repo in json.loads(status.stdout)["repos"]}
     assert by_repo["local-alpha"]["warnings"] == []
     assert by_repo["local-beta"]["warnings"][0].startswith("0 of 2 files kept")
+    once = CliRunner().invoke(cli, ["status", "--once", "--no-runs"], catch_exceptions=False)
+    assert "warning: local-beta: 0 of 2 files kept" in " ".join(once.output.split())
 
     table = CliRunner().invoke(cli, ["run", "--select", "repositories,source_files"], catch_exceptions=False)
     assert "warning: local-beta: source_files: 0 of 2 files kept" in " ".join(table.output.split())

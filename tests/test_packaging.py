@@ -33,6 +33,11 @@ BUILD_IGNORES = (
     "__pycache__",
     ".*_cache",
 )
+PROMPTS_IN_USE = (
+    "from cicdllm_assets.config import load_settings;"
+    "from cicdllm_assets.generation.prompts import resolve_prompts_dir;"
+    "print(resolve_prompts_dir(load_settings()))"
+)
 MIT = "MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy\n"
 
 
@@ -131,3 +136,13 @@ def test_wheel_in_a_fresh_venv_runs_from_an_empty_folder(tmp_path: Path, make_gi
     rows = [json.loads(line) for line in (work / "dataset" / "dataset.jsonl").read_text().splitlines()]
     assert rows and all(row["question"] == SCRIPTED_REPLY for row in rows)
     assert (work / ".dagster_home" / "dagster.yaml").is_file()  # everything stays in the folder
+
+    # A prompts/ folder in the project overrides the shipped templates.
+    which = [str(bin_dir / "python"), "-c", PROMPTS_IN_USE]
+    assert subprocess.run(which, env=env, cwd=work, check=True, capture_output=True, text=True).stdout.strip() == str(
+        shipped
+    )
+    shutil.copytree(shipped, work / "prompts")
+    assert subprocess.run(which, env=env, cwd=work, check=True, capture_output=True, text=True).stdout.strip() == str(
+        work / "prompts"
+    )

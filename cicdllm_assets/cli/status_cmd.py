@@ -100,6 +100,9 @@ def render_once(status: Status, width: int = 160) -> Group:
 
         parts.append(evaluations_table(status.evaluations, title="Fine-tuning evaluations"))
     parts.append(resources_table(status))
+    for repo in status.repos:
+        for warning in repo.warnings:
+            parts.append(Text(f"warning: {repo.repo}: {warning}", style="yellow"))
     for problem in status.errors:
         parts.append(Text(f"warning: {problem}", style="yellow"))
     return Group(*parts)

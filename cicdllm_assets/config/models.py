@@ -136,7 +136,9 @@ class GenerationConfig(StrictModel):
     prompts_dir: str = Field("prompts", description="theme templates, relative to the config file")
     max_chunks_per_repo: int | None = Field(None, ge=1, description="bound for demos; None = all")
     batch_size: int = Field(8, ge=1, le=256, description="requests generated together (mlx batch)")
-    max_attempts: int = Field(3, ge=1, le=100, description="tries per failed item across runs")
+    max_attempts: int = Field(
+        3, ge=1, le=100, description="tries per item across runs; outages (connection, timeout, 5xx, 429) use none"
+    )
     min_question_chars: int = Field(12, ge=1, description="shorter questions are dropped")
 
     @property

@@ -29,6 +29,7 @@ from cicdllm_assets.generation.ledger import (
     LedgerEntry,
     LedgerItem,
     Outcome,
+    is_outage,
     item_key,
     params_json,
 )
@@ -326,7 +327,8 @@ class StageRunner:
             return
         if result.error is not None:
             outcome = Outcome("failed", output=result.text or None, error_category=result.error.category,
-                              error_message=result.error.message)
+                              error_message=result.error.message,
+                              uses_attempt=not is_outage(result.error.category, result.error.status_code))
         else:
             outcome = postprocess(w, result)
         outcome = dataclasses.replace(
@@ -457,7 +459,8 @@ def plan_questions(
     work = []
     for chunk in chunks:
         for theme in themes:
-            key = item_key("question", chunk.chunk_key, theme.name, theme.question_hash, model_id, params)
+            key = item_key("question", theme.chunk_input(chunk, "question"), theme.name, theme.question_hash,
+                           model_id, params)
             item = LedgerItem(key, "question", repo, chunk.chunk_key, theme.name, theme.question_hash, model_id, pjson)
             work.append(WorkItem(
                 item=item,
@@ -587,7 +590,8 @@ def plan_answers(
             themes[theme_name] = prompts.theme(theme_name)
         theme = themes[theme_name]
         question = str(row["question"])
-        key = item_key("answer", chunk.chunk_key, theme.name, theme.answer_hash, model_id, params, question)
+        key = item_key("answer", theme.chunk_input(chunk, "answer"), theme.name, theme.answer_hash, model_id, params,
+                       question)
         item = LedgerItem(
             key, "answer", repo, chunk.chunk_key, theme.name, theme.answer_hash, model_id, pjson, question
         )
