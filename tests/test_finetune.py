@@ -126,6 +126,9 @@ def test_eval_reruns_nothing_and_mlx_lm_loads_the_adapter(project: Path, tiny_mo
     assert row["test_adapter_loss"] == evaluation["splits"]["test"]["adapter_loss"]
     status = CliRunner().invoke(cli, ["status", "--once", "--json", "--no-runs"], catch_exceptions=False)
     assert json.loads(status.stdout)["evaluations"] == [row]
+    for args in (["eval", "--compare"], ["status", "--once", "--no-runs"]):
+        shown = CliRunner(env={"COLUMNS": "200"}).invoke(cli, args, catch_exceptions=False)
+        assert shown.exit_code == 0 and evaluation["dataset_version"] in shown.output, shown.output
 
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     for command in (
