@@ -13,6 +13,7 @@ from cicdllm_assets.cli import (
     config_cmd,
     doctor_cmd,
     export_cmd,
+    finetune_cmd,
     model_cmd,
     repos_cmd,
     retry_cmd,
@@ -46,6 +47,8 @@ for _module in (
     run_cmd, status_cmd, export_cmd, repos_cmd, config_cmd, model_cmd, backfill_cmd, doctor_cmd, retry_cmd, workers_cmd
 ):
     cli.add_command(_module.command)
+for _command in finetune_cmd.commands:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ import psutil
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.discovery.discover import no_files_kept_warning
+from cicdllm_assets.finetune.history import HistoryRow, read_history
 from cicdllm_assets.performance.battery import BatteryReader, BatteryStatus, battery_status
 from cicdllm_assets.runner.liveness import DEAD_STATUS, dead_process
 from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
@@ -41,10 +42,13 @@ _logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Stage order in the pipeline (unknown stages sort after these, by name).
-STAGE_ORDER = ("repositories", "source_files", "code_chunks", "questions", "answers", "qa_pairs", "training_dataset")
+STAGE_ORDER = ("repositories", "source_files", "code_chunks", "questions", "answers", "qa_pairs", "training_dataset",
+               "adapter", "evaluation")
 PARTITION_TAG = "dagster/partition"
 #: Repo names unpartitioned assets report progress under; shown as stages, not as repos.
 PSEUDO_REPOS = frozenset({"*", "__all__", ""})
+#: Recorded evaluations a status snapshot keeps (the most recent).
+EVALUATIONS_SHOWN = 10
 #: A running stage with no progress for this long probably lost its process.
 STALLED_AFTER_SECONDS = 600.0
 #: Repos whose last run is looked up one by one when not among the recent runs.
@@ -183,6 +187,8 @@ class Status:
     tokens_per_second: float | None = None
     errors: list[str] = field(default_factory=list)
     run_failures: list[FailureInfo] = field(default_factory=list)
+    evaluations: list[HistoryRow] = field(default_factory=list)
+    """The most recent recorded fine-tuning evaluations (at most ``EVALUATIONS_SHOWN``), oldest first."""
     llm_load: list[LLMLoad] = field(default_factory=list)
     """The model server's concurrency limit and latency per running generation stage."""
 
@@ -231,6 +237,7 @@ class Status:
             "tokens_per_second": self.tokens_per_second,
             "llm_load": [asdict(load) for load in self.llm_load],
             "errors": self.errors,
+            "evaluations": [row.to_dict() for row in self.evaluations],
         }
 
 
@@ -712,6 +719,7 @@ def collect_status(
     heads: dict[str, str | None] = {}
     ledger_counts: dict[str, dict[str, int]] = {}
     tokens_per_second: float | None = None
+    evaluations: list[HistoryRow] = []
     llm_load: list[LLMLoad] = []
     con: StateStore | None = None
     try:
@@ -723,6 +731,7 @@ def collect_status(
             heads = read_repo_info(con)
             ledger_counts = read_ledger_counts(con)
             tokens_per_second = read_tokens_per_second(con, 300.0, now)
+            evaluations = read_history(con)[-EVALUATIONS_SHOWN:]
             running = {(s.repo, s.stage) for s in stages if s.status == "running"}
             llm_load = [load for key, load in sorted(read_llm_load(con).items()) if key in running]
     except STATE_ERRORS as exc:
@@ -793,5 +802,6 @@ def collect_status(
         resources=resources,
         tokens_per_second=tokens_per_second,
         errors=errors,
+        evaluations=evaluations,
         llm_load=llm_load,
     )
