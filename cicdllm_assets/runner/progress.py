@@ -109,6 +109,16 @@ def render_progress(
     return table
 
 
+def _routable(handler: logging.Handler) -> bool:
+    """A terminal stream handler whose stream can be swapped (not a file, not logging's
+    ``lastResort`` handler, whose ``stream`` is a read-only property)."""
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and not isinstance(getattr(type(handler), "stream", None), property)
+    )
+
+
 class ProgressDisplay:
     """Context manager: a rich Live view refreshed from the state store in a thread.
 
@@ -170,7 +180,7 @@ class ProgressDisplay:
         ]
         for item in loggers:
             for handler in item.handlers:
-                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                if _routable(handler):
                     stream = handler.stream
                     if id(stream) in terminal:
                         handler.setStream(FileProxy(self.console, stream))
