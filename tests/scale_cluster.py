@@ -186,7 +186,12 @@ def running_cluster(project: Path, logs: Path, workers: int) -> Iterator[Cluster
         )
         for i in range(workers):
             start_worker(cluster, f"w{i + 1}")
-        stack.callback(lambda: [stop_group(p) for p in cluster.workers])
+
+        def stop_workers() -> None:
+            for proc in cluster.workers:
+                stop_group(proc)
+
+        stack.callback(stop_workers)
         deadline = time.monotonic() + STARTUP_SECONDS
         sensors: list[dict[str, Any]] = []
         while not sensors:

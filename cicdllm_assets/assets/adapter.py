@@ -54,7 +54,7 @@ def adapter(context: AssetExecutionContext) -> MaterializeResult:
     """Train, resume or reuse the adapter of the current export."""
     settings, plan = step_plan(context)
     cfg = settings.config.finetune
-    state = StateStore(settings.state_db)
+    state = StateStore(settings.state_target)
     live = LiveBoard(state)
     with stage_failures_recorded(state, ALL, STAGE):
         state.start_stage(ALL, STAGE, plan.iters, "steps")

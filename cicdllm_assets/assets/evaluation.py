@@ -35,7 +35,7 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
             f"no finished adapter for dataset {plan.data.version} at {plan.adapter_dir}: "
             "materialize `adapter` first (`cicdllm finetune`)"
         )
-    state = StateStore(settings.state_db)
+    state = StateStore(settings.state_target)
     with stage_failures_recorded(state, ALL, STAGE):
         history = EvaluationHistory(state)
         key = evaluation_key(plan.key, cfg)

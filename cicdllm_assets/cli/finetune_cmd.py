@@ -54,7 +54,8 @@ def _evaluation_info(settings: Settings) -> dict[str, Any] | None:
     from cicdllm_assets.storage.state import StateStore
 
     plan = current_plan(settings)
-    found = EvaluationHistory(StateStore(settings.state_db)).find(evaluation_key(plan.key, settings.config.finetune))
+    with StateStore(settings.state_target) as state:
+        found = EvaluationHistory(state).find(evaluation_key(plan.key, settings.config.finetune))
     return found.to_dict() if found else None
 
 
@@ -133,7 +134,7 @@ def eval_command(ctx: click.Context, compare: bool, as_json: bool) -> None:
         return
     from cicdllm_assets.finetune.history import read_history_file
 
-    rows = read_history_file(load_settings_or_exit().state_db)
+    rows = read_history_file(load_settings_or_exit().state_target)
     if as_json:
         click.echo(json.dumps([row.to_dict() for row in rows], indent=2))
         return

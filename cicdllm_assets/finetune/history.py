@@ -17,9 +17,23 @@ from typing import Any
 
 from cicdllm_assets.config.models import FinetuneConfig
 from cicdllm_assets.finetune.evaluate import EvaluationResult
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import StateStore, open_existing_state, upsert_sql
 
 TABLE = "evaluations"
+_COLUMNS = (
+    "eval_key",
+    "created_at",
+    "dataset_version",
+    "adapter_key",
+    "model",
+    "status",
+    "test_examples",
+    "test_base_loss",
+    "test_adapter_loss",
+    "valid_base_loss",
+    "valid_adapter_loss",
+    "result_json",
+)
 _DDL = """
 CREATE TABLE IF NOT EXISTS evaluations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -77,24 +91,15 @@ class EvaluationHistory:
 
     def find(self, eval_key: str) -> EvaluationResult | None:
         """The stored result of ``eval_key`` (None if never evaluated)."""
-        row = (
-            self.state.connection()
-            .execute(
-                "SELECT result_json FROM evaluations WHERE eval_key = ?",
-                (eval_key,),
-            )
-            .fetchone()
-        )
-        return EvaluationResult.from_dict(json.loads(row[0])) if row else None
+        rows = self.state.query("SELECT result_json FROM evaluations WHERE eval_key = ?", (eval_key,))
+        return EvaluationResult.from_dict(json.loads(rows[0][0])) if rows else None
 
     def record(self, eval_key: str, result: EvaluationResult) -> None:
         """Add (or replace) the row of ``eval_key``."""
         test, valid = result.splits["test"], result.splits["valid"]
         with self.state.transaction() as con:
             con.execute(
-                "INSERT OR REPLACE INTO evaluations (eval_key, created_at, dataset_version, adapter_key, model,"
-                " status, test_examples, test_base_loss, test_adapter_loss, valid_base_loss, valid_adapter_loss,"
-                " result_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                upsert_sql(TABLE, _COLUMNS, ("eval_key",)),
                 (
                     eval_key,
                     time.time(),
@@ -123,9 +128,11 @@ def read_history(state: StateStore) -> list[HistoryRow]:
     return [HistoryRow(*tuple(row)) for row in rows]
 
 
-def read_history_file(state_db: Path) -> list[HistoryRow]:
-    """:func:`read_history` of the state database at ``state_db`` ([] if it does not exist)."""
-    if not Path(state_db).exists():
+def read_history_file(target: str | Path) -> list[HistoryRow]:
+    """:func:`read_history` of the state store at ``target`` (a SQLite file or a Postgres URL;
+    [] if the SQLite file does not exist)."""
+    state = open_existing_state(target, readonly=True)
+    if state is None:
         return []
-    with StateStore(state_db) as state:
+    with state:
         return read_history(state)

@@ -7,13 +7,13 @@ the steps for ``cicdllm status``; this table adds what they cannot hold: the los
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import STATE_ERRORS, StateStore, upsert_sql
 
 TABLE = "finetune_live"
+_COLUMNS = ("adapter_key", "step", "total", "loss", "tokens_per_second", "started_step", "updated_at")
 _DDL = """
 CREATE TABLE IF NOT EXISTS finetune_live (
     adapter_key TEXT PRIMARY KEY,
@@ -53,21 +53,18 @@ class LiveBoard:
         """Replace the row of ``key``."""
         with self.state.transaction() as con:
             con.execute(
-                "INSERT OR REPLACE INTO finetune_live VALUES (?, ?, ?, ?, ?, ?, ?)",
+                upsert_sql(TABLE, _COLUMNS, ("adapter_key",)),
                 (key, step, total, loss, tokens_per_second, started_step, time.time()),
             )
 
     def latest(self, since: float = 0.0) -> LiveTraining | None:
         """The most recently updated training at or after ``since``."""
         try:
-            row = (
-                self.state.connection()
-                .execute(
-                    "SELECT * FROM finetune_live WHERE updated_at >= ? ORDER BY updated_at DESC LIMIT 1",
-                    (since,),
-                )
-                .fetchone()
+            rows = self.state.query(
+                f"SELECT {', '.join(_COLUMNS)} FROM {TABLE}"  # noqa: S608 - constant identifiers
+                " WHERE updated_at >= ? ORDER BY updated_at DESC LIMIT 1",
+                (since,),
             )
-        except sqlite3.OperationalError:
+        except STATE_ERRORS:
             return None
-        return LiveTraining(**dict(row)) if row else None
+        return LiveTraining(**dict(rows[0])) if rows else None

@@ -19,7 +19,7 @@ from cicdllm_assets.config import Settings
 from cicdllm_assets.finetune.live import LiveBoard
 from cicdllm_assets.runner.outcome import StepOutcome
 from cicdllm_assets.runner.pipeline import _execute, _release_models, reap_orphaned_runs
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import open_existing_state
 
 
 def run_evaluation_assets(
@@ -68,9 +68,10 @@ class TrainingProgressBar:
         board: LiveBoard | None = None
         while not self._stop.wait(self.refresh_seconds):
             if board is None:
-                if not self.settings.state_db.exists():
+                state = open_existing_state(self.settings.state_target)
+                if state is None:
                     continue
-                board = LiveBoard(StateStore(self.settings.state_db))
+                board = LiveBoard(state)
             self.update(board)
 
     def update(self, board: LiveBoard) -> None:
@@ -98,6 +99,8 @@ class TrainingProgressBar:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-            if self.settings.state_db.exists():
-                self.update(LiveBoard(StateStore(self.settings.state_db)))
+            state = open_existing_state(self.settings.state_target)
+            if state is not None:
+                with state:
+                    self.update(LiveBoard(state))
             self.progress.__exit__(exc_type, exc, tb)
