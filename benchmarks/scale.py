@@ -1,0 +1,128 @@
+"""Scale-out benchmark: QA pairs per minute with 1 vs 2 Celery workers (docs/scale-out.md).
+
+The cluster of tests/test_scale_cluster.py (tests/scale_cluster.py: Postgres state and Dagster
+instance, dagster-webserver, dagster-daemon, ``cicdllm workers start 1`` per worker, RabbitMQ)
+runs a backfill of ``--repos`` repos against the loopback fault server with a fixed latency,
+so requests, not CPU, bound the run. ``llm_pool_limit`` 2 and ``max_parallel_repos`` = repos
+let two workers run two generation steps at once. The same repos go through a fresh cluster
+(fresh state schema, Dagster database, project) with 1 worker, then with 2; the figure is
+pairs / backfill wall time. Target: 2 workers >= 1.8x the pairs per minute of 1 worker, and
+both clusters write the same number of pairs.
+
+    .venv/bin/python benchmarks/scale.py [--repos 4 --files 6 --latency 2.0]
+
+Needs the live services (Postgres 127.0.0.1:5432, RabbitMQ 127.0.0.1:5672).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.fault_server import FaultServer
+from tests.conftest import GitRepo
+from tests.llm_fixtures import make_tiny_model_dir
+from tests.scale_cluster import make_repos, running_cluster, write_cluster_config
+from tests.services import RABBITMQ_URL, fresh_database, schema_url
+
+TARGET_RATIO = 1.8
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One backfill on a cluster of ``workers`` workers."""
+
+    workers: int
+    pairs: int
+    seconds: float
+
+    @property
+    def per_minute(self) -> float:
+        """QA pairs per minute of backfill wall time."""
+        return self.pairs * 60 / self.seconds
+
+
+def measure(root: Path, repos: list[GitRepo], tokenizer: Path, server_url: str, workers: int) -> Measurement:
+    """A fresh cluster with ``workers`` workers; the backfill of every repo, timed."""
+    from cicdllm_assets.config import load_settings
+    from cicdllm_assets.storage.tables import TableStore
+
+    project = root / f"workers{workers}"
+    (project / "dagster_home").mkdir(parents=True)
+    os.environ["CICDLLM_CONFIG"] = str(project / "cicdllm.yaml")
+    os.environ["DAGSTER_HOME"] = str(project / "dagster_home")
+    with fresh_database("cicdllm_bench") as database, fresh_database("cicdllm_bench_dagster") as dagster_url:
+        write_cluster_config(
+            project,
+            server_url,
+            tokenizer,
+            schema_url(database, f"bench_{uuid.uuid4().hex[:8]}"),
+            dagster_url,
+            RABBITMQ_URL,
+            performance={"llm_pool_limit": 2, "max_parallel_repos": len(repos), "lease_seconds": 60},
+            generation={"questions_per_chunk": 2},
+        )
+        (project / "repos.txt").write_text("".join(f"{r.path}\n" for r in repos), encoding="utf-8")
+        keys = [f"local-{r.path.name}" for r in repos]
+        with running_cluster(project, root / f"logs{workers}", workers=workers) as cluster:
+            started = time.monotonic()
+            result = cluster.backfill(keys, timeout=1800)
+            seconds = time.monotonic() - started
+        if result["status"] != "COMPLETED_SUCCESS":
+            raise SystemExit(f"backfill on {workers} worker(s) ended {result['status']}\n{cluster.tail_logs()}")
+        pairs = TableStore(load_settings().tables_dir).read_all("qa_pairs", keys)
+    if pairs is None:
+        raise SystemExit(f"the backfill on {workers} worker(s) wrote no qa_pairs")
+    return Measurement(workers, pairs.num_rows, seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both clusters, print both figures and the ratio; exit 1 on a miss."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repos", type=int, default=4)
+    parser.add_argument("--files", type=int, default=6, help="files (one chunk each) per repo")
+    parser.add_argument("--latency", type=float, default=2.0, help="seconds per request at the server")
+    args = parser.parse_args(argv)
+    for name in [n for n in os.environ if n.startswith("CICDLLM_") and "__" in n]:
+        del os.environ[name]
+    with tempfile.TemporaryDirectory(prefix="cicdllm-scale-") as tmp:
+        root = Path(tmp)
+
+        def factory(name: str, files: dict[str, str]) -> GitRepo:
+            repo = GitRepo(root / "repos" / name)
+            for relpath, content in files.items():
+                repo.write(relpath, content)
+            repo.commit("initial")
+            return repo
+
+        repos = make_repos(factory, args.repos, files=args.files)
+        tokenizer = make_tiny_model_dir(root / "model")
+        with FaultServer(latency=args.latency, capacity=64) as server:
+            one = measure(root, repos, tokenizer, server.base_url, workers=1)
+            two = measure(root, repos, tokenizer, server.base_url, workers=2)
+    ratio = two.per_minute / one.per_minute
+    print(
+        f"scale-out: {args.repos} repos x {args.files} files, {args.latency:g} s per request, llm_pool_limit 2, "
+        f"openai max_concurrency 2 per step"
+    )
+    for m in (one, two):
+        print(f"  {m.workers} worker(s): {m.pairs} pairs in {m.seconds:.1f} s = {m.per_minute:.1f} pairs/min")
+    verdict = "ok" if ratio >= TARGET_RATIO else "MISSED"
+    print(f"  2 workers / 1 worker = {ratio:.2f}x (target >= {TARGET_RATIO}x): {verdict}")
+    same = one.pairs == two.pairs
+    if not same:
+        print(f"  MISSED: the clusters wrote different pair counts ({one.pairs} vs {two.pairs})")
+    return 0 if ratio >= TARGET_RATIO and same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
