@@ -404,6 +404,7 @@ class StageRunner:
             trimmed=trimmed,
             max_tokens=max_tokens,
             finish_reason=result.finish_reason or None,
+            seed_sent=_seed_sent(result.extra),
         )
         self._record(w, outcome, stats)
 
@@ -465,6 +466,17 @@ def answer_params(gen: GenerationConfig) -> dict[str, Any]:
     return {"max_tokens": gen.effective_answer_max_tokens, **_sampling_params(gen)}
 
 
+def _seed_sent(extra: Mapping[str, object]) -> bool | None:
+    """Whether the backend sent a sampling seed with the request (provenance), if it says."""
+    value = extra.get("seed_sent")
+    return value if isinstance(value, bool) else None
+
+
+def _stored_flag(value: int | None) -> bool | None:
+    """A nullable ledger flag (0/1/NULL) as a row value."""
+    return None if value is None else bool(value)
+
+
 def _chunk_columns(chunk: Chunk) -> dict[str, Any]:
     """The provenance columns every generated row copies from its code chunk."""
     return {
@@ -511,6 +523,7 @@ QUESTIONS_SCHEMA = pa.schema([
     ("latency_ms", pa.float64()),
     ("trimmed", pa.bool_()),
     ("finish_reason", pa.string()),
+    ("seed_sent", pa.bool_()),
 ])
 
 
@@ -583,6 +596,7 @@ def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]
                 "latency_ms": entry.latency_ms,
                 "trimmed": bool(entry.trimmed),
                 "finish_reason": entry.finish_reason,
+                "seed_sent": _stored_flag(entry.seed_sent),
             })
     return pa.Table.from_pylist(rows, schema=QUESTIONS_SCHEMA)
 
@@ -608,6 +622,7 @@ ANSWERS_SCHEMA = pa.schema([
     ("trimmed", pa.bool_()),
     ("max_tokens", pa.int64()),
     ("finish_reason", pa.string()),
+    ("seed_sent", pa.bool_()),
     ("path", pa.string()),
     ("start_line", pa.int64()),
     ("end_line", pa.int64()),
@@ -705,6 +720,7 @@ def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry]
             "trimmed": bool(entry.trimmed),
             "max_tokens": entry.max_tokens,
             "finish_reason": entry.finish_reason,
+            "seed_sent": _stored_flag(entry.seed_sent),
             **_chunk_columns(chunk),
         })
     return pa.Table.from_pylist(rows, schema=ANSWERS_SCHEMA)
