@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 from dagster import materialize
+from PIL import Image
 from ruamel.yaml import YAML
 
 from benchmarks.fault_server import FaultServer, default_responder
+from cicdllm_assets.export.plots import FIGURES, PLOTS_DIR
 from cicdllm_assets.generation.kinds import QUESTION_KINDS, plan_kinds
 from cicdllm_assets.quality.variety import distinct_n
 from tests.export_fixtures import CHECKS
@@ -107,6 +109,24 @@ def test_kinds_planned_per_chunk_and_near_duplicates_dropped(
     assert f"distinct-2 = {distinct_n(exported, 2):.3f}" in card
     assert f"distinct-3 = {distinct_n(exported, 3):.3f}" in card
     assert "| question kind | pairs | share |" in card
+
+    # plots: real PNGs next to the card, linked from it, and the same data as Dagster metadata
+    meta = result.asset_materializations_for_node("training_dataset")[0].metadata
+    files = meta["plot_files"].value
+    assert sorted(files) == sorted(FIGURES)
+    for name in FIGURES:
+        path = Path(files[name])
+        assert path.parent == settings.export_dir / "plots"
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] >= 300
+            image.verify()
+        assert f"]({PLOTS_DIR}/{name}.png)" in card
+    kinds_md = meta["plot_question_kinds"].value
+    exported_kinds = [r["question_kind"] for r in read_table(settings, "qa_pairs", key).to_pylist() if r["accepted"]]
+    for kind in set(exported_kinds):
+        assert f"| {kind} | {exported_kinds.count(kind)} |" in kinds_md
+    lengths_md = meta["plot_answer_length"].value
+    assert sum(int(line.rsplit("|", 2)[1]) for line in lengths_md.splitlines()[2:]) == len(exported)
 
 
 def test_distinct_n_counts_repeated_ngrams() -> None:
