@@ -53,6 +53,7 @@ export: install
 
 bench: model
 	$(BIN)/python benchmarks/discovery.py .
+	$(BIN)/python benchmarks/incremental.py . --commits 40
 	$(BIN)/python benchmarks/generation.py
 	$(BIN)/python benchmarks/export.py
 

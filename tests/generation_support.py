@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +16,7 @@ import pyarrow as pa
 from dagster import AssetSpec, DagsterInstance, materialize
 from dagster._core.execution.execute_in_process_result import ExecuteInProcessResult
 
+from cicdllm_assets.chunking.rows import chunk_key
 from cicdllm_assets.config import Settings, load_settings
 from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.io_managers.parquet_io_manager import PartitionedParquetIOManager
@@ -39,6 +43,19 @@ SAMPLE_FILES: dict[str, str] = {
         "def read_text(path):\n    with open(path, encoding='utf-8') as handle:\n        return handle.read()\n"
     ),
 }
+
+
+def spawn_cli_run(project: Path) -> subprocess.Popen[bytes]:
+    """``cicdllm run --json`` on ``project`` as a real process in its own session (stdout/stderr piped)."""
+    env = {**os.environ, "CICDLLM_CONFIG": str(project / "cicdllm.yaml"), "DAGSTER_HOME": str(project / "dagster_home")}
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "cicdllm"), "run", "--json"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def write_project_config(project: Path, **sections: dict[str, Any]) -> None:
@@ -86,11 +103,6 @@ def openai_config(project: Path, base_url: str, tokenizer: Path, *, context_wind
     return load_settings()
 
 
-def chunk_key(blob_sha: str, start: int, end: int) -> str:
-    """The same recipe as code_chunks: hash of (blob sha, span)."""
-    return hashlib.sha256(f"{blob_sha}:{start}:{end}".encode()).hexdigest()[:32]
-
-
 def chunk_rows(
     repo: str, files: dict[str, str], lines_per_chunk: int = 4, commit: str = "c0ffee"
 ) -> list[dict[str, Any]]:
@@ -105,10 +117,11 @@ def chunk_rows(
             body = "\n".join(part) + "\n"
             symbol = next((w.split("(")[0].split(":")[0] for line in part for w in line.split()[1:2]
                            if line.lstrip().startswith(("def ", "class "))), "")
+            imports = "os" if "import os" in text else ""
             rows.append({
                 "repo": repo, "commit": commit, "license": "MIT", "path": path, "blob_sha": blob,
-                "language": "python", "chunk_key": chunk_key(blob, s, e), "start_line": s, "end_line": e,
-                "symbol": symbol, "imports": "os" if "import os" in text else "", "text": body,
+                "language": "python", "chunk_key": chunk_key(repo, path, "python", symbol, imports, body),
+                "start_line": s, "end_line": e, "symbol": symbol, "imports": imports, "text": body,
                 "token_count": len(body.split()), "redactions": 0,
             })
     return rows

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cicdllm_assets.chunking.cache import PlanCache
-from cicdllm_assets.chunking.rows import ChunkRowBuilder, FileForChunks, chunk_key
+from cicdllm_assets.chunking.rows import ChunkRowBuilder, FileForChunks, chunk_key, imports_used
 from cicdllm_assets.chunking.service import Chunker, PlanRequest
 from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.storage.state import StateStore
@@ -68,10 +68,17 @@ def test_lru_is_bounded(tok_path: Path) -> None:
 
 
 def test_chunk_keys_are_content_identity() -> None:
-    key = chunk_key("a" * 40, 1, 10)
-    assert key == chunk_key("a" * 40, 1, 10) and len(key) == 32
-    assert key != chunk_key("a" * 40, 1, 11) and key != chunk_key("b" * 40, 1, 10)
-    assert chunk_key("a" * 40, 3, 3, "0-10") != chunk_key("a" * 40, 3, 3, "10-20")
+    fields = ("repo", "pkg/mod.py", "python", "handler", "import os", "def handler():\n    return os.sep\n")
+    key = chunk_key(*fields)
+    assert key == chunk_key(*fields) and len(key) == 32
+    # line ends and trailing blanks are normalised away (the prompt shows the normalised code)
+    assert key == chunk_key(*fields[:5], "def handler():  \r\n    return os.sep\t\r\n\n")
+    for i, other in enumerate(("repo2", "pkg/other.py", "text", "main", "import sys", "def handler():\n    pass\n")):
+        assert chunk_key(*fields[:i], other, *fields[i + 1 :]) != key, i
+    assert imports_used("import os\nimport sys\nfrom a.b import (c, d)", "x = os.sep + d") == (
+        "import os\nfrom a.b import (c, d)"
+    )
+    assert imports_used("import os", "return 1") == ""
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cicdllm_assets.chunking.plan import IMPORTS_MAX_TOKENS, FilePlan, plan_file
+from cicdllm_assets.chunking.plan import IMPORTS_MAX_TOKENS, FilePlan, margin_for, plan_file
 from cicdllm_assets.chunking.tokenizer import TokenCounter
 from tests.discovery_helpers import train_tokenizer
 
@@ -52,8 +52,10 @@ def test_5000_line_function_is_split_by_lines_within_budget(counter: TokenCounte
     assert result.chunks[0].symbol in {"", "enormous"}
     assert {c.symbol for c in result.chunks[1:]} == {"enormous"}
     assert result.chunks[-1].end_line == text.count("\n")
-    # packed close to the budget: no tiny pieces in the middle
-    assert min(c.token_count for c in result.chunks[1:-1]) > budget // 2
+    # no needless small pieces: any two neighbouring chunks together exceed the budget (a cut
+    # is only kept when the ranges it separates do not fit together)
+    effective = budget - margin_for(budget)
+    assert all(a.token_count + b.token_count > effective - 2 for a, b in pairwise(result.chunks))
 
 
 @pytest.mark.parametrize("language", ["python", "text", "javascript"])
@@ -76,14 +78,17 @@ def test_python_structure_symbols_and_imports(counter: TokenCounter) -> None:
     text = (
         '"""Module doc."""\n\nimport os\nimport sys\nfrom pathlib import Path\n\nCONSTANT = 1\n\n\n'
         "def small_one():\n    return 1\n\n\ndef small_two():\n    return 2\n\n\n"
-        f"class Big:\n    \"\"\"A big class.\"\"\"\n\n{methods}"
+        f'class Big:\n    """A big class."""\n\n{methods}'
         "\nif __name__ == '__main__':\n    small_one()\n"
     )
     budget = 96
     result = plan(counter, text, "python", budget)
     assert_within_budget(counter, text, result, budget)
     symbols = [c.symbol for c in result.chunks]
-    assert any("small_one" in s and "small_two" in s for s in symbols)  # small neighbours merged
+    assert any(", " in s for s in symbols)  # small neighbours merged
+    # every cut is at a statement boundary: a top-level statement or a method of the big class
+    for chunk in result.chunks[1:]:
+        assert text[chunk.start_char :].startswith(("def ", "class ", "    def ", "if __name__")), chunk
     assert any(s.startswith("Big.method_") for s in symbols)  # methods of a class too big for one chunk
     assert "import os" in result.imports and "from pathlib import Path" in result.imports
     assert counter.count_batch([result.imports])[0] <= IMPORTS_MAX_TOKENS + 4
@@ -107,8 +112,7 @@ def test_syntax_error_falls_back_to_generic(counter: TokenCounter) -> None:
 
 def test_brace_language_splits_at_function_boundaries(counter: TokenCounter) -> None:
     funcs = "".join(
-        f"func Handler{i}(w http.ResponseWriter, r *http.Request) {{\n\tfmt.Println(\"value\", {i})\n"
-        f"\treturn\n}}\n\n"
+        f'func Handler{i}(w http.ResponseWriter, r *http.Request) {{\n\tfmt.Println("value", {i})\n\treturn\n}}\n\n'
         for i in range(30)
     )
     text = 'package main\n\nimport "fmt"\n\n' + funcs
@@ -139,3 +143,64 @@ def test_every_chunk_of_this_project_fits(counter: TokenCounter, budget: int) ->
         language = "python" if path.suffix == ".py" else "markdown"
         result = plan_file(text, language, encoding, budget, counter.count_batch)
         assert_within_budget(counter, text, result, budget)
+
+
+def _chunk_texts(counter: TokenCounter, text: str, language: str, budget: int) -> list[str]:
+    return [text[c.start_char : c.end_char] for c in plan(counter, text, language, budget).chunks]
+
+
+PY_FUNCS = [
+    f"def handler_{i}(request, limit={i}):\n"
+    + "".join(f"    step_{k} = request.get('field_{k}', {i * k}) or limit\n" for k in range(i * 7 % 11 + 1))
+    + "    return request\n\n\n"
+    for i in range(80)
+]
+GO_FUNCS = [
+    f"func Handler{i}(w http.ResponseWriter, r *http.Request) {{\n"
+    + "".join(f'\tfmt.Println("value", {i}, {k})\n' for k in range(i * 7 % 11 + 1))
+    + "}\n\n"
+    for i in range(80)
+]
+
+
+def _lines(texts: list[str]) -> list[str]:
+    return [line for text in texts for line in text.split("\n") if line.strip()]
+
+
+def _holds(chunk: str, func: str) -> bool:
+    return chunk.rstrip("\n") in func or func.split("\n")[0] in chunk
+
+
+@pytest.mark.parametrize(
+    ("language", "head", "funcs"),
+    [
+        ("python", "import os\n\n\n", PY_FUNCS),
+        ("go", 'package main\n\nimport "fmt"\n\n', GO_FUNCS),
+    ],
+)
+def test_an_edit_moves_no_neighbouring_cut(counter: TokenCounter, language: str, head: str, funcs: list[str]) -> None:
+    """Cuts are content-defined: growing one function, or inserting lines above everything,
+    changes only the chunks around the edit, never the cuts further away."""
+    budget = 256
+    text = head + "".join(funcs)
+    before = _chunk_texts(counter, text, language, budget)
+    assert len(before) > 10
+    for k, added in ((7, 1), (31, 6), (52, 2), (12, 3), (40, 8), (66, 4), (3, 5)):
+        edited = list(funcs)
+        grow = ("    extra = 1\n" if language == "python" else '\tfmt.Println("extra")\n') * added
+        lines = edited[k].split("\n")
+        edited[k] = "\n".join([lines[0], grow.rstrip("\n"), *lines[1:]])
+        after = _chunk_texts(counter, head + "".join(edited), language, budget)
+        # only the chunks that held the edited function, and at most one neighbour on each
+        # side (which may trade a function with them), change; the rest keep their cuts
+        new = [t for t in after if t not in before]
+        gone = [i for i, t in enumerate(before) if t not in after]
+        held = [i for i, t in enumerate(before) if _holds(t, funcs[k])]
+        assert gone and min(held) - 1 <= min(gone) and max(gone) <= max(held) + 1, (k, held, gone)
+        assert len(new) <= len(gone) + 1
+        assert sorted(_lines(new)) == sorted(_lines([before[i] for i in gone]) + _lines([grow])), k
+    shifted = _chunk_texts(
+        counter, head.replace("\n\n", "\n# a comment\n# another one\n\n", 1) + "".join(funcs), language, budget
+    )
+    # the first chunk holds the new lines (its neighbour may trade a function with it)
+    assert [i for i, t in enumerate(before) if t not in shifted] in ([0], [0, 1])

@@ -10,12 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance
+from dagster import DagsterInstance, materialize
 
 from benchmarks.fault_server import Fault, FaultServer
 from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
 from tests.generation_support import (
     SAMPLE_FILES,
+    chain_assets,
+    chain_project,
+    chain_resources,
     chunk_rows,
     ledger_of,
     openai_config,
@@ -81,30 +84,96 @@ def test_noop_rerun_makes_zero_llm_calls(project: Path, server: FaultServer, tin
     assert read_table(settings, "answers", REPO).num_rows == answers.num_rows
 
 
-def test_changed_file_regenerates_only_its_chunks(project: Path, server: FaultServer, tiny_model_dir: Path) -> None:  # noqa: F811
-    settings = openai_config(project, server.base_url, tiny_model_dir, generation={"themes": ["code_explanation"]})
-    files = dict(SAMPLE_FILES)
-    write_chunks(settings, REPO, chunk_rows(REPO, files))
-    instance = DagsterInstance.ephemeral()
-    assert run_generation(REPO, OpenAIResource(), instance=instance).success
-    before = _chat_count(server)
-    old_answers = read_table(settings, "answers", REPO).to_pylist()
+def _function(i: int) -> str:
+    body = "".join(f"    total += os.path.getsize(names[{k}]) * {i + k}\n" for k in range(i % 4 + 2))
+    return f"def measure_{i}(names):\n    total = 0\n{body}    return total\n\n\n"
 
-    files["calc/add.py"] = files["calc/add.py"].replace("return a + b", "return b + a  # commutative")
-    new_rows = chunk_rows(REPO, files)
-    changed = [r for r in new_rows if r["path"] == "calc/add.py"]
-    write_chunks(settings, REPO, new_rows)
-    assert run_generation(REPO, OpenAIResource(), instance=instance).success
 
-    new_requests = server.chat_records[before:]
-    # one question request + 2 answers per changed chunk, and nothing else
-    assert len(new_requests) == len(changed) * (1 + 2)
-    assert all("File: calc/add.py" in r.prompt_text for r in new_requests)
-    answers = read_table(settings, "answers", REPO).to_pylist()
-    unchanged_before = {r["answer_id"] for r in old_answers if r["path"] != "calc/add.py"}
-    unchanged_after = {r["answer_id"] for r in answers if r["path"] != "calc/add.py"}
-    assert unchanged_before == unchanged_after
-    assert {r["chunk_key"] for r in answers if r["path"] == "calc/add.py"} == {r["chunk_key"] for r in changed}
+REPORT = "def report(rows):\n" + "".join(
+    f"    line_{k} = json.dumps({{'row': rows[{k}], 'index': {k}, 'label': 'entry {k}'}})\n" for k in range(6)
+) + "    return [line_0, line_1, line_2, line_3, line_4, line_5]\n\n\n"
+HEAD = "import json\nimport os\n\n\n"
+
+
+def _module(functions: list[str]) -> str:
+    return HEAD + "".join(functions)
+
+
+def _questions(server: FaultServer, start: int) -> list[str]:
+    """The code shown by the question requests sent since ``start``."""
+    bodies = [r.body or {} for r in server.chat_records[start:]]
+    return [b["messages"][1]["content"] for b in bodies if "Write" in b["messages"][-1]["content"]]
+
+
+def test_an_edit_regenerates_only_its_chunk_and_moved_code_is_reused(
+    project: Path, make_git_repo, tiny_model_dir: Path  # noqa: F811
+) -> None:
+    """Real history through the whole chain (git repo, discovery, chunking, HTTP backend)."""
+    functions = [_function(i) for i in range(12)]
+    functions.insert(9, REPORT)
+    repo = make_git_repo("stats", {"stats/core.py": _module(functions), "README.md": "# stats\n"})
+    with FaultServer(capacity=4) as server:
+        settings, key, instance = chain_project(project, repo.path, server.base_url, tiny_model_dir, 512)
+        _run_chain(key, instance)
+        chunks = read_table(settings, "code_chunks", key).to_pylist()
+        core = [c for c in chunks if c["path"] == "stats/core.py"]
+        assert len(core) >= 5  # a file of many chunks
+        calls = len(server.chat_records)
+        per_chunk = 1 + 2  # one question request (one theme) + an answer to each of its 2 questions
+        assert calls == per_chunk * len(chunks)
+        old_answers = read_table(settings, "answers", key).to_pylist()
+
+        # 1. edit one function: only the chunk holding it is generated again
+        edited = list(functions)
+        edited[4] = edited[4].replace("    return total\n", "    return total // 2\n")
+        repo.write("stats/core.py", _module(edited))
+        repo.commit("halve measure_4")
+        _run_chain(key, instance)
+        sent = _questions(server, calls)
+        assert len(server.chat_records) - calls == per_chunk * 1
+        assert len(sent) == 1 and "return total // 2" in sent[0] and "def measure_4(" in sent[0]
+        answers = read_table(settings, "answers", key).to_pylist()
+        old_text = {c["chunk_key"]: c["text"] for c in chunks}
+        untouched = {a["answer_id"] for a in old_answers if "def measure_4(" not in old_text[a["chunk_key"]]}
+        assert len(untouched) == len(old_answers) - 2
+        ids = {a["answer_id"] for a in answers}
+        assert untouched <= ids and len(ids - untouched) == 2  # the edited chunk's two new answers
+        calls = len(server.chat_records)
+
+        # 2. lines inserted above everything: no request; provenance follows the code
+        repo.write("stats/core.py", "\n" * 5 + _module(edited))
+        repo.commit("blank lines on top")
+        before = {a["answer_id"]: a for a in answers}
+        _run_chain(key, instance)
+        assert len(server.chat_records) == calls
+        answers = read_table(settings, "answers", key).to_pylist()
+        assert {a["answer_id"] for a in answers} == set(before)
+        head = repo.git("rev-parse", "HEAD")
+        for a in answers:
+            assert a["commit"] == head
+            shift = 5 if a["path"] == "stats/core.py" else 0
+            assert (a["start_line"], a["end_line"]) == (before[a["answer_id"]]["start_line"] + shift,
+                                                        before[a["answer_id"]]["end_line"] + shift)
+
+        # 3. a function moved within the file: its chunk is reused, with its new lines
+        moved = list(edited)
+        moved.insert(1, moved.pop(9))  # report() from near the end to near the top
+        repo.write("stats/core.py", _module(moved))
+        repo.commit("move report up")
+        _run_chain(key, instance)
+        chunks = read_table(settings, "code_chunks", key).to_pylist()
+        report = [c for c in chunks if "def report(" in c["text"]]
+        assert len(report) == 1 and report[0]["symbol"] == "report"  # its own chunk
+        answers = read_table(settings, "answers", key).to_pylist()
+        reused = [a for a in answers if a["chunk_key"] == report[0]["chunk_key"]]
+        assert reused and {a["answer_id"] for a in reused} <= set(before)
+        assert all(a["start_line"] == report[0]["start_line"] < before[a["answer_id"]]["start_line"] for a in reused)
+        assert not any("def report(" in code for code in _questions(server, calls))
+
+
+def _run_chain(key: str, instance: DagsterInstance) -> None:
+    result = materialize(chain_assets("answers"), partition_key=key, instance=instance, resources=chain_resources())
+    assert result.success
 
 
 def test_editing_a_template_regenerates_only_that_theme(

@@ -14,7 +14,7 @@ from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend, OpenAIBac
 from tests.generation_support import PROMPTS_SRC
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 
-CODE = "\n".join(f"def function_{i}(value):\n    return value * {i} + len(str(value))" for i in range(40))
+CODE = "\n".join(f"def function_{i}(value):\n    return value * {i} + len(str(value))" for i in range(48))
 CHUNK = Chunk(repo="r", chunk_key="k", path="big.py", start_line=1, end_line=80, text=CODE,
               language="python", symbol="function_0")
 

@@ -28,7 +28,7 @@ from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 from tests.test_repos_git import MIT
 
 THEMES = ["code_explanation", "testing", "debugging"]
-_FILE = re.compile(r"^\s*File:\s*(\S+) \(lines (\d+)", re.MULTILINE)
+_FILE = re.compile(r"^\s*File:\s*(\S+)", re.MULTILINE)
 _KIND = re.compile(r"^\s*\([a-z]\)\s+(.+)$", re.MULTILINE)
 
 
@@ -38,9 +38,9 @@ def scripted(body: dict[str, Any]) -> str:
     last = messages[-1]["content"]
     if "numbered list" not in last:
         return default_responder(body)
-    path, line = _FILE.search(messages[1]["content"]).groups()  # type: ignore[union-attr]
+    path = _FILE.search(messages[1]["content"]).group(1)  # type: ignore[union-attr]
     kinds = _KIND.findall(last)
-    shared = f"What does the code in {path} at line {line} return when it is called?"
+    shared = f"What does the code in {path} return when it is called?"
     return json.dumps([shared, *(f"About {path}: {kind}?" for kind in kinds[1:])])
 
 
@@ -84,7 +84,7 @@ def test_kinds_planned_per_chunk_and_near_duplicates_dropped(
     # each prompt names two kinds; across the chunk's three themes the six kinds appear once each
     assert all(len(_KIND.findall(prompt)) == 2 for prompt in question_prompts)
     for chunk in chunks:
-        plan = plan_kinds(chunk["chunk_key"], THEMES, 2)
+        plan = plan_kinds(chunk["text"], THEMES, 2)
         kinds = [kind for theme in THEMES for kind in plan[theme]]
         assert sorted(kinds) == sorted(QUESTION_KINDS)
         texts = [QUESTION_KINDS[kind] for kind in kinds]

@@ -10,9 +10,11 @@ never push it over ``budget``; pieces cut inside one giant line are re-encoded a
 from __future__ import annotations
 
 import re
+import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 from tokenizers import Encoding
@@ -20,7 +22,7 @@ from tokenizers import Encoding
 from cicdllm_assets.chunking.pylex import PyLexer, Statement
 from cicdllm_assets.discovery.languages import BRACE_LANGUAGES
 
-CHUNKER_VERSION = "1"
+CHUNKER_VERSION = "2"
 IMPORTS_MAX_TOKENS = 64
 MAX_SYMBOLS_IN_NAME = 4
 
@@ -43,8 +45,15 @@ class ChunkSpan(NamedTuple):
 
     def to_list(self) -> list[object]:
         """Compact JSON form."""
-        return [self.start_line, self.end_line, self.start_char, self.end_char, self.symbol,
-                self.token_count, int(self.partial)]
+        return [
+            self.start_line,
+            self.end_line,
+            self.start_char,
+            self.end_char,
+            self.symbol,
+            self.token_count,
+            int(self.partial),
+        ]
 
     @classmethod
     def from_list(cls, row: Sequence[Any]) -> ChunkSpan:
@@ -200,12 +209,13 @@ def prepare(text: str, language: str) -> Prepared:
 
 # -- segmentation -------------------------------------------------------------------------
 
+
 @dataclass
 class _Segment:
     start: int  # 0-based first line
     end: int  # 0-based exclusive
     symbol: str
-    splittable: bool = True  # may be split by the generic packer when too big
+    nested: bool = False  # a member of a class too big for one chunk
 
 
 def _python_body_segments(
@@ -226,23 +236,24 @@ def _python_body_segments(
         node_end = statements[k + 1].line if k + 1 < len(statements) else end
         if st.kind not in ("def", "class"):
             continue
+        nested = bool(prefix)
         if group_start < node_start:
-            segments.append(_Segment(group_start, node_start, default_symbol))
+            segments.append(_Segment(group_start, node_start, default_symbol, nested))
         name = f"{prefix}{st.name}"
         body = lexer.body_indent(st.def_line, node_end) if st.kind == "class" else None
         if body is not None and lines.tokens(node_start, node_end) > budget:
             first_body, body_indent = body
             members = lexer.statements(first_body, node_end, body_indent)
             inner_first = members[0].line if members else first_body
-            segments.append(_Segment(node_start, inner_first, name))
+            segments.append(_Segment(node_start, inner_first, name, nested))
             segments.extend(
                 _python_body_segments(lexer, members, inner_first, node_end, f"{name}.", name, lines, budget)
             )
         else:
-            segments.append(_Segment(node_start, node_end, name))
+            segments.append(_Segment(node_start, node_end, name, nested))
         group_start = node_end
     if group_start < end:
-        segments.append(_Segment(group_start, end, default_symbol))
+        segments.append(_Segment(group_start, end, default_symbol, bool(prefix)))
     return [s for s in segments if s.end > s.start]
 
 
@@ -308,46 +319,86 @@ class _Scores:
         score = 1 if not prev_stripped else 0
         if 0 <= indent <= self.base and not stripped.startswith(_CLOSERS):
             score = 3 if not prev_stripped or (self.brace and prev_stripped.startswith("}")) else 2
-        elif (
-            self.brace
-            and prev_stripped in ("}", "};", "},", "end")
-            and len(prev) - len(prev.lstrip()) <= self.base
-        ):
+        elif self.brace and prev_stripped in ("}", "};", "},", "end") and len(prev) - len(prev.lstrip()) <= self.base:
             score = 3
         return score
 
 
-def _pack(lines: _Lines, a: int, b: int, budget: int, brace: bool) -> list[tuple[int, int]]:
-    """Cut lines [a, b) into ranges of at most ``budget`` tokens at the best boundaries.
+class _CutKeys:
+    """How good a cut before line c is, as one sortable integer: (class, content hash).
 
-    A range of one line may still exceed the budget (split later by tokens).
+    The class is the syntactic quality of the boundary (Python statement boundaries above
+    :class:`_Scores`); the hash is a CRC of the two lines around the cut, so among equally
+    good cuts the choice depends on content, never on position or on the size of what comes
+    before: an edit elsewhere cannot move it.
     """
-    if lines.tokens(a, b) <= budget:
-        return [(a, b)]
-    scores = _Scores(lines, a, b, brace)
-    min_fill = budget // 3
+
+    def __init__(self, lines: _Lines, segments: list[_Segment], brace: bool) -> None:
+        self.lines = lines
+        self.brace = brace
+        self.segments = segments
+        self.boundary: dict[int, int] = {}
+        for seg in segments:
+            self.boundary.setdefault(seg.start, 4 if seg.nested else 5)
+        self.firsts = [seg.start for seg in segments]
+        self.scorers: dict[int, _Scores] = {}  # per segment, made when a cut inside it is scored
+        self.starts = sorted(self.boundary)
+        self.memo: dict[int, int] = {}
+
+    def score(self, c: int) -> int:
+        """The syntactic class of a cut before line ``c``."""
+        cls = self.boundary.get(c)
+        if cls is None:
+            k = bisect_right(self.firsts, c) - 1
+            scorer = self.scorers.get(k)
+            if scorer is None:
+                seg = self.segments[k]
+                scorer = self.scorers[k] = _Scores(self.lines, seg.start, seg.end, self.brace)
+            cls = scorer(c)
+        return cls
+
+    def __call__(self, c: int) -> int:
+        key = self.memo.get(c)
+        if key is None:
+            pair = (self.lines.line(c - 1).strip() + "\n" + self.lines.line(c).strip()).encode("utf-8", "replace")
+            key = self.memo[c] = (self.score(c) << 32) | zlib.crc32(pair)
+        return key
+
+
+def _split(lines: _Lines, a: int, b: int, budget: int, keys: _CutKeys) -> list[tuple[int, int]]:
+    """Cut lines [a, b) into ranges of at most ``budget`` tokens, with content-defined cuts.
+
+    Every line starts as its own range; cuts are then removed from the worst to the best by
+    :class:`_CutKeys` (inside statements first, statement boundaries last; among equals by
+    content hash), each one only if the two ranges it separates fit the budget together. A
+    decision depends on the content and sizes of the ranges around the cut, never on what
+    lies far before it, so an edit moves at most the cuts near it: its neighbours keep their
+    chunks (incremental generation relies on this). A range of one line may still exceed
+    the budget (split later by tokens).
+    """
+    starts = keys.starts
+    # lines inside a statement that fits the budget whole never end up apart: skip their cuts
+    cuts: list[int] = []
+    bounds = [c for c in starts if a < c < b]
+    edges = [a, *bounds, b]
+    for lo, hi in pairwise(edges):
+        if lines.tokens(lo, hi) > budget:
+            cuts.extend(range(lo + 1, hi))
+    cuts.extend(bounds)
+    cuts.sort(key=keys)
+    active = sorted(set(edges) | set(cuts))
+    prev = dict(pairwise(active[::-1]))
+    succ = dict(pairwise(active))
+    for c in cuts:
+        lo, hi = prev[c], succ[c]
+        if lines.tokens(lo, hi) <= budget:
+            succ[lo], prev[hi] = hi, lo
+            del succ[c], prev[c]
     out: list[tuple[int, int]] = []
-    i = a
-    tok = lines.tok
-    while i < b:
-        if tok[i + 1] - tok[i] > budget:
-            out.append((i, i + 1))
-            i += 1
-            continue
-        j = tok.bisect(tok[i] + budget, i + 1, b + 1) - 1
-        if j >= b:
-            out.append((i, b))
-            break
-        best, best_score = j, scores(j)
-        floor = tok.bisect(tok[i] + min_fill, i + 1, j)  # cuts below this leave a tiny chunk
-        for c in range(j - 1, floor - 1, -1):
-            if best_score >= 3:
-                break
-            score = scores(c)
-            if score > best_score:
-                best, best_score = c, score
-        out.append((i, best))
-        i = best
+    c = a
+    while c < b:
+        out.append((c, succ[c]))
+        c = succ[c]
     return out
 
 
@@ -360,17 +411,41 @@ def _trim(lines: _Lines, a: int, b: int) -> tuple[int, int]:
     return a, b
 
 
-def _merge(pieces: list[tuple[int, int, list[str]]], lines: _Lines, budget: int) -> list[tuple[int, int, list[str]]]:
-    """Merge adjacent line ranges while the result fits the budget."""
-    merged: list[tuple[int, int, list[str]]] = []
-    for a, b, symbols in pieces:
-        if merged:
-            ma, mb, msyms = merged[-1]
-            if mb == a and lines.tokens(ma, b) <= budget:
-                merged[-1] = (ma, b, msyms + [s for s in symbols if s not in msyms])
-                continue
-        merged.append((a, b, list(symbols)))
-    return merged
+def _symbols_in(lines: _Lines, a: int, b: int, segments: list[_Segment], keys: _CutKeys, generic: bool) -> list[str]:
+    """The symbols a chunk of lines [a, b) covers: its segments', or (generic) its top-level lines'."""
+    if not generic:
+        firsts = [seg.start for seg in segments]
+        k = max(bisect_right(firsts, a) - 1, 0)
+        names: list[str] = []
+        while k < len(segments) and segments[k].start < b:
+            if segments[k].symbol not in names:
+                names.append(segments[k].symbol)
+            k += 1
+        return names
+    names = [_symbol_of(lines.line(a))]
+    for c in range(a + 1, b):
+        if keys.score(c) >= 2:
+            name = _symbol_of(lines.line(c))
+            if name not in names:
+                names.append(name)
+    return names
+
+
+_HEADING_RE = re.compile(r"^(?:#{1,6}[ \t]|```|~~~)", re.MULTILINE)
+
+
+def _markdown_sections(lines: _Lines) -> list[_Segment]:
+    """Markdown split at headings outside code fences: a section that fits is never cut."""
+    starts = [0]
+    fenced = False
+    for match in _HEADING_RE.finditer(lines.text):
+        if match.group(0).startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced:
+            line = bisect_right(lines.starts, match.start()) - 1
+            if line > starts[-1]:
+                starts.append(line)
+    return [_Segment(a, b, "") for a, b in pairwise([*starts, lines.count])]
 
 
 def _symbol_name(symbols: list[str]) -> str:
@@ -438,25 +513,18 @@ def plan_file(
     if language == "python":
         segments, import_ranges = _python_plan(lines, effective, prepared)
     if segments is None:
-        segments = [_Segment(0, n, "")]
+        segments = _markdown_sections(lines) if language == "markdown" else [_Segment(0, n, "")]
         import_ranges = [
             (bisect_right(lines.starts, m.start()) - 1, bisect_right(lines.starts, m.start()))
             for m in _IMPORT_RE.finditer(text[: min(len(text), 20000)])
         ]
-    # 1. segments -> pieces that fit (or single over-long lines)
-    pieces: list[tuple[int, int, list[str]]] = []
+    # content-defined cuts (syntax first), then trim blank edges and split giant lines by tokens
     generic = language != "python"
-    for seg in segments:
-        for a, b in _pack(lines, seg.start, seg.end, effective, brace):
-            symbol = seg.symbol
-            if generic and not symbol:
-                symbol = _symbol_of(lines.line(a))
-            pieces.append((a, b, [symbol]))
-    # 2. merge small neighbours, 3. trim blank edges, split giant lines by tokens
+    keys = _CutKeys(lines, segments, brace)
     chunks: list[ChunkSpan] = []
-    for a, b, symbols in _merge(pieces, lines, effective):
+    for a, b in sorted(_split(lines, 0, n, effective, keys)):
         a, b = _trim(lines, a, b)
-        symbol = _symbol_name(symbols)
+        symbol = _symbol_name(_symbols_in(lines, a, b, segments, keys, generic))
         if b - a == 1 and lines.tokens(a, b) > effective:
             chunks.extend(_split_line_by_tokens(lines, a, encoding, effective, budget, count, symbol))
             continue

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,10 +37,47 @@ CODE_CHUNKS_SCHEMA = pa.schema([
 Redactor = Callable[[str, str], Any]
 
 
-def chunk_key(blob_sha: str, start_line: int, end_line: int, extra: str = "") -> str:
-    """Stable identity of a chunk: a hash of (blob sha, line span[, sub-line span])."""
+_TRAILING_SPACE_RE = re.compile(r"[ \t]+$", re.MULTILINE)
+_WORD_RE = re.compile(r"[A-Za-z_$][\w$]*")
+_IMPORT_KEYWORDS = frozenset({
+    "import", "from", "as", "require", "require_relative", "const", "let", "var", "use", "using", "include",
+    "package", "extern", "crate", "library", "static", "type", "typeof", "default", "export", "pub", "mod",
+    "self", "super",
+})
+
+
+def normalize_code(text: str) -> str:
+    """The code as a prompt shows it: LF line ends, no trailing blanks on a line or at the end."""
+    return _TRAILING_SPACE_RE.sub("", text.replace("\r\n", "\n")).rstrip("\n")
+
+
+def chunk_key(repo: str, path: str, language: str, symbol: str, imports: str, text: str) -> str:
+    """Identity of a chunk: a hash of everything a prompt can show of it except its position.
+
+    The normalised code, language, symbol, imports, path and repo: a chunk whose lines move
+    (lines inserted above it, the function moved within its file) keeps its key, and with
+    it its generations; its provenance (lines, commit) is read from the current row.
+    """
+    raw = json.dumps([repo, path, language, symbol, imports, normalize_code(text)], ensure_ascii=False)
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def span_key(blob_sha: str, start_line: int, end_line: int, extra: str = "") -> str:
+    """A hash of (blob sha, line span[, sub-line span]): the same span of the same blob."""
     raw = f"{blob_sha}:{start_line}:{end_line}" + (f":{extra}" if extra else "")
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def imports_used(imports: str, text: str) -> str:
+    """The import lines of ``imports`` that bind a name ``text`` uses (the chunk's own imports).
+
+    A chunk's prompt shows only these, so adding an import for one function leaves the other
+    chunks of the file (and their generations) unchanged.
+    """
+    if not imports:
+        return ""
+    words = set(_WORD_RE.findall(text)) - _IMPORT_KEYWORDS
+    return "\n".join(line for line in imports.split("\n") if words.intersection(_WORD_RE.findall(line)))
 
 
 @dataclass(frozen=True)
@@ -112,15 +151,17 @@ class ChunkRowBuilder:
         self._seen: set[str] = set()
         self._seen_spans: set[str] = set()
 
-    def _append(self, file: FileForChunks, span: ChunkSpan, key: str, start: int, end: int,
-                imports: str, text: str, tokens: int, redactions: int) -> None:
+    def _append(self, file: FileForChunks, span: ChunkSpan, start: int, end: int,
+                file_imports: str, text: str, tokens: int, redactions: int) -> None:
+        imports = imports_used(file_imports, text)
+        symbol = redact_field(span.symbol) if self.redactor is not None else span.symbol
+        key = chunk_key(self.repo, file.path, file.language, symbol or "", imports, text)
         if key in self._seen:
             self.stats.duplicate_chunks += 1
             return
         self._seen.add(key)
         cols = self.columns
         index = len(cols["chunk_key"])
-        symbol = redact_field(span.symbol) if self.redactor is not None else span.symbol
         for name, value in (
             ("repo", self.repo), ("commit", self.commit), ("license", self.license), ("path", file.path),
             ("blob_sha", file.blob_sha), ("language", file.language), ("chunk_key", key),
@@ -197,7 +238,7 @@ class ChunkRowBuilder:
         spans: list[tuple[ChunkSpan, str, str]] = []
         for span in plan.chunks:
             extra = f"{span.start_char}-{span.end_char}" if span.partial else ""
-            key = chunk_key(file.blob_sha, span.start_line, span.end_line, extra)
+            key = span_key(file.blob_sha, span.start_line, span.end_line, extra)
             if key in self._seen_spans:  # the same blob under another path (symlink, copy)
                 self.stats.duplicate_chunks += 1
                 continue
@@ -210,7 +251,7 @@ class ChunkRowBuilder:
         if self.redactor is not None:
             imports, path = redact_field(imports, file.path) or "", redact_field(path) or path
         file = FileForChunks(path, file.blob_sha, file.language, file.text) if path != file.path else file
-        for (span, extra, key), original, (text, redactions) in zip(spans, originals, redacted, strict=True):
+        for (span, _, _), original, (text, redactions) in zip(spans, originals, redacted, strict=True):
             tokens = span.token_count
             self.stats.redactions += redactions
             if text != original:
@@ -221,10 +262,9 @@ class ChunkRowBuilder:
                 for k, (offset, piece, piece_tokens) in enumerate(fit_text(text, self.budget, self.counter)):
                     start = min(span.start_line + offset, span.end_line)
                     end = min(start + max(piece.count("\n") - (1 if piece.endswith("\n") else 0), 0), span.end_line)
-                    self._append(file, span, chunk_key(file.blob_sha, start, end, f"{extra}r{k}"), start, end,
-                                 imports, piece, piece_tokens, redactions if k == 0 else 0)
+                    self._append(file, span, start, end, imports, piece, piece_tokens, redactions if k == 0 else 0)
                 continue
-            self._append(file, span, key, span.start_line, span.end_line, imports, text, tokens, redactions)
+            self._append(file, span, span.start_line, span.end_line, imports, text, tokens, redactions)
         return self.stats.chunks - before
 
     def table(self) -> pa.Table:

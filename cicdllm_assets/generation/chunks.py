@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from cicdllm_assets.chunking.rows import normalize_code
+
 
 def _text(value: Any) -> str:
     if value is None:
@@ -62,7 +64,7 @@ class Chunk:
             "imports": self.imports or "(none)",
             "start_line": str(self.start_line),
             "end_line": str(self.end_line),
-            "code": (self.text if code is None else code).rstrip("\n"),
+            "code": normalize_code(self.text if code is None else code),
         }
 
 

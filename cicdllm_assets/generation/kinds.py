@@ -3,9 +3,9 @@
 Six kinds (:data:`QUESTION_KINDS`): how to use the code, why it is designed so, what happens
 on bad input (which errors it raises), how to extend or change it, how to test it, and how
 it relates to its callers and callees. :func:`plan_kinds` assigns kinds to a chunk's question
-slots (theme x question index) deterministically from the chunk key: each theme first gets
+slots (theme x question index) deterministically from the chunk's code: each theme first gets
 its natural kind (``testing`` -> ``testing``, ...), the other slots follow a permutation
-seeded by the chunk key; no kind repeats within a chunk until all six are used, and never
+seeded by the chunk's code; no kind repeats within a chunk until all six are used, and never
 within one theme's questions (up to six per theme). The
 question prompt names the kinds of its slots (``{kinds}``); each question row records its kind.
 """
@@ -36,10 +36,11 @@ KINDS_VERSION = hashlib.sha256(json.dumps(QUESTION_KINDS, sort_keys=True).encode
 """Part of question item keys: editing a kind's wording regenerates the questions."""
 
 
-def plan_kinds(chunk_key: str, themes: Sequence[str], n_questions: int) -> dict[str, tuple[str, ...]]:
-    """``{theme: kinds of its n_questions slots}`` for one chunk (deterministic; see module doc)."""
+def plan_kinds(seed: str, themes: Sequence[str], n_questions: int) -> dict[str, tuple[str, ...]]:
+    """``{theme: kinds of its n_questions slots}`` for one chunk, ``seed`` its code (deterministic;
+    see module doc)."""
     names = list(QUESTION_KINDS)
-    order = random.Random(int(hashlib.sha256(chunk_key.encode("utf-8")).hexdigest()[:16], 16))  # noqa: S311
+    order = random.Random(int(hashlib.sha256(seed.encode("utf-8")).hexdigest()[:16], 16))  # noqa: S311
     order.shuffle(names)
     used: list[str] = []
     plan: dict[str, list[str]] = {theme: [] for theme in themes}

@@ -19,8 +19,9 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
@@ -100,6 +101,24 @@ class ThemeTemplate:
     def answer_hash(self) -> str:
         """Changes only when the system, context or answer template changes."""
         return _content_hash({"system": self.system, "context": self.context, "answer": self.answer})
+
+    @cached_property
+    def _chunk_fields(self) -> dict[str, tuple[str, ...]]:
+        """Per instruction kind, the chunk placeholders its prompts (system, context, instruction) show."""
+        shared = {*placeholders(self.system), *placeholders(self.context)}
+        return {
+            kind: tuple(name for name in CHUNK_FIELDS if name in shared or name in placeholders(instruction))
+            for kind, instruction in (("question", self.question), ("answer", self.answer))
+        }
+
+    def chunk_input(self, chunk: Chunk, kind: Literal["question", "answer"]) -> str:
+        """A hash of the chunk values this theme's ``kind`` prompt shows: the code, and its path,
+        symbol, imports... only as far as the templates place them (lines, if they place them).
+
+        With the template hash, model and params it determines the output: the ledger key.
+        """
+        values = chunk.placeholder_values()
+        return _content_hash({name: values[name] for name in self._chunk_fields[kind]})
 
     def _messages(
         self, chunk: Chunk, instruction: str, extra: Mapping[str, str], code: str | None

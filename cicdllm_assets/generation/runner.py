@@ -30,6 +30,7 @@ from cicdllm_assets.generation.ledger import (
     LedgerEntry,
     LedgerItem,
     Outcome,
+    is_outage,
     item_key,
     params_json,
 )
@@ -328,7 +329,8 @@ class StageRunner:
             return
         if result.error is not None:
             outcome = Outcome("failed", output=result.text or None, error_category=result.error.category,
-                              error_message=result.error.message)
+                              error_message=result.error.message,
+                              uses_attempt=not is_outage(result.error.category, result.error.status_code))
         else:
             outcome = postprocess(w, result)
         outcome = dataclasses.replace(
@@ -456,14 +458,16 @@ def plan_questions(
     chunks: Sequence[Chunk], themes: Sequence[ThemeTemplate], model_id: str, gen: GenerationConfig, repo: str
 ) -> list[WorkItem]:
     """One question item per chunk x theme, in chunk order (themes of a chunk together); the
-    chunk's question kinds are planned across its themes (:func:`plan_kinds`)."""
-    params = question_params(gen)
-    pjson = params_json(params)
+    chunk's question kinds are planned across its themes (:func:`plan_kinds`, seeded by the chunk's
+    code) and are part of each item's key (its params), like everything else its prompt shows."""
     work = []
     for chunk in chunks:
-        kinds = plan_kinds(chunk.chunk_key, [theme.name for theme in themes], gen.questions_per_chunk)
+        kinds = plan_kinds(chunk.text, [theme.name for theme in themes], gen.questions_per_chunk)
         for theme in themes:
-            key = item_key("question", chunk.chunk_key, theme.name, theme.question_hash, model_id, params)
+            params = {**question_params(gen), "kinds": list(kinds[theme.name])}  # the prompt names them
+            pjson = params_json(params)
+            key = item_key("question", theme.chunk_input(chunk, "question"), theme.name, theme.question_hash,
+                           model_id, params)
             item = LedgerItem(key, "question", repo, chunk.chunk_key, theme.name, theme.question_hash, model_id, pjson)
             work.append(WorkItem(
                 item=item,
@@ -596,7 +600,8 @@ def plan_answers(
             themes[theme_name] = prompts.theme(theme_name)
         theme = themes[theme_name]
         question = str(row["question"])
-        key = item_key("answer", chunk.chunk_key, theme.name, theme.answer_hash, model_id, params, question)
+        key = item_key("answer", theme.chunk_input(chunk, "answer"), theme.name, theme.answer_hash, model_id, params,
+                       question)
         item = LedgerItem(
             key, "answer", repo, chunk.chunk_key, theme.name, theme.answer_hash, model_id, pjson, question
         )
