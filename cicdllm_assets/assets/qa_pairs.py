@@ -40,7 +40,7 @@ def qa_pairs(context: AssetExecutionContext, answers: pa.Table, code_chunks: pa.
     """Filter this repository's answers; every row is kept with ``accepted`` and ``reject_reason``."""
     repo = context.partition_key
     settings = context.resources.app_config.step_settings()
-    state = StateStore(settings.state_db)
+    state = StateStore(settings.state_target)
     state.start_stage(repo, STAGE, answers.num_rows, "pairs")
     reported = [0]
 

@@ -51,7 +51,7 @@ def training_dataset(context: AssetExecutionContext) -> Output[pa.Table]:
     if not paths:
         raise FileNotFoundError("no stored table for qa_pairs (materialize it first)")
     input_rows = store.row_count("qa_pairs", keys)
-    state = StateStore(settings.state_db)
+    state = StateStore(settings.state_target)
     state.start_stage(ALL_REPOS, STAGE, input_rows, "pairs")
     repositories = store.read_all("repositories")
     try:

@@ -104,15 +104,13 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 def blocked_requests(settings: Settings) -> int:
     """Generation items the secret gate refused to send (ledger rows failed with ``secret``)."""
     from cicdllm_assets.generation.ledger import Ledger
-    from cicdllm_assets.storage.state import StateStore
+    from cicdllm_assets.storage.state import open_existing_state
 
-    if not settings.state_db.exists():
+    state = open_existing_state(settings.state_target)
+    if state is None:
         return 0
-    state = StateStore(settings.state_db)
-    try:
+    with state:
         return Ledger(state).failure_counts().get("secret", 0)
-    finally:
-        state.close()
 
 
 def render_card(result: DatasetResult, formats: list[str], settings: Settings) -> str:

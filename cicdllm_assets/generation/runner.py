@@ -24,6 +24,7 @@ from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import GenerationConfig
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.context import ContextOverflowError, MessageBuilder, fit_prompt
+from cicdllm_assets.generation.leases import Leases
 from cicdllm_assets.generation.ledger import (
     Ledger,
     LedgerEntry,
@@ -53,6 +54,9 @@ WIDE_BATCH_FACTOR = 4
 """Requests handed to the backend per call: ``generation.batch_size`` x this."""
 
 MAX_CONSECUTIVE_BATCH_ERRORS = 2
+
+LEASE_POLL_SECONDS = 0.5
+"""How often a run re-reads the ledger for items another run holds."""
 
 
 class Log(Protocol):
@@ -180,7 +184,12 @@ class StageRunner:
         return pending, entries
 
     def run(self, work: Sequence[WorkItem], postprocess: Postprocess) -> RunStats:
-        """Generate what the ledger lacks, committing each result; raises CircuitOpenError."""
+        """Generate what the ledger lacks, committing each result; raises CircuitOpenError.
+
+        Each group's items are claimed (:class:`Leases`) before their requests are sent; an
+        item another live run holds is not sent but waited for, and read from the ledger
+        once that run finishes it (or claimed here once its lease expires).
+        """
         stats = RunStats()
         pending, entries = self.plan(work, stats)
         self.state.start_stage(self.repo, self.stage, total=stats.total, unit="items")
@@ -193,27 +202,82 @@ class StageRunner:
             f" {len(pending)} to generate, {stats.exhausted} failed with no attempts left"
         )
         width = max(1, self.gen.batch_size * WIDE_BATCH_FACTOR)
-        consecutive_errors = 0
-        for start in range(0, len(pending), width):
-            self.pause_hook()
-            group = pending[start:start + width]
-            try:
-                self._run_group(group, entries, postprocess, stats)
-                consecutive_errors = 0
-            except CircuitOpenError:
-                raise
-            except _BatchError as exc:
-                consecutive_errors += 1
-                if consecutive_errors >= MAX_CONSECUTIVE_BATCH_ERRORS:
-                    raise RuntimeError(
-                        f"{self.stage}: the backend failed {consecutive_errors} batches in a row: {exc.cause}"
-                    ) from exc.cause
-            done = min(start + width, len(pending))
-            self.log.info(
-                f"{self.stage}: {done}/{len(pending)} sent, {stats.generated} ok, {stats.failed} failed,"
-                f" {stats.completion_tokens} completion tokens at {stats.tokens_per_second:.1f} tok/s"
-            )
+        errors = [0]
+        with Leases(self.state, self.settings.config.performance.lease_seconds) as leases:
+            waiting: list[WorkItem] = []
+            for start in range(0, len(pending), width):
+                group = pending[start:start + width]
+                waiting += self._claim_and_run(leases, group, entries, postprocess, stats, errors)
+                done = min(start + width, len(pending))
+                self.log.info(
+                    f"{self.stage}: {done}/{len(pending)} planned, {stats.generated} ok, {stats.failed} failed,"
+                    f" {len(waiting)} held by other runs, {stats.completion_tokens} completion tokens"
+                    f" at {stats.tokens_per_second:.1f} tok/s"
+                )
+            if waiting:
+                self.log.info(f"{self.stage}: waiting for {len(waiting)} items another run holds")
+            while waiting:
+                time.sleep(LEASE_POLL_SECONDS)
+                waiting = self._settled_elsewhere(waiting, entries, stats)
+                still: list[WorkItem] = []
+                for start in range(0, len(waiting), width):
+                    group = waiting[start:start + width]
+                    still += self._claim_and_run(leases, group, entries, postprocess, stats, errors)
+                waiting = still
         return stats
+
+    def _claim_and_run(
+        self,
+        leases: Leases,
+        group: Sequence[WorkItem],
+        entries: dict[str, LedgerEntry],
+        postprocess: Postprocess,
+        stats: RunStats,
+        errors: list[int],
+    ) -> list[WorkItem]:
+        """Claim ``group``, send what we hold and still lacks a result; return the items others hold."""
+        held = leases.claim([w.item.key for w in group])
+        if not held:
+            return list(group)
+        # Another holder may have finished an item between our plan and our claim.
+        todo = self._settled_elsewhere([w for w in group if w.item.key in held], entries, stats)
+        self.pause_hook()
+        try:
+            self._run_group(todo, entries, postprocess, stats)
+            errors[0] = 0
+        except CircuitOpenError:
+            raise
+        except _BatchError as exc:
+            errors[0] += 1
+            if errors[0] >= MAX_CONSECUTIVE_BATCH_ERRORS:
+                raise RuntimeError(
+                    f"{self.stage}: the backend failed {errors[0]} batches in a row: {exc.cause}"
+                ) from exc.cause
+        finally:
+            leases.release(held)
+        return [w for w in group if w.item.key not in held]
+
+    def _settled_elsewhere(
+        self, items: Sequence[WorkItem], entries: dict[str, LedgerEntry], stats: RunStats
+    ) -> list[WorkItem]:
+        """Count items another run finished (ok, or failed with no attempts left); return the rest."""
+        fresh = self.ledger.get_many(w.item.key for w in items)
+        rest: list[WorkItem] = []
+        for w in items:
+            entry = fresh.get(w.item.key)
+            if entry is None or entry.needs_attempt(self.gen.max_attempts):
+                rest.append(w)
+                if entry is not None:
+                    entries[w.item.key] = entry  # its attempt count seeds the retry's seed
+                continue
+            entries[w.item.key] = entry
+            if entry.ok:
+                stats.reused += 1
+                self.state.advance(self.repo, self.stage, done=1)
+            else:
+                stats.exhausted += 1
+                self.state.advance(self.repo, self.stage, done=0, failed=1)
+        return rest
 
     def _show_exhausted(self, work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]) -> None:
         """Keep failures that will not be retried visible to the viewer after the clear."""
