@@ -37,7 +37,7 @@ from cicdllm_assets.export.splits import assign_splits_table
 from cicdllm_assets.export.writers import WrittenFile, write_exports, write_text_atomic
 from cicdllm_assets.quality.dedup import DuplicateIndex, DuplicateOf
 from cicdllm_assets.quality.filters import LICENSE_EXCLUDED
-from cicdllm_assets.quality.secrets import RedactionResult, redact_secrets
+from cicdllm_assets.quality.secrets import RedactionResult, may_hold_secrets, redact_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -365,14 +365,17 @@ def _redactor(redactions: Counter[str]) -> Callable[[str], str]:
     return clean
 
 
+def _clean_all(texts: list[str], clean: Callable[[str], str]) -> list[str]:
+    """Redacted ``texts``: one prefilter pass over the batch; only flagged texts are scanned."""
+    return [clean(text) if flagged else text for text, flagged in zip(texts, may_hold_secrets(texts), strict=True)]
+
+
 def _records(reader: Iterable[pa.RecordBatch], system: str, clean: Callable[[str], str]) -> Iterator[pa.RecordBatch]:
     """Export records (redacted, with the user prompt) from batches of kept pairs."""
     for batch in reader:
         cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
         n = batch.num_rows
-        question = [clean(t) for t in cols["question"]]
-        answer = [clean(t) for t in cols["answer"]]
-        context = [clean(t) for t in cols["context"]]
+        question, answer, context = (_clean_all(cols[name], clean) for name in ("question", "answer", "context"))
         prompt = [user_prompt(question[i], cols["path"][i], cols["start_line"][i], cols["end_line"][i],
                               cols["language"][i], context[i]) for i in range(n)]
         columns = {**cols, "id": cols["answer_id"], "system": [system] * n, "question": question, "answer": answer,
