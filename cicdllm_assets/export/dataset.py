@@ -14,6 +14,7 @@ Shared by the ``training_dataset`` asset and ``cicdllm export``. Steps, in order
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -320,7 +321,8 @@ def _build(
                 + (" — mlx-lm will train without validation" if split == "valid" else "")
             )
     result.manifest_path = target / MANIFEST_NAME
-    write_text_atomic(result.manifest_path, json.dumps(_manifest(result, chosen), indent=2, sort_keys=True) + "\n")
+    manifest = json.JSONEncoder(indent=2, sort_keys=True).iterencode(_manifest(result, chosen))
+    write_text_atomic(result.manifest_path, itertools.chain(manifest, ["\n"]))  # streamed: no whole-file string
     result.card_path = target / CARD_NAME
     write_text_atomic(result.card_path, render_card(result, chosen, settings))
     logger.info("exported %d pairs to %s (%s)", result.exported_pairs, target, ", ".join(chosen))

@@ -43,7 +43,7 @@ SHINGLE_CHARS = 5
 _WORD = re.compile(r"\w+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ADD_BATCH = 2_000
-SHINGLE_CACHE = 4_096
+SHINGLE_CACHE = 512  # shingle sets of recent candidates (bounded: ~15 KB each)
 
 
 @dataclass(frozen=True)

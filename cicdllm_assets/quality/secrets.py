@@ -712,15 +712,20 @@ def may_hold_secrets(texts: Sequence[str]) -> list[bool]:
     One prefilter pass over all texts joined by :data:`_SEPARATOR` (no prefilter pattern crosses
     it, so every text's candidate line is one of the joined text's): cheap for a batch of clean texts.
     """
-    if not texts:
-        return []
+    joined = _SEPARATOR.join(texts)
+    if any(marker in joined for marker in _WHOLE_TEXT_MARKERS):  # such texts are scanned whole: flag them alone
+        whole = [any(marker in text for marker in _WHOLE_TEXT_MARKERS) for text in texts]
+        rest = [i for i, flagged in enumerate(whole) if not flagged]
+        for i, flagged in zip(rest, may_hold_secrets([texts[i] for i in rest]), strict=True):
+            whole[i] = flagged
+        return whole
     starts: list[int] = []
     cursor = 0
     for text in texts:
         starts.append(cursor)
         cursor += len(text) + len(_SEPARATOR)
     flags = [False] * len(texts)
-    for seg_start, seg_end in _candidate_segments(_SEPARATOR.join(texts)):
+    for seg_start, seg_end in _candidate_segments(joined):
         for index in range(max(0, bisect_right(starts, seg_start) - 1), bisect_right(starts, seg_end)):
             flags[index] = True
     return flags
