@@ -26,7 +26,11 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any, Literal
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.fault_server import FaultServer, FaultServerProcess
 from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,19 @@ SAMPLE_FILES: dict[str, str] = {
         "def read_text(path):\n    with open(path, encoding='utf-8') as handle:\n        return handle.read()\n"
     ),
 }
+
+
+def spawn_cli_run(project: Path) -> subprocess.Popen[bytes]:
+    """``cicdllm run --json`` on ``project`` as a real process in its own session (stdout/stderr piped)."""
+    env = {**os.environ, "CICDLLM_CONFIG": str(project / "cicdllm.yaml"), "DAGSTER_HOME": str(project / "dagster_home")}
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "cicdllm"), "run", "--json"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def write_project_config(project: Path, **sections: dict[str, Any]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -106,6 +108,33 @@ def test_viewer_shows_pause_label(settings: Settings) -> None:
     assert labels == ["12% on battery — paused: on battery below 20%"]
 
 
-def test_real_sensor_never_crashes() -> None:
-    reading = read_battery()
-    assert reading is None or 0.0 <= reading.percent <= 100.0
+def _power_supply(root: Path, capacity: str, status: str, ac_online: str | None) -> None:
+    """A Linux /sys/class/power_supply tree as the kernel writes it."""
+    bat = root / "BAT0"
+    bat.mkdir(parents=True)
+    (bat / "capacity").write_text(f"{capacity}\n")
+    (bat / "status").write_text(f"{status}\n")
+    (bat / "energy_now").write_text("30000000\n")
+    (bat / "energy_full").write_text("40000000\n")
+    (bat / "power_now").write_text("10000000\n")
+    if ac_online is not None:
+        (root / "AC").mkdir()
+        (root / "AC" / "online").write_text(f"{ac_online}\n")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads a Linux sysfs power_supply tree")
+def test_real_sensor_path_reads_a_battery_through_psutil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil._pslinux as pslinux
+
+    on_battery, plugged, none = tmp_path / "on_battery", tmp_path / "plugged", tmp_path / "none"
+    _power_supply(on_battery, "75", "Discharging", "0")
+    _power_supply(plugged, "75", "Charging", "1")
+    none.mkdir()
+
+    monkeypatch.setattr(pslinux, "POWER_SUPPLY_PATH", str(on_battery))
+    assert read_battery() == BatteryReading(75.0, False, 3 * 3600.0)
+    assert should_pause(read_battery(), 80.0) and not should_pause(read_battery(), 70.0)
+    monkeypatch.setattr(pslinux, "POWER_SUPPLY_PATH", str(plugged))
+    assert read_battery() == BatteryReading(75.0, True, None)  # unlimited time is not a number of seconds
+    monkeypatch.setattr(pslinux, "POWER_SUPPLY_PATH", str(none))
+    assert read_battery() is None

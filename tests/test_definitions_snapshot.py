@@ -99,9 +99,10 @@ def test_definitions_match_the_snapshot() -> None:
     from cicdllm_assets.definitions import defs
 
     actual = render_definitions(defs)
-    if os.environ.get(UPDATE_ENV) == "1" or not SNAPSHOT.exists():
+    if os.environ.get(UPDATE_ENV) == "1":
         SNAPSHOT.parent.mkdir(parents=True, exist_ok=True)
         SNAPSHOT.write_text(actual, encoding="utf-8")
+    assert SNAPSHOT.exists(), f"{SNAPSHOT} is missing: write it with {UPDATE_ENV}=1 and review it"
     expected = SNAPSHOT.read_text(encoding="utf-8")
     diff = "".join(
         difflib.unified_diff(

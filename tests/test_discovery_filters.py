@@ -109,3 +109,24 @@ def test_generated_and_minified() -> None:
     assert not is_generated("def generate():\n    pass\n")
     assert is_minified("var a=1;" * 400)
     assert not is_minified("x = 1\n" * 400)
+
+
+def test_a_few_bad_bytes_in_ascii_are_replaced_not_read_as_a_code_page() -> None:
+    raw = b"def f():\n    return '\xc3( \xa0\xa1 '\n" + b"# plain ascii comment line\n" * 20
+    decoded = decode_text(raw)
+    assert decoded is not None and decoded.encoding == "utf-8+replace"
+    assert "return '\ufffd( \ufffd\ufffd '" in decoded.text
+    assert decode_with(raw, decoded.encoding) == decoded.text
+    # Valid UTF-8 letters are kept; one stray byte does not turn the file into mojibake.
+    mixed = "# Café résumé\n".encode() + b"x = '\xff'\n"
+    decoded = decode_text(mixed)
+    assert decoded is not None and decoded.text == "# Café résumé\nx = '\ufffd'\n"
+    # Mostly undecodable: skipped, not replaced.
+    assert decode_text(bytes(range(128, 256)) * 4 + b"\n") is None
+
+
+def test_cyrillic_code_page_is_still_detected() -> None:
+    original = "# Модуль для чтения файлов конфигурации\nимя = 'значение'\n" * 4
+    raw = original.encode("cp1251")
+    decoded = decode_text(raw)
+    assert decoded is not None and decoded.text == original

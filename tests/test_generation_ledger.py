@@ -10,7 +10,7 @@ import pytest
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.generation.chunks import select_chunks
-from cicdllm_assets.generation.ledger import Ledger, LedgerItem, Outcome, item_key
+from cicdllm_assets.generation.ledger import Ledger, LedgerItem, Outcome, is_outage, item_key
 from cicdllm_assets.generation.prompts import PromptManager
 from cicdllm_assets.generation.runner import StageRunner, plan_questions, question_postprocess, questions_table
 from cicdllm_assets.resources.llm.base import CircuitOpenError, GenerationRequest, GenerationResult
@@ -37,10 +37,32 @@ def test_item_key_is_content_only() -> None:
     assert base not in variants and len(set(variants)) == len(variants)
 
 
+def test_outages_use_no_attempt_and_reset_failed_gives_attempts_back(tmp_path: Path) -> None:
+    state = StateStore(tmp_path / "state.db")
+    ledger = Ledger(state)
+    for status_code in (503, 429):
+        ledger.record(_item("k1"), Outcome("failed", error_category="http_status", uses_attempt=False))
+        assert is_outage("http_status", status_code)
+    assert not is_outage("http_status", 400) and not is_outage("parse_error") and is_outage("connection")
+    entry = ledger.get("k1")
+    assert entry is not None and entry.attempts == 0 and entry.needs_attempt(1)
+    # A ledger written before outages stopped counting: an exhausted connection failure is pending again.
+    with state.transaction() as con:
+        con.execute("UPDATE generation_ledger SET attempts = 3, error_category = 'connection'")
+    assert ledger.get("k1").needs_attempt(3)  # type: ignore[union-attr]
+    ledger.record(_item("k2"), Outcome("failed", error_category="parse_error"))
+    ledger.record(_item("k2"), Outcome("failed", error_category="parse_error"))
+    assert not ledger.get("k2").needs_attempt(2)  # type: ignore[union-attr]
+    assert ledger.reset_failed(category="timeout") == 0
+    assert ledger.reset_failed(repo="other") == 0
+    assert ledger.reset_failed(repo="repo", category="parse_error") == 1
+    assert ledger.get("k2").attempts == 0  # type: ignore[union-attr]
+
+
 def test_record_attempts_and_ok_rows_are_final(tmp_path: Path) -> None:
     state = StateStore(tmp_path / "state.db")
     ledger = Ledger(state)
-    ledger.record(_item(), Outcome("failed", output="raw", error_category="timeout", error_message="slow"))
+    ledger.record(_item(), Outcome("failed", output="raw", error_category="parse_error", error_message="junk"))
     entry = ledger.get("k1")
     assert entry is not None and entry.status == "failed" and entry.attempts == 1 and entry.output == "raw"
     assert entry.needs_attempt(2) and not entry.needs_attempt(1)

@@ -27,7 +27,7 @@ from tests.generation_support import (
     write_chunks,
 )
 from tests.generation_support import write_project_config as write_config
-from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
+from tests.llm_fixtures import SCRIPTED_REPLY, make_scripted_model_dir, tiny_model_dir  # noqa: F401 - session fixture
 
 REPO = "acme-mlx"
 
@@ -51,16 +51,14 @@ def test_mlx_questions_and_answers_mechanics(project: Path, tiny_model_dir: Path
     assert len(entries) == 3 * 2  # max_chunks_per_repo x themes, each recorded
     model_id = entries[0].model_id
     assert model_id.startswith("mlx:")
+    # The random model's 24 tokens of gibberish never parse (sampling is seeded: deterministic).
+    # Questions that parse are the scripted model's test below.
     for entry in entries:
-        assert entry.attempts == 1 and entry.prompt_tokens > 0
-        if entry.status == "failed":
-            assert entry.error_category == "parse_error" and entry.output is not None  # raw text kept
-        else:
-            assert entry.parsed()
-    questions = read_table(settings, "questions", REPO)
-    assert questions.num_rows == sum(len(e.parsed()) for e in entries)
+        assert (entry.status, entry.error_category, entry.attempts) == ("failed", "parse_error", 1)
+        assert entry.prompt_tokens > 0 and entry.completion_tokens > 0 and entry.output  # raw text kept
+    assert read_table(settings, "questions", REPO).num_rows == 0
     meta = materialization_values(result, "questions")
-    assert meta["generated"] + meta["failed"] == 6
+    assert (meta["generated"], meta["failed"], meta["llm_requests"]) == (0, 6, 6)
     assert meta["completion_tokens"] > 0
 
     # answers for hand-written questions about the first two chunks
@@ -78,19 +76,47 @@ def test_mlx_questions_and_answers_mechanics(project: Path, tiny_model_dir: Path
     assert result.success
     answer_entries = ledger_of(settings).entries(kind="answer")
     assert len(answer_entries) == 2 and {e.input_text for e in answer_entries} == {q["question"] for q in hand}
-    ok = [e for e in answer_entries if e.status == "ok"]
-    assert all(e.error_category == "parse_error" for e in answer_entries if e.status == "failed")
+    assert [e.status for e in answer_entries] == ["ok", "ok"]  # any non-empty answer is accepted
     answers = read_table(settings, "answers", REPO)
-    assert answers.num_rows == len(ok)
-    assert set(answers.column("question_id").to_pylist()) <= {"q0", "q1"}
-    if ok:
-        assert answers.column("model_id").to_pylist()[0] == model_id
+    assert answers.num_rows == 2
+    assert sorted(answers.column("question_id").to_pylist()) == ["q0", "q1"]
+    assert set(answers.column("model_id").to_pylist()) == {model_id}
+    assert all(text.strip() for text in answers.column("answer").to_pylist())
 
-    # a re-run of both generates nothing (ok items reused; failures counted against max_attempts)
-    before = {e.key: e.updated_at for e in ledger_of(settings).entries() if e.status == "ok"}
+    # a re-run of the answers generates nothing: both are reused, the model is not called
+    before = {e.key: e.updated_at for e in ledger_of(settings).entries()}
     result = run_generation(REPO, MLXResource(), selection=["answers"], instance=instance)
     assert result.success
     meta = materialization_values(result, "answers")
-    assert meta["reused"] == len(ok)
-    after = {e.key: e.updated_at for e in ledger_of(settings).entries() if e.status == "ok"}
-    assert all(after[k] == v for k, v in before.items())
+    assert (meta["reused"], meta["generated"], meta["failed"], meta["llm_requests"]) == (2, 0, 0, 0)
+    assert {e.key: e.updated_at for e in ledger_of(settings).entries()} == before
+
+
+@pytest.mark.slow
+def test_mlx_questions_parse_answers_follow_and_a_rerun_generates_nothing(project: Path, tmp_path: Path) -> None:
+    scripted_model_dir = make_scripted_model_dir(tmp_path / "scripted")
+    write_config(
+        project,
+        generation={"themes": ["code_explanation"], "questions_per_chunk": 2, "question_max_tokens": 24,
+                    "answer_max_tokens": 24, "batch_size": 4, "max_chunks_per_repo": 3},
+        llm={"backend": "mlx", "model": str(scripted_model_dir)},
+    )
+    settings = load_settings()
+    write_chunks(settings, REPO, chunk_rows(REPO, SAMPLE_FILES))
+    instance = DagsterInstance.ephemeral()
+
+    result = run_generation(REPO, MLXResource(), instance=instance)
+    assert result.success
+    questions = ledger_of(settings).entries(kind="question")
+    assert [(e.status, e.parsed()) for e in questions] == [("ok", [SCRIPTED_REPLY])] * 3
+    assert read_table(settings, "questions", REPO).column("question").to_pylist() == [SCRIPTED_REPLY] * 3
+    answers = read_table(settings, "answers", REPO)
+    assert answers.column("answer").to_pylist() == [SCRIPTED_REPLY] * 3
+    assert set(answers.column("finish_reason").to_pylist()) == {"stop"}
+    assert materialization_values(result, "answers")["generated"] == 3
+
+    result = run_generation(REPO, MLXResource(), instance=instance)
+    assert result.success
+    for stage in ("questions", "answers"):
+        meta = materialization_values(result, stage)
+        assert (meta["generated"], meta["reused"], meta["llm_requests"]) == (0, 3, 0), stage

@@ -23,7 +23,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from benchmarks.fault_server import Fault, FaultServer
 from cicdllm_assets.runner.pipeline import HOST_TAG, PID_TAG, TRIGGER_TAG, reap_orphaned_runs
-from tests.generation_support import openai_config
+from tests.generation_support import openai_config, spawn_cli_run
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 
 BIN = Path(sys.executable).parent
@@ -62,14 +62,7 @@ def test_ctrl_c_cancels_the_run_at_once_and_the_next_run_resumes(
             "CICDLLM_CONFIG": str(project / "cicdllm.yaml"),
             "DAGSTER_HOME": str(project / "dagster_home"),
         }
-        proc = subprocess.Popen(
-            [str(BIN / "cicdllm"), "run", "--json"],
-            cwd=project,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        proc = spawn_cli_run(project)
         try:
             deadline = time.monotonic() + 180
             while _stage_status(settings.state_db, "questions") != "running":

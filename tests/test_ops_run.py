@@ -117,7 +117,7 @@ def test_a_failing_repo_is_reported_and_the_others_still_run(ingest_project: Pat
     assert "max_retries" not in down["reason"]
     assert down["retries"] == 2  # a network failure: the retry policy ran before giving up
     assert data["ok"] is False
-    assert data["counts"] == {"done": 1, "failed": 2, "not_run": 0, "unchanged": 0}
+    assert data["counts"] == {"done": 1, "failed": 2, "incomplete": 0, "not_run": 0, "unchanged": 0}
 
 
 def test_bad_input_exits_2_with_a_clear_message(ingest_project: Path, make_git_repo) -> None:

@@ -12,6 +12,7 @@ from cicdllm_assets.config import load_settings
 from cicdllm_assets.export.dataset import build_training_dataset
 from cicdllm_assets.quality.dedup import find_duplicates, similarity
 from cicdllm_assets.quality.filters import (
+    Rejection,
     check_echo,
     check_pair,
     check_question,
@@ -171,3 +172,17 @@ def test_looping_answers_are_repetitive_and_normal_ones_are_not() -> None:
     chunk = chunk_row("acme-demo", "f.py", "def f():\n    return 1\n")
     rejection = check_pair(answer_row(chunk, "What does f return?", looping), chunk["text"])
     assert rejection is not None and rejection.reason == "repetitive"
+
+
+def test_truncation_uses_the_recorded_finish_reason_and_the_effective_budget() -> None:
+    answer = "It returns the index that build_index builds from the scanned files."
+    row = {"question": "What does build_index return?", "answer": answer, "params": json.dumps({"max_tokens": 256})}
+    # Cut at a budget capped to 100 tokens to fit the context window: the backend said "length".
+    cut = {**row, "completion_tokens": 100, "max_tokens": 100, "finish_reason": "length"}
+    assert check_pair(cut, CHUNK) == Rejection("truncated", "stopped at the length limit (finish_reason=length)")
+    # Same budget, no finish_reason recorded (an older ledger row): the effective budget counts, not params.
+    unknown = {**cut, "finish_reason": None}
+    assert check_pair(unknown, CHUNK) == Rejection("truncated", "stopped at the length limit (100 >= 100 tokens)")
+    # The model stopped by itself exactly at the budget: complete, kept.
+    stopped = {**row, "completion_tokens": 256, "max_tokens": 256, "finish_reason": "stop"}
+    assert check_pair(stopped, CHUNK) is None

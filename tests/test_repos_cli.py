@@ -122,6 +122,15 @@ def test_remove_by_key_or_spec_keeps_comments(project: Path) -> None:
     assert missing.exit_code == 2 and "no entry" in missing.output
 
 
+def test_add_local_path_with_spaces_writes_it_quoted(project: Path, make_git_repo) -> None:
+    repo = make_git_repo("my repo")
+    result = invoke("add", str(repo.path))
+    assert result.exit_code == 0, result.output
+    assert (project / "repos.txt").read_text(encoding="utf-8") == f'"{repo.path}"\n'
+    rows = json.loads(invoke("list", "--json").output)
+    assert [(row["key"], row["url"]) for row in rows] == [("local-my-repo", str(repo.path))]
+
+
 def test_add_counts_the_files_its_options_keep(project: Path, make_git_repo) -> None:
     repo = make_git_repo("mixed", {"src/a.py": "A = 1\n", "src/b.py": "B = 2\n", "docs/x.md": "# x\n"})
     repos_txt = project / "repos.txt"

@@ -258,3 +258,35 @@ def test_bad_options_are_line_numbered_errors(tmp_path: Path, option: str, fragm
     assert [e.line_no for e in error.errors] == [2]
     assert fragment in error.errors[0].message
     assert f"repos.txt:2: 'https://github.com/a/b {option}'" in str(error)
+
+
+def test_overlong_line_is_a_line_error_and_every_other_error_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "ok").mkdir()
+    long_line = "x" * 2000
+    text = f"ok\nftp://example.com/a/b\n{long_line}\n{long_line}@main\n./missing\n"
+    error = errors_of(text, tmp_path)
+    assert [e.line_no for e in error.errors] == [2, 3, 4, 5]
+    assert "File name too long" in error.errors[1].message
+    assert "2000 characters" in error.errors[1].text and len(error.errors[1].text) < 200
+    assert "local path does not exist" in error.errors[3].message
+
+
+def test_local_paths_with_spaces_quoted_or_escaped(tmp_path: Path) -> None:
+    (tmp_path / "my repo").mkdir()
+    (tmp_path / "other one").mkdir()
+    (tmp_path / "third  dir").mkdir()
+    text = "\"my repo\"@main\n'other one'\nthird\\ \\ dir  # escaped\n"
+    entries = parse(text, tmp_path)
+    assert [(e.kind, e.local_path, e.ref, e.key) for e in entries] == [
+        ("local", tmp_path / "my repo", "main", "local-my-repo@main"),
+        ("local", tmp_path / "other one", None, "local-other-one"),
+        ("local", tmp_path / "third  dir", None, "local-third-dir"),
+    ]
+    assert entries[0].spec == '"my repo"@main'
+    unquoted = errors_of('my repo\n"my repo\n"my repo"x\n', tmp_path)
+    assert [e.message for e in unquoted.errors] == [
+        "an entry cannot contain whitespace (one repository per line; quote a local path with spaces:"
+        ' "my repo" or my\\ repo)',
+        'unterminated quote "',
+        "only '@ref' may follow a quoted path",
+    ]

@@ -345,3 +345,11 @@ def test_hanging_server_is_killed_after_the_timeout(tmp_path: Path) -> None:
         server.close()
         for conn in held:
             conn.close()
+
+
+def test_quoted_local_path_with_spaces_clones(make_git_repo, tmp_path: Path) -> None:
+    repo = make_git_repo("my repo", {"a.py": "x = 1\n"})
+    entry = parse_entry(f'"{repo.path}"@main', tmp_path)
+    result = sync_repo(entry, tmp_path / "cache", timeout=60)
+    assert result.head_commit == repo.git("rev-parse", "HEAD")
+    assert (result.path / "a.py").read_text() == "x = 1\n"

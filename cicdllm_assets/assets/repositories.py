@@ -25,6 +25,7 @@ from cicdllm_assets.assets._conventions import OWNERS, table_definition_metadata
 from cicdllm_assets.config import ConfigError
 from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.partitions import repos_partitions
+from cicdllm_assets.quality.secrets import redact_field
 from cicdllm_assets.repos.git_ops import GitError, sync_repo
 from cicdllm_assets.repos.license import detect_license
 from cicdllm_assets.repos.repos_file import (
@@ -130,7 +131,7 @@ def repositories(context: AssetExecutionContext, app_config: AppConfigResource) 
                 "run `cicdllm repos sync` (or let the repos sensor run) to drop it",
                 permanent=True,
             )
-        url = redact_credentials(entry.url)
+        url = redact_field(redact_credentials(entry.url)) or ""  # a token in the path or query too
         context.log.info(f"syncing {url}" + (f" @ {entry.ref}" if entry.ref else "") + f" into {settings.cache_dir}")
         previous = _previous_head(state, repo)
         try:

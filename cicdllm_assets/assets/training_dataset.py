@@ -1,8 +1,21 @@
 """The ``training_dataset`` asset: every repository's accepted pairs, exported for fine-tuning."""
 
 
+import hashlib
+from collections.abc import Sequence
+
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetIn, MetadataValue, Nothing, Output, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetRecordsFilter,
+    DataVersion,
+    MetadataValue,
+    Nothing,
+    Output,
+    asset,
+)
 
 from cicdllm_assets.assets._conventions import OWNERS, ROW_COUNT, URI, code_version, table_definition_metadata
 from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
@@ -81,7 +94,22 @@ def training_dataset(context: AssetExecutionContext) -> Output[pa.Table]:
         "dataset_card": MetadataValue.path(str(result.card_path)),
         "summary": MetadataValue.md(_summary_md(summary)),
     }
-    return Output(summary, metadata=metadata)
+    version = DataVersion(_content_version(context, keys, result.exported_pairs))
+    return Output(summary, data_version=version, metadata=metadata)
+
+
+def _content_version(context: AssetExecutionContext, keys: Sequence[str], exported: int) -> str:
+    """What the dataset was built from: each qa_pairs partition's own content version (its
+    sorted answer ids and verdicts), and how many pairs were exported. New or changed pairs
+    give a new version; an identical rebuild keeps it."""
+    parts = [str(exported)]
+    for key in sorted(keys):
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("qa_pairs"), asset_partitions=[key]), limit=1
+        ).records
+        tags = (records[0].asset_materialization.tags if records and records[0].asset_materialization else None) or {}
+        parts.append(f"{key}={tags.get('dagster/data_version', '')}")
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:24]
 
 
 def _summary_md(summary: pa.Table) -> str:

@@ -13,8 +13,10 @@ from cicdllm_assets.cli import (
     config_cmd,
     doctor_cmd,
     export_cmd,
+    finetune_cmd,
     model_cmd,
     repos_cmd,
+    retry_cmd,
     run_cmd,
     status_cmd,
 )
@@ -40,8 +42,12 @@ def cli(config_path: str | None, verbose: bool) -> None:
         os.environ["CICDLLM_CONFIG"] = os.path.abspath(config_path)
 
 
-for _module in (run_cmd, status_cmd, export_cmd, repos_cmd, config_cmd, model_cmd, backfill_cmd, doctor_cmd):
+for _module in (
+    run_cmd, status_cmd, export_cmd, repos_cmd, config_cmd, model_cmd, backfill_cmd, doctor_cmd, retry_cmd
+):
     cli.add_command(_module.command)
+for _command in finetune_cmd.commands:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -79,9 +79,13 @@ def add_cmd(spec: tuple[str, ...], no_preview: bool) -> None:
         current = path.read_text(encoding="utf-8") if path.exists() else ""
     except OSError as exc:
         raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
-    entry_text = " ".join(part.strip() for part in spec).strip()
+    parts = [part.strip() for part in spec]
+    entry_text = " ".join(parts).strip()
     if not entry_text or entry_text.startswith("#") or "\n" in entry_text or "\r" in entry_text:
         fail_usage(f"not a repository entry: {redact_credentials(entry_text)!r}")
+    if any(ch.isspace() for ch in parts[0]) and parts[0][:1] not in ("'", '"') and '"' not in parts[0]:
+        parts[0] = f'"{parts[0]}"'  # a local path with spaces is written quoted
+        entry_text = " ".join(parts)
     separator = "" if not current or current.endswith("\n") else "\n"
     updated = f"{current}{separator}{entry_text}\n"
     line_no = updated.count("\n")

@@ -1,8 +1,9 @@
 """`cicdllm run`: sync repos.txt, run each repo partition through the chain, then export.
 
 Runs go through the Dagster instance at ``storage.dagster_home`` (or ``$DAGSTER_HOME``), so
-they appear in ``dagster dev``. Exit codes: 0 every repo done or unchanged, 1 a repo or the
-dataset step failed, 2 bad input (config, repos.txt, selection, unknown repo), 130 Ctrl-C.
+they appear in ``dagster dev``. Exit codes: 0 every repo done, incomplete (generation items
+still without a result: the summary says how many) or unchanged, 1 a repo or the dataset step
+failed, 2 bad input (config, repos.txt, selection, unknown repo), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from cicdllm_assets.runner.outcome import RunSummary, StepOutcome
 logger = logging.getLogger(__name__)
 
 
-_STYLE = {"done": "green", "unchanged": "cyan", "failed": "red", "not_run": "dim"}
+_STYLE = {"done": "green", "incomplete": "yellow", "unchanged": "cyan", "failed": "red", "not_run": "dim"}
 
 
 def _short(sha: str | None) -> str:

@@ -95,6 +95,10 @@ def render_once(status: Status, width: int = 160) -> Group:
         for run in status.runs:
             runs.add_row(*run_cells(run))
         parts.append(runs)
+    if status.evaluations:
+        from cicdllm_assets.cli.finetune_cmd import evaluations_table
+
+        parts.append(evaluations_table(status.evaluations, title="Fine-tuning evaluations"))
     parts.append(resources_table(status))
     for repo in status.repos:
         for warning in repo.warnings:

@@ -136,7 +136,9 @@ class GenerationConfig(StrictModel):
     prompts_dir: str = Field("prompts", description="theme templates, relative to the config file")
     max_chunks_per_repo: int | None = Field(None, ge=1, description="bound for demos; None = all")
     batch_size: int = Field(8, ge=1, le=256, description="requests generated together (mlx batch)")
-    max_attempts: int = Field(3, ge=1, le=100, description="tries per failed item across runs")
+    max_attempts: int = Field(
+        3, ge=1, le=100, description="tries per item across runs; outages (connection, timeout, 5xx, 429) use none"
+    )
     min_question_chars: int = Field(12, ge=1, description="shorter questions are dropped")
 
     @property
@@ -265,6 +267,43 @@ class PerformanceConfig(StrictModel):
     llm_pool_limit: int = Field(1, ge=1, le=1024, description="Dagster concurrency pool 'llm'")
 
 
+class FinetuneConfig(StrictModel):
+    """LoRA fine-tuning (``adapter``) and evaluation (``evaluation``) with mlx-lm; both opt-in."""
+
+    iters: int = Field(200, ge=1, le=1_000_000, description="training steps (batches)")
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Adam learning rate")
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank")
+    scale: float = Field(20.0, gt=0.0, description="LoRA scale (alpha)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout")
+    batch_size: int = Field(4, ge=1, le=1024, description="examples per step")
+    num_layers: int = Field(16, ge=-1, description="layers (from the top) given adapters; -1 = all")
+    max_seq_length: int = Field(2048, ge=16, description="longer examples are truncated")
+    mask_prompt: bool = Field(True, description="loss on the answer only (not system + question)")
+    seed: int = Field(0, description="PRNG seed of initialisation and batch order")
+    checkpoint_every: int = Field(25, ge=1, description="save a resumable checkpoint every K steps")
+    report_every: int = Field(1, ge=1, description="train loss reported every N steps (curve, progress)")
+    eval_every: int = Field(50, ge=1, description="valid loss computed every N steps during training")
+    val_batches: int = Field(25, ge=-1, description="valid batches per evaluation during training; -1 = all")
+    samples: int = Field(3, ge=0, le=50, description="side-by-side generations in the evaluation")
+    sample_max_tokens: int = Field(128, ge=1, le=4096, description="max new tokens per side-by-side answer")
+    out_dir: str | None = Field(None, description="adapters root; default <data_dir>/adapters")
+
+    @field_validator("num_layers")
+    @classmethod
+    def _layers(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (all layers) or at least 1")
+        return value
+
+    @model_validator(mode="after")
+    def _checkpoints_on_reports(self) -> FinetuneConfig:
+        if self.checkpoint_every % self.report_every:
+            raise ValueError(
+                f"checkpoint_every ({self.checkpoint_every}) must be a multiple of report_every ({self.report_every})"
+            )
+        return self
+
+
 class AppConfig(StrictModel):
     """The whole ``cicdllm.yaml``."""
 
@@ -276,3 +315,4 @@ class AppConfig(StrictModel):
     export: ExportConfig = Field(default_factory=ExportConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)

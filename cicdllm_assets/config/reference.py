@@ -23,7 +23,9 @@ the config file. Every key can be overridden from the environment with
 `CICDLLM_<SECTION>__<KEY>` (nested: `CICDLLM_LLM__OPENAI__BASE_URL`); values are read as
 YAML, so `CICDLLM_EXPORT__FORMATS='[jsonl, parquet]'` works. `cicdllm config show` prints
 the effective configuration with secrets masked. Changes are picked up by the next
-materialization without restarting anything.
+materialization without restarting anything, except `llm.backend`, `repos.refresh_cron`
+and `repos.sensor_interval_seconds`: they shape the code location and are read when it
+loads (`cicdllm run` loads it every time; `dagster dev` needs a reload).
 
 This file is generated from `cicdllm_assets/config/models.py`.
 """

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from cicdllm_assets.storage.state import StateStore
 
-CHECKS_VERSION = "1"
+CHECKS_VERSION = "2"  # 2: a few bad bytes in UTF-8 are replaced, not read as a code page
 VERDICTS_DDL = """
 CREATE TABLE IF NOT EXISTS blob_verdicts (
     blob_sha TEXT NOT NULL,

@@ -217,3 +217,17 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
         "The full records are in `dataset.parquet` (one file, `split` column).\n"
     )
     return "".join(parts)
+
+
+def set_card_section(card: str, name: str, markdown: str) -> str:
+    """``card`` with the section ``name`` (between HTML comment markers) replaced or appended.
+
+    Sections added after export (e.g. the evaluation) live between
+    ``<!-- cicdllm:<name> -->`` and ``<!-- /cicdllm:<name> -->``; re-exporting drops them.
+    """
+    start, end = f"<!-- cicdllm:{name} -->", f"<!-- /cicdllm:{name} -->"
+    block = f"{start}\n{markdown.rstrip()}\n{end}\n"
+    if start in card and end in card:
+        head, rest = card.split(start, 1)
+        return head + block + rest.split(end, 1)[1].lstrip("\n")
+    return card.rstrip("\n") + "\n\n" + block

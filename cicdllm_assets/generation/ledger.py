@@ -6,6 +6,10 @@ timestamps. Each result is committed in its own short transaction as it arrives,
 so a killed run loses at most the in-flight requests and a re-run asks only for
 keys that are missing or failed with attempts left. ``ok`` rows are never
 overwritten, so two processes racing on the same key keep the first answer.
+
+Attempts count only failures that are the item's own (unparseable or empty output,
+a context overflow, a 4xx): an outage (connection error, timeout, 5xx, 429, an open
+circuit) is recorded but leaves the item pending for the next run.
 """
 
 from __future__ import annotations
@@ -63,6 +67,16 @@ _COLUMNS = (
 _ADDED_COLUMNS = {"max_tokens": "INTEGER NOT NULL DEFAULT 0", "finish_reason": "TEXT"}
 """Columns added after the first release: created on older databases by :class:`Ledger`."""
 _SQLITE_MAX_VARS = 500
+
+OUTAGE_CATEGORIES = frozenset({"connection", "timeout", "circuit_open"})
+"""Failure categories caused by the server or network, never by the item: no attempt is used."""
+
+
+def is_outage(category: str | None, status_code: int | None = None) -> bool:
+    """True for a failure that is not the item's fault (``http_status`` counts when 5xx or 429)."""
+    if category == "http_status":
+        return status_code is None or status_code >= 500 or status_code == 429
+    return category in OUTAGE_CATEGORIES
 
 
 def params_json(params: Mapping[str, Any]) -> str:
@@ -145,8 +159,8 @@ class LedgerEntry:
         return [str(v) for v in value] if isinstance(value, list) else []
 
     def needs_attempt(self, max_attempts: int) -> bool:
-        """Failed with attempts left."""
-        return self.status != "ok" and self.attempts < max_attempts
+        """Failed with attempts left, or last failed by an outage (which never exhausts an item)."""
+        return self.status != "ok" and (self.attempts < max_attempts or self.error_category in OUTAGE_CATEGORIES)
 
 
 @dataclass(frozen=True)
@@ -165,6 +179,14 @@ class Outcome:
     trimmed: bool = False
     max_tokens: int = 0
     finish_reason: str | None = None
+    uses_attempt: bool = True
+    """False for an outage (see :func:`is_outage`): recorded, but the item keeps its attempts."""
+
+
+def _conditions(filters: Mapping[str, str | None]) -> tuple[str, list[str]]:
+    """`` AND column = ?`` for each filter that is set (column names are constants), and the values."""
+    where = "".join(f" AND {column} = ?" for column, value in filters.items() if value is not None)
+    return where, [value for value in filters.values() if value is not None]
 
 
 class Ledger:
@@ -217,7 +239,8 @@ class Ledger:
             item.key, item.kind, item.repo, item.chunk_key, item.theme, item.template_hash, item.model_id,
             item.params_json, item.input_text, outcome.status, outcome.output, parsed, outcome.error_category,
             outcome.error_message[:4000] if outcome.error_message else None,
-            1, int(outcome.prompt_tokens), int(outcome.cached_prompt_tokens), int(outcome.completion_tokens),
+            int(outcome.uses_attempt), int(outcome.prompt_tokens), int(outcome.cached_prompt_tokens),
+            int(outcome.completion_tokens),
             float(outcome.latency_ms), int(outcome.trimmed), int(outcome.max_tokens), outcome.finish_reason,
             now, now,
         )
@@ -228,7 +251,7 @@ class Ledger:
                 " ON CONFLICT(key) DO UPDATE SET"
                 " status = excluded.status, output = excluded.output, parsed_json = excluded.parsed_json,"
                 " error_category = excluded.error_category, error_message = excluded.error_message,"
-                f" attempts = {LEDGER_TABLE}.attempts + 1,"
+                f" attempts = {LEDGER_TABLE}.attempts + excluded.attempts,"
                 " prompt_tokens = excluded.prompt_tokens, cached_prompt_tokens = excluded.cached_prompt_tokens,"
                 " completion_tokens = excluded.completion_tokens, latency_ms = excluded.latency_ms,"
                 " trimmed = excluded.trimmed, max_tokens = excluded.max_tokens,"
@@ -237,16 +260,17 @@ class Ledger:
                 values,
             )
 
+    def reset_failed(self, repo: str | None = None, category: str | None = None) -> int:
+        """Give failed items (of ``repo`` / ``category``; None: any) their attempts back; returns how many."""
+        where, args = _conditions({"repo": repo, "error_category": category})
+        sql = f"UPDATE {LEDGER_TABLE} SET attempts = 0 WHERE status != 'ok' AND attempts > 0{where}"  # noqa: S608
+        with self.state.transaction() as con:
+            return int(con.execute(sql, args).rowcount)
+
     def _select(self, columns: str, repo: str | None, kind: str | None, tail: str) -> list[sqlite3.Row]:
         """``SELECT columns`` of the ledger rows of ``repo`` and/or ``kind`` (None: any), then ``tail``."""
-        sql = f"SELECT {columns} FROM {LEDGER_TABLE} WHERE 1 = 1"  # noqa: S608 - constant identifiers
-        args: list[str] = []
-        if repo is not None:
-            sql += " AND repo = ?"
-            args.append(repo)
-        if kind is not None:
-            sql += " AND kind = ?"
-            args.append(kind)
+        where, args = _conditions({"repo": repo, "kind": kind})
+        sql = f"SELECT {columns} FROM {LEDGER_TABLE} WHERE 1 = 1{where}"  # noqa: S608 - constant identifiers
         con = self.state.connection()
         rows = con.execute(f"{sql} {tail}", args).fetchall()
         con.commit()  # end the implicit read transaction

@@ -29,6 +29,7 @@ from cicdllm_assets.generation.ledger import (
     LedgerEntry,
     LedgerItem,
     Outcome,
+    is_outage,
     item_key,
     params_json,
 )
@@ -326,7 +327,8 @@ class StageRunner:
             return
         if result.error is not None:
             outcome = Outcome("failed", output=result.text or None, error_category=result.error.category,
-                              error_message=result.error.message)
+                              error_message=result.error.message,
+                              uses_attempt=not is_outage(result.error.category, result.error.status_code))
         else:
             outcome = postprocess(w, result)
         outcome = dataclasses.replace(

@@ -83,9 +83,21 @@ def _max_tokens(params: Any) -> int | None:
     return int(value) if isinstance(value, int | float) else None
 
 
-def check_truncated(answer: str, completion_tokens: int | None = None, max_tokens: int | None = None) -> str | None:
-    """A detail string if ``answer`` looks cut off (length limit, open code fence, mid-sentence)."""
-    if completion_tokens is not None and max_tokens and completion_tokens >= max_tokens:
+def check_truncated(
+    answer: str,
+    completion_tokens: int | None = None,
+    max_tokens: int | None = None,
+    finish_reason: str | None = None,
+) -> str | None:
+    """A detail string if ``answer`` looks cut off (length limit, open code fence, mid-sentence).
+
+    The backend's recorded ``finish_reason`` decides the length limit when there is one
+    (``length``: cut; ``stop``: the model ended it); without it, ``completion_tokens``
+    reaching ``max_tokens`` (the effective, context-capped budget the request was sent with).
+    """
+    if finish_reason == "length":
+        return "stopped at the length limit (finish_reason=length)"
+    if not finish_reason and completion_tokens is not None and max_tokens and completion_tokens >= max_tokens:
         return f"stopped at the length limit ({completion_tokens} >= {max_tokens} tokens)"
     if answer.count("```") % 2 == 1:
         return "unbalanced code fence"
@@ -181,10 +193,12 @@ def check_pair(
     if refusal:
         return Rejection(REFUSAL, refusal)
     completion_tokens = row.get("completion_tokens")
+    effective = row.get("max_tokens")  # the budget actually sent (capped to fit the context window)
     truncated = check_truncated(
         answer,
         int(completion_tokens) if completion_tokens is not None else None,
-        _max_tokens(row.get("params")),
+        int(effective) if effective else _max_tokens(row.get("params")),
+        str(row.get("finish_reason") or "") or None,
     )
     if truncated:
         return Rejection(TRUNCATED, truncated)

@@ -6,7 +6,9 @@ Accepted entries (optionally followed by ``@ref``: a branch, tag or commit):
   and the scp-like ``[user@]host:owner/name.git``.
 - A local path, relative to the directory of ``repos.txt`` (``.`` is that directory itself).
   Local repositories are cloned into the cache like remote ones, so work never touches the
-  user's checkout; only their *committed* state is used.
+  user's checkout; only their *committed* state is used. A path with spaces is written in
+  double or single quotes (``"../my repo"@main``) or with backslash-escaped spaces
+  (``../my\\ repo``).
 
 Per-repository options follow the entry, separated by whitespace (see :func:`split_options`):
 ``include=GLOB[,GLOB...]`` replaces ``processing.include_globs`` for this repository only and
@@ -67,6 +69,8 @@ _INLINE_COMMENT = re.compile(r"\s+#.*$")
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 _MAX_KEY_LEN = 120
+_MAX_SHOWN = 120
+"""Characters of a bad entry quoted in its error message (a 2,000-character line is cut)."""
 
 
 def redact_credentials(text: str) -> str:
@@ -86,6 +90,12 @@ class LineError:
     def render(self) -> str:
         """``line N: 'entry': reason``."""
         return f"line {self.line_no}: {self.text!r}: {self.message}"
+
+
+def _shown(text: str) -> str:
+    """A bad entry as quoted in an error: free of credentials, at most ``_MAX_SHOWN`` characters."""
+    text = redact_credentials(text)
+    return text if len(text) <= _MAX_SHOWN else f"{text[:_MAX_SHOWN]}... ({len(text)} characters)"
 
 
 class ReposFileError(ValueError):
@@ -293,6 +303,31 @@ def _base_key(kind: EntryKind, identity: str, ref: str | None, local_path: Path 
     return base
 
 
+def _unquote(text: str) -> tuple[str, bool]:
+    """``"a b"@ref`` / ``'a b'`` / ``a\\ b`` -> (``a b@ref``, True); other text unchanged, False."""
+    if text[:1] in ("'", '"'):
+        end = text.find(text[0], 1)
+        if end < 0:
+            raise _EntryError(f"unterminated quote {text[0]}")
+        body, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith("@"):
+            raise _EntryError("only '@ref' may follow a quoted path")
+        if not body:
+            raise _EntryError("empty quoted path")
+        return body + rest, True
+    if "\\ " in text:
+        return text.replace("\\ ", " "), True
+    return text, False
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, with an OS refusal (name too long, ...) as a line error, not a crash."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise _EntryError(f"not a usable local path: {exc.strerror or exc}") from None
+
+
 def parse_entry(spec: str, base_dir: Path, line_no: int = 1) -> RepoEntry:
     """Validate one entry (no comment, no surrounding whitespace); raise ``ValueError`` if bad.
 
@@ -308,8 +343,13 @@ def parse_entry(spec: str, base_dir: Path, line_no: int = 1) -> RepoEntry:
         raise _EntryError("an entry must not start with '-' (it would be read as a git option)")
     if _TRANSPORT_HELPER.match(text):
         raise _EntryError("git transport helpers ('ext::', 'fd::', 'xxx::') are not allowed")
-    if any(ch.isspace() for ch in text):
-        raise _EntryError("an entry cannot contain whitespace (one repository per line)")
+    original = text
+    text, quoted = _unquote(text)
+    if not quoted and any(ch.isspace() for ch in text):
+        raise _EntryError(
+            "an entry cannot contain whitespace (one repository per line;"
+            ' quote a local path with spaces: "my repo" or my\\ repo)'
+        )
     if _SCP_WITH_PASSWORD.match(text):
         raise _EntryError("credentials in URLs are not allowed (use a git credential helper or an SSH key)")
 
@@ -325,16 +365,16 @@ def parse_entry(spec: str, base_dir: Path, line_no: int = 1) -> RepoEntry:
             raise _EntryError(f"unsupported scheme {scheme!r}: use https://, ssh:// or git@host:owner/name")
         kind = "remote"
         url, ref, identity = _parse_url(text, scheme_match.group(1))
-    elif scp_match is not None and "/" not in scp_match.group("host"):
+    elif scp_match is not None and "/" not in scp_match.group("host") and not quoted:
         kind = "remote"
         url, ref, identity = _parse_scp(scp_match)
     else:
         kind = "local"
         candidate, ref = text, None
-        if "@" in text and not (base_dir / text).exists():
+        if "@" in text and not _exists(base_dir / text):
             candidate, ref = _split_ref(text)
         resolved = (base_dir / Path(candidate).expanduser()).resolve()
-        if not resolved.exists():
+        if not _exists(resolved):
             first = candidate.split("/", 1)[0]
             hint = f" (did you mean https://{text}?)" if "." in first.strip(".") and "/" in candidate else ""
             raise _EntryError(f"local path does not exist: {resolved}{hint}")
@@ -345,7 +385,7 @@ def parse_entry(spec: str, base_dir: Path, line_no: int = 1) -> RepoEntry:
     key = _base_key(kind, identity, ref, local_path)
     return RepoEntry(
         line_no=line_no,
-        spec=text,
+        spec=original,
         kind=kind,
         url=url,
         ref=ref,
@@ -371,7 +411,7 @@ def parse_repos_lenient(text: str, base_dir: Path) -> tuple[list[RepoEntry], lis
         line = _strip_line(raw)
         if not line:
             continue
-        shown = redact_credentials(line)
+        shown = _shown(line)
         try:
             spec, options = split_options(line)
             entry = replace(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dagster import DagsterInstance
@@ -31,8 +34,34 @@ run_retries:
 """
 
 
+LOCK_FILE = ".cicdllm-instance.lock"
+"""Held (``flock``) while a process creates, migrates or opens the instance in DAGSTER_HOME."""
+
+
 class InstanceError(RuntimeError):
     """The Dagster instance could not be prepared or opened."""
+
+
+@contextmanager
+def instance_lock(home: Path) -> Iterator[None]:
+    """Serialise instance creation and storage migration across processes sharing ``home``.
+
+    Dagster creates and migrates its SQLite storage on first open with no lock of its own;
+    two processes doing it at once leave two alembic heads behind. The lock is released as
+    soon as the instance is open, so running commands never wait on each other.
+    """
+    try:
+        handle = (home / LOCK_FILE).open("a")
+    except OSError as exc:  # a read-only home: nothing here can be created or migrated anyway
+        logger.debug("no instance lock in %s: %s", home, exc)
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_dagster_home(settings: Settings) -> Path:
@@ -48,10 +77,11 @@ def ensure_dagster_home(settings: Settings) -> Path:
         raise InstanceError(f"cannot create DAGSTER_HOME {home}: {exc.strerror}") from exc
     os.environ["DAGSTER_HOME"] = str(home)
     config = home / "dagster.yaml"
-    if not config.exists():
-        max_runs = settings.config.performance.max_parallel_repos
-        config.write_text(DAGSTER_YAML_TEMPLATE.format(max_runs=max_runs), encoding="utf-8")
-        logger.info("wrote %s", config)
+    with instance_lock(home):  # a concurrent process must never read a half-written file
+        if not config.exists():
+            max_runs = settings.config.performance.max_parallel_repos
+            config.write_text(DAGSTER_YAML_TEMPLATE.format(max_runs=max_runs), encoding="utf-8")
+            logger.info("wrote %s", config)
     return home
 
 
@@ -59,6 +89,13 @@ def open_instance(settings: Settings) -> DagsterInstance:
     """The persistent instance at ``settings.dagster_home`` (prepared first)."""
     home = ensure_dagster_home(settings)
     try:
-        return DagsterInstance.get()
+        with instance_lock(home):
+            instance = DagsterInstance.get()
+            # Touch every storage now, under the lock: each creates/migrates its tables on first use.
+            instance.get_runs_count()
+            instance.event_log_storage.get_asset_records([])
+            if instance.schedule_storage is not None:
+                instance.schedule_storage.all_instigator_state()
+            return instance
     except Exception as exc:  # dagster raises several types for a broken dagster.yaml
         raise InstanceError(f"cannot open the Dagster instance in {home}: {exc}") from exc

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Status = Literal["done", "unchanged", "failed", "not_run"]
+Status = Literal["done", "incomplete", "unchanged", "failed", "not_run"]
+STATUSES: tuple[Status, ...] = ("done", "incomplete", "unchanged", "failed", "not_run")
 
 
 @dataclass
@@ -13,8 +14,9 @@ class StepOutcome:
     """One Dagster run: a repo partition of ``main_job`` or the ``dataset_job`` step.
 
     ``unchanged`` means the head commit did not move and no asset gained or lost rows
-    (nothing new was produced); ``not_run`` that the run never started (interrupted,
-    or nothing to do).
+    (nothing new was produced); ``incomplete`` that the run succeeded but ``missing_items``
+    generation items still have no result (failed this run, or out of attempts);
+    ``not_run`` that the run never started (interrupted, or nothing to do).
     """
 
     name: str
@@ -27,6 +29,7 @@ class StepOutcome:
     previous_rows: dict[str, int] = field(default_factory=dict)
     retries: int = 0
     item_failures: int = 0
+    missing_items: int = 0
     duration_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -65,6 +68,6 @@ class RunSummary:
             "dataset": self.dataset.to_dict() if self.dataset else None,
             "counts": {
                 status: sum(1 for repo in self.repos if repo.status == status)
-                for status in ("done", "unchanged", "failed", "not_run")
+                for status in STATUSES
             },
         }

@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
@@ -50,6 +49,7 @@ from dagster._core.utils import make_new_run_id
 from cicdllm_assets.automation.jobs import dataset_job, main_job
 from cicdllm_assets.config import Settings
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
+from cicdllm_assets.runner.liveness import HOST_TAG, PID_TAG, TRIGGER_TAG, dead_process
 from cicdllm_assets.runner.outcome import RunSummary, StepOutcome
 from cicdllm_assets.runner.selection import PlannedSelection
 from cicdllm_assets.storage.state import StateStore
@@ -57,12 +57,10 @@ from cicdllm_assets.storage.state import StateStore
 logger = logging.getLogger(__name__)
 
 DATA_VERSION_TAG = "dagster/data_version"
+DATA_VERSION_IS_USER_PROVIDED_TAG = "dagster/data_version_is_user_provided"
 HEAD_ASSET = AssetKey("repositories")
 MAX_REASON_CHARS = 2000
 
-TRIGGER_TAG = "cicdllm/trigger"
-PID_TAG = "cicdllm/pid"
-HOST_TAG = "cicdllm/host"
 _LIVE_STATUSES = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED]
 
 StepCallback = Callable[[str, str], None]
@@ -77,6 +75,8 @@ class RunPlanError(ValueError):
 class _Snapshot:
     head_commit: str | None
     rows: dict[str, int]
+    versions: dict[str, str]
+    """Content data versions the assets reported themselves (Dagster's default one changes every run)."""
     warnings: list[str]
 
 
@@ -100,8 +100,11 @@ def _latest_materialization(instance: DagsterInstance, key: AssetKey, partition:
 
 
 def _rows_of(materialization: object | None) -> int | None:
+    """The asset's item count: ``exported_pairs`` for the dataset (its table is a per-repo x split x
+    theme summary), else its table's row count."""
     metadata = getattr(materialization, "metadata", None) or {}
-    entry = metadata.get("dagster/partition_row_count") or metadata.get("dagster/row_count")
+    entry = metadata.get("exported_pairs") or metadata.get("dagster/partition_row_count")
+    entry = entry or metadata.get("dagster/row_count")
     value = getattr(entry, "value", entry)
     return int(value) if isinstance(value, int | float) else None
 
@@ -109,6 +112,7 @@ def _rows_of(materialization: object | None) -> int | None:
 def _snapshot(instance: DagsterInstance, keys: Sequence[AssetKey], partition: str | None) -> _Snapshot:
     head: str | None = None
     rows: dict[str, int] = {}
+    versions: dict[str, str] = {}
     warnings: list[str] = []
     for key in keys:
         materialization = _latest_materialization(instance, key, partition)
@@ -120,9 +124,12 @@ def _snapshot(instance: DagsterInstance, keys: Sequence[AssetKey], partition: st
         count = _rows_of(materialization)
         if count is not None:
             rows[key.to_user_string()] = count
+        tags = getattr(materialization, "tags", None) or {}
         if key == HEAD_ASSET:
-            head = (getattr(materialization, "tags", None) or {}).get(DATA_VERSION_TAG)
-    return _Snapshot(head_commit=head, rows=rows, warnings=warnings)
+            head = tags.get(DATA_VERSION_TAG)
+        if tags.get(DATA_VERSION_IS_USER_PROVIDED_TAG) == "true" and DATA_VERSION_TAG in tags:
+            versions[key.to_user_string()] = tags[DATA_VERSION_TAG]
+    return _Snapshot(head_commit=head, rows=rows, versions=versions, warnings=warnings)
 
 
 def _step_error_text(event: DagsterEvent) -> str:
@@ -160,6 +167,25 @@ def _item_failures(settings: Settings, repo: str, since: float) -> int:
     return int(row[0]) if row else 0
 
 
+GENERATION_ASSETS = ("questions", "answers")
+
+
+def _missing_items(events: Sequence[DagsterEvent]) -> int:
+    """Generation items left without a result by this run: ``failed`` + ``exhausted`` metadata of
+    the questions/answers materializations it produced."""
+    missing = 0
+    for event in events:
+        if event.event_type != DagsterEventType.ASSET_MATERIALIZATION or event.asset_key is None:
+            continue
+        if event.asset_key.to_user_string() not in GENERATION_ASSETS:
+            continue
+        metadata = event.step_materialization_data.materialization.metadata
+        for name in ("failed", "exhausted"):
+            value = getattr(metadata.get(name), "value", 0)
+            missing += int(value) if isinstance(value, int | float) else 0
+    return missing
+
+
 def _classify(outcome: StepOutcome, before: _Snapshot, after: _Snapshot) -> None:
     outcome.previous_head_commit = before.head_commit
     outcome.head_commit = after.head_commit
@@ -168,23 +194,26 @@ def _classify(outcome: StepOutcome, before: _Snapshot, after: _Snapshot) -> None
     outcome.warnings = after.warnings
     head_same = before.head_commit is not None and before.head_commit == after.head_commit
     rows_same = bool(before.rows) and all(before.rows.get(name) == count for name, count in after.rows.items())
-    if (head_same or HEAD_ASSET.to_user_string() not in after.rows) and rows_same:
+    content_same = all(before.versions.get(name) == version for name, version in after.versions.items())
+    if (head_same or HEAD_ASSET.to_user_string() not in after.rows) and rows_same and content_same:
         outcome.status = "unchanged"
         outcome.reason = "head commit unchanged, no new items" if head_same else "no new items"
     else:
         outcome.status = "done"
+    if outcome.missing_items:
+        outcome.status = "incomplete"
+        outcome.reason = (
+            f"{outcome.missing_items} generation item(s) without a result; outages are retried by the next"
+            " run, `cicdllm retry-failed` gives items that ran out of attempts another try"
+        )
 
 
 def reap_orphaned_runs(instance: DagsterInstance) -> list[str]:
     """Mark failed the CLI runs on this host still ``STARTED`` whose process is gone."""
-    host = socket.gethostname()
     reaped: list[str] = []
     for run in instance.get_runs(RunsFilter(statuses=_LIVE_STATUSES, tags={TRIGGER_TAG: "cli"})):
-        pid_text = run.tags.get(PID_TAG, "")
-        if run.tags.get(HOST_TAG) != host or not pid_text.isdigit():
-            continue
-        pid = int(pid_text)
-        if pid == os.getpid() or psutil.pid_exists(pid):
+        pid = dead_process(run.tags)
+        if pid is None:
             continue
         instance.report_run_failed(run, f"the cicdllm process that ran it (pid {pid}) is gone")
         reaped.append(run.run_id)
@@ -284,6 +313,7 @@ def _execute(
     if partition is not None:
         outcome.item_failures = _item_failures(settings, partition, started)
     after = _snapshot(instance, keys, partition)
+    outcome.missing_items = _missing_items(events)
     if result.success:
         _classify(outcome, before, after)
     else:
@@ -326,7 +356,7 @@ def run_pipeline(
             pending.pop(0)
             notify(partition, outcome.status)
         if plan.dataset_keys:
-            succeeded = [r for r in summary.repos if r.status in ("done", "unchanged")]
+            succeeded = [r for r in summary.repos if r.status in ("done", "incomplete", "unchanged")]
             if plan.repo_keys and not succeeded:
                 summary.dataset = StepOutcome(
                     name="training_dataset", status="not_run", reason="no repo succeeded"

@@ -32,7 +32,9 @@ import psutil
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.discovery.discover import no_files_kept_warning
+from cicdllm_assets.finetune.history import HistoryRow, read_history
 from cicdllm_assets.performance.battery import BatteryReader, BatteryStatus, battery_status
+from cicdllm_assets.runner.liveness import DEAD_STATUS, dead_process
 from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
 
 _logger = logging.getLogger(__name__)
@@ -40,10 +42,13 @@ _logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Stage order in the pipeline (unknown stages sort after these, by name).
-STAGE_ORDER = ("repositories", "source_files", "code_chunks", "questions", "answers", "qa_pairs", "training_dataset")
+STAGE_ORDER = ("repositories", "source_files", "code_chunks", "questions", "answers", "qa_pairs", "training_dataset",
+               "adapter", "evaluation")
 PARTITION_TAG = "dagster/partition"
 #: Repo names unpartitioned assets report progress under; shown as stages, not as repos.
 PSEUDO_REPOS = frozenset({"*", "__all__", ""})
+#: Recorded evaluations a status snapshot keeps (the most recent).
+EVALUATIONS_SHOWN = 10
 #: A running stage with no progress for this long probably lost its process.
 STALLED_AFTER_SECONDS = 600.0
 #: Repos whose last run is looked up one by one when not among the recent runs.
@@ -182,6 +187,8 @@ class Status:
     tokens_per_second: float | None = None
     errors: list[str] = field(default_factory=list)
     run_failures: list[FailureInfo] = field(default_factory=list)
+    evaluations: list[HistoryRow] = field(default_factory=list)
+    """The most recent recorded fine-tuning evaluations (at most ``EVALUATIONS_SHOWN``), oldest first."""
     llm_load: list[LLMLoad] = field(default_factory=list)
     """The model server's concurrency limit and latency per running generation stage."""
 
@@ -230,6 +237,7 @@ class Status:
             "tokens_per_second": self.tokens_per_second,
             "llm_load": [asdict(load) for load in self.llm_load],
             "errors": self.errors,
+            "evaluations": [row.to_dict() for row in self.evaluations],
         }
 
 
@@ -502,6 +510,22 @@ def read_repo_info(con: sqlite3.Connection) -> dict[str, str | None]:
     return {str(row["repo"]): row["head_commit"] for row in _query(con, "SELECT repo, head_commit FROM repo_info")}
 
 
+def read_ledger_counts(con: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """``{repo: {"questions": n, "answers": n}}`` generated so far, from the generation ledger
+    (committed item by item, so it is current while a stage runs or after it was killed)."""
+    if "generation_ledger" not in _tables(con):
+        return {}
+    rows = _query(
+        con,
+        "SELECT repo, kind, sum(CASE WHEN kind = 'question' THEN coalesce(json_array_length(parsed_json), 0)"
+        " ELSE 1 END) AS n FROM generation_ledger WHERE status = 'ok' GROUP BY repo, kind",
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        counts.setdefault(str(row["repo"]), {})[f"{row['kind']}s"] = int(row["n"] or 0)
+    return counts
+
+
 _TOKEN_TIME_COLUMNS = ("finished_at", "completed_at", "updated_at", "created_at", "ts")
 
 
@@ -570,9 +594,12 @@ def _dagster_instance(dagster_home: Path) -> Any | None:
         from dagster import DagsterInstance
 
         dagster_logger = logging.getLogger("dagster")
+        from cicdllm_assets.runner.instance import instance_lock
+
         dagster_logger.addFilter(_no_missing_yaml_warning)
         try:
-            instance = DagsterInstance.from_config(key)
+            with instance_lock(dagster_home):  # never read a storage another process is migrating
+                instance = DagsterInstance.from_config(key)
         finally:
             dagster_logger.removeFilter(_no_missing_yaml_warning)
         _instances[key] = instance
@@ -582,10 +609,13 @@ def _dagster_instance(dagster_home: Path) -> Any | None:
 def _run_info(record: Any) -> RunInfo:
     run = record.dagster_run
     created = record.create_timestamp.timestamp() if record.create_timestamp is not None else None
+    status = str(run.status.value)
+    if status in ("STARTED", "STARTING") and dead_process(run.tags) is not None:
+        status = DEAD_STATUS  # its cicdllm process is gone; the next `cicdllm run` marks it failed
     return RunInfo(
         run_id=str(run.run_id),
         job_name=str(run.job_name),
-        status=str(run.status.value),
+        status=status,
         partition=run.tags.get(PARTITION_TAG),
         created_at=created,
         start_time=record.start_time,
@@ -700,7 +730,9 @@ def collect_status(
     failure_counts: dict[str, dict[str, int]] = {}
     events: list[EventInfo] = []
     heads: dict[str, str | None] = {}
+    ledger_counts: dict[str, dict[str, int]] = {}
     tokens_per_second: float | None = None
+    evaluations: list[HistoryRow] = []
     llm_load: list[LLMLoad] = []
     con: sqlite3.Connection | None = None
     try:
@@ -710,7 +742,9 @@ def collect_status(
             failures, failure_counts = read_failures(con, failures_limit)
             events = read_events(con, ui.log_tail_lines)
             heads = read_repo_info(con)
+            ledger_counts = read_ledger_counts(con)
             tokens_per_second = read_tokens_per_second(con, 300.0, now)
+            evaluations = read_history(con)[-EVALUATIONS_SHOWN:]
             running = {(s.repo, s.stage) for s in stages if s.status == "running"}
             llm_load = [load for key, load in sorted(read_llm_load(con).items()) if key in running]
     except sqlite3.Error as exc:
@@ -746,6 +780,11 @@ def collect_status(
         repo.failures = sum(repo.failures_by_category.values())
         repo.last_run = last_runs.get(name)
         repo.stages = [s for s in stages if s.repo == name]
+        for stage in repo.stages:
+            # Until a generation stage finishes, its table lags behind: count from the ledger.
+            if stage.stage in ("questions", "answers") and stage.status != "done":
+                generated = ledger_counts.get(name, {}).get(stage.stage, 0)
+                setattr(repo, stage.stage, max(getattr(repo, stage.stage), generated))
         discovered = any(s.stage == "source_files" and s.status == "done" for s in repo.stages)
         if discovered and repo.files_kept == 0:
             repo.warnings.append(no_files_kept_warning(repo.files_skipped))
@@ -776,5 +815,6 @@ def collect_status(
         resources=resources,
         tokens_per_second=tokens_per_second,
         errors=errors,
+        evaluations=evaluations,
         llm_load=llm_load,
     )

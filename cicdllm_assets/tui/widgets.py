@@ -21,6 +21,7 @@ from cicdllm_assets.status.collect import RunInfo, StageStatus, Status, human_by
 STATUS_STYLES = {
     "SUCCESS": "green",
     "FAILURE": "red",
+    "DEAD": "red",
     "CANCELED": "yellow",
     "CANCELING": "yellow",
     "STARTED": "cyan",

@@ -71,30 +71,35 @@ def load_model(path: str, *, dequantize: bool = True) -> LoadedModel:
         cached = _models.get(path)
         if cached is not None:
             return cached
-        ensure_openblas()
-        import mlx.core as mx
-        from mlx_lm import load
-        from mlx_lm.utils import dequantize_model
-
-        logger.info("loading model %s", path)
-        try:
-            loaded: Any = load(path)
-        except Exception as exc:  # a hub id that could not be downloaded: say what to run
-            if Path(path).exists():
-                raise
-            from cicdllm_assets.models.paths import ModelNotPreparedError, missing_hub_model_message
-
-            raise ModelNotPreparedError(f"{missing_hub_model_message(path)} ({type(exc).__name__}: {exc})") from None
-        model, tokenizer = loaded[0], loaded[1]
-        if dequantize and mx.default_device() == mx.cpu and _is_quantized(model):
-            # mlx's quantized matmul is not vectorised on the CPU backend.
-            model = dequantize_model(model)
-            mx.eval(model.parameters())
-        config = _read_config(Path(path))
-        entry = LoadedModel(path=path, model=model, tokenizer=tokenizer, config=config)
+        entry = load_fresh_model(path, dequantize=dequantize)
         _models[path] = entry
         load_count += 1
         return entry
+
+
+def load_fresh_model(path: str, *, dequantize: bool = True) -> LoadedModel:
+    """Load ``path`` without the per-process cache: a private copy the caller may modify
+    (LoRA training replaces its linear layers). Same loading path as :func:`load_model`."""
+    ensure_openblas()
+    import mlx.core as mx
+    from mlx_lm import load
+    from mlx_lm.utils import dequantize_model
+
+    logger.info("loading model %s", path)
+    try:
+        loaded: Any = load(path)
+    except Exception as exc:  # a hub id that could not be downloaded: say what to run
+        if Path(path).exists():
+            raise
+        from cicdllm_assets.models.paths import ModelNotPreparedError, missing_hub_model_message
+
+        raise ModelNotPreparedError(f"{missing_hub_model_message(path)} ({type(exc).__name__}: {exc})") from None
+    model, tokenizer = loaded[0], loaded[1]
+    if dequantize and mx.default_device() == mx.cpu and _is_quantized(model):
+        # mlx's quantized matmul is not vectorised on the CPU backend.
+        model = dequantize_model(model)
+        mx.eval(model.parameters())
+    return LoadedModel(path=path, model=model, tokenizer=tokenizer, config=_read_config(Path(path)))
 
 
 def load_tokenizer(path: str) -> Any:

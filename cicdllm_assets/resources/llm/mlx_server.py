@@ -8,15 +8,15 @@ but on Linux its matmuls then run on the bundled reference BLAS (tens of times s
 
 from __future__ import annotations
 
-from cicdllm_assets.resources.llm.openblas import ensure_openblas
+import sys
+
+from cicdllm_assets.resources.llm import mlx_cli
 
 
 def main() -> None:
     """Load OpenBLAS, then hand over to mlx_lm.server's own command line."""
-    ensure_openblas()
-    from mlx_lm.server import main as server_main
-
-    server_main()
+    sys.argv.insert(1, "server")
+    mlx_cli.main()
 
 
 if __name__ == "__main__":
