@@ -300,11 +300,15 @@ def _build(
     # 4. records with a second secret scan of every text field, in the files' order; 5. write
     redactions: Counter[str] = Counter()
     system = _redactor(redactions)(export_cfg.system_prompt)
-    order = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(SPLITS))
-    records_sql = f"""
-        SELECT kept.*, files.split FROM kept JOIN files USING (repo, path)
-        ORDER BY CASE files.split {order} END, repo, path, start_line, answer_id"""  # noqa: S608 - constants
-    batches = _records(con.cursor().sql(records_sql).to_arrow_reader(BATCH_ROWS), system, _redactor(redactions))
+    # Records leave in (split, repo, path, line, id) order = (split, idx): the rows are stored once in
+    # idx order, then each split is a plain scan in storage order (no wide sort held while writing).
+    con.execute("SET preserve_insertion_order = true")
+    con.execute(
+        "CREATE TABLE ordered AS SELECT kept.*, files.split FROM kept JOIN files USING (repo, path) ORDER BY idx"
+    )
+    con.execute("DROP TABLE kept")
+    splits = (_split_batches(con, name) for name in SPLITS)
+    batches = _records(_rebatch(itertools.chain.from_iterable(splits), BATCH_ROWS), system, _redactor(redactions))
     groups = GroupCounter()
     files = write_exports((groups.add(b) for b in batches), chosen, target)
     result = DatasetResult(
@@ -365,6 +369,27 @@ def _redactor(redactions: Counter[str]) -> Callable[[str], str]:
         return result.text
 
     return clean
+
+
+def _split_batches(con: duckdb.DuckDBPyConnection, split: str) -> Iterator[pa.RecordBatch]:
+    """One split's kept rows in storage (idx) order."""
+    yield from con.cursor().sql("SELECT * FROM ordered WHERE split = ?", params=[split]).to_arrow_reader(BATCH_ROWS)
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of exactly ``rows`` (the last may be shorter), across input boundaries."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows).combine_chunks().to_batches()[0]
+            rest = table.slice(rows)
+            pending, count = ([rest.combine_chunks().to_batches()[0]] if rest.num_rows else []), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 def _clean_all(texts: list[str], clean: Callable[[str], str]) -> list[str]:
