@@ -19,13 +19,13 @@ from dagster import (
     JobDefinition,
     ScheduleDefinition,
     SensorDefinition,
-    in_process_executor,
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from cicdllm_assets import assets as assets_package
 from cicdllm_assets import automation as automation_package
 from cicdllm_assets.automation.conditions import apply_automation_conditions
+from cicdllm_assets.automation.executors import configured_executor
 from cicdllm_assets.resources import build_resources
 
 
@@ -64,9 +64,9 @@ def build_definitions(resource_overrides: Mapping[str, Any] | None = None) -> De
     ``resource_overrides``: the CLI swaps in an LLM resource that outlives one run).
 
     Pipeline assets without an automation condition get the one from
-    :mod:`cicdllm_assets.automation.conditions`. The default executor is in-process: each
-    repo's chain is linear, so separate step processes would buy no parallelism and would
-    load the LLM once per step; parallelism comes from one run per repo partition.
+    :mod:`cicdllm_assets.automation.conditions`. The executor is ``orchestration.executor``
+    (:mod:`cicdllm_assets.automation.executors`); the default, in-process, fits a linear chain
+    per repo, with parallelism from one run per repo partition.
     """
     found = _collect([assets_package, automation_package])
     return Definitions(
@@ -76,7 +76,7 @@ def build_definitions(resource_overrides: Mapping[str, Any] | None = None) -> De
         sensors=found["sensors"],
         schedules=found["schedules"],
         resources={**build_resources(), **(resource_overrides or {})},
-        executor=in_process_executor,
+        executor=configured_executor(),
     )
 
 

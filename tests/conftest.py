@@ -94,3 +94,28 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def settings(project: Path) -> Settings:
     """Settings loaded from the isolated project."""
     return load_settings()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh Postgres database for this test run (created and dropped here)."""
+    from tests.services import fresh_database
+
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_target(request: pytest.FixtureRequest, project: Path, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> str | Path:
+    """The state store of this test, on each backend: a SQLite file, or a Postgres schema of its own
+    in the run's database. ``storage.state_url`` (env override) points the project's settings at it."""
+    if request.param == "sqlite":
+        return project / "data" / "state.db"
+    import uuid
+
+    from tests.services import schema_url
+
+    url = schema_url(request.getfixturevalue("pg_database"), f"t_{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("CICDLLM_STORAGE__STATE_URL", url)
+    return url

@@ -1,21 +1,22 @@
-"""Ledger rows and the stage runner's bookkeeping (a scripted in-process backend, real SQLite)."""
+"""Ledger rows and the stage runner's bookkeeping (a scripted in-process backend), on SQLite and on Postgres."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.generation.chunks import select_chunks
-from cicdllm_assets.generation.ledger import Ledger, LedgerItem, Outcome, is_outage, item_key
+from cicdllm_assets.generation.ledger import LEDGER_VERSION, Ledger, LedgerItem, Outcome, is_outage, item_key
 from cicdllm_assets.generation.prompts import PromptManager
 from cicdllm_assets.generation.runner import StageRunner, plan_questions, question_postprocess, questions_table
 from cicdllm_assets.resources.llm.base import CircuitOpenError, GenerationRequest, GenerationResult
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import StateSchemaError, StateStore, pg_ddl
 from tests.generation_support import PROMPTS_SRC, SAMPLE_FILES, ScriptedBackend, chunk_rows
+
+pytestmark = pytest.mark.usefixtures("state_target")  # every test on both backends
 
 
 def _item(key: str = "k1") -> LedgerItem:
@@ -37,8 +38,8 @@ def test_item_key_is_content_only() -> None:
     assert base not in variants and len(set(variants)) == len(variants)
 
 
-def test_outages_use_no_attempt_and_reset_failed_gives_attempts_back(tmp_path: Path) -> None:
-    state = StateStore(tmp_path / "state.db")
+def test_outages_use_no_attempt_and_reset_failed_gives_attempts_back(state_target: str | Path) -> None:
+    state = StateStore(state_target)
     ledger = Ledger(state)
     for status_code in (503, 429):
         ledger.record(_item("k1"), Outcome("failed", error_category="http_status", uses_attempt=False))
@@ -59,8 +60,8 @@ def test_outages_use_no_attempt_and_reset_failed_gives_attempts_back(tmp_path: P
     assert ledger.get("k2").attempts == 0  # type: ignore[union-attr]
 
 
-def test_record_attempts_and_ok_rows_are_final(tmp_path: Path) -> None:
-    state = StateStore(tmp_path / "state.db")
+def test_record_attempts_and_ok_rows_are_final(state_target: str | Path) -> None:
+    state = StateStore(state_target)
     ledger = Ledger(state)
     ledger.record(_item(), Outcome("failed", output="raw", error_category="parse_error", error_message="junk"))
     entry = ledger.get("k1")
@@ -77,14 +78,16 @@ def test_record_attempts_and_ok_rows_are_final(tmp_path: Path) -> None:
     assert entry is not None and entry.ok and entry.attempts == 2
     assert ledger.counts() == {"ok": 1}
 
-    # WAL: a second connection reads while the first writes
-    other = sqlite3.connect(tmp_path / "state.db")
-    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert other.execute("SELECT COUNT(*) FROM generation_ledger").fetchone()[0] == 1
+    # a second store (another connection) sees the committed row
+    with StateStore(state_target) as other:
+        assert other.query("SELECT COUNT(*) FROM generation_ledger")[0][0] == 1
+        if not other.postgres:  # WAL: readers and a writer at once
+            assert other.query("PRAGMA journal_mode")[0][0] == "wal"
+    state.close()
 
 
-def test_get_many_handles_many_keys(tmp_path: Path) -> None:
-    ledger = Ledger(StateStore(tmp_path / "state.db"))
+def test_get_many_handles_many_keys(state_target: str | Path) -> None:
+    ledger = Ledger(StateStore(state_target))
     for i in range(1200):
         ledger.record(_item(f"k{i}"), Outcome("ok", output=str(i)))
     found = ledger.get_many([f"k{i}" for i in range(0, 1300)])
@@ -93,7 +96,7 @@ def test_get_many_handles_many_keys(tmp_path: Path) -> None:
 
 @pytest.fixture
 def runner_parts(settings: Settings, tmp_path: Path):
-    state = StateStore(settings.state_db)
+    state = StateStore(settings.state_target)
     ledger = Ledger(state)
     prompts = PromptManager(PROMPTS_SRC)
     chunks = select_chunks(chunk_rows("repo", SAMPLE_FILES), None)
@@ -190,26 +193,46 @@ def test_runner_records_backend_errors_and_missing_results(settings: Settings, r
     assert {e.error_category for e in ledger.get_many(w.item.key for w in work2).values()} == {"timeout"}
 
 
-def test_older_ledger_gains_new_columns(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    con = sqlite3.connect(path)
-    con.execute(
-        "CREATE TABLE generation_ledger (key TEXT PRIMARY KEY, kind TEXT NOT NULL, repo TEXT NOT NULL,"
-        " chunk_key TEXT NOT NULL, theme TEXT NOT NULL, template_hash TEXT NOT NULL, model_id TEXT NOT NULL,"
-        " params_json TEXT NOT NULL, input_text TEXT, status TEXT NOT NULL, output TEXT, parsed_json TEXT,"
-        " error_category TEXT, error_message TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
-        " prompt_tokens INTEGER NOT NULL DEFAULT 0, cached_prompt_tokens INTEGER NOT NULL DEFAULT 0,"
-        " completion_tokens INTEGER NOT NULL DEFAULT 0, latency_ms REAL NOT NULL DEFAULT 0,"
-        " trimmed INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL)"
-    )
-    con.execute("INSERT INTO generation_ledger (key, kind, repo, chunk_key, theme, template_hash, model_id,"
-                " params_json, status, output, attempts, created_at, updated_at)"
-                " VALUES ('old', 'answer', 'r', 'c', 't', 'h', 'm', '{}', 'ok', 'text', 1, 0, 0)")
-    con.commit()
-    con.close()
-    ledger = Ledger(StateStore(path))
-    old = ledger.get("old")
-    assert old is not None and old.ok and old.max_tokens == 0 and old.finish_reason is None
-    ledger.record(_item("new"), Outcome("ok", output="x", max_tokens=64, finish_reason="length"))
-    new = ledger.get("new")
-    assert new is not None and (new.max_tokens, new.finish_reason) == (64, "length")
+_LEDGER_V1 = (
+    "CREATE TABLE generation_ledger (key TEXT PRIMARY KEY, kind TEXT NOT NULL, repo TEXT NOT NULL,"
+    " chunk_key TEXT NOT NULL, theme TEXT NOT NULL, template_hash TEXT NOT NULL, model_id TEXT NOT NULL,"
+    " params_json TEXT NOT NULL, input_text TEXT, status TEXT NOT NULL, output TEXT, parsed_json TEXT,"
+    " error_category TEXT, error_message TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
+    " prompt_tokens INTEGER NOT NULL DEFAULT 0, cached_prompt_tokens INTEGER NOT NULL DEFAULT 0,"
+    " completion_tokens INTEGER NOT NULL DEFAULT 0, latency_ms REAL NOT NULL DEFAULT 0,"
+    " trimmed INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+)
+
+
+def test_older_ledger_gains_new_columns(state_target: str | Path) -> None:
+    """A pre-versioning database (first-release ledger, no schema_versions) migrates to the current version."""
+    with StateStore(state_target, readonly=False) as raw:
+        with raw.transaction() as con:
+            con.execute("DROP TABLE IF EXISTS schema_versions")
+            con.execute(pg_ddl(_LEDGER_V1) if raw.postgres else _LEDGER_V1)
+            con.execute("INSERT INTO generation_ledger (key, kind, repo, chunk_key, theme, template_hash, model_id,"
+                        " params_json, status, output, attempts, created_at, updated_at)"
+                        " VALUES ('old', 'answer', 'r', 'c', 't', 'h', 'm', '{}', 'ok', 'text', 1, 0, 0)")
+        assert "max_tokens" not in raw.columns("generation_ledger")
+    with StateStore(state_target) as state:
+        ledger = Ledger(state)
+        assert state.schema_version("generation_ledger") == LEDGER_VERSION
+        old = ledger.get("old")
+        assert old is not None and old.ok and old.max_tokens == 0 and old.finish_reason is None
+        assert old.seed_sent is None
+        ledger.record(_item("new"), Outcome("ok", output="x", max_tokens=64, finish_reason="length", seed_sent=False))
+        new = ledger.get("new")
+        assert new is not None and (new.max_tokens, new.finish_reason, new.seed_sent) == (64, "length", 0)
+    with StateStore(state_target) as again:  # idempotent: a second open changes nothing
+        Ledger(again)
+        assert again.schema_version("generation_ledger") == LEDGER_VERSION
+        assert len(Ledger(again).entries()) == 2
+
+
+def test_newer_schema_is_refused(state_target: str | Path) -> None:
+    with StateStore(state_target) as state:
+        Ledger(state)
+        with state.transaction() as con:
+            con.execute("UPDATE schema_versions SET version = 99 WHERE component = 'generation_ledger'")
+    with StateStore(state_target) as state, pytest.raises(StateSchemaError, match=r"schema version 99 .*newer"):
+        Ledger(state)

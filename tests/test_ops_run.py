@@ -294,6 +294,9 @@ def test_live_display_polls_the_state_store_and_keeps_log_lines_readable(tmp_pat
     library.propagate = False
     own = logging.StreamHandler(terminal)
     library.addHandler(own)
+    # logging's lastResort handler (its stream is a read-only property) attached by some library.
+    odd = logging.getLogger("cicdllm.test.last_resort")
+    odd.addHandler(logging.lastResort)
     monkeypatch.setattr(sys, "stderr", terminal)
     try:
         with ProgressDisplay(db, refresh_seconds=0.25, console=console) as display:
@@ -312,6 +315,7 @@ def test_live_display_polls_the_state_store_and_keeps_log_lines_readable(tmp_pat
     finally:
         root.removeHandler(plain)
         library.removeHandler(own)
+        odd.removeHandler(logging.lastResort)
     text = buffer.getvalue()
     assert terminal.getvalue() == ""  # nothing bypassed the live console
     assert "a library line during the run" in text

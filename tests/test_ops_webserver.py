@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from cicdllm_assets.repos.sync import sync_partitions
 from cicdllm_assets.runner.instance import open_instance
 from cicdllm_assets.storage.tables import TableStore
 from tests.discovery_helpers import train_tokenizer
+from tests.scale_cluster import free_port as _free_port
+from tests.scale_cluster import gql as _gql
 
 pytestmark = pytest.mark.slow
 
@@ -79,21 +80,6 @@ query Mat($key: AssetKeyInput!) {
   }
 }
 """
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _gql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-    response = httpx.post(f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
-    response.raise_for_status()
-    payload = response.json()
-    assert not payload.get("errors"), payload["errors"]
-    data: dict[str, Any] = payload["data"]
-    return data
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:

@@ -34,8 +34,8 @@ def test_write_read_replace_and_duckdb_views(tmp_path: Path) -> None:
     assert store.read_all("code_chunks") is None
 
 
-def test_state_store_progress_failures_and_events(tmp_path: Path) -> None:
-    state = StateStore(tmp_path / "state.db")
+def test_state_store_progress_failures_and_events(state_target: str | Path) -> None:
+    state = StateStore(state_target)
     state.start_stage("r1", "source_files", total=10, unit="files")
     state.advance("r1", "source_files", done=3)
     state.advance("r1", "source_files", done=1, failed=1, total=12)
@@ -44,10 +44,33 @@ def test_state_store_progress_failures_and_events(tmp_path: Path) -> None:
     assert (row.done, row.failed, row.total, row.status, row.unit) == (4, 1, 12, "done", "files")
     state.record_failure("r1", "answers", "item-1", "timeout", "timed out after 120 s")
     state.log_event("INFO", "hello", repo="r1")
-    con = connect_sqlite(tmp_path / "state.db", readonly=True)
-    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("SELECT category FROM failures").fetchone()[0] == "timeout"
-    assert con.execute("SELECT message FROM events").fetchone()[0] == "hello"
+    state.start_stage("r1", "source_files", total=2, unit="files")  # a re-run resets the row
+    assert [(p.done, p.total, p.status) for p in state.progress("r1")] == [(0, 2, "running")]
+    state.set_repo_info("r1", "abc", "{}")
+    state.set_repo_info("r1", "def", "{}")
+    state.close()
+    with StateStore(state_target, readonly=True) as reader:  # another connection sees every commit
+        assert reader.query("SELECT category FROM failures")[0]["category"] == "timeout"
+        assert [r["message"] for r in reader.query("SELECT message FROM events")] == ["hello"]
+        assert [tuple(r) for r in reader.query("SELECT repo, head_commit FROM repo_info")] == [("r1", "def")]
+        assert {"stage_progress", "failures", "events", "repo_info", "schema_versions"} <= reader.tables()
+        if not reader.postgres:
+            assert reader.query("PRAGMA journal_mode")[0][0] == "wal"
+
+
+def test_state_store_closes_every_connection(state_target: str | Path) -> None:
+    import threading
+
+    store = StateStore(state_target)
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(store.connection()))
+    thread.start()
+    thread.join()
+    with store:
+        assert store.connection() is not seen[0]  # one connection per thread
+    assert store._open == []  # both closed on exit, the other thread's too
+    if store.postgres:
+        assert seen[0].raw.closed  # type: ignore[attr-defined]
 
 
 def test_reader_sees_committed_state_while_writer_holds_a_transaction(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def code_chunks(
     settings = app_config.step_settings()
     row = repository_row(repositories, repo)
     commit = str(row["head_commit"])
-    state = StateStore(settings.state_db)
+    state = StateStore(settings.state_target)
     started = time.perf_counter()
     kept = kept_in_chunk_order(source_files.to_pylist())
     with stage_failures_recorded(state, repo, STAGE):

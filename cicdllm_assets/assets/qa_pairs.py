@@ -33,14 +33,15 @@ def _data_version(table: pa.Table) -> str:
     metadata=table_definition_metadata(pa.schema([*ANSWERS_SCHEMA, *QA_EXTRA_FIELDS])),
     description=(
         "Answers with quality verdicts: accepted, or rejected as empty, too short, refusal, truncated, "
-        "not grounded in the chunk, or a (near-)duplicate within the repository."
+        "Python code that does not parse, not grounded in the chunk or the repository's symbols, or a "
+        "(near-)duplicate within the repository."
     ),
 )
 def qa_pairs(context: AssetExecutionContext, answers: pa.Table, code_chunks: pa.Table) -> Output[pa.Table]:
     """Filter this repository's answers; every row is kept with ``accepted`` and ``reject_reason``."""
     repo = context.partition_key
     settings = context.resources.app_config.step_settings()
-    state = StateStore(settings.state_db)
+    state = StateStore(settings.state_target)
     state.start_stage(repo, STAGE, answers.num_rows, "pairs")
     reported = [0]
 

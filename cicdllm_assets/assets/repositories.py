@@ -59,8 +59,8 @@ REPOSITORIES_SCHEMA = pa.schema(
 
 
 def _previous_head(state: StateStore, repo: str) -> str | None:
-    row = state.connection().execute("SELECT head_commit FROM repo_info WHERE repo = ?", (repo,)).fetchone()
-    return None if row is None else row["head_commit"]
+    rows = state.query("SELECT head_commit FROM repo_info WHERE repo = ?", (repo,))
+    return rows[0]["head_commit"] if rows else None
 
 
 def _fail(
@@ -105,7 +105,7 @@ def repositories(context: AssetExecutionContext, app_config: AppConfigResource) 
         settings = app_config.settings()
     except ConfigError as exc:
         raise _fail(context, None, repo, "config", str(exc), permanent=True) from None
-    state = StateStore(settings.state_db)
+    state = StateStore(settings.state_target)
     try:
         state.start_stage(repo, STAGE, total=1, unit="repos")
         state.clear_failures(repo, STAGE)

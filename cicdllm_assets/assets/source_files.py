@@ -65,7 +65,7 @@ def source_files(
     settings = app_config.step_settings()
     row = repository_row(repositories, repo)
     commit = str(row["head_commit"])
-    state = StateStore(settings.state_db)
+    state = StateStore(settings.state_target)
     processing = repo_processing(settings, repo)
     with stage_failures_recorded(state, repo, STAGE):
         state.clear_failures(repo, STAGE)

@@ -12,7 +12,7 @@ from typing import Any
 
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION, ChunkSpan, FilePlan
 from cicdllm_assets.quality.secrets import redact_field
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import StateStore, upsert_sql
 
 CACHE_TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS chunk_cache (
@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS chunk_cache (
 ) WITHOUT ROWID;
 """
 _SQL_BATCH = 500
+_KEY_COLUMNS = ("blob_sha", "language", "tokenizer_id", "budget", "chunker_version")
+_UPSERT = upsert_sql(
+    "chunk_cache", (*_KEY_COLUMNS, "token_count", "line_count", "chunk_count", "plan_json", "created_at"), _KEY_COLUMNS
+)
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,7 @@ class PlanCache:
         if not rows or self.state is None:
             return
         with self.state.transaction() as con:
-            con.executemany("INSERT OR REPLACE INTO chunk_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            con.executemany(_UPSERT, rows)
 
     def clear_memory(self) -> None:
         """Forget the in-memory LRU (the SQLite table stays)."""

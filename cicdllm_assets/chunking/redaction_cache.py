@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import StateStore, upsert_sql
 
 REDACTION_DDL = """
 CREATE TABLE IF NOT EXISTS redaction_cache (
@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS redaction_cache (
 ) WITHOUT ROWID;
 """
 _SQL_BATCH = 500
+_UPSERT = upsert_sql(
+    "redaction_cache", ("text_key", "detector", "redacted", "total", "created_at"), ("text_key", "detector")
+)
 
 
 @lru_cache(maxsize=1)
@@ -88,4 +91,4 @@ class RedactionCache:
         if not rows:
             return
         with self.state.transaction() as con:
-            con.executemany("INSERT OR REPLACE INTO redaction_cache VALUES (?, ?, ?, ?, ?)", rows)
+            con.executemany(_UPSERT, rows)

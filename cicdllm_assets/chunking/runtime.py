@@ -29,13 +29,13 @@ def token_counter(path: Path) -> TokenCounter:
         return counter
 
 
-def plan_cache(state_db: Path, lru_size: int) -> PlanCache:
+def plan_cache(state: str | Path, lru_size: int) -> PlanCache:
     """A shared :class:`PlanCache` per state database and LRU size."""
-    key = (str(Path(state_db).resolve()), lru_size)
+    key = (str(state if isinstance(state, str) else Path(state).resolve()), lru_size)
     with _lock:
         cache = _caches.get(key)
         if cache is None:
-            cache = PlanCache(StateStore(state_db), lru_size)
+            cache = PlanCache(StateStore(state), lru_size)
             _caches[key] = cache
         return cache
 
@@ -44,7 +44,7 @@ def chunker_for(settings: Settings) -> Chunker:
     """A :class:`Chunker` for the configured tokenizer, budget and cache (close it after use)."""
     choice = resolve_tokenizer(settings)
     counter = token_counter(choice.path)
-    cache = plan_cache(settings.state_db, settings.config.performance.cache_size)
+    cache = plan_cache(settings.state_target, settings.config.performance.cache_size)
     return Chunker(counter, choice.budget(settings.config.processing.chunk_max_tokens), cache, choice.source)
 
 

@@ -14,7 +14,7 @@ import click
 
 from cicdllm_assets.cli.common import load_settings_or_exit
 from cicdllm_assets.generation.ledger import Ledger
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import open_existing_state
 
 
 @click.command(name="retry-failed")
@@ -25,12 +25,10 @@ def command(category: str | None, repo: str | None, as_json: bool) -> None:
     """Reset the attempts of failed generation items so the next `cicdllm run` retries them."""
     settings = load_settings_or_exit()
     reset = 0
-    if settings.state_db.exists():
-        state = StateStore(settings.state_db)
-        try:
+    state = open_existing_state(settings.state_target)
+    if state is not None:
+        with state:
             reset = Ledger(state).reset_failed(repo=repo, category=category)
-        finally:
-            state.close()
     if as_json:
         click.echo(json.dumps({"reset": reset, "category": category, "repo": repo}))
         return

@@ -165,7 +165,7 @@ def command(ctx: click.Context, repos: tuple[str, ...], select: str | None, as_j
     install_stop_signals()
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     console = Console(stderr=True)
-    display = ProgressDisplay(settings.state_db, settings.config.ui.refresh_seconds, console=console)
+    display = ProgressDisplay(settings.state_target, settings.config.ui.refresh_seconds, console=console)
     with display:
         summary = run_pipeline(
             defs,

@@ -89,6 +89,11 @@ class Settings:
         return self.data_dir / "state.db"
 
     @property
+    def state_target(self) -> str | Path:
+        """Where the state store lives: ``storage.state_url`` (Postgres) or :attr:`state_db`."""
+        return self.config.storage.state_url or self.state_db
+
+    @property
     def models_dir(self) -> Path:
         """Prepared model directories (``cicdllm model prepare``)."""
         return self.data_dir / "models"

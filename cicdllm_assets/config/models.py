@@ -210,6 +210,28 @@ class StorageConfig(StrictModel):
 
     data_dir: str = Field(".cicdllm", description="tables, ledger, clones, models")
     dagster_home: str = Field(".dagster_home", description="used when DAGSTER_HOME is unset")
+    state_url: str | None = Field(
+        None, description="postgresql://... for ledger and live state in Postgres; default: SQLite in data_dir"
+    )
+    dagster_instance: Literal["sqlite", "postgres"] = Field(
+        "sqlite", description="storage of the dagster.yaml cicdllm writes: sqlite (local) or postgres"
+    )
+    dagster_postgres_url: str | None = Field(
+        None, description="postgresql://... for dagster_instance: postgres; default: state_url"
+    )
+
+    @field_validator("state_url", "dagster_postgres_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _dagster_url(self) -> StorageConfig:
+        if self.dagster_instance == "postgres" and not (self.dagster_postgres_url or self.state_url):
+            raise ValueError("dagster_instance: postgres needs dagster_postgres_url (or state_url)")
+        return self
 
 
 class SplitConfig(StrictModel):
@@ -264,7 +286,36 @@ class PerformanceConfig(StrictModel):
     battery_check_seconds: float = Field(30.0, gt=0, description="re-check interval while paused")
     cache_size: int = Field(256, ge=0, description="in-memory LRU entries (tokenizer, prompts)")
     max_parallel_repos: int = Field(2, ge=1, le=256, description="repo partitions run at once")
-    llm_pool_limit: int = Field(1, ge=1, le=1024, description="Dagster concurrency pool 'llm'")
+    llm_pool_limit: int = Field(
+        1, ge=1, le=1024, description="generation steps at once across all runs (Dagster pool 'llm')"
+    )
+    lease_seconds: float = Field(
+        120.0, ge=1.0, le=86400, description="an item claim's lifetime; a dead holder's items free up after it"
+    )
+
+
+class CeleryConfig(StrictModel):
+    """Celery broker for ``orchestration.executor: celery``."""
+
+    broker_url: str = Field("amqp://guest:guest@127.0.0.1:5672//", description="amqp://... (RabbitMQ) or redis://...")
+    backend_url: str | None = Field(None, description="result backend; default: rpc:// (or the broker if Redis)")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
+            raise ValueError("must be a redis:// or amqp:// URL")
+        return value
+
+
+class OrchestrationConfig(StrictModel):
+    """How Dagster executes the steps of a run."""
+
+    executor: Literal["in_process", "multiprocess", "celery"] = Field(
+        "in_process", description="in_process (one process), multiprocess (one per step) or celery (workers)"
+    )
+    max_concurrent_steps: int = Field(4, ge=1, le=1024, description="steps at once for multiprocess")
+    celery: CeleryConfig = Field(default_factory=CeleryConfig)
 
 
 class FinetuneConfig(StrictModel):
@@ -315,4 +366,5 @@ class AppConfig(StrictModel):
     export: ExportConfig = Field(default_factory=ExportConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)

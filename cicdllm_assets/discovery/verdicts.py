@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import StateStore, upsert_sql
 
 CHECKS_VERSION = "2"  # 2: a few bad bytes in UTF-8 are replaced, not read as a code page
 VERDICTS_DDL = """
@@ -28,6 +28,10 @@ CREATE TABLE IF NOT EXISTS blob_verdicts (
 ) WITHOUT ROWID;
 """
 _SQL_BATCH = 500
+_KEY_COLUMNS = ("blob_sha", "checks_version", "skip_generated")
+_UPSERT = upsert_sql(
+    "blob_verdicts", (*_KEY_COLUMNS, "kept", "category", "reason", "encoding", "line_count", "created_at"), _KEY_COLUMNS
+)
 
 
 @dataclass(frozen=True)
@@ -77,4 +81,4 @@ class VerdictCache:
         if not rows:
             return
         with self.state.transaction() as con:
-            con.executemany("INSERT OR REPLACE INTO blob_verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            con.executemany(_UPSERT, rows)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,17 +112,14 @@ class EvaluationHistory:
             )
 
 
-def read_history(con: sqlite3.Connection) -> list[HistoryRow]:
+def read_history(state: StateStore) -> list[HistoryRow]:
     """Every recorded evaluation, oldest first ([] when the table does not exist yet)."""
-    try:
-        rows = con.execute(
-            "SELECT created_at, dataset_version, adapter_key, model, status, test_examples,"
-            " test_base_loss, test_adapter_loss, valid_base_loss, valid_adapter_loss FROM evaluations ORDER BY id"
-        ).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
+    if TABLE not in state.tables():
+        return []
+    rows = state.query(
+        "SELECT created_at, dataset_version, adapter_key, model, status, test_examples,"
+        " test_base_loss, test_adapter_loss, valid_base_loss, valid_adapter_loss FROM evaluations ORDER BY id"
+    )
     return [HistoryRow(*tuple(row)) for row in rows]
 
 
@@ -131,4 +127,5 @@ def read_history_file(state_db: Path) -> list[HistoryRow]:
     """:func:`read_history` of the state database at ``state_db`` ([] if it does not exist)."""
     if not Path(state_db).exists():
         return []
-    return read_history(StateStore(state_db).connection())
+    with StateStore(state_db) as state:
+        return read_history(state)

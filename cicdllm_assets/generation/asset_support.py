@@ -72,7 +72,7 @@ def stage_env(context: AssetExecutionContext, stage: str) -> Iterator[StageEnv]:
     """
     repo = context.partition_key
     settings = context.resources.app_config.step_settings()
-    state = StateStore(settings.state_db)
+    state = StateStore(settings.state_target)
     try:
         try:
             prompts = prompt_manager(resolve_prompts_dir(settings))

@@ -1,4 +1,4 @@
-"""The generation ledger: one SQLite row per generated item, keyed by content.
+"""The generation ledger: one state-store row per generated item, keyed by content.
 
 A key hashes what determines the output (kind, chunk key, theme, template hash,
 model id, generation params and, for answers, the question), never run ids or
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
     trimmed INTEGER NOT NULL DEFAULT 0,
     max_tokens INTEGER NOT NULL DEFAULT 0,
     finish_reason TEXT,
+    seed_sent INTEGER,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -62,10 +62,12 @@ _COLUMNS = (
     "key", "kind", "repo", "chunk_key", "theme", "template_hash", "model_id", "params_json",
     "input_text", "status", "output", "parsed_json", "error_category", "error_message", "attempts",
     "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "latency_ms", "trimmed",
-    "max_tokens", "finish_reason", "created_at", "updated_at",
+    "max_tokens", "finish_reason", "seed_sent", "created_at", "updated_at",
 )
-_ADDED_COLUMNS = {"max_tokens": "INTEGER NOT NULL DEFAULT 0", "finish_reason": "TEXT"}
-"""Columns added after the first release: created on older databases by :class:`Ledger`."""
+LEDGER_VERSION = 3
+_ADDED_COLUMNS = {"max_tokens": "INTEGER NOT NULL DEFAULT 0", "finish_reason": "TEXT", "seed_sent": "INTEGER"}
+"""Columns added after version 1 (max_tokens, finish_reason in 2; seed_sent in 3): an older
+database gets them when a :class:`Ledger` opens it."""
 _SQLITE_MAX_VARS = 500
 
 OUTAGE_CATEGORIES = frozenset({"connection", "timeout", "circuit_open"})
@@ -143,6 +145,7 @@ class LedgerEntry:
     trimmed: int
     max_tokens: int
     finish_reason: str | None
+    seed_sent: int | None
     created_at: float
     updated_at: float
 
@@ -179,6 +182,8 @@ class Outcome:
     trimmed: bool = False
     max_tokens: int = 0
     finish_reason: str | None = None
+    seed_sent: bool | None = None
+    """Whether a sampling seed went with the request (OpenAI backend); None when not applicable."""
     uses_attempt: bool = True
     """False for an outage (see :func:`is_outage`): recorded, but the item keeps its attempts."""
 
@@ -190,41 +195,26 @@ def _conditions(filters: Mapping[str, str | None]) -> tuple[str, list[str]]:
 
 
 class Ledger:
-    """Reads and writes the ledger table in the StateStore's SQLite database."""
+    """Reads and writes the ledger table in the state store (SQLite or Postgres)."""
 
     def __init__(self, state: StateStore) -> None:
         self.state = state
-        state.ensure(LEDGER_TABLE, _DDL)
-        self._migrate()
-
-    def _migrate(self) -> None:
-        con = self.state.connection()
-        present = {row["name"] for row in con.execute(f"PRAGMA table_info({LEDGER_TABLE})")}
-        missing = [name for name in _ADDED_COLUMNS if name not in present]
-        if not missing:
-            return
-        with self.state.transaction() as tx:
-            present = {row["name"] for row in tx.execute(f"PRAGMA table_info({LEDGER_TABLE})")}
-            for name in missing:
-                if name not in present:  # another process may have added it meanwhile
-                    tx.execute(f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN {name} {_ADDED_COLUMNS[name]}")
+        state.ensure(LEDGER_TABLE, _DDL, LEDGER_VERSION, {LEDGER_TABLE: _ADDED_COLUMNS})
 
     def get_many(self, keys: Iterable[str]) -> dict[str, LedgerEntry]:
         """Stored entries for the given keys (absent keys are left out)."""
         wanted = list(dict.fromkeys(keys))
         found: dict[str, LedgerEntry] = {}
-        con = self.state.connection()
         for start in range(0, len(wanted), _SQLITE_MAX_VARS):
             batch = wanted[start:start + _SQLITE_MAX_VARS]
             marks = ",".join("?" * len(batch))
             # marks is only "?" placeholders; values are bound parameters.
-            rows = con.execute(
+            rows = self.state.query(
                 f"SELECT {', '.join(_COLUMNS)} FROM {LEDGER_TABLE} WHERE key IN ({marks})",  # noqa: S608
                 batch,
-            ).fetchall()
+            )
             for row in rows:
                 found[row["key"]] = LedgerEntry(**dict(row))
-        con.commit()  # end the implicit read transaction so WAL checkpoints are not held back
         return found
 
     def get(self, key: str) -> LedgerEntry | None:
@@ -242,7 +232,7 @@ class Ledger:
             int(outcome.uses_attempt), int(outcome.prompt_tokens), int(outcome.cached_prompt_tokens),
             int(outcome.completion_tokens),
             float(outcome.latency_ms), int(outcome.trimmed), int(outcome.max_tokens), outcome.finish_reason,
-            now, now,
+            None if outcome.seed_sent is None else int(outcome.seed_sent), now, now,
         )
         with self.state.transaction() as con:
             con.execute(
@@ -255,7 +245,8 @@ class Ledger:
                 " prompt_tokens = excluded.prompt_tokens, cached_prompt_tokens = excluded.cached_prompt_tokens,"
                 " completion_tokens = excluded.completion_tokens, latency_ms = excluded.latency_ms,"
                 " trimmed = excluded.trimmed, max_tokens = excluded.max_tokens,"
-                " finish_reason = excluded.finish_reason, updated_at = excluded.updated_at"
+                " finish_reason = excluded.finish_reason, seed_sent = excluded.seed_sent,"
+                " updated_at = excluded.updated_at"
                 f" WHERE {LEDGER_TABLE}.status != 'ok'",
                 values,
             )
@@ -267,14 +258,11 @@ class Ledger:
         with self.state.transaction() as con:
             return int(con.execute(sql, args).rowcount)
 
-    def _select(self, columns: str, repo: str | None, kind: str | None, tail: str) -> list[sqlite3.Row]:
+    def _select(self, columns: str, repo: str | None, kind: str | None, tail: str) -> list[Any]:
         """``SELECT columns`` of the ledger rows of ``repo`` and/or ``kind`` (None: any), then ``tail``."""
         where, args = _conditions({"repo": repo, "kind": kind})
         sql = f"SELECT {columns} FROM {LEDGER_TABLE} WHERE 1 = 1{where}"  # noqa: S608 - constant identifiers
-        con = self.state.connection()
-        rows = con.execute(f"{sql} {tail}", args).fetchall()
-        con.commit()  # end the implicit read transaction
-        return rows
+        return self.state.query(f"{sql} {tail}", args)
 
     def counts(self, repo: str | None = None, kind: str | None = None) -> dict[str, int]:
         """Rows by status, optionally for one repo and/or kind."""

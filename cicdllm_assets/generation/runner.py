@@ -24,6 +24,8 @@ from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import GenerationConfig
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.context import ContextOverflowError, MessageBuilder, fit_prompt
+from cicdllm_assets.generation.kinds import KINDS_VERSION, plan_kinds
+from cicdllm_assets.generation.leases import Leases
 from cicdllm_assets.generation.ledger import (
     Ledger,
     LedgerEntry,
@@ -54,6 +56,9 @@ WIDE_BATCH_FACTOR = 4
 
 MAX_CONSECUTIVE_BATCH_ERRORS = 2
 
+LEASE_POLL_SECONDS = 0.5
+"""How often a run re-reads the ledger for items another run holds."""
+
 
 class Log(Protocol):
     """The part of a logger (stdlib or Dagster's ``context.log``) the runner uses."""
@@ -72,6 +77,7 @@ class WorkItem:
     build: MessageBuilder
     desired_max_tokens: int
     n_questions: int = 0
+    kinds: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -180,7 +186,12 @@ class StageRunner:
         return pending, entries
 
     def run(self, work: Sequence[WorkItem], postprocess: Postprocess) -> RunStats:
-        """Generate what the ledger lacks, committing each result; raises CircuitOpenError."""
+        """Generate what the ledger lacks, committing each result; raises CircuitOpenError.
+
+        Each group's items are claimed (:class:`Leases`) before their requests are sent; an
+        item another live run holds is not sent but waited for, and read from the ledger
+        once that run finishes it (or claimed here once its lease expires).
+        """
         stats = RunStats()
         pending, entries = self.plan(work, stats)
         self.state.start_stage(self.repo, self.stage, total=stats.total, unit="items")
@@ -193,27 +204,82 @@ class StageRunner:
             f" {len(pending)} to generate, {stats.exhausted} failed with no attempts left"
         )
         width = max(1, self.gen.batch_size * WIDE_BATCH_FACTOR)
-        consecutive_errors = 0
-        for start in range(0, len(pending), width):
-            self.pause_hook()
-            group = pending[start:start + width]
-            try:
-                self._run_group(group, entries, postprocess, stats)
-                consecutive_errors = 0
-            except CircuitOpenError:
-                raise
-            except _BatchError as exc:
-                consecutive_errors += 1
-                if consecutive_errors >= MAX_CONSECUTIVE_BATCH_ERRORS:
-                    raise RuntimeError(
-                        f"{self.stage}: the backend failed {consecutive_errors} batches in a row: {exc.cause}"
-                    ) from exc.cause
-            done = min(start + width, len(pending))
-            self.log.info(
-                f"{self.stage}: {done}/{len(pending)} sent, {stats.generated} ok, {stats.failed} failed,"
-                f" {stats.completion_tokens} completion tokens at {stats.tokens_per_second:.1f} tok/s"
-            )
+        errors = [0]
+        with Leases(self.state, self.settings.config.performance.lease_seconds) as leases:
+            waiting: list[WorkItem] = []
+            for start in range(0, len(pending), width):
+                group = pending[start:start + width]
+                waiting += self._claim_and_run(leases, group, entries, postprocess, stats, errors)
+                done = min(start + width, len(pending))
+                self.log.info(
+                    f"{self.stage}: {done}/{len(pending)} planned, {stats.generated} ok, {stats.failed} failed,"
+                    f" {len(waiting)} held by other runs, {stats.completion_tokens} completion tokens"
+                    f" at {stats.tokens_per_second:.1f} tok/s"
+                )
+            if waiting:
+                self.log.info(f"{self.stage}: waiting for {len(waiting)} items another run holds")
+            while waiting:
+                time.sleep(LEASE_POLL_SECONDS)
+                waiting = self._settled_elsewhere(waiting, entries, stats)
+                still: list[WorkItem] = []
+                for start in range(0, len(waiting), width):
+                    group = waiting[start:start + width]
+                    still += self._claim_and_run(leases, group, entries, postprocess, stats, errors)
+                waiting = still
         return stats
+
+    def _claim_and_run(
+        self,
+        leases: Leases,
+        group: Sequence[WorkItem],
+        entries: dict[str, LedgerEntry],
+        postprocess: Postprocess,
+        stats: RunStats,
+        errors: list[int],
+    ) -> list[WorkItem]:
+        """Claim ``group``, send what we hold and still lacks a result; return the items others hold."""
+        held = leases.claim([w.item.key for w in group])
+        if not held:
+            return list(group)
+        # Another holder may have finished an item between our plan and our claim.
+        todo = self._settled_elsewhere([w for w in group if w.item.key in held], entries, stats)
+        self.pause_hook()
+        try:
+            self._run_group(todo, entries, postprocess, stats)
+            errors[0] = 0
+        except CircuitOpenError:
+            raise
+        except _BatchError as exc:
+            errors[0] += 1
+            if errors[0] >= MAX_CONSECUTIVE_BATCH_ERRORS:
+                raise RuntimeError(
+                    f"{self.stage}: the backend failed {errors[0]} batches in a row: {exc.cause}"
+                ) from exc.cause
+        finally:
+            leases.release(held)
+        return [w for w in group if w.item.key not in held]
+
+    def _settled_elsewhere(
+        self, items: Sequence[WorkItem], entries: dict[str, LedgerEntry], stats: RunStats
+    ) -> list[WorkItem]:
+        """Count items another run finished (ok, or failed with no attempts left); return the rest."""
+        fresh = self.ledger.get_many(w.item.key for w in items)
+        rest: list[WorkItem] = []
+        for w in items:
+            entry = fresh.get(w.item.key)
+            if entry is None or entry.needs_attempt(self.gen.max_attempts):
+                rest.append(w)
+                if entry is not None:
+                    entries[w.item.key] = entry  # its attempt count seeds the retry's seed
+                continue
+            entries[w.item.key] = entry
+            if entry.ok:
+                stats.reused += 1
+                self.state.advance(self.repo, self.stage, done=1)
+            else:
+                stats.exhausted += 1
+                self.state.advance(self.repo, self.stage, done=0, failed=1)
+        return rest
 
     def _show_exhausted(self, work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]) -> None:
         """Keep failures that will not be retried visible to the viewer after the clear."""
@@ -340,6 +406,7 @@ class StageRunner:
             trimmed=trimmed,
             max_tokens=max_tokens,
             finish_reason=result.finish_reason or None,
+            seed_sent=_seed_sent(result.extra),
         )
         self._record(w, outcome, stats)
 
@@ -392,6 +459,7 @@ def question_params(gen: GenerationConfig) -> dict[str, Any]:
     return {
         "max_tokens": gen.question_max_tokens,
         "n_questions": gen.questions_per_chunk,
+        "question_kinds": KINDS_VERSION,
         **_sampling_params(gen),
     }
 
@@ -399,6 +467,17 @@ def question_params(gen: GenerationConfig) -> dict[str, Any]:
 def answer_params(gen: GenerationConfig) -> dict[str, Any]:
     """Generation params that shape an answer item (part of its key)."""
     return {"max_tokens": gen.effective_answer_max_tokens, **_sampling_params(gen)}
+
+
+def _seed_sent(extra: Mapping[str, object]) -> bool | None:
+    """Whether the backend sent a sampling seed with the request (provenance), if it says."""
+    value = extra.get("seed_sent")
+    return value if isinstance(value, bool) else None
+
+
+def _stored_flag(value: int | None) -> bool | None:
+    """A nullable ledger flag (0/1/NULL) as a row value."""
+    return None if value is None else bool(value)
 
 
 def _chunk_columns(chunk: Chunk) -> dict[str, Any]:
@@ -441,33 +520,39 @@ QUESTIONS_SCHEMA = pa.schema([
     ("license", pa.string()),
     ("language", pa.string()),
     ("question_index", pa.int32()),
+    ("kind", pa.string()),
     ("generation_key", pa.string()),
     ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()),
     ("latency_ms", pa.float64()),
     ("trimmed", pa.bool_()),
     ("finish_reason", pa.string()),
+    ("seed_sent", pa.bool_()),
 ])
 
 
 def plan_questions(
     chunks: Sequence[Chunk], themes: Sequence[ThemeTemplate], model_id: str, gen: GenerationConfig, repo: str
 ) -> list[WorkItem]:
-    """One question item per chunk x theme, in chunk order (themes of a chunk together)."""
-    params = question_params(gen)
-    pjson = params_json(params)
+    """One question item per chunk x theme, in chunk order (themes of a chunk together); the
+    chunk's question kinds are planned across its themes (:func:`plan_kinds`, seeded by the chunk's
+    code) and are part of each item's key (its params), like everything else its prompt shows."""
     work = []
     for chunk in chunks:
+        kinds = plan_kinds(chunk.text, [theme.name for theme in themes], gen.questions_per_chunk)
         for theme in themes:
+            params = {**question_params(gen), "kinds": list(kinds[theme.name])}  # the prompt names them
+            pjson = params_json(params)
             key = item_key("question", theme.chunk_input(chunk, "question"), theme.name, theme.question_hash,
                            model_id, params)
             item = LedgerItem(key, "question", repo, chunk.chunk_key, theme.name, theme.question_hash, model_id, pjson)
             work.append(WorkItem(
                 item=item,
                 chunk=chunk,
-                build=theme.question_builder(chunk, gen.questions_per_chunk),
+                build=theme.question_builder(chunk, gen.questions_per_chunk, kinds[theme.name]),
                 desired_max_tokens=gen.question_max_tokens,
                 n_questions=gen.questions_per_chunk,
+                kinds=kinds[theme.name],
             ))
     return work
 
@@ -513,12 +598,14 @@ def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]
                 "params": entry.params_json,
                 **_chunk_columns(chunk),
                 "question_index": index,
+                "kind": w.kinds[index] if index < len(w.kinds) else None,
                 "generation_key": entry.key,
                 "prompt_tokens": entry.prompt_tokens,
                 "completion_tokens": entry.completion_tokens,
                 "latency_ms": entry.latency_ms,
                 "trimmed": bool(entry.trimmed),
                 "finish_reason": entry.finish_reason,
+                "seed_sent": _stored_flag(entry.seed_sent),
             })
     return pa.Table.from_pylist(rows, schema=QUESTIONS_SCHEMA)
 
@@ -534,6 +621,7 @@ ANSWERS_SCHEMA = pa.schema([
     ("template_hash", pa.string()),
     ("question_template_hash", pa.string()),
     ("question", pa.string()),
+    ("question_kind", pa.string()),
     ("answer", pa.string()),
     ("model_id", pa.string()),
     ("params", pa.string()),
@@ -544,6 +632,7 @@ ANSWERS_SCHEMA = pa.schema([
     ("trimmed", pa.bool_()),
     ("max_tokens", pa.int64()),
     ("finish_reason", pa.string()),
+    ("seed_sent", pa.bool_()),
     ("path", pa.string()),
     ("start_line", pa.int64()),
     ("end_line", pa.int64()),
@@ -631,6 +720,7 @@ def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry]
             "template_hash": entry.template_hash,
             "question_template_hash": str(question.get("template_hash") or ""),
             "question": entry.input_text or str(question["question"]),
+            "question_kind": question.get("kind"),
             "answer": entry.output or "",
             "model_id": entry.model_id,
             "params": entry.params_json,
@@ -641,6 +731,7 @@ def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry]
             "trimmed": bool(entry.trimmed),
             "max_tokens": entry.max_tokens,
             "finish_reason": entry.finish_reason,
+            "seed_sent": _stored_flag(entry.seed_sent),
             **_chunk_columns(chunk),
         })
     return pa.Table.from_pylist(rows, schema=ANSWERS_SCHEMA)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import psutil
 
 from cicdllm_assets.config import ConfigError, Settings, load_settings
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import StateStore, upsert_sql
 
 _logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS battery_pauses (
     updated_at REAL NOT NULL
 );
 """
+_PAUSE_COLUMNS = ("pid", "paused", "percent", "power_plugged", "threshold", "since", "updated_at")
 
 #: A paused row not refreshed for this long (its process died) is ignored by the viewer.
 STALE_AFTER_MIN_SECONDS = 120.0
@@ -88,10 +89,10 @@ def should_pause(reading: BatteryReading | None, threshold_percent: float) -> bo
 
 def _state(settings: Settings) -> StateStore | None:
     try:
-        store = StateStore(settings.state_db)
+        store = StateStore(settings.state_target)
         store.ensure("battery", BATTERY_DDL)
     except Exception as exc:  # the pause itself must not fail because state is unavailable
-        _logger.warning("battery: cannot open state store %s: %s", settings.state_db, exc)
+        _logger.warning("battery: cannot open state store: %s", exc)
         return None
     return store
 
@@ -102,9 +103,10 @@ def _record(store: StateStore | None, reading: BatteryReading | None, threshold:
     try:
         with store.transaction() as con:
             con.execute(
-                "INSERT OR REPLACE INTO battery_pauses VALUES (?, 1, ?, ?, ?, ?, ?)",
+                upsert_sql("battery_pauses", _PAUSE_COLUMNS, ("pid",)),
                 (
                     os.getpid(),
+                    1,
                     None if reading is None else reading.percent,
                     None if reading is None or reading.power_plugged is None else int(reading.power_plugged),
                     threshold,
@@ -237,31 +239,26 @@ class BatteryStatus:
         }
 
 
-def paused_since(con: Any, check_seconds: float, now: float | None = None) -> float | None:
-    """Earliest start of a live pause in ``battery_pauses`` (a sqlite3 connection), or None."""
+def paused_since(store: StateStore, check_seconds: float, now: float | None = None) -> float | None:
+    """Earliest start of a live pause in ``battery_pauses``, or None."""
     now = time.time() if now is None else now
     stale = max(STALE_AFTER_MIN_SECONDS, 3 * check_seconds)
-    exists = con.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'battery_pauses'"
-    ).fetchone()
-    if not exists:
+    if "battery_pauses" not in store.tables():
         return None
-    row = con.execute(
-        "SELECT MIN(since) FROM battery_pauses WHERE paused = 1 AND updated_at >= ?", (now - stale,)
-    ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
+    rows = store.query("SELECT MIN(since) FROM battery_pauses WHERE paused = 1 AND updated_at >= ?", (now - stale,))
+    return None if not rows or rows[0][0] is None else float(rows[0][0])
 
 
 def battery_status(
-    settings: Settings, con: Any | None = None, reader: BatteryReader | None = None
+    settings: Settings, store: StateStore | None = None, reader: BatteryReader | None = None
 ) -> BatteryStatus:
     """Current battery reading plus the pause state recorded by running processes."""
     reading = (reader or read_battery)()
     perf = settings.config.performance
     since: float | None = None
-    if con is not None:
+    if store is not None:
         try:
-            since = paused_since(con, perf.battery_check_seconds)
+            since = paused_since(store, perf.battery_check_seconds)
         except Exception as exc:  # a locked or half-created db must not break the viewer
             _logger.debug("battery: cannot read pause state: %s", exc)
     return BatteryStatus(reading, since is not None, perf.battery_pause_percent, since)

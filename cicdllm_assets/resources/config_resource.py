@@ -32,4 +32,4 @@ class AppConfigResource(ConfigurableResource):
 
     def state(self) -> StateStore:
         """The live-state SQLite store under the configured data dir."""
-        return StateStore(self.settings().state_db)
+        return StateStore(self.settings().state_target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,14 +16,20 @@ from cicdllm_assets.config import Settings
 
 logger = logging.getLogger(__name__)
 
+LLM_POOL = "llm"
+"""The pool of the generation assets (questions, answers)."""
+
+DAGSTER_YAML_MARKER = "# Written by cicdllm"
 DAGSTER_YAML_TEMPLATE = """\
-# Written by cicdllm for a project-local Dagster instance (SQLite storage in this folder).
-# For a cluster, point storage at Postgres and pick a run launcher here; no code changes.
+# Written by cicdllm from cicdllm.yaml (storage, performance); rewritten when those change.
+# Delete this first line to keep your own edits.
 telemetry:
   enabled: false
-concurrency:
+{storage}concurrency:
   runs:
     max_concurrent_runs: {max_runs}   # performance.max_parallel_repos: repo runs at once
+  pools:
+    default_limit: {pool_limit}   # performance.llm_pool_limit: generation steps (pool 'llm') at once, all runs
 run_monitoring:
   enabled: true
   start_timeout_seconds: 300   # a launched run whose process never starts is failed
@@ -32,6 +39,28 @@ run_retries:
   max_retries: 1                        # a run that died outside its steps is retried once
   retry_on_asset_or_op_failure: false   # step failures already had their step retries
 """
+_POSTGRES_STORAGE = """\
+storage:   # storage.dagster_instance: postgres (runs, event log, schedules)
+  postgres:
+    postgres_url: "{url}"
+run_coordinator:   # runs queue, the daemon launches up to max_concurrent_runs
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+"""
+
+
+def dagster_yaml(settings: Settings) -> str:
+    """The dagster.yaml for ``settings``: SQLite storage in DAGSTER_HOME, or Postgres; run and pool limits."""
+    storage = settings.config.storage
+    section = ""
+    if storage.dagster_instance == "postgres":
+        url = str(storage.dagster_postgres_url or storage.state_url)
+        # dagster-postgres is built on psycopg2; SQLAlchemy 2.1's default driver is psycopg 3.
+        section = _POSTGRES_STORAGE.format(url=re.sub(r"^postgres(?:ql)?://", "postgresql+psycopg2://", url))
+    perf = settings.config.performance
+    return DAGSTER_YAML_TEMPLATE.format(
+        storage=section, max_runs=perf.max_parallel_repos, pool_limit=perf.llm_pool_limit
+    )
 
 
 LOCK_FILE = ".cicdllm-instance.lock"
@@ -77,16 +106,20 @@ def ensure_dagster_home(settings: Settings) -> Path:
         raise InstanceError(f"cannot create DAGSTER_HOME {home}: {exc.strerror}") from exc
     os.environ["DAGSTER_HOME"] = str(home)
     config = home / "dagster.yaml"
+    wanted = dagster_yaml(settings)
     with instance_lock(home):  # a concurrent process must never read a half-written file
-        if not config.exists():
-            max_runs = settings.config.performance.max_parallel_repos
-            config.write_text(DAGSTER_YAML_TEMPLATE.format(max_runs=max_runs), encoding="utf-8")
+        current = config.read_text(encoding="utf-8") if config.exists() else None
+        if current is None or (current.startswith(DAGSTER_YAML_MARKER) and current != wanted):
+            tmp = config.with_name(f".dagster.yaml.{os.getpid()}.tmp")
+            tmp.write_text(wanted, encoding="utf-8")
+            tmp.replace(config)  # atomic: a concurrent reader sees the old or the new file
             logger.info("wrote %s", config)
     return home
 
 
 def open_instance(settings: Settings) -> DagsterInstance:
-    """The persistent instance at ``settings.dagster_home`` (prepared first)."""
+    """The persistent instance at ``settings.dagster_home`` (prepared first), its pool ``llm``
+    limited to ``performance.llm_pool_limit`` (also when the pool existed with another limit)."""
     home = ensure_dagster_home(settings)
     try:
         with instance_lock(home):
@@ -96,6 +129,17 @@ def open_instance(settings: Settings) -> DagsterInstance:
             instance.event_log_storage.get_asset_records([])
             if instance.schedule_storage is not None:
                 instance.schedule_storage.all_instigator_state()
+            apply_pool_limit(instance, settings.config.performance.llm_pool_limit)
             return instance
     except Exception as exc:  # dagster raises several types for a broken dagster.yaml
         raise InstanceError(f"cannot open the Dagster instance in {home}: {exc}") from exc
+
+
+def apply_pool_limit(instance: DagsterInstance, limit: int, pool: str = LLM_POOL) -> None:
+    """Set the instance's concurrency pool ``pool`` to ``limit`` slots (all runs share them)."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        logger.warning("the Dagster instance does not support pool limits; pool %r is not limited", pool)
+        return
+    if storage.get_concurrency_info(pool).slot_count != limit:
+        storage.set_concurrency_slots(pool, limit)

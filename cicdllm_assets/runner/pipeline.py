@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -52,7 +51,7 @@ from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
 from cicdllm_assets.runner.liveness import HOST_TAG, PID_TAG, TRIGGER_TAG, dead_process
 from cicdllm_assets.runner.outcome import RunSummary, StepOutcome
 from cicdllm_assets.runner.selection import PlannedSelection
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import STATE_ERRORS, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -158,13 +157,11 @@ def _failure_reason(events: Sequence[DagsterEvent]) -> str:
 
 def _item_failures(settings: Settings, repo: str, since: float) -> int:
     try:
-        con = StateStore(settings.state_db).connection()
-        row = con.execute(
-            "SELECT COUNT(*) FROM failures WHERE repo = ? AND created_at >= ?", (repo, since)
-        ).fetchone()
-    except sqlite3.Error:
+        with StateStore(settings.state_target) as state:
+            rows = state.query("SELECT COUNT(*) FROM failures WHERE repo = ? AND created_at >= ?", (repo, since))
+    except STATE_ERRORS:
         return 0
-    return int(row[0]) if row else 0
+    return int(rows[0][0]) if rows else 0
 
 
 GENERATION_ASSETS = ("questions", "answers")
@@ -208,6 +205,17 @@ def _classify(outcome: StepOutcome, before: _Snapshot, after: _Snapshot) -> None
         )
 
 
+def free_pool_slots(instance: DagsterInstance, run_id: str) -> None:
+    """Give back the pool slots (``llm``) a run that ended outside its steps still holds.
+
+    The daemon does this for the runs it watches; a ``cicdllm run`` has no daemon, so a
+    canceled or reaped run would otherwise keep the slot and stall every later generation step.
+    """
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        storage.free_concurrency_slots_for_run(run_id)
+
+
 def reap_orphaned_runs(instance: DagsterInstance) -> list[str]:
     """Mark failed the CLI runs on this host still ``STARTED`` whose process is gone."""
     reaped: list[str] = []
@@ -216,6 +224,7 @@ def reap_orphaned_runs(instance: DagsterInstance) -> list[str]:
         if pid is None:
             continue
         instance.report_run_failed(run, f"the cicdllm process that ran it (pid {pid}) is gone")
+        free_pool_slots(instance, run.run_id)
         reaped.append(run.run_id)
         logger.warning("marked orphaned run %s (pid %s) as failed", run.run_id, pid)
     return reaped
@@ -226,15 +235,16 @@ def _cancel(instance: DagsterInstance, settings: Settings, run_id: str, partitio
     run = instance.get_run_by_id(run_id)
     if run is not None and run.status in _LIVE_STATUSES:
         instance.report_run_canceled(run, "interrupted by the user (Ctrl-C / SIGTERM)")
+        free_pool_slots(instance, run_id)
     if partition is None:
         return
     try:
-        state = StateStore(settings.state_db)
-        for row in state.progress(partition):
-            if row.status == "running":
-                state.finish_stage(partition, row.stage, "interrupted")
-        state.log_event("warning", "run interrupted by the user", repo=partition)
-    except sqlite3.Error as exc:
+        with StateStore(settings.state_target) as state:
+            for row in state.progress(partition):
+                if row.status == "running":
+                    state.finish_stage(partition, row.stage, "interrupted")
+            state.log_event("warning", "run interrupted by the user", repo=partition)
+    except STATE_ERRORS as exc:
         logger.debug("could not mark interrupted stages: %s", exc)
 
 

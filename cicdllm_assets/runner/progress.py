@@ -7,13 +7,12 @@ WAL database; this display only reads it, so it never slows or blocks a run.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import sys
 import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeGuard
 
 from rich.console import Console, Group
 from rich.file_proxy import FileProxy
@@ -23,32 +22,36 @@ from rich.table import Table
 from rich.text import Text
 
 from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
-from cicdllm_assets.storage.state import StageProgress, StateStore
+from cicdllm_assets.storage.state import STATE_ERRORS, StageProgress, open_state_readonly
 
 logger = logging.getLogger(__name__)
 
 _STATUS_STYLE = {"running": "yellow", "done": "green", "failed": "red", "skipped": "dim", "interrupted": "magenta"}
 
 
-def read_progress(state_db: Path, since: float) -> list[StageProgress]:
+def read_progress(state: str | Path, since: float) -> list[StageProgress]:
     """Stage rows updated at or after ``since`` (empty when the database does not exist yet)."""
-    if not state_db.exists():
-        return []
     try:
-        rows = StateStore(state_db).progress()
-    except sqlite3.Error as exc:
+        store = open_state_readonly(state)
+        if store is None:
+            return []
+        with store:
+            rows = store.progress()
+    except STATE_ERRORS as exc:
         logger.debug("progress read failed: %s", exc)
         return []
     return [row for row in rows if row.updated_at >= since]
 
 
-def read_loads(state_db: Path) -> dict[tuple[str, str], LLMLoad]:
+def read_loads(state: str | Path) -> dict[tuple[str, str], LLMLoad]:
     """The model server's load per (repo, stage) as the generation stages last saw it."""
-    if not state_db.exists():
-        return {}
     try:
-        return read_llm_load(StateStore(state_db).connection())
-    except sqlite3.Error as exc:
+        store = open_state_readonly(state)
+        if store is None:
+            return {}
+        with store:
+            return read_llm_load(store)
+    except STATE_ERRORS as exc:
         logger.debug("llm load read failed: %s", exc)
         return {}
 
@@ -106,14 +109,24 @@ def render_progress(
     return table
 
 
+def _routable(handler: logging.Handler) -> TypeGuard[logging.StreamHandler[Any]]:
+    """A terminal stream handler whose stream can be swapped (not a file, not logging's
+    ``lastResort`` handler, whose ``stream`` is a read-only property)."""
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and not isinstance(getattr(type(handler), "stream", None), property)
+    )
+
+
 class ProgressDisplay:
     """Context manager: a rich Live view refreshed from the state store in a thread.
 
     When the console is not a terminal, it prints one line per repo event instead.
     """
 
-    def __init__(self, state_db: Path, refresh_seconds: float, console: Console | None = None) -> None:
-        self.state_db = state_db
+    def __init__(self, state: str | Path, refresh_seconds: float, console: Console | None = None) -> None:
+        self.state = state
         self.refresh_seconds = max(0.25, refresh_seconds)
         self.console = console or Console(stderr=True)
         self.runs: dict[str, str] = {}
@@ -129,7 +142,7 @@ class ProgressDisplay:
     def _renderable(self) -> Group:
         with self._lock:
             runs = dict(self.runs)
-        return Group(render_progress(read_progress(self.state_db, self.since), runs, loads=read_loads(self.state_db)))
+        return Group(render_progress(read_progress(self.state, self.since), runs, loads=read_loads(self.state)))
 
     def _poll(self) -> None:
         while not self._stop.wait(self.refresh_seconds):
@@ -167,7 +180,7 @@ class ProgressDisplay:
         ]
         for item in loggers:
             for handler in item.handlers:
-                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                if _routable(handler):
                     stream = handler.stream
                     if id(stream) in terminal:
                         handler.setStream(FileProxy(self.console, stream))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from cicdllm_assets.finetune.history import HistoryRow, read_history
 from cicdllm_assets.performance.battery import BatteryReader, BatteryStatus, battery_status
 from cicdllm_assets.runner.liveness import DEAD_STATUS, dead_process
 from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
+from cicdllm_assets.storage.state import STATE_ERRORS, StateStore, open_state_readonly
 
 _logger = logging.getLogger(__name__)
 
@@ -379,31 +379,17 @@ def read_table_counts(tables_dir: Path, errors: list[str] | None = None) -> dict
     return counts
 
 
-# ----------------------------------------------------------------------------- SQLite
-def open_state_readonly(state_db: Path) -> sqlite3.Connection | None:
-    """A short-timeout connection for reading the StateStore, or None if it does not exist.
-
-    It only ever runs SELECTs, so in WAL mode it never blocks a writer.
-    """
-    if not state_db.exists():
-        return None
-    con = sqlite3.connect(str(state_db), timeout=SQLITE_TIMEOUT_SECONDS, check_same_thread=False)
-    con.execute("PRAGMA query_only = 1")
-    con.row_factory = sqlite3.Row
-    return con
+# ----------------------------------------------------------------------------- state store
+def _tables(con: StateStore) -> set[str]:
+    return con.tables()
 
 
-def _tables(con: sqlite3.Connection) -> set[str]:
-    rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    return {row[0] for row in rows}
+def _columns(con: StateStore, table: str) -> set[str]:
+    return con.columns(table)
 
 
-def _columns(con: sqlite3.Connection, table: str) -> set[str]:
-    return {row[1] for row in con.execute(f"PRAGMA table_info({table})").fetchall()}
-
-
-def _query(con: sqlite3.Connection, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-    return _retry("sqlite read", lambda: con.execute(sql, tuple(args)).fetchall(), (sqlite3.OperationalError,))
+def _query(con: StateStore, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+    return _retry("state read", lambda: con.query(sql, tuple(args)), STATE_ERRORS)
 
 
 def _stage_key(stage: str) -> tuple[int, str]:
@@ -426,7 +412,7 @@ def _rate_and_eta(done: int, total: int, started: float | None, updated: float |
     return rate, eta
 
 
-def read_stage_progress(con: sqlite3.Connection, now: float) -> list[StageStatus]:
+def read_stage_progress(con: StateStore, now: float) -> list[StageStatus]:
     """Per-repo stage rows with rate (units/min) and ETA."""
     if "stage_progress" not in _tables(con):
         return []
@@ -480,7 +466,7 @@ def summarize_stages(stages: list[StageStatus], now: float) -> list[StageStatus]
     return summary
 
 
-def read_failures(con: sqlite3.Connection, limit: int) -> tuple[list[FailureInfo], dict[str, dict[str, int]]]:
+def read_failures(con: StateStore, limit: int) -> tuple[list[FailureInfo], dict[str, dict[str, int]]]:
     """Newest failures (up to ``limit``) and ``{repo: {category: count}}`` over all of them."""
     if "failures" not in _tables(con):
         return [], {}
@@ -495,7 +481,7 @@ def read_failures(con: sqlite3.Connection, limit: int) -> tuple[list[FailureInfo
     return [FailureInfo(**dict(row)) for row in rows], counts
 
 
-def read_events(con: sqlite3.Connection, limit: int) -> list[EventInfo]:
+def read_events(con: StateStore, limit: int) -> list[EventInfo]:
     """The last ``limit`` events, oldest first (newest last, like a log tail)."""
     if "events" not in _tables(con):
         return []
@@ -503,21 +489,22 @@ def read_events(con: sqlite3.Connection, limit: int) -> list[EventInfo]:
     return [EventInfo(**dict(row)) for row in reversed(rows)]
 
 
-def read_repo_info(con: sqlite3.Connection) -> dict[str, str | None]:
+def read_repo_info(con: StateStore) -> dict[str, str | None]:
     """``{repo: head_commit}`` recorded by the repositories asset."""
     if "repo_info" not in _tables(con):
         return {}
     return {str(row["repo"]): row["head_commit"] for row in _query(con, "SELECT repo, head_commit FROM repo_info")}
 
 
-def read_ledger_counts(con: sqlite3.Connection) -> dict[str, dict[str, int]]:
+def read_ledger_counts(con: StateStore) -> dict[str, dict[str, int]]:
     """``{repo: {"questions": n, "answers": n}}`` generated so far, from the generation ledger
     (committed item by item, so it is current while a stage runs or after it was killed)."""
     if "generation_ledger" not in _tables(con):
         return {}
+    length = "json_array_length(parsed_json::json)" if con.postgres else "json_array_length(parsed_json)"
     rows = _query(
         con,
-        "SELECT repo, kind, sum(CASE WHEN kind = 'question' THEN coalesce(json_array_length(parsed_json), 0)"
+        f"SELECT repo, kind, sum(CASE WHEN kind = 'question' THEN coalesce({length}, 0)"  # noqa: S608 - constant
         " ELSE 1 END) AS n FROM generation_ledger WHERE status = 'ok' GROUP BY repo, kind",
     )
     counts: dict[str, dict[str, int]] = {}
@@ -529,7 +516,7 @@ def read_ledger_counts(con: sqlite3.Connection) -> dict[str, dict[str, int]]:
 _TOKEN_TIME_COLUMNS = ("finished_at", "completed_at", "updated_at", "created_at", "ts")
 
 
-def read_tokens_per_second(con: sqlite3.Connection, window_seconds: float, now: float) -> float | None:
+def read_tokens_per_second(con: StateStore, window_seconds: float, now: float) -> float | None:
     """Generated tokens/s over the last ``window_seconds``, from any ledger table that records
     ``completion_tokens`` with a timestamp (the generation ledger); None if there is none."""
     best: float | None = None
@@ -697,7 +684,7 @@ def read_dynamic_partitions(dagster_home: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- resources
-def read_resources(settings: Settings, con: sqlite3.Connection | None,
+def read_resources(settings: Settings, con: StateStore | None,
                    battery_reader: BatteryReader | None = None) -> ResourceInfo:
     """CPU, memory and battery (with the pause state recorded by runs)."""
     memory = psutil.virtual_memory()
@@ -734,9 +721,9 @@ def collect_status(
     tokens_per_second: float | None = None
     evaluations: list[HistoryRow] = []
     llm_load: list[LLMLoad] = []
-    con: sqlite3.Connection | None = None
+    con: StateStore | None = None
     try:
-        con = open_state_readonly(settings.state_db)
+        con = open_state_readonly(settings.state_target, int(SQLITE_TIMEOUT_SECONDS * 1000))
         if con is not None:
             stages = read_stage_progress(con, now)
             failures, failure_counts = read_failures(con, failures_limit)
@@ -747,7 +734,7 @@ def collect_status(
             evaluations = read_history(con)[-EVALUATIONS_SHOWN:]
             running = {(s.repo, s.stage) for s in stages if s.status == "running"}
             llm_load = [load for key, load in sorted(read_llm_load(con).items()) if key in running]
-    except sqlite3.Error as exc:
+    except STATE_ERRORS as exc:
         errors.append(f"state store: {exc}")
 
     partitions: list[str] = []

@@ -7,12 +7,11 @@ run``'s progress and the viewer read them (:func:`read_llm_load`).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import StateStore, upsert_sql
 
 TABLE = "llm_load"
 
@@ -29,6 +28,8 @@ CREATE TABLE IF NOT EXISTS llm_load (
     PRIMARY KEY (repo, stage)
 );
 """
+_COLUMNS = ("repo", "stage", "concurrency_limit", "max_concurrency", "in_flight", "latency_ms", "server", "updated_at")
+_UPSERT = upsert_sql(TABLE, _COLUMNS, ("repo", "stage"))
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def write_llm_load(state: StateStore, repo: str, stage: str, status: Mapping[str
     latency = status.get("latency_ms")
     with state.transaction() as con:
         con.execute(
-            "INSERT OR REPLACE INTO llm_load VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            _UPSERT,
             (
                 repo,
                 stage,
@@ -71,14 +72,13 @@ def write_llm_load(state: StateStore, repo: str, stage: str, status: Mapping[str
         )
 
 
-def read_llm_load(con: sqlite3.Connection) -> dict[tuple[str, str], LLMLoad]:
+def read_llm_load(state: StateStore) -> dict[tuple[str, str], LLMLoad]:
     """Every stored row by (repo, stage); empty when no stage has written one."""
-    exists = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)).fetchone()
-    if not exists:
+    if TABLE not in state.tables():
         return {}
-    rows = con.execute(
+    rows = state.query(
         "SELECT repo, stage, concurrency_limit, max_concurrency, in_flight, latency_ms, server, updated_at"
         " FROM llm_load"
-    ).fetchall()
+    )
     loads = [LLMLoad(*tuple(row)) for row in rows]
     return {(load.repo, load.stage): load for load in loads}

@@ -1,22 +1,43 @@
-"""Live state in SQLite (WAL): stage progress, failures and events the viewer reads.
+"""Live state outside the Parquet tables: one interface, two backends.
 
-WAL lets one writer and any number of readers work at once; ``busy_timeout`` makes
-concurrent writers from parallel run processes wait instead of failing. Other modules
-(the generation ledger, the token cache) add their tables with :meth:`StateStore.ensure`.
+Stage progress, failures and events the viewer reads, plus the tables other modules add
+with :meth:`StateStore.ensure` (generation ledger, item leases, chunk-plan, verdict and
+redaction caches) live in one database:
+
+- **SQLite** (the default, ``<data_dir>/state.db``, WAL): one writer and any number of
+  readers at once; ``busy_timeout`` makes concurrent writers from parallel run processes on
+  one machine wait instead of failing. Not for a network filesystem (its locks do not hold).
+- **PostgreSQL** (``storage.state_url: postgresql://…``, psycopg 3): for several machines.
+
+SQL is written once with ``?`` placeholders and portable statements (``INSERT … ON
+CONFLICT``, see :func:`upsert_sql`); DDL is written for SQLite and translated for Postgres
+(:func:`pg_ddl`). Every component's schema is versioned in ``schema_versions``: an older
+database is migrated (tables created, added columns added), a newer one is refused with
+:class:`StateSchemaError`. Use a store as a context manager so its connections are closed.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psycopg
 
 BUSY_TIMEOUT_MS = 60_000
 
+STATE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+"""What a state operation raises on a database error, on either backend."""
+
+CORE_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stage_progress (
     repo TEXT NOT NULL,
@@ -54,20 +75,127 @@ CREATE TABLE IF NOT EXISTS repo_info (
     updated_at REAL NOT NULL
 );
 """
+_VERSIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_versions ("
+    " component TEXT PRIMARY KEY, version INTEGER NOT NULL, updated_at REAL NOT NULL)"
+)
+_PROGRESS_COLUMNS = ("repo", "stage", "done", "total", "failed", "unit", "status", "started_at", "updated_at")
+_PG_LOCK_ID = zlib.crc32(b"cicdllm-state-schema")
 
 
-def connect_sqlite(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+class StateSchemaError(RuntimeError):
+    """The state database was written by a newer cicdllm (an unknown schema version)."""
+
+
+def is_postgres_url(target: str | Path) -> bool:
+    """True for a ``postgresql://`` (or ``postgres://``) URL."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
+def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    """``INSERT … ON CONFLICT (key) DO UPDATE`` of every other column (SQLite and Postgres)."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    marks = ", ".join("?" * len(columns))
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - constant identifiers
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+def pg_ddl(ddl: str) -> str:
+    """SQLite DDL as Postgres DDL (64-bit integers, double timestamps, serial ids)."""
+    out = re.sub(r"INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY", ddl)
+    out = re.sub(r"\bINTEGER\b", "BIGINT", out)
+    out = re.sub(r"\bREAL\b", "DOUBLE PRECISION", out)
+    out = re.sub(r"\bBLOB\b", "BYTEA", out)
+    return re.sub(r"\)\s*WITHOUT ROWID", ")", out)
+
+
+def _statements(ddl: str) -> list[str]:
+    return [part.strip() for part in ddl.split(";") if part.strip()]
+
+
+def connect_sqlite(path: Path, *, readonly: bool = False, timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     """A connection in WAL mode with a long busy timeout (autocommit off)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if readonly:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_ms / 1000, check_same_thread=False)
     else:
-        con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+        con = sqlite3.connect(path, timeout=timeout_ms / 1000, check_same_thread=False)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
-    con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    con.execute(f"PRAGMA busy_timeout={timeout_ms}")
     con.row_factory = sqlite3.Row
     return con
+
+
+class PgRow(tuple[Any, ...]):
+    """A Postgres row readable like :class:`sqlite3.Row`: by index, by name, ``dict(row)``."""
+
+    _names: tuple[str, ...] = ()
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names.index(key))
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        """Column names (so ``dict(row)`` works)."""
+        return list(self._names)
+
+
+def _pg_row_factory(cursor: Any) -> Any:
+    names = tuple(d.name for d in cursor.description or ())
+    row_type = type("Row", (PgRow,), {"_names": names})
+
+    def make(values: Sequence[Any]) -> PgRow:
+        return row_type(values)
+
+    return make
+
+
+def _pg_sql(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PgConnection:
+    """A psycopg connection with the ``sqlite3.Connection`` calls the state modules use.
+
+    Autocommit: a read is its own statement; :meth:`StateStore.transaction` opens a real
+    transaction for writes, so ``commit``/``rollback`` here have nothing to do.
+    """
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        self.url = url
+        self.raw = psycopg.connect(url, autocommit=True, row_factory=_pg_row_factory, connect_timeout=10)
+        if readonly:
+            self.raw.read_only = True
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        """Run one statement (``?`` placeholders) and return its cursor."""
+        if args:
+            return self.raw.execute(_pg_sql(sql), tuple(args))
+        return self.raw.execute(sql)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement per row."""
+        with self.raw.cursor() as cur:
+            cur.executemany(_pg_sql(sql), [tuple(r) for r in rows])
+
+    def commit(self) -> None:
+        """Nothing to do (autocommit, or inside a transaction block)."""
+
+    def rollback(self) -> None:
+        """Nothing to do (see :meth:`commit`)."""
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.raw.close()
 
 
 @dataclass(frozen=True)
@@ -86,26 +214,64 @@ class StageProgress:
 
 
 class StateStore:
-    """Thread-safe access to the live-state database; one connection per thread."""
+    """Thread-safe access to the state database; one connection per thread.
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    ``target`` is a SQLite file path or a ``postgresql://`` URL. ``readonly`` opens without
+    creating anything (for viewers); ``timeout_ms`` bounds SQLite lock waits.
+    """
+
+    def __init__(self, target: str | Path, *, readonly: bool = False, timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        self.postgres = is_postgres_url(target)
+        self.target: str | Path = target if self.postgres else Path(target)
+        self.readonly = readonly
+        self.timeout_ms = timeout_ms
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[Any] = []
         self._ensured: set[str] = set()
-        self.ensure("core", _SCHEMA)
+        if not readonly:
+            self.ensure("core", _SCHEMA, CORE_VERSION)
 
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection (created on first use)."""
-        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+    @property
+    def path(self) -> Path:
+        """The SQLite file (a SQLite store only)."""
+        if self.postgres:
+            raise TypeError("a Postgres state store has no file path")
+        return Path(self.target)
+
+    def describe(self) -> str:
+        """The store for messages (a Postgres URL without its password)."""
+        return redact_url(str(self.target)) if self.postgres else str(self.target)
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def connection(self) -> Any:
+        """This thread's connection (created on first use): ``sqlite3.Connection`` or :class:`PgConnection`."""
+        con = getattr(self._local, "con", None)
         if con is None:
-            con = connect_sqlite(self.path)
+            if self.postgres:
+                con = PgConnection(str(self.target), readonly=self.readonly)
+            else:
+                con = connect_sqlite(self.path, readonly=self.readonly, timeout_ms=self.timeout_ms)
             self._local.con = con
+            with self._lock:
+                self._open.append(con)
         return con
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … commit, or roll back on error."""
+    def transaction(self) -> Iterator[Any]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite) … commit, or roll back on error."""
         con = self.connection()
+        if isinstance(con, PgConnection):
+            with con.raw.transaction():
+                yield con
+            return
         con.execute("BEGIN IMMEDIATE")
         try:
             yield con
@@ -114,21 +280,119 @@ class StateStore:
             raise
         con.commit()
 
-    def ensure(self, name: str, ddl: str) -> None:
-        """Create a module's tables once per process (``CREATE … IF NOT EXISTS`` DDL)."""
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """All rows of one read (rows index by position and by name), then end the read."""
+        con = self.connection()
+        rows = con.execute(sql, tuple(args)).fetchall()
+        con.commit()  # end the implicit read transaction so WAL checkpoints are not held back
+        return list(rows)
+
+    def tables(self) -> set[str]:
+        """Names of the tables in the database."""
+        if self.postgres:
+            sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        else:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        return {str(row[0]) for row in self.query(sql)}
+
+    def columns(self, table: str) -> set[str]:
+        """Column names of ``table`` (empty when it does not exist)."""
+        if self.postgres:
+            rows = self.query(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = ?",
+                (table,),
+            )
+            return {str(row[0]) for row in rows}
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
+            raise ValueError(f"not a table name: {table!r}")
+        return {str(row[1]) for row in self.query(f"PRAGMA table_info({table})")}
+
+    def schema_version(self, component: str) -> int | None:
+        """The stored schema version of a component, or None (never created, or a pre-versioning database)."""
+        if "schema_versions" not in self.tables():
+            return None
+        rows = self.query("SELECT version FROM schema_versions WHERE component = ?", (component,))
+        return int(rows[0][0]) if rows else None
+
+    def ensure(
+        self,
+        name: str,
+        ddl: str,
+        version: int = 1,
+        added_columns: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        """Create or migrate a component's tables to ``version`` (once per process).
+
+        ``ddl`` is idempotent ``CREATE … IF NOT EXISTS`` SQLite DDL; ``added_columns`` maps a
+        table to the columns (name → SQLite type) added after its first version, which an
+        older database gets with ``ALTER TABLE``. A stored version newer than ``version``
+        raises :class:`StateSchemaError`: this cicdllm does not know that schema.
+        """
         if name in self._ensured:
             return
-        con = self.connection()
-        con.executescript(ddl)
-        con.commit()
+        stored = self._stored_version(name)
+        if stored != version:
+            with self.transaction() as con:
+                if self.postgres:
+                    con.execute("SELECT pg_advisory_xact_lock(?)", (_PG_LOCK_ID,))
+                    con.execute(pg_ddl(_VERSIONS_DDL))
+                else:
+                    con.execute(_VERSIONS_DDL)
+                row = con.execute("SELECT version FROM schema_versions WHERE component = ?", (name,)).fetchone()
+                stored = None if row is None else int(row[0])
+                self._check_version(name, stored, version)
+                if stored != version:
+                    for statement in _statements(pg_ddl(ddl) if self.postgres else ddl):
+                        con.execute(statement)
+                    for table, columns in (added_columns or {}).items():
+                        self._add_columns(con, table, columns)
+                    con.execute(
+                        upsert_sql("schema_versions", ("component", "version", "updated_at"), ("component",)),
+                        (name, version, time.time()),
+                    )
         self._ensured.add(name)
 
+    def _stored_version(self, name: str) -> int | None:
+        try:
+            stored = self.schema_version(name)
+        except STATE_ERRORS:
+            return None
+        self._check_version(name, stored, None)
+        return stored
+
+    def _check_version(self, name: str, stored: int | None, known: int | None) -> None:
+        if stored is not None and known is not None and stored > known:
+            raise StateSchemaError(
+                f"the state database {self.describe()} has schema version {stored} of {name!r}, newer than"
+                f" this cicdllm knows ({known}); upgrade cicdllm (or point storage at another database)"
+            )
+
+    def _add_columns(self, con: Any, table: str, columns: Mapping[str, str]) -> None:
+        if self.postgres:
+            present = {
+                str(row[0])
+                for row in con.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = ?",
+                    (table,),
+                ).fetchall()
+            }
+        else:
+            present = {str(row[1]) for row in con.execute(f"PRAGMA table_info({table})").fetchall()}
+        for column, sql_type in columns.items():
+            if column not in present:
+                column_type = pg_ddl(sql_type) if self.postgres else sql_type
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {column_type}")
+
     def close(self) -> None:
-        """Close this thread's connection."""
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
+        """Close every connection this store opened (in any thread)."""
+        with self._lock:
+            opened, self._open = self._open, []
+        for con in opened:
+            with suppress(*STATE_ERRORS):
+                con.close()
+        self._local = threading.local()
 
     # -- progress -----------------------------------------------------------------
     def start_stage(self, repo: str, stage: str, total: int, unit: str = "items") -> None:
@@ -136,8 +400,8 @@ class StateStore:
         now = time.time()
         with self.transaction() as con:
             con.execute(
-                "INSERT OR REPLACE INTO stage_progress VALUES (?, ?, 0, ?, 0, ?, 'running', ?, ?)",
-                (repo, stage, total, unit, now, now),
+                upsert_sql("stage_progress", _PROGRESS_COLUMNS, ("repo", "stage")),
+                (repo, stage, 0, total, 0, unit, "running", now, now),
             )
 
     def advance(self, repo: str, stage: str, done: int = 1, failed: int = 0, total: int | None = None) -> None:
@@ -164,7 +428,7 @@ class StateStore:
         if repo is not None:
             sql += " WHERE repo = ?"
             args = (repo,)
-        rows = self.connection().execute(sql + " ORDER BY repo, started_at", args).fetchall()
+        rows = self.query(sql + " ORDER BY repo, started_at", args)
         return [StageProgress(**dict(row)) for row in rows]
 
     # -- failures and events --------------------------------------------------------
@@ -172,8 +436,7 @@ class StateStore:
         """Keep one failure (already free of secrets) for the viewer and `status`."""
         with self.transaction() as con:
             con.execute(
-                "INSERT INTO failures (repo, stage, item, category, message, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO failures (repo, stage, item, category, message, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (repo, stage, item, category, message[:4000], time.time()),
             )
 
@@ -194,6 +457,22 @@ class StateStore:
         """Remember what the repositories asset found for a repo."""
         with self.transaction() as con:
             con.execute(
-                "INSERT OR REPLACE INTO repo_info VALUES (?, ?, ?, ?)",
+                upsert_sql("repo_info", ("repo", "head_commit", "info_json", "updated_at"), ("repo",)),
                 (repo, head_commit, info_json, time.time()),
             )
+
+
+def open_existing_state(
+    target: str | Path, *, readonly: bool = False, timeout_ms: int = BUSY_TIMEOUT_MS
+) -> StateStore | None:
+    """The store at ``target``, or None when it is a SQLite file that does not exist yet
+    (a Postgres URL always opens)."""
+    if not is_postgres_url(target) and not Path(target).exists():
+        return None
+    return StateStore(target, readonly=readonly, timeout_ms=timeout_ms)
+
+
+def open_state_readonly(target: str | Path, timeout_ms: int = 2_000) -> StateStore | None:
+    """A read-only store for viewers (see :func:`open_existing_state`); it never creates anything,
+    and on SQLite (WAL) its reads never block a writer."""
+    return open_existing_state(target, readonly=True, timeout_ms=timeout_ms)

@@ -1,0 +1,123 @@
+"""``cicdllm workers start N``: Celery workers for ``orchestration.executor: celery``.
+
+Each worker is ``dagster-celery worker start`` (``celery -A dagster_celery.app worker``) with
+the broker and result backend of ``orchestration.celery`` and one step at a time
+(``--concurrency``). The command stays in the foreground and stops its workers on Ctrl-C or
+SIGTERM. Run it on every worker machine, with the same config, code and DAGSTER_HOME
+(a Postgres instance) as the webserver and daemon, and the data dir on a path all share.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+
+import click
+from ruamel.yaml import YAML
+
+from cicdllm_assets.automation.executors import celery_app_config
+from cicdllm_assets.config import ConfigError, Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+CELERY_QUEUE = "dagster"
+"""The queue dagster-celery sends steps to (its default)."""
+
+
+def write_worker_config(settings: Settings) -> Path:
+    """``<DAGSTER_HOME>/celery_workers.yaml``: the executor config the workers read (``-y``)."""
+    from cicdllm_assets.runner.instance import ensure_dagster_home
+
+    home = ensure_dagster_home(settings)
+    path = home / "celery_workers.yaml"
+    data = {"execution": {"config": celery_app_config(settings.config.orchestration.celery)}}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        YAML(typ="safe").dump(data, handle)
+    tmp.replace(path)
+    return path
+
+
+def worker_command(config_yaml: Path, name: str, concurrency: int, loglevel: str = "INFO") -> list[str]:
+    """The ``dagster-celery worker start`` command line of one worker."""
+    return [
+        str(Path(sys.executable).parent / "dagster-celery"),
+        "worker",
+        "start",
+        "-A",
+        "dagster_celery.app",
+        "-y",
+        str(config_yaml),
+        "-q",
+        CELERY_QUEUE,
+        "-n",
+        name,
+        "--loglevel",
+        loglevel,
+        "--",
+        f"--concurrency={concurrency}",
+        "--pool=prefork",
+    ]
+
+
+@click.group(name="workers")
+def command() -> None:
+    """Celery workers that execute pipeline steps (orchestration.executor: celery)."""
+
+
+@command.command(name="start")
+@click.argument("count", type=click.IntRange(min=1, max=256))
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1, max=64),
+    default=1,
+    show_default=True,
+    help="Steps each worker runs at once.",
+)
+@click.option("--name", default="cicdllm", show_default=True, help="Worker name prefix (NAME-1@host, ...).")
+def start(count: int, concurrency: int, name: str) -> None:
+    """Start COUNT workers in the foreground; Ctrl-C or SIGTERM stops them."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    orchestration = settings.config.orchestration
+    if orchestration.executor != "celery":
+        click.echo(
+            f"orchestration.executor is {orchestration.executor!r}: runs will not send steps to workers"
+            " (set it to celery)",
+            err=True,
+        )
+    config_yaml = write_worker_config(settings)
+    bin_dir = str(Path(sys.executable).parent)  # dagster-celery runs `celery` from PATH
+    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+    if settings.path is not None:
+        env["CICDLLM_CONFIG"] = str(settings.path)
+    procs = [
+        subprocess.Popen(  # noqa: S603 - our own command line
+            worker_command(config_yaml, f"{name}-{i + 1}", concurrency),
+            env=env,
+            start_new_session=True,
+        )
+        for i in range(count)
+    ]
+    click.echo(
+        f"started {count} workers (pids {' '.join(str(p.pid) for p in procs)}) on {orchestration.celery.broker_url}",
+        err=True,
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    codes = [proc.wait() for proc in procs]
+    sys.exit(0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1)
