@@ -204,3 +204,31 @@ def test_an_edit_moves_no_neighbouring_cut(counter: TokenCounter, language: str,
     )
     # the first chunk holds the new lines (its neighbour may trade a function with it)
     assert [i for i, t in enumerate(before) if t not in shifted] in ([0], [0, 1])
+
+
+BIG_FUNCS = [
+    f"def worker_{i}(request):\n"
+    + "".join(f"    value_{k} = request.get('field_{k}', {i * k})\n" for k in range(8 + i % 3))
+    + "    return request\n\n\n"
+    for i in range(40)
+]
+
+
+def test_a_big_definition_never_repacks_its_neighbours(counter: TokenCounter) -> None:
+    """A definition of at least a quarter of the budget shares a chunk with no other
+    definition: growing it, even past the budget, leaves every other chunk as it was."""
+    sizes = counter.count_batch(BIG_FUNCS)
+    budget = next(b for b in range(64, 4096) if b - margin_for(b) >= 2.2 * max(sizes))
+    assert min(sizes) >= (budget - margin_for(budget)) // 3  # each function is "big"...
+    assert 2 * max(sizes) < budget - margin_for(budget)  # ...yet any two would fit one chunk
+    head = "import os\n\n\n"
+    before = _chunk_texts(counter, head + "".join(BIG_FUNCS), "python", budget)
+    # each function is its own chunk (the imports go with the first)
+    assert before == [head + BIG_FUNCS[0].rstrip("\n") + "\n", *(f.rstrip("\n") + "\n" for f in BIG_FUNCS[1:])]
+    for k, added in ((5, 1), (17, 8), (30, 100)):
+        edited = list(BIG_FUNCS)
+        lines = edited[k].split("\n")
+        edited[k] = "\n".join([lines[0], *["    extra = 1"] * added, *lines[1:]])
+        after = _chunk_texts(counter, head + "".join(edited), "python", budget)
+        assert [t for t in before if not _holds(t, BIG_FUNCS[k])] == [t for t in after if not _holds(t, edited[k])]
+        assert len(after) > len(before) if added == 100 else len(after) == len(before)  # 100 lines: past the budget

@@ -67,6 +67,9 @@ def test_noop_rerun_makes_zero_llm_calls(project: Path, server: FaultServer, tin
 
     # message layout: system, user(code), user(instruction); the code is in message 2 only
     body = server.chat_records[0].body or {}
+    # provenance records whether a seed went with the request (auto: this server kind gets one)
+    assert "seed" in body and row["seed_sent"] is True
+    assert set(questions.column("seed_sent").to_pylist()) == {True}
     roles = [m["role"] for m in body["messages"]]
     assert roles == ["system", "user", "user"]
     assert "```python" in body["messages"][1]["content"]

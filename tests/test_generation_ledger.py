@@ -9,7 +9,7 @@ import pytest
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.generation.chunks import select_chunks
-from cicdllm_assets.generation.ledger import Ledger, LedgerItem, Outcome, is_outage, item_key
+from cicdllm_assets.generation.ledger import LEDGER_VERSION, Ledger, LedgerItem, Outcome, is_outage, item_key
 from cicdllm_assets.generation.prompts import PromptManager
 from cicdllm_assets.generation.runner import StageRunner, plan_questions, question_postprocess, questions_table
 from cicdllm_assets.resources.llm.base import CircuitOpenError, GenerationRequest, GenerationResult
@@ -205,7 +205,7 @@ _LEDGER_V1 = (
 
 
 def test_older_ledger_gains_new_columns(state_target: str | Path) -> None:
-    """A pre-versioning database (first-release ledger, no schema_versions) migrates to version 2."""
+    """A pre-versioning database (first-release ledger, no schema_versions) migrates to the current version."""
     with StateStore(state_target, readonly=False) as raw:
         with raw.transaction() as con:
             con.execute("DROP TABLE IF EXISTS schema_versions")
@@ -216,15 +216,16 @@ def test_older_ledger_gains_new_columns(state_target: str | Path) -> None:
         assert "max_tokens" not in raw.columns("generation_ledger")
     with StateStore(state_target) as state:
         ledger = Ledger(state)
-        assert state.schema_version("generation_ledger") == 2
+        assert state.schema_version("generation_ledger") == LEDGER_VERSION
         old = ledger.get("old")
         assert old is not None and old.ok and old.max_tokens == 0 and old.finish_reason is None
-        ledger.record(_item("new"), Outcome("ok", output="x", max_tokens=64, finish_reason="length"))
+        assert old.seed_sent is None
+        ledger.record(_item("new"), Outcome("ok", output="x", max_tokens=64, finish_reason="length", seed_sent=False))
         new = ledger.get("new")
-        assert new is not None and (new.max_tokens, new.finish_reason) == (64, "length")
+        assert new is not None and (new.max_tokens, new.finish_reason, new.seed_sent) == (64, "length", 0)
     with StateStore(state_target) as again:  # idempotent: a second open changes nothing
         Ledger(again)
-        assert again.schema_version("generation_ledger") == 2
+        assert again.schema_version("generation_ledger") == LEDGER_VERSION
         assert len(Ledger(again).entries()) == 2
 
 

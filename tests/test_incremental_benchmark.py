@@ -30,8 +30,9 @@ def history(make_git_repo, tmp_path: Path) -> tuple[GitRepo, Path]:
     repo.commit("edit step_5")
     repo.write("pkg/steps.py", "\n\n\n" + "".join(edited))
     repo.commit("blank lines on top")
-    repo.write("pkg/steps.py", "\n\n\n" + "".join(edited[:10] + edited[11:]))
-    repo.commit("drop step_10")
+    edited[10] = edited[10].replace("    total = value * 10 + 30\n", "")
+    repo.write("pkg/steps.py", "\n\n\n" + "".join(edited))
+    repo.commit("drop a line of step_10")
     return repo, train_tokenizer(tmp_path / "tok" / "tokenizer.json")
 
 
@@ -55,11 +56,16 @@ def test_replay_counts_new_chunks_and_chunks_the_diff_touches(history, tmp_path:
     assert changed_lines(repo.path, commits[1], commits[2]) == {"pkg/steps.py": [Hunk(0, 0, 1, 3)]}
     assert (blank.needing_generation, blank.touched_by_diff) == (0, 0)
     assert [(r.start_line - 3, r.end_line - 3) for r in rows[2]] == [(r.start_line, r.end_line) for r in rows[1]]
-    # a deletion (step_10, old lines 54-58): the chunk that held it lost lines; its surviving
-    # lines (step_9, now joined by step_11) are one new chunk, touched by the diff
-    assert changed_lines(repo.path, commits[2], commits[3]) == {"pkg/steps.py": [Hunk(54, 5, 53, 0)]}
-    assert [(r.start_line, r.end_line) for r in rows[2]][5:7] == [(49, 56), (59, 61)]
-    assert [(r.start_line, r.end_line) for r in rows[3]][5:] == [(49, 56), (59, 61), (64, 66), (69, 71), (74, 76)]
+    # each function is its own chunk (a definition of >= budget/4 tokens shares none)
+    assert [(r.start_line, r.end_line) for r in rows[2]] == [(4 + 5 * i, 6 + 5 * i) for i in range(16)]
+    # a deletion (old line 55 of step_10): the chunk that held it lost a line; what is left
+    # of it is new and touched by the diff, the chunks after it only moved up a line
+    assert changed_lines(repo.path, commits[2], commits[3]) == {"pkg/steps.py": [Hunk(55, 1, 54, 0)]}
+    assert [(r.start_line, r.end_line) for r in rows[3]][9:] == [
+        (49, 51),
+        (54, 55),
+        *((r.start_line - 1, r.end_line - 1) for r in rows[2][11:]),
+    ]
     assert (drop.needing_generation, drop.touched_by_diff) == (1, 1)
     summary = totals(results)
     assert (summary["needing_generation"], summary["touched_by_diff"], summary["ratio"], summary["ok"]) == (
@@ -88,4 +94,4 @@ def test_exit_code_follows_the_target(history, capsys: pytest.CaptureFixture[str
     )
     assert main([*args, "--prompts", str(prompts)]) == 1
     out = capsys.readouterr().out
-    assert "a=11   b=0" in out and "ratio: 8.5" in out and "ok: False" in out
+    assert "a=16   b=0" in out and "ratio: 11.5" in out and "ok: False" in out

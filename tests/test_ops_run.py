@@ -324,3 +324,12 @@ def test_live_display_polls_the_state_store_and_keeps_log_lines_readable(tmp_pat
     assert "speed" in text and "elapsed" in text
     assert "a log line during the run" in text
     assert "done" in text
+
+
+def test_a_downstream_selection_leaves_out_the_opt_in_evaluation_assets() -> None:
+    from cicdllm_assets.definitions import defs
+
+    plan = plan_selection(defs, "key:training_dataset+", "main_job", "dataset_job")
+    assert plan.names == ["training_dataset"]  # adapter/evaluation run only via cicdllm finetune/eval
+    with pytest.raises(SelectionError, match="outside the pipeline jobs"):
+        plan_selection(defs, "key:adapter", "main_job", "dataset_job")

@@ -10,6 +10,7 @@ from datasketch import MinHashLSH
 
 from cicdllm_assets.quality import dedup
 from cicdllm_assets.quality.dedup import CANDIDATE_MARGIN, NUM_PERM, DuplicateIndex, find_duplicates
+from cicdllm_assets.quality.minhash import batch_signatures
 
 
 def reference(questions: list[str], answers: list[str], threshold: float) -> list[tuple[int, int, str]]:
@@ -87,3 +88,18 @@ def test_ids_in_any_batch_order_and_texts_from_a_table() -> None:
             con.executemany("INSERT INTO t VALUES (?, ?, ?)", [(i, questions[i], answers[i]) for i in chunk])
         got = [(d.index, d.kept, d.kind) for d in index.duplicates(batch_rows=7)]
     assert got == reference(questions, answers, 0.85)
+
+
+def test_batch_signatures_equal_datasketch_per_text() -> None:
+    """The compiled batch MinHash gives datasketch's values bit for bit (ASCII, non-ASCII, short, empty)."""
+    rng = random.Random(7)
+    alphabet = "abcdef ghij klm \u00e9\u00df\u4e2d\u03a3"
+    texts = [dedup.normalise("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))) for _ in range(400)]
+    texts += ["", "a", "abcde", "abcdef", "\u00e9t\u00e9", "x" * 5000]
+    expected = [dedup._minhash(dedup.shingles(t), NUM_PERM).hashvalues.tolist() for t in texts]
+    permutations = dedup._permutations(NUM_PERM)
+    assert batch_signatures(texts, permutations, dedup.SHINGLE_CHARS).tolist() == expected
+    ascii_only = [i for i, t in enumerate(texts) if t.isascii()]
+    assert 0 < len(ascii_only) < len(texts)
+    got = batch_signatures([texts[i] for i in ascii_only], permutations, dedup.SHINGLE_CHARS).tolist()
+    assert got == [expected[i] for i in ascii_only]

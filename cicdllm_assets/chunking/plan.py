@@ -22,9 +22,10 @@ from tokenizers import Encoding
 from cicdllm_assets.chunking.pylex import PyLexer, Statement
 from cicdllm_assets.discovery.languages import BRACE_LANGUAGES
 
-CHUNKER_VERSION = "2"
+CHUNKER_VERSION = "3"
 IMPORTS_MAX_TOKENS = 64
 MAX_SYMBOLS_IN_NAME = 4
+ANCHOR_FRACTION = 4  # a definition of at least budget/4 tokens never shares a chunk with what follows
 
 CountFn = Callable[[Sequence[str]], list[int]]
 _NEWLINE_RE = re.compile("\n")
@@ -216,6 +217,7 @@ class _Segment:
     end: int  # 0-based exclusive
     symbol: str
     nested: bool = False  # a member of a class too big for one chunk
+    definition: bool = False  # a whole function or class (or a markdown section)
 
 
 def _python_body_segments(
@@ -250,7 +252,7 @@ def _python_body_segments(
                 _python_body_segments(lexer, members, inner_first, node_end, f"{name}.", name, lines, budget)
             )
         else:
-            segments.append(_Segment(node_start, node_end, name, nested))
+            segments.append(_Segment(node_start, node_end, name, nested, definition=True))
         group_start = node_end
     if group_start < end:
         segments.append(_Segment(group_start, end, default_symbol, bool(prefix)))
@@ -341,6 +343,7 @@ class _CutKeys:
         for seg in segments:
             self.boundary.setdefault(seg.start, 4 if seg.nested else 5)
         self.firsts = [seg.start for seg in segments]
+        self.by_start = {seg.start: seg for seg in segments}
         self.scorers: dict[int, _Scores] = {}  # per segment, made when a cut inside it is scored
         self.starts = sorted(self.boundary)
         self.memo: dict[int, int] = {}
@@ -368,23 +371,36 @@ class _CutKeys:
 def _split(lines: _Lines, a: int, b: int, budget: int, keys: _CutKeys) -> list[tuple[int, int]]:
     """Cut lines [a, b) into ranges of at most ``budget`` tokens, with content-defined cuts.
 
-    Every line starts as its own range; cuts are then removed from the worst to the best by
-    :class:`_CutKeys` (inside statements first, statement boundaries last; among equals by
-    content hash), each one only if the two ranges it separates fit the budget together. A
-    decision depends on the content and sizes of the ranges around the cut, never on what
-    lies far before it, so an edit moves at most the cuts near it: its neighbours keep their
-    chunks (incremental generation relies on this). A range of one line may still exceed
-    the budget (split later by tokens).
+    A whole definition (function, class, markdown section) of at least
+    ``budget / ANCHOR_FRACTION`` tokens is an *anchor*: the cut after it always stays, so
+    it never shares a chunk with what follows. What precedes it (imports, constants,
+    comments, small helpers) may join it. Growing an anchor therefore re-packs nothing
+    after it and at most the small pieces just before it.
+
+    Otherwise every line starts as its own range; cuts are then removed from the worst to
+    the best by :class:`_CutKeys` (inside statements first, statement boundaries last; among
+    equals by content hash), each one only if the two ranges it separates fit the budget
+    together. A decision depends on the content and sizes of the ranges around the cut,
+    never on what lies far before it, so an edit moves at most the cuts near it: its
+    neighbours keep their chunks (incremental generation relies on this). A range of one
+    line may still exceed the budget (split later by tokens).
     """
     starts = keys.starts
-    # lines inside a statement that fits the budget whole never end up apart: skip their cuts
     cuts: list[int] = []
     bounds = [c for c in starts if a < c < b]
     edges = [a, *bounds, b]
+    anchor = budget // ANCHOR_FRACTION
+    fixed: set[int] = set()
     for lo, hi in pairwise(edges):
-        if lines.tokens(lo, hi) > budget:
+        size = lines.tokens(lo, hi)
+        if size > budget:
+            # lines inside a statement that fits the budget whole never end up apart: only
+            # the lines of a statement too big for one chunk get cuts of their own
             cuts.extend(range(lo + 1, hi))
-    cuts.extend(bounds)
+        seg = keys.by_start.get(lo)
+        if size >= anchor and seg is not None and seg.definition:
+            fixed.add(hi)
+    cuts.extend(c for c in bounds if c not in fixed)
     cuts.sort(key=keys)
     active = sorted(set(edges) | set(cuts))
     prev = dict(pairwise(active[::-1]))
@@ -445,7 +461,7 @@ def _markdown_sections(lines: _Lines) -> list[_Segment]:
             line = bisect_right(lines.starts, match.start()) - 1
             if line > starts[-1]:
                 starts.append(line)
-    return [_Segment(a, b, "") for a, b in pairwise([*starts, lines.count])]
+    return [_Segment(a, b, "", definition=True) for a, b in pairwise([*starts, lines.count])]
 
 
 def _symbol_name(symbols: list[str]) -> str:

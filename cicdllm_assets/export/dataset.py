@@ -14,6 +14,7 @@ Shared by the ``training_dataset`` asset and ``cicdllm export``. Steps, in order
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -32,12 +33,15 @@ import pyarrow.compute as pc
 from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import EXPORT_FORMATS
 from cicdllm_assets.export.card import render_card
+from cicdllm_assets.export.plots import write_plots
+from cicdllm_assets.export.quality_report import exported_variety
 from cicdllm_assets.export.records import EXPORT_SCHEMA, SPLITS, user_prompt
 from cicdllm_assets.export.splits import assign_splits_table
 from cicdllm_assets.export.writers import WrittenFile, write_exports, write_text_atomic
 from cicdllm_assets.quality.dedup import DuplicateIndex, DuplicateOf
 from cicdllm_assets.quality.filters import LICENSE_EXCLUDED
-from cicdllm_assets.quality.secrets import RedactionResult, redact_secrets
+from cicdllm_assets.quality.secrets import RedactionResult, may_hold_secrets, redact_secrets
+from cicdllm_assets.quality.variety import QuestionVariety
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ WHITESPACE = " \t\n\r\x0b\x0c"  # what str.strip() removes from a licence (ASCII
 REDACTION_CACHE = 20_000  # recently seen texts whose redaction is reused
 REQUIRED_COLUMNS = ("repo", "answer_id", "question", "answer", "path", "start_line", "end_line", "accepted")
 TEXT_COLUMNS = ("question", "answer", "context", "commit", "license", "language", "theme", "model_id",
-                "template_hash", "question_id", "chunk_key", "params")
+                "template_hash", "question_id", "chunk_key", "params", "question_kind")
 NOASSERTION = "NOASSERTION"
 
 
@@ -83,6 +87,9 @@ class DatasetResult:
     notes: list[str] = field(default_factory=list)
     card_path: Path | None = None
     manifest_path: Path | None = None
+    variety: QuestionVariety | None = None
+    answer_words: list[int] = field(default_factory=list)
+    plot_paths: dict[str, Path] = field(default_factory=dict)
 
     @property
     def exported_pairs(self) -> int:
@@ -299,11 +306,15 @@ def _build(
     # 4. records with a second secret scan of every text field, in the files' order; 5. write
     redactions: Counter[str] = Counter()
     system = _redactor(redactions)(export_cfg.system_prompt)
-    order = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(SPLITS))
-    records_sql = f"""
-        SELECT kept.*, files.split FROM kept JOIN files USING (repo, path)
-        ORDER BY CASE files.split {order} END, repo, path, start_line, answer_id"""  # noqa: S608 - constants
-    batches = _records(con.cursor().sql(records_sql).to_arrow_reader(BATCH_ROWS), system, _redactor(redactions))
+    # Records leave in (split, repo, path, line, id) order = (split, idx): the rows are stored once in
+    # idx order, then each split is a plain scan in storage order (no wide sort held while writing).
+    con.execute("SET preserve_insertion_order = true")
+    con.execute(
+        "CREATE TABLE ordered AS SELECT kept.*, files.split FROM kept JOIN files USING (repo, path) ORDER BY idx"
+    )
+    con.execute("DROP TABLE kept")
+    splits = (_split_batches(con, name) for name in SPLITS)
+    batches = _records(_rebatch(itertools.chain.from_iterable(splits), BATCH_ROWS), system, _redactor(redactions))
     groups = GroupCounter()
     files = write_exports((groups.add(b) for b in batches), chosen, target)
     result = DatasetResult(
@@ -312,6 +323,7 @@ def _build(
         excluded_repos=dict(sorted(excluded.items())), redactions=dict(sorted(redactions.items())),
         split_files=split_files,
     )
+    result.variety, result.answer_words = exported_variety(con, "ordered")
     counts = result.split_counts()
     for split in SPLITS:
         if counts[split] == 0:
@@ -320,7 +332,9 @@ def _build(
                 + (" — mlx-lm will train without validation" if split == "valid" else "")
             )
     result.manifest_path = target / MANIFEST_NAME
-    write_text_atomic(result.manifest_path, json.dumps(_manifest(result, chosen), indent=2, sort_keys=True) + "\n")
+    manifest = json.JSONEncoder(indent=2, sort_keys=True).iterencode(_manifest(result, chosen))
+    write_text_atomic(result.manifest_path, itertools.chain(manifest, ["\n"]))  # streamed: no whole-file string
+    result.plot_paths = write_plots(result, target)
     result.card_path = target / CARD_NAME
     write_text_atomic(result.card_path, render_card(result, chosen, settings))
     logger.info("exported %d pairs to %s (%s)", result.exported_pairs, target, ", ".join(chosen))
@@ -365,14 +379,38 @@ def _redactor(redactions: Counter[str]) -> Callable[[str], str]:
     return clean
 
 
+def _split_batches(con: duckdb.DuckDBPyConnection, split: str) -> Iterator[pa.RecordBatch]:
+    """One split's kept rows in storage (idx) order."""
+    yield from con.cursor().sql("SELECT * FROM ordered WHERE split = ?", params=[split]).to_arrow_reader(BATCH_ROWS)
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of exactly ``rows`` (the last may be shorter), across input boundaries."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows).combine_chunks().to_batches()[0]
+            rest = table.slice(rows)
+            pending, count = ([rest.combine_chunks().to_batches()[0]] if rest.num_rows else []), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+def _clean_all(texts: list[str], clean: Callable[[str], str]) -> list[str]:
+    """Redacted ``texts``: one prefilter pass over the batch; only flagged texts are scanned."""
+    return [clean(text) if flagged else text for text, flagged in zip(texts, may_hold_secrets(texts), strict=True)]
+
+
 def _records(reader: Iterable[pa.RecordBatch], system: str, clean: Callable[[str], str]) -> Iterator[pa.RecordBatch]:
     """Export records (redacted, with the user prompt) from batches of kept pairs."""
     for batch in reader:
         cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
         n = batch.num_rows
-        question = [clean(t) for t in cols["question"]]
-        answer = [clean(t) for t in cols["answer"]]
-        context = [clean(t) for t in cols["context"]]
+        question, answer, context = (_clean_all(cols[name], clean) for name in ("question", "answer", "context"))
         prompt = [user_prompt(question[i], cols["path"][i], cols["start_line"][i], cols["end_line"][i],
                               cols["language"][i], context[i]) for i in range(n)]
         columns = {**cols, "id": cols["answer_id"], "system": [system] * n, "question": question, "answer": answer,

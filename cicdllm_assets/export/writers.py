@@ -384,11 +384,23 @@ def write_exports(batches: Iterable[pa.RecordBatch], formats: Iterable[str], out
     return written
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small text file (card, manifest) atomically."""
+def write_text_atomic(path: Path, text: str | Iterable[str]) -> None:
+    """Write a text file (card, manifest) atomically; ``text`` may be an iterable of chunks (streamed)."""
     staged = _Staged(path)
     try:
-        staged.temp.write_text(text, encoding="utf-8")
+        with staged.temp.open("w", encoding="utf-8") as handle:
+            handle.writelines([text] if isinstance(text, str) else text)
+    except BaseException:
+        staged.abort()
+        raise
+    staged.commit()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a small binary file (a card plot) atomically."""
+    staged = _Staged(path)
+    try:
+        staged.temp.write_bytes(data)
     except BaseException:
         staged.abort()
         raise

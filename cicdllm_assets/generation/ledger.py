@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
     trimmed INTEGER NOT NULL DEFAULT 0,
     max_tokens INTEGER NOT NULL DEFAULT 0,
     finish_reason TEXT,
+    seed_sent INTEGER,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -61,11 +62,12 @@ _COLUMNS = (
     "key", "kind", "repo", "chunk_key", "theme", "template_hash", "model_id", "params_json",
     "input_text", "status", "output", "parsed_json", "error_category", "error_message", "attempts",
     "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "latency_ms", "trimmed",
-    "max_tokens", "finish_reason", "created_at", "updated_at",
+    "max_tokens", "finish_reason", "seed_sent", "created_at", "updated_at",
 )
-LEDGER_VERSION = 2
-_ADDED_COLUMNS = {"max_tokens": "INTEGER NOT NULL DEFAULT 0", "finish_reason": "TEXT"}
-"""Columns added in version 2: an older database gets them when a :class:`Ledger` opens it."""
+LEDGER_VERSION = 3
+_ADDED_COLUMNS = {"max_tokens": "INTEGER NOT NULL DEFAULT 0", "finish_reason": "TEXT", "seed_sent": "INTEGER"}
+"""Columns added after version 1 (max_tokens, finish_reason in 2; seed_sent in 3): an older
+database gets them when a :class:`Ledger` opens it."""
 _SQLITE_MAX_VARS = 500
 
 OUTAGE_CATEGORIES = frozenset({"connection", "timeout", "circuit_open"})
@@ -143,6 +145,7 @@ class LedgerEntry:
     trimmed: int
     max_tokens: int
     finish_reason: str | None
+    seed_sent: int | None
     created_at: float
     updated_at: float
 
@@ -179,6 +182,8 @@ class Outcome:
     trimmed: bool = False
     max_tokens: int = 0
     finish_reason: str | None = None
+    seed_sent: bool | None = None
+    """Whether a sampling seed went with the request (OpenAI backend); None when not applicable."""
     uses_attempt: bool = True
     """False for an outage (see :func:`is_outage`): recorded, but the item keeps its attempts."""
 
@@ -227,7 +232,7 @@ class Ledger:
             int(outcome.uses_attempt), int(outcome.prompt_tokens), int(outcome.cached_prompt_tokens),
             int(outcome.completion_tokens),
             float(outcome.latency_ms), int(outcome.trimmed), int(outcome.max_tokens), outcome.finish_reason,
-            now, now,
+            None if outcome.seed_sent is None else int(outcome.seed_sent), now, now,
         )
         with self.state.transaction() as con:
             con.execute(
@@ -240,7 +245,8 @@ class Ledger:
                 " prompt_tokens = excluded.prompt_tokens, cached_prompt_tokens = excluded.cached_prompt_tokens,"
                 " completion_tokens = excluded.completion_tokens, latency_ms = excluded.latency_ms,"
                 " trimmed = excluded.trimmed, max_tokens = excluded.max_tokens,"
-                " finish_reason = excluded.finish_reason, updated_at = excluded.updated_at"
+                " finish_reason = excluded.finish_reason, seed_sent = excluded.seed_sent,"
+                " updated_at = excluded.updated_at"
                 f" WHERE {LEDGER_TABLE}.status != 'ok'",
                 values,
             )

@@ -24,6 +24,7 @@ from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import GenerationConfig
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.context import ContextOverflowError, MessageBuilder, fit_prompt
+from cicdllm_assets.generation.kinds import KINDS_VERSION, plan_kinds
 from cicdllm_assets.generation.leases import Leases
 from cicdllm_assets.generation.ledger import (
     Ledger,
@@ -76,6 +77,7 @@ class WorkItem:
     build: MessageBuilder
     desired_max_tokens: int
     n_questions: int = 0
+    kinds: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -404,6 +406,7 @@ class StageRunner:
             trimmed=trimmed,
             max_tokens=max_tokens,
             finish_reason=result.finish_reason or None,
+            seed_sent=_seed_sent(result.extra),
         )
         self._record(w, outcome, stats)
 
@@ -456,6 +459,7 @@ def question_params(gen: GenerationConfig) -> dict[str, Any]:
     return {
         "max_tokens": gen.question_max_tokens,
         "n_questions": gen.questions_per_chunk,
+        "question_kinds": KINDS_VERSION,
         **_sampling_params(gen),
     }
 
@@ -463,6 +467,17 @@ def question_params(gen: GenerationConfig) -> dict[str, Any]:
 def answer_params(gen: GenerationConfig) -> dict[str, Any]:
     """Generation params that shape an answer item (part of its key)."""
     return {"max_tokens": gen.effective_answer_max_tokens, **_sampling_params(gen)}
+
+
+def _seed_sent(extra: Mapping[str, object]) -> bool | None:
+    """Whether the backend sent a sampling seed with the request (provenance), if it says."""
+    value = extra.get("seed_sent")
+    return value if isinstance(value, bool) else None
+
+
+def _stored_flag(value: int | None) -> bool | None:
+    """A nullable ledger flag (0/1/NULL) as a row value."""
+    return None if value is None else bool(value)
 
 
 def _chunk_columns(chunk: Chunk) -> dict[str, Any]:
@@ -505,33 +520,39 @@ QUESTIONS_SCHEMA = pa.schema([
     ("license", pa.string()),
     ("language", pa.string()),
     ("question_index", pa.int32()),
+    ("kind", pa.string()),
     ("generation_key", pa.string()),
     ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()),
     ("latency_ms", pa.float64()),
     ("trimmed", pa.bool_()),
     ("finish_reason", pa.string()),
+    ("seed_sent", pa.bool_()),
 ])
 
 
 def plan_questions(
     chunks: Sequence[Chunk], themes: Sequence[ThemeTemplate], model_id: str, gen: GenerationConfig, repo: str
 ) -> list[WorkItem]:
-    """One question item per chunk x theme, in chunk order (themes of a chunk together)."""
-    params = question_params(gen)
-    pjson = params_json(params)
+    """One question item per chunk x theme, in chunk order (themes of a chunk together); the
+    chunk's question kinds are planned across its themes (:func:`plan_kinds`, seeded by the chunk's
+    code) and are part of each item's key (its params), like everything else its prompt shows."""
     work = []
     for chunk in chunks:
+        kinds = plan_kinds(chunk.text, [theme.name for theme in themes], gen.questions_per_chunk)
         for theme in themes:
+            params = {**question_params(gen), "kinds": list(kinds[theme.name])}  # the prompt names them
+            pjson = params_json(params)
             key = item_key("question", theme.chunk_input(chunk, "question"), theme.name, theme.question_hash,
                            model_id, params)
             item = LedgerItem(key, "question", repo, chunk.chunk_key, theme.name, theme.question_hash, model_id, pjson)
             work.append(WorkItem(
                 item=item,
                 chunk=chunk,
-                build=theme.question_builder(chunk, gen.questions_per_chunk),
+                build=theme.question_builder(chunk, gen.questions_per_chunk, kinds[theme.name]),
                 desired_max_tokens=gen.question_max_tokens,
                 n_questions=gen.questions_per_chunk,
+                kinds=kinds[theme.name],
             ))
     return work
 
@@ -577,12 +598,14 @@ def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]
                 "params": entry.params_json,
                 **_chunk_columns(chunk),
                 "question_index": index,
+                "kind": w.kinds[index] if index < len(w.kinds) else None,
                 "generation_key": entry.key,
                 "prompt_tokens": entry.prompt_tokens,
                 "completion_tokens": entry.completion_tokens,
                 "latency_ms": entry.latency_ms,
                 "trimmed": bool(entry.trimmed),
                 "finish_reason": entry.finish_reason,
+                "seed_sent": _stored_flag(entry.seed_sent),
             })
     return pa.Table.from_pylist(rows, schema=QUESTIONS_SCHEMA)
 
@@ -598,6 +621,7 @@ ANSWERS_SCHEMA = pa.schema([
     ("template_hash", pa.string()),
     ("question_template_hash", pa.string()),
     ("question", pa.string()),
+    ("question_kind", pa.string()),
     ("answer", pa.string()),
     ("model_id", pa.string()),
     ("params", pa.string()),
@@ -608,6 +632,7 @@ ANSWERS_SCHEMA = pa.schema([
     ("trimmed", pa.bool_()),
     ("max_tokens", pa.int64()),
     ("finish_reason", pa.string()),
+    ("seed_sent", pa.bool_()),
     ("path", pa.string()),
     ("start_line", pa.int64()),
     ("end_line", pa.int64()),
@@ -695,6 +720,7 @@ def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry]
             "template_hash": entry.template_hash,
             "question_template_hash": str(question.get("template_hash") or ""),
             "question": entry.input_text or str(question["question"]),
+            "question_kind": question.get("kind"),
             "answer": entry.output or "",
             "model_id": entry.model_id,
             "params": entry.params_json,
@@ -705,6 +731,7 @@ def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry]
             "trimmed": bool(entry.trimmed),
             "max_tokens": entry.max_tokens,
             "finish_reason": entry.finish_reason,
+            "seed_sent": _stored_flag(entry.seed_sent),
             **_chunk_columns(chunk),
         })
     return pa.Table.from_pylist(rows, schema=ANSWERS_SCHEMA)

@@ -34,6 +34,8 @@ import numpy as np
 import pyarrow as pa
 from datasketch import MinHash, MinHashLSH
 
+from cicdllm_assets.quality.minhash import batch_signatures
+
 NUM_PERM = 128
 # LSH retrieves candidates at a lower threshold; the exact Jaccard of the shingle sets decides.
 CANDIDATE_MARGIN = 0.15
@@ -41,7 +43,7 @@ SHINGLE_CHARS = 5
 _WORD = re.compile(r"\w+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ADD_BATCH = 2_000
-SHINGLE_CACHE = 4_096
+SHINGLE_CACHE = 512  # shingle sets of recent candidates (bounded: ~15 KB each)
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,11 @@ def normalise(text: str) -> str:
 
 def exact_key(question: str, answer: str) -> str:
     """Hash identifying a pair up to case, whitespace and punctuation."""
-    payload = normalise(question) + "\x1f" + normalise(answer)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return _key(normalise(question), normalise(answer))
+
+
+def _key(norm_question: str, norm_answer: str) -> str:
+    return hashlib.sha256((norm_question + "\x1f" + norm_answer).encode("utf-8")).hexdigest()
 
 
 def shingles(text: str, size: int = SHINGLE_CHARS) -> set[bytes]:
@@ -138,11 +143,13 @@ class DuplicateIndex:
             raise ValueError("ids, questions and answers must have the same length")
         if not ids:
             return
-        signatures = np.empty((len(ids), self.num_perm), dtype=np.uint64)
         keys = []
-        for row, (question, answer) in enumerate(zip(questions, answers, strict=True)):
-            keys.append(exact_key(question, answer))
-            signatures[row] = _minhash(shingles(question + " \n " + answer), self.num_perm).hashvalues
+        texts = []
+        for question, answer in zip(questions, answers, strict=True):
+            norm_q, norm_a = normalise(question), normalise(answer)
+            keys.append(_key(norm_q, norm_a))
+            texts.append(f"{norm_q} {norm_a}" if norm_q and norm_a else norm_q or norm_a)  # = normalise(q + " \n " + a)
+        signatures = batch_signatures(texts, _permutations(self.num_perm), SHINGLE_CHARS)
         mixed = signatures * self.multipliers  # uint64 arithmetic wraps: a cheap 64-bit band hash
         id_array = pa.array(list(ids), pa.int64())
         keys_batch = pa.table({"idx": id_array, "ekey": pa.array(keys, pa.string())})

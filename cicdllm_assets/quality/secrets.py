@@ -29,7 +29,7 @@ import os
 import re
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -704,6 +704,31 @@ def _candidate_segments(text: str) -> list[tuple[int, int]]:
         else:
             segments.append((start, end))
     return segments
+
+
+def may_hold_secrets(texts: Sequence[str]) -> list[bool]:
+    """Per text, whether the prefilter finds a candidate line (``False``: no detector can fire).
+
+    One prefilter pass over all texts joined by :data:`_SEPARATOR` (no prefilter pattern crosses
+    it, so every text's candidate line is one of the joined text's): cheap for a batch of clean texts.
+    """
+    joined = _SEPARATOR.join(texts)
+    if any(marker in joined for marker in _WHOLE_TEXT_MARKERS):  # such texts are scanned whole: flag them alone
+        whole = [any(marker in text for marker in _WHOLE_TEXT_MARKERS) for text in texts]
+        rest = [i for i, flagged in enumerate(whole) if not flagged]
+        for i, flagged in zip(rest, may_hold_secrets([texts[i] for i in rest]), strict=True):
+            whole[i] = flagged
+        return whole
+    starts: list[int] = []
+    cursor = 0
+    for text in texts:
+        starts.append(cursor)
+        cursor += len(text) + len(_SEPARATOR)
+    flags = [False] * len(texts)
+    for seg_start, seg_end in _candidate_segments(joined):
+        for index in range(max(0, bisect_right(starts, seg_start) - 1), bisect_right(starts, seg_end)):
+            flags[index] = True
+    return flags
 
 
 def _find_spans(text: str, path: str) -> list[tuple[int, int, str, str]]:

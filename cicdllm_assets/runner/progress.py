@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeGuard
 
 from rich.console import Console, Group
 from rich.file_proxy import FileProxy
@@ -109,7 +109,7 @@ def render_progress(
     return table
 
 
-def _routable(handler: logging.Handler) -> bool:
+def _routable(handler: logging.Handler) -> TypeGuard[logging.StreamHandler[Any]]:
     """A terminal stream handler whose stream can be swapped (not a file, not logging's
     ``lastResort`` handler, whose ``stream`` is a read-only property)."""
     return (

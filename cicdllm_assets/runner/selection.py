@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from dagster import AssetKey, AssetSelection, Definitions
 
+from cicdllm_assets.automation.evaluation_jobs import EVALUATION_ASSETS
 from cicdllm_assets.automation.jobs import PIPELINE_SELECTION
 
 
@@ -64,6 +65,11 @@ def plan_selection(defs: Definitions, text: str | None, main_job: str, dataset_j
         raise SelectionError(f"asset selection {source!r} matches no asset (assets: {known or 'none'})")
     repo_job_keys = _job_keys(defs, main_job)
     dataset_job_keys = _job_keys(defs, dataset_job)
+    # A downstream selection (``repositories+``) reaches the opt-in evaluation assets, which
+    # only ``cicdllm finetune`` / ``cicdllm eval`` run: they are left out, not an error.
+    opt_in = {AssetKey(name) for name in EVALUATION_ASSETS}
+    if selected - opt_in:
+        selected = selected - opt_in
     outside = sorted(k.to_user_string() for k in selected - repo_job_keys - dataset_job_keys)
     if outside:
         raise SelectionError(f"asset selection {source!r} includes assets outside the pipeline jobs: {outside}")
