@@ -149,8 +149,8 @@ def running_server(
                 if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                log = log_path.read_text()[-3000:]
-                pytest.fail(f"{command[2]} did not answer within {deadline_seconds:g}s:\n{log}")
+                tail = log_path.read_text()[-3000:]
+                pytest.fail(f"{command[2]} did not answer within {deadline_seconds:g}s:\n{tail}")
             time.sleep(0.25)
         yield base_url
     finally:
