@@ -52,10 +52,10 @@ export: install
 	$(BIN)/cicdllm export
 
 bench: model
-	$(BIN)/python benchmarks/discovery.py .
-	$(BIN)/python benchmarks/incremental.py . --commits 40
-	$(BIN)/python benchmarks/generation.py
-	$(BIN)/python benchmarks/export.py
+	@rc=0; for bench in "benchmarks/discovery.py ." "benchmarks/incremental.py . --commits 40" \
+	  benchmarks/generation.py "benchmarks/openai_rate.py --degrading" benchmarks/export.py \
+	  "-m benchmarks.finetune" benchmarks/scale.py; do \
+	  echo "== $$bench"; $(BIN)/python $$bench || { echo "MISSED: $$bench"; rc=1; }; done; exit $$rc
 
 clean:
 	rm -rf .cicdllm dataset .dagster_home
