@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -66,10 +67,13 @@ def _max_overlap(windows: list[tuple[float, float]]) -> int:
     return peak
 
 
-def _kill_the_generating_worker(state_url: str, deadline: float) -> int:
-    """SIGKILL the process group of the worker that holds item leases (it is generating)."""
+def _kill_the_generating_worker(state_url: str, deadline: float, stop: threading.Event) -> int:
+    """SIGKILL the process group of the worker that holds item leases (it is generating).
+
+    Polls until a lease appears, the backfill ends (``stop``) or ``deadline`` (a slow machine may
+    take minutes to reach generation: the bound is generous, the backfill's end is the real limit)."""
     with StateStore(state_url) as state:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.is_set():
             if "item_leases" in state.tables():
                 holders = state.query("SELECT holder FROM item_leases")
                 if holders:
@@ -109,16 +113,20 @@ def test_backfill_on_two_celery_workers_survives_a_killed_worker_and_matches_in_
         (project / "repos.txt").write_text("".join(f"{r.path}\n" for r in repos), encoding="utf-8")
         settings = load_settings()
         with running_cluster(project, tmp_path / "logs", workers=2) as cluster:
-            import threading
-
             killed: list[int] = []
+            backfill_over = threading.Event()
             killer = threading.Thread(
-                target=lambda: killed.append(_kill_the_generating_worker(state_url, time.monotonic() + 400))
+                target=lambda: killed.append(
+                    _kill_the_generating_worker(state_url, time.monotonic() + 1800, backfill_over)
+                )
             )
             killer.start()
             keys = [f"local-{r.path.name}" for r in repos]
-            result = cluster.backfill(keys)
-            killer.join()
+            try:
+                result = cluster.backfill(keys)
+            finally:
+                backfill_over.set()
+                killer.join()
             assert result["status"] == "COMPLETED_SUCCESS", cluster.tail_logs()
             assert sorted(result["partitions"]) == sorted(keys)
             assert killed and sum(p.poll() is None for p in cluster.workers) == 1  # one worker left
