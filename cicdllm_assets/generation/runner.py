@@ -24,7 +24,6 @@ from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import GenerationConfig
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.context import ContextOverflowError, MessageBuilder, fit_prompt
-from cicdllm_assets.generation.kinds import KINDS_VERSION, plan_kinds
 from cicdllm_assets.generation.leases import Leases
 from cicdllm_assets.generation.ledger import (
     Ledger,
@@ -77,7 +76,6 @@ class WorkItem:
     build: MessageBuilder
     desired_max_tokens: int
     n_questions: int = 0
-    kinds: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -459,7 +457,6 @@ def question_params(gen: GenerationConfig) -> dict[str, Any]:
     return {
         "max_tokens": gen.question_max_tokens,
         "n_questions": gen.questions_per_chunk,
-        "question_kinds": KINDS_VERSION,
         **_sampling_params(gen),
     }
 
@@ -520,7 +517,6 @@ QUESTIONS_SCHEMA = pa.schema([
     ("license", pa.string()),
     ("language", pa.string()),
     ("question_index", pa.int32()),
-    ("kind", pa.string()),
     ("generation_key", pa.string()),
     ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()),
@@ -534,25 +530,21 @@ QUESTIONS_SCHEMA = pa.schema([
 def plan_questions(
     chunks: Sequence[Chunk], themes: Sequence[ThemeTemplate], model_id: str, gen: GenerationConfig, repo: str
 ) -> list[WorkItem]:
-    """One question item per chunk x theme, in chunk order (themes of a chunk together); the
-    chunk's question kinds are planned across its themes (:func:`plan_kinds`, seeded by the chunk's
-    code) and are part of each item's key (its params), like everything else its prompt shows."""
+    """One question item per chunk x theme, in chunk order (themes of a chunk together)."""
+    params = question_params(gen)
+    pjson = params_json(params)
     work = []
     for chunk in chunks:
-        kinds = plan_kinds(chunk.text, [theme.name for theme in themes], gen.questions_per_chunk)
         for theme in themes:
-            params = {**question_params(gen), "kinds": list(kinds[theme.name])}  # the prompt names them
-            pjson = params_json(params)
             key = item_key("question", theme.chunk_input(chunk, "question"), theme.name, theme.question_hash,
                            model_id, params)
             item = LedgerItem(key, "question", repo, chunk.chunk_key, theme.name, theme.question_hash, model_id, pjson)
             work.append(WorkItem(
                 item=item,
                 chunk=chunk,
-                build=theme.question_builder(chunk, gen.questions_per_chunk, kinds[theme.name]),
+                build=theme.question_builder(chunk, gen.questions_per_chunk),
                 desired_max_tokens=gen.question_max_tokens,
                 n_questions=gen.questions_per_chunk,
-                kinds=kinds[theme.name],
             ))
     return work
 
@@ -598,7 +590,6 @@ def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]
                 "params": entry.params_json,
                 **_chunk_columns(chunk),
                 "question_index": index,
-                "kind": w.kinds[index] if index < len(w.kinds) else None,
                 "generation_key": entry.key,
                 "prompt_tokens": entry.prompt_tokens,
                 "completion_tokens": entry.completion_tokens,
@@ -621,7 +612,6 @@ ANSWERS_SCHEMA = pa.schema([
     ("template_hash", pa.string()),
     ("question_template_hash", pa.string()),
     ("question", pa.string()),
-    ("question_kind", pa.string()),
     ("answer", pa.string()),
     ("model_id", pa.string()),
     ("params", pa.string()),
@@ -720,7 +710,6 @@ def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry]
             "template_hash": entry.template_hash,
             "question_template_hash": str(question.get("template_hash") or ""),
             "question": entry.input_text or str(question["question"]),
-            "question_kind": question.get("kind"),
             "answer": entry.output or "",
             "model_id": entry.model_id,
             "params": entry.params_json,
