@@ -86,7 +86,7 @@ def test_embedded_model_end_to_end(project: Path, make_git_repo) -> None:
 
     first = _run_json(runner)
     (summary,) = first["repos"]
-    assert summary["status"] == "done"
+    assert summary["status"] == "done", summary
     settings = load_settings()
     store = TableStore(settings.tables_dir)
     chunks = store.read("code_chunks", summary["name"]).to_pylist()
