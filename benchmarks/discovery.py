@@ -94,7 +94,12 @@ def run_pipeline(
     chunker.close()
     chunker = Chunker(counter, processing.chunk_max_tokens, cache)  # as a separate step would
     builder = ChunkRowBuilder(
-        "bench", commit, None, chunker.budget, counter, redact_secrets if redact else None,
+        "bench",
+        commit,
+        None,
+        chunker.budget,
+        counter,
+        redact_secrets if redact else None,
         redaction_cache=RedactionCache(state) if redact else None,
     )
     build_chunks(repo, kept_in_chunk_order(table.to_pylist()), chunker, builder)
@@ -163,11 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", default="HEAD")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the configured/embedded model's)")
     parser.add_argument("--budget", type=int, default=None, help="chunk_max_tokens (default: 512)")
-    parser.add_argument("--project-config", action="store_true",
-                        help="use cicdllm.yaml's processing settings (default: ProcessingConfig defaults)")
+    parser.add_argument(
+        "--project-config",
+        action="store_true",
+        help="use cicdllm.yaml's processing settings (default: ProcessingConfig defaults)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="rounds of bare/cold/warm; medians are reported")
-    parser.add_argument("--no-redact", dest="redact", action="store_false",
-                        help="leave secret redaction out of the timed runs (the asset always redacts)")
+    parser.add_argument(
+        "--no-redact",
+        dest="redact",
+        action="store_false",
+        help="leave secret redaction out of the timed runs (the asset always redacts)",
+    )
     parser.add_argument("--target-cold", type=float, default=TARGET_COLD, help="cold/bare target (default 1.5)")
     parser.add_argument("--target-warm", type=float, default=TARGET_WARM, help="warm/bare target (default 0.1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -210,14 +222,22 @@ def main(argv: list[str] | None = None) -> int:
     redact_s, redactions = redaction_seconds(repo, commit, processing, tokenizer)
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     report: dict[str, Any] = {
-        "repo": str(repo), "commit": commit, "tokenizer": str(tokenizer), "budget": processing.chunk_max_tokens,
+        "repo": str(repo),
+        "commit": commit,
+        "tokenizer": str(tokenizer),
+        "budget": processing.chunk_max_tokens,
         "rounds": args.repeat,
-        "files_total": cold.files_total, "files_kept": cold.files_kept, "mb_kept": round(mb, 2),
-        "tokens": cold.tokens, "chunks": cold.chunks,
+        "files_total": cold.files_total,
+        "files_kept": cold.files_kept,
+        "mb_kept": round(mb, 2),
+        "tokens": cold.tokens,
+        "chunks": cold.chunks,
         "bare_encode_s": round(bare_s, 3),
-        "cold_s": round(cold.seconds, 3), "cold_discovery_s": round(cold.discovery_seconds, 3),
+        "cold_s": round(cold.seconds, 3),
+        "cold_discovery_s": round(cold.discovery_seconds, 3),
         "cold_chunks_s": round(cold.chunks_seconds, 3),
-        "warm_s": round(warm.seconds, 3), "warm_discovery_s": round(warm.discovery_seconds, 3),
+        "warm_s": round(warm.seconds, 3),
+        "warm_discovery_s": round(warm.discovery_seconds, 3),
         "warm_chunks_s": round(warm.chunks_seconds, 3),
         "cold_ratio": round(statistics.median(cold_ratios), 3),
         "warm_ratio": round(statistics.median(warm_ratios), 3),
@@ -227,10 +247,14 @@ def main(argv: list[str] | None = None) -> int:
         "warm_cpu_ratio": round(statistics.median(warm_cpu_ratios), 3),
         "cold_files_per_s": round(cold.files_total / cold.seconds, 1),
         "warm_files_per_s": round(warm.files_total / warm.seconds, 1),
-        "cold_mb_per_s": round(mb / cold.seconds, 2), "warm_mb_per_s": round(mb / warm.seconds, 2),
+        "cold_mb_per_s": round(mb / cold.seconds, 2),
+        "warm_mb_per_s": round(mb / warm.seconds, 2),
         "bare_mb_per_s": round(mb / bare_s, 2),
-        "warm_tokenizer_calls": warm.tokenizer_calls, "warm_cache_hits": warm.cache_hits,
-        "redaction_s": round(redact_s, 3), "redactions": redactions, "redaction_included": args.redact,
+        "warm_tokenizer_calls": warm.tokenizer_calls,
+        "warm_cache_hits": warm.cache_hits,
+        "redaction_s": round(redact_s, 3),
+        "redactions": redactions,
+        "redaction_included": args.redact,
         "targets": {"cold_ratio": args.target_cold, "warm_ratio": args.target_warm},
     }
     report["cold_ok"] = report["cold_ratio"] <= args.target_cold

@@ -88,8 +88,15 @@ class Fault:
             raise ValueError(f"delay must be >= 0, got {self.delay}")
 
     @classmethod
-    def http(cls, status: int = 500, times: int | None = 1, *, body: str | None = None,
-             retry_after: str | float | None = None, match: str | None = None) -> Fault:
+    def http(
+        cls,
+        status: int = 500,
+        times: int | None = 1,
+        *,
+        body: str | None = None,
+        retry_after: str | float | None = None,
+        match: str | None = None,
+    ) -> Fault:
         """Reply with HTTP ``status`` (an OpenAI-style error body unless ``body`` is given)."""
         ra = None if retry_after is None else str(retry_after)
         return cls("http", times=times, status=status, body=body, retry_after=ra, match=match)
@@ -156,9 +163,7 @@ class RequestRecord:
 
 _SYMBOL_LINE = re.compile(r"^\s*Symbol:\s*([A-Za-z_][\w.]*)", re.MULTILINE)
 _FILE_LINE = re.compile(r"^\s*File:\s*(\S+)", re.MULTILINE)
-_DEFINITIONS = re.compile(
-    r"\b(?:def|class|func|fn|function|struct|interface|type|enum|trait|impl)\s+([A-Za-z_]\w*)"
-)
+_DEFINITIONS = re.compile(r"\b(?:def|class|func|fn|function|struct|interface|type|enum|trait|impl)\s+([A-Za-z_]\w*)")
 _BACKTICKED = re.compile(r"`([A-Za-z_][\w.]*)(?:\(\))?`")
 _N_QUESTIONS = re.compile(r"\b(\d{1,2})\s+(?:[\w-]+\s+){0,3}questions?\b", re.IGNORECASE)
 _QUESTION_MODE = re.compile(r"json array|\b\d{1,2}\s+(?:[\w-]+\s+){0,3}questions?\b", re.IGNORECASE)
@@ -261,8 +266,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
-    def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None,
-              content_length: int | None = None) -> None:
+    def _send(
+        self, status: int, payload: bytes, headers: dict[str, str] | None = None, content_length: int | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload) if content_length is None else content_length))
@@ -380,8 +386,9 @@ class FaultServer:
         server = _Server(("127.0.0.1", 0), _Handler)
         server.owner = self
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fault-server", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fault-server", daemon=True
+        )
         self._thread.start()
         self._timer = threading.Timer(self.max_lifetime, self.stop)
         self._timer.daemon = True
@@ -403,8 +410,9 @@ class FaultServer:
     def __enter__(self) -> FaultServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # ------------------------------------------------------------------ introspection
@@ -642,10 +650,12 @@ class FaultServer:
             handler._send(200, half)
             return
         if fault.kind == "context_overflow":
-            message = CONTEXT_OVERFLOW_MESSAGE.format(ctx=self.context_window or 2048,
-                                                      req=_word_count(_messages_text(body)) * 10)
-            payload = {"error": {"message": message, "type": "invalid_request_error",
-                                 "code": "context_length_exceeded"}}
+            message = CONTEXT_OVERFLOW_MESSAGE.format(
+                ctx=self.context_window or 2048, req=_word_count(_messages_text(body)) * 10
+            )
+            payload = {
+                "error": {"message": message, "type": "invalid_request_error", "code": "context_length_exceeded"}
+            }
             record.status = 400
             handler._send(400, json.dumps(payload).encode())
             return
@@ -654,8 +664,9 @@ class FaultServer:
         payload_bytes = (
             fault.body.encode()
             if fault.body is not None
-            else json.dumps({"error": {"message": f"injected HTTP {fault.status}", "type": "server_error",
-                                       "code": fault.status}}).encode()
+            else json.dumps(
+                {"error": {"message": f"injected HTTP {fault.status}", "type": "server_error", "code": fault.status}}
+            ).encode()
         )
         record.status = fault.status
         handler._send(fault.status, payload_bytes, headers)
@@ -760,6 +771,7 @@ class FaultServerProcess:
     def __enter__(self) -> FaultServerProcess:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -23,9 +23,7 @@ GIT_ENV = {
 def git(repo: Path, *args: str) -> str:
     """Run git in ``repo`` and return stdout."""
     env = {**os.environ, **GIT_ENV}
-    return subprocess.run(
-        ["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
+    return subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
 class GitRepo:
@@ -78,9 +76,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     root = tmp_path / "project"
     root.mkdir()
     (root / "repos.txt").write_text("", encoding="utf-8")
-    (root / "cicdllm.yaml").write_text(
-        "storage:\n  data_dir: data\n  dagster_home: dagster_home\n", encoding="utf-8"
-    )
+    (root / "cicdllm.yaml").write_text("storage:\n  data_dir: data\n  dagster_home: dagster_home\n", encoding="utf-8")
     (root / "dagster_home").mkdir()
     monkeypatch.setenv("CICDLLM_CONFIG", str(root / "cicdllm.yaml"))
     monkeypatch.setenv("DAGSTER_HOME", str(root / "dagster_home"))
@@ -106,8 +102,9 @@ def pg_database() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def state_target(request: pytest.FixtureRequest, project: Path, tmp_path: Path,
-                 monkeypatch: pytest.MonkeyPatch) -> str | Path:
+def state_target(
+    request: pytest.FixtureRequest, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str | Path:
     """The state store of this test, on each backend: a SQLite file, or a Postgres schema of its own
     in the run's database. ``storage.state_url`` (env override) points the project's settings at it."""
     if request.param == "sqlite":

@@ -18,7 +18,7 @@ _CORPUS = [
     "class Example:\n    def __init__(self, value):\n        self.value = value\n\n"
     "    def compute(self, other):\n        return self.value + other * 2\n",
     "function add(a, b) {\n  return a + b;\n}\nconst x = add(1, 2);\nexport default x;\n",
-    "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.Println(\"hello\")\n}\n",
+    'package main\n\nimport "fmt"\n\nfunc main() {\n\tfmt.Println("hello")\n}\n',
     "# Title\n\nSome documentation text about the project and how to use it.\n",
     "value_0 = compute(value_1, value_2) + total_count - offset_index\n",
     "café résumé naïve über straße — “quotes” ©\n",
@@ -57,11 +57,21 @@ def write_repositories_row(
     settings: Any, repo: str, local_path: Path, head_commit: str, license_id: str = "MIT"
 ) -> None:
     """Stand in for the upstream ``repositories`` asset: write its one-row partition table."""
-    table = pa.Table.from_pylist([{
-        "repo": repo, "url": f"file://{local_path}", "ref": None, "local_path": str(local_path),
-        "head_commit": head_commit, "default_branch": "main", "license": license_id, "size_bytes": 0,
-        "fetched_at": datetime.now(UTC),
-    }])
+    table = pa.Table.from_pylist(
+        [
+            {
+                "repo": repo,
+                "url": f"file://{local_path}",
+                "ref": None,
+                "local_path": str(local_path),
+                "head_commit": head_commit,
+                "default_branch": "main",
+                "license": license_id,
+                "size_bytes": 0,
+                "fetched_at": datetime.now(UTC),
+            }
+        ]
+    )
     TableStore(settings.tables_dir).write("repositories", repo, table)
 
 

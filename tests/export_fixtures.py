@@ -32,43 +32,87 @@ def _id(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-def chunk_row(repo: str, path: str, text: str, start: int = 1, license: str = "MIT",
-              imports: str = "", language: str = "python") -> dict[str, Any]:
+def chunk_row(
+    repo: str, path: str, text: str, start: int = 1, license: str = "MIT", imports: str = "", language: str = "python"
+) -> dict[str, Any]:
     """One code_chunks row."""
     end = start + text.count("\n")
     return {
-        "repo": repo, "commit": "c0ffee" + repo[-4:], "license": license, "path": path,
-        "blob_sha": _id("blob", repo, path), "language": language, "chunk_key": _id(repo, path, start, end),
-        "start_line": start, "end_line": end, "symbol": "", "imports": imports, "text": text,
-        "token_count": len(text.split()), "redactions": 0,
+        "repo": repo,
+        "commit": "c0ffee" + repo[-4:],
+        "license": license,
+        "path": path,
+        "blob_sha": _id("blob", repo, path),
+        "language": language,
+        "chunk_key": _id(repo, path, start, end),
+        "start_line": start,
+        "end_line": end,
+        "symbol": "",
+        "imports": imports,
+        "text": text,
+        "token_count": len(text.split()),
+        "redactions": 0,
     }
 
 
-def answer_row(chunk: dict[str, Any], question: str, answer: str, theme: str = "code_explanation",
-               completion_tokens: int = 40, max_tokens: int = 256) -> dict[str, Any]:
+def answer_row(
+    chunk: dict[str, Any],
+    question: str,
+    answer: str,
+    theme: str = "code_explanation",
+    completion_tokens: int = 40,
+    max_tokens: int = 256,
+) -> dict[str, Any]:
     """One answers row about ``chunk``."""
     return {
-        "repo": chunk["repo"], "answer_id": _id("a", chunk["chunk_key"], theme, question),
-        "question_id": _id("q", chunk["chunk_key"], theme, question), "chunk_key": chunk["chunk_key"],
-        "theme": theme, "template_hash": "tpl" + theme[:4], "question_template_hash": "qtpl",
-        "question": question, "answer": answer, "model_id": "tiny-test-model",
+        "repo": chunk["repo"],
+        "answer_id": _id("a", chunk["chunk_key"], theme, question),
+        "question_id": _id("q", chunk["chunk_key"], theme, question),
+        "chunk_key": chunk["chunk_key"],
+        "theme": theme,
+        "template_hash": "tpl" + theme[:4],
+        "question_template_hash": "qtpl",
+        "question": question,
+        "answer": answer,
+        "model_id": "tiny-test-model",
         "params": json.dumps({"max_tokens": max_tokens, "temperature": 0.7}),
-        "prompt_tokens": 100, "cached_prompt_tokens": 0, "completion_tokens": completion_tokens,
-        "latency_ms": 12.5, "trimmed": False, "path": chunk["path"], "start_line": chunk["start_line"],
-        "end_line": chunk["end_line"], "commit": chunk["commit"], "license": chunk["license"],
+        "prompt_tokens": 100,
+        "cached_prompt_tokens": 0,
+        "completion_tokens": completion_tokens,
+        "latency_ms": 12.5,
+        "trimmed": False,
+        "path": chunk["path"],
+        "start_line": chunk["start_line"],
+        "end_line": chunk["end_line"],
+        "commit": chunk["commit"],
+        "license": chunk["license"],
         "language": chunk["language"],
     }
 
 
-def store_repo(settings_tables: Path, repo: str, chunks: Sequence[dict[str, Any]],
-               answers: Sequence[dict[str, Any]], license: str = "MIT") -> None:
+def store_repo(
+    settings_tables: Path,
+    repo: str,
+    chunks: Sequence[dict[str, Any]],
+    answers: Sequence[dict[str, Any]],
+    license: str = "MIT",
+) -> None:
     """Write one repo's code_chunks, answers and repositories partitions into the TableStore."""
     store = TableStore(settings_tables)
     store.write("code_chunks", repo, pa.Table.from_pylist(list(chunks)))
     store.write("answers", repo, pa.Table.from_pylist(list(answers)))
-    store.write("repositories", repo, pa.table({
-        "repo": [repo], "url": [f"file:///{repo}"], "license": [license], "head_commit": ["c0ffee"],
-    }))
+    store.write(
+        "repositories",
+        repo,
+        pa.table(
+            {
+                "repo": [repo],
+                "url": [f"file:///{repo}"],
+                "license": [license],
+                "head_commit": ["c0ffee"],
+            }
+        ),
+    )
 
 
 def run_dataset_assets(project: Path, repos: Sequence[str], run_training: bool = True) -> DagsterInstance:
@@ -87,14 +131,24 @@ def run_dataset_assets(project: Path, repos: Sequence[str], run_training: bool =
         result = materialize([qa_pairs, *sources], partition_key=repo, resources=resources, instance=instance)
         assert result.success
     if run_training:
-        result = materialize([qa_pairs, training_dataset, *CHECKS, *sources],
-                             selection=[training_dataset], resources=resources, instance=instance)
+        result = materialize(
+            [qa_pairs, training_dataset, *CHECKS, *sources],
+            selection=[training_dataset],
+            resources=resources,
+            instance=instance,
+        )
         assert result.success
     return instance
 
 
-def assert_table_metadata(instance: DagsterInstance, tables_dir: Path, export_dir: Path,
-                          partitioned: Sequence[str], repos: Sequence[str], columns: bool = True) -> None:
+def assert_table_metadata(
+    instance: DagsterInstance,
+    tables_dir: Path,
+    export_dir: Path,
+    partitioned: Sequence[str],
+    repos: Sequence[str],
+    columns: bool = True,
+) -> None:
     """Each latest materialization reports the true row counts, its location and matching columns.
 
     Partitioned assets: ``dagster/partition_row_count`` = rows of that partition's file,
@@ -125,8 +179,11 @@ def assert_table_metadata(instance: DagsterInstance, tables_dir: Path, export_di
             if columns:
                 assert [c.name for c in schema.columns] == table.column_names, asset
             totals.append(meta["dagster/row_count"].value)
-        assert max(totals) == store.row_count(asset) == sum(
-            pq.read_table(store.path_for(asset, r)).num_rows for r in repos), asset
+        assert (
+            max(totals)
+            == store.row_count(asset)
+            == sum(pq.read_table(store.path_for(asset, r)).num_rows for r in repos)
+        ), asset
     event = instance.get_latest_materialization_event(AssetKey("training_dataset"))
     meta = event.asset_materialization.metadata  # type: ignore[union-attr]
     lines = (export_dir / "dataset.jsonl").read_text(encoding="utf-8").splitlines()

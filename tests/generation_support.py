@@ -31,8 +31,7 @@ PROMPTS_SRC = REPO_ROOT / "prompts"
 
 SAMPLE_FILES: dict[str, str] = {
     "calc/add.py": (
-        "def add(a, b):\n    \"\"\"Sum two numbers.\"\"\"\n    return a + b\n\n\n"
-        "def sub(a, b):\n    return a - b\n"
+        'def add(a, b):\n    """Sum two numbers."""\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n'
     ),
     "calc/parser.py": (
         "class Parser:\n    def parse(self, text: str) -> list[str]:\n        return text.split()\n\n"
@@ -71,8 +70,15 @@ def write_project_config(project: Path, **sections: dict[str, Any]) -> None:
         shutil.copytree(PROMPTS_SRC, project / "prompts")
 
 
-def openai_config(project: Path, base_url: str, tokenizer: Path, *, context_window: int = 4096,
-                  generation: dict[str, Any] | None = None, openai: dict[str, Any] | None = None) -> Settings:
+def openai_config(
+    project: Path,
+    base_url: str,
+    tokenizer: Path,
+    *,
+    context_window: int = 4096,
+    generation: dict[str, Any] | None = None,
+    openai: dict[str, Any] | None = None,
+) -> Settings:
     """Configure the OpenAI backend against ``base_url`` with fast retries, and generation bounds."""
     gen = {
         "themes": ["code_explanation", "testing"],
@@ -112,18 +118,37 @@ def chunk_rows(
         blob = hashlib.sha1(f"blob {len(text.encode())}\0{text}".encode()).hexdigest()  # noqa: S324 - git's id
         lines = text.splitlines()
         for start in range(0, len(lines), lines_per_chunk):
-            part = lines[start:start + lines_per_chunk]
+            part = lines[start : start + lines_per_chunk]
             s, e = start + 1, start + len(part)
             body = "\n".join(part) + "\n"
-            symbol = next((w.split("(")[0].split(":")[0] for line in part for w in line.split()[1:2]
-                           if line.lstrip().startswith(("def ", "class "))), "")
+            symbol = next(
+                (
+                    w.split("(")[0].split(":")[0]
+                    for line in part
+                    for w in line.split()[1:2]
+                    if line.lstrip().startswith(("def ", "class "))
+                ),
+                "",
+            )
             imports = "os" if "import os" in text else ""
-            rows.append({
-                "repo": repo, "commit": commit, "license": "MIT", "path": path, "blob_sha": blob,
-                "language": "python", "chunk_key": chunk_key(repo, path, "python", symbol, imports, body),
-                "start_line": s, "end_line": e, "symbol": symbol, "imports": imports, "text": body,
-                "token_count": len(body.split()), "redactions": 0,
-            })
+            rows.append(
+                {
+                    "repo": repo,
+                    "commit": commit,
+                    "license": "MIT",
+                    "path": path,
+                    "blob_sha": blob,
+                    "language": "python",
+                    "chunk_key": chunk_key(repo, path, "python", symbol, imports, body),
+                    "start_line": s,
+                    "end_line": e,
+                    "symbol": symbol,
+                    "imports": imports,
+                    "text": body,
+                    "token_count": len(body.split()),
+                    "redactions": 0,
+                }
+            )
     return rows
 
 
@@ -140,8 +165,13 @@ def generation_assets() -> list[Any]:
     return [AssetSpec("code_chunks", partitions_def=repos_partitions), questions, answers]
 
 
-def run_generation(repo: str, llm: Any, selection: Sequence[str] = ("questions", "answers"),
-                   instance: DagsterInstance | None = None, raise_on_error: bool = True) -> ExecuteInProcessResult:
+def run_generation(
+    repo: str,
+    llm: Any,
+    selection: Sequence[str] = ("questions", "answers"),
+    instance: DagsterInstance | None = None,
+    raise_on_error: bool = True,
+) -> ExecuteInProcessResult:
     """Materialize the selected generation assets for one repo partition."""
     instance = instance or DagsterInstance.get()
     if repo not in instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME):
@@ -250,13 +280,19 @@ class ScriptedBackend:
             prompt_tokens = self.count_prompt_tokens(request.messages)
             category = next((c for s, c in self.fail.items() if s in last), None)
             if category is not None:
-                yield GenerationResult(request.key, error=GenerationError(category, f"scripted {category}"),  # type: ignore[arg-type]
-                                       prompt_tokens=prompt_tokens)
+                yield GenerationResult(
+                    request.key,
+                    error=GenerationError(category, f"scripted {category}"),  # type: ignore[arg-type]
+                    prompt_tokens=prompt_tokens,
+                )
                 continue
-            text = next((r for s, r in self.replies.items() if s in last),
-                        '["What does this code compute exactly?", "How would you test this code well?"]')
-            yield GenerationResult(request.key, text=text, prompt_tokens=prompt_tokens,
-                                   completion_tokens=len(text.split()), latency_ms=1.0)
+            text = next(
+                (r for s, r in self.replies.items() if s in last),
+                '["What does this code compute exactly?", "How would you test this code well?"]',
+            )
+            yield GenerationResult(
+                request.key, text=text, prompt_tokens=prompt_tokens, completion_tokens=len(text.split()), latency_ms=1.0
+            )
 
     def close(self) -> None:
         return None

@@ -15,40 +15,93 @@ from cicdllm_assets.storage.tables import TableStore
 HEADS = {"alpha": "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678", "beta": "0f1e2d3c4b5a69788796a5b4c3d2e1f009876543"}
 
 
-def write_tables(settings: Settings, repo: str, files: int, skipped: int, chunks: int, questions: int,
-                 answers: int, accepted: int) -> None:
+def write_tables(
+    settings: Settings, repo: str, files: int, skipped: int, chunks: int, questions: int, answers: int, accepted: int
+) -> None:
     """Write one repo's partitions of every asset table (columns as in the team brief)."""
     store = TableStore(settings.tables_dir)
     head = HEADS.get(repo, "f" * 40)
-    store.write("repositories", repo, pa.table({
-        "repo": [repo], "url": [f"https://example.invalid/{repo}.git"], "ref": ["main"],
-        "local_path": [f"/tmp/{repo}"], "head_commit": [head], "default_branch": ["main"],
-        "license": ["MIT"], "size_bytes": [2_500_000], "fetched_at": [1.0],
-    }))
+    store.write(
+        "repositories",
+        repo,
+        pa.table(
+            {
+                "repo": [repo],
+                "url": [f"https://example.invalid/{repo}.git"],
+                "ref": ["main"],
+                "local_path": [f"/tmp/{repo}"],
+                "head_commit": [head],
+                "default_branch": ["main"],
+                "license": ["MIT"],
+                "size_bytes": [2_500_000],
+                "fetched_at": [1.0],
+            }
+        ),
+    )
     n = files + skipped
-    store.write("source_files", repo, pa.table({
-        "repo": [repo] * n, "commit": [head] * n, "path": [f"src/f{i}.py" for i in range(n)],
-        "blob_sha": [f"{i:040x}" for i in range(n)], "size_bytes": [1500] * n, "language": ["python"] * n,
-        "status": ["kept"] * files + ["skipped"] * skipped,
-        "skip_reason": [None] * files + ["too_large"] * skipped,
-    }))
-    store.write("code_chunks", repo, pa.table({
-        "repo": [repo] * chunks, "chunk_key": [f"{repo}-c{i}" for i in range(chunks)],
-        "token_count": [100] * chunks, "text": ["def f():\n    pass\n"] * chunks,
-    }))
-    store.write("questions", repo, pa.table({
-        "repo": [repo] * questions, "question_id": [f"{repo}-q{i}" for i in range(questions)],
-        "question": ["What does f do?"] * questions,
-    }))
-    store.write("answers", repo, pa.table({
-        "repo": [repo] * answers, "answer_id": [f"{repo}-a{i}" for i in range(answers)],
-        "completion_tokens": [40] * answers, "answer": ["It does nothing."] * answers,
-    }))
-    store.write("qa_pairs", repo, pa.table({
-        "repo": [repo] * answers, "answer_id": [f"{repo}-a{i}" for i in range(answers)],
-        "accepted": [i < accepted for i in range(answers)],
-        "reject_reason": [None if i < accepted else "too_short" for i in range(answers)],
-    }))
+    store.write(
+        "source_files",
+        repo,
+        pa.table(
+            {
+                "repo": [repo] * n,
+                "commit": [head] * n,
+                "path": [f"src/f{i}.py" for i in range(n)],
+                "blob_sha": [f"{i:040x}" for i in range(n)],
+                "size_bytes": [1500] * n,
+                "language": ["python"] * n,
+                "status": ["kept"] * files + ["skipped"] * skipped,
+                "skip_reason": [None] * files + ["too_large"] * skipped,
+            }
+        ),
+    )
+    store.write(
+        "code_chunks",
+        repo,
+        pa.table(
+            {
+                "repo": [repo] * chunks,
+                "chunk_key": [f"{repo}-c{i}" for i in range(chunks)],
+                "token_count": [100] * chunks,
+                "text": ["def f():\n    pass\n"] * chunks,
+            }
+        ),
+    )
+    store.write(
+        "questions",
+        repo,
+        pa.table(
+            {
+                "repo": [repo] * questions,
+                "question_id": [f"{repo}-q{i}" for i in range(questions)],
+                "question": ["What does f do?"] * questions,
+            }
+        ),
+    )
+    store.write(
+        "answers",
+        repo,
+        pa.table(
+            {
+                "repo": [repo] * answers,
+                "answer_id": [f"{repo}-a{i}" for i in range(answers)],
+                "completion_tokens": [40] * answers,
+                "answer": ["It does nothing."] * answers,
+            }
+        ),
+    )
+    store.write(
+        "qa_pairs",
+        repo,
+        pa.table(
+            {
+                "repo": [repo] * answers,
+                "answer_id": [f"{repo}-a{i}" for i in range(answers)],
+                "accepted": [i < accepted for i in range(answers)],
+                "reject_reason": [None if i < accepted else "too_short" for i in range(answers)],
+            }
+        ),
+    )
 
 
 def write_state(settings: Settings) -> StateStore:

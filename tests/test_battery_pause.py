@@ -61,8 +61,10 @@ def test_pauses_on_battery_below_threshold_and_resumes_on_power(
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("paused: on battery at 10%") for m in messages)
     assert any(m.startswith("resumed") and "mains power" in m for m in messages)
-    events = [(row["level"], row["message"]) for row in StateStore(settings.state_db).connection().execute(
-        "SELECT level, message FROM events ORDER BY id")]
+    events = [
+        (row["level"], row["message"])
+        for row in StateStore(settings.state_db).connection().execute("SELECT level, message FROM events ORDER BY id")
+    ]
     assert events[0][0] == "WARNING" and "below 20%" in events[0][1]
     assert events[1][0] == "INFO" and events[1][1].startswith("resumed")
     # resumed: the viewer no longer shows a pause

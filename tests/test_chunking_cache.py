@@ -142,8 +142,15 @@ def test_redaction_results_are_cached_per_text_and_detector(tmp_path: Path, tok_
 
     def build(detector: str) -> tuple[InflatingRedactor, list[dict]]:
         redactor = InflatingRedactor()
-        builder = ChunkRowBuilder("r", "c" * 40, None, 64, counter, redactor=redactor,
-                                  redaction_cache=RedactionCache(state, detector=detector))
+        builder = ChunkRowBuilder(
+            "r",
+            "c" * 40,
+            None,
+            64,
+            counter,
+            redactor=redactor,
+            redaction_cache=RedactionCache(state, detector=detector),
+        )
         builder.add_file(file, plan)
         return redactor, builder.table().to_pylist()
 

@@ -54,7 +54,7 @@ def test_strings_comments_decorators_and_continuations() -> None:
         "    arg=1,\n"
         ")\n"
         "def f():\n"
-        "    s = \"def inner(): # not a comment\"\n"
+        '    s = "def inner(): # not a comment"\n'
         "    return s\n"
         "if X:\n"
         "    pass\n"
@@ -70,7 +70,11 @@ def test_strings_comments_decorators_and_continuations() -> None:
     lexer = PyLexer(text, starts)
     statements = lexer.statements(0, len(starts) - 1, "")
     assert [(s.line, s.kind, s.name) for s in statements] == [
-        (0, "import", ""), (1, "other", ""), (5, "def", "f"), (12, "other", ""), (16, "class", "C"),
+        (0, "import", ""),
+        (1, "other", ""),
+        (5, "def", "f"),
+        (12, "other", ""),
+        (16, "class", "C"),
     ]
     body = lexer.body_indent(16, len(starts) - 1)
     assert body == (19, "    ")

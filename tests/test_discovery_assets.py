@@ -38,7 +38,13 @@ def test_materialize_source_files_and_code_chunks(ingest_project) -> None:
     files = store.read("source_files", "sample").to_pylist()
     chunks = store.read("code_chunks", "sample").to_pylist()
     assert {f["path"] for f in files if f["status"] == "kept"} == {
-        "README.md", "src/app.py", "src/util.js", "docs/utf16.txt", "docs/latin1.py", "link_inside.py"}
+        "README.md",
+        "src/app.py",
+        "src/util.js",
+        "docs/utf16.txt",
+        "docs/latin1.py",
+        "link_inside.py",
+    }
     assert all(f["commit"] == head and f["repo"] == "sample" for f in files)
     skipped = {f["path"]: f["skip_reason"] for f in files if f["status"] == "skipped"}
     assert skipped["link_outside.py"].startswith("symlink outside repository")
@@ -124,6 +130,10 @@ def test_missing_tokenizer_fails_with_clear_message(project, make_git_repo, tmp_
     write_repositories_row(settings, "plain", repo.path, repo.git("rev-parse", "HEAD"))
     with pytest.raises(Exception, match=r"processing.tokenizer: no tokenizer.json at .*nowhere"):
         materialize_ingest("plain", [source_files])
-    failures = StateStore(settings.state_db).connection().execute(
-        "SELECT category FROM failures WHERE repo = 'plain' AND stage = 'source_files'").fetchall()
+    failures = (
+        StateStore(settings.state_db)
+        .connection()
+        .execute("SELECT category FROM failures WHERE repo = 'plain' AND stage = 'source_files'")
+        .fetchall()
+    )
     assert [row[0] for row in failures] == ["tokenizer"]

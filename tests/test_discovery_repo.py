@@ -180,10 +180,12 @@ def test_verdict_and_plan_caches_skip_reading_and_tokenizing(sample, tmp_path, c
     assert first.stats.bytes_read > 0
     assert second.stats.bytes_read < 200  # only symlink targets are read again, no file content
     assert counter.calls == calls  # nothing tokenized again
-    strip = [(f.path, f.status, f.skip_reason, f.encoding, f.line_count, f.token_count, f.chunk_count)
-             for f in files_first]
-    assert strip == [(f.path, f.status, f.skip_reason, f.encoding, f.line_count, f.token_count, f.chunk_count)
-                     for f in files_second]
+    strip = [
+        (f.path, f.status, f.skip_reason, f.encoding, f.line_count, f.token_count, f.chunk_count) for f in files_first
+    ]
+    assert strip == [
+        (f.path, f.status, f.skip_reason, f.encoding, f.line_count, f.token_count, f.chunk_count) for f in files_second
+    ]
 
 
 def test_non_utf8_file_name_is_kept_with_a_readable_path(make_git_repo, counter) -> None:
@@ -213,8 +215,13 @@ def test_build_chunks_reports_unreadable_blobs(sample, counter) -> None:
 
     repo, main_head, _ = sample
     kept = [
-        {"path": "src/app.py", "blob_sha": repo.git("rev-parse", f"{main_head}:src/app.py"), "language": "python",
-         "encoding": "utf-8", "status": "kept"},
+        {
+            "path": "src/app.py",
+            "blob_sha": repo.git("rev-parse", f"{main_head}:src/app.py"),
+            "language": "python",
+            "encoding": "utf-8",
+            "status": "kept",
+        },
         {"path": "gone.py", "blob_sha": "1" * 40, "language": "python", "encoding": "utf-8", "status": "kept"},
     ]
     builder = ChunkRowBuilder("r", main_head, None, 128, counter)
@@ -229,8 +236,13 @@ def test_build_chunks_reads_ahead_across_batches_with_a_missing_object(sample, c
     from cicdllm_assets.chunking.rows import ChunkRowBuilder
 
     repo, main_head, _ = sample
-    good = {"path": "src/app.py", "blob_sha": repo.git("rev-parse", f"{main_head}:src/app.py"),
-            "language": "python", "encoding": "utf-8", "status": "kept"}
+    good = {
+        "path": "src/app.py",
+        "blob_sha": repo.git("rev-parse", f"{main_head}:src/app.py"),
+        "language": "python",
+        "encoding": "utf-8",
+        "status": "kept",
+    }
     gone = {"path": "gone.py", "blob_sha": "1" * 40, "language": "python", "encoding": "utf-8", "status": "kept"}
     monkeypatch.setattr(build, "BATCH_FILES", 2)
     kept = [good, {**good, "path": "copy1.py"}, gone, {**good, "path": "copy2.py"}, {**good, "path": "copy3.py"}]

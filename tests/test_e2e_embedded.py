@@ -54,10 +54,7 @@ def _run_json(runner: CliRunner) -> dict:
 
 
 def _files_containing(root: Path, needle: bytes, exclude: Path) -> list[Path]:
-    return [
-        p for p in root.rglob("*")
-        if p.is_file() and not p.is_relative_to(exclude) and needle in p.read_bytes()
-    ]
+    return [p for p in root.rglob("*") if p.is_file() and not p.is_relative_to(exclude) and needle in p.read_bytes()]
 
 
 def test_embedded_model_end_to_end(project: Path, make_git_repo) -> None:

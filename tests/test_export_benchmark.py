@@ -19,7 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_export_benchmark_small(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.export", "--sizes", "500,1500", "--out", str(tmp_path / "work")],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     out = proc.stdout
     assert proc.returncode in (0, 1), proc.stderr[-2000:]

@@ -58,7 +58,8 @@ def test_chain_to_export_leaks_no_secret(project: Path, make_git_repo, tiny_mode
     for path in exported:
         text = (
             "\n".join(str(v) for row in pq.read_table(path).to_pylist() for v in row.values())
-            if path.suffix == ".parquet" else path.read_text(encoding="utf-8")
+            if path.suffix == ".parquet"
+            else path.read_text(encoding="utf-8")
         )
         assert not _leaks(text), f"leak in export file {path.relative_to(out)}"
     records = pq.read_table(out / "dataset.parquet")

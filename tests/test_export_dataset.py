@@ -16,7 +16,7 @@ from tests.export_fixtures import answer_row, assert_table_metadata, chunk_row, 
 
 CODE = {
     "src/config.py": "import yaml\n\ndef parse_config(path):\n    data = yaml.safe_load(open(path))\n"
-                     "    return Settings(**data)\n",
+    "    return Settings(**data)\n",
     "src/repos.py": "def load_repos(file):\n    return [line.strip() for line in open(file) if line.strip()]\n",
     "src/util.py": "def slugify(name):\n    return name.lower().replace(' ', '-')\n",
     "src/cli.py": "def main(argv):\n    settings = parse_config(argv[1])\n    run(settings)\n",
@@ -24,8 +24,10 @@ CODE = {
 
 
 def good_answer(name: str) -> str:
-    return (f"The function `{name}` is defined in this module. It reads its argument, processes it "
-            f"and returns the result to the caller.")
+    return (
+        f"The function `{name}` is defined in this module. It reads its argument, processes it "
+        f"and returns the result to the caller."
+    )
 
 
 def make_mit_repo(tables: Path, repo: str = "acme/tools") -> None:
@@ -34,16 +36,25 @@ def make_mit_repo(tables: Path, repo: str = "acme/tools") -> None:
     for chunk in chunks:
         name = chunk["text"].split("def ", 1)[1].split("(", 1)[0]
         answers.append(answer_row(chunk, f"What does {name} in {chunk['path']} do?", good_answer(name)))
-        answers.append(answer_row(chunk, f"How would you test {name}?",
-                                  f"Call `{name}` with a small input and assert on what it returns, "
-                                  f"for example an empty value and a typical one.", theme="testing"))
+        answers.append(
+            answer_row(
+                chunk,
+                f"How would you test {name}?",
+                f"Call `{name}` with a small input and assert on what it returns, "
+                f"for example an empty value and a typical one.",
+                theme="testing",
+            )
+        )
     config = chunks[0]
     answers += [
         answer_row(config, "Why does parse_config exist?", "I'm sorry, but I can't help with that request."),
         answer_row(config, "What does parse_config return?", "It returns the settings object built from the"),
-        answer_row(config, "Which helpers does parse_config use?",
-                   "It calls `ConfigLoader.from_env`, then `validate_schema` and `merge_overrides`, "
-                   "and finally wraps everything in `AppSettings`."),
+        answer_row(
+            config,
+            "Which helpers does parse_config use?",
+            "It calls `ConfigLoader.from_env`, then `validate_schema` and `merge_overrides`, "
+            "and finally wraps everything in `AppSettings`.",
+        ),
         answer_row(config, "What is parse_config for?", ""),
         # near-duplicate of the first question/answer about parse_config
         answer_row(config, "What does parse_config in the src/config.py file do?", good_answer("parse_config")),
@@ -54,12 +65,22 @@ def make_mit_repo(tables: Path, repo: str = "acme/tools") -> None:
 def test_dataset_end_to_end(project: Path) -> None:
     settings = load_settings()
     make_mit_repo(settings.tables_dir)
-    gpl_chunk = chunk_row("gnu/thing", "main.c", "int add(int a, int b) { return a + b; }\n",
-                          license="GPL-3.0-only", language="c")
-    store_repo(settings.tables_dir, "gnu/thing", [gpl_chunk],
-               [answer_row(gpl_chunk, "What does add do in main.c?",
-                           "The `add` function returns the sum of its two integer arguments.")],
-               license="GPL-3.0-only")
+    gpl_chunk = chunk_row(
+        "gnu/thing", "main.c", "int add(int a, int b) { return a + b; }\n", license="GPL-3.0-only", language="c"
+    )
+    store_repo(
+        settings.tables_dir,
+        "gnu/thing",
+        [gpl_chunk],
+        [
+            answer_row(
+                gpl_chunk,
+                "What does add do in main.c?",
+                "The `add` function returns the sum of its two integer arguments.",
+            )
+        ],
+        license="GPL-3.0-only",
+    )
     instance = run_dataset_assets(project, ["acme/tools", "gnu/thing"])
 
     qa = TableStore(settings.tables_dir).read("qa_pairs", "acme/tools")
@@ -70,8 +91,10 @@ def test_dataset_end_to_end(project: Path) -> None:
     assert reasons["Which helpers does parse_config use?"] == "not_grounded"
     assert reasons["What is parse_config for?"] == "empty_answer"
     # one of the two near-identical pairs survives (the first in path/line/answer-id order)
-    pair = {reasons["What does parse_config in the src/config.py file do?"],
-            reasons["What does parse_config in src/config.py do?"]}
+    pair = {
+        reasons["What does parse_config in the src/config.py file do?"],
+        reasons["What does parse_config in src/config.py do?"],
+    }
     assert pair == {None, "near_duplicate"}
 
     out = settings.export_dir
@@ -109,15 +132,19 @@ def test_dataset_end_to_end(project: Path) -> None:
         AssetRecordsFilter(asset_key=AssetKey("qa_pairs"), asset_partitions=["acme/tools"]), limit=1
     ).records
     meta = records[0].asset_materialization.metadata  # type: ignore[union-attr]
-    assert meta["rejections"].value == {"empty_answer": 1, "near_duplicate": 1, "not_grounded": 1,
-                                        "refusal": 1, "truncated": 1}
+    assert meta["rejections"].value == {
+        "empty_answer": 1,
+        "near_duplicate": 1,
+        "not_grounded": 1,
+        "refusal": 1,
+        "truncated": 1,
+    }
     assert meta["accepted"].value == 8 and meta["rejected_refusal"].value == 1
     event = instance.get_latest_materialization_event(AssetKey("training_dataset"))
     meta = event.asset_materialization.metadata  # type: ignore[union-attr]
     assert meta["exported_pairs"].value == 8 and meta["excluded_repos"].value["gnu/thing"]["pairs"] == 1
     # Dagster table conventions: true row counts (pairs, not summary rows), location, columns
-    assert_table_metadata(instance, settings.tables_dir, out, ["qa_pairs"], ["acme/tools", "gnu/thing"],
-                          columns=False)
+    assert_table_metadata(instance, settings.tables_dir, out, ["qa_pairs"], ["acme/tools", "gnu/thing"], columns=False)
 
 
 @pytest.mark.parametrize("check", sorted(ALL_CHECKS))

@@ -29,8 +29,10 @@ from cicdllm_assets.storage.tables import TableStore
 from tests.export_fixtures import answer_row, chunk_row
 from tests.llm_fixtures import make_tiny_model_dir
 
-_WORD_TEXT = ("parser cache token stream buffer config index merge retry window schema commit branch socket "
-              "thread future vector matrix kernel signal router handler plugin queue ledger")
+_WORD_TEXT = (
+    "parser cache token stream buffer config index merge retry window schema commit branch socket "
+    "thread future vector matrix kernel signal router handler plugin queue ledger"
+)
 WORDS = _WORD_TEXT.split()
 TRICKY = 'It returns "a, b" — then,\nfor "quoted" values, it splits on commas, "and" keeps\r\nnewlines.'
 
@@ -44,8 +46,9 @@ def qa_table(n_files: int = 6, per_file: int = 2, repo: str = "acme/lib", tricky
         chunks.append(chunk)
         for q in range(per_file):
             topic = " ".join(WORDS[(7 * f + 3 * q + k) % len(WORDS)] for k in range(8))
-            answer = (f"The function `{name}` adds {f} to its argument; think of it as {topic}."
-                      + (" " + TRICKY if tricky and f == 0 and q == 0 else ""))
+            answer = f"The function `{name}` adds {f} to its argument; think of it as {topic}." + (
+                " " + TRICKY if tricky and f == 0 and q == 0 else ""
+            )
             answers.append(answer_row(chunk, f"Case {q}: how does {name} relate to {topic}?", answer))
     result = filter_pairs(pa.Table.from_pylist(answers), pa.Table.from_pylist(chunks), 0.85)
     assert result.accepted == len(answers), result.rejections
@@ -67,8 +70,7 @@ def test_parquet_loads_in_polars_pyarrow_and_datasets(exported: tuple[Path, Any]
     path = out / "dataset.parquet"
     table = pq.read_table(path)
     frame = pl.read_parquet(path)
-    ds = datasets.load_dataset("parquet", data_files=str(path), split="train",
-                               cache_dir=str(out.parent / "hf-cache"))
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(out.parent / "hf-cache"))
     assert table.num_rows == frame.height == len(ds) == result.exported_pairs == 12
     assert set(ds.column_names) == set(table.column_names)
     assert sorted(frame["answer"].to_list()) == sorted(table.column("answer").to_pylist())
@@ -96,8 +98,13 @@ def test_hub_configs_load_with_datasets(exported: tuple[Path, Any], monkeypatch:
     default = datasets.load_dataset(str(out), cache_dir=cache)
     assert {split: len(ds) for split, ds in default.items()} == counts
     assert default.column_names["train"] == ["messages"]
-    columns = {"mlx_chat": ["messages"], "openai": ["messages"], "mlx_completions": ["prompt", "completion"],
-               "alpaca": ["instruction", "input", "output"], "sharegpt": ["conversations", "system"]}
+    columns = {
+        "mlx_chat": ["messages"],
+        "openai": ["messages"],
+        "mlx_completions": ["prompt", "completion"],
+        "alpaca": ["instruction", "input", "output"],
+        "sharegpt": ["conversations", "system"],
+    }
     for fmt in per_split:
         loaded = datasets.load_dataset(str(out), fmt, cache_dir=cache)
         assert {split: len(ds) for split, ds in loaded.items()} == counts, fmt

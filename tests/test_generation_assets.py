@@ -59,8 +59,22 @@ def test_noop_rerun_makes_zero_llm_calls(project: Path, server: FaultServer, tin
     assert answers.num_rows == questions.num_rows
     assert len(set(answers.column("answer_id").to_pylist())) == answers.num_rows
     row = answers.to_pylist()[0]
-    for column in ("repo", "commit", "path", "start_line", "end_line", "model_id", "template_hash", "params",
-                   "prompt_tokens", "completion_tokens", "latency_ms", "trimmed", "license", "question_id"):
+    for column in (
+        "repo",
+        "commit",
+        "path",
+        "start_line",
+        "end_line",
+        "model_id",
+        "template_hash",
+        "params",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "trimmed",
+        "license",
+        "question_id",
+    ):
         assert row[column] is not None, column
     assert row["model_id"] == "fake-model" and row["commit"] == "c0ffee"
     assert row["finish_reason"] == "stop" and row["max_tokens"] == 256
@@ -92,9 +106,13 @@ def _function(i: int) -> str:
     return f"def measure_{i}(names):\n    total = 0\n{body}    return total\n\n\n"
 
 
-REPORT = "def report(rows):\n" + "".join(
-    f"    line_{k} = json.dumps({{'row': rows[{k}], 'index': {k}, 'label': 'entry {k}'}})\n" for k in range(6)
-) + "    return [line_0, line_1, line_2, line_3, line_4, line_5]\n\n\n"
+REPORT = (
+    "def report(rows):\n"
+    + "".join(
+        f"    line_{k} = json.dumps({{'row': rows[{k}], 'index': {k}, 'label': 'entry {k}'}})\n" for k in range(6)
+    )
+    + "    return [line_0, line_1, line_2, line_3, line_4, line_5]\n\n\n"
+)
 HEAD = "import json\nimport os\n\n\n"
 
 
@@ -109,7 +127,9 @@ def _questions(server: FaultServer, start: int) -> list[str]:
 
 
 def test_an_edit_regenerates_only_its_chunk_and_moved_code_is_reused(
-    project: Path, make_git_repo, tiny_model_dir: Path  # noqa: F811
+    project: Path,
+    make_git_repo,
+    tiny_model_dir: Path,  # noqa: F811
 ) -> None:
     """Real history through the whole chain (git repo, discovery, chunking, HTTP backend)."""
     functions = [_function(i) for i in range(12)]
@@ -155,8 +175,10 @@ def test_an_edit_regenerates_only_its_chunk_and_moved_code_is_reused(
         for a in answers:
             assert a["commit"] == head
             shift = 5 if a["path"] == "stats/core.py" else 0
-            assert (a["start_line"], a["end_line"]) == (before[a["answer_id"]]["start_line"] + shift,
-                                                        before[a["answer_id"]]["end_line"] + shift)
+            assert (a["start_line"], a["end_line"]) == (
+                before[a["answer_id"]]["start_line"] + shift,
+                before[a["answer_id"]]["end_line"] + shift,
+            )
 
         # 3. a function moved within the file: its chunk is reused, with its new lines
         moved = list(edited)
@@ -180,7 +202,9 @@ def _run_chain(key: str, instance: DagsterInstance) -> None:
 
 
 def test_editing_a_template_regenerates_only_that_theme(
-    project: Path, server: FaultServer, tiny_model_dir: Path  # noqa: F811
+    project: Path,
+    server: FaultServer,
+    tiny_model_dir: Path,  # noqa: F811
 ) -> None:
     settings = openai_config(project, server.base_url, tiny_model_dir)
     rows = chunk_rows(REPO, SAMPLE_FILES)
@@ -191,9 +215,12 @@ def test_editing_a_template_regenerates_only_that_theme(
     old = read_table(settings, "answers", REPO).to_pylist()
 
     template = project / "prompts" / "testing.yaml"
-    template.write_text(template.read_text(encoding="utf-8").replace(
-        "explain what each test checks and why.", "explain what each test checks, and why it matters."
-    ), encoding="utf-8")
+    template.write_text(
+        template.read_text(encoding="utf-8").replace(
+            "explain what each test checks and why.", "explain what each test checks, and why it matters."
+        ),
+        encoding="utf-8",
+    )
     assert run_generation(REPO, OpenAIResource(), instance=instance).success
 
     new_requests = server.chat_records[before:]
@@ -204,18 +231,22 @@ def test_editing_a_template_regenerates_only_that_theme(
     assert {r["answer_id"] for r in old if r["theme"] != "testing"} == {
         r["answer_id"] for r in new if r["theme"] != "testing"
     }
-    assert not ({r["answer_id"] for r in old if r["theme"] == "testing"}
-                & {r["answer_id"] for r in new if r["theme"] == "testing"})
+    assert not (
+        {r["answer_id"] for r in old if r["theme"] == "testing"}
+        & {r["answer_id"] for r in new if r["theme"] == "testing"}
+    )
     assert {r["question_id"] for r in old} == {r["question_id"] for r in new}
 
 
 def test_failures_are_recorded_and_retried_up_to_max_attempts(
-    project: Path, tiny_model_dir: Path  # noqa: F811
+    project: Path,
+    tiny_model_dir: Path,  # noqa: F811
 ) -> None:
     # every request about calc/parser.py fails with a non-retryable HTTP 400
     with FaultServer([Fault.http(400, times=None, match="File: calc/parser.py")], capacity=8) as server:
-        settings = openai_config(project, server.base_url, tiny_model_dir,
-                                 generation={"themes": ["code_explanation"], "max_attempts": 2})
+        settings = openai_config(
+            project, server.base_url, tiny_model_dir, generation={"themes": ["code_explanation"], "max_attempts": 2}
+        )
         rows = chunk_rows(REPO, SAMPLE_FILES)
         parser_chunks = [r for r in rows if r["path"] == "calc/parser.py"]
         write_chunks(settings, REPO, rows)
@@ -228,10 +259,15 @@ def test_failures_are_recorded_and_retried_up_to_max_attempts(
         assert {e.error_category for e in failed} == {"http_status"} and all(e.attempts == 1 for e in failed)
         from cicdllm_assets.storage.state import StateStore
 
-        recorded = StateStore(settings.state_db).connection().execute(
-            "SELECT category, COUNT(*) AS n FROM failures WHERE repo = ? AND stage = 'questions' GROUP BY category",
-            (REPO,),
-        ).fetchall()
+        recorded = (
+            StateStore(settings.state_db)
+            .connection()
+            .execute(
+                "SELECT category, COUNT(*) AS n FROM failures WHERE repo = ? AND stage = 'questions' GROUP BY category",
+                (REPO,),
+            )
+            .fetchall()
+        )
         assert {r["category"]: r["n"] for r in recorded} == {"http_status": len(parser_chunks)}
         questions = read_table(settings, "questions", REPO)
         assert "calc/parser.py" not in set(questions.column("path").to_pylist())
@@ -252,14 +288,13 @@ def test_failures_are_recorded_and_retried_up_to_max_attempts(
 
         # the server recovers and the failure is fixed by raising max_attempts
         server.clear_faults()
-        openai_config(project, server.base_url, tiny_model_dir,
-                      generation={"themes": ["code_explanation"], "max_attempts": 3})
+        openai_config(
+            project, server.base_url, tiny_model_dir, generation={"themes": ["code_explanation"], "max_attempts": 3}
+        )
         assert run_generation(REPO, OpenAIResource(), instance=instance).success
         questions = read_table(settings, "questions", REPO)
         assert "calc/parser.py" in set(questions.column("path").to_pylist())
-        assert Counter(e.status for e in ledger_of(settings).entries(kind="question")) == Counter(
-            {"ok": len(rows)}
-        )
+        assert Counter(e.status for e in ledger_of(settings).entries(kind="question")) == Counter({"ok": len(rows)})
 
 
 def test_parse_errors_keep_the_raw_text(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
@@ -279,9 +314,18 @@ def test_parse_errors_keep_the_raw_text(project: Path, tiny_model_dir: Path) -> 
 
 def test_context_window_trimming(project: Path, server: FaultServer, tiny_model_dir: Path) -> None:  # noqa: F811
     long_file = "\n".join(f"def function_{i}(value):\n    return value * {i} + len(str(value))" for i in range(60))
-    settings = openai_config(project, server.base_url, tiny_model_dir, context_window=1024,
-                             generation={"themes": ["code_explanation"], "question_max_tokens": 64,
-                                         "answer_max_tokens": 1000, "questions_per_chunk": 1})
+    settings = openai_config(
+        project,
+        server.base_url,
+        tiny_model_dir,
+        context_window=1024,
+        generation={
+            "themes": ["code_explanation"],
+            "question_max_tokens": 64,
+            "answer_max_tokens": 1000,
+            "questions_per_chunk": 1,
+        },
+    )
     rows = chunk_rows(REPO, {"big.py": long_file}, lines_per_chunk=120)
     write_chunks(settings, REPO, rows)
     assert run_generation(REPO, OpenAIResource(), instance=DagsterInstance.ephemeral()).success
@@ -307,13 +351,18 @@ def test_context_window_trimming(project: Path, server: FaultServer, tiny_model_
 
 def test_circuit_open_fails_the_asset_and_keeps_progress(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
     with FaultServer([Fault.http(503, times=None, match="File: util/io.py")], capacity=1) as server:
-        settings = openai_config(project, server.base_url, tiny_model_dir,
-                                 generation={"themes": ["code_explanation"], "batch_size": 1},
-                                 openai={"circuit_breaker_failures": 2, "max_retries": 0, "max_concurrency": 1})
+        settings = openai_config(
+            project,
+            server.base_url,
+            tiny_model_dir,
+            generation={"themes": ["code_explanation"], "batch_size": 1},
+            openai={"circuit_breaker_failures": 2, "max_retries": 0, "max_concurrency": 1},
+        )
         rows = chunk_rows(REPO, SAMPLE_FILES)
         write_chunks(settings, REPO, rows)
-        result = run_generation(REPO, OpenAIResource(), selection=["questions"],
-                                instance=DagsterInstance.ephemeral(), raise_on_error=False)
+        result = run_generation(
+            REPO, OpenAIResource(), selection=["questions"], instance=DagsterInstance.ephemeral(), raise_on_error=False
+        )
         assert not result.success
         failure = result.failure_data_for_node("questions")
         assert failure is not None and "circuit breaker" in str(failure.error)
@@ -332,14 +381,17 @@ def test_assets_use_the_llm_pool_and_generation_group() -> None:
 
 
 def test_bad_template_fails_the_asset_naming_the_file(
-    project: Path, server: FaultServer, tiny_model_dir: Path  # noqa: F811
+    project: Path,
+    server: FaultServer,
+    tiny_model_dir: Path,  # noqa: F811
 ) -> None:
     settings = openai_config(project, server.base_url, tiny_model_dir)
     write_chunks(settings, REPO, chunk_rows(REPO, SAMPLE_FILES))
     bad = project / "prompts" / "testing.yaml"
     bad.write_text(bad.read_text(encoding="utf-8").replace("{path}", "{file_path}", 1), encoding="utf-8")
-    result = run_generation(REPO, OpenAIResource(), selection=["questions"], instance=DagsterInstance.ephemeral(),
-                            raise_on_error=False)
+    result = run_generation(
+        REPO, OpenAIResource(), selection=["questions"], instance=DagsterInstance.ephemeral(), raise_on_error=False
+    )
     assert not result.success
     failure = result.failure_data_for_node("questions")
     assert failure is not None

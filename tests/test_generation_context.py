@@ -15,8 +15,9 @@ from tests.generation_support import PROMPTS_SRC
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 
 CODE = "\n".join(f"def function_{i}(value):\n    return value * {i} + len(str(value))" for i in range(48))
-CHUNK = Chunk(repo="r", chunk_key="k", path="big.py", start_line=1, end_line=80, text=CODE,
-              language="python", symbol="function_0")
+CHUNK = Chunk(
+    repo="r", chunk_key="k", path="big.py", start_line=1, end_line=80, text=CODE, language="python", symbol="function_0"
+)
 
 
 @pytest.fixture
@@ -24,10 +25,14 @@ def make_backend(tiny_model_dir: Path) -> Iterator[object]:  # noqa: F811
     made: list[OpenAIBackend] = []
 
     def factory(window: int) -> OpenAIBackend:
-        backend = OpenAIBackend(OpenAIBackendConfig(
-            base_url="http://127.0.0.1:9/v1", model="m", context_window=window,
-            tokenizer_path=tiny_model_dir / "tokenizer.json",
-        ))
+        backend = OpenAIBackend(
+            OpenAIBackendConfig(
+                base_url="http://127.0.0.1:9/v1",
+                model="m",
+                context_window=window,
+                tokenizer_path=tiny_model_dir / "tokenizer.json",
+            )
+        )
         made.append(backend)
         return backend
 

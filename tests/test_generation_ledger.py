@@ -67,8 +67,12 @@ def test_record_attempts_and_ok_rows_are_final(state_target: str | Path) -> None
     entry = ledger.get("k1")
     assert entry is not None and entry.status == "failed" and entry.attempts == 1 and entry.output == "raw"
     assert entry.needs_attempt(2) and not entry.needs_attempt(1)
-    ledger.record(_item(), Outcome("ok", output="text", parsed=["q1?"], prompt_tokens=10, completion_tokens=5,
-                                   latency_ms=12.5, trimmed=True))
+    ledger.record(
+        _item(),
+        Outcome(
+            "ok", output="text", parsed=["q1?"], prompt_tokens=10, completion_tokens=5, latency_ms=12.5, trimmed=True
+        ),
+    )
     entry = ledger.get("k1")
     assert entry is not None and entry.ok and entry.attempts == 2 and entry.parsed() == ["q1?"]
     assert (entry.prompt_tokens, entry.completion_tokens, entry.trimmed) == (10, 5, 1)
@@ -104,8 +108,15 @@ def runner_parts(settings: Settings, tmp_path: Path):
 
 
 def _runner(backend: ScriptedBackend, state: StateStore, ledger: Ledger, settings: Settings) -> StageRunner:
-    return StageRunner(backend=backend, ledger=ledger, state=state, settings=settings, repo="repo",
-                       stage="questions", pause_hook=lambda: None)
+    return StageRunner(
+        backend=backend,
+        ledger=ledger,
+        state=state,
+        settings=settings,
+        repo="repo",
+        stage="questions",
+        pause_hook=lambda: None,
+    )
 
 
 def test_runner_reuses_retries_and_exhausts(settings: Settings, runner_parts) -> None:
@@ -124,8 +135,11 @@ def test_runner_reuses_retries_and_exhausts(settings: Settings, runner_parts) ->
     # wide batches keep each chunk's themes together
     assert [r.key for r in backend.calls] == [w.item.key for w in work]
 
-    failures = state.connection().execute(
-        "SELECT category FROM failures WHERE repo = 'repo' AND stage = 'questions'").fetchall()
+    failures = (
+        state.connection()
+        .execute("SELECT category FROM failures WHERE repo = 'repo' AND stage = 'questions'")
+        .fetchall()
+    )
     assert [f["category"] for f in failures] == ["parse_error"] * len(chunks)
     progress = state.progress("repo")[0]
     assert (progress.done, progress.failed, progress.total) == (len(chunks), len(chunks), len(work))
@@ -140,8 +154,11 @@ def test_runner_reuses_retries_and_exhausts(settings: Settings, runner_parts) ->
     backend3 = ScriptedBackend()
     stats = _runner(backend3, state, ledger, settings).run(work, question_postprocess(gen))
     assert backend3.calls == [] and stats.exhausted == len(chunks)
-    shown = state.connection().execute(
-        "SELECT category, message FROM failures WHERE repo = 'repo' AND stage = 'questions'").fetchall()
+    shown = (
+        state.connection()
+        .execute("SELECT category, message FROM failures WHERE repo = 'repo' AND stage = 'questions'")
+        .fetchall()
+    )
     assert len(shown) == len(chunks)
     assert all(f["category"] == "parse_error" and "no attempts left (2/2)" in f["message"] for f in shown)
 
@@ -210,9 +227,11 @@ def test_older_ledger_gains_new_columns(state_target: str | Path) -> None:
         with raw.transaction() as con:
             con.execute("DROP TABLE IF EXISTS schema_versions")
             con.execute(pg_ddl(_LEDGER_V1) if raw.postgres else _LEDGER_V1)
-            con.execute("INSERT INTO generation_ledger (key, kind, repo, chunk_key, theme, template_hash, model_id,"
-                        " params_json, status, output, attempts, created_at, updated_at)"
-                        " VALUES ('old', 'answer', 'r', 'c', 't', 'h', 'm', '{}', 'ok', 'text', 1, 0, 0)")
+            con.execute(
+                "INSERT INTO generation_ledger (key, kind, repo, chunk_key, theme, template_hash, model_id,"
+                " params_json, status, output, attempts, created_at, updated_at)"
+                " VALUES ('old', 'answer', 'r', 'c', 't', 'h', 'm', '{}', 'ok', 'text', 1, 0, 0)"
+            )
         assert "max_tokens" not in raw.columns("generation_ledger")
     with StateStore(state_target) as state:
         ledger = Ledger(state)

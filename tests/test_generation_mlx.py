@@ -36,8 +36,15 @@ REPO = "acme-mlx"
 def test_mlx_questions_and_answers_mechanics(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
     write_config(
         project,
-        generation={"themes": ["code_explanation", "testing"], "questions_per_chunk": 2, "question_max_tokens": 24,
-                    "answer_max_tokens": 16, "batch_size": 4, "max_chunks_per_repo": 3, "temperature": 0.8},
+        generation={
+            "themes": ["code_explanation", "testing"],
+            "questions_per_chunk": 2,
+            "question_max_tokens": 24,
+            "answer_max_tokens": 16,
+            "batch_size": 4,
+            "max_chunks_per_repo": 3,
+            "temperature": 0.8,
+        },
         llm={"backend": "mlx", "model": str(tiny_model_dir)},
     )
     settings = load_settings()
@@ -63,14 +70,31 @@ def test_mlx_questions_and_answers_mechanics(project: Path, tiny_model_dir: Path
 
     # answers for hand-written questions about the first two chunks
     chosen = sorted(rows, key=lambda r: (r["path"], r["start_line"]))[:2]
-    hand = [{
-        "repo": REPO, "question_id": f"q{i}", "chunk_key": r["chunk_key"], "theme": "testing",
-        "template_hash": "manual", "question": f"How would you unit test the code in {r['path']} (part {i})?",
-        "model_id": "manual", "params": "{}", "path": r["path"], "start_line": r["start_line"],
-        "end_line": r["end_line"], "commit": r["commit"], "license": r["license"], "language": "python",
-        "question_index": 0, "generation_key": "manual", "prompt_tokens": 0, "completion_tokens": 0,
-        "latency_ms": 0.0, "trimmed": False,
-    } for i, r in enumerate(chosen)]
+    hand = [
+        {
+            "repo": REPO,
+            "question_id": f"q{i}",
+            "chunk_key": r["chunk_key"],
+            "theme": "testing",
+            "template_hash": "manual",
+            "question": f"How would you unit test the code in {r['path']} (part {i})?",
+            "model_id": "manual",
+            "params": "{}",
+            "path": r["path"],
+            "start_line": r["start_line"],
+            "end_line": r["end_line"],
+            "commit": r["commit"],
+            "license": r["license"],
+            "language": "python",
+            "question_index": 0,
+            "generation_key": "manual",
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "latency_ms": 0.0,
+            "trimmed": False,
+        }
+        for i, r in enumerate(chosen)
+    ]
     TableStore(settings.tables_dir).write("questions", REPO, pa.Table.from_pylist(hand, schema=QUESTIONS_SCHEMA))
     result = run_generation(REPO, MLXResource(), selection=["answers"], instance=instance)
     assert result.success
@@ -97,8 +121,14 @@ def test_mlx_questions_parse_answers_follow_and_a_rerun_generates_nothing(projec
     scripted_model_dir = make_scripted_model_dir(tmp_path / "scripted")
     write_config(
         project,
-        generation={"themes": ["code_explanation"], "questions_per_chunk": 2, "question_max_tokens": 24,
-                    "answer_max_tokens": 24, "batch_size": 4, "max_chunks_per_repo": 3},
+        generation={
+            "themes": ["code_explanation"],
+            "questions_per_chunk": 2,
+            "question_max_tokens": 24,
+            "answer_max_tokens": 24,
+            "batch_size": 4,
+            "max_chunks_per_repo": 3,
+        },
         llm={"backend": "mlx", "model": str(scripted_model_dir)},
     )
     settings = load_settings()

@@ -100,10 +100,6 @@ def test_questions_inside_prose_and_placeholder_echoes() -> None:
 
 
 def test_headings_and_trailing_statements() -> None:
-    text = (
-        "1. Why it is written this way:\n"
-        f"2. {Q1} The error occurs when the file does not exist.\n"
-        f"3. {Q2}\n"
-    )
+    text = f"1. Why it is written this way:\n2. {Q1} The error occurs when the file does not exist.\n3. {Q2}\n"
     parsed = parse_questions(text, min_chars=12)
     assert parsed.questions == [Q1, Q2]

@@ -12,8 +12,16 @@ from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.prompts import PREFIX_MESSAGES, PromptManager, PromptTemplateError, render
 from tests.generation_support import PROMPTS_SRC
 
-CHUNK = Chunk(repo="acme", chunk_key="k1", path="calc/add.py", start_line=1, end_line=3,
-              text="def add(a, b):\n    return {'sum': a + b}\n", language="python", symbol="add")
+CHUNK = Chunk(
+    repo="acme",
+    chunk_key="k1",
+    path="calc/add.py",
+    start_line=1,
+    end_line=3,
+    text="def add(a, b):\n    return {'sum': a + b}\n",
+    language="python",
+    symbol="add",
+)
 
 
 @pytest.fixture
@@ -92,8 +100,9 @@ def test_hot_reload_changes_only_the_edited_hash(prompts: Path) -> None:
     manager = PromptManager(prompts)
     before = {name: (manager.theme(name).question_hash, manager.theme(name).answer_hash) for name in DEFAULT_THEMES}
     path = prompts / "debugging.yaml"
-    path.write_text(path.read_text(encoding="utf-8").replace("propose a concrete fix", "propose a fix"),
-                    encoding="utf-8")
+    path.write_text(
+        path.read_text(encoding="utf-8").replace("propose a concrete fix", "propose a fix"), encoding="utf-8"
+    )
     after = {name: (manager.theme(name).question_hash, manager.theme(name).answer_hash) for name in DEFAULT_THEMES}
     changed = {name for name in DEFAULT_THEMES if before[name] != after[name]}
     assert changed == {"debugging"}
@@ -103,8 +112,9 @@ def test_hot_reload_changes_only_the_edited_hash(prompts: Path) -> None:
 
     # a new theme file appears without a restart
     (prompts / "security.yaml").write_text(
-        "question: 'List {n_questions} security questions about {path}. JSON array.'\n"
-        "answer: 'Answer: {question}'\n", encoding="utf-8")
+        "question: 'List {n_questions} security questions about {path}. JSON array.'\nanswer: 'Answer: {question}'\n",
+        encoding="utf-8",
+    )
     assert "security" in manager.themes()
 
 
@@ -112,8 +122,7 @@ def test_defaults_edit_changes_every_theme(prompts: Path) -> None:
     manager = PromptManager(prompts)
     before = manager.theme("testing").question_hash
     path = prompts / "_defaults.yaml"
-    path.write_text(path.read_text(encoding="utf-8").replace("patient teacher", "careful teacher"),
-                    encoding="utf-8")
+    path.write_text(path.read_text(encoding="utf-8").replace("patient teacher", "careful teacher"), encoding="utf-8")
     assert manager.theme("testing").question_hash != before
 
 

@@ -35,7 +35,9 @@ REPO = "acme-resume"
 def test_sigkill_and_resume_answers(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
     with FaultServer(capacity=2) as server:
         settings = openai_config(
-            project, server.base_url, tiny_model_dir,
+            project,
+            server.base_url,
+            tiny_model_dir,
             generation={"themes": ["code_explanation", "testing"], "questions_per_chunk": 3, "batch_size": 2},
             openai={"max_concurrency": 2},
         )
@@ -52,7 +54,10 @@ def test_sigkill_and_resume_answers(project: Path, tiny_model_dir: Path) -> None
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.generation_worker", REPO, "answers"],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         ledger = ledger_of(settings)
         deadline = time.monotonic() + 120

@@ -12,9 +12,15 @@ from cicdllm_assets.generation.chunks import Chunk
 
 def _row(path: str, start: int, symbol: str, tokens: int = 120) -> dict[str, Any]:
     return {
-        "repo": "r", "chunk_key": f"{path}:{start}", "path": path, "start_line": start,
-        "end_line": start + 9, "text": f"code {path} {start}\n", "language": "python",
-        "symbol": symbol, "token_count": tokens,
+        "repo": "r",
+        "chunk_key": f"{path}:{start}",
+        "path": path,
+        "start_line": start,
+        "end_line": start + 9,
+        "text": f"code {path} {start}\n",
+        "language": "python",
+        "symbol": symbol,
+        "token_count": tokens,
     }
 
 

@@ -67,9 +67,10 @@ def test_each_retryable_fault_recovers(fault: Fault) -> None:
 
 
 def test_timeout_is_retried() -> None:
-    with FaultServer(faults=[Fault.slow(10.0, times=1)]) as srv, make_backend(
-        srv.base_url, timeout_seconds=1.0
-    ) as backend:
+    with (
+        FaultServer(faults=[Fault.slow(10.0, times=1)]) as srv,
+        make_backend(srv.base_url, timeout_seconds=1.0) as backend,
+    ):
         [result] = run_all(backend, [make_request("k")])
         assert result.ok, result.error
         assert srv.request_count == 2
@@ -88,9 +89,10 @@ def test_timeout_is_retried() -> None:
 )
 def test_exhausted_retries_report_category(fault: Fault, category: str) -> None:
     timeout = 0.5 if fault.kind == "slow" else 10.0
-    with FaultServer(faults=[fault]) as srv, make_backend(
-        srv.base_url, max_retries=2, timeout_seconds=timeout
-    ) as backend:
+    with (
+        FaultServer(faults=[fault]) as srv,
+        make_backend(srv.base_url, max_retries=2, timeout_seconds=timeout) as backend,
+    ):
         [result] = run_all(backend, [make_request("k")])
         assert not result.ok
         assert result.error is not None and result.error.category == category
@@ -108,9 +110,10 @@ def test_connection_refused_is_connection_error() -> None:
 
 
 def test_retry_after_seconds_is_honoured() -> None:
-    with FaultServer(faults=[Fault.rate_limited(retry_after=1, times=1)]) as srv, make_backend(
-        srv.base_url, backoff_max_seconds=30.0
-    ) as backend:
+    with (
+        FaultServer(faults=[Fault.rate_limited(retry_after=1, times=1)]) as srv,
+        make_backend(srv.base_url, backoff_max_seconds=30.0) as backend,
+    ):
         [result] = run_all(backend, [make_request("k")])
         assert result.ok, result.error
         first, second = srv.chat_records
@@ -120,9 +123,10 @@ def test_retry_after_seconds_is_honoured() -> None:
 
 def test_retry_after_http_date_is_honoured() -> None:
     when = email.utils.formatdate(time.time() + 2, usegmt=True)
-    with FaultServer(faults=[Fault.rate_limited(retry_after=when, times=1)]) as srv, make_backend(
-        srv.base_url, backoff_max_seconds=30.0
-    ) as backend:
+    with (
+        FaultServer(faults=[Fault.rate_limited(retry_after=when, times=1)]) as srv,
+        make_backend(srv.base_url, backoff_max_seconds=30.0) as backend,
+    ):
         [result] = run_all(backend, [make_request("k")])
         assert result.ok, result.error
         first, second = srv.chat_records
@@ -130,9 +134,10 @@ def test_retry_after_http_date_is_honoured() -> None:
 
 
 def test_retry_after_is_capped_at_backoff_max() -> None:
-    with FaultServer(faults=[Fault.rate_limited(retry_after=3600, times=1)]) as srv, make_backend(
-        srv.base_url, backoff_max_seconds=0.2
-    ) as backend:
+    with (
+        FaultServer(faults=[Fault.rate_limited(retry_after=3600, times=1)]) as srv,
+        make_backend(srv.base_url, backoff_max_seconds=0.2) as backend,
+    ):
         [result] = run_all(backend, [make_request("k")])
         assert result.ok, result.error
         first, second = srv.chat_records
@@ -161,9 +166,10 @@ def test_context_overflow_is_classified() -> None:
 
 
 def test_circuit_breaker_opens_and_stops_sending() -> None:
-    with FaultServer(faults=[Fault.http(500, times=None)]) as srv, make_backend(
-        srv.base_url, max_retries=1, circuit_breaker_failures=3, max_concurrency=1
-    ) as backend:
+    with (
+        FaultServer(faults=[Fault.http(500, times=None)]) as srv,
+        make_backend(srv.base_url, max_retries=1, circuit_breaker_failures=3, max_concurrency=1) as backend,
+    ):
         results: list[GenerationResult] = []
         with pytest.raises(CircuitOpenError) as excinfo:
             for result in backend.generate([make_request(f"k{i}") for i in range(10)]):
@@ -187,9 +193,10 @@ def test_circuit_breaker_opens_and_stops_sending() -> None:
 
 
 def test_breaker_counts_across_calls_and_resets_on_success() -> None:
-    with FaultServer(faults=[Fault.http(500, times=2)]) as srv, make_backend(
-        srv.base_url, max_retries=0, circuit_breaker_failures=3, max_concurrency=1
-    ) as backend:
+    with (
+        FaultServer(faults=[Fault.http(500, times=2)]) as srv,
+        make_backend(srv.base_url, max_retries=0, circuit_breaker_failures=3, max_concurrency=1) as backend,
+    ):
         first = run_all(backend, [make_request("a"), make_request("b")])
         assert all(not r.ok for r in first)
         second = run_all(backend, [make_request("c"), make_request("d")])
@@ -199,9 +206,10 @@ def test_breaker_counts_across_calls_and_resets_on_success() -> None:
 
 
 def test_context_overflow_does_not_trip_breaker() -> None:
-    with FaultServer(faults=[Fault.context_overflow(times=None)]) as srv, make_backend(
-        srv.base_url, circuit_breaker_failures=2, max_concurrency=1
-    ) as backend:
+    with (
+        FaultServer(faults=[Fault.context_overflow(times=None)]) as srv,
+        make_backend(srv.base_url, circuit_breaker_failures=2, max_concurrency=1) as backend,
+    ):
         results = run_all(backend, [make_request(f"k{i}") for i in range(4)])
         assert [r.error.category for r in results if r.error] == ["context_overflow"] * 4
         assert not backend.circuit_open
@@ -209,9 +217,10 @@ def test_context_overflow_does_not_trip_breaker() -> None:
 
 def test_concurrency_bound_respected_with_retries() -> None:
     faults = [Fault.http(500, times=6), Fault.drop(times=3)]
-    with FaultServer(faults=faults, latency=0.05) as srv, make_backend(
-        srv.base_url, max_concurrency=3, adaptive_concurrency=False
-    ) as backend:
+    with (
+        FaultServer(faults=faults, latency=0.05) as srv,
+        make_backend(srv.base_url, max_concurrency=3, adaptive_concurrency=False) as backend,
+    ):
         results = run_all(backend, [make_request(f"k{i}") for i in range(20)])
         assert all(r.ok for r in results)
         assert len({r.key for r in results}) == 20

@@ -63,8 +63,7 @@ def test_resource_in_materialize(project: Path, monkeypatch: pytest.MonkeyPatch)
 
     with FaultServer(faults=[Fault.http(500, times=2)], latency=0.02) as srv:
         _configure(project, srv.base_url)
-        result = materialize([generated], resources={"llm": OpenAIResource()},
-                             instance=DagsterInstance.ephemeral())
+        result = materialize([generated], resources={"llm": OpenAIResource()}, instance=DagsterInstance.ephemeral())
         assert result.success
         [mat] = result.asset_materializations_for_node("generated")
         assert mat.metadata["ok"].value == 6

@@ -88,7 +88,8 @@ def _write_config(project: Path, lines: str) -> None:
 
 
 def test_backend_from_settings_counts_with_configured_tokenizer(
-    project: Path, tiny_model_dir: Path  # noqa: F811
+    project: Path,
+    tiny_model_dir: Path,  # noqa: F811
 ) -> None:
     _write_config(
         project,

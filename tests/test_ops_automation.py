@@ -117,9 +117,7 @@ def test_schedule_requests_one_refresh_run_per_repo_partition(project: Path) -> 
     requests = refresh_repos_schedule(context)
     assert isinstance(requests, list)
     assert sorted(r.partition_key or "" for r in requests) == ["github.com-x-y", "local-a", "local-b"]
-    assert {r.run_key for r in requests} == {
-        refresh_run_key(k, when) for k in ("github.com-x-y", "local-a", "local-b")
-    }
+    assert {r.run_key for r in requests} == {refresh_run_key(k, when) for k in ("github.com-x-y", "local-a", "local-b")}
     assert all(r.run_key and r.run_key.endswith("2026-11-26") for r in requests)
     assert refresh_repos_schedule.job_name == "refresh_job"
     assert refresh_repos_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
@@ -207,8 +205,13 @@ def test_downstream_follows_only_repos_whose_head_commit_changed(project: Path, 
     # the new qa_pairs to land, then follows on the next tick.
     assert _requested(moved, "training_dataset") == set()
 
-    chain = dg.materialize(assets[:-1], partition_key="local-moving", instance=instance, resources=RESOURCES,
-                           selection=list(PARTITIONED_ASSETS[1:]))
+    chain = dg.materialize(
+        assets[:-1],
+        partition_key="local-moving",
+        instance=instance,
+        resources=RESOURCES,
+        selection=list(PARTITIONED_ASSETS[1:]),
+    )
     assert chain.success
     landed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=moved.cursor)
     assert _requested(landed, "training_dataset") == {None}

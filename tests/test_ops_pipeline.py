@@ -73,7 +73,7 @@ def test_full_pipeline_run_then_noop_then_one_repo_moves(
     assert len(server.chat_records) == calls
 
     # One repo moves: only its new chunk is generated; the other stays unchanged.
-    calc.write("calc/mul.py", "def mul(a, b):\n    \"\"\"Multiply.\"\"\"\n    return a * b\n")
+    calc.write("calc/mul.py", 'def mul(a, b):\n    """Multiply."""\n    return a * b\n')
     head = calc.commit("mul")
     code, data = _run("--repo", "local-calc", "--repo", "local-other")
     repos = {r["name"]: r for r in data["repos"]}
@@ -96,7 +96,9 @@ def test_dataset_step_is_skipped_when_no_repo_succeeded(project: Path, make_git_
 
 
 def test_mlx_model_is_loaded_once_for_all_repos_of_a_run(
-    project: Path, make_git_repo, tiny_model_dir: Path  # noqa: F811
+    project: Path,
+    make_git_repo,
+    tiny_model_dir: Path,  # noqa: F811
 ) -> None:
     from cicdllm_assets.resources.llm import mlx_backend
     from tests.generation_support import write_project_config
@@ -105,8 +107,12 @@ def test_mlx_model_is_loaded_once_for_all_repos_of_a_run(
         project,
         llm={"backend": "mlx", "model": str(tiny_model_dir)},
         generation={
-            "themes": ["code_explanation"], "questions_per_chunk": 1, "max_chunks_per_repo": 1,
-            "question_max_tokens": 16, "answer_max_tokens": 16, "max_attempts": 1,
+            "themes": ["code_explanation"],
+            "questions_per_chunk": 1,
+            "max_chunks_per_repo": 1,
+            "question_max_tokens": 16,
+            "answer_max_tokens": 16,
+            "max_attempts": 1,
         },
     )
     first = make_git_repo("first", {"f.py": "def f():\n    return 1\n"})

@@ -95,7 +95,11 @@ def test_ctrl_c_cancels_the_run_at_once_and_the_next_run_resumes(
         # The server answers normally again: the same command finishes the job.
         server.clear_faults()
         done = subprocess.run(
-            [str(BIN / "cicdllm"), "run", "--json"], cwd=project, env=env, capture_output=True, timeout=300,
+            [str(BIN / "cicdllm"), "run", "--json"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            timeout=300,
             check=False,
         )
         assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]

@@ -99,8 +99,10 @@ def test_unprepared_model_fails_generation_at_once(project: Path) -> None:
         "storage:\n  data_dir: data\n  dagster_home: dagster_home\nllm:\n  model: embedded\n", encoding="utf-8"
     )
     job = define_asset_job(
-        "questions_with_retries", selection="key:questions",
-        executor_def=in_process_executor, op_retry_policy=STEP_RETRY_POLICY,
+        "questions_with_retries",
+        selection="key:questions",
+        executor_def=in_process_executor,
+        op_retry_policy=STEP_RETRY_POLICY,
     )
     from dagster import AssetSpec
 
@@ -110,7 +112,9 @@ def test_unprepared_model_fails_generation_at_once(project: Path) -> None:
         assets=[questions, AssetSpec("code_chunks", partitions_def=repos_partitions)],
         jobs=[job],
         resources={
-            "app_config": AppConfigResource(), "io_manager": PartitionedParquetIOManager(), "llm": MLXResource(),
+            "app_config": AppConfigResource(),
+            "io_manager": PartitionedParquetIOManager(),
+            "llm": MLXResource(),
         },
     )
     with DagsterInstance.ephemeral() as instance:

@@ -181,8 +181,18 @@ def test_graph_over_graphql_and_a_backfill_of_one_chosen_repo(dev_server: tuple[
     env = {**os.environ, "CICDLLM_CONFIG": str(project / "cicdllm.yaml"), "DAGSTER_HOME": str(project / "dagster_home")}
     done = subprocess.run(
         [
-            str(BIN / "cicdllm"), "backfill", "--repo", "local-webrepo", "--select", "group:ingest",
-            "--url", url, "--wait", "--timeout", str(BACKFILL_SECONDS), "--json",
+            str(BIN / "cicdllm"),
+            "backfill",
+            "--repo",
+            "local-webrepo",
+            "--select",
+            "group:ingest",
+            "--url",
+            url,
+            "--wait",
+            "--timeout",
+            str(BACKFILL_SECONDS),
+            "--json",
         ],
         cwd=project,
         env=env,

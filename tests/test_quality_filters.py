@@ -33,13 +33,16 @@ CHUNK = (
 )
 
 
-@pytest.mark.parametrize("answer", [
-    "I'm sorry, but I can't help with that.",
-    "As an AI language model, I cannot see your files, but generally this builds an index.",
-    "Unfortunately, I cannot determine what this code does without more context.",
-    "I don't have access to the code you are referring to, so here is a guess.",
-    "Output:\n```\nNothing here\n```\nThe code does not fully answer this question.",
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I'm sorry, but I can't help with that.",
+        "As an AI language model, I cannot see your files, but generally this builds an index.",
+        "Unfortunately, I cannot determine what this code does without more context.",
+        "I don't have access to the code you are referring to, so here is a guess.",
+        "Output:\n```\nNothing here\n```\nThe code does not fully answer this question.",
+    ],
+)
 def test_refusals(answer: str) -> None:
     assert check_refusal(answer)
 
@@ -48,15 +51,18 @@ def test_not_refusals() -> None:
     assert check_refusal("It builds an index; sorry states are not handled, which is a known gap.") is None
 
 
-@pytest.mark.parametrize(("answer", "tokens", "limit", "truncated"), [
-    ("It returns the index built from the scanned files.", 40, 256, False),
-    ("It returns the index built from the scanned files.", 256, 256, True),
-    ("Example:\n```python\nbuild_index('.')\n", 40, 256, True),
-    ("It loads the settings, scans the repository and then", 40, 256, True),
-    ("It loads the settings, scans the repository, and", 40, 256, True),
-    ("Steps:\n- load the settings\n- scan the repository", 40, 256, False),
-    ("Usage:\n```python\nindex = build_index('.')\n```", 40, 256, False),
-])
+@pytest.mark.parametrize(
+    ("answer", "tokens", "limit", "truncated"),
+    [
+        ("It returns the index built from the scanned files.", 40, 256, False),
+        ("It returns the index built from the scanned files.", 256, 256, True),
+        ("Example:\n```python\nbuild_index('.')\n", 40, 256, True),
+        ("It loads the settings, scans the repository and then", 40, 256, True),
+        ("It loads the settings, scans the repository, and", 40, 256, True),
+        ("Steps:\n- load the settings\n- scan the repository", 40, 256, False),
+        ("Usage:\n```python\nindex = build_index('.')\n```", 40, 256, False),
+    ],
+)
 def test_truncation(answer: str, tokens: int, limit: int, truncated: bool) -> None:
     assert bool(check_truncated(answer, tokens, limit)) is truncated
 
@@ -77,26 +83,30 @@ def test_grounding_uses_code_and_backticks_only() -> None:
     assert not grounding_score("It builds an index of the repository files.", CHUNK).judged
 
 
-@pytest.mark.parametrize(("question", "bad"), [
-    ("What is the mean of", True),
-    ("What is the purpose of `slugify, truncate?", True),
-    ("How does build_index use `load_settings`?", False),
-    ("Usage of build_index, scan_repository", False),
-])
+@pytest.mark.parametrize(
+    ("question", "bad"),
+    [
+        ("What is the mean of", True),
+        ("What is the purpose of `slugify, truncate?", True),
+        ("How does build_index use `load_settings`?", False),
+        ("Usage of build_index, scan_repository", False),
+    ],
+)
 def test_truncated_questions(question: str, bad: bool) -> None:
     assert bool(check_question(question)) is bad
 
 
 def test_answers_that_only_echo_the_chunk() -> None:
     assert check_echo("def build_index(repo_path, max_files=100):\n    settings = load_settings()\n\nYes.", CHUNK)
-    quoting = ("It is defined as\n```python\ndef build_index(repo_path, max_files=100):\n```\n"
-               "and returns an IndexBuilder holding at most max_files scanned files.")
+    quoting = (
+        "It is defined as\n```python\ndef build_index(repo_path, max_files=100):\n```\n"
+        "and returns an IndexBuilder holding at most max_files scanned files."
+    )
     assert check_echo(quoting, CHUNK) is None
 
 
 def test_check_pair_reasons() -> None:
-    base = {"question": "What does build_index do?", "params": json.dumps({"max_tokens": 128}),
-            "completion_tokens": 30}
+    base = {"question": "What does build_index do?", "params": json.dumps({"max_tokens": 128}), "completion_tokens": 30}
     assert check_pair({**base, "answer": "   "}, CHUNK).reason == "empty_answer"  # type: ignore[union-attr]
     assert check_pair({**base, "question": "", "answer": "x" * 40}, CHUNK).reason == "empty_question"  # type: ignore[union-attr]
     assert check_pair({**base, "answer": "Builds it."}, CHUNK).reason == "too_short"  # type: ignore[union-attr]
@@ -105,16 +115,22 @@ def test_check_pair_reasons() -> None:
 
 
 def test_near_duplicates_collapse_and_distinct_pairs_stay() -> None:
-    answer = ("build_index loads the settings, scans the repository for at most max_files files and returns "
-              "an IndexBuilder with every file added.")
+    answer = (
+        "build_index loads the settings, scans the repository for at most max_files files and returns "
+        "an IndexBuilder with every file added."
+    )
     questions = [
         "What does build_index do?",
         "What does the build_index do?",
         "What does build_index do ?",
         "How can build_index fail when the repository path does not exist?",
     ]
-    answers = [answer, answer, answer,
-               "scan_repository raises FileNotFoundError for a missing path, so build_index propagates it."]
+    answers = [
+        answer,
+        answer,
+        answer,
+        "scan_repository raises FileNotFoundError for a missing path, so build_index propagates it.",
+    ]
     assert similarity(questions[0] + " \n " + answer, questions[1] + " \n " + answer) > 0.85
     dups = find_duplicates(questions, answers, 0.85)
     assert {(d.index, d.kept, d.kind) for d in dups} == {(1, 0, "near_duplicate"), (2, 0, "duplicate")}
@@ -122,8 +138,10 @@ def test_near_duplicates_collapse_and_distinct_pairs_stay() -> None:
     assert {d.kind for d in find_duplicates(questions, answers, 1.0)} == {"duplicate"}
 
 
-SHORT_ANSWER = ("`build_index` loads settings via `load_settings`, scans the repository and returns an "
-                "`IndexBuilder` holding every file.")
+SHORT_ANSWER = (
+    "`build_index` loads settings via `load_settings`, scans the repository and returns an "
+    "`IndexBuilder` holding every file."
+)
 
 
 def test_filter_pairs_marks_every_row() -> None:
@@ -131,8 +149,11 @@ def test_filter_pairs_marks_every_row() -> None:
     rows = [
         answer_row(chunk, "What does build_index do?", SHORT_ANSWER),
         answer_row(chunk, "What does build_index do here?", SHORT_ANSWER),
-        answer_row({**chunk, "chunk_key": "gone"}, "What did the old code do?",
-                   "It used to build the index in a different way entirely, long ago."),
+        answer_row(
+            {**chunk, "chunk_key": "gone"},
+            "What did the old code do?",
+            "It used to build the index in a different way entirely, long ago.",
+        ),
     ]
     result = filter_pairs(pa.Table.from_pylist(rows), pa.Table.from_pylist([chunk]), 0.85)
     table = result.table
@@ -148,9 +169,14 @@ def test_cross_repo_duplicates_removed_in_training_dataset(project: Path) -> Non
     tables = []
     for repo in ("acme/a", "fork/a"):  # a vendored copy: same file, same question, same answer
         chunk = chunk_row(repo, "idx.py", CHUNK)
-        rows = [answer_row(chunk, "What does build_index do?", answer),
-                answer_row(chunk, f"Who maintains the {repo} copy of build_index?",
-                           f"The {repo} maintainers keep `build_index` in sync; it calls `scan_repository`.")]
+        rows = [
+            answer_row(chunk, "What does build_index do?", answer),
+            answer_row(
+                chunk,
+                f"Who maintains the {repo} copy of build_index?",
+                f"The {repo} maintainers keep `build_index` in sync; it calls `scan_repository`.",
+            ),
+        ]
         tables.append(filter_pairs(pa.Table.from_pylist(rows), pa.Table.from_pylist([chunk]), 0.85).table)
     result = build_training_dataset(pa.concat_tables(tables), settings, formats=["jsonl"])
     assert result.rejections == {"cross_repo_duplicate": 1}

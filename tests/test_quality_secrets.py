@@ -29,8 +29,19 @@ JWT = (
 )
 SLACK = "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"
 STRIPE = "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc"
-PLANTED = [AWS_KEY, AWS_SECRET, GITHUB_TOKEN, *PEM_BODY, ENV_PASSWORD, DB_PASSWORD, YAML_PASSWORD, JWT,
-           JWT.split(".")[2], SLACK, STRIPE]
+PLANTED = [
+    AWS_KEY,
+    AWS_SECRET,
+    GITHUB_TOKEN,
+    *PEM_BODY,
+    ENV_PASSWORD,
+    DB_PASSWORD,
+    YAML_PASSWORD,
+    JWT,
+    JWT.split(".")[2],
+    SLACK,
+    STRIPE,
+]
 
 FILES = {
     "settings.py": (
@@ -45,9 +56,9 @@ FILES = {
     ),
     "keys/deploy_key.py": f'DEPLOY_KEY = """{PEM}\n"""\n',
     ".env": f"DATABASE_URL=postgres://app:{DB_PASSWORD}@db.internal:5432/app\nADMIN_PASSWORD={ENV_PASSWORD}\n"
-            "DEBUG=true\nAPI_TOKEN=${TOKEN_FROM_VAULT}\n",
+    "DEBUG=true\nAPI_TOKEN=${TOKEN_FROM_VAULT}\n",
     "config/app.yaml": f"database:\n  host: localhost\n  user: app\n  password: {YAML_PASSWORD}\n"
-                       "tokenizer: model\nmax_tokens: 256\n",
+    "tokenizer: model\nmax_tokens: 256\n",
     "notify.js": f'const slack = "{SLACK}";\nconst stripeKey = "{STRIPE}";\n',
 }
 
@@ -123,9 +134,7 @@ def test_redaction_is_idempotent() -> None:
         assert redact_secrets(once).total == 0
 
 
-def test_planted_repo_never_leaks_into_exports(
-    project: Path, make_git_repo: Callable[..., object]
-) -> None:
+def test_planted_repo_never_leaks_into_exports(project: Path, make_git_repo: Callable[..., object]) -> None:
     settings = load_settings()
     repo = make_git_repo("leaky", FILES)
     root = Path(repo.path)  # type: ignore[attr-defined]
@@ -136,18 +145,33 @@ def test_planted_repo_never_leaks_into_exports(
         chunks.append(chunk_row("acme/leaky", path, redacted.text, language="text"))
     # the model echoes secrets in questions and answers (as a small model might)
     answers = [
-        answer_row(chunks[0], f"Why is {AWS_KEY} in settings.py?",
-                   f"The constant `AWS_ACCESS_KEY_ID` holds {AWS_KEY} and `GITHUB_TOKEN` holds {GITHUB_TOKEN}; "
-                   f"the session uses {JWT}."),
-        answer_row(chunks[1], "What does deploy_key.py contain?",
-                   f"It defines `DEPLOY_KEY`, a private key:\n```\n{PEM}\n```\nLoad it with care."),
-        answer_row(chunks[2], "How is the database configured in .env?",
-                   f"Through `DATABASE_URL`, e.g. postgres://app:{DB_PASSWORD}@db.internal:5432/app, and "
-                   f"ADMIN_PASSWORD={ENV_PASSWORD} sets the admin password."),
-        answer_row(chunks[3], "What is in config/app.yaml?",
-                   f"The `database` section sets host, user and `password: {YAML_PASSWORD}` for the app."),
-        answer_row(chunks[4], "Which services does notify.js use?",
-                   f"It posts to Slack with `{SLACK}` and bills through Stripe using `{STRIPE}`."),
+        answer_row(
+            chunks[0],
+            f"Why is {AWS_KEY} in settings.py?",
+            f"The constant `AWS_ACCESS_KEY_ID` holds {AWS_KEY} and `GITHUB_TOKEN` holds {GITHUB_TOKEN}; "
+            f"the session uses {JWT}.",
+        ),
+        answer_row(
+            chunks[1],
+            "What does deploy_key.py contain?",
+            f"It defines `DEPLOY_KEY`, a private key:\n```\n{PEM}\n```\nLoad it with care.",
+        ),
+        answer_row(
+            chunks[2],
+            "How is the database configured in .env?",
+            f"Through `DATABASE_URL`, e.g. postgres://app:{DB_PASSWORD}@db.internal:5432/app, and "
+            f"ADMIN_PASSWORD={ENV_PASSWORD} sets the admin password.",
+        ),
+        answer_row(
+            chunks[3],
+            "What is in config/app.yaml?",
+            f"The `database` section sets host, user and `password: {YAML_PASSWORD}` for the app.",
+        ),
+        answer_row(
+            chunks[4],
+            "Which services does notify.js use?",
+            f"It posts to Slack with `{SLACK}` and bills through Stripe using `{STRIPE}`.",
+        ),
     ]
     store_repo(settings.tables_dir, "acme/leaky", chunks, answers)
     run_dataset_assets(project, ["acme/leaky"])

@@ -99,20 +99,50 @@ def test_once_json_schema(settings: Settings) -> None:
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert set(data) >= {
-        "generated_at", "config_path", "data_dir", "dagster_home", "totals", "repos", "stages",
-        "failure_categories", "failures", "events", "runs", "resources", "tokens_per_second", "errors",
+        "generated_at",
+        "config_path",
+        "data_dir",
+        "dagster_home",
+        "totals",
+        "repos",
+        "stages",
+        "failure_categories",
+        "failures",
+        "events",
+        "runs",
+        "resources",
+        "tokens_per_second",
+        "errors",
     }
     repo = next(r for r in data["repos"] if r["repo"] == "alpha")
     for key, kind in {
-        "head_commit": str, "files_kept": int, "files_skipped": int, "chunks": int, "questions": int,
-        "answers": int, "qa_pairs": int, "qa_accepted": int, "failures": int, "failures_by_category": dict,
-        "last_run": dict, "stages": list,
+        "head_commit": str,
+        "files_kept": int,
+        "files_skipped": int,
+        "chunks": int,
+        "questions": int,
+        "answers": int,
+        "qa_pairs": int,
+        "qa_accepted": int,
+        "failures": int,
+        "failures_by_category": dict,
+        "last_run": dict,
+        "stages": list,
     }.items():
         assert isinstance(repo[key], kind), key
     assert repo["last_run"]["status"] == "SUCCESS" and repo["last_run"]["partition"] == "alpha"
     stage = repo["stages"][0]
-    assert set(stage) >= {"stage", "done", "total", "failed", "unit", "status", "rate_per_minute", "eta_seconds",
-                          "fraction"}
+    assert set(stage) >= {
+        "stage",
+        "done",
+        "total",
+        "failed",
+        "unit",
+        "status",
+        "rate_per_minute",
+        "eta_seconds",
+        "fraction",
+    }
     assert set(data["resources"]) >= {"cpu_percent", "memory_percent", "memory_used", "memory_total", "battery"}
     assert set(data["resources"]["battery"]) >= {"present", "percent", "power_plugged", "paused", "threshold"}
     assert data["totals"]["files_kept"] == 13 and data["failure_categories"]["timeout"] == 1

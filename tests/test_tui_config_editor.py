@@ -25,7 +25,8 @@ def config_file(settings: Settings) -> Path:
     assert settings.path is not None
     text = SHIPPED.read_text(encoding="utf-8")
     text = text.replace("data_dir: .cicdllm ", "data_dir: data     ").replace(
-        "dagster_home: .dagster_home ", "dagster_home: dagster_home ")
+        "dagster_home: .dagster_home ", "dagster_home: dagster_home "
+    )
     settings.path.write_text(text, encoding="utf-8")
     settings.path.chmod(0o640)
     return settings.path
@@ -64,8 +65,11 @@ def test_new_keys_and_sections_keep_the_layout(config_file: Path) -> None:
     assert keys(after)[: keys(after).index("  seed")] == keys(before)[: keys(before).index("llm")]
     reset_value(config_file, "generation.seed")
     reset_value(config_file, "llm.mlx.max_kv_size")
-    set_value(config_file, "export.formats", ["jsonl", "csv", "parquet", "mlx_chat", "mlx_completions", "alpaca",
-                                              "sharegpt", "openai"])
+    set_value(
+        config_file,
+        "export.formats",
+        ["jsonl", "csv", "parquet", "mlx_chat", "mlx_completions", "alpaca", "sharegpt", "openai"],
+    )
     assert config_file.read_text(encoding="utf-8") == before
 
 
@@ -121,8 +125,10 @@ def test_standalone_editor_app(config_file: Path) -> None:
             await pilot.press("8")  # typed: validated inline as it changes
             await pilot.pause()
             assert field_input.value == "8"
-            assert "Input should be greater than or equal to 16" in screen.query_one(
-                "#field-message", StaticPanel).plain_text
+            assert (
+                "Input should be greater than or equal to 16"
+                in screen.query_one("#field-message", StaticPanel).plain_text
+            )
             await pilot.press("enter")
             await pilot.pause()
             assert "default_max_tokens: 4096" in config_file.read_text(encoding="utf-8")
@@ -131,8 +137,10 @@ def test_standalone_editor_app(config_file: Path) -> None:
             await pilot.pause()
             text = config_file.read_text(encoding="utf-8")
             assert "  default_max_tokens: 8192       # 16 .. 100000, capped by the model's context" in text
-            assert "saved generation.default_max_tokens = 8192" in screen.query_one(
-                "#field-message", StaticPanel).plain_text
+            assert (
+                "saved generation.default_max_tokens = 8192"
+                in screen.query_one("#field-message", StaticPanel).plain_text
+            )
             # ctrl+d resets to the default by removing the key
             screen.query_one("#config-tree").focus()
             await pilot.press("ctrl+d")

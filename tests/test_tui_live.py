@@ -38,12 +38,16 @@ print(i)
 
 def test_counts_increase_while_another_process_writes(settings: Settings, tmp_path: Path) -> None:
     assert settings.path is not None
-    settings.path.write_text(settings.path.read_text(encoding="utf-8") + "ui:\n  refresh_seconds: 0.2\n",
-                             encoding="utf-8")
+    settings.path.write_text(
+        settings.path.read_text(encoding="utf-8") + "ui:\n  refresh_seconds: 0.2\n", encoding="utf-8"
+    )
     stop = tmp_path / "stop"
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(settings.data_dir), str(stop)],
-        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     seen: list[int] = []
     log_sizes: list[int] = []

@@ -27,12 +27,15 @@ def test_viewer_after_a_real_ingest_run(project: Path, tmp_path: Path, make_git_
         f"processing:\n  tokenizer: {tokenizer}\n  chunk_max_tokens: 96\n",
         encoding="utf-8",
     )
-    repo = make_git_repo("alpha", {
-        "a.py": "def a():\n    return 1\n",
-        "pkg/b.py": "class B:\n    def run(self, x):\n        return x * 2\n",
-        "LICENSE": "MIT License\n",
-        "data.bin": b"\x00\x01" * 5000,
-    })
+    repo = make_git_repo(
+        "alpha",
+        {
+            "a.py": "def a():\n    return 1\n",
+            "pkg/b.py": "class B:\n    def run(self, x):\n        return x * 2\n",
+            "LICENSE": "MIT License\n",
+            "data.bin": b"\x00\x01" * 5000,
+        },
+    )
     (project / "repos.txt").write_text(f"{repo.path}\n", encoding="utf-8")
     result = CliRunner().invoke(cli, ["run", "--select", "group:ingest", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr[-3000:]

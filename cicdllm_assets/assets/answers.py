@@ -48,9 +48,14 @@ def answers(context: AssetExecutionContext, questions: pa.Table, code_chunks: pa
         entries = env.ledger.get_many(w.item.key for w in work)
         table = answers_table(planned, entries, env.repo)
         themes = sorted({p.work.item.theme for p in planned})
-        return env.output(table, "answer_id", stats, {
-            "questions": MetadataValue.int(questions.num_rows),
-            "stale_questions": MetadataValue.int(stale),
-            "template_hashes": MetadataValue.json({name: env.prompts.theme(name).answer_hash for name in themes}),
-            "preview": preview(table, ["path", "question", "answer"]),
-        })
+        return env.output(
+            table,
+            "answer_id",
+            stats,
+            {
+                "questions": MetadataValue.int(questions.num_rows),
+                "stale_questions": MetadataValue.int(stale),
+                "template_hashes": MetadataValue.json({name: env.prompts.theme(name).answer_hash for name in themes}),
+                "preview": preview(table, ["path", "question", "answer"]),
+            },
+        )

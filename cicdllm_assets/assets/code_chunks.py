@@ -1,6 +1,5 @@
 """The ``code_chunks`` asset: token-bounded, secret-redacted chunks of every kept source file."""
 
-
 import time
 from typing import Any
 
@@ -58,7 +57,10 @@ def code_chunks(
         )
         try:
             built = build_chunks(
-                row["local_path"], kept, chunker, builder,
+                row["local_path"],
+                kept,
+                chunker,
+                builder,
                 on_progress=lambda done, failed: state.advance(repo, STAGE, done=done, failed=failed),
             )
         finally:

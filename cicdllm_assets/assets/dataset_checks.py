@@ -4,7 +4,6 @@ Blocking: a failed check stops downstream materializations in the same run and m
 the export as not to be trusted in the UI.
 """
 
-
 from collections.abc import Callable
 
 from dagster import (
@@ -35,8 +34,10 @@ def _run(context: AssetCheckExecutionContext, check: Callable[[ExportFiles], Che
         export = load_export(out_dir)
     except FileNotFoundError:
         return AssetCheckResult(
-            passed=False, severity=AssetCheckSeverity.ERROR,
-            description=f"no export manifest in {out_dir}", metadata={"export_dir": MetadataValue.path(str(out_dir))},
+            passed=False,
+            severity=AssetCheckSeverity.ERROR,
+            description=f"no export manifest in {out_dir}",
+            metadata={"export_dir": MetadataValue.path(str(out_dir))},
         )
     outcome = check(export)
     for problem in outcome.problems:
@@ -47,17 +48,17 @@ def _run(context: AssetCheckExecutionContext, check: Callable[[ExportFiles], Che
         **{name: MetadataValue.int(value) for name, value in outcome.counts.items()},
     }
     description = outcome.description if outcome.passed else f"FAILED: {outcome.problems[0]}"
-    return AssetCheckResult(passed=outcome.passed, severity=AssetCheckSeverity.ERROR, description=description,
-                            metadata=metadata)
+    return AssetCheckResult(
+        passed=outcome.passed, severity=AssetCheckSeverity.ERROR, description=description, metadata=metadata
+    )
 
 
-def _export_check(
-    name: str, description: str, check: Callable[[ExportFiles], CheckOutcome]
-) -> AssetChecksDefinition:
+def _export_check(name: str, description: str, check: Callable[[ExportFiles], CheckOutcome]) -> AssetChecksDefinition:
     """A blocking check of ``training_dataset`` that runs ``check`` over the written export."""
 
-    @asset_check(asset=training_dataset, name=name, blocking=True, required_resource_keys={"app_config"},
-                 description=description)
+    @asset_check(
+        asset=training_dataset, name=name, blocking=True, required_resource_keys={"app_config"}, description=description
+    )
     def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
         return _run(context, check)
 

@@ -1,6 +1,5 @@
 """The ``qa_pairs`` asset: one repository's answers, each accepted or rejected with a reason."""
 
-
 import hashlib
 
 import pyarrow as pa
@@ -49,8 +48,7 @@ def qa_pairs(context: AssetExecutionContext, answers: pa.Table, code_chunks: pa.
         reported[0] = done
 
     try:
-        result = filter_pairs(answers, code_chunks, settings.config.export.near_duplicate_threshold,
-                              progress=progress)
+        result = filter_pairs(answers, code_chunks, settings.config.export.near_duplicate_threshold, progress=progress)
     except Exception as exc:
         state.finish_stage(repo, STAGE, "failed")
         state.record_failure(repo, STAGE, "qa_pairs", type(exc).__name__, str(exc))
@@ -79,7 +77,9 @@ def _preview_md(table: pa.Table) -> str:
         return "_no rejected pairs_"
     lines = ["| reason | question | detail |", "|---|---|---|"]
     for row in table.select(["reject_reason", "question", "reject_detail"]).to_pylist():
-        cells = [str(row[c] or "").replace("|", "\\|").replace("\n", " ")[:120] for c in
-                 ("reject_reason", "question", "reject_detail")]
+        cells = [
+            str(row[c] or "").replace("|", "\\|").replace("\n", " ")[:120]
+            for c in ("reject_reason", "question", "reject_detail")
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -41,16 +41,19 @@ def questions(context: AssetExecutionContext, code_chunks: pa.Table) -> Output[p
         themes = [env.prompts.theme(name) for name in gen.themes]
         model_id = env.backend.model_id
         work = plan_questions(chunks, themes, model_id, gen, env.repo)
-        context.log.info(
-            f"{len(chunks)} of {code_chunks.num_rows} chunks x {len(themes)} themes with {model_id}"
-        )
+        context.log.info(f"{len(chunks)} of {code_chunks.num_rows} chunks x {len(themes)} themes with {model_id}")
         stats = env.runner(context).run(work, question_postprocess(gen))
         entries = env.ledger.get_many(w.item.key for w in work)
         table = questions_table(work, entries, env.repo)
-        return env.output(table, "question_id", stats, {
-            "chunks": MetadataValue.int(len(chunks)),
-            "chunks_available": MetadataValue.int(code_chunks.num_rows),
-            "themes": MetadataValue.json(list(gen.themes)),
-            "template_hashes": MetadataValue.json(template_hashes(themes)),
-            "preview": preview(table, ["path", "theme", "question"]),
-        })
+        return env.output(
+            table,
+            "question_id",
+            stats,
+            {
+                "chunks": MetadataValue.int(len(chunks)),
+                "chunks_available": MetadataValue.int(code_chunks.num_rows),
+                "themes": MetadataValue.json(list(gen.themes)),
+                "template_hashes": MetadataValue.json(template_hashes(themes)),
+                "preview": preview(table, ["path", "theme", "question"]),
+            },
+        )

@@ -1,6 +1,5 @@
 """The ``source_files`` asset: every file tracked at the repo's head commit, kept or skipped (with why)."""
 
-
 import hashlib
 import json
 from typing import Any
@@ -125,5 +124,6 @@ def source_files(
         }
         if warning:
             metadata["warning"] = MetadataValue.text(warning)
-        return Output(table, data_version=DataVersion(hashlib.sha256(version.encode()).hexdigest()[:24]),
-                      metadata=metadata)
+        return Output(
+            table, data_version=DataVersion(hashlib.sha256(version.encode()).hexdigest()[:24]), metadata=metadata
+        )

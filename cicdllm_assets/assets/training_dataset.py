@@ -1,6 +1,5 @@
 """The ``training_dataset`` asset: every repository's accepted pairs, exported for fine-tuning."""
 
-
 import hashlib
 from collections.abc import Sequence
 

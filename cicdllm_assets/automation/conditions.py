@@ -39,9 +39,9 @@ def deps_data_version_changed() -> AutomationCondition:
     changed_elsewhere = (
         AutomationCondition.data_version_changed() & ~AutomationCondition.executed_with_root_target()
     ).with_label("data_version_changed_outside_own_run")
-    return AutomationCondition.any_deps_match(
-        changed_elsewhere | AutomationCondition.will_be_requested()
-    ).with_label("any_deps_data_version_changed")
+    return AutomationCondition.any_deps_match(changed_elsewhere | AutomationCondition.will_be_requested()).with_label(
+        "any_deps_data_version_changed"
+    )
 
 
 def follow_head_commit() -> AutomationCondition:

@@ -66,6 +66,7 @@ MAIN_SELECTION = keys_selection(PARTITIONED_ASSETS)
 DATASET_SELECTION = keys_selection(DATASET_ASSETS)
 REFRESH_SELECTION = "key:repositories"
 
+
 def pipeline_job(
     name: str,
     selection: str | AssetSelection,

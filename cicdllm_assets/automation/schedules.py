@@ -53,9 +53,7 @@ def build_refresh_schedule(cron: str, name: str = REFRESH_SCHEDULE_NAME) -> Sche
         cron_schedule=cron,
         job=refresh_job,
         default_status=DefaultScheduleStatus.RUNNING,
-        description=(
-            f"Fetch every repository ({cron}); downstream assets follow for repos whose head commit changed."
-        ),
+        description=(f"Fetch every repository ({cron}); downstream assets follow for repos whose head commit changed."),
     )
     def _refresh(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
         partitions = sorted(context.instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME))

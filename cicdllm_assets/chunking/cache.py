@@ -153,8 +153,20 @@ class PlanCache:
         now = time.time()
         for key, plan in items:
             self._remember(key, plan)
-            rows.append((key.blob_sha, key.language, key.tokenizer_id, key.budget, key.chunker_version,
-                         plan.token_count, plan.line_count, len(plan.chunks), plan_to_json(plan), now))
+            rows.append(
+                (
+                    key.blob_sha,
+                    key.language,
+                    key.tokenizer_id,
+                    key.budget,
+                    key.chunker_version,
+                    plan.token_count,
+                    plan.line_count,
+                    len(plan.chunks),
+                    plan_to_json(plan),
+                    now,
+                )
+            )
         if not rows or self.state is None:
             return
         with self.state.transaction() as con:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 _LEX_RE = re.compile(
-    r'#[^\n]*'
+    r"#[^\n]*"
     r'|"""[^"\\]*(?:(?:\\[\s\S]|"(?!""))[^"\\]*)*(?:"""|\Z)'
     r"|'''[^'\\]*(?:(?:\\[\s\S]|'(?!''))[^'\\]*)*(?:'''|\Z)"
     r'|"[^"\\\n]*(?:\\[\s\S][^"\\\n]*)*"?'

@@ -16,34 +16,59 @@ from cicdllm_assets.chunking.redaction_cache import RedactionCache, text_key
 from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.quality.secrets import redact_field, redact_secrets
 
-CODE_CHUNKS_SCHEMA = pa.schema([
-    pa.field("repo", pa.string(), nullable=False),
-    pa.field("commit", pa.string(), nullable=False),
-    pa.field("license", pa.string()),
-    pa.field("path", pa.string(), nullable=False),
-    pa.field("blob_sha", pa.string(), nullable=False),
-    pa.field("language", pa.string()),
-    pa.field("chunk_key", pa.string(), nullable=False),
-    pa.field("start_line", pa.int32(), nullable=False),
-    pa.field("end_line", pa.int32(), nullable=False),
-    pa.field("symbol", pa.string()),
-    pa.field("imports", pa.string()),
-    pa.field("text", pa.string(), nullable=False),
-    pa.field("token_count", pa.int32(), nullable=False),
-    pa.field("redactions", pa.int32(), nullable=False),
-    pa.field("chunk_index", pa.int32(), nullable=False),
-])
+CODE_CHUNKS_SCHEMA = pa.schema(
+    [
+        pa.field("repo", pa.string(), nullable=False),
+        pa.field("commit", pa.string(), nullable=False),
+        pa.field("license", pa.string()),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("blob_sha", pa.string(), nullable=False),
+        pa.field("language", pa.string()),
+        pa.field("chunk_key", pa.string(), nullable=False),
+        pa.field("start_line", pa.int32(), nullable=False),
+        pa.field("end_line", pa.int32(), nullable=False),
+        pa.field("symbol", pa.string()),
+        pa.field("imports", pa.string()),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("token_count", pa.int32(), nullable=False),
+        pa.field("redactions", pa.int32(), nullable=False),
+        pa.field("chunk_index", pa.int32(), nullable=False),
+    ]
+)
 
 Redactor = Callable[[str, str], Any]
 
 
 _TRAILING_SPACE_RE = re.compile(r"[ \t]+$", re.MULTILINE)
 _WORD_RE = re.compile(r"[A-Za-z_$][\w$]*")
-_IMPORT_KEYWORDS = frozenset({
-    "import", "from", "as", "require", "require_relative", "const", "let", "var", "use", "using", "include",
-    "package", "extern", "crate", "library", "static", "type", "typeof", "default", "export", "pub", "mod",
-    "self", "super",
-})
+_IMPORT_KEYWORDS = frozenset(
+    {
+        "import",
+        "from",
+        "as",
+        "require",
+        "require_relative",
+        "const",
+        "let",
+        "var",
+        "use",
+        "using",
+        "include",
+        "package",
+        "extern",
+        "crate",
+        "library",
+        "static",
+        "type",
+        "typeof",
+        "default",
+        "export",
+        "pub",
+        "mod",
+        "self",
+        "super",
+    }
+)
 
 
 def normalize_code(text: str) -> str:
@@ -151,8 +176,17 @@ class ChunkRowBuilder:
         self._seen: set[str] = set()
         self._seen_spans: set[str] = set()
 
-    def _append(self, file: FileForChunks, span: ChunkSpan, start: int, end: int,
-                file_imports: str, text: str, tokens: int, redactions: int) -> None:
+    def _append(
+        self,
+        file: FileForChunks,
+        span: ChunkSpan,
+        start: int,
+        end: int,
+        file_imports: str,
+        text: str,
+        tokens: int,
+        redactions: int,
+    ) -> None:
         imports = imports_used(file_imports, text)
         symbol = redact_field(span.symbol) if self.redactor is not None else span.symbol
         key = chunk_key(self.repo, file.path, file.language, symbol or "", imports, text)
@@ -163,10 +197,21 @@ class ChunkRowBuilder:
         cols = self.columns
         index = len(cols["chunk_key"])
         for name, value in (
-            ("repo", self.repo), ("commit", self.commit), ("license", self.license), ("path", file.path),
-            ("blob_sha", file.blob_sha), ("language", file.language), ("chunk_key", key),
-            ("start_line", start), ("end_line", end), ("symbol", symbol), ("imports", imports),
-            ("text", text), ("token_count", tokens), ("redactions", redactions), ("chunk_index", index),
+            ("repo", self.repo),
+            ("commit", self.commit),
+            ("license", self.license),
+            ("path", file.path),
+            ("blob_sha", file.blob_sha),
+            ("language", file.language),
+            ("chunk_key", key),
+            ("start_line", start),
+            ("end_line", end),
+            ("symbol", symbol),
+            ("imports", imports),
+            ("text", text),
+            ("token_count", tokens),
+            ("redactions", redactions),
+            ("chunk_index", index),
         ):
             cols[name].append(value)
         stats = self.stats

@@ -20,15 +20,24 @@ logger = logging.getLogger(__name__)
 
 @click.command(name="export")
 @click.option(
-    "--format", "-f", "formats", multiple=True, type=click.Choice(EXPORT_FORMATS),
+    "--format",
+    "-f",
+    "formats",
+    multiple=True,
+    type=click.Choice(EXPORT_FORMATS),
     help="Format to write (repeatable; default: export.formats from the config).",
 )
 @click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="Output directory (default: export.out_dir from the config).",
 )
 @click.option(
-    "--all-partitions", "all_partitions", is_flag=True,
+    "--all-partitions",
+    "all_partitions",
+    is_flag=True,
     help="Also export stored qa_pairs of repositories no longer listed in repos.txt.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
@@ -53,29 +62,40 @@ def command(formats: tuple[str, ...], out_dir: Path | None, all_partitions: bool
         )
     try:
         result = build_training_dataset(
-            qa_pairs, settings, repositories=store.read_all("repositories"),
-            formats=list(formats) or None, out_dir=out_dir,
+            qa_pairs,
+            settings,
+            repositories=store.read_all("repositories"),
+            formats=list(formats) or None,
+            out_dir=out_dir,
         )
     except ExportInputError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     splits = result.split_counts()
     if skipped and not as_json:
-        click.echo(f"Skipped {len(skipped)} stored repo(s) not in repos.txt (use --all-partitions): "
-                   + ", ".join(skipped))
+        click.echo(
+            f"Skipped {len(skipped)} stored repo(s) not in repos.txt (use --all-partitions): " + ", ".join(skipped)
+        )
     if as_json:
-        click.echo(json.dumps({
-            "out_dir": str(result.out_dir),
-            "pairs": result.exported_pairs,
-            "splits": splits,
-            "rejections": result.rejections,
-            "excluded_repos": result.excluded_repos,
-            "redactions": result.redactions,
-            "files": [{"format": f.format, "split": f.split, "path": str(f.path), "rows": f.rows}
-                      for f in result.files],
-            "notes": result.notes,
-            "skipped_partitions": skipped,
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "out_dir": str(result.out_dir),
+                    "pairs": result.exported_pairs,
+                    "splits": splits,
+                    "rejections": result.rejections,
+                    "excluded_repos": result.excluded_repos,
+                    "redactions": result.redactions,
+                    "files": [
+                        {"format": f.format, "split": f.split, "path": str(f.path), "rows": f.rows}
+                        for f in result.files
+                    ],
+                    "notes": result.notes,
+                    "skipped_partitions": skipped,
+                },
+                indent=2,
+            )
+        )
         return
     click.echo(
         f"Exported {result.exported_pairs} pairs to {result.out_dir} "

@@ -44,7 +44,16 @@ def cli(config_path: str | None, verbose: bool) -> None:
 
 
 for _module in (
-    run_cmd, status_cmd, export_cmd, repos_cmd, config_cmd, model_cmd, backfill_cmd, doctor_cmd, retry_cmd, workers_cmd
+    run_cmd,
+    status_cmd,
+    export_cmd,
+    repos_cmd,
+    config_cmd,
+    model_cmd,
+    backfill_cmd,
+    doctor_cmd,
+    retry_cmd,
+    workers_cmd,
 ):
     cli.add_command(_module.command)
 for _command in finetune_cmd.commands:

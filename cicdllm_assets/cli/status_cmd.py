@@ -57,8 +57,9 @@ def render_once(status: Status, width: int = 160) -> Group:
     names = ["Repo", "Head", "Size"] if wide else ["Repo"]
     names += ["Kept", "Skip", "Chunks", "Qs", "Answers", "OK", "Fail", "Last run"]
     for name in names:
-        repos.add_column(name, justify="left" if name in ("Repo", "Head", "Last run") else "right",
-                         no_wrap=name in ("Repo", "Head"))
+        repos.add_column(
+            name, justify="left" if name in ("Repo", "Head", "Last run") else "right", no_wrap=name in ("Repo", "Head")
+        )
     for repo in status.repos:
         run = repo.last_run
         last = Text.assemble(clock(run.created_at), " ", styled_status(run.status)) if run else Text("-")
@@ -66,8 +67,15 @@ def render_once(status: Status, width: int = 160) -> Group:
         if wide:
             head += [(repo.head_commit or "-")[:10], human_bytes(repo.size_bytes)]
         repos.add_row(
-            *head, str(repo.files_kept), str(repo.files_skipped), str(repo.chunks),
-            str(repo.questions), str(repo.answers), f"{repo.qa_accepted}/{repo.qa_pairs}", str(repo.failures), last,
+            *head,
+            str(repo.files_kept),
+            str(repo.files_skipped),
+            str(repo.chunks),
+            str(repo.questions),
+            str(repo.answers),
+            f"{repo.qa_accepted}/{repo.qa_pairs}",
+            str(repo.failures),
+            last,
         )
     if not status.repos:
         hint = Text("No repositories yet: list them in repos.txt, then `cicdllm run`.", style="dim")

@@ -104,9 +104,14 @@ def iter_fields(model: type[BaseModel] = AppConfig, prefix: str = "") -> list[Fi
                 # editable as one mapping, so a valid change never needs two saves.
                 out.append(
                     FieldSpec(
-                        path=path, section=prefix.rstrip("."), name=name, annotation=dict,
-                        type_name=f"{annotation.__name__} (mapping)", default=_default(info).model_dump(),
-                        description=(annotation.__doc__ or "").strip(), secret=False,
+                        path=path,
+                        section=prefix.rstrip("."),
+                        name=name,
+                        annotation=dict,
+                        type_name=f"{annotation.__name__} (mapping)",
+                        default=_default(info).model_dump(),
+                        description=(annotation.__doc__ or "").strip(),
+                        secret=False,
                     )
                 )
             out.extend(iter_fields(annotation, f"{path}."))
@@ -329,9 +334,7 @@ def _set_keeping_layout(mapping: CommentedMap, key: str, value: Any) -> None:
     _give_trailing(_tail_owner(mapping), rest)
 
 
-def _delete_keeping_layout(
-    mapping: CommentedMap, key: str, ancestors: list[tuple[CommentedMap, str]]
-) -> None:
+def _delete_keeping_layout(mapping: CommentedMap, key: str, ancestors: list[tuple[CommentedMap, str]]) -> None:
     """Delete ``key``; its surrounding comment lines move to the neighbouring keys.
 
     ``ancestors`` are the (mapping, key) pairs from the document root down to ``mapping``.
@@ -347,8 +350,9 @@ def _delete_keeping_layout(
     if rest and index > 0:
         previous = keys[index - 1]
         child = mapping[previous]
-        if _give_trailing(_tail_owner(child) if isinstance(child, CommentedMap) and child else (mapping, previous),
-                          rest):
+        if _give_trailing(
+            _tail_owner(child) if isinstance(child, CommentedMap) and child else (mapping, previous), rest
+        ):
             rest = None
     if rest:
         before.append(CommentToken(rest, CommentMark(0), None))

@@ -161,7 +161,7 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name or name == CONFIG_ENV:
             continue
-        parts = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        parts = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         node = merged
         for part in parts[:-1]:
             child = node.get(part)

@@ -11,9 +11,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-ExportFormat = Literal[
-    "jsonl", "csv", "parquet", "mlx_chat", "mlx_completions", "alpaca", "sharegpt", "openai"
-]
+ExportFormat = Literal["jsonl", "csv", "parquet", "mlx_chat", "mlx_completions", "alpaca", "sharegpt", "openai"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 
 PERMISSIVE_LICENSES = [
@@ -78,10 +76,49 @@ DEFAULT_EXCLUDES = [
 ]
 
 DEFAULT_EXTENSIONS = [
-    ".py", ".pyi", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".java", ".kt", ".scala",
-    ".c", ".h", ".cc", ".cpp", ".hpp", ".cs", ".rb", ".php", ".swift", ".m", ".sh",
-    ".bash", ".lua", ".r", ".jl", ".ex", ".exs", ".erl", ".hs", ".ml", ".clj", ".sql",
-    ".yaml", ".yml", ".toml", ".md", ".rst", ".txt", ".cfg", ".ini", ".env", ".json",
+    ".py",
+    ".pyi",
+    ".js",
+    ".jsx",
+    ".ts",
+    ".tsx",
+    ".go",
+    ".rs",
+    ".java",
+    ".kt",
+    ".scala",
+    ".c",
+    ".h",
+    ".cc",
+    ".cpp",
+    ".hpp",
+    ".cs",
+    ".rb",
+    ".php",
+    ".swift",
+    ".m",
+    ".sh",
+    ".bash",
+    ".lua",
+    ".r",
+    ".jl",
+    ".ex",
+    ".exs",
+    ".erl",
+    ".hs",
+    ".ml",
+    ".clj",
+    ".sql",
+    ".yaml",
+    ".yml",
+    ".toml",
+    ".md",
+    ".rst",
+    ".txt",
+    ".cfg",
+    ".ini",
+    ".env",
+    ".json",
 ]
 
 

@@ -265,8 +265,9 @@ class Discovery:
         group = _Group()
         with BlobReader(self.repo_path) as reader, ThreadPoolExecutor(self.workers) as pool:
             for start in range(0, len(entries), BATCH_FILES):
-                pending = self._prepare(entries[start : start + BATCH_FILES], by_path, directories, reader, pool,
-                                        keep_text)
+                pending = self._prepare(
+                    entries[start : start + BATCH_FILES], by_path, directories, reader, pool, keep_text
+                )
                 group.add(pending)
                 if group.chars >= target:
                     self._submit(group)
@@ -291,7 +292,8 @@ class Discovery:
         """
         max_bytes = self.processing.max_file_size_kb * 1024
         estimate = sum(
-            e.size for e in entries
+            e.size
+            for e in entries
             if e.size <= max_bytes and not e.is_symlink and path_filter(e.path, self.processing) is None
         )
         groups = max(1, -(-estimate // GROUP_CHARS))
@@ -352,12 +354,17 @@ class Discovery:
                     item.skip(verdict.category or "other", verdict.reason or "skipped")
         blobs = reader.read_many([target.sha for _, target in to_read])
         self.stats.bytes_read += sum(len(b) for b in blobs)
-        list(pool.map(lambda pair: _check_content(pair[0][0], pair[1], self.processing),
-                      zip(to_read, blobs, strict=True)))
+        list(
+            pool.map(
+                lambda pair: _check_content(pair[0][0], pair[1], self.processing), zip(to_read, blobs, strict=True)
+            )
+        )
         if self.verdicts is not None and to_read:
             self.verdicts.put_many(
-                (item.blob_sha, Verdict(item.status == KEPT, item.skip_category, item.skip_reason, item.encoding,
-                                        item.line_count))
+                (
+                    item.blob_sha,
+                    Verdict(item.status == KEPT, item.skip_category, item.skip_reason, item.encoding, item.line_count),
+                )
                 for item, _ in to_read
             )
         kept = [item for item, _ in candidates if item.status == KEPT]

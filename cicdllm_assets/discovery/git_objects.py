@@ -45,7 +45,9 @@ def _check_rev(rev: str) -> str:
 def _git(repo: Path, *args: str) -> bytes:
     try:
         result = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            ["git", "-C", str(repo), *args], check=True, capture_output=True  # noqa: S607
+            ["git", "-C", str(repo), *args],  # noqa: S607
+            check=True,
+            capture_output=True,
         )
     except FileNotFoundError as exc:
         raise GitError("git executable not found on PATH") from exc

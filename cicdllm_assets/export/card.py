@@ -19,25 +19,64 @@ _FORMAT_DOCS = {
     "jsonl": "`dataset.jsonl` — full records with provenance (repo, path, lines, commit, licence, model, template)",
     "csv": "`dataset.csv` — the same records, RFC 4180 quoting (commas, quotes and newlines round-trip)",
     "parquet": "`dataset.parquet` — the same records (zstd); loads in polars, pyarrow and Hugging Face `datasets`",
-    "mlx_chat": "`mlx_chat/{train,valid,test}.jsonl` — `{\"messages\": [system, user, assistant]}` for `mlx_lm.lora`",
-    "mlx_completions": "`mlx_completions/{train,valid,test}.jsonl` — `{\"prompt\", \"completion\"}` for `mlx_lm.lora`",
-    "alpaca": "`alpaca/{train,valid,test}.jsonl` — `{\"instruction\", \"input\", \"output\"}` (input = the code)",
-    "sharegpt": "`sharegpt/{train,valid,test}.jsonl` — `{\"conversations\": [human, gpt], \"system\"}`",
-    "openai": "`openai/{train,valid,test}.jsonl` — OpenAI chat fine-tuning `{\"messages\": [...]}`",
+    "mlx_chat": '`mlx_chat/{train,valid,test}.jsonl` — `{"messages": [system, user, assistant]}` for `mlx_lm.lora`',
+    "mlx_completions": '`mlx_completions/{train,valid,test}.jsonl` — `{"prompt", "completion"}` for `mlx_lm.lora`',
+    "alpaca": '`alpaca/{train,valid,test}.jsonl` — `{"instruction", "input", "output"}` (input = the code)',
+    "sharegpt": '`sharegpt/{train,valid,test}.jsonl` — `{"conversations": [human, gpt], "system"}`',
+    "openai": '`openai/{train,valid,test}.jsonl` — OpenAI chat fine-tuning `{"messages": [...]}`',
 }
 
 
 # SPDX ids (lower-cased, "-only"/"-or-later" dropped) the Hugging Face Hub knows as ``license`` values.
-HUB_LICENSES = frozenset({
-    "apache-2.0", "mit", "bsd", "bsd-2-clause", "bsd-3-clause", "bsd-3-clause-clear", "isc", "unlicense",
-    "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "gpl-2.0", "gpl-3.0", "lgpl-2.1", "lgpl-3.0",
-    "lgpl-lr", "agpl-3.0", "mpl-2.0", "epl-1.0", "epl-2.0", "bsl-1.0", "artistic-2.0", "wtfpl", "zlib",
-    "postgresql", "osl-3.0", "ecl-2.0", "afl-3.0", "eupl-1.1", "ofl-1.1", "ms-pl", "ncsa", "pddl", "odbl",
-})
+HUB_LICENSES = frozenset(
+    {
+        "apache-2.0",
+        "mit",
+        "bsd",
+        "bsd-2-clause",
+        "bsd-3-clause",
+        "bsd-3-clause-clear",
+        "isc",
+        "unlicense",
+        "cc0-1.0",
+        "cc-by-4.0",
+        "cc-by-sa-4.0",
+        "cc-by-nc-4.0",
+        "gpl-2.0",
+        "gpl-3.0",
+        "lgpl-2.1",
+        "lgpl-3.0",
+        "lgpl-lr",
+        "agpl-3.0",
+        "mpl-2.0",
+        "epl-1.0",
+        "epl-2.0",
+        "bsl-1.0",
+        "artistic-2.0",
+        "wtfpl",
+        "zlib",
+        "postgresql",
+        "osl-3.0",
+        "ecl-2.0",
+        "afl-3.0",
+        "eupl-1.1",
+        "ofl-1.1",
+        "ms-pl",
+        "ncsa",
+        "pddl",
+        "odbl",
+    }
+)
 DEFAULT_CONFIG = "mlx_chat"
 # Hub size buckets: (upper bound, label).
-_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
+_SIZE_CATEGORIES = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+)
 
 
 def hub_licenses(expressions: Iterable[str]) -> list[str]:
@@ -75,9 +114,21 @@ def front_matter(result: DatasetResult, formats: list[str]) -> str:
     if "other" in licenses:
         names = sorted({lic for lic, _ in result.counts_by("license")})
         lines.append(f"license_name: {json.dumps(' AND '.join(names) or 'NOASSERTION')}")
-    lines += ["task_categories:", "- question-answering", "- text-generation", "language:", "- en", "- code",
-              "tags:", "- code", "- fine-tuning", "- mlx", "size_categories:",
-              f"- {size_category(result.exported_pairs)}", "pretty_name: cicdllm question/answer dataset"]
+    lines += [
+        "task_categories:",
+        "- question-answering",
+        "- text-generation",
+        "language:",
+        "- en",
+        "- code",
+        "tags:",
+        "- code",
+        "- fine-tuning",
+        "- mlx",
+        "size_categories:",
+        f"- {size_category(result.exported_pairs)}",
+        "pretty_name: cicdllm question/answer dataset",
+    ]
     configs = [fmt for fmt in formats if fmt in SPLIT_FORMATS]
     default = _default_config(formats)
     if configs:
@@ -128,8 +179,12 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     for repo, split, count in result.counts_by("repo", "split"):
         per_repo[repo][split] = count
     parts.append("## Pairs per repository and split\n\n")
-    parts.append(_table(["repo", *SPLITS, "total"],
-                        [[repo, *(c[s] for s in SPLITS), sum(c.values())] for repo, c in sorted(per_repo.items())]))
+    parts.append(
+        _table(
+            ["repo", *SPLITS, "total"],
+            [[repo, *(c[s] for s in SPLITS), sum(c.values())] for repo, c in sorted(per_repo.items())],
+        )
+    )
 
     parts.append("\n## Pairs per theme\n\n")
     parts.append(_table(["theme", "pairs"], [[t, n] for t, n in result.counts_by("theme")]))
@@ -142,19 +197,26 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     parts.append(f"Allowed (`export.allowed_licenses`): {', '.join(cfg.export.allowed_licenses) or '(none)'}.\n\n")
     if result.excluded_repos:
         parts.append("Excluded repositories:\n\n")
-        parts.append(_table(["repo", "licence", "pairs excluded", "reason"],
-                            [[repo, i["license"], i["pairs"], i["reason"]]
-                             for repo, i in result.excluded_repos.items()]))
+        parts.append(
+            _table(
+                ["repo", "licence", "pairs excluded", "reason"],
+                [[repo, i["license"], i["pairs"], i["reason"]] for repo, i in result.excluded_repos.items()],
+            )
+        )
     else:
         parts.append("No repository was excluded by its licence.\n")
 
     parts.append("\n## Generation\n\n")
     models = [m for m, _ in result.counts_by("model_id") if m]
-    parts.append(f"- Model(s): {', '.join(models) or '(none)'} (backend `{cfg.llm.backend}`, `llm.model` = "
-                 f"`{cfg.llm.model}`)\n")
+    parts.append(
+        f"- Model(s): {', '.join(models) or '(none)'} (backend `{cfg.llm.backend}`, `llm.model` = `{cfg.llm.model}`)\n"
+    )
     templates = result.counts_by("theme", "template_hash")
-    parts.append("- Answer prompt templates (theme: sha256 prefix): "
-                 + (", ".join(f"{t}: `{h}`" for t, h, _ in templates) or "(none)") + "\n")
+    parts.append(
+        "- Answer prompt templates (theme: sha256 prefix): "
+        + (", ".join(f"{t}: `{h}`" for t, h, _ in templates) or "(none)")
+        + "\n"
+    )
     parts.append(f"- System prompt: {cfg.export.system_prompt!r}\n")
 
     parts.append("\n## Quality filters\n\n")
@@ -165,7 +227,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     parts.append(_table(["reason", "pairs"], [[k, v] for k, v in result.rejections.items()]))
     parts.append(
         "\nFilters: empty question/answer; truncated question; too short; answers that only echo the chunk; "
-        "refusals (\"I'm sorry, I can't…\", \"As an AI…\"); repetitive (looping) answers; "
+        'refusals ("I\'m sorry, I can\'t…", "As an AI…"); repetitive (looping) answers; '
         "truncated (length limit reached, unbalanced code fence, ends mid-sentence); not grounded "
         "(under 60 % of the identifiers in the answer's code and backticks occur in the chunk, its imports, "
         "path or question); exact duplicates and near-duplicates (MinHash LSH on character 5-grams of "
@@ -203,15 +265,18 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     for fmt in formats:
         parts.append(f"- {_FORMAT_DOCS.get(fmt, fmt)}\n")
     parts.append("\nFiles:\n\n")
-    parts.append(_table(["file", "split", "rows", "bytes"],
-                        [[str(f.path.relative_to(result.out_dir)), f.split or "all", f.rows, f.bytes]
-                         for f in result.files]))
+    parts.append(
+        _table(
+            ["file", "split", "rows", "bytes"],
+            [[str(f.path.relative_to(result.out_dir)), f.split or "all", f.rows, f.bytes] for f in result.files],
+        )
+    )
     parts.append(
         "\nTrain with mlx-lm: `mlx_lm.lora --model <model> --train --data <export dir>/mlx_chat` "
         "(or `mlx_completions`).\n"
-        "\nLoad with Hugging Face `datasets`: `load_dataset(\"<export dir>\")` gives the default config"
+        '\nLoad with Hugging Face `datasets`: `load_dataset("<export dir>")` gives the default config'
         + (f" (`{default}`)" if (default := _default_config(formats)) else "")
-        + " with its splits; `load_dataset(\"<export dir>\", \"<format>\")` one per-split format. "
+        + ' with its splits; `load_dataset("<export dir>", "<format>")` one per-split format. '
         "The full records are in `dataset.parquet` (one file, `split` column).\n"
     )
     return "".join(parts)

@@ -51,8 +51,20 @@ WORK_MEMORY = "256MB"  # DuckDB's cap for the export's work tables (it spills be
 WHITESPACE = " \t\n\r\x0b\x0c"  # what str.strip() removes from a licence (ASCII)
 REDACTION_CACHE = 20_000  # recently seen texts whose redaction is reused
 REQUIRED_COLUMNS = ("repo", "answer_id", "question", "answer", "path", "start_line", "end_line", "accepted")
-TEXT_COLUMNS = ("question", "answer", "context", "commit", "license", "language", "theme", "model_id",
-                "template_hash", "question_id", "chunk_key", "params")
+TEXT_COLUMNS = (
+    "question",
+    "answer",
+    "context",
+    "commit",
+    "license",
+    "language",
+    "theme",
+    "model_id",
+    "template_hash",
+    "question_id",
+    "chunk_key",
+    "params",
+)
 NOASSERTION = "NOASSERTION"
 
 
@@ -95,8 +107,10 @@ class DatasetResult:
         if self.groups.num_rows == 0:
             return []
         grouped = self.groups.group_by(list(columns)).aggregate([("pairs", "sum")])
-        rows = [(*(grouped.column(c)[i].as_py() for c in columns), grouped.column("pairs_sum")[i].as_py())
-                for i in range(grouped.num_rows)]
+        rows = [
+            (*(grouped.column(c)[i].as_py() for c in columns), grouped.column("pairs_sum")[i].as_py())
+            for i in range(grouped.num_rows)
+        ]
         return sorted(rows)
 
     def split_counts(self) -> dict[str, int]:
@@ -109,12 +123,14 @@ class DatasetResult:
     def summary_table(self) -> pa.Table:
         """Pairs per repo, split and theme."""
         rows = self.counts_by("repo", "split", "theme")
-        return pa.table({
-            "repo": pa.array([r[0] for r in rows], pa.string()),
-            "split": pa.array([r[1] for r in rows], pa.string()),
-            "theme": pa.array([r[2] for r in rows], pa.string()),
-            "pairs": pa.array([r[3] for r in rows], pa.int64()),
-        })
+        return pa.table(
+            {
+                "repo": pa.array([r[0] for r in rows], pa.string()),
+                "split": pa.array([r[1] for r in rows], pa.string()),
+                "theme": pa.array([r[2] for r in rows], pa.string()),
+                "pairs": pa.array([r[3] for r in rows], pa.int64()),
+            }
+        )
 
 
 # ------------------------------------------------------------------------ licences
@@ -156,9 +172,11 @@ def _repo_licenses(repositories: pa.Table | None) -> dict[str, str]:
     if repositories is None or "repo" not in repositories.column_names or "license" not in repositories.column_names:
         return {}
     return {
-        str(r): str(lic) for r, lic in zip(
+        str(r): str(lic)
+        for r, lic in zip(
             repositories.column("repo").to_pylist(), repositories.column("license").to_pylist(), strict=True
-        ) if r is not None and lic
+        )
+        if r is not None and lic
     }
 
 
@@ -184,8 +202,10 @@ def build_training_dataset(
     target = Path(out_dir) if out_dir is not None else settings.export_dir
     work_root = settings.data_dir
     work_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-work-", dir=work_root) as work, \
-            duckdb.connect(str(Path(work) / "work.duckdb")) as con:
+    with (
+        tempfile.TemporaryDirectory(prefix=".export-work-", dir=work_root) as work,
+        duckdb.connect(str(Path(work) / "work.duckdb")) as con,
+    ):
         con.execute(f"SET memory_limit = '{WORK_MEMORY}'")
         con.execute(f"SET temp_directory = '{Path(work) / 'spill'}'".replace("\\", "/"))
         con.execute("SET threads = 1")
@@ -250,27 +270,45 @@ def _build(
 
     # 1. licences: the repositories table is the current word on a repo's licence; the row's copy is a fallback
     repo_license = _repo_licenses(repositories)
-    licenses = pa.table({"repo": pa.array(list(repo_license), pa.string()),
-                         "license": pa.array(list(repo_license.values()), pa.string())})
+    licenses = pa.table(
+        {
+            "repo": pa.array(list(repo_license), pa.string()),
+            "license": pa.array(list(repo_license.values()), pa.string()),
+        }
+    )
     con.register("repo_licenses", licenses)
-    con.execute("""
+    con.execute(
+        """
         CREATE TABLE pairs AS SELECT ids.idx, acc.* EXCLUDE (license),
             coalesce(nullif(rl.license, ''), nullif(trim(acc.license, ?), ''), ?) AS license
         FROM ids JOIN acc ON acc.rowid = ids.rid LEFT JOIN repo_licenses rl ON rl.repo = acc.repo""",
-                [WHITESPACE, NOASSERTION])
+        [WHITESPACE, NOASSERTION],
+    )
     con.execute("DROP TABLE acc")
-    allowed = [(lic, license_allowed(lic, export_cfg.allowed_licenses))
-               for (lic,) in con.execute("SELECT DISTINCT license FROM pairs").fetchall()]
-    con.register("license_verdicts", pa.table({"license": pa.array([a[0] for a in allowed], pa.string()),
-                                               "ok": pa.array([a[1] for a in allowed], pa.bool_())}))
+    allowed = [
+        (lic, license_allowed(lic, export_cfg.allowed_licenses))
+        for (lic,) in con.execute("SELECT DISTINCT license FROM pairs").fetchall()
+    ]
+    con.register(
+        "license_verdicts",
+        pa.table(
+            {
+                "license": pa.array([a[0] for a in allowed], pa.string()),
+                "ok": pa.array([a[1] for a in allowed], pa.bool_()),
+            }
+        ),
+    )
     con.execute("CREATE TABLE verdicts AS SELECT * FROM license_verdicts")
     excluded: dict[str, dict[str, Any]] = {}
     for repo, lic, count in con.execute(
         "SELECT repo, arg_min(license, idx), count(*) FROM pairs JOIN verdicts USING (license) "
         "WHERE NOT ok GROUP BY repo ORDER BY repo"
     ).fetchall():
-        excluded[str(repo)] = {"license": lic, "pairs": int(count),
-                               "reason": f"licence {lic!r} is not in export.allowed_licenses"}
+        excluded[str(repo)] = {
+            "license": lic,
+            "pairs": int(count),
+            "reason": f"licence {lic!r} is not in export.allowed_licenses",
+        }
         rejections[LICENSE_EXCLUDED] += int(count)
 
     # 2. duplicates across repositories (within-repo ones were removed by qa_pairs)
@@ -312,9 +350,14 @@ def _build(
     groups = GroupCounter()
     files = write_exports((groups.add(b) for b in batches), chosen, target)
     result = DatasetResult(
-        out_dir=target, groups=groups.table(), files=files, input_pairs=input_pairs,
-        accepted_pairs=accepted_pairs, rejections=dict(sorted(rejections.items())),
-        excluded_repos=dict(sorted(excluded.items())), redactions=dict(sorted(redactions.items())),
+        out_dir=target,
+        groups=groups.table(),
+        files=files,
+        input_pairs=input_pairs,
+        accepted_pairs=accepted_pairs,
+        rejections=dict(sorted(rejections.items())),
+        excluded_repos=dict(sorted(excluded.items())),
+        redactions=dict(sorted(redactions.items())),
         split_files=split_files,
     )
     counts = result.split_counts()
@@ -345,8 +388,12 @@ def _insert_duplicates(con: duckdb.DuckDBPyConnection, duplicates: Iterable[Dupl
         if dup is not None:
             batch.append(dup)
         if batch and (dup is None or len(batch) >= BATCH_ROWS):
-            con.register("dropped_in", pa.table({"idx": [d.index for d in batch], "kept": [d.kept for d in batch],
-                                                 "kind": [d.kind for d in batch]}))
+            con.register(
+                "dropped_in",
+                pa.table(
+                    {"idx": [d.index for d in batch], "kept": [d.kept for d in batch], "kind": [d.kind for d in batch]}
+                ),
+            )
             con.execute("INSERT INTO dropped SELECT * FROM dropped_in")
             con.unregister("dropped_in")
             batch = []
@@ -403,12 +450,29 @@ def _records(reader: Iterable[pa.RecordBatch], system: str, clean: Callable[[str
         cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
         n = batch.num_rows
         question, answer, context = (_clean_all(cols[name], clean) for name in ("question", "answer", "context"))
-        prompt = [user_prompt(question[i], cols["path"][i], cols["start_line"][i], cols["end_line"][i],
-                              cols["language"][i], context[i]) for i in range(n)]
-        columns = {**cols, "id": cols["answer_id"], "system": [system] * n, "question": question, "answer": answer,
-                   "context": context, "prompt": prompt}
-        yield pa.RecordBatch.from_arrays([pa.array(columns[f.name], f.type) for f in EXPORT_SCHEMA],
-                                         schema=EXPORT_SCHEMA)
+        prompt = [
+            user_prompt(
+                question[i],
+                cols["path"][i],
+                cols["start_line"][i],
+                cols["end_line"][i],
+                cols["language"][i],
+                context[i],
+            )
+            for i in range(n)
+        ]
+        columns = {
+            **cols,
+            "id": cols["answer_id"],
+            "system": [system] * n,
+            "question": question,
+            "answer": answer,
+            "context": context,
+            "prompt": prompt,
+        }
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(columns[f.name], f.type) for f in EXPORT_SCHEMA], schema=EXPORT_SCHEMA
+        )
 
 
 class GroupCounter:
@@ -440,8 +504,13 @@ def _manifest(result: DatasetResult, formats: Sequence[str]) -> dict[str, Any]:
         "pairs": result.exported_pairs,
         "splits": result.split_counts(),
         "files": [
-            {"format": f.format, "split": f.split, "path": str(f.path.relative_to(result.out_dir)), "rows": f.rows,
-             "bytes": f.bytes}
+            {
+                "format": f.format,
+                "split": f.split,
+                "path": str(f.path.relative_to(result.out_dir)),
+                "rows": f.rows,
+                "bytes": f.bytes,
+            }
             for f in result.files
         ],
         "split_files": result.split_files,

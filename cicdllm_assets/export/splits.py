@@ -87,8 +87,11 @@ def assign_splits(files: Iterable[FileKey], split: SplitConfig) -> dict[FileKey,
         assignment[f] = target
 
     rebalance(
-        ratios, len(unique), lambda: Counter(assignment.values()),
-        lambda donor: min((f for f, s in assignment.items() if s == donor), key=lambda f: (hashes[f], f)), move,
+        ratios,
+        len(unique),
+        lambda: Counter(assignment.values()),
+        lambda donor: min((f for f, s in assignment.items() if s == donor), key=lambda f: (hashes[f], f)),
+        move,
     )
     return assignment
 
@@ -120,7 +123,8 @@ def assign_splits_table(
 
     def smallest(donor: str) -> FileKey:
         rows = con.execute(
-            f"SELECT repo, path FROM {table} WHERE split = ? ORDER BY h, repo, path LIMIT 1", [donor]  # noqa: S608
+            f"SELECT repo, path FROM {table} WHERE split = ? ORDER BY h, repo, path LIMIT 1",  # noqa: S608
+            [donor],
         ).fetchall()
         if not rows:  # cannot happen: a donor has 2+ files
             raise RuntimeError(f"split {donor!r} has no file to move")

@@ -111,8 +111,10 @@ def _split_schema_problem(fmt: str, record: Any) -> str | None:
         if set(record) != {"messages"} or not isinstance(messages, list) or len(messages) < 2:
             return "expected {'messages': [...]} with at least user and assistant"
         roles = [m.get("role") for m in messages if isinstance(m, dict)]
-        if len(roles) != len(messages) or roles[-2:] != ["user", "assistant"] or any(
-            r not in ("system", "user", "assistant") for r in roles
+        if (
+            len(roles) != len(messages)
+            or roles[-2:] != ["user", "assistant"]
+            or any(r not in ("system", "user", "assistant") for r in roles)
         ):
             return f"unexpected roles {roles}"
         if any(not isinstance(m.get("content"), str) or set(m) != {"role", "content"} for m in messages):
@@ -166,8 +168,9 @@ def check_schema(export: ExportFiles) -> CheckOutcome:
                     rows += 1
                     if not isinstance(record, dict) or list(record) != list(EXPORT_COLUMNS):
                         outcome.add(f"{entry['path']}:{number}: keys differ from the export columns")
-                    elif not all(isinstance(record[n], int if n in ("start_line", "end_line") else str)
-                                 for n in EXPORT_COLUMNS):
+                    elif not all(
+                        isinstance(record[n], int if n in ("start_line", "end_line") else str) for n in EXPORT_COLUMNS
+                    ):
                         outcome.add(f"{entry['path']}:{number}: a value has the wrong type")
             else:
                 for number, record in _read_jsonl(path):
@@ -310,8 +313,9 @@ def check_splits_disjoint(export: ExportFiles) -> CheckOutcome:
                 outcome.add(f"{key[0]}:{key[1]} is in {split} but the manifest says {owner[key]}")
         for entry in export.entries():
             if entry["split"] is not None and entry["rows"] != counts.get(entry["split"], -1):
-                outcome.add(f"{entry['path']}: {entry['rows']} rows but {counts.get(entry['split'])} "
-                            f"{entry['split']} records")
+                outcome.add(
+                    f"{entry['path']}: {entry['rows']} rows but {counts.get(entry['split'])} {entry['split']} records"
+                )
     outcome.counts.update({f"{s}_pairs": n for s, n in counts.items()})
     outcome.counts["files"] = len(owner)
     return outcome

@@ -203,8 +203,9 @@ class ParquetRecordsWriter(_RecordFileWriter):
 
     def _flush(self) -> None:
         if self.pending:
-            self.writer.write_table(pa.Table.from_batches(self.pending, EXPORT_SCHEMA),
-                                    row_group_size=self.row_group_rows)
+            self.writer.write_table(
+                pa.Table.from_batches(self.pending, EXPORT_SCHEMA), row_group_size=self.row_group_rows
+            )
             self.pending, self.pending_rows = [], 0
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -250,7 +251,8 @@ def _render_alpaca(cols: dict[str, list[Any]], i: int) -> dict[str, Any]:
     context = cols["context"][i]
     block = (
         context_block(cols["path"][i], cols["start_line"][i], cols["end_line"][i], cols["language"][i], context)
-        if context.strip() else ""
+        if context.strip()
+        else ""
     )
     return {"instruction": cols["question"][i], "input": block, "output": cols["answer"][i]}
 
@@ -362,8 +364,10 @@ def write_exports(batches: Iterable[pa.RecordBatch], formats: Iterable[str], out
         for batch in batches:
             if batch.schema != EXPORT_SCHEMA:
                 batch = pa.RecordBatch.from_arrays(
-                    [batch.column(name).cast(field.type) for name, field in zip(EXPORT_SCHEMA.names, EXPORT_SCHEMA,
-                                                                                 strict=True)],
+                    [
+                        batch.column(name).cast(field.type)
+                        for name, field in zip(EXPORT_SCHEMA.names, EXPORT_SCHEMA, strict=True)
+                    ],
                     schema=EXPORT_SCHEMA,
                 )
             for writer in writers:

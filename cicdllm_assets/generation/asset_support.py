@@ -42,13 +42,16 @@ class StageEnv:
     def runner(self, context: AssetExecutionContext) -> StageRunner:
         """A StageRunner logging to Dagster."""
         return StageRunner(
-            backend=self.backend, ledger=self.ledger, state=self.state, settings=self.settings,
-            repo=self.repo, stage=self.stage, log=context.log,
+            backend=self.backend,
+            ledger=self.ledger,
+            state=self.state,
+            settings=self.settings,
+            repo=self.repo,
+            stage=self.stage,
+            log=context.log,
         )
 
-    def output(
-        self, table: pa.Table, id_column: str, stats: RunStats, extra: Mapping[str, Any]
-    ) -> Output[pa.Table]:
+    def output(self, table: pa.Table, id_column: str, stats: RunStats, extra: Mapping[str, Any]) -> Output[pa.Table]:
         """Close the stage (state + event log) and build the asset's Output: rich metadata,
         and a data version derived from the row ids, so unchanged rows mean an unchanged version."""
         self.state.finish_stage(self.repo, self.stage, "done")

@@ -59,10 +59,31 @@ CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_chunk ON {LEDGER_TABLE}(chunk_key, kin
 CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_repo ON {LEDGER_TABLE}(repo, kind, status);
 """
 _COLUMNS = (
-    "key", "kind", "repo", "chunk_key", "theme", "template_hash", "model_id", "params_json",
-    "input_text", "status", "output", "parsed_json", "error_category", "error_message", "attempts",
-    "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "latency_ms", "trimmed",
-    "max_tokens", "finish_reason", "seed_sent", "created_at", "updated_at",
+    "key",
+    "kind",
+    "repo",
+    "chunk_key",
+    "theme",
+    "template_hash",
+    "model_id",
+    "params_json",
+    "input_text",
+    "status",
+    "output",
+    "parsed_json",
+    "error_category",
+    "error_message",
+    "attempts",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "trimmed",
+    "max_tokens",
+    "finish_reason",
+    "seed_sent",
+    "created_at",
+    "updated_at",
 )
 LEDGER_VERSION = 3
 _ADDED_COLUMNS = {"max_tokens": "INTEGER NOT NULL DEFAULT 0", "finish_reason": "TEXT", "seed_sent": "INTEGER"}
@@ -206,7 +227,7 @@ class Ledger:
         wanted = list(dict.fromkeys(keys))
         found: dict[str, LedgerEntry] = {}
         for start in range(0, len(wanted), _SQLITE_MAX_VARS):
-            batch = wanted[start:start + _SQLITE_MAX_VARS]
+            batch = wanted[start : start + _SQLITE_MAX_VARS]
             marks = ",".join("?" * len(batch))
             # marks is only "?" placeholders; values are bound parameters.
             rows = self.state.query(
@@ -226,13 +247,31 @@ class Ledger:
         now = time.time()
         parsed = json.dumps(list(outcome.parsed), ensure_ascii=False) if outcome.parsed is not None else None
         values = (
-            item.key, item.kind, item.repo, item.chunk_key, item.theme, item.template_hash, item.model_id,
-            item.params_json, item.input_text, outcome.status, outcome.output, parsed, outcome.error_category,
+            item.key,
+            item.kind,
+            item.repo,
+            item.chunk_key,
+            item.theme,
+            item.template_hash,
+            item.model_id,
+            item.params_json,
+            item.input_text,
+            outcome.status,
+            outcome.output,
+            parsed,
+            outcome.error_category,
             outcome.error_message[:4000] if outcome.error_message else None,
-            int(outcome.uses_attempt), int(outcome.prompt_tokens), int(outcome.cached_prompt_tokens),
+            int(outcome.uses_attempt),
+            int(outcome.prompt_tokens),
+            int(outcome.cached_prompt_tokens),
             int(outcome.completion_tokens),
-            float(outcome.latency_ms), int(outcome.trimmed), int(outcome.max_tokens), outcome.finish_reason,
-            None if outcome.seed_sent is None else int(outcome.seed_sent), now, now,
+            float(outcome.latency_ms),
+            int(outcome.trimmed),
+            int(outcome.max_tokens),
+            outcome.finish_reason,
+            None if outcome.seed_sent is None else int(outcome.seed_sent),
+            now,
+            now,
         )
         with self.state.transaction() as con:
             con.execute(
@@ -271,8 +310,7 @@ class Ledger:
 
     def failure_counts(self, repo: str | None = None, kind: str | None = None) -> dict[str, int]:
         """Failed rows by error category, optionally for one repo and/or kind."""
-        rows = self._select("error_category, COUNT(*) AS n", repo, kind,
-                            "AND status != 'ok' GROUP BY error_category")
+        rows = self._select("error_category, COUNT(*) AS n", repo, kind, "AND status != 'ok' GROUP BY error_category")
         return {str(row["error_category"] or "unknown"): int(row["n"]) for row in rows}
 
     def entries(self, repo: str | None = None, kind: str | None = None) -> list[LedgerEntry]:

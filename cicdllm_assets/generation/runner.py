@@ -154,9 +154,7 @@ class StageRunner:
         self.repo = repo
         self.stage = stage
         self.log = log or _stdlib_log()
-        self.pause_hook = pause_hook or (
-            lambda: pause_while_on_low_battery(settings, self.log, repo=repo)
-        )
+        self.pause_hook = pause_hook or (lambda: pause_while_on_low_battery(settings, self.log, repo=repo))
         self._load_reported = 0.0
 
     @property
@@ -206,7 +204,7 @@ class StageRunner:
         with Leases(self.state, self.settings.config.performance.lease_seconds) as leases:
             waiting: list[WorkItem] = []
             for start in range(0, len(pending), width):
-                group = pending[start:start + width]
+                group = pending[start : start + width]
                 waiting += self._claim_and_run(leases, group, entries, postprocess, stats, errors)
                 done = min(start + width, len(pending))
                 self.log.info(
@@ -221,7 +219,7 @@ class StageRunner:
                 waiting = self._settled_elsewhere(waiting, entries, stats)
                 still: list[WorkItem] = []
                 for start in range(0, len(waiting), width):
-                    group = waiting[start:start + width]
+                    group = waiting[start : start + width]
                     still += self._claim_and_run(leases, group, entries, postprocess, stats, errors)
                 waiting = still
         return stats
@@ -316,8 +314,9 @@ class StageRunner:
             return False
         message = f"request not sent: {len(found)} secret(s) detected: " + "; ".join(found[:5])
         self.log.warning(f"{self.stage}: {w.label}: {message}")
-        self._record(w, Outcome("failed", error_category="secret", error_message=message,
-                                max_tokens=request.max_tokens), stats)
+        self._record(
+            w, Outcome("failed", error_category="secret", error_message=message, max_tokens=request.max_tokens), stats
+        )
         return True
 
     def _run_group(
@@ -390,9 +389,13 @@ class StageRunner:
             self.state.record_failure(self.repo, self.stage, w.label, "circuit_open", result.error.message)
             return
         if result.error is not None:
-            outcome = Outcome("failed", output=result.text or None, error_category=result.error.category,
-                              error_message=result.error.message,
-                              uses_attempt=not is_outage(result.error.category, result.error.status_code))
+            outcome = Outcome(
+                "failed",
+                output=result.text or None,
+                error_category=result.error.category,
+                error_message=result.error.message,
+                uses_attempt=not is_outage(result.error.category, result.error.status_code),
+            )
         else:
             outcome = postprocess(w, result)
         outcome = dataclasses.replace(
@@ -424,8 +427,9 @@ class StageRunner:
         self, in_flight: dict[str, tuple[WorkItem, bool, int]], category: str, message: str, stats: RunStats
     ) -> None:
         for w, trimmed, max_tokens in list(in_flight.values()):
-            outcome = Outcome("failed", error_category=category, error_message=message, trimmed=trimmed,
-                              max_tokens=max_tokens)
+            outcome = Outcome(
+                "failed", error_category=category, error_message=message, trimmed=trimmed, max_tokens=max_tokens
+            )
             self._record(w, outcome, stats)
         in_flight.clear()
 
@@ -501,30 +505,32 @@ def data_version_of(ids: Iterable[str]) -> str:
 
 # ---------------------------------------------------------------------------- questions
 
-QUESTIONS_SCHEMA = pa.schema([
-    ("repo", pa.string()),
-    ("question_id", pa.string()),
-    ("chunk_key", pa.string()),
-    ("theme", pa.string()),
-    ("template_hash", pa.string()),
-    ("question", pa.string()),
-    ("model_id", pa.string()),
-    ("params", pa.string()),
-    ("path", pa.string()),
-    ("start_line", pa.int64()),
-    ("end_line", pa.int64()),
-    ("commit", pa.string()),
-    ("license", pa.string()),
-    ("language", pa.string()),
-    ("question_index", pa.int32()),
-    ("generation_key", pa.string()),
-    ("prompt_tokens", pa.int64()),
-    ("completion_tokens", pa.int64()),
-    ("latency_ms", pa.float64()),
-    ("trimmed", pa.bool_()),
-    ("finish_reason", pa.string()),
-    ("seed_sent", pa.bool_()),
-])
+QUESTIONS_SCHEMA = pa.schema(
+    [
+        ("repo", pa.string()),
+        ("question_id", pa.string()),
+        ("chunk_key", pa.string()),
+        ("theme", pa.string()),
+        ("template_hash", pa.string()),
+        ("question", pa.string()),
+        ("model_id", pa.string()),
+        ("params", pa.string()),
+        ("path", pa.string()),
+        ("start_line", pa.int64()),
+        ("end_line", pa.int64()),
+        ("commit", pa.string()),
+        ("license", pa.string()),
+        ("language", pa.string()),
+        ("question_index", pa.int32()),
+        ("generation_key", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("latency_ms", pa.float64()),
+        ("trimmed", pa.bool_()),
+        ("finish_reason", pa.string()),
+        ("seed_sent", pa.bool_()),
+    ]
+)
 
 
 def plan_questions(
@@ -536,16 +542,19 @@ def plan_questions(
     work = []
     for chunk in chunks:
         for theme in themes:
-            key = item_key("question", theme.chunk_input(chunk, "question"), theme.name, theme.question_hash,
-                           model_id, params)
+            key = item_key(
+                "question", theme.chunk_input(chunk, "question"), theme.name, theme.question_hash, model_id, params
+            )
             item = LedgerItem(key, "question", repo, chunk.chunk_key, theme.name, theme.question_hash, model_id, pjson)
-            work.append(WorkItem(
-                item=item,
-                chunk=chunk,
-                build=theme.question_builder(chunk, gen.questions_per_chunk),
-                desired_max_tokens=gen.question_max_tokens,
-                n_questions=gen.questions_per_chunk,
-            ))
+            work.append(
+                WorkItem(
+                    item=item,
+                    chunk=chunk,
+                    build=theme.question_builder(chunk, gen.questions_per_chunk),
+                    desired_max_tokens=gen.question_max_tokens,
+                    n_questions=gen.questions_per_chunk,
+                )
+            )
     return work
 
 
@@ -579,57 +588,61 @@ def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]
         seen.add(w.item.key)
         chunk = w.chunk
         for index, question in enumerate(entry.parsed()):
-            rows.append({
-                "repo": repo,
-                "question_id": content_id(entry.key, normalize_question(question)),
-                "chunk_key": chunk.chunk_key,
-                "theme": entry.theme,
-                "template_hash": entry.template_hash,
-                "question": question,
-                "model_id": entry.model_id,
-                "params": entry.params_json,
-                **_chunk_columns(chunk),
-                "question_index": index,
-                "generation_key": entry.key,
-                "prompt_tokens": entry.prompt_tokens,
-                "completion_tokens": entry.completion_tokens,
-                "latency_ms": entry.latency_ms,
-                "trimmed": bool(entry.trimmed),
-                "finish_reason": entry.finish_reason,
-                "seed_sent": _stored_flag(entry.seed_sent),
-            })
+            rows.append(
+                {
+                    "repo": repo,
+                    "question_id": content_id(entry.key, normalize_question(question)),
+                    "chunk_key": chunk.chunk_key,
+                    "theme": entry.theme,
+                    "template_hash": entry.template_hash,
+                    "question": question,
+                    "model_id": entry.model_id,
+                    "params": entry.params_json,
+                    **_chunk_columns(chunk),
+                    "question_index": index,
+                    "generation_key": entry.key,
+                    "prompt_tokens": entry.prompt_tokens,
+                    "completion_tokens": entry.completion_tokens,
+                    "latency_ms": entry.latency_ms,
+                    "trimmed": bool(entry.trimmed),
+                    "finish_reason": entry.finish_reason,
+                    "seed_sent": _stored_flag(entry.seed_sent),
+                }
+            )
     return pa.Table.from_pylist(rows, schema=QUESTIONS_SCHEMA)
 
 
 # ---------------------------------------------------------------------------- answers
 
-ANSWERS_SCHEMA = pa.schema([
-    ("repo", pa.string()),
-    ("answer_id", pa.string()),
-    ("question_id", pa.string()),
-    ("chunk_key", pa.string()),
-    ("theme", pa.string()),
-    ("template_hash", pa.string()),
-    ("question_template_hash", pa.string()),
-    ("question", pa.string()),
-    ("answer", pa.string()),
-    ("model_id", pa.string()),
-    ("params", pa.string()),
-    ("prompt_tokens", pa.int64()),
-    ("cached_prompt_tokens", pa.int64()),
-    ("completion_tokens", pa.int64()),
-    ("latency_ms", pa.float64()),
-    ("trimmed", pa.bool_()),
-    ("max_tokens", pa.int64()),
-    ("finish_reason", pa.string()),
-    ("seed_sent", pa.bool_()),
-    ("path", pa.string()),
-    ("start_line", pa.int64()),
-    ("end_line", pa.int64()),
-    ("commit", pa.string()),
-    ("license", pa.string()),
-    ("language", pa.string()),
-])
+ANSWERS_SCHEMA = pa.schema(
+    [
+        ("repo", pa.string()),
+        ("answer_id", pa.string()),
+        ("question_id", pa.string()),
+        ("chunk_key", pa.string()),
+        ("theme", pa.string()),
+        ("template_hash", pa.string()),
+        ("question_template_hash", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("model_id", pa.string()),
+        ("params", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("cached_prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("latency_ms", pa.float64()),
+        ("trimmed", pa.bool_()),
+        ("max_tokens", pa.int64()),
+        ("finish_reason", pa.string()),
+        ("seed_sent", pa.bool_()),
+        ("path", pa.string()),
+        ("start_line", pa.int64()),
+        ("end_line", pa.int64()),
+        ("commit", pa.string()),
+        ("license", pa.string()),
+        ("language", pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -653,8 +666,14 @@ def plan_answers(
     pjson = params_json(params)
     ordered = sorted(
         question_rows,
-        key=lambda r: (str(r["path"]), int(r["start_line"]), str(r["chunk_key"]), str(r["theme"]),
-                       int(r.get("question_index") or 0), str(r["question_id"])),
+        key=lambda r: (
+            str(r["path"]),
+            int(r["start_line"]),
+            str(r["chunk_key"]),
+            str(r["theme"]),
+            int(r.get("question_index") or 0),
+            str(r["question_id"]),
+        ),
     )
     work: list[AnswerWork] = []
     stale = 0
@@ -669,16 +688,23 @@ def plan_answers(
             themes[theme_name] = prompts.theme(theme_name)
         theme = themes[theme_name]
         question = str(row["question"])
-        key = item_key("answer", theme.chunk_input(chunk, "answer"), theme.name, theme.answer_hash, model_id, params,
-                       question)
+        key = item_key(
+            "answer", theme.chunk_input(chunk, "answer"), theme.name, theme.answer_hash, model_id, params, question
+        )
         item = LedgerItem(
             key, "answer", repo, chunk.chunk_key, theme.name, theme.answer_hash, model_id, pjson, question
         )
-        work.append(AnswerWork(
-            WorkItem(item=item, chunk=chunk, build=theme.answer_builder(chunk, question),
-                     desired_max_tokens=gen.effective_answer_max_tokens),
-            row,
-        ))
+        work.append(
+            AnswerWork(
+                WorkItem(
+                    item=item,
+                    chunk=chunk,
+                    build=theme.answer_builder(chunk, question),
+                    desired_max_tokens=gen.effective_answer_max_tokens,
+                ),
+                row,
+            )
+        )
     return work, stale
 
 
@@ -701,33 +727,33 @@ def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry]
             continue
         seen.add(key)
         chunk, question = aw.work.chunk, aw.question
-        rows.append({
-            "repo": repo,
-            "answer_id": key,
-            "question_id": str(question["question_id"]),
-            "chunk_key": chunk.chunk_key,
-            "theme": entry.theme,
-            "template_hash": entry.template_hash,
-            "question_template_hash": str(question.get("template_hash") or ""),
-            "question": entry.input_text or str(question["question"]),
-            "answer": entry.output or "",
-            "model_id": entry.model_id,
-            "params": entry.params_json,
-            "prompt_tokens": entry.prompt_tokens,
-            "cached_prompt_tokens": entry.cached_prompt_tokens,
-            "completion_tokens": entry.completion_tokens,
-            "latency_ms": entry.latency_ms,
-            "trimmed": bool(entry.trimmed),
-            "max_tokens": entry.max_tokens,
-            "finish_reason": entry.finish_reason,
-            "seed_sent": _stored_flag(entry.seed_sent),
-            **_chunk_columns(chunk),
-        })
+        rows.append(
+            {
+                "repo": repo,
+                "answer_id": key,
+                "question_id": str(question["question_id"]),
+                "chunk_key": chunk.chunk_key,
+                "theme": entry.theme,
+                "template_hash": entry.template_hash,
+                "question_template_hash": str(question.get("template_hash") or ""),
+                "question": entry.input_text or str(question["question"]),
+                "answer": entry.output or "",
+                "model_id": entry.model_id,
+                "params": entry.params_json,
+                "prompt_tokens": entry.prompt_tokens,
+                "cached_prompt_tokens": entry.cached_prompt_tokens,
+                "completion_tokens": entry.completion_tokens,
+                "latency_ms": entry.latency_ms,
+                "trimmed": bool(entry.trimmed),
+                "max_tokens": entry.max_tokens,
+                "finish_reason": entry.finish_reason,
+                "seed_sent": _stored_flag(entry.seed_sent),
+                **_chunk_columns(chunk),
+            }
+        )
     return pa.Table.from_pylist(rows, schema=ANSWERS_SCHEMA)
 
 
 def template_hashes(themes: Iterable[ThemeTemplate]) -> dict[str, dict[str, str]]:
     """``{theme: {question: hash, answer: hash}}`` for metadata."""
     return {t.name: {"question": t.question_hash, "answer": t.answer_hash} for t in themes}
-
-

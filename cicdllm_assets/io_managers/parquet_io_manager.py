@@ -33,8 +33,9 @@ class PartitionedParquetIOManager(ConfigurableIOManager):
         store = self._store()
         asset = context.asset_key.path[-1]
         path = store.write(asset, key, obj)
-        metadata = table_location_metadata(path, obj.num_rows if key else None,
-                                           store.row_count(asset) if key else obj.num_rows)
+        metadata = table_location_metadata(
+            path, obj.num_rows if key else None, store.row_count(asset) if key else obj.num_rows
+        )
         given = context.output_metadata or {}
         context.add_output_metadata({k: v for k, v in metadata.items() if k not in given})
 

@@ -91,8 +91,9 @@ def _permutations(num_perm: int) -> Any:
 
 def _minhash(parts: AbstractSet[bytes], num_perm: int) -> MinHash:
     # crc32 (C) instead of datasketch's default sha1 per shingle; permutations computed once.
-    sketch = MinHash(num_perm=num_perm, seed=1, hashfunc=zlib.crc32, permutations=_permutations(num_perm),
-                     scheme="affine32")
+    sketch = MinHash(
+        num_perm=num_perm, seed=1, hashfunc=zlib.crc32, permutations=_permutations(num_perm), scheme="affine32"
+    )
     if parts:
         sketch.update_batch(list(parts))
     return sketch
@@ -153,19 +154,27 @@ class DuplicateIndex:
         mixed = signatures * self.multipliers  # uint64 arithmetic wraps: a cheap 64-bit band hash
         id_array = pa.array(list(ids), pa.int64())
         keys_batch = pa.table({"idx": id_array, "ekey": pa.array(keys, pa.string())})
-        bands = pa.table({
-            "idx": pa.concat_arrays([id_array] * len(self.ranges)),
-            "band": pa.array(np.repeat(np.arange(len(self.ranges), dtype=np.int16), len(ids))),
-            "h": pa.array(np.concatenate([mixed[:, start:end].sum(axis=1, dtype=np.uint64)
-                                          for start, end in self.ranges])),
-        })
+        bands = pa.table(
+            {
+                "idx": pa.concat_arrays([id_array] * len(self.ranges)),
+                "band": pa.array(np.repeat(np.arange(len(self.ranges), dtype=np.int16), len(ids))),
+                "h": pa.array(
+                    np.concatenate([mixed[:, start:end].sum(axis=1, dtype=np.uint64) for start, end in self.ranges])
+                ),
+            }
+        )
         self.con.register("dedup_keys_in", keys_batch)
         self.con.register("dedup_bands_in", bands)
         self.con.execute(f"INSERT INTO {self.prefix}_keys SELECT * FROM dedup_keys_in")  # noqa: S608
         self.con.execute(f"INSERT INTO {self.prefix}_bands SELECT * FROM dedup_bands_in")  # noqa: S608
         if self.texts == f"{self.prefix}_texts":
-            texts = pa.table({"idx": id_array, "question": pa.array(list(questions), pa.string()),
-                              "answer": pa.array(list(answers), pa.string())})
+            texts = pa.table(
+                {
+                    "idx": id_array,
+                    "question": pa.array(list(questions), pa.string()),
+                    "answer": pa.array(list(answers), pa.string()),
+                }
+            )
             self.con.register("dedup_texts_in", texts)
             self.con.execute(f"INSERT INTO {self.texts} SELECT * FROM dedup_texts_in")  # noqa: S608
             self.con.unregister("dedup_texts_in")
@@ -251,6 +260,13 @@ def similarity(a: str, b: str) -> float:
 
 
 __all__ = [
-    "NUM_PERM", "DuplicateIndex", "DuplicateOf", "exact_key", "find_duplicates", "jaccard", "normalise", "shingles",
+    "NUM_PERM",
+    "DuplicateIndex",
+    "DuplicateOf",
+    "exact_key",
+    "find_duplicates",
+    "jaccard",
+    "normalise",
+    "shingles",
     "similarity",
 ]

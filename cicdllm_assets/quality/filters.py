@@ -31,8 +31,18 @@ LICENSE_EXCLUDED = "license_excluded"
 REPETITIVE = "repetitive"
 
 REASONS: tuple[str, ...] = (
-    EMPTY_QUESTION, TRUNCATED_QUESTION, EMPTY_ANSWER, TOO_SHORT, TRUNCATED, REFUSAL, REPETITIVE, ECHOES_CHUNK,
-    NOT_GROUNDED, DUPLICATE, NEAR_DUPLICATE, LICENSE_EXCLUDED,
+    EMPTY_QUESTION,
+    TRUNCATED_QUESTION,
+    EMPTY_ANSWER,
+    TOO_SHORT,
+    TRUNCATED,
+    REFUSAL,
+    REPETITIVE,
+    ECHOES_CHUNK,
+    NOT_GROUNDED,
+    DUPLICATE,
+    NEAR_DUPLICATE,
+    LICENSE_EXCLUDED,
 )
 MIN_ANSWER_CHARS = 20
 # An answer that only repeats lines of its chunk must add at least this much of its own.
@@ -159,7 +169,7 @@ def check_repetitive(answer: str) -> str | None:
     grams = [tuple(words[i : i + REPEAT_NGRAM]) for i in range(len(words) - REPEAT_NGRAM + 1)]
     repeated = 1 - len(set(grams)) / len(grams)
     if repeated >= MAX_REPEATED_SHARE:
-        (top, count), = Counter(grams).most_common(1)
+        ((top, count),) = Counter(grams).most_common(1)
         return f"{repeated:.0%} of its word 4-grams are repeats (e.g. {' '.join(top)!r} x{count})"
     return None
 

@@ -93,11 +93,7 @@ def claimed_identifiers(answer: str) -> set[str]:
         # Strings and comments are prose, not claims about the code.
         stripped = re.sub(r"(?m)#.*$|//.*$|\"[^\"\n]*\"|'[^'\n]*'", " ", source)
         used.update(_IDENT.findall(stripped))
-    return {
-        name
-        for name in used
-        if len(name) >= 3 and name.lower() not in _COMMON and name not in dotted_defined
-    }
+    return {name for name in used if len(name) >= 3 and name.lower() not in _COMMON and name not in dotted_defined}
 
 
 def grounding_score(

@@ -64,8 +64,9 @@ def filter_pairs(
     chunks: dict[str, tuple[str, str]] = {}
     if code_chunks is not None and code_chunks.num_rows:
         imports = code_chunks.column("imports").to_pylist() if "imports" in code_chunks.column_names else None
-        for i, (key, text) in enumerate(zip(code_chunks.column("chunk_key").to_pylist(),
-                                            code_chunks.column("text").to_pylist(), strict=True)):
+        for i, (key, text) in enumerate(
+            zip(code_chunks.column("chunk_key").to_pylist(), code_chunks.column("text").to_pylist(), strict=True)
+        ):
             chunks[str(key)] = (cell_text(text), cell_text(imports[i]) if imports else "")
     rows = answers.to_pylist()
     verdicts: list[Rejection | None] = []
@@ -83,7 +84,9 @@ def filter_pairs(
     order = sorted(
         (i for i, v in enumerate(verdicts) if v is None),
         key=lambda i: (
-            cell_text(rows[i].get("path")), int(rows[i].get("start_line") or 0), cell_text(rows[i]["answer_id"])
+            cell_text(rows[i].get("path")),
+            int(rows[i].get("start_line") or 0),
+            cell_text(rows[i]["answer_id"]),
         ),
     )
     duplicates = find_duplicates(
@@ -106,8 +109,6 @@ def filter_pairs(
             table = table.drop_columns([name])
     table = table.append_column(QA_EXTRA_FIELDS[0], pa.array(context, pa.string()))
     table = table.append_column(QA_EXTRA_FIELDS[1], pa.array([v is None for v in verdicts], pa.bool_()))
-    table = table.append_column(QA_EXTRA_FIELDS[2], pa.array([v.reason if v else None for v in verdicts],
-                                                             pa.string()))
-    table = table.append_column(QA_EXTRA_FIELDS[3], pa.array([v.detail if v else None for v in verdicts],
-                                                             pa.string()))
+    table = table.append_column(QA_EXTRA_FIELDS[2], pa.array([v.reason if v else None for v in verdicts], pa.string()))
+    table = table.append_column(QA_EXTRA_FIELDS[3], pa.array([v.detail if v else None for v in verdicts], pa.string()))
     return PairsResult(table, dict(sorted(counts.items())))

@@ -162,8 +162,11 @@ def _whole_text_gate() -> re.Pattern[str] | None:
             flags = ("i" if regex.flags & re.IGNORECASE else "") + ("x" if regex.flags & re.VERBOSE else "")
             flags += "m" if regex.flags & re.MULTILINE else ""
             flags += "s" if regex.flags & re.DOTALL else ""
-            parts.append(f"(?{flags}:{regex.pattern}\n)" if "x" in flags else
-                         (f"(?{flags}:{regex.pattern})" if flags else f"(?:{regex.pattern})"))
+            parts.append(
+                f"(?{flags}:{regex.pattern}\n)"
+                if "x" in flags
+                else (f"(?{flags}:{regex.pattern})" if flags else f"(?:{regex.pattern})")
+            )
     try:
         return re.compile("|".join(parts))
     except re.error:  # e.g. a back-reference or a repeated group name
@@ -363,15 +366,53 @@ _ANNOTATED_ASSIGNMENT = re.compile(
 _CONFIG_EXTENSIONS = frozenset(
     {".env", ".yaml", ".yml", ".ini", ".cfg", ".conf", ".cnf", ".toml", ".properties", ".json", ".envrc"}
 )
-_CODE_LIKE = re.compile(
-    r"""^(?:[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*(?:\(.*|\[.*)?|[\w.]+\(.*)[,;)]*$"""
-)
+_CODE_LIKE = re.compile(r"""^(?:[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*(?:\(.*|\[.*)?|[\w.]+\(.*)[,;)]*$""")
 _NOT_SECRET_VALUES = frozenset(
     {
-        "", "none", "null", "nil", "true", "false", "yes", "no", "on", "off", "required", "optional",
-        "str", "string", "bytes", "int", "bool", "secretstr", "undefined", "env", "file", "[]", "{}",
-        "***", "****", "********", "xxx", "xxxx", "|", ">", "|-", ">-", "{", "[", "(",
-        "optional[str]", "str|none", "any", "dict", "list", "object", "secret", "password", "token",
+        "",
+        "none",
+        "null",
+        "nil",
+        "true",
+        "false",
+        "yes",
+        "no",
+        "on",
+        "off",
+        "required",
+        "optional",
+        "str",
+        "string",
+        "bytes",
+        "int",
+        "bool",
+        "secretstr",
+        "undefined",
+        "env",
+        "file",
+        "[]",
+        "{}",
+        "***",
+        "****",
+        "********",
+        "xxx",
+        "xxxx",
+        "|",
+        ">",
+        "|-",
+        ">-",
+        "{",
+        "[",
+        "(",
+        "optional[str]",
+        "str|none",
+        "any",
+        "dict",
+        "list",
+        "object",
+        "secret",
+        "password",
+        "token",
     }
 )
 
@@ -496,9 +537,11 @@ def _looks_random(run: str) -> bool:
         return False
     if not (any(c.isdigit() for c in core) and any(c.isupper() for c in core) and any(c.islower() for c in core)):
         return False
-    if "_" in core and re.fullmatch(r"[A-Za-z0-9]+(?:_[A-Za-z0-9]+)+", core) and max(
-        len(part) for part in core.split("_")
-    ) < 16:
+    if (
+        "_" in core
+        and re.fullmatch(r"[A-Za-z0-9]+(?:_[A-Za-z0-9]+)+", core)
+        and max(len(part) for part in core.split("_")) < 16
+    ):
         return False  # snake_case / CONSTANT_NAMES with numbers
     camel = sum(len(m) for m in re.findall(r"[A-Z][a-z]{2,}|[a-z]{3,}", core))
     if camel >= 0.6 * len(core):
@@ -508,9 +551,7 @@ def _looks_random(run: str) -> bool:
     return shannon_entropy(core) >= TOKEN_RUN_MIN_ENTROPY
 
 
-def _pattern_spans(
-    text: str, path: str, keyword_lines: list[tuple[int, str]]
-) -> Iterator[tuple[int, int, str, str]]:
+def _pattern_spans(text: str, path: str, keyword_lines: list[tuple[int, str]]) -> Iterator[tuple[int, int, str, str]]:
     for match in _PEM_BLOCK.finditer(text):
         yield match.start(), match.end(), "private_key", "pattern:pem_block"
     for match in _PEM_TAIL.finditer(text):
@@ -552,8 +593,15 @@ def _pattern_spans(
 
 
 _GENERIC_DETECTORS = frozenset(
-    {"pattern:assignment", "pattern:url_credentials", "pattern:token_run", "BasicAuthDetector", "KeywordDetector",
-     "Base64HighEntropyString", "HexHighEntropyString"}
+    {
+        "pattern:assignment",
+        "pattern:url_credentials",
+        "pattern:token_run",
+        "BasicAuthDetector",
+        "KeywordDetector",
+        "Base64HighEntropyString",
+        "HexHighEntropyString",
+    }
 )
 
 
@@ -591,7 +639,8 @@ def _scan(text: str, path: str) -> list[tuple[int, int, str, str]]:
     placeholders = [(m.start(), m.end()) for m in _PLACEHOLDER_RE.finditer(text)]
     if placeholders:
         spans = [
-            span for span in spans
+            span
+            for span in spans
             if not any(p_start <= span[0] and span[1] <= p_end for p_start, p_end in placeholders)
         ]
     return spans
@@ -612,13 +661,60 @@ _MARKERS = ("AIza", "k_live_", "k_test_", "glpat-", "xox")
 _URL_MARKER = re.compile(r"://[^\s'\"`<>]*[@?&]")
 _WHOLE_TEXT_MARKERS = ("PRIVATE KEY", "PuTTY-User-Key", "Private-MAC")
 _KEY_PREFIXES = (
-    "api", "auth", "service", "account", "db", "database", "priv", "private", "client", "access", "secret",
-    "signing", "encryption", "master", "session", "cloudant", "cl", "clou", "softlayer", "sl", "ibm", "cos",
-    "hmac", "storage", "subscription", "app", "aws", "azure", "gcp", "google", "stripe", "github", "gitlab",
-    "slack", "openai", "license", "webhook", "?", "&",
+    "api",
+    "auth",
+    "service",
+    "account",
+    "db",
+    "database",
+    "priv",
+    "private",
+    "client",
+    "access",
+    "secret",
+    "signing",
+    "encryption",
+    "master",
+    "session",
+    "cloudant",
+    "cl",
+    "clou",
+    "softlayer",
+    "sl",
+    "ibm",
+    "cos",
+    "hmac",
+    "storage",
+    "subscription",
+    "app",
+    "aws",
+    "azure",
+    "gcp",
+    "google",
+    "stripe",
+    "github",
+    "gitlab",
+    "slack",
+    "openai",
+    "license",
+    "webhook",
+    "?",
+    "&",
 )
-_URL_PREFIXES = ("database", "db", "redis", "mongo", "mongodb", "postgres", "postgresql", "mysql", "amqp",
-                 "broker", "conn", "connection")
+_URL_PREFIXES = (
+    "database",
+    "db",
+    "redis",
+    "mongo",
+    "mongodb",
+    "postgres",
+    "postgresql",
+    "mysql",
+    "amqp",
+    "broker",
+    "conn",
+    "connection",
+)
 
 
 _CLOSE_AND_SEP = r"""["'\]]{0,2}[ \t]*[:=!>"'`]"""
@@ -626,9 +722,9 @@ _CLOSE_AND_SEP = r"""["'\]]{0,2}[ \t]*[:=!>"'`]"""
 # (`password_hash: …`), ours must end the key (`db_token = …`).
 _SUFFIXED_WORDS = ("password", "passwd", "pwd", "secret", "contrase", "key")
 _END_WORDS = ("pass", "token", "bearer", "credential", "credentials", "dsn", "url", "str", "string", "phrase")
-_KEY_WORD_PATTERNS = tuple(
-    (word, re.compile(word + r"[\w\-.]*" + _CLOSE_AND_SEP)) for word in _SUFFIXED_WORDS
-) + tuple((word, re.compile(word + _CLOSE_AND_SEP)) for word in _END_WORDS)
+_KEY_WORD_PATTERNS = tuple((word, re.compile(word + r"[\w\-.]*" + _CLOSE_AND_SEP)) for word in _SUFFIXED_WORDS) + tuple(
+    (word, re.compile(word + _CLOSE_AND_SEP)) for word in _END_WORDS
+)
 _PREFIXED_WORDS = {
     "key": _KEY_PREFIXES,
     "url": _URL_PREFIXES,
@@ -636,9 +732,7 @@ _PREFIXED_WORDS = {
     "string": ("conn", "connection"),
     "phrase": ("pass",),
 }
-_COMPARED_KEY = tuple(
-    re.compile(op + r"[ \t]*[\w.]*(?:pass|pwd|secret|contrase)") for op in ("==", "!=")
-)
+_COMPARED_KEY = tuple(re.compile(op + r"[ \t]*[\w.]*(?:pass|pwd|secret|contrase)") for op in ("==", "!="))
 _SEPARATOR = "\n\x00\n"  # no detector pattern matches across a NUL on its own line
 
 
@@ -665,8 +759,9 @@ def _candidate_segments(text: str) -> list[tuple[int, int]]:
     # A run lies inside one whitespace-separated word: scan only the long words (C-speed split).
     long_words = [word for word in text.split() if len(word) >= 16]
     if long_words:
-        for word in {match.string[_word_start(match) : _word_end(match)] for match in
-                     _RUN.finditer(" ".join(long_words))}:
+        for word in {
+            match.string[_word_start(match) : _word_end(match)] for match in _RUN.finditer(" ".join(long_words))
+        }:
             pos = text.find(word)
             while pos != -1:
                 hits.append(pos)

@@ -128,9 +128,7 @@ class _Git:
     def _message(self, what: str, stderr: str) -> str:
         if stderr.startswith("Timeout:"):
             return f"{what} of {self.shown_url} timed out after {self.timeout:g}s (repos.clone_timeout_seconds)"
-        lines = [
-            line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("Cloning into")
-        ]
+        lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("Cloning into")]
         detail = "; ".join(lines[-_STDERR_LINES:]) or "no error output"
         return redact_credentials(f"{what} of {self.shown_url} failed: {detail}")
 
@@ -270,7 +268,11 @@ def sync_repo(entry: RepoEntry, cache_dir: Path, timeout: float) -> CheckoutResu
         runner.run(["clean", "-ffdxq"], dest, "clean")
         size = _size_bytes(runner, dest)
     logger.info(
-        "%s %s at %s (%s) in %.1fs", "cloned" if cloned else "fetched", runner.shown_url, sha[:12], how,
+        "%s %s at %s (%s) in %.1fs",
+        "cloned" if cloned else "fetched",
+        runner.shown_url,
+        sha[:12],
+        how,
         time.monotonic() - started,
     )
     return CheckoutResult(
@@ -294,5 +296,6 @@ def check_reachable(entry: RepoEntry, timeout: float) -> str:
         return f"{runner.shown_url}{'@' + entry.ref if entry.ref else ''} answers ({first[0][:12]})"
     if entry.ref and _HEX.match(entry.ref):
         return f"{runner.shown_url} answers (commit {entry.ref[:12]} is checked at clone time)"
-    raise GitError(f"{runner.shown_url} has no ref {entry.ref or 'HEAD'!r}; fix the @ref of its repos.txt line",
-                   permanent=True)
+    raise GitError(
+        f"{runner.shown_url} has no ref {entry.ref or 'HEAD'!r}; fix the @ref of its repos.txt line", permanent=True
+    )

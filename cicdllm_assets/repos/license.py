@@ -85,15 +85,17 @@ def _isc(text: str) -> str | None:
 
 _BODY_RULES: list[Callable[[str], str | None]] = [
     lambda t: "Apache-2.0" if _has(t, "apache license", "version 2.0") else None,
-    lambda t: "MPL-2.0"
-    if ("mozilla public license version 2.0" in t or "mozilla public license, v. 2.0" in t)
-    else None,
+    lambda t: (
+        "MPL-2.0" if ("mozilla public license version 2.0" in t or "mozilla public license, v. 2.0" in t) else None
+    ),
     lambda t: "BSL-1.0" if "boost software license - version 1.0" in t else None,
     lambda t: "Unlicense" if "this is free and unencumbered software released into the public domain" in t else None,
     lambda t: "CC0-1.0" if ("cc0 1.0 universal" in t or "creative commons legal code cc0 1.0" in t) else None,
-    lambda t: "Zlib"
-    if _has(t, "this software is provided 'as-is'", "altered source versions must be plainly marked as such")
-    else None,
+    lambda t: (
+        "Zlib"
+        if _has(t, "this software is provided 'as-is'", "altered source versions must be plainly marked as such")
+        else None
+    ),
     _mit,
     _bsd,
     _isc,

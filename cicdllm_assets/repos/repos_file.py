@@ -249,9 +249,7 @@ def _parse_url(text: str, scheme: str) -> tuple[str, str | None, str]:
     if "@" in authority:
         userinfo, authority = authority.rsplit("@", 1)
         if scheme == "https" or ":" in userinfo:
-            raise _EntryError(
-                "credentials in URLs are not allowed (use a git credential helper or an SSH key)"
-            )
+            raise _EntryError("credentials in URLs are not allowed (use a git credential helper or an SSH key)")
         if not _USER.match(userinfo):
             raise _EntryError("invalid user name in URL")
         user = userinfo
@@ -424,9 +422,7 @@ def parse_repos_lenient(text: str, base_dir: Path) -> tuple[list[RepoEntry], lis
             continue
         identity = (entry.identity, entry.ref)
         if identity in seen:
-            errors.append(
-                LineError(line_no, shown, f"duplicate of line {seen[identity]} (same repository and ref)")
-            )
+            errors.append(LineError(line_no, shown, f"duplicate of line {seen[identity]} (same repository and ref)"))
             continue
         seen[identity] = line_no
         entries.append(entry)

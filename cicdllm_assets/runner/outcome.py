@@ -66,8 +66,5 @@ class RunSummary:
             "selection": self.selection,
             "repos": [repo.to_dict() for repo in self.repos],
             "dataset": self.dataset.to_dict() if self.dataset else None,
-            "counts": {
-                status: sum(1 for repo in self.repos if repo.status == status)
-                for status in STATUSES
-            },
+            "counts": {status: sum(1 for repo in self.repos if repo.status == status) for status in STATUSES},
         }

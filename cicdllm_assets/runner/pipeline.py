@@ -359,22 +359,24 @@ def run_pipeline(
         while pending:
             partition = pending[0]
             notify(partition, "start")
-            outcome = _execute(
-                defs, instance, settings, main_job.name, plan.repo_keys, partition, partition, log_level
-            )
+            outcome = _execute(defs, instance, settings, main_job.name, plan.repo_keys, partition, partition, log_level)
             summary.repos.append(outcome)
             pending.pop(0)
             notify(partition, outcome.status)
         if plan.dataset_keys:
             succeeded = [r for r in summary.repos if r.status in ("done", "incomplete", "unchanged")]
             if plan.repo_keys and not succeeded:
-                summary.dataset = StepOutcome(
-                    name="training_dataset", status="not_run", reason="no repo succeeded"
-                )
+                summary.dataset = StepOutcome(name="training_dataset", status="not_run", reason="no repo succeeded")
             else:
                 notify("training_dataset", "start")
                 summary.dataset = _execute(
-                    defs, instance, settings, dataset_job.name, plan.dataset_keys, None, "training_dataset",
+                    defs,
+                    instance,
+                    settings,
+                    dataset_job.name,
+                    plan.dataset_keys,
+                    None,
+                    "training_dataset",
                     log_level,
                 )
                 notify("training_dataset", summary.dataset.status)

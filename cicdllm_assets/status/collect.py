@@ -42,8 +42,17 @@ _logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Stage order in the pipeline (unknown stages sort after these, by name).
-STAGE_ORDER = ("repositories", "source_files", "code_chunks", "questions", "answers", "qa_pairs", "training_dataset",
-               "adapter", "evaluation")
+STAGE_ORDER = (
+    "repositories",
+    "source_files",
+    "code_chunks",
+    "questions",
+    "answers",
+    "qa_pairs",
+    "training_dataset",
+    "adapter",
+    "evaluation",
+)
 PARTITION_TAG = "dagster/partition"
 #: Repo names unpartitioned assets report progress under; shown as stages, not as repos.
 PSEUDO_REPOS = frozenset({"*", "__all__", ""})
@@ -298,8 +307,11 @@ _ASSET_AGGREGATES: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
     "source_files": [
         ("files_kept", "count(*) FILTER (WHERE status = 'kept')", ("status",)),
         ("files_skipped", "count(*) FILTER (WHERE status <> 'kept')", ("status",)),
-        ("kept_bytes", "CAST(coalesce(sum(size_bytes) FILTER (WHERE status = 'kept'), 0) AS BIGINT)",
-         ("status", "size_bytes")),
+        (
+            "kept_bytes",
+            "CAST(coalesce(sum(size_bytes) FILTER (WHERE status = 'kept'), 0) AS BIGINT)",
+            ("status", "size_bytes"),
+        ),
     ],
     "code_chunks": [
         ("chunks", "count(*)", ()),
@@ -396,8 +408,9 @@ def _stage_key(stage: str) -> tuple[int, str]:
     return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
 
 
-def _rate_and_eta(done: int, total: int, started: float | None, updated: float | None, status: str,
-                  now: float) -> tuple[float | None, float | None]:
+def _rate_and_eta(
+    done: int, total: int, started: float | None, updated: float | None, status: str, now: float
+) -> tuple[float | None, float | None]:
     """Items processed per minute and seconds left; ``done`` counts processed items (incl. failed)."""
     if started is None or done <= 0:
         return None, None
@@ -426,9 +439,17 @@ def read_stage_progress(con: StateStore, now: float) -> list[StageStatus]:
         rate, eta = _rate_and_eta(done + failed, total, started, updated, status, now)
         stages.append(
             StageStatus(
-                stage=str(data["stage"]), repo=str(data["repo"]), done=done, total=total,
-                failed=failed, unit=str(data.get("unit") or "items"), status=status,
-                started_at=started, updated_at=updated, rate_per_minute=rate, eta_seconds=eta,
+                stage=str(data["stage"]),
+                repo=str(data["repo"]),
+                done=done,
+                total=total,
+                failed=failed,
+                unit=str(data.get("unit") or "items"),
+                status=status,
+                started_at=started,
+                updated_at=updated,
+                rate_per_minute=rate,
+                eta_seconds=eta,
                 stalled=status == "running" and updated is not None and now - updated > STALLED_AFTER_SECONDS,
             )
         )
@@ -457,9 +478,18 @@ def summarize_stages(stages: list[StageStatus], now: float) -> list[StageStatus]
         units = {r.unit for r in rows}
         summary.append(
             StageStatus(
-                stage=name, repo=None, done=done, total=total, failed=failed,
-                unit=units.pop() if len(units) == 1 else "items", status=status, started_at=started,
-                updated_at=updated, rate_per_minute=rate, eta_seconds=eta, repos=len(rows),
+                stage=name,
+                repo=None,
+                done=done,
+                total=total,
+                failed=failed,
+                unit=units.pop() if len(units) == 1 else "items",
+                status=status,
+                started_at=started,
+                updated_at=updated,
+                rate_per_minute=rate,
+                eta_seconds=eta,
+                repos=len(rows),
                 stalled=bool(running) and all(r.stalled for r in running),
             )
         )
@@ -652,9 +682,7 @@ def read_run_failures(dagster_home: Path, runs: Iterable[RunInfo]) -> list[Failu
     failures: list[FailureInfo] = []
     failed = [run for run in runs if run.status == "FAILURE"][:MAX_FAILED_RUNS_EXPLAINED]
     for run in failed:
-        entries = instance.all_logs(
-            run.run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
-        )
+        entries = instance.all_logs(run.run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE})
         step_entries = [e for e in entries if e.dagster_event and e.dagster_event.step_key]
         for entry in step_entries or entries[:1]:
             event = entry.dagster_event
@@ -684,8 +712,9 @@ def read_dynamic_partitions(dagster_home: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- resources
-def read_resources(settings: Settings, con: StateStore | None,
-                   battery_reader: BatteryReader | None = None) -> ResourceInfo:
+def read_resources(
+    settings: Settings, con: StateStore | None, battery_reader: BatteryReader | None = None
+) -> ResourceInfo:
     """CPU, memory and battery (with the pause state recorded by runs)."""
     memory = psutil.virtual_memory()
     return ResourceInfo(

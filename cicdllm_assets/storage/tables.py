@@ -109,9 +109,7 @@ class TableStore:
         Assets with no files yet are left out rather than failing the query set-up.
         """
         con = duckdb.connect(":memory:")
-        names = list(assets) if assets is not None else sorted(
-            p.name for p in self.root.glob("*") if p.is_dir()
-        )
+        names = list(assets) if assets is not None else sorted(p.name for p in self.root.glob("*") if p.is_dir())
         for name in names:
             if not re.fullmatch(r"[a-z_][a-z0-9_]*", name) or not self.files(name):
                 continue

@@ -93,8 +93,9 @@ class FailuresScreen(Screen[None]):
         self._messages = [f.message for f in failures]
         for failure in failures:
             message = failure.message.splitlines()[0] if failure.message else ""
-            rows.add_row(clock(failure.created_at), failure.repo, failure.stage, failure.category, failure.item,
-                         message[:120])
+            rows.add_row(
+                clock(failure.created_at), failure.repo, failure.stage, failure.category, failure.item, message[:120]
+            )
         if rows.row_count:
             rows.move_cursor(row=min(cursor, rows.row_count - 1))
             self._show_detail(rows.cursor_row)

@@ -60,8 +60,13 @@ def ansi_to_svg(capture: Path, svg: Path, title: str) -> Path:
 
     lines = capture.read_text(encoding="utf-8").rstrip("\n").split("\n")
     width = max(len(Text.from_ansi(line).plain) for line in lines)
-    console = Console(record=True, width=width, force_terminal=True, color_system="truecolor",
-                      file=open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - closed with the process
+    console = Console(
+        record=True,
+        width=width,
+        force_terminal=True,
+        color_system="truecolor",
+        file=open(os.devnull, "w", encoding="utf-8"),  # noqa: SIM115 - closed with the process
+    )
     for line in lines:
         console.print(Text.from_ansi(line), no_wrap=True, crop=True, soft_wrap=False)
     console.save_svg(str(svg), title=title)

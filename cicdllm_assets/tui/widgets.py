@@ -78,8 +78,19 @@ class StaticPanel(Static):
 
 
 REPO_COLUMNS = (
-    "Repo", "Head", "Size", "Kept", "Skipped", "Chunks", "Questions", "Answers", "Accepted",
-    "Failures", "Last run", "Run status", "Warning",
+    "Repo",
+    "Head",
+    "Size",
+    "Kept",
+    "Skipped",
+    "Chunks",
+    "Questions",
+    "Answers",
+    "Accepted",
+    "Failures",
+    "Last run",
+    "Run status",
+    "Warning",
 )
 
 
