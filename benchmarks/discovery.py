@@ -38,7 +38,7 @@ from cicdllm_assets.discovery.discover import Discovery
 from cicdllm_assets.discovery.git_objects import BlobReader, resolve_commit
 from cicdllm_assets.discovery.table import source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
-from cicdllm_assets.models.paths import EMBEDDED_DIR_NAME, ModelNotPreparedError, resolve_tokenizer_path
+from cicdllm_assets.llm.models.paths import EMBEDDED_DIR_NAME, ModelNotPreparedError, resolve_tokenizer_path
 from cicdllm_assets.quality.secrets import redact_secrets
 from cicdllm_assets.storage.state import StateStore
 

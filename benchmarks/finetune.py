@@ -6,7 +6,7 @@
 Both sides train the same LoRA (same model, data, seed and settings) on a fixed mlx chat
 export of questions about this repository's own modules:
 
-1. ``mlx_lm.lora --train`` (mlx-lm's command, through ``cicdllm_assets.resources.llm.mlx_cli``
+1. ``mlx_lm.lora --train`` (mlx-lm's command, through ``cicdllm_assets.llm.mlx_cli``
    so it gets OpenBLAS like the asset; plain ``mlx_lm.lora`` would run on the reference BLAS);
    its report lines are timestamped as they arrive (unbuffered stdout).
 2. ``cicdllm finetune`` (the asset, through Dagster); its report times come from ``training.json``.
@@ -48,7 +48,7 @@ def _run_cli(args: argparse.Namespace, data: Path, out: Path) -> dict[int, tuple
     command = [
         sys.executable,
         "-m",
-        "cicdllm_assets.resources.llm.mlx_cli",
+        "cicdllm_assets.llm.mlx_cli",
         "lora",
         "--model",
         str(args.model),

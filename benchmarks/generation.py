@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 # OpenBLAS must be loaded before anything imports mlx.
-from cicdllm_assets.resources.llm.openblas import (
+from cicdllm_assets.llm.openblas import (
     DISABLE_ENV,
     ensure_openblas,
     matmul_gflops,
@@ -44,9 +44,9 @@ from cicdllm_assets.resources.llm.openblas import (
 ensure_openblas()
 
 from cicdllm_assets.config import ConfigError, load_settings  # noqa: E402
-from cicdllm_assets.models.paths import ModelNotPreparedError, embedded_model_dir  # noqa: E402
-from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest  # noqa: E402
-from cicdllm_assets.resources.llm.mlx_backend import MLXBackend, load_model, release_models  # noqa: E402
+from cicdllm_assets.llm.base import ChatMessage, GenerationRequest  # noqa: E402
+from cicdllm_assets.llm.mlx_backend import MLXBackend, load_model, release_models  # noqa: E402
+from cicdllm_assets.llm.models.paths import ModelNotPreparedError, embedded_model_dir  # noqa: E402
 
 TARGET_BATCH_SPEEDUP = 3.0
 TARGET_PREFIX_RATIO = 0.5
@@ -55,18 +55,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = "You are a senior software engineer. You write precise questions and answers about source code."
 STORY_TOPICS = ["a robot", "the sea", "a lost key", "a mountain", "a small town", "a library", "a clock", "winter"]
 CODE_FILES = [
-    "cicdllm_assets/models/paths.py",
-    "cicdllm_assets/resources/llm/base.py",
-    "cicdllm_assets/models/prepare.py",
-    "cicdllm_assets/resources/llm/openblas.py",
-    "cicdllm_assets/models/gguf.py",
-    "cicdllm_assets/resources/llm/mlx_backend.py",
+    "cicdllm_assets/llm/models/paths.py",
+    "cicdllm_assets/llm/base.py",
+    "cicdllm_assets/llm/models/prepare.py",
+    "cicdllm_assets/llm/openblas.py",
+    "cicdllm_assets/llm/models/gguf.py",
+    "cicdllm_assets/llm/mlx_backend.py",
 ]
 
 
 def reference_gflops() -> float | None:
     """Matmul GFLOP/s of the bundled reference BLAS, measured in a subprocess without OpenBLAS."""
-    code = "from cicdllm_assets.resources.llm.openblas import matmul_gflops; print(matmul_gflops(512, 5))"
+    code = "from cicdllm_assets.llm.openblas import matmul_gflops; print(matmul_gflops(512, 5))"
     env = {**os.environ, DISABLE_ENV: "1"}
     try:
         out = subprocess.run(

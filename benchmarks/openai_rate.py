@@ -33,8 +33,8 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.fault_server import FaultServer, FaultServerProcess
-from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
-from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
+from cicdllm_assets.llm.base import ChatMessage, GenerationRequest
+from cicdllm_assets.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
 
 TARGET_RATIO = 0.9
 TARGET_DEGRADING_RATIO = 0.6

@@ -62,8 +62,8 @@ def check_repos(settings: Settings) -> list[Check]:
 
 def check_model(settings: Settings) -> Check:
     """The mlx model resolves to a local directory (or a hub id that may be downloaded)."""
-    from cicdllm_assets.models.paths import ModelNotPreparedError
-    from cicdllm_assets.models.paths import check_model as locate
+    from cicdllm_assets.llm.models.paths import ModelNotPreparedError
+    from cicdllm_assets.llm.models.paths import check_model as locate
 
     try:
         location = locate(settings)
@@ -78,7 +78,7 @@ def check_server(settings: Settings) -> Check:
     """The OpenAI-compatible server answers ``GET /models`` and serves the configured model."""
     import httpx
 
-    from cicdllm_assets.resources.llm.openai_backend import SERVER_DEFAULT_MODEL, OpenAIBackend
+    from cicdllm_assets.llm.openai_backend import SERVER_DEFAULT_MODEL, OpenAIBackend
 
     config = OpenAIBackend.from_settings(settings).config
     url = f"{config.base_url}/models"
@@ -125,7 +125,7 @@ def check_server(settings: Settings) -> Check:
 
 def check_tokenizer(settings: Settings) -> Check:
     """A tokenizer for counting and chunking resolves (an approximation is a warning)."""
-    from cicdllm_assets.models.paths import ModelNotPreparedError, resolve_tokenizer
+    from cicdllm_assets.llm.models.paths import ModelNotPreparedError, resolve_tokenizer
 
     try:
         choice = resolve_tokenizer(settings)

@@ -20,9 +20,9 @@ from cicdllm_assets.chunking.rows import chunk_key
 from cicdllm_assets.config import Settings, load_settings
 from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.io_managers.parquet_io_manager import PartitionedParquetIOManager
+from cicdllm_assets.llm.base import ChatMessage, GenerationRequest, GenerationResult
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME, repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
-from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest, GenerationResult
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.storage.tables import TableStore
 
@@ -272,7 +272,7 @@ class ScriptedBackend:
         return sum(len(m.content.split()) + 4 for m in messages)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
-        from cicdllm_assets.resources.llm.base import GenerationError
+        from cicdllm_assets.llm.base import GenerationError
 
         for request in requests:
             self.calls.append(request)

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
-from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
+from cicdllm_assets.llm.base import ChatMessage, GenerationRequest
+from cicdllm_assets.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
 
 CODE_PROMPT = (
     "Repository: demo\nFile: src/calc.py (lines 1-3, python)\nSymbol: add\n\n"

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from cicdllm_assets.cli.main import cli
 from cicdllm_assets.config import load_settings
-from cicdllm_assets.models.prepare import find_embedded_gguf
+from cicdllm_assets.llm.models.prepare import find_embedded_gguf
 from cicdllm_assets.storage.tables import TableStore
 from tests.generation_support import write_project_config
 

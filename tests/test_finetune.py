@@ -154,7 +154,7 @@ def test_eval_reruns_nothing_and_mlx_lm_loads_the_adapter(project: Path, tiny_mo
         ],
     ):
         done = subprocess.run(
-            [sys.executable, "-m", "cicdllm_assets.resources.llm.mlx_cli", *command],
+            [sys.executable, "-m", "cicdllm_assets.llm.mlx_cli", *command],
             capture_output=True,
             text=True,
             timeout=300,

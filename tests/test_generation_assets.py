@@ -331,8 +331,8 @@ def test_context_window_trimming(project: Path, server: FaultServer, tiny_model_
     assert run_generation(REPO, OpenAIResource(), instance=DagsterInstance.ephemeral()).success
 
     from cicdllm_assets.generation.prompts import PREFIX_MESSAGES  # noqa: F401 - layout is asserted below
-    from cicdllm_assets.resources.llm.base import ChatMessage
-    from cicdllm_assets.resources.llm.tokenizer_counter import load_token_counter
+    from cicdllm_assets.llm.base import ChatMessage
+    from cicdllm_assets.llm.tokenizer_counter import load_token_counter
 
     counter = load_token_counter(str(tiny_model_dir / "tokenizer.json"))
     assert server.chat_records

@@ -10,7 +10,7 @@ import pytest
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.context import TRIM_MARKER, ContextOverflowError, fit_prompt
 from cicdllm_assets.generation.prompts import PromptManager
-from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
+from cicdllm_assets.llm.openai_backend import OpenAIBackend, OpenAIBackendConfig
 from tests.generation_support import PROMPTS_SRC
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cicdllm_assets.resources.llm import mlx_backend
-from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest, LLMBackend
-from cicdllm_assets.resources.llm.mlx_backend import MLXBackend, release_models
+from cicdllm_assets.llm import mlx_backend
+from cicdllm_assets.llm.base import ChatMessage, GenerationRequest, LLMBackend
+from cicdllm_assets.llm.mlx_backend import MLXBackend, release_models
 from tests.llm_fixtures import make_tiny_model_dir, tiny_model_dir
 
 __all__ = ["tiny_model_dir"]

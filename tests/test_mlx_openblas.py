@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cicdllm_assets.resources.llm.openblas import find_openblas
+from cicdllm_assets.llm.openblas import find_openblas
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or find_openblas() is None,
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
 PROBE = """
 import json, sys
 {first}
-from cicdllm_assets.resources.llm import openblas
+from cicdllm_assets.llm import openblas
 path = openblas.ensure_openblas()
 import mlx.core as mx
 a = mx.ones((64, 64))

@@ -8,11 +8,11 @@ import pyarrow as pa
 import pytest
 from dagster import DagsterInstance, asset, materialize
 
-from cicdllm_assets.models.paths import ModelNotPreparedError
-from cicdllm_assets.resources.llm import mlx_backend
-from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
+from cicdllm_assets.llm import mlx_backend
+from cicdllm_assets.llm.base import ChatMessage, GenerationRequest
+from cicdllm_assets.llm.models.paths import ModelNotPreparedError
+from cicdllm_assets.llm.openblas import ensure_openblas
 from cicdllm_assets.resources.llm.mlx_resource import MLXResource
-from cicdllm_assets.resources.llm.openblas import ensure_openblas
 from tests.llm_fixtures import tiny_model_dir
 
 __all__ = ["tiny_model_dir"]
@@ -74,7 +74,7 @@ def test_model_loaded_once_per_run_and_released(project: Path, tiny_model_dir: P
 def test_openblas_is_loaded_before_mlx() -> None:
     import sys
 
-    from cicdllm_assets.resources.llm import openblas
+    from cicdllm_assets.llm import openblas
 
     path = ensure_openblas()
     if not sys.platform.startswith("linux") or openblas.find_openblas() is None:

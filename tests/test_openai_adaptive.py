@@ -11,8 +11,8 @@ import time
 import pytest
 
 from benchmarks.fault_server import Fault, FaultServer
-from cicdllm_assets.resources.llm.base import GenerationResult
-from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend, identify_server
+from cicdllm_assets.llm.base import GenerationResult
+from cicdllm_assets.llm.openai_backend import OpenAIBackend, identify_server
 from tests.openai_helpers import make_backend, make_request
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from benchmarks.fault_server import Fault, FaultServer
-from cicdllm_assets.resources.llm.base import CircuitOpenError, GenerationResult, LLMBackend
+from cicdllm_assets.llm.base import CircuitOpenError, GenerationResult, LLMBackend
 from tests.openai_helpers import make_backend, make_request
 
 

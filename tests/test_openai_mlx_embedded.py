@@ -13,7 +13,7 @@ import pytest
 from dagster import DagsterInstance
 
 from cicdllm_assets.config import load_settings
-from cicdllm_assets.models.prepare import prepare_embedded_model
+from cicdllm_assets.llm.models.prepare import prepare_embedded_model
 from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
 from tests.generation_support import REPO_ROOT, chunk_rows, ledger_of, openai_config, run_generation, write_chunks
 from tests.openai_helpers import RecordingProxy, free_port, running_server
@@ -21,7 +21,7 @@ from tests.openai_helpers import RecordingProxy, free_port, running_server
 pytestmark = pytest.mark.slow
 
 ITEMS = 44
-SOURCE = "cicdllm_assets/resources/llm/limiter.py"  # real code of this repository
+SOURCE = "cicdllm_assets/llm/limiter.py"  # real code of this repository
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def mlx_server_port(embedded_model: Path, tmp_path_factory: pytest.TempPathFacto
     """The embedded model behind mlx_lm.server, started through the project's OpenBLAS wrapper
     (no Hugging Face cache: its /v1/models fails, as on a fresh machine)."""
     port = free_port()
-    command = [sys.executable, "-m", "cicdllm_assets.resources.llm.mlx_server", "--model", str(embedded_model)]
+    command = [sys.executable, "-m", "cicdllm_assets.llm.mlx_server", "--model", str(embedded_model)]
     with running_server(command, port, tmp_path_factory.mktemp("mlx-server") / "server.log"):
         yield port
 

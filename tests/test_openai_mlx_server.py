@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from cicdllm_assets.config import load_settings
-from cicdllm_assets.models.paths import EMBEDDED_MODEL_NAME
-from cicdllm_assets.resources.llm.base import ChatMessage, GenerationRequest
-from cicdllm_assets.resources.llm.openai_backend import DEFAULT_CONTEXT_WINDOW, OpenAIBackend, OpenAIBackendConfig
-from cicdllm_assets.resources.llm.tokenizer_counter import TokenCounter
+from cicdllm_assets.llm.base import ChatMessage, GenerationRequest
+from cicdllm_assets.llm.models.paths import EMBEDDED_MODEL_NAME
+from cicdllm_assets.llm.openai_backend import DEFAULT_CONTEXT_WINDOW, OpenAIBackend, OpenAIBackendConfig
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from tests.llm_fixtures import serve_mlx_model, tiny_model_dir  # noqa: F401 - session fixture
 
 

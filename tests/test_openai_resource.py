@@ -7,8 +7,8 @@ from dagster import AssetExecutionContext, DagsterInstance, MaterializeResult, a
 
 from benchmarks.fault_server import Fault, FaultServer
 from cicdllm_assets.config import load_settings
+from cicdllm_assets.llm.openai_backend import OpenAIBackend
 from cicdllm_assets.resources.llm import build_llm_resource
-from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend
 from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
 from tests.openai_helpers import make_request
 

@@ -14,15 +14,15 @@ from tokenizers import Tokenizer
 
 from benchmarks.fault_server import FaultServer
 from cicdllm_assets.config import load_settings
-from cicdllm_assets.resources.llm.base import ChatMessage
-from cicdllm_assets.resources.llm.openai_backend import (
+from cicdllm_assets.llm.base import ChatMessage
+from cicdllm_assets.llm.openai_backend import (
     DEFAULT_CONTEXT_WINDOW,
     OpenAIBackend,
     find_context_length,
     is_context_overflow,
     parse_retry_after,
 )
-from cicdllm_assets.resources.llm.tokenizer_counter import (
+from cicdllm_assets.llm.tokenizer_counter import (
     MESSAGE_OVERHEAD_TOKENS,
     REPLY_PRIMER_TOKENS,
     TokenCounter,

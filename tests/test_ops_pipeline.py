@@ -100,7 +100,7 @@ def test_mlx_model_is_loaded_once_for_all_repos_of_a_run(
     make_git_repo,
     tiny_model_dir: Path,  # noqa: F811
 ) -> None:
-    from cicdllm_assets.resources.llm import mlx_backend
+    from cicdllm_assets.llm import mlx_backend
     from tests.generation_support import write_project_config
 
     write_project_config(

@@ -122,7 +122,7 @@ def test_runner_reads_an_item_another_holder_finished(state_target: str | Path, 
 
 
 def _reply(key: str):
-    from cicdllm_assets.resources.llm.base import GenerationResult
+    from cicdllm_assets.llm.base import GenerationResult
 
     return GenerationResult(key, text='["What does this code compute exactly?"]')
 

@@ -18,9 +18,9 @@ from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.generation.prompts import prompt_manager, resolve_prompts_dir
 from cicdllm_assets.generation.runner import StageRunner, plan_questions, question_postprocess
-from cicdllm_assets.resources.llm.base import GenerationRequest, GenerationResult, LLMBackend
-from cicdllm_assets.resources.llm.mlx_backend import MLXBackend
-from cicdllm_assets.resources.llm.tokenizer_counter import TokenCounter
+from cicdllm_assets.llm.base import GenerationRequest, GenerationResult, LLMBackend
+from cicdllm_assets.llm.mlx_backend import MLXBackend
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from cicdllm_assets.storage.state import StateStore
 from tests.generation_support import write_project_config
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - fixture
@@ -151,7 +151,7 @@ def test_gate_blocks_before_the_mlx_backend(project: Path, tiny_model_dir: Path)
 def test_gate_sees_every_placeable_field(field: str, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from cicdllm_assets.resources.llm.base import request_secrets
+    from cicdllm_assets.llm.base import request_secrets
 
     chunk = replace(CLEAN, **{field: getattr(CLEAN, field) + f" {STRIPE_KEY}"})
     theme = prompt_manager(_prompts_dir(tmp_path)).theme("raw_fields")

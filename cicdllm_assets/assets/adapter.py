@@ -12,7 +12,7 @@ from cicdllm_assets.finetune.live import LiveBoard
 from cicdllm_assets.finetune.plot import CURVE_FILE, plot_training_curve
 from cicdllm_assets.finetune.project import current_plan
 from cicdllm_assets.finetune.train import TrainPlan, TrainProgress, train_adapter
-from cicdllm_assets.resources.llm.openblas import ensure_openblas
+from cicdllm_assets.llm.openblas import ensure_openblas
 from cicdllm_assets.storage.state import StateStore
 
 STAGE = "adapter"

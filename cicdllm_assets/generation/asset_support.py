@@ -22,8 +22,8 @@ from cicdllm_assets.generation.prompts import (
     resolve_prompts_dir,
 )
 from cicdllm_assets.generation.runner import RunStats, StageRunner, data_version_of
-from cicdllm_assets.models.paths import ModelNotPreparedError
-from cicdllm_assets.resources.llm.base import CircuitOpenError, LLMBackend
+from cicdllm_assets.llm.base import CircuitOpenError, LLMBackend
+from cicdllm_assets.llm.models.paths import ModelNotPreparedError
 from cicdllm_assets.storage.state import StateStore
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cicdllm_assets.models.paths import APPROXIMATE_BUDGET_FACTOR
-from cicdllm_assets.resources.llm.base import ChatMessage, LLMBackend
+from cicdllm_assets.llm.base import ChatMessage, LLMBackend
+from cicdllm_assets.llm.models.paths import APPROXIMATE_BUDGET_FACTOR
 
 TRIM_MARKER = "\n... [trimmed to fit the model's context window]"
 MIN_COMPLETION_TOKENS = 16

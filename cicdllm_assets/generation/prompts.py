@@ -28,7 +28,7 @@ from ruamel.yaml.error import YAMLError
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.generation.chunks import Chunk
-from cicdllm_assets.resources.llm.base import ChatMessage
+from cicdllm_assets.llm.base import ChatMessage
 
 log = logging.getLogger(__name__)
 

@@ -36,15 +36,15 @@ from cicdllm_assets.generation.ledger import (
 )
 from cicdllm_assets.generation.parsing import normalize_question, parse_questions
 from cicdllm_assets.generation.prompts import PREFIX_MESSAGES, PromptManager, ThemeTemplate
-from cicdllm_assets.performance.battery import pause_while_on_low_battery
-from cicdllm_assets.quality.secrets import redact_field
-from cicdllm_assets.resources.llm.base import (
+from cicdllm_assets.llm.base import (
     CircuitOpenError,
     GenerationRequest,
     GenerationResult,
     LLMBackend,
     request_secrets,
 )
+from cicdllm_assets.performance.battery import pause_while_on_low_battery
+from cicdllm_assets.quality.secrets import redact_field
 from cicdllm_assets.storage.llm_load import write_llm_load
 from cicdllm_assets.storage.state import StateStore
 

@@ -252,7 +252,7 @@ def _release_models() -> None:
     """Free the MLX models this process loaded (kept across repos by :mod:`.cli_defs`)."""
     import sys
 
-    backend = sys.modules.get("cicdllm_assets.resources.llm.mlx_backend")
+    backend = sys.modules.get("cicdllm_assets.llm.mlx_backend")
     if backend is not None:
         backend.release_models()
 

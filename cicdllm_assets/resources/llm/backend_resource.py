@@ -8,7 +8,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
 from cicdllm_assets.config import Settings, load_settings
-from cicdllm_assets.resources.llm.base import LLMBackend
+from cicdllm_assets.llm.base import LLMBackend
 
 
 class BackendResource(ConfigurableResource):

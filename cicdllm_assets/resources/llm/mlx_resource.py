@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import cast
 
 from cicdllm_assets.config import Settings
-from cicdllm_assets.models.paths import check_model
+from cicdllm_assets.llm.base import LLMBackend
+from cicdllm_assets.llm.mlx_backend import MLXBackend, release_models
+from cicdllm_assets.llm.models.paths import check_model
+from cicdllm_assets.llm.openblas import ensure_openblas
 from cicdllm_assets.resources.llm.backend_resource import BackendResource
-from cicdllm_assets.resources.llm.base import LLMBackend
-from cicdllm_assets.resources.llm.mlx_backend import MLXBackend, release_models
-from cicdllm_assets.resources.llm.openblas import ensure_openblas
 
 
 def backend_from_settings(settings: Settings) -> MLXBackend:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import cast
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.llm.openai_backend import OpenAIBackend
 from cicdllm_assets.resources.llm.backend_resource import BackendResource
-from cicdllm_assets.resources.llm.openai_backend import OpenAIBackend
 
 
 class OpenAIResource(BackendResource):

@@ -1,7 +1,7 @@
 """mlx-lm's own command line (``mlx_lm <subcommand> ...``) with OpenBLAS loaded first (Linux).
 
-    .venv/bin/python -m cicdllm_assets.resources.llm.mlx_cli generate --model M --adapter-path A -p "hi"
-    .venv/bin/python -m cicdllm_assets.resources.llm.mlx_cli lora --model M --train --data D
+    .venv/bin/python -m cicdllm_assets.llm.mlx_cli generate --model M --adapter-path A -p "hi"
+    .venv/bin/python -m cicdllm_assets.llm.mlx_cli lora --model M --train --data D
 
 Takes exactly the arguments of ``mlx_lm``'s CLI; plain ``mlx_lm.<subcommand>`` works too,
 but on Linux its matmuls then run on the bundled reference BLAS (tens of times slower).
@@ -9,7 +9,7 @@ but on Linux its matmuls then run on the bundled reference BLAS (tens of times s
 
 from __future__ import annotations
 
-from cicdllm_assets.resources.llm.openblas import ensure_openblas
+from cicdllm_assets.llm.openblas import ensure_openblas
 
 
 def main() -> None:

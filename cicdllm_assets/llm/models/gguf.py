@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cicdllm_assets.resources.llm.openblas import ensure_openblas
+from cicdllm_assets.llm.openblas import ensure_openblas
 
 logger = logging.getLogger(__name__)
 

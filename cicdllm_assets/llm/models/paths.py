@@ -175,8 +175,8 @@ def embedded_tokenizer_path(settings: Settings) -> Path:
     existing = _tokenizer_file(target)
     if existing is not None:
         return existing
-    from cicdllm_assets.models.gguf import write_tokenizer_from_gguf
-    from cicdllm_assets.models.prepare import EmbeddedModelUnavailableError, find_embedded_gguf
+    from cicdllm_assets.llm.models.gguf import write_tokenizer_from_gguf
+    from cicdllm_assets.llm.models.prepare import EmbeddedModelUnavailableError, find_embedded_gguf
 
     try:
         gguf = find_embedded_gguf()

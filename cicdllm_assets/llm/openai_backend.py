@@ -7,7 +7,7 @@ loop. Results are handed back through a thread-safe queue as each request comple
 
 Resilience, per request:
 
-- requests in flight follow the server (:mod:`~cicdllm_assets.resources.llm.limiter`): an
+- requests in flight follow the server (:mod:`~cicdllm_assets.llm.limiter`): an
   AIMD limiter starts at one, grows while latency stays flat and cuts back on timeouts,
   429s, 5xx, connection errors and rising latency, within ``max_concurrency``; a request
   gives its slot back while it backs off and waits for the limiter again before a retry;
@@ -62,16 +62,16 @@ from urllib.parse import urlsplit
 import httpx
 
 from cicdllm_assets.config import Settings
-from cicdllm_assets.models.paths import EMBEDDED_ALIAS, EMBEDDED_MODEL_NAME, resolve_tokenizer
-from cicdllm_assets.resources.llm.base import (
+from cicdllm_assets.llm.base import (
     ChatMessage,
     CircuitOpenError,
     GenerationError,
     GenerationRequest,
     GenerationResult,
 )
-from cicdllm_assets.resources.llm.limiter import AdaptiveLimiter, LimiterSnapshot
-from cicdllm_assets.resources.llm.tokenizer_counter import TokenCounter, load_token_counter
+from cicdllm_assets.llm.limiter import AdaptiveLimiter, LimiterSnapshot
+from cicdllm_assets.llm.models.paths import EMBEDDED_ALIAS, EMBEDDED_MODEL_NAME, resolve_tokenizer
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter, load_token_counter
 
 logger = logging.getLogger(__name__)
 
@@ -417,7 +417,7 @@ def identify_server(headers: Mapping[str, str], models_payload: object) -> str:
 
 
 class OpenAIBackend:
-    """:class:`~cicdllm_assets.resources.llm.base.LLMBackend` over ``POST {base_url}/chat/completions``."""
+    """:class:`~cicdllm_assets.llm.base.LLMBackend` over ``POST {base_url}/chat/completions``."""
 
     def __init__(
         self,

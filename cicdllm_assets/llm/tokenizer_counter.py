@@ -21,7 +21,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from cicdllm_assets.resources.llm.base import ChatMessage
+from cicdllm_assets.llm.base import ChatMessage
 
 logger = logging.getLogger(__name__)
 

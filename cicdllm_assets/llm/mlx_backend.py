@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cicdllm_assets.resources.llm.base import (
+from cicdllm_assets.llm.base import (
     ChatMessage,
     GenerationError,
     GenerationRequest,
     GenerationResult,
 )
-from cicdllm_assets.resources.llm.openblas import ensure_openblas
+from cicdllm_assets.llm.openblas import ensure_openblas
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def load_fresh_model(path: str, *, dequantize: bool = True) -> LoadedModel:
     except Exception as exc:  # a hub id that could not be downloaded: say what to run
         if Path(path).exists():
             raise
-        from cicdllm_assets.models.paths import ModelNotPreparedError, missing_hub_model_message
+        from cicdllm_assets.llm.models.paths import ModelNotPreparedError, missing_hub_model_message
 
         raise ModelNotPreparedError(f"{missing_hub_model_message(path)} ({type(exc).__name__}: {exc})") from None
     model, tokenizer = loaded[0], loaded[1]
@@ -273,7 +273,7 @@ class BackendStats:
 
 
 class MLXBackend:
-    """:class:`~cicdllm_assets.resources.llm.base.LLMBackend` running mlx-lm in process."""
+    """:class:`~cicdllm_assets.llm.base.LLMBackend` running mlx-lm in process."""
 
     def __init__(
         self,

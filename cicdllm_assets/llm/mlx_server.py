@@ -1,6 +1,6 @@
 """``mlx_lm.server`` with OpenBLAS loaded first (Linux), for the openai backend on this machine.
 
-    .venv/bin/python -m cicdllm_assets.resources.llm.mlx_server --model .cicdllm/models/smollm2-135m-instruct
+    .venv/bin/python -m cicdllm_assets.llm.mlx_server --model .cicdllm/models/smollm2-135m-instruct
 
 Takes exactly ``mlx_lm.server``'s arguments. Plain ``python -m mlx_lm.server`` works too,
 but on Linux its matmuls then run on the bundled reference BLAS (tens of times slower).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from cicdllm_assets.resources.llm import mlx_cli
+from cicdllm_assets.llm import mlx_cli
 
 
 def main() -> None:
