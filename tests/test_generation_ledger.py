@@ -9,9 +9,10 @@ import pytest
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.generation.chunks import select_chunks
+from cicdllm_assets.generation.engine import StageRunner
 from cicdllm_assets.generation.ledger import LEDGER_VERSION, Ledger, LedgerItem, Outcome, is_outage, item_key
 from cicdllm_assets.generation.prompts import PromptManager
-from cicdllm_assets.generation.runner import StageRunner, plan_questions, question_postprocess, questions_table
+from cicdllm_assets.generation.questions_stage import plan_questions, question_postprocess, questions_table
 from cicdllm_assets.llm.base import CircuitOpenError, GenerationRequest, GenerationResult
 from cicdllm_assets.storage.state import StateSchemaError, StateStore, pg_ddl
 from tests.generation_support import PROMPTS_SRC, SAMPLE_FILES, ScriptedBackend, chunk_rows

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cicdllm_assets.llm.models import prepare as prepare_mod
 from click.testing import CliRunner
 
 from cicdllm_assets.cli.main import cli
+from cicdllm_assets.llm.models import prepare as prepare_mod
 from cicdllm_assets.llm.models.gguf import GGUFConversionError, hf_tensor_name, tokenizer_files
 from cicdllm_assets.llm.models.paths import embedded_model_dir
 from cicdllm_assets.llm.models.prepare import (

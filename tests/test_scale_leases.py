@@ -17,10 +17,11 @@ import pytest
 from benchmarks.fault_server import FaultServer
 from cicdllm_assets.config import Settings
 from cicdllm_assets.generation.chunks import select_chunks
+from cicdllm_assets.generation.engine import StageRunner
 from cicdllm_assets.generation.leases import LEASES_TABLE, Leases
 from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.generation.prompts import PromptManager
-from cicdllm_assets.generation.runner import StageRunner, plan_questions, question_postprocess
+from cicdllm_assets.generation.questions_stage import plan_questions, question_postprocess
 from cicdllm_assets.storage.state import StateStore
 from tests.generation_support import (
     PROMPTS_SRC,
@@ -128,7 +129,7 @@ def _reply(key: str):
 
 
 def _stats():
-    from cicdllm_assets.generation.runner import RunStats
+    from cicdllm_assets.generation.engine import RunStats
 
     return RunStats()
 

@@ -15,9 +15,10 @@ import pytest
 from benchmarks.fault_server import FaultServer
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.generation.chunks import Chunk
+from cicdllm_assets.generation.engine import StageRunner
 from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.generation.prompts import prompt_manager, resolve_prompts_dir
-from cicdllm_assets.generation.runner import StageRunner, plan_questions, question_postprocess
+from cicdllm_assets.generation.questions_stage import plan_questions, question_postprocess
 from cicdllm_assets.llm.base import GenerationRequest, GenerationResult, LLMBackend
 from cicdllm_assets.llm.mlx_backend import MLXBackend
 from cicdllm_assets.llm.tokenizer_counter import TokenCounter

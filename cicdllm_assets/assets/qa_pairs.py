@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
 from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
-from cicdllm_assets.generation.runner import ANSWERS_SCHEMA
+from cicdllm_assets.generation.answers_stage import ANSWERS_SCHEMA
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.quality.pairs import QA_EXTRA_FIELDS, filter_pairs
 from cicdllm_assets.storage.state import StateStore

@@ -14,6 +14,7 @@ from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.generation.chunks import Chunk, select_chunks
+from cicdllm_assets.generation.engine import RunStats, StageRunner
 from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.generation.prompts import (
     PromptManager,
@@ -21,7 +22,7 @@ from cicdllm_assets.generation.prompts import (
     prompt_manager,
     resolve_prompts_dir,
 )
-from cicdllm_assets.generation.runner import RunStats, StageRunner, data_version_of
+from cicdllm_assets.generation.rows import data_version_of
 from cicdllm_assets.llm.base import CircuitOpenError, LLMBackend
 from cicdllm_assets.llm.models.paths import ModelNotPreparedError
 from cicdllm_assets.storage.state import StateStore

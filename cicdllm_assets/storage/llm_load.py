@@ -1,7 +1,7 @@
 """The model server's load as the generation stages see it: the adaptive concurrency limit,
 requests in flight and the observed latency, per repo and stage, for the live displays.
 
-The generation runner writes a row at most once a second (:func:`write_llm_load`); ``cicdllm
+The generation engine writes a row at most once a second (:func:`write_llm_load`); ``cicdllm
 run``'s progress and the viewer read them (:func:`read_llm_load`).
 """
 

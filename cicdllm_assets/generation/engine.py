@@ -1,24 +1,22 @@
-"""Plan, run and tabulate question/answer generation for one repository partition.
+"""The generation engine: plan items against the ledger, run the missing ones in wide batches, record outcomes.
 
 Planning computes every item's content key and looks it up in the ledger; only
 missing items (or failed ones with attempts left) go to the backend, in wide batches
 ordered by chunk so a backend can reuse each chunk's prefix cache. Every result is
 committed to the ledger as it arrives; the output tables are then built from the
 ledger, so a no-op re-run makes no LLM call and a killed run resumes where it stopped.
+The two stages (questions_stage, answers_stage) plan work items and tabulate results.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import pyarrow as pa
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import GenerationConfig
@@ -31,11 +29,8 @@ from cicdllm_assets.generation.ledger import (
     LedgerItem,
     Outcome,
     is_outage,
-    item_key,
-    params_json,
 )
-from cicdllm_assets.generation.parsing import normalize_question, parse_questions
-from cicdllm_assets.generation.prompts import PREFIX_MESSAGES, PromptManager, ThemeTemplate
+from cicdllm_assets.generation.prompts import PREFIX_MESSAGES
 from cicdllm_assets.llm.base import (
     CircuitOpenError,
     GenerationRequest,
@@ -44,7 +39,6 @@ from cicdllm_assets.llm.base import (
     request_secrets,
 )
 from cicdllm_assets.performance.battery import pause_while_on_low_battery
-from cicdllm_assets.quality.secrets import redact_field
 from cicdllm_assets.storage.llm_load import write_llm_load
 from cicdllm_assets.storage.state import StateStore
 
@@ -448,312 +442,7 @@ class _BatchError(Exception):
         self.cause = cause
 
 
-# ---------------------------------------------------------------------------- params
-
-
-def _sampling_params(gen: GenerationConfig) -> dict[str, Any]:
-    """Sampling params shared by question and answer items (keys are hashed sorted: order is free)."""
-    return {"temperature": gen.temperature, "top_p": gen.top_p, "seed": gen.seed}
-
-
-def question_params(gen: GenerationConfig) -> dict[str, Any]:
-    """Generation params that shape a question item (part of its key)."""
-    return {
-        "max_tokens": gen.question_max_tokens,
-        "n_questions": gen.questions_per_chunk,
-        **_sampling_params(gen),
-    }
-
-
-def answer_params(gen: GenerationConfig) -> dict[str, Any]:
-    """Generation params that shape an answer item (part of its key)."""
-    return {"max_tokens": gen.effective_answer_max_tokens, **_sampling_params(gen)}
-
-
 def _seed_sent(extra: Mapping[str, object]) -> bool | None:
     """Whether the backend sent a sampling seed with the request (provenance), if it says."""
     value = extra.get("seed_sent")
     return value if isinstance(value, bool) else None
-
-
-def _stored_flag(value: int | None) -> bool | None:
-    """A nullable ledger flag (0/1/NULL) as a row value."""
-    return None if value is None else bool(value)
-
-
-def _chunk_columns(chunk: Chunk) -> dict[str, Any]:
-    """The provenance columns every generated row copies from its code chunk."""
-    return {
-        "path": chunk.path,
-        "start_line": chunk.start_line,
-        "end_line": chunk.end_line,
-        "commit": chunk.commit,
-        "license": chunk.license,
-        "language": chunk.language,
-    }
-
-
-def content_id(*parts: str) -> str:
-    """A stable id from content parts."""
-    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
-
-
-def data_version_of(ids: Iterable[str]) -> str:
-    """A data version for an output table: hash of its sorted row ids."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()[:24]
-
-
-# ---------------------------------------------------------------------------- questions
-
-QUESTIONS_SCHEMA = pa.schema(
-    [
-        ("repo", pa.string()),
-        ("question_id", pa.string()),
-        ("chunk_key", pa.string()),
-        ("theme", pa.string()),
-        ("template_hash", pa.string()),
-        ("question", pa.string()),
-        ("model_id", pa.string()),
-        ("params", pa.string()),
-        ("path", pa.string()),
-        ("start_line", pa.int64()),
-        ("end_line", pa.int64()),
-        ("commit", pa.string()),
-        ("license", pa.string()),
-        ("language", pa.string()),
-        ("question_index", pa.int32()),
-        ("generation_key", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("latency_ms", pa.float64()),
-        ("trimmed", pa.bool_()),
-        ("finish_reason", pa.string()),
-        ("seed_sent", pa.bool_()),
-    ]
-)
-
-
-def plan_questions(
-    chunks: Sequence[Chunk], themes: Sequence[ThemeTemplate], model_id: str, gen: GenerationConfig, repo: str
-) -> list[WorkItem]:
-    """One question item per chunk x theme, in chunk order (themes of a chunk together)."""
-    params = question_params(gen)
-    pjson = params_json(params)
-    work = []
-    for chunk in chunks:
-        for theme in themes:
-            key = item_key(
-                "question", theme.chunk_input(chunk, "question"), theme.name, theme.question_hash, model_id, params
-            )
-            item = LedgerItem(key, "question", repo, chunk.chunk_key, theme.name, theme.question_hash, model_id, pjson)
-            work.append(
-                WorkItem(
-                    item=item,
-                    chunk=chunk,
-                    build=theme.question_builder(chunk, gen.questions_per_chunk),
-                    desired_max_tokens=gen.question_max_tokens,
-                    n_questions=gen.questions_per_chunk,
-                )
-            )
-    return work
-
-
-def question_postprocess(gen: GenerationConfig) -> Postprocess:
-    """Parse a question reply; unparseable output becomes a ``parse_error`` with the raw text kept."""
-
-    def postprocess(w: WorkItem, result: GenerationResult) -> Outcome:
-        parsed = parse_questions(result.text, min_chars=gen.min_question_chars, limit=w.n_questions or None)
-        if parsed.ok:  # questions reach answer prompts and tables: redacted like everything else
-            questions = [redact_field(q) or q for q in parsed.questions]
-            return Outcome("ok", output=redact_field(result.text), parsed=questions)
-        dropped = ", ".join(f"{k}={v}" for k, v in sorted(parsed.dropped.items())) or "nothing recognisable"
-        return Outcome(
-            "failed",
-            output=redact_field(result.text),
-            error_category="parse_error",
-            error_message=f"no usable question in {len(result.text)} chars of output ({dropped})",
-        )
-
-    return postprocess
-
-
-def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry], repo: str) -> pa.Table:
-    """Rows for every ok question item of ``work`` (one row per parsed question)."""
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for w in work:
-        entry = entries.get(w.item.key)
-        if entry is None or not entry.ok or w.item.key in seen:
-            continue
-        seen.add(w.item.key)
-        chunk = w.chunk
-        for index, question in enumerate(entry.parsed()):
-            rows.append(
-                {
-                    "repo": repo,
-                    "question_id": content_id(entry.key, normalize_question(question)),
-                    "chunk_key": chunk.chunk_key,
-                    "theme": entry.theme,
-                    "template_hash": entry.template_hash,
-                    "question": question,
-                    "model_id": entry.model_id,
-                    "params": entry.params_json,
-                    **_chunk_columns(chunk),
-                    "question_index": index,
-                    "generation_key": entry.key,
-                    "prompt_tokens": entry.prompt_tokens,
-                    "completion_tokens": entry.completion_tokens,
-                    "latency_ms": entry.latency_ms,
-                    "trimmed": bool(entry.trimmed),
-                    "finish_reason": entry.finish_reason,
-                    "seed_sent": _stored_flag(entry.seed_sent),
-                }
-            )
-    return pa.Table.from_pylist(rows, schema=QUESTIONS_SCHEMA)
-
-
-# ---------------------------------------------------------------------------- answers
-
-ANSWERS_SCHEMA = pa.schema(
-    [
-        ("repo", pa.string()),
-        ("answer_id", pa.string()),
-        ("question_id", pa.string()),
-        ("chunk_key", pa.string()),
-        ("theme", pa.string()),
-        ("template_hash", pa.string()),
-        ("question_template_hash", pa.string()),
-        ("question", pa.string()),
-        ("answer", pa.string()),
-        ("model_id", pa.string()),
-        ("params", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("cached_prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("latency_ms", pa.float64()),
-        ("trimmed", pa.bool_()),
-        ("max_tokens", pa.int64()),
-        ("finish_reason", pa.string()),
-        ("seed_sent", pa.bool_()),
-        ("path", pa.string()),
-        ("start_line", pa.int64()),
-        ("end_line", pa.int64()),
-        ("commit", pa.string()),
-        ("license", pa.string()),
-        ("language", pa.string()),
-    ]
-)
-
-
-@dataclass(frozen=True)
-class AnswerWork:
-    """An answer item with the question row it answers."""
-
-    work: WorkItem
-    question: Mapping[str, Any]
-
-
-def plan_answers(
-    question_rows: Sequence[Mapping[str, Any]],
-    chunks_by_key: Mapping[str, Chunk],
-    prompts: PromptManager,
-    model_id: str,
-    gen: GenerationConfig,
-    repo: str,
-) -> tuple[list[AnswerWork], int]:
-    """One answer item per question whose chunk is current; returns (work, stale question count)."""
-    params = answer_params(gen)
-    pjson = params_json(params)
-    ordered = sorted(
-        question_rows,
-        key=lambda r: (
-            str(r["path"]),
-            int(r["start_line"]),
-            str(r["chunk_key"]),
-            str(r["theme"]),
-            int(r.get("question_index") or 0),
-            str(r["question_id"]),
-        ),
-    )
-    work: list[AnswerWork] = []
-    stale = 0
-    themes: dict[str, ThemeTemplate] = {}
-    for row in ordered:
-        chunk = chunks_by_key.get(str(row["chunk_key"]))
-        if chunk is None:
-            stale += 1
-            continue
-        theme_name = str(row["theme"])
-        if theme_name not in themes:
-            themes[theme_name] = prompts.theme(theme_name)
-        theme = themes[theme_name]
-        question = str(row["question"])
-        key = item_key(
-            "answer", theme.chunk_input(chunk, "answer"), theme.name, theme.answer_hash, model_id, params, question
-        )
-        item = LedgerItem(
-            key, "answer", repo, chunk.chunk_key, theme.name, theme.answer_hash, model_id, pjson, question
-        )
-        work.append(
-            AnswerWork(
-                WorkItem(
-                    item=item,
-                    chunk=chunk,
-                    build=theme.answer_builder(chunk, question),
-                    desired_max_tokens=gen.effective_answer_max_tokens,
-                ),
-                row,
-            )
-        )
-    return work, stale
-
-
-def answer_postprocess(w: WorkItem, result: GenerationResult) -> Outcome:
-    """An answer is ok unless it is empty."""
-    text = result.text.strip()
-    if not text:
-        return Outcome("failed", output=result.text, error_category="parse_error", error_message="empty answer")
-    return Outcome("ok", output=redact_field(text))
-
-
-def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry], repo: str) -> pa.Table:
-    """Rows for every ok answer item of ``work`` (each answer key once)."""
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for aw in work:
-        key = aw.work.item.key
-        entry = entries.get(key)
-        if entry is None or not entry.ok or key in seen:
-            continue
-        seen.add(key)
-        chunk, question = aw.work.chunk, aw.question
-        rows.append(
-            {
-                "repo": repo,
-                "answer_id": key,
-                "question_id": str(question["question_id"]),
-                "chunk_key": chunk.chunk_key,
-                "theme": entry.theme,
-                "template_hash": entry.template_hash,
-                "question_template_hash": str(question.get("template_hash") or ""),
-                "question": entry.input_text or str(question["question"]),
-                "answer": entry.output or "",
-                "model_id": entry.model_id,
-                "params": entry.params_json,
-                "prompt_tokens": entry.prompt_tokens,
-                "cached_prompt_tokens": entry.cached_prompt_tokens,
-                "completion_tokens": entry.completion_tokens,
-                "latency_ms": entry.latency_ms,
-                "trimmed": bool(entry.trimmed),
-                "max_tokens": entry.max_tokens,
-                "finish_reason": entry.finish_reason,
-                "seed_sent": _stored_flag(entry.seed_sent),
-                **_chunk_columns(chunk),
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=ANSWERS_SCHEMA)
-
-
-def template_hashes(themes: Iterable[ThemeTemplate]) -> dict[str, dict[str, str]]:
-    """``{theme: {question: hash, answer: hash}}`` for metadata."""
-    return {t.name: {"question": t.question_hash, "answer": t.answer_hash} for t in themes}

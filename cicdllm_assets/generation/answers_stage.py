@@ -1,0 +1,169 @@
+"""The answer stage: plan one answer item per question, tabulate answers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from cicdllm_assets.config.models import GenerationConfig
+from cicdllm_assets.generation.chunks import Chunk
+from cicdllm_assets.generation.engine import WorkItem
+from cicdllm_assets.generation.ledger import (
+    LedgerEntry,
+    LedgerItem,
+    Outcome,
+    item_key,
+    params_json,
+)
+from cicdllm_assets.generation.prompts import PromptManager, ThemeTemplate
+from cicdllm_assets.generation.rows import (
+    answer_params,
+    chunk_columns,
+    stored_flag,
+)
+from cicdllm_assets.llm.base import (
+    GenerationResult,
+)
+from cicdllm_assets.quality.secrets import redact_field
+
+ANSWERS_SCHEMA = pa.schema(
+    [
+        ("repo", pa.string()),
+        ("answer_id", pa.string()),
+        ("question_id", pa.string()),
+        ("chunk_key", pa.string()),
+        ("theme", pa.string()),
+        ("template_hash", pa.string()),
+        ("question_template_hash", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("model_id", pa.string()),
+        ("params", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("cached_prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("latency_ms", pa.float64()),
+        ("trimmed", pa.bool_()),
+        ("max_tokens", pa.int64()),
+        ("finish_reason", pa.string()),
+        ("seed_sent", pa.bool_()),
+        ("path", pa.string()),
+        ("start_line", pa.int64()),
+        ("end_line", pa.int64()),
+        ("commit", pa.string()),
+        ("license", pa.string()),
+        ("language", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class AnswerWork:
+    """An answer item with the question row it answers."""
+
+    work: WorkItem
+    question: Mapping[str, Any]
+
+
+def plan_answers(
+    question_rows: Sequence[Mapping[str, Any]],
+    chunks_by_key: Mapping[str, Chunk],
+    prompts: PromptManager,
+    model_id: str,
+    gen: GenerationConfig,
+    repo: str,
+) -> tuple[list[AnswerWork], int]:
+    """One answer item per question whose chunk is current; returns (work, stale question count)."""
+    params = answer_params(gen)
+    pjson = params_json(params)
+    ordered = sorted(
+        question_rows,
+        key=lambda r: (
+            str(r["path"]),
+            int(r["start_line"]),
+            str(r["chunk_key"]),
+            str(r["theme"]),
+            int(r.get("question_index") or 0),
+            str(r["question_id"]),
+        ),
+    )
+    work: list[AnswerWork] = []
+    stale = 0
+    themes: dict[str, ThemeTemplate] = {}
+    for row in ordered:
+        chunk = chunks_by_key.get(str(row["chunk_key"]))
+        if chunk is None:
+            stale += 1
+            continue
+        theme_name = str(row["theme"])
+        if theme_name not in themes:
+            themes[theme_name] = prompts.theme(theme_name)
+        theme = themes[theme_name]
+        question = str(row["question"])
+        key = item_key(
+            "answer", theme.chunk_input(chunk, "answer"), theme.name, theme.answer_hash, model_id, params, question
+        )
+        item = LedgerItem(
+            key, "answer", repo, chunk.chunk_key, theme.name, theme.answer_hash, model_id, pjson, question
+        )
+        work.append(
+            AnswerWork(
+                WorkItem(
+                    item=item,
+                    chunk=chunk,
+                    build=theme.answer_builder(chunk, question),
+                    desired_max_tokens=gen.effective_answer_max_tokens,
+                ),
+                row,
+            )
+        )
+    return work, stale
+
+
+def answer_postprocess(w: WorkItem, result: GenerationResult) -> Outcome:
+    """An answer is ok unless it is empty."""
+    text = result.text.strip()
+    if not text:
+        return Outcome("failed", output=result.text, error_category="parse_error", error_message="empty answer")
+    return Outcome("ok", output=redact_field(text))
+
+
+def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry], repo: str) -> pa.Table:
+    """Rows for every ok answer item of ``work`` (each answer key once)."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for aw in work:
+        key = aw.work.item.key
+        entry = entries.get(key)
+        if entry is None or not entry.ok or key in seen:
+            continue
+        seen.add(key)
+        chunk, question = aw.work.chunk, aw.question
+        rows.append(
+            {
+                "repo": repo,
+                "answer_id": key,
+                "question_id": str(question["question_id"]),
+                "chunk_key": chunk.chunk_key,
+                "theme": entry.theme,
+                "template_hash": entry.template_hash,
+                "question_template_hash": str(question.get("template_hash") or ""),
+                "question": entry.input_text or str(question["question"]),
+                "answer": entry.output or "",
+                "model_id": entry.model_id,
+                "params": entry.params_json,
+                "prompt_tokens": entry.prompt_tokens,
+                "cached_prompt_tokens": entry.cached_prompt_tokens,
+                "completion_tokens": entry.completion_tokens,
+                "latency_ms": entry.latency_ms,
+                "trimmed": bool(entry.trimmed),
+                "max_tokens": entry.max_tokens,
+                "finish_reason": entry.finish_reason,
+                "seed_sent": stored_flag(entry.seed_sent),
+                **chunk_columns(chunk),
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=ANSWERS_SCHEMA)
