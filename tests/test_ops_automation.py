@@ -36,8 +36,8 @@ from cicdllm_assets.automation.schedules import (
 )
 from cicdllm_assets.io_managers import PartitionedParquetIOManager
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME, repos_partitions
-from cicdllm_assets.repos.sync import sync_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.runner.instance import sync_partitions
 
 RESOURCES = {"app_config": AppConfigResource(), "io_manager": PartitionedParquetIOManager()}
 

@@ -23,8 +23,8 @@ from cicdllm_assets.assets.repositories import repositories
 from cicdllm_assets.automation.repos_sensor import ingest_new_repo_job, repos_sync_sensor
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
 from cicdllm_assets.repos.repos_file import ReposFileError
-from cicdllm_assets.repos.sync import sync_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.runner.instance import sync_partitions
 
 
 @pytest.fixture
