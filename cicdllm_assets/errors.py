@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Protocol
 # request categories, see ``llm.base.ErrorCategory``).
 CONFIG = "config"
 REPOS_FILE = "repos_file"
+NOT_IN_REPOS_FILE = "not_in_repos_file"
 GIT = "git"
 READ = "read"
 TOKENIZER = "tokenizer"

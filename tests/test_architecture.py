@@ -148,7 +148,10 @@ def _write(root: Path, files: dict[str, str]) -> Path:
             {"llm/a.py": "def f():\n    from cicdllm_assets.runner import x\n"},
             ["cicdllm_assets/llm/a.py:2 imports cicdllm_assets.runner"],
         ),
-        ({"generation/a.py": "from ..assets import x\n"}, ["cicdllm_assets/generation/a.py:1 imports cicdllm_assets.assets"]),
+        (
+            {"generation/a.py": "from ..assets import x\n"},
+            ["cicdllm_assets/generation/a.py:1 imports cicdllm_assets.assets"],
+        ),
         ({"assets/a.py": "import dagster\nfrom cicdllm_assets.chunking import x\n"}, []),
     ],
 )

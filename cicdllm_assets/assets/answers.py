@@ -9,14 +9,17 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
+from cicdllm_assets.assets._generation import preview, stage_env
 from cicdllm_assets.generation.answers_stage import (
     ANSWERS_SCHEMA,
     answer_postprocess,
     answers_table,
     plan_answers,
 )
-from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env
+from cicdllm_assets.generation.chunks import chunks_from_table
 from cicdllm_assets.partitions import repos_partitions
+from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.resources.llm.backend_resource import BackendResource
 
 STAGE = "answers"
 
@@ -24,7 +27,6 @@ STAGE = "answers"
 @asset(
     partitions_def=repos_partitions,
     group_name="generation",
-    required_resource_keys={"app_config", "llm"},
     pool="llm",
     code_version=code_version("answers", "generation", "assets/answers.py", prompts="answer"),
     kinds={"llm", "parquet"},
@@ -32,9 +34,15 @@ STAGE = "answers"
     metadata=table_definition_metadata(ANSWERS_SCHEMA),
     description="Answers to each question, grounded in the code chunk (LLM; incremental via the ledger).",
 )
-def answers(context: AssetExecutionContext, questions: pa.Table, code_chunks: pa.Table) -> Output[pa.Table]:
+def answers(
+    context: AssetExecutionContext,
+    app_config: AppConfigResource,
+    llm: BackendResource,
+    questions: pa.Table,
+    code_chunks: pa.Table,
+) -> Output[pa.Table]:
     """Generate (or reuse from the ledger) an answer for every question of this repository."""
-    with stage_env(context, STAGE) as env:
+    with stage_env(context, app_config, llm, STAGE) as env:
         gen = env.settings.config.generation
         chunks = {c.chunk_key: c for c in chunks_from_table(code_chunks, env.repo, None)}
         model_id = env.backend.model_id

@@ -9,9 +9,6 @@ from pathlib import Path
 
 from tokenizers import Encoding, Tokenizer
 
-from cicdllm_assets.config import Settings
-from cicdllm_assets.llm.models.paths import resolve_tokenizer
-
 
 class TokenCounter:
     """Counts tokens with a ``tokenizer.json``; ``identity`` hashes the file so caches key on it.
@@ -36,11 +33,6 @@ class TokenCounter:
         self.calls = 0
         self.texts_encoded = 0
         self.chars_encoded = 0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TokenCounter:
-        """The tokenizer ``processing.tokenizer`` (or the model) names."""
-        return cls(resolve_tokenizer(settings).path)
 
     def _count_call(self, texts: Sequence[str]) -> None:
         with self._lock:

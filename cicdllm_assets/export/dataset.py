@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import EXPORT_FORMATS
+from cicdllm_assets.errors import INPUT, CicdllmError
 from cicdllm_assets.export.card import render_card
 from cicdllm_assets.export.records import EXPORT_SCHEMA, SPLITS, user_prompt
 from cicdllm_assets.export.splits import assign_splits_table
@@ -68,8 +69,11 @@ TEXT_COLUMNS = (
 NOASSERTION = "NOASSERTION"
 
 
-class ExportInputError(ValueError):
+class ExportInputError(CicdllmError, ValueError):
     """The qa_pairs input cannot be exported (missing columns, bad formats)."""
+
+    category = INPUT
+    permanent = True
 
 
 # Columns the result keeps counts by (low cardinality: the card, metadata and summary use them).

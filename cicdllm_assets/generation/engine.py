@@ -16,10 +16,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import GenerationConfig
+from cicdllm_assets.errors import CicdllmError, Log
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.context import ContextOverflowError, MessageBuilder, fit_prompt
 from cicdllm_assets.generation.leases import Leases
@@ -51,14 +52,6 @@ MAX_CONSECUTIVE_BATCH_ERRORS = 2
 
 LEASE_POLL_SECONDS = 0.5
 """How often a run re-reads the ledger for items another run holds."""
-
-
-class Log(Protocol):
-    """The part of a logger (stdlib or Dagster's ``context.log``) the runner uses."""
-
-    def info(self, msg: str) -> Any: ...  # pragma: no cover - protocol
-
-    def warning(self, msg: str) -> Any: ...  # pragma: no cover - protocol
 
 
 @dataclass(frozen=True)
@@ -436,7 +429,7 @@ class StageRunner:
         in_flight.clear()
 
 
-class _BatchError(Exception):
+class _BatchError(CicdllmError):
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
         self.cause = cause

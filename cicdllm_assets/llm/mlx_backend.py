@@ -30,9 +30,9 @@ from typing import Any
 
 from cicdllm_assets.llm.base import (
     ChatMessage,
-    GenerationError,
     GenerationRequest,
     GenerationResult,
+    RequestFailure,
 )
 from cicdllm_assets.llm.openblas import ensure_openblas
 
@@ -567,7 +567,7 @@ def _error(
         key=request.key,
         prompt_tokens=prompt_tokens,
         finish_reason="error",
-        error=GenerationError(category=category, message=message, retryable=retryable),
+        error=RequestFailure(category=category, message=message, retryable=retryable),
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from cicdllm_assets.errors import TOKENIZER, CicdllmError
 from cicdllm_assets.llm.base import ChatMessage
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,11 @@ REPLY_PRIMER_TOKENS = 3
 """Tokens of the assistant reply header added when no chat template is available."""
 
 
-class TokenizerLoadError(RuntimeError):
+class TokenizerLoadError(CicdllmError, RuntimeError):
     """tokenizer.json (or its chat template) could not be read."""
+
+    category = TOKENIZER
+    permanent = True
 
 
 def _special_token_text(value: object) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.errors import CicdllmError
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
 from cicdllm_assets.repos.sync import load_entries, plan_sync
 
@@ -69,7 +70,7 @@ LOCK_FILE = ".cicdllm-instance.lock"
 """Held (``flock``) while a process creates, migrates or opens the instance in DAGSTER_HOME."""
 
 
-class InstanceError(RuntimeError):
+class InstanceError(CicdllmError, RuntimeError):
     """The Dagster instance could not be prepared or opened."""
 
 

@@ -47,6 +47,7 @@ from dagster._core.utils import make_new_run_id
 
 from cicdllm_assets.automation.jobs import dataset_job, main_job
 from cicdllm_assets.config import Settings
+from cicdllm_assets.errors import CicdllmError
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
 from cicdllm_assets.runner.liveness import HOST_TAG, PID_TAG, TRIGGER_TAG, dead_process
 from cicdllm_assets.runner.outcome import RunSummary, StepOutcome
@@ -66,7 +67,7 @@ StepCallback = Callable[[str, str], None]
 """Called with (name, event) where event is "start" or the final status."""
 
 
-class RunPlanError(ValueError):
+class RunPlanError(CicdllmError, ValueError):
     """The requested repos are not known partitions."""
 
 

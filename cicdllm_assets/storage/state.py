@@ -32,6 +32,8 @@ from typing import Any
 
 import psycopg
 
+from cicdllm_assets.errors import CicdllmError
+
 BUSY_TIMEOUT_MS = 60_000
 
 STATE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
@@ -83,7 +85,7 @@ _PROGRESS_COLUMNS = ("repo", "stage", "done", "total", "failed", "unit", "status
 _PG_LOCK_ID = zlib.crc32(b"cicdllm-state-schema")
 
 
-class StateSchemaError(RuntimeError):
+class StateSchemaError(CicdllmError, RuntimeError):
     """The state database was written by a newer cicdllm (an unknown schema version)."""
 
 
