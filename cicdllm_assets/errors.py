@@ -26,11 +26,19 @@ class CicdllmError(Exception):
     """Base of every cicdllm error.
 
     ``category`` is what a failure record stores; ``permanent`` means a retry cannot fix it
-    (bad config or input), so a step fails without the retry policy.
+    (bad config or input), so a step fails without the retry policy. Subclasses set both as
+    class keywords: ``class ConfigError(CicdllmError, category=CONFIG, permanent=True)``.
     """
 
     category: ClassVar[str] = INTERNAL
     permanent: bool = False
+
+    def __init_subclass__(cls, *, category: str | None = None, permanent: bool | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if category is not None:
+            cls.category = category
+        if permanent is not None:
+            cls.permanent = permanent
 
 
 class Log(Protocol):

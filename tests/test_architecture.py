@@ -10,10 +10,14 @@
 from __future__ import annotations
 
 import ast
+import builtins
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from cicdllm_assets.errors import CicdllmError
+from cicdllm_assets.sources.git import GitError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cicdllm_assets"
 NAME = PACKAGE.name
@@ -169,3 +173,17 @@ def test_the_check_sees_a_cycle_through_a_lazy_import(tmp_path: Path) -> None:
         },
     )
     assert cycles(module_graph(package)[0]) == [["chunking", "discovery"]]
+
+
+def test_every_exception_class_of_the_package_derives_from_cicdllm_error() -> None:
+    """Read from the AST: a class whose base is a builtin exception must also name CicdllmError."""
+    exceptions = {n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)}
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.ClassDef):
+                bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
+                if bases & exceptions and "CicdllmError" not in bases and node.name != "CicdllmError":
+                    offenders.append(f"{path.relative_to(PACKAGE)}:{node.name}")
+    assert offenders == []
+    assert issubclass(GitError, CicdllmError) and GitError("x", permanent=True).permanent is True

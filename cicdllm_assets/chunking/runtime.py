@@ -49,11 +49,8 @@ def chunker_for(settings: Settings) -> Chunker:
     return Chunker(counter, choice.budget(settings.config.processing.chunk_max_tokens), cache, choice.source)
 
 
-class TokenizerUnavailableError(CicdllmError):
+class TokenizerUnavailableError(CicdllmError, category=TOKENIZER, permanent=True):
     """The configured tokenizer is missing or unusable: a ``tokenizer`` failure no retry fixes."""
-
-    category = TOKENIZER
-    permanent = True
 
 
 def step_chunker(settings: Settings) -> Chunker:

@@ -42,11 +42,8 @@ class ConfigIssue:
         return f"{self.path}: {self.message} (got {shown})"
 
 
-class ConfigError(CicdllmError):
+class ConfigError(CicdllmError, category=CONFIG, permanent=True):
     """The configuration could not be loaded; ``issues`` lists every bad field."""
-
-    category = CONFIG
-    permanent = True
 
     def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
         self.source = source

@@ -69,11 +69,8 @@ TEXT_COLUMNS = (
 NOASSERTION = "NOASSERTION"
 
 
-class ExportInputError(CicdllmError, ValueError):
+class ExportInputError(CicdllmError, ValueError, category=INPUT, permanent=True):
     """The qa_pairs input cannot be exported (missing columns, bad formats)."""
-
-    category = INPUT
-    permanent = True
 
 
 # Columns the result keeps counts by (low cardinality: the card, metadata and summary use them).

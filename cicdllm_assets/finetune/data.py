@@ -14,11 +14,8 @@ from cicdllm_assets.export.records import SPLITS
 CHAT_FORMAT = "mlx_chat"
 
 
-class FinetuneInputError(CicdllmError, ValueError):
+class FinetuneInputError(CicdllmError, ValueError, category=INPUT, permanent=True):
     """The export cannot be trained on (missing, empty, or too small for the settings)."""
-
-    category = INPUT
-    permanent = True
 
 
 @dataclass(frozen=True)

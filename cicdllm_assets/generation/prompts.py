@@ -52,11 +52,8 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _THEME_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
-class PromptTemplateError(CicdllmError, ValueError):
+class PromptTemplateError(CicdllmError, ValueError, category=CONFIG, permanent=True):
     """A template file is missing, unreadable or invalid; the message names the file."""
-
-    category = CONFIG
-    permanent = True
 
 
 def placeholders(template: str) -> list[str]:

@@ -102,10 +102,8 @@ def request_secrets(request: GenerationRequest, path: str = "") -> list[str]:
     ]
 
 
-class CircuitOpenError(CicdllmError, RuntimeError):
+class CircuitOpenError(CicdllmError, RuntimeError, category=CIRCUIT_OPEN):
     """Raised by a backend that has seen sustained failure: stop the run, keep progress."""
-
-    category = CIRCUIT_OPEN
 
 
 @runtime_checkable

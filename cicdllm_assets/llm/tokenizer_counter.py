@@ -33,11 +33,8 @@ REPLY_PRIMER_TOKENS = 3
 """Tokens of the assistant reply header added when no chat template is available."""
 
 
-class TokenizerLoadError(CicdllmError, RuntimeError):
+class TokenizerLoadError(CicdllmError, RuntimeError, category=TOKENIZER, permanent=True):
     """tokenizer.json (or its chat template) could not be read."""
-
-    category = TOKENIZER
-    permanent = True
 
 
 def _special_token_text(value: object) -> str:

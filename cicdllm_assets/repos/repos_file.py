@@ -99,11 +99,8 @@ def _shown(text: str) -> str:
     return text if len(text) <= _MAX_SHOWN else f"{text[:_MAX_SHOWN]}... ({len(text)} characters)"
 
 
-class ReposFileError(CicdllmError, ValueError):
+class ReposFileError(CicdllmError, ValueError, category=REPOS_FILE, permanent=True):
     """A repos file has bad lines; ``errors`` lists all of them."""
-
-    category = REPOS_FILE
-    permanent = True
 
     def __init__(self, source: str, errors: list[BadLine]) -> None:
         self.source = source

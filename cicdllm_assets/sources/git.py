@@ -18,7 +18,7 @@ MODE_SYMLINK = "120000"
 MODE_SUBMODULE = "160000"
 
 
-class GitError(CicdllmError, RuntimeError):
+class GitError(CicdllmError, RuntimeError, category=GIT):
     """A git command or operation failed, or printed something unexpected; the message is
     readable and free of credentials.
 
@@ -26,8 +26,6 @@ class GitError(CicdllmError, RuntimeError):
     repository, a local source that is not a repository, no git executable); network
     failures and timeouts are not permanent.
     """
-
-    category = GIT
 
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)

@@ -31,11 +31,8 @@ APPROXIMATE_BUDGET_FACTOR = 0.8
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class ModelNotPreparedError(CicdllmError, RuntimeError):
+class ModelNotPreparedError(CicdllmError, RuntimeError, category=CONFIG, permanent=True):
     """The configured model or tokenizer cannot be found; the message says what to run or set."""
-
-    category = CONFIG
-    permanent = True
 
 
 @dataclass(frozen=True)
