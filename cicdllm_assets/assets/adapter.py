@@ -1,12 +1,13 @@
 """The ``adapter`` asset (opt-in): LoRA fine-tuning of the base model on the mlx chat export."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from cicdllm_assets.assets._conventions import OWNERS, code_version
-from cicdllm_assets.assets._step import ALL, asset_step
-from cicdllm_assets.config import Settings
+from cicdllm_assets.assets._step import ALL, Step, asset_step
 from cicdllm_assets.finetune.live import LiveBoard
 from cicdllm_assets.finetune.plot import CURVE_FILE, plot_training_curve
 from cicdllm_assets.finetune.project import current_plan
@@ -30,11 +31,15 @@ def evaluation_asset(name: str, deps: list[str], description: str) -> Any:
     )
 
 
-def step_plan(settings: Settings) -> TrainPlan:
-    """The adapter plan of the current export (OpenBLAS loaded as configured); bad input raises
-    :class:`~cicdllm_assets.finetune.data.FinetuneInputError`."""
-    ensure_openblas(enabled=settings.config.llm.mlx.use_openblas)
-    return current_plan(settings)
+@contextmanager
+def finetune_step(
+    context: AssetExecutionContext, app_config: AppConfigResource, stage: str
+) -> Iterator[tuple[Step, TrainPlan]]:
+    """:func:`asset_step` (unpartitioned) with the adapter plan of the current export, OpenBLAS
+    loaded as configured; bad input raises :class:`~cicdllm_assets.finetune.data.FinetuneInputError`."""
+    with asset_step(context, app_config, stage, partitioned=False) as step:
+        ensure_openblas(enabled=step.settings.config.llm.mlx.use_openblas)
+        yield step, current_plan(step.settings)
 
 
 @evaluation_asset(
@@ -45,10 +50,8 @@ def step_plan(settings: Settings) -> TrainPlan:
 )
 def adapter(context: AssetExecutionContext, app_config: AppConfigResource) -> MaterializeResult:
     """Train, resume or reuse the adapter of the current export."""
-    with asset_step(context, app_config, STAGE, partitioned=False) as step:
-        settings, state = step.settings, step.state
-        plan = step_plan(settings)
-        cfg = settings.config.finetune
+    with finetune_step(context, app_config, STAGE) as (step, plan):
+        state, cfg = step.state, step.settings.config.finetune
         live = LiveBoard(state)
         state.start_stage(ALL, STAGE, plan.iters, "steps")
         seen = {"step": 0}

@@ -6,10 +6,9 @@ each is committed as it completes, so a killed run resumes without duplicates.
 """
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
-from cicdllm_assets.assets._generation import preview, stage_env
+from cicdllm_assets.assets._generation import generation_asset, preview, stage_env
 from cicdllm_assets.generation.answers_stage import (
     ANSWERS_SCHEMA,
     answer_postprocess,
@@ -17,22 +16,17 @@ from cicdllm_assets.generation.answers_stage import (
     plan_answers,
 )
 from cicdllm_assets.generation.chunks import chunks_from_table
-from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.resources.llm.backend_resource import BackendResource
 
 STAGE = "answers"
 
 
-@asset(
-    partitions_def=repos_partitions,
-    group_name="generation",
-    pool="llm",
-    code_version=code_version("answers", "generation", "assets/answers.py", prompts="answer"),
-    kinds={"llm", "parquet"},
-    owners=OWNERS,
-    metadata=table_definition_metadata(ANSWERS_SCHEMA),
-    description="Answers to each question, grounded in the code chunk (LLM; incremental via the ledger).",
+@generation_asset(
+    "answers",
+    ANSWERS_SCHEMA,
+    "answer",
+    "Answers to each question, grounded in the code chunk (LLM; incremental via the ledger).",
 )
 def answers(
     context: AssetExecutionContext,

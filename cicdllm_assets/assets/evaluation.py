@@ -4,8 +4,8 @@ import shutil
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
-from cicdllm_assets.assets._step import ALL, asset_step
-from cicdllm_assets.assets.adapter import evaluation_asset, step_plan
+from cicdllm_assets.assets._step import ALL
+from cicdllm_assets.assets.adapter import evaluation_asset, finetune_step
 from cicdllm_assets.errors import INPUT
 from cicdllm_assets.export.card import set_card_section
 from cicdllm_assets.export.dataset import CARD_NAME
@@ -28,10 +28,8 @@ CARD_ASSETS_DIR = "evaluation"
 )
 def evaluation(context: AssetExecutionContext, app_config: AppConfigResource) -> MaterializeResult:
     """Evaluate the current adapter once (a re-run reuses the recorded result)."""
-    with asset_step(context, app_config, STAGE, partitioned=False) as step:
-        settings, state = step.settings, step.state
-        plan = step_plan(settings)
-        cfg = settings.config.finetune
+    with finetune_step(context, app_config, STAGE) as (step, plan):
+        settings, state, cfg = step.settings, step.state, step.settings.config.finetune
         if not adapter_ready(plan.adapter_dir):
             raise step.fail(
                 f"no finished adapter for dataset {plan.data.version} at {plan.adapter_dir}: "

@@ -6,10 +6,9 @@ is rebuilt from the ledger, so a no-op re-run makes zero LLM calls.
 """
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
-from cicdllm_assets.assets._generation import preview, stage_env
+from cicdllm_assets.assets._generation import generation_asset, preview, stage_env
 from cicdllm_assets.generation.chunks import chunks_from_table
 from cicdllm_assets.generation.questions_stage import (
     QUESTIONS_SCHEMA,
@@ -18,22 +17,17 @@ from cicdllm_assets.generation.questions_stage import (
     questions_table,
 )
 from cicdllm_assets.generation.rows import template_hashes
-from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.resources.llm.backend_resource import BackendResource
 
 STAGE = "questions"
 
 
-@asset(
-    partitions_def=repos_partitions,
-    group_name="generation",
-    pool="llm",
-    code_version=code_version("questions", "generation", "assets/questions.py", prompts="question"),
-    kinds={"llm", "parquet"},
-    owners=OWNERS,
-    metadata=table_definition_metadata(QUESTIONS_SCHEMA),
-    description="Questions about each code chunk, per prompt theme (LLM; incremental via the ledger).",
+@generation_asset(
+    "questions",
+    QUESTIONS_SCHEMA,
+    "question",
+    "Questions about each code chunk, per prompt theme (LLM; incremental via the ledger).",
 )
 def questions(
     context: AssetExecutionContext, app_config: AppConfigResource, llm: BackendResource, code_chunks: pa.Table
