@@ -102,3 +102,24 @@ def code_version(name: str, *sources: str, prompts: Literal["question", "answer"
     """``<name>-s<source digest>[-p<prompt digest>]``."""
     version = f"{name}-s{source_digest(*sources)}"
     return version + (f"-p{prompt_digest(prompts)}" if prompts else "")
+
+
+def repo_table_asset(
+    group: str, version: str, kinds: set[str], schema: pa.Schema, description: str, **extra: Any
+) -> Any:
+    """The ``@asset`` decorator of a per-repository table asset: partitioned by repo, owned,
+    its column schema as definition metadata (``extra``: more ``@asset`` arguments)."""
+    from dagster import asset
+
+    from cicdllm_assets.partitions import repos_partitions
+
+    return asset(
+        partitions_def=repos_partitions,
+        group_name=group,
+        code_version=version,
+        kinds=kinds,
+        owners=OWNERS,
+        metadata=table_definition_metadata(schema),
+        description=description,
+        **extra,
+    )

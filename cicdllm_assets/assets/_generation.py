@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
+from cicdllm_assets.assets._conventions import code_version, repo_table_asset
 from cicdllm_assets.assets._step import Step, asset_step
 from cicdllm_assets.config import Settings
 from cicdllm_assets.generation.engine import RunStats, StageRunner
@@ -24,7 +24,6 @@ from cicdllm_assets.generation.prompts import (
 from cicdllm_assets.generation.rows import data_version_of
 from cicdllm_assets.llm.base import CircuitOpenError, LLMBackend
 from cicdllm_assets.llm.models.paths import ModelNotPreparedError
-from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.resources.llm.backend_resource import BackendResource
 
@@ -77,16 +76,14 @@ class StageEnv:
 
 def generation_asset(name: str, schema: pa.Schema, prompts: Literal["question", "answer"], description: str) -> Any:
     """The ``@asset`` decorator of a generation stage (questions, answers): per repo, pool ``llm``."""
-    return asset(
+    return repo_table_asset(
+        "generation",
+        code_version(name, "generation", f"assets/{name}.py", prompts=prompts),
+        {"llm", "parquet"},
+        schema,
+        description,
         name=name,
-        partitions_def=repos_partitions,
-        group_name="generation",
         pool="llm",
-        code_version=code_version(name, "generation", f"assets/{name}.py", prompts=prompts),
-        kinds={"llm", "parquet"},
-        owners=OWNERS,
-        metadata=table_definition_metadata(schema),
-        description=description,
     )
 
 

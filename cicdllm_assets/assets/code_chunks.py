@@ -4,9 +4,9 @@ import time
 from typing import Any
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, table_definition_metadata
+from cicdllm_assets.assets._conventions import repo_table_asset
 from cicdllm_assets.assets._step import asset_step
 from cicdllm_assets.assets.source_files import repository_row
 from cicdllm_assets.chunking.build import build_chunks, kept_in_chunk_order
@@ -15,22 +15,18 @@ from cicdllm_assets.chunking.redaction_cache import RedactionCache
 from cicdllm_assets.chunking.rows import CODE_CHUNKS_SCHEMA, ChunkRowBuilder, texts_digest
 from cicdllm_assets.chunking.runtime import step_chunker
 from cicdllm_assets.errors import READ
-from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
 
 STAGE = "code_chunks"
 CODE_VERSION = f"code-chunks-c{CHUNKER_VERSION}-r1"
 
 
-@asset(
-    partitions_def=repos_partitions,
-    group_name="ingest",
-    code_version=CODE_VERSION,
-    kinds={"python", "parquet"},
-    owners=OWNERS,
-    metadata=table_definition_metadata(CODE_CHUNKS_SCHEMA),
-    description="Chunks of kept files split at syntax boundaries, each within processing.chunk_max_tokens, "
-    "secrets redacted.",
+@repo_table_asset(
+    "ingest",
+    CODE_VERSION,
+    {"python", "parquet"},
+    CODE_CHUNKS_SCHEMA,
+    "Chunks of kept files split at syntax boundaries, each within processing.chunk_max_tokens, secrets redacted.",
 )
 def code_chunks(
     context: AssetExecutionContext,

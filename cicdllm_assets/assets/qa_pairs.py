@@ -4,12 +4,11 @@ import hashlib
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
+from cicdllm_assets.assets._conventions import code_version, repo_table_asset
 from cicdllm_assets.assets._step import asset_step
 from cicdllm_assets.generation.answers_stage import ANSWERS_SCHEMA
-from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.quality.pairs import QA_EXTRA_FIELDS, filter_pairs
 from cicdllm_assets.resources.config_resource import AppConfigResource
 
@@ -23,17 +22,13 @@ def _data_version(table: pa.Table) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
 
 
-@asset(
-    partitions_def=repos_partitions,
-    group_name="dataset",
-    code_version=code_version("qa_pairs", "quality", "assets/qa_pairs.py"),
-    kinds={"python", "parquet"},
-    owners=OWNERS,
-    metadata=table_definition_metadata(pa.schema([*ANSWERS_SCHEMA, *QA_EXTRA_FIELDS])),
-    description=(
-        "Answers with quality verdicts: accepted, or rejected as empty, too short, refusal, truncated, "
-        "not grounded in the chunk, or a (near-)duplicate within the repository."
-    ),
+@repo_table_asset(
+    "dataset",
+    code_version("qa_pairs", "quality", "assets/qa_pairs.py"),
+    {"python", "parquet"},
+    pa.schema([*ANSWERS_SCHEMA, *QA_EXTRA_FIELDS]),
+    "Answers with quality verdicts: accepted, or rejected as empty, too short, refusal, truncated, "
+    "not grounded in the chunk, or a (near-)duplicate within the repository.",
 )
 def qa_pairs(
     context: AssetExecutionContext, app_config: AppConfigResource, answers: pa.Table, code_chunks: pa.Table

@@ -10,12 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, table_definition_metadata
+from cicdllm_assets.assets._conventions import repo_table_asset
 from cicdllm_assets.assets._step import asset_step
 from cicdllm_assets.errors import GIT, NOT_IN_REPOS_FILE, REPOS_FILE
-from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.quality.secrets import redact_field
 from cicdllm_assets.repos.git_ops import GitError, sync_repo
 from cicdllm_assets.repos.license import detect_license
@@ -54,14 +53,12 @@ def _previous_head(state: StateStore, repo: str) -> str | None:
     return rows[0]["head_commit"] if rows else None
 
 
-@asset(
-    partitions_def=repos_partitions,
-    group_name="ingest",
-    code_version="repositories-v1",
-    kinds={"git", "parquet"},
-    owners=OWNERS,
-    metadata=table_definition_metadata(REPOSITORIES_SCHEMA),
-    description="Clone or fetch the repository of this partition and check out its ref (one row).",
+@repo_table_asset(
+    "ingest",
+    "repositories-v1",
+    {"git", "parquet"},
+    REPOSITORIES_SCHEMA,
+    "Clone or fetch the repository of this partition and check out its ref (one row).",
 )
 def repositories(context: AssetExecutionContext, app_config: AppConfigResource) -> Output[pa.Table]:
     """Clone/fetch the partition's repo into the cache; one row with head commit, licence, size."""

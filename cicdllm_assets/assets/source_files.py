@@ -5,16 +5,15 @@ import json
 from typing import Any
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, Failure, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, table_definition_metadata
+from cicdllm_assets.assets._conventions import repo_table_asset
 from cicdllm_assets.assets._step import asset_step
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
 from cicdllm_assets.chunking.runtime import step_chunker
 from cicdllm_assets.discovery.discover import SKIPPED, Discovery, SourceFile, no_files_kept_warning
 from cicdllm_assets.discovery.table import SOURCE_FILES_SCHEMA, source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
-from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.repos.sync import repo_processing
 from cicdllm_assets.resources.config_resource import AppConfigResource
 
@@ -45,14 +44,12 @@ def _skip_preview(files: list[SourceFile], limit: int = 25) -> str:
     return "\n".join(lines)
 
 
-@asset(
-    partitions_def=repos_partitions,
-    group_name="ingest",
-    code_version=CODE_VERSION,
-    kinds={"git", "parquet"},
-    owners=OWNERS,
-    metadata=table_definition_metadata(SOURCE_FILES_SCHEMA),
-    description="Files tracked at the head commit: language, encoding, tokens; skipped files keep their reason.",
+@repo_table_asset(
+    "ingest",
+    CODE_VERSION,
+    {"git", "parquet"},
+    SOURCE_FILES_SCHEMA,
+    "Files tracked at the head commit: language, encoding, tokens; skipped files keep their reason.",
 )
 def source_files(
     context: AssetExecutionContext, app_config: AppConfigResource, repositories: pa.Table
