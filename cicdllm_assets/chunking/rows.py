@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from cicdllm_assets.chunking.plan import ChunkSpan, FilePlan
 from cicdllm_assets.chunking.redaction_cache import RedactionCache, text_key
-from cicdllm_assets.chunking.tokenizer import TokenCounter
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from cicdllm_assets.quality.secrets import redact_field, redact_secrets
 
 CODE_CHUNKS_SCHEMA = pa.schema(
