@@ -26,6 +26,12 @@ def partition_file_name(partition_key: str) -> str:
     return _SAFE.sub(lambda m: f"%{ord(m.group()):02X}", partition_key) + ".parquet"
 
 
+def partition_key_of(file_name: str) -> str:
+    """The partition key a ``<key>.parquet`` file name stands for (inverts :func:`partition_file_name`)."""
+    stem = file_name[: -len(".parquet")] if file_name.endswith(".parquet") else file_name
+    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), stem)
+
+
 def write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write ``table`` as Parquet to ``path`` via a temp file in the same directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
