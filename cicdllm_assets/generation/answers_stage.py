@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 
@@ -28,36 +27,7 @@ from cicdllm_assets.llm.base import (
     GenerationResult,
 )
 from cicdllm_assets.quality.secrets import redact_field
-
-ANSWERS_SCHEMA = pa.schema(
-    [
-        ("repo", pa.string()),
-        ("answer_id", pa.string()),
-        ("question_id", pa.string()),
-        ("chunk_key", pa.string()),
-        ("theme", pa.string()),
-        ("template_hash", pa.string()),
-        ("question_template_hash", pa.string()),
-        ("question", pa.string()),
-        ("answer", pa.string()),
-        ("model_id", pa.string()),
-        ("params", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("cached_prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("latency_ms", pa.float64()),
-        ("trimmed", pa.bool_()),
-        ("max_tokens", pa.int64()),
-        ("finish_reason", pa.string()),
-        ("seed_sent", pa.bool_()),
-        ("path", pa.string()),
-        ("start_line", pa.int64()),
-        ("end_line", pa.int64()),
-        ("commit", pa.string()),
-        ("license", pa.string()),
-        ("language", pa.string()),
-    ]
-)
+from cicdllm_assets.storage.contract import ANSWERS_SCHEMA, AnswerRow, QuestionRow
 
 
 @dataclass(frozen=True)
@@ -65,11 +35,11 @@ class AnswerWork:
     """An answer item with the question row it answers."""
 
     work: WorkItem
-    question: Mapping[str, Any]
+    question: QuestionRow
 
 
 def plan_answers(
-    question_rows: Sequence[Mapping[str, Any]],
+    question_rows: Sequence[QuestionRow],
     chunks_by_key: Mapping[str, Chunk],
     prompts: PromptManager,
     model_id: str,
@@ -133,7 +103,7 @@ def answer_postprocess(w: WorkItem, result: GenerationResult) -> Outcome:
 
 def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry], repo: str) -> pa.Table:
     """Rows for every ok answer item of ``work`` (each answer key once)."""
-    rows: list[dict[str, Any]] = []
+    rows: list[AnswerRow] = []
     seen: set[str] = set()
     for aw in work:
         key = aw.work.item.key

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypedDict
 
 from cicdllm_assets.config.models import GenerationConfig
 from cicdllm_assets.generation.chunks import Chunk
@@ -35,7 +35,18 @@ def stored_flag(value: int | None) -> bool | None:
     return None if value is None else bool(value)
 
 
-def chunk_columns(chunk: Chunk) -> dict[str, Any]:
+class ChunkColumns(TypedDict):
+    """The provenance columns every generated row copies from its code chunk."""
+
+    path: str
+    start_line: int
+    end_line: int
+    commit: str
+    license: str
+    language: str
+
+
+def chunk_columns(chunk: Chunk) -> ChunkColumns:
     """The provenance columns every generated row copies from its code chunk."""
     return {
         "path": chunk.path,

@@ -97,7 +97,10 @@ class TableStore:
         return total
 
     def read_all(self, asset: str, partition_keys: Iterable[str] | None = None) -> pa.Table | None:
-        """Concatenate partitions (all, or the given keys that exist); None if there are none."""
+        """Concatenate partitions (all, or the given keys that exist); None if there are none.
+
+        Columns a partition lacks are null; a column one partition wrote narrower (``int32``
+        line numbers of an older ``code_chunks``) is widened, see :mod:`.contract`."""
         tables = []
         for path in self.partition_files(asset, partition_keys):
             try:
@@ -106,7 +109,7 @@ class TableStore:
                 continue
         if not tables:
             return None
-        return pa.concat_tables(tables, promote_options="default")
+        return pa.concat_tables(tables, promote_options="permissive")
 
     def connect(self, assets: Iterable[str] | None = None) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with one view per asset over its Parquet files.
