@@ -4,9 +4,7 @@ still loads beside new ones."""
 
 from __future__ import annotations
 
-import types
 import typing
-from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,31 +12,48 @@ import pytest
 
 from cicdllm_assets.generation.chunks import select_chunks
 from cicdllm_assets.quality.pairs import filter_pairs
-from cicdllm_assets.storage.contract import CODE_CHUNKS_SCHEMA, TABLES
+from cicdllm_assets.storage.contract import (
+    CODE_CHUNKS_SCHEMA,
+    EXPORT_SCHEMA,
+    REPOSITORIES_SCHEMA,
+    TABLES,
+    arrow_schema,
+    split_optional,
+)
 from cicdllm_assets.storage.tables import TableStore
 from tests.generation_support import SAMPLE_FILES, chunk_rows
 
-_PYTHON_TYPES = {str: pa.types.is_string, int: pa.types.is_integer, float: pa.types.is_floating}
-_PYTHON_TYPES |= {bool: pa.types.is_boolean, datetime: pa.types.is_timestamp}
+
+def test_schemas_follow_the_row_classes() -> None:
+    for name, (schema, row) in TABLES.items():
+        hints = typing.get_type_hints(row)
+        assert list(hints) == schema.names, name  # the same columns in the same order
+        for field in schema:
+            _, optional = split_optional(hints[field.name])
+            assert field.nullable or not optional, f"{name}.{field.name}"
+    int32 = {name: [f.name for f in schema if f.type == pa.int32()] for name, (schema, _) in TABLES.items()}
+    assert {name: columns for name, columns in int32.items() if columns} == {
+        "source_files": ["chunk_count"],
+        "code_chunks": ["token_count", "redactions", "chunk_index"],
+        "questions": ["question_index"],
+    }
+    required = {name: [f.name for f in schema if not f.nullable] for name, (schema, _) in TABLES.items()}
+    assert required["questions"] == required["answers"] == []  # generated tables: every column nullable
+    assert required["qa_pairs"] == ["accepted"]
+    assert required["code_chunks"] == [
+        *("repo", "commit", "path", "blob_sha", "chunk_key", "start_line", "end_line", "text"),
+        *("token_count", "redactions", "chunk_index"),
+    ]
+    assert required["training_dataset"] == EXPORT_SCHEMA.names  # an export record has every field
+    assert REPOSITORIES_SCHEMA.field("fetched_at").type == pa.timestamp("us", tz="UTC")
 
 
-def _split_optional(annotation: object) -> tuple[object, bool]:
-    if isinstance(annotation, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        assert len(args) == 1, annotation
-        return args[0], True
-    return annotation, False
+def test_a_column_is_one_type_or_that_type_or_none() -> None:
+    class Bad(typing.TypedDict):
+        value: int | str
 
-
-@pytest.mark.parametrize("name", sorted(TABLES))
-def test_row_class_matches_the_schema(name: str) -> None:
-    schema, row = TABLES[name]
-    hints = typing.get_type_hints(row)
-    assert list(hints) == schema.names  # the same columns in the same order
-    for field in schema:
-        python_type, optional = _split_optional(hints[field.name])
-        assert _PYTHON_TYPES[python_type](field.type), (name, field.name, python_type, field.type)  # type: ignore[index]
-        assert field.nullable or not optional, f"{name}.{field.name} is not nullable but typed optional"
+    with pytest.raises(TypeError, match=r"one type or that type \| None"):
+        arrow_schema(Bad)
 
 
 def test_line_numbers_are_int64_in_every_table() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any, TypedDict
+from typing import Any
 
 from cicdllm_assets.config.models import GenerationConfig
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.prompts import ThemeTemplate
+from cicdllm_assets.storage.contract import ChunkProvenance
 
 
 def sampling_params(gen: GenerationConfig) -> dict[str, Any]:
@@ -35,18 +36,7 @@ def stored_flag(value: int | None) -> bool | None:
     return None if value is None else bool(value)
 
 
-class ChunkColumns(TypedDict):
-    """The provenance columns every generated row copies from its code chunk."""
-
-    path: str
-    start_line: int
-    end_line: int
-    commit: str
-    license: str
-    language: str
-
-
-def chunk_columns(chunk: Chunk) -> ChunkColumns:
+def chunk_columns(chunk: Chunk) -> ChunkProvenance:
     """The provenance columns every generated row copies from its code chunk."""
     return {
         "path": chunk.path,

@@ -12,20 +12,11 @@ from typing import Any
 
 from cicdllm_assets.finetune.history import HistoryRow
 from cicdllm_assets.performance.battery import BatteryStatus
+from cicdllm_assets.storage.contract import TABLES
 from cicdllm_assets.storage.llm_load import LLMLoad
 
 #: Stage order in the pipeline (unknown stages sort after these, by name).
-STAGE_ORDER = (
-    "repositories",
-    "source_files",
-    "code_chunks",
-    "questions",
-    "answers",
-    "qa_pairs",
-    "training_dataset",
-    "adapter",
-    "evaluation",
-)
+STAGE_ORDER = (*TABLES, "adapter", "evaluation")
 
 
 def stage_key(stage: str) -> tuple[int, str]:

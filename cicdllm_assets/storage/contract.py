@@ -1,9 +1,11 @@
-"""The table contract: every asset table's Arrow schema and its typed row, in one place.
+"""The table contract: every asset table's typed row and its Arrow schema, in one place.
 
-A row class is a ``TypedDict`` with the schema's columns in the schema's order (checked by
-``tests/test_table_contract.py``): writers build rows of it and hand them to
-``pa.Table.from_pylist(rows, schema=...)``; readers get it back from ``table.to_pylist()``.
-A column that may be null in the schema is ``X | None`` in its row.
+A row class is a ``TypedDict`` listing the table's columns in order; the Arrow schema is
+derived from it (:func:`arrow_schema`): ``str`` is ``string``, ``int`` is ``int64`` (the
+columns named in ``int32`` excepted), ``float`` is ``double``, ``bool`` is ``bool``,
+``datetime`` is a UTC microsecond timestamp, and ``X | None`` is nullable. Writers build rows
+of the class and hand them to ``pa.Table.from_pylist(rows, schema=...)``; readers get it back
+from ``table.to_pylist()``.
 
 Line numbers are ``int64`` in every table. ``code_chunks`` wrote ``start_line``/``end_line``
 as ``int32`` before: such a partition still loads (values read the same), the DuckDB views
@@ -13,29 +15,43 @@ partitions are concatenated; the next materialization rewrites it as ``int64``.
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TypedDict
 
 import pyarrow as pa
 
-# ----------------------------------------------------------------------------- repositories
-REPOSITORIES_SCHEMA = pa.schema(
-    [
-        pa.field("repo", pa.string(), nullable=False),
-        pa.field("url", pa.string(), nullable=False),
-        pa.field("ref", pa.string()),
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("local_path", pa.string(), nullable=False),
-        pa.field("head_commit", pa.string(), nullable=False),
-        pa.field("default_branch", pa.string()),
-        pa.field("resolved_ref", pa.string()),
-        pa.field("license", pa.string(), nullable=False),
-        pa.field("size_bytes", pa.int64(), nullable=False),
-        pa.field("head_changed", pa.bool_(), nullable=False),
-        pa.field("previous_commit", pa.string()),
-        pa.field("fetched_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-)
+_ARROW_TYPES: dict[object, pa.DataType] = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    datetime: pa.timestamp("us", tz="UTC"),
+}
+
+
+def split_optional(annotation: object) -> tuple[object, bool]:
+    """``(X, True)`` for ``X | None``, ``(X, False)`` for ``X``."""
+    if isinstance(annotation, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"a column is one type or that type | None, not {annotation}")
+        return args[0], True
+    return annotation, False
+
+
+def arrow_schema(row: type, *, int32: Iterable[str] = (), all_nullable: bool = False) -> pa.Schema:
+    """The Arrow schema of a row class (``all_nullable``: every column nullable, as the generated
+    tables were first written, whatever the row type says)."""
+    narrow = set(int32)
+    fields = []
+    for name, annotation in typing.get_type_hints(row).items():
+        base, optional = split_optional(annotation)
+        arrow_type = pa.int32() if name in narrow else _ARROW_TYPES[base]
+        fields.append(pa.field(name, arrow_type, nullable=optional or all_nullable))
+    return pa.schema(fields)
 
 
 class RepositoryRow(TypedDict):
@@ -56,26 +72,7 @@ class RepositoryRow(TypedDict):
     fetched_at: datetime
 
 
-# ----------------------------------------------------------------------------- source_files
-SOURCE_FILES_SCHEMA = pa.schema(
-    [
-        pa.field("repo", pa.string(), nullable=False),
-        pa.field("commit", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("blob_sha", pa.string(), nullable=False),
-        pa.field("size_bytes", pa.int64(), nullable=False),
-        pa.field("language", pa.string(), nullable=False),
-        pa.field("encoding", pa.string()),
-        pa.field("line_count", pa.int64(), nullable=False),
-        pa.field("token_count", pa.int64(), nullable=False),
-        pa.field("chunk_count", pa.int32(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("skip_reason", pa.string()),
-        pa.field("skip_category", pa.string()),
-        pa.field("mode", pa.string(), nullable=False),
-        pa.field("symlink_target", pa.string()),
-    ]
-)
+REPOSITORIES_SCHEMA = arrow_schema(RepositoryRow)
 
 
 class SourceFileRow(TypedDict):
@@ -98,26 +95,7 @@ class SourceFileRow(TypedDict):
     symlink_target: str | None
 
 
-# ----------------------------------------------------------------------------- code_chunks
-CODE_CHUNKS_SCHEMA = pa.schema(
-    [
-        pa.field("repo", pa.string(), nullable=False),
-        pa.field("commit", pa.string(), nullable=False),
-        pa.field("license", pa.string()),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("blob_sha", pa.string(), nullable=False),
-        pa.field("language", pa.string()),
-        pa.field("chunk_key", pa.string(), nullable=False),
-        pa.field("start_line", pa.int64(), nullable=False),
-        pa.field("end_line", pa.int64(), nullable=False),
-        pa.field("symbol", pa.string()),
-        pa.field("imports", pa.string()),
-        pa.field("text", pa.string(), nullable=False),
-        pa.field("token_count", pa.int32(), nullable=False),
-        pa.field("redactions", pa.int32(), nullable=False),
-        pa.field("chunk_index", pa.int32(), nullable=False),
-    ]
-)
+SOURCE_FILES_SCHEMA = arrow_schema(SourceFileRow, int32=["chunk_count"])
 
 
 class CodeChunkRow(TypedDict):
@@ -140,38 +118,21 @@ class CodeChunkRow(TypedDict):
     chunk_index: int
 
 
-# ----------------------------------------------------------------------------- questions
-QUESTIONS_SCHEMA = pa.schema(
-    [
-        ("repo", pa.string()),
-        ("question_id", pa.string()),
-        ("chunk_key", pa.string()),
-        ("theme", pa.string()),
-        ("template_hash", pa.string()),
-        ("question", pa.string()),
-        ("model_id", pa.string()),
-        ("params", pa.string()),
-        ("path", pa.string()),
-        ("start_line", pa.int64()),
-        ("end_line", pa.int64()),
-        ("commit", pa.string()),
-        ("license", pa.string()),
-        ("language", pa.string()),
-        ("question_index", pa.int32()),
-        ("generation_key", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("latency_ms", pa.float64()),
-        ("trimmed", pa.bool_()),
-        ("finish_reason", pa.string()),
-        ("seed_sent", pa.bool_()),
-    ]
-)
+CODE_CHUNKS_SCHEMA = arrow_schema(CodeChunkRow, int32=["token_count", "redactions", "chunk_index"])
 
 
-class QuestionRow(TypedDict):
-    """One parsed question about a chunk (``questions``)."""
+class ChunkProvenance(TypedDict):
+    """The provenance columns every generated row copies from its code chunk."""
 
+    path: str
+    start_line: int
+    end_line: int
+    commit: str
+    license: str
+    language: str
+
+
+class _QuestionHead(TypedDict):
     repo: str
     question_id: str
     chunk_key: str
@@ -180,12 +141,11 @@ class QuestionRow(TypedDict):
     question: str
     model_id: str
     params: str
-    path: str
-    start_line: int
-    end_line: int
-    commit: str
-    license: str
-    language: str
+
+
+class QuestionRow(_QuestionHead, ChunkProvenance):
+    """One parsed question about a chunk (``questions``)."""
+
     question_index: int
     generation_key: str
     prompt_tokens: int
@@ -196,41 +156,10 @@ class QuestionRow(TypedDict):
     seed_sent: bool | None
 
 
-# ----------------------------------------------------------------------------- answers
-ANSWERS_SCHEMA = pa.schema(
-    [
-        ("repo", pa.string()),
-        ("answer_id", pa.string()),
-        ("question_id", pa.string()),
-        ("chunk_key", pa.string()),
-        ("theme", pa.string()),
-        ("template_hash", pa.string()),
-        ("question_template_hash", pa.string()),
-        ("question", pa.string()),
-        ("answer", pa.string()),
-        ("model_id", pa.string()),
-        ("params", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("cached_prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("latency_ms", pa.float64()),
-        ("trimmed", pa.bool_()),
-        ("max_tokens", pa.int64()),
-        ("finish_reason", pa.string()),
-        ("seed_sent", pa.bool_()),
-        ("path", pa.string()),
-        ("start_line", pa.int64()),
-        ("end_line", pa.int64()),
-        ("commit", pa.string()),
-        ("license", pa.string()),
-        ("language", pa.string()),
-    ]
-)
+QUESTIONS_SCHEMA = arrow_schema(QuestionRow, int32=["question_index"], all_nullable=True)
 
 
-class AnswerRow(TypedDict):
-    """One answer to one question (``answers``)."""
-
+class _AnswerHead(TypedDict):
     repo: str
     answer_id: str
     question_id: str
@@ -250,27 +179,17 @@ class AnswerRow(TypedDict):
     max_tokens: int
     finish_reason: str | None
     seed_sent: bool | None
-    path: str
-    start_line: int
-    end_line: int
-    commit: str
-    license: str
-    language: str
 
 
-# ----------------------------------------------------------------------------- qa_pairs
-QA_EXTRA_FIELDS = [
-    pa.field("context", pa.string()),
-    pa.field("accepted", pa.bool_(), nullable=False),
-    pa.field("reject_reason", pa.string()),
-    pa.field("reject_detail", pa.string()),
-]
-"""The columns ``qa_pairs`` adds to ``answers``."""
-QA_PAIRS_SCHEMA = pa.schema([*ANSWERS_SCHEMA, *QA_EXTRA_FIELDS])
+class AnswerRow(_AnswerHead, ChunkProvenance):
+    """One answer to one question (``answers``)."""
 
 
-class QaPairRow(AnswerRow):
-    """An answers row marked accepted or rejected, with the chunk's code (``qa_pairs``)."""
+ANSWERS_SCHEMA = arrow_schema(AnswerRow, all_nullable=True)
+
+
+class QaVerdict(TypedDict):
+    """The columns ``qa_pairs`` adds to an answers row."""
 
     context: str | None
     accepted: bool
@@ -278,46 +197,24 @@ class QaPairRow(AnswerRow):
     reject_detail: str | None
 
 
-# ----------------------------------------------------------------------------- training_dataset
-EXPORT_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("repo", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("start_line", pa.int64(), nullable=False),
-        pa.field("end_line", pa.int64(), nullable=False),
-        pa.field("commit", pa.string(), nullable=False),
-        pa.field("license", pa.string(), nullable=False),
-        pa.field("language", pa.string(), nullable=False),
-        pa.field("theme", pa.string(), nullable=False),
-        pa.field("system", pa.string(), nullable=False),
-        pa.field("question", pa.string(), nullable=False),
-        pa.field("context", pa.string(), nullable=False),
-        pa.field("prompt", pa.string(), nullable=False),
-        pa.field("answer", pa.string(), nullable=False),
-        pa.field("model_id", pa.string(), nullable=False),
-        pa.field("template_hash", pa.string(), nullable=False),
-        pa.field("question_id", pa.string(), nullable=False),
-        pa.field("chunk_key", pa.string(), nullable=False),
-        pa.field("params", pa.string(), nullable=False),
-    ]
-)
-"""The export record (``training_dataset`` and every exported file derive from it)."""
+class QaPairRow(AnswerRow, QaVerdict):
+    """An answers row marked accepted or rejected, with the chunk's code (``qa_pairs``)."""
 
 
-class ExportRow(TypedDict):
-    """One accepted question/answer pair with its provenance, as exported."""
+QA_EXTRA_FIELDS: list[pa.Field] = list(arrow_schema(QaVerdict))
+QA_PAIRS_SCHEMA = pa.schema([*ANSWERS_SCHEMA, *QA_EXTRA_FIELDS])
 
+
+class _ExportHead(TypedDict):
     id: str
     split: str
     repo: str
-    path: str
-    start_line: int
-    end_line: int
-    commit: str
-    license: str
-    language: str
+
+
+class ExportRow(_ExportHead, ChunkProvenance):
+    """One accepted question/answer pair with its provenance: the export record
+    (``training_dataset`` and every exported file derive from it)."""
+
     theme: str
     system: str
     question: str
@@ -329,6 +226,9 @@ class ExportRow(TypedDict):
     question_id: str
     chunk_key: str
     params: str
+
+
+EXPORT_SCHEMA = arrow_schema(ExportRow)
 
 
 TABLES: dict[str, tuple[pa.Schema, type]] = {
