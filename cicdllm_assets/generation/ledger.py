@@ -17,59 +17,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from cicdllm_assets.storage.contract import split_optional
 from cicdllm_assets.storage.state import StateStore
 
 Kind = Literal["question", "answer"]
 Status = Literal["ok", "failed"]
 
 LEDGER_TABLE = "generation_ledger"
-LEDGER_COLUMNS: tuple[tuple[str, str], ...] = (
-    # (column, SQLite type): the one list of the ledger's columns, in the order of LedgerEntry.
-    ("key", "TEXT PRIMARY KEY"),
-    ("kind", "TEXT NOT NULL"),
-    ("repo", "TEXT NOT NULL"),
-    ("chunk_key", "TEXT NOT NULL"),
-    ("theme", "TEXT NOT NULL"),
-    ("template_hash", "TEXT NOT NULL"),
-    ("model_id", "TEXT NOT NULL"),
-    ("params_json", "TEXT NOT NULL"),
-    ("input_text", "TEXT"),
-    ("status", "TEXT NOT NULL"),
-    ("output", "TEXT"),
-    ("parsed_json", "TEXT"),
-    ("error_category", "TEXT"),
-    ("error_message", "TEXT"),
-    ("attempts", "INTEGER NOT NULL DEFAULT 0"),
-    ("prompt_tokens", "INTEGER NOT NULL DEFAULT 0"),
-    ("cached_prompt_tokens", "INTEGER NOT NULL DEFAULT 0"),
-    ("completion_tokens", "INTEGER NOT NULL DEFAULT 0"),
-    ("latency_ms", "REAL NOT NULL DEFAULT 0"),
-    ("trimmed", "INTEGER NOT NULL DEFAULT 0"),
-    ("max_tokens", "INTEGER NOT NULL DEFAULT 0"),
-    ("finish_reason", "TEXT"),
-    ("seed_sent", "INTEGER"),
-    ("created_at", "REAL NOT NULL"),
-    ("updated_at", "REAL NOT NULL"),
-)
-_COLUMNS = tuple(name for name, _ in LEDGER_COLUMNS)
-_COLUMN_LIST = ", ".join(_COLUMNS)
-_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (\n"
-    + ",\n".join(f"    {name} {sql_type}" for name, sql_type in LEDGER_COLUMNS)
-    + "\n);\n"
-    f"CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_chunk ON {LEDGER_TABLE}(chunk_key, kind);\n"
-    f"CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_repo ON {LEDGER_TABLE}(repo, kind, status);\n"
-)
 LEDGER_VERSION = 3
-_ADDED_COLUMNS = {
-    name: sql_type for name, sql_type in LEDGER_COLUMNS if name in ("max_tokens", "finish_reason", "seed_sent")
-}
-"""Columns added after version 1 (max_tokens, finish_reason in 2; seed_sent in 3): an older
-database gets them when a :class:`Ledger` opens it."""
 _SQLITE_MAX_VARS = 500
 
 OUTAGE_CATEGORIES = frozenset({"connection", "timeout", "circuit_open"})
@@ -123,7 +83,7 @@ class LedgerItem:
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """A stored ledger row (its fields are :data:`LEDGER_COLUMNS`, in order)."""
+    """A stored ledger row: its fields are the table's columns (:data:`LEDGER_COLUMNS`), in order."""
 
     key: str
     kind: str
@@ -166,6 +126,40 @@ class LedgerEntry:
     def needs_attempt(self, max_attempts: int) -> bool:
         """Failed with attempts left, or last failed by an outage (which never exhausts an item)."""
         return self.status != "ok" and (self.attempts < max_attempts or self.error_category in OUTAGE_CATEGORIES)
+
+
+_SQL_TYPES = {str: "TEXT NOT NULL", int: "INTEGER NOT NULL DEFAULT 0", float: "REAL NOT NULL DEFAULT 0"}
+_SQL_NULLABLE_TYPES = {str: "TEXT", int: "INTEGER"}
+_SQL_OVERRIDES = {"key": "TEXT PRIMARY KEY", "created_at": "REAL NOT NULL", "updated_at": "REAL NOT NULL"}
+
+
+def _sql_columns(row: type) -> tuple[tuple[str, str], ...]:
+    """(column, SQLite type) of each field of ``row``: ``X | None`` is nullable, the rest is
+    NOT NULL with a zero default for numbers (the key and the two timestamps excepted)."""
+    columns = []
+    for name, annotation in typing.get_type_hints(row).items():
+        base, optional = split_optional(annotation)
+        sql = _SQL_OVERRIDES.get(name) or (_SQL_NULLABLE_TYPES if optional else _SQL_TYPES)[base]  # type: ignore[index]
+        columns.append((name, sql))
+    return tuple(columns)
+
+
+LEDGER_COLUMNS = _sql_columns(LedgerEntry)
+"""(column, SQLite type) of the ledger table: the fields of :class:`LedgerEntry`, in order."""
+_COLUMNS = tuple(name for name, _ in LEDGER_COLUMNS)
+_COLUMN_LIST = ", ".join(_COLUMNS)
+_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (\n"
+    + ",\n".join(f"    {name} {sql_type}" for name, sql_type in LEDGER_COLUMNS)
+    + "\n);\n"
+    f"CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_chunk ON {LEDGER_TABLE}(chunk_key, kind);\n"
+    f"CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_repo ON {LEDGER_TABLE}(repo, kind, status);\n"
+)
+_ADDED_COLUMNS = {
+    name: sql_type for name, sql_type in LEDGER_COLUMNS if name in ("max_tokens", "finish_reason", "seed_sent")
+}
+"""Columns added after version 1 (max_tokens, finish_reason in 2; seed_sent in 3): an older
+database gets them when a :class:`Ledger` opens it."""
 
 
 @dataclass(frozen=True)
