@@ -52,27 +52,27 @@ def plan_answers(
     ordered = sorted(
         question_rows,
         key=lambda r: (
-            str(r["path"]),
-            int(r["start_line"]),
-            str(r["chunk_key"]),
-            str(r["theme"]),
-            int(r.get("question_index") or 0),
-            str(r["question_id"]),
+            r["path"],
+            r["start_line"],
+            r["chunk_key"],
+            r["theme"],
+            r.get("question_index") or 0,
+            r["question_id"],
         ),
     )
     work: list[AnswerWork] = []
     stale = 0
     themes: dict[str, ThemeTemplate] = {}
     for row in ordered:
-        chunk = chunks_by_key.get(str(row["chunk_key"]))
+        chunk = chunks_by_key.get(row["chunk_key"])
         if chunk is None:
             stale += 1
             continue
-        theme_name = str(row["theme"])
+        theme_name = row["theme"]
         if theme_name not in themes:
             themes[theme_name] = prompts.theme(theme_name)
         theme = themes[theme_name]
-        question = str(row["question"])
+        question = row["question"]
         key = item_key(
             "answer", theme.chunk_input(chunk, "answer"), theme.name, theme.answer_hash, model_id, params, question
         )
@@ -116,12 +116,12 @@ def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry]
             {
                 "repo": repo,
                 "answer_id": key,
-                "question_id": str(question["question_id"]),
+                "question_id": question["question_id"],
                 "chunk_key": chunk.chunk_key,
                 "theme": entry.theme,
                 "template_hash": entry.template_hash,
-                "question_template_hash": str(question.get("template_hash") or ""),
-                "question": entry.input_text or str(question["question"]),
+                "question_template_hash": question.get("template_hash") or "",
+                "question": entry.input_text or question["question"],
                 "answer": entry.output or "",
                 "model_id": entry.model_id,
                 "params": entry.params_json,
