@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from cicdllm_assets.quality.judge import JUDGE_FIELDS
+
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
 EXPORT_SCHEMA = pa.schema(
@@ -35,6 +37,7 @@ EXPORT_SCHEMA = pa.schema(
         pa.field("question_id", pa.string(), nullable=False),
         pa.field("chunk_key", pa.string(), nullable=False),
         pa.field("params", pa.string(), nullable=False),
+        *JUDGE_FIELDS,  # null unless quality.judge scored the pair
     ]
 )
 EXPORT_COLUMNS: tuple[str, ...] = tuple(EXPORT_SCHEMA.names)
