@@ -43,7 +43,6 @@ JUDGE_SYSTEM = (
     "of an answer against the code shown and never reward invented behaviour."
 )
 JUDGE_INSTRUCTION = (
-    "Question: {question}\n\nAnswer:\n{answer}\n\n"
     "Score the answer from 1 (bad) to 5 (excellent) on three criteria:\n"
     "- Correctness: is every statement true of the code above?\n"
     "- Groundedness: does it only use names and behaviour that the code shows?\n"
@@ -247,7 +246,7 @@ def judge_messages(chunk: Chunk, question: str, answer: str, code: str | None = 
     return (
         ChatMessage("system", JUDGE_SYSTEM),
         ChatMessage("user", context),
-        ChatMessage("user", JUDGE_INSTRUCTION.replace("{question}", question).replace("{answer}", answer.strip())),
+        ChatMessage("user", f"Question: {question.strip()}\n\nAnswer:\n{answer.strip()}\n\n{JUDGE_INSTRUCTION}"),
     )
 
 
