@@ -27,6 +27,7 @@ from cicdllm_assets.config import Settings, load_settings
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.engine import StageRunner
 from cicdllm_assets.generation.ledger import Ledger
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from cicdllm_assets.quality.judge import (
     JUDGE_LOW,
     JUDGE_UNSCORED,
@@ -37,7 +38,6 @@ from cicdllm_assets.quality.judge import (
     parse_verdict,
     plan_judgements,
 )
-from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from cicdllm_assets.resources.llm.openai_resource import OpenAIResource
 from cicdllm_assets.storage.state import StateStore
 from tests.generation_support import (
