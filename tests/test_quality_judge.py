@@ -298,3 +298,29 @@ def test_secret_gate_blocks_judge_requests(settings: Settings, tiny_model_dir: P
         assert stats.failures == Counter({"secret": 1})
         by_answer = {e.input_text: e for e in entries.values()}
         assert by_answer["a1"].ok and by_answer["a2"].error_category == "secret"
+
+
+@pytest.mark.slow
+def test_in_process_mlx_judge(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+    """The real mlx-lm path judges (a tiny random model: its verdicts rarely parse, the path must run)."""
+    with FaultServer() as gen:
+        _generate(project, gen, tiny_model_dir)
+        judge = {"max_attempts": 1, "max_tokens": 24, "keep_unscored": True}
+        add_judge_config(project, {"enabled": True, **judge, "llm": {"backend": "mlx", "model": str(tiny_model_dir)}})
+        settings = load_settings()
+        instance = DagsterInstance.get()
+        result = run_qa_pairs(REPO, instance)
+        rows = read_table(settings, "qa_pairs", REPO).to_pylist()
+        judged = [r for r in rows if r["accepted"]]  # keep_unscored: the filters' verdict stands
+        entries = ledger_of(settings).entries(kind="judge")
+        assert judged and len(entries) == len(judged)
+        assert {e.input_text for e in entries} == {r["answer_id"] for r in judged}
+        assert all(e.model_id.startswith("mlx:") and e.completion_tokens > 0 for e in entries)
+        assert all(e.ok or e.error_category == "parse_error" for e in entries)
+        scored = {e.input_text for e in entries if e.ok}
+        assert {r["answer_id"] for r in judged if r["judge_correctness"] is not None} == scored
+        assert materialization_values(result, "qa_pairs")["judge_llm_requests"] == len(entries)
+
+        result = run_qa_pairs(REPO, instance)  # every item settled (max_attempts 1): nothing to send
+        assert materialization_values(result, "qa_pairs")["judge_llm_requests"] == 0
+        assert ledger_of(settings).entries(kind="judge") == entries
