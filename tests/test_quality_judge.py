@@ -16,13 +16,14 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance
 from matplotlib.image import imread
 
-from benchmarks.fault_server import FaultServer
+from benchmarks.fault_server import FaultServer, default_responder
 from cicdllm_assets.config import Settings, load_settings
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.engine import StageRunner
@@ -324,3 +325,24 @@ def test_in_process_mlx_judge(project: Path, tiny_model_dir: Path) -> None:  # n
         result = run_qa_pairs(REPO, instance)  # every item settled (max_attempts 1): nothing to send
         assert materialization_values(result, "qa_pairs")["judge_llm_requests"] == 0
         assert ledger_of(settings).entries(kind="judge") == entries
+
+
+def _generation_or_judge(body: dict[str, Any]) -> str:
+    """One server for both: verdicts for judge prompts, the default replies otherwise."""
+    if "Score the answer" in str(body["messages"][-1]["content"]):
+        return good_judge(body)
+    return default_responder(body)
+
+
+@pytest.mark.slow
+def test_same_backend_judges_with_the_generation_model(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+    with FaultServer(responder=_generation_or_judge) as server:
+        _generate(project, server, tiny_model_dir)
+        add_judge_config(project, {"enabled": True, "llm": {"backend": "same"}})
+        settings = load_settings()
+        before = len(server.chat_records)
+        run_qa_pairs(REPO, DagsterInstance.get())
+        judged = [r for r in read_table(settings, "qa_pairs", REPO).to_pylist() if r["accepted"]]
+        assert judged and len(server.chat_records) - before == len(judged)
+        assert {r.body["model"] for r in server.chat_records[before:] if r.body} == {"fake-model"}
+        assert {(r["judge_model"], r["judge_correctness"]) for r in judged} == {("fake-model", 4)}
