@@ -49,6 +49,7 @@ STAGE_ORDER = (
     "questions",
     "answers",
     "qa_pairs",
+    "judge",  # the opt-in judge inside qa_pairs (quality.judge)
     "training_dataset",
     "adapter",
     "evaluation",
