@@ -110,6 +110,8 @@ def test_parse_messy_verdicts(reply: str, expected: tuple[int, int, int, str]) -
         ("Correctness: 3.5\nGroundedness: 5\nUsefulness: 3\nRationale: x", "score 3.5 is not a whole number"),
         ("Correctness: 4\nUsefulness: 3\nRationale: x", "no groundedness score found"),
         ("Correctness: 4\nGroundedness: 4\nUsefulness: 3", "no rationale found"),
+        ("Correctness: 1\nGroundedness: 1\nUsefulness: 1\nRationale: 1", "no rationale found"),
+        ('{"correctness": 4, "groundedness": 4, "usefulness": 3, "rationale": "-"}', "JSON verdict has no rationale"),
         ("Correctness: <1-5>\nGroundedness: <1-5>\nUsefulness: <1-5>\nRationale: <one sentence>", "no scores found"),
         (
             '```json\n{"correctness": 4, "groundedness": 4, "usefulness": "high", "rationale": "r"}\n```',

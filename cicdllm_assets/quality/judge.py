@@ -181,7 +181,7 @@ def _from_json(obj: Mapping[str, Any]) -> Verdict:
     if missing:
         raise JudgeParseError(f"the JSON verdict has no {', '.join(missing)} score")
     rationale = _one_line(str(fields.get("rationale") or ""))
-    if not rationale:
+    if not re.search(r"[^\W\d_]", rationale):
         raise JudgeParseError("the JSON verdict has no rationale")
     correctness, groundedness, usefulness = (_score(c, fields[c]) for c in CRITERIA)
     return Verdict(correctness, groundedness, usefulness, rationale)
@@ -216,7 +216,7 @@ def _from_lines(text: str) -> Verdict:
             if not any(p.match(line) for p in _LINE_SCORES.values()):
                 rationale = _one_line(line)
                 break
-    if not rationale:
+    if not re.search(r"[^\W\d_]", rationale):  # a number or punctuation is no rationale
         raise JudgeParseError("no rationale found")
     return Verdict(scores["correctness"], scores["groundedness"], scores["usefulness"], rationale)
 
