@@ -15,6 +15,7 @@ from cicdllm_assets.quality.pairs import filter_pairs
 from cicdllm_assets.storage.contract import (
     CODE_CHUNKS_SCHEMA,
     EXPORT_SCHEMA,
+    JUDGE_FIELDS,
     REPOSITORIES_SCHEMA,
     TABLES,
     arrow_schema,
@@ -44,7 +45,10 @@ def test_schemas_follow_the_row_classes() -> None:
         *("repo", "commit", "path", "blob_sha", "chunk_key", "start_line", "end_line", "text"),
         *("token_count", "redactions", "chunk_index"),
     ]
-    assert required["training_dataset"] == EXPORT_SCHEMA.names  # an export record has every field
+    # an export record has every field but the judge's scores (null unless quality.judge scored it)
+    judge = [f.name for f in JUDGE_FIELDS]
+    assert judge == [name for name in EXPORT_SCHEMA.names if name.startswith("judge_")]
+    assert required["training_dataset"] == [name for name in EXPORT_SCHEMA.names if name not in judge]
     assert REPOSITORIES_SCHEMA.field("fetched_at").type == pa.timestamp("us", tz="UTC")
 
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from cicdllm_assets.storage.contract import split_optional
 from cicdllm_assets.storage.state import StateStore
 
-Kind = Literal["question", "answer"]
+Kind = Literal["question", "answer", "judge"]
 Status = Literal["ok", "failed"]
 
 LEDGER_TABLE = "generation_ledger"

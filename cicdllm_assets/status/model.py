@@ -16,7 +16,10 @@ from cicdllm_assets.storage.contract import TABLES
 from cicdllm_assets.storage.llm_load import LLMLoad
 
 #: Stage order in the pipeline (unknown stages sort after these, by name).
-STAGE_ORDER = (*TABLES, "adapter", "evaluation")
+_TABLE_ORDER = tuple(TABLES)
+_JUDGE_AT = _TABLE_ORDER.index("qa_pairs") + 1
+#: ``judge`` is the opt-in judge inside qa_pairs (quality.judge).
+STAGE_ORDER = (*_TABLE_ORDER[:_JUDGE_AT], "judge", *_TABLE_ORDER[_JUDGE_AT:], "adapter", "evaluation")
 
 
 def stage_key(stage: str) -> tuple[int, str]:

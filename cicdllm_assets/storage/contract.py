@@ -197,12 +197,25 @@ class QaVerdict(TypedDict):
     reject_detail: str | None
 
 
-class QaPairRow(AnswerRow, QaVerdict):
+class JudgeScores(TypedDict):
+    """The opt-in judge's verdict (``quality.judge``): null unless the judge scored the pair."""
+
+    judge_correctness: int | None
+    judge_groundedness: int | None
+    judge_usefulness: int | None
+    judge_rationale: str | None
+    judge_model: str | None
+
+
+JUDGE_FIELDS: list[pa.Field] = list(arrow_schema(JudgeScores))
+
+
+class QaPairRow(AnswerRow, QaVerdict, JudgeScores):
     """An answers row marked accepted or rejected, with the chunk's code (``qa_pairs``)."""
 
 
 QA_EXTRA_FIELDS: list[pa.Field] = list(arrow_schema(QaVerdict))
-QA_PAIRS_SCHEMA = pa.schema([*ANSWERS_SCHEMA, *QA_EXTRA_FIELDS])
+QA_PAIRS_SCHEMA = pa.schema([*ANSWERS_SCHEMA, *QA_EXTRA_FIELDS, *JUDGE_FIELDS])
 
 
 class _ExportHead(TypedDict):
@@ -211,10 +224,7 @@ class _ExportHead(TypedDict):
     repo: str
 
 
-class ExportRow(_ExportHead, ChunkProvenance):
-    """One accepted question/answer pair with its provenance: the export record
-    (``training_dataset`` and every exported file derive from it)."""
-
+class _ExportRecord(_ExportHead, ChunkProvenance):
     theme: str
     system: str
     question: str
@@ -226,6 +236,11 @@ class ExportRow(_ExportHead, ChunkProvenance):
     question_id: str
     chunk_key: str
     params: str
+
+
+class ExportRow(_ExportRecord, JudgeScores):
+    """One accepted question/answer pair with its provenance and the judge's scores, if any:
+    the export record (``training_dataset`` and every exported file derive from it)."""
 
 
 EXPORT_SCHEMA = arrow_schema(ExportRow)
