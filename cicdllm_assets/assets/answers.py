@@ -10,7 +10,6 @@ from dagster import AssetExecutionContext, MetadataValue, Output
 
 from cicdllm_assets.assets._generation import generation_asset, preview, stage_env
 from cicdllm_assets.generation.answers_stage import (
-    ANSWERS_SCHEMA,
     answer_postprocess,
     answers_table,
     plan_answers,
@@ -18,6 +17,7 @@ from cicdllm_assets.generation.answers_stage import (
 from cicdllm_assets.generation.chunks import chunks_from_table
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.resources.llm.backend_resource import BackendResource
+from cicdllm_assets.storage.contract import ANSWERS_SCHEMA
 
 STAGE = "answers"
 

@@ -12,10 +12,11 @@ from cicdllm_assets.assets.source_files import repository_row
 from cicdllm_assets.chunking.build import build_chunks, kept_in_chunk_order
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
 from cicdllm_assets.chunking.redaction_cache import RedactionCache
-from cicdllm_assets.chunking.rows import CODE_CHUNKS_SCHEMA, ChunkRowBuilder, texts_digest
+from cicdllm_assets.chunking.rows import ChunkRowBuilder, texts_digest
 from cicdllm_assets.chunking.runtime import step_chunker
 from cicdllm_assets.errors import READ
 from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.storage.contract import CODE_CHUNKS_SCHEMA
 
 STAGE = "code_chunks"
 CODE_VERSION = f"code-chunks-c{CHUNKER_VERSION}-r1"

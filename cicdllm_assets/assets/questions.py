@@ -11,7 +11,6 @@ from dagster import AssetExecutionContext, MetadataValue, Output
 from cicdllm_assets.assets._generation import generation_asset, preview, stage_env
 from cicdllm_assets.generation.chunks import chunks_from_table
 from cicdllm_assets.generation.questions_stage import (
-    QUESTIONS_SCHEMA,
     plan_questions,
     question_postprocess,
     questions_table,
@@ -19,6 +18,7 @@ from cicdllm_assets.generation.questions_stage import (
 from cicdllm_assets.generation.rows import template_hashes
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.resources.llm.backend_resource import BackendResource
+from cicdllm_assets.storage.contract import QUESTIONS_SCHEMA
 
 STAGE = "questions"
 

@@ -18,8 +18,8 @@ from dagster import (
 from cicdllm_assets.assets._conventions import OWNERS, ROW_COUNT, URI, code_version, table_definition_metadata
 from cicdllm_assets.assets._step import ALL, asset_step
 from cicdllm_assets.export.dataset import build_training_dataset
-from cicdllm_assets.export.records import EXPORT_SCHEMA
 from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.storage.contract import EXPORT_SCHEMA
 from cicdllm_assets.storage.tables import TableStore
 
 STAGE = "training_dataset"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from cicdllm_assets.chunking.cache import PlanCache
 from cicdllm_assets.chunking.service import Chunker
-from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.config import Settings
 from cicdllm_assets.errors import TOKENIZER, CicdllmError
 from cicdllm_assets.llm.models.paths import ModelNotPreparedError, resolve_tokenizer
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from cicdllm_assets.storage.state import StateStore
 
 _lock = threading.Lock()
