@@ -48,7 +48,9 @@ CROSS_REPO_NEAR_DUPLICATE = "cross_repo_near_duplicate"
 MANIFEST_NAME = "manifest.json"
 CARD_NAME = "README.md"
 BATCH_ROWS = 2_000
-WORK_MEMORY = "256MB"  # DuckDB's cap for the export's work tables (it spills beyond)
+WORK_MEMORY = "256MB"  # DuckDB's cap while it builds the work tables (it spills beyond; its wide sort needs > 192MB)
+SCAN_MEMORY = "64MB"  # DuckDB's cap while the records stream out (a scan needs little; the rest was cache)
+ALLOCATOR_FLUSH = "8MB"  # DuckDB hands freed memory back to the OS after each task above this
 WHITESPACE = " \t\n\r\x0b\x0c"  # what str.strip() removes from a licence (ASCII)
 REDACTION_CACHE = 20_000  # recently seen texts whose redaction is reused
 REQUIRED_COLUMNS = ("repo", "answer_id", "question", "answer", "path", "start_line", "end_line", "accepted")
@@ -207,6 +209,7 @@ def build_training_dataset(
         duckdb.connect(str(Path(work) / "work.duckdb")) as con,
     ):
         con.execute(f"SET memory_limit = '{WORK_MEMORY}'")
+        con.execute(f"SET allocator_flush_threshold = '{ALLOCATOR_FLUSH}'")
         con.execute(f"SET temp_directory = '{Path(work) / 'spill'}'".replace("\\", "/"))
         con.execute("SET threads = 1")
         con.execute("SET preserve_insertion_order = false")
@@ -342,6 +345,7 @@ def _build(
         "CREATE TABLE ordered AS SELECT kept.*, files.split FROM kept JOIN files USING (repo, path) ORDER BY idx"
     )
     con.execute("DROP TABLE kept")
+    con.execute(f"SET memory_limit = '{SCAN_MEMORY}'")  # evicts the cached blocks of the build
     splits = (_split_batches(con, name) for name in SPLITS)
     batches = _records(_rebatch(itertools.chain.from_iterable(splits), BATCH_ROWS), system, _redactor(redactions))
     groups = GroupCounter()
