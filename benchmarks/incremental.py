@@ -43,13 +43,13 @@ from cicdllm_assets.chunking.cache import PlanCache
 from cicdllm_assets.chunking.redaction_cache import RedactionCache
 from cicdllm_assets.chunking.rows import ChunkRowBuilder
 from cicdllm_assets.chunking.service import Chunker
-from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.config.models import GenerationConfig, ProcessingConfig
 from cicdllm_assets.discovery.discover import Discovery
 from cicdllm_assets.discovery.table import source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.prompts import SHIPPED_PROMPTS_DIR, PromptManager
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from cicdllm_assets.quality.secrets import redact_secrets
 from cicdllm_assets.storage.state import StateStore
 

@@ -7,9 +7,9 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
 from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
-from cicdllm_assets.generation.answers_stage import ANSWERS_SCHEMA
 from cicdllm_assets.partitions import repos_partitions
-from cicdllm_assets.quality.pairs import QA_EXTRA_FIELDS, filter_pairs
+from cicdllm_assets.quality.pairs import filter_pairs
+from cicdllm_assets.storage.contract import QA_PAIRS_SCHEMA
 from cicdllm_assets.storage.state import StateStore
 
 STAGE = "qa_pairs"
@@ -29,7 +29,7 @@ def _data_version(table: pa.Table) -> str:
     code_version=code_version("qa_pairs", "quality", "assets/qa_pairs.py"),
     kinds={"python", "parquet"},
     owners=OWNERS,
-    metadata=table_definition_metadata(pa.schema([*ANSWERS_SCHEMA, *QA_EXTRA_FIELDS])),
+    metadata=table_definition_metadata(QA_PAIRS_SCHEMA),
     description=(
         "Answers with quality verdicts: accepted, or rejected as empty, too short, refusal, truncated, "
         "not grounded in the chunk, or a (near-)duplicate within the repository."

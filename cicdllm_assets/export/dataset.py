@@ -34,12 +34,13 @@ import pyarrow.compute as pc
 from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import EXPORT_FORMATS
 from cicdllm_assets.export.card import render_card
-from cicdllm_assets.export.records import EXPORT_SCHEMA, SPLITS, user_prompt
+from cicdllm_assets.export.records import SPLITS, user_prompt
 from cicdllm_assets.export.splits import assign_splits_table
 from cicdllm_assets.export.writers import WrittenFile, write_exports, write_text_atomic
 from cicdllm_assets.quality.dedup import DuplicateIndex, DuplicateOf
 from cicdllm_assets.quality.filters import LICENSE_EXCLUDED
 from cicdllm_assets.quality.secrets import RedactionResult, may_hold_secrets, redact_secrets
+from cicdllm_assets.storage.contract import EXPORT_SCHEMA
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cicdllm_assets.export.dataset import read_manifest
-from cicdllm_assets.export.records import EXPORT_COLUMNS, EXPORT_SCHEMA, REQUIRED_TEXT_FIELDS, SPLITS
+from cicdllm_assets.export.records import EXPORT_COLUMNS, REQUIRED_TEXT_FIELDS, SPLITS
 from cicdllm_assets.quality.dedup import exact_key
 from cicdllm_assets.quality.secrets import find_secrets
+from cicdllm_assets.storage.contract import EXPORT_SCHEMA
 
 MAX_PROBLEMS = 10
 
