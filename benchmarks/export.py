@@ -212,6 +212,7 @@ def main() -> None:
         parser.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
     if len(sizes) < 2 or min(sizes) <= 0:
         parser.error("--sizes needs two or more positive row counts")
+    print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="cicdllm-export-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     ours: list[dict[str, float]] = []

@@ -27,6 +27,7 @@ def test_export_benchmark_small(tmp_path: Path) -> None:
     )
     out = proc.stdout
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    assert re.match(r"load average \(1 min\) at start: [\d.]+ on \d+ cores\n", out), out
     pairs = [int(n.replace(",", "")) for n in re.findall(r"ours \(cicdllm export, 8 formats\):\s+([\d,]+) pairs", out)]
     assert len(pairs) == 2 and 0 < pairs[0] < pairs[1] <= 1500, out
     assert out.count("DuckDB COPY (4 files)") == 2 and out.count("ours / DuckDB: time") == 2

@@ -112,6 +112,13 @@ def test_dataset_end_to_end(project: Path) -> None:
         by_file.setdefault((row["repo"], row["path"]), set()).add(row["split"])
     assert all(len(s) == 1 for s in by_file.values())
     assert {next(iter(s)) for s in by_file.values()} == {"train", "valid", "test"}
+    # the manifest (its split_files streamed from DuckDB) reads as json.dumps(indent=2, sort_keys=True) writes it
+    text = (out / "manifest.json").read_text()
+    assert text == json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    assert manifest["split_files"] == {
+        split: sorted([repo, path] for (repo, path), splits in by_file.items() if splits == {split})
+        for split in ("test", "train", "valid")
+    }
     for name in ("mlx_chat", "mlx_completions", "alpaca", "sharegpt", "openai"):
         assert (out / name / "train.jsonl").is_file() and (out / name / "valid.jsonl").is_file()
 

@@ -202,6 +202,10 @@ def test_tiny_dataset_omits_empty_split_files(project: Path) -> None:
     present = {p.name for p in (out / "mlx_chat").iterdir()}
     assert present == {f"{s}.jsonl" for s, c in counts.items() if c}
     assert any("empty" in note for note in result.notes)
+    text = (out / "manifest.json").read_text()
+    manifest = json.loads(text)
+    assert text == json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    assert sorted(len(files) for files in manifest["split_files"].values()) == [0, 0, 1]
     # a later, bigger export removes nothing it wrote, and a smaller one removes stale files
     build_training_dataset(qa_table(n_files=6, tricky=False), settings, formats=["mlx_chat"])
     assert {p.name for p in (out / "mlx_chat").iterdir()} == {"train.jsonl", "valid.jsonl", "test.jsonl"}

@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import re
+import secrets
 import tempfile
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -50,7 +51,9 @@ CROSS_REPO_NEAR_DUPLICATE = "cross_repo_near_duplicate"
 MANIFEST_NAME = "manifest.json"
 CARD_NAME = "README.md"
 BATCH_ROWS = 2_000
-WORK_MEMORY = "256MB"  # DuckDB's cap for the export's work tables (it spills beyond)
+WORK_MEMORY = "256MB"  # DuckDB's cap while it builds the work tables (it spills beyond; its wide sort needs > 192MB)
+SCAN_MEMORY = "64MB"  # DuckDB's cap while the records stream out (a scan needs little; the rest was cache)
+ALLOCATOR_FLUSH = "8MB"  # DuckDB hands freed memory back to the OS after each task above this
 WHITESPACE = " \t\n\r\x0b\x0c"  # what str.strip() removes from a licence (ASCII)
 REDACTION_CACHE = 20_000  # recently seen texts whose redaction is reused
 REQUIRED_COLUMNS = ("repo", "answer_id", "question", "answer", "path", "start_line", "end_line", "accepted")
@@ -95,7 +98,6 @@ class DatasetResult:
     rejections: dict[str, int]
     excluded_repos: dict[str, dict[str, Any]]
     redactions: dict[str, int]
-    split_files: dict[str, list[list[str]]]
     notes: list[str] = field(default_factory=list)
     card_path: Path | None = None
     manifest_path: Path | None = None
@@ -211,6 +213,7 @@ def build_training_dataset(
         duckdb.connect(str(Path(work) / "work.duckdb")) as con,
     ):
         con.execute(f"SET memory_limit = '{WORK_MEMORY}'")
+        con.execute(f"SET allocator_flush_threshold = '{ALLOCATOR_FLUSH}'")
         con.execute(f"SET temp_directory = '{Path(work) / 'spill'}'".replace("\\", "/"))
         con.execute("SET threads = 1")
         con.execute("SET preserve_insertion_order = false")
@@ -340,9 +343,6 @@ def _build(
 
     # 3. split by file
     n_files = assign_splits_table(con, "SELECT DISTINCT repo, path FROM kept", "files", export_cfg.split)
-    split_files: dict[str, list[list[str]]] = {name: [] for name in SPLITS}
-    for repo, path, split in con.execute("SELECT repo, path, split FROM files ORDER BY repo, path").fetchall():
-        split_files[split].append([repo, path])
 
     # 4. records with a second secret scan of every text field, in the files' order; 5. write
     redactions: Counter[str] = Counter()
@@ -354,6 +354,7 @@ def _build(
         "CREATE TABLE ordered AS SELECT kept.*, files.split FROM kept JOIN files USING (repo, path) ORDER BY idx"
     )
     con.execute("DROP TABLE kept")
+    con.execute(f"SET memory_limit = '{SCAN_MEMORY}'")  # evicts the cached blocks of the build
     splits = (_split_batches(con, name) for name in SPLITS)
     batches = _records(_rebatch(itertools.chain.from_iterable(splits), BATCH_ROWS), system, _redactor(redactions))
     groups = GroupCounter()
@@ -367,7 +368,6 @@ def _build(
         rejections=dict(sorted(rejections.items())),
         excluded_repos=dict(sorted(excluded.items())),
         redactions=dict(sorted(redactions.items())),
-        split_files=split_files,
     )
     counts = result.split_counts()
     for split in SPLITS:
@@ -380,8 +380,7 @@ def _build(
     if result.judge.scored:
         result.judge.plot_path = write_judge_plot(result.judge, target)
     result.manifest_path = target / MANIFEST_NAME
-    manifest = json.JSONEncoder(indent=2, sort_keys=True).iterencode(_manifest(result, chosen))
-    write_text_atomic(result.manifest_path, itertools.chain(manifest, ["\n"]))  # streamed: no whole-file string
+    write_text_atomic(result.manifest_path, _manifest_text(con, result, chosen))
     result.card_path = target / CARD_NAME
     write_text_atomic(result.card_path, render_card(result, chosen, settings))
     logger.info("exported %d pairs to %s (%s)", result.exported_pairs, target, ", ".join(chosen))
@@ -394,21 +393,17 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
 
 
 def _insert_duplicates(con: duckdb.DuckDBPyConnection, duplicates: Iterable[DuplicateOf]) -> None:
-    """Store duplicates in the ``dropped`` table, a batch at a time."""
-    batch: list[DuplicateOf] = []
-    for dup in [*duplicates, None]:
-        if dup is not None:
-            batch.append(dup)
-        if batch and (dup is None or len(batch) >= BATCH_ROWS):
-            con.register(
-                "dropped_in",
-                pa.table(
-                    {"idx": [d.index for d in batch], "kept": [d.kept for d in batch], "kind": [d.kind for d in batch]}
-                ),
-            )
-            con.execute("INSERT INTO dropped SELECT * FROM dropped_in")
-            con.unregister("dropped_in")
-            batch = []
+    """Store duplicates in the ``dropped`` table as they stream in, a batch at a time."""
+    stream = iter(duplicates)
+    while batch := list(itertools.islice(stream, BATCH_ROWS)):
+        con.register(
+            "dropped_in",
+            pa.table(
+                {"idx": [d.index for d in batch], "kept": [d.kept for d in batch], "kind": [d.kind for d in batch]}
+            ),
+        )
+        con.execute("INSERT INTO dropped SELECT * FROM dropped_in")
+        con.unregister("dropped_in")
 
 
 def _redactor(redactions: Counter[str]) -> Callable[[str], str]:
@@ -516,7 +511,35 @@ class GroupCounter:
         return pa.table(data)
 
 
-def _manifest(result: DatasetResult, formats: Sequence[str]) -> dict[str, Any]:
+def _manifest_text(con: duckdb.DuckDBPyConnection, result: DatasetResult, formats: Sequence[str]) -> Iterator[str]:
+    """``manifest.json`` as ``json.dumps(manifest, indent=2, sort_keys=True)`` writes it, in chunks:
+    the files of each split (one entry per source file) stream from the ``files`` table."""
+    marker = json.dumps(f"\x00split_files-{secrets.token_hex(8)}")
+    for chunk in json.JSONEncoder(indent=2, sort_keys=True).iterencode(_manifest(result, formats, json.loads(marker))):
+        if chunk == marker:  # the pure-Python encoder (indent) yields each string value as one chunk
+            yield from _split_files_text(con)
+        else:
+            yield chunk
+    yield "\n"
+
+
+def _split_files_text(con: duckdb.DuckDBPyConnection) -> Iterator[str]:
+    """``{split: [[repo, path], ...]}`` from the ``files`` table, as the value of a top-level manifest key."""
+    item = "\n" + " " * 6
+    yield "{"
+    for n, split in enumerate(sorted(SPLITS)):
+        yield ("\n    " if n == 0 else ",\n    ") + json.dumps(split) + ": "
+        sql = "SELECT repo, path FROM files WHERE split = ? ORDER BY repo, path"
+        empty = True
+        for batch in con.cursor().sql(sql, params=[split]).to_arrow_reader(BATCH_ROWS):
+            for repo, path in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
+                yield ("[" if empty else ",") + item + json.dumps([repo, path], indent=2).replace("\n", item)
+                empty = False
+        yield "[]" if empty else "\n    ]"
+    yield "\n  }"
+
+
+def _manifest(result: DatasetResult, formats: Sequence[str], split_files: Any) -> dict[str, Any]:
     return {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "formats": list(formats),
@@ -532,7 +555,7 @@ def _manifest(result: DatasetResult, formats: Sequence[str]) -> dict[str, Any]:
             }
             for f in result.files
         ],
-        "split_files": result.split_files,
+        "split_files": split_files,
         "rejections": result.rejections,
         "excluded_repos": result.excluded_repos,
         "redactions": result.redactions,

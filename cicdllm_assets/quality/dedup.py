@@ -189,11 +189,18 @@ class DuplicateIndex:
             CREATE OR REPLACE TABLE {p}_exact AS
             SELECT idx, first FROM (SELECT idx, min(idx) OVER (PARTITION BY ekey) AS first FROM {p}_keys)
             WHERE idx <> first""")  # noqa: S608 - identifiers checked in __init__
-        self.con.execute(f"""
-            CREATE OR REPLACE TABLE {p}_coll AS
-            WITH live AS (SELECT b.* FROM {p}_bands b ANTI JOIN {p}_exact e ON b.idx = e.idx)
-            SELECT live.* FROM live
-            JOIN (SELECT band, h FROM live GROUP BY band, h HAVING count(*) > 1) c USING (band, h)""")  # noqa: S608
+        # colliding band hashes, one band at a time: each query groups one hash per pair, not one per band
+        self.con.execute(f"CREATE OR REPLACE TABLE {p}_coll (idx BIGINT, band SMALLINT, h UBIGINT)")
+        for band in range(len(self.ranges)):
+            self.con.execute(
+                f"""
+                INSERT INTO {p}_coll
+                WITH live AS (SELECT b.idx, b.h FROM {p}_bands b ANTI JOIN {p}_exact e ON b.idx = e.idx
+                              WHERE b.band = $band)
+                SELECT live.idx, $band, live.h FROM live
+                JOIN (SELECT h FROM live GROUP BY h HAVING count(*) > 1) c USING (h)""",  # noqa: S608
+                {"band": band},
+            )
         self.con.execute(f"""
             CREATE OR REPLACE TABLE {p}_cand AS
             SELECT DISTINCT a.idx AS i, b.idx AS j FROM {p}_coll a
