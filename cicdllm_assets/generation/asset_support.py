@@ -54,14 +54,17 @@ class StageEnv:
 
     def output(self, table: pa.Table, id_column: str, stats: RunStats, extra: Mapping[str, Any]) -> Output[pa.Table]:
         """Close the stage (state + event log) and build the asset's Output: rich metadata,
-        and a data version derived from the row ids, so unchanged rows mean an unchanged version."""
-        self.state.finish_stage(self.repo, self.stage, "done")
-        self.state.log_event(
-            "info",
+        and a data version derived from the row ids, so unchanged rows mean an unchanged version.
+
+        A stage whose items are not all ``ok`` ends ``incomplete`` (not ``done``), with a warning."""
+        self.state.finish_stage(self.repo, self.stage, "incomplete" if stats.missing else "done")
+        message = (
             f"{self.stage}: {table.num_rows} {self.stage} ({stats.generated} items generated, {stats.reused} reused,"
-            f" {stats.failed} failed)",
-            repo=self.repo,
+            f" {stats.failed} failed)"
         )
+        if stats.missing:
+            message += f"; incomplete: {stats.missing} of {stats.total} items have no result"
+        self.state.log_event("warning" if stats.missing else "info", message, repo=self.repo)
         metadata = stage_metadata(stats, table, self.backend.model_id, {**llm_load_metadata(self.backend), **extra})
         version = DataVersion(data_version_of(table.column(id_column).to_pylist()))
         return Output(table, data_version=version, metadata=metadata)
