@@ -44,11 +44,35 @@ class Measurement:
     workers: int
     pairs: int
     seconds: float
+    first_run_start: float
+    """Seconds from the launch to the first of the backfill's runs starting (daemon: queue, launch)."""
+    last_run_end: float
+    """Seconds from the launch to the last run ending (every pair written)."""
 
     @property
     def per_minute(self) -> float:
         """QA pairs per minute of backfill wall time."""
         return self.pairs * 60 / self.seconds
+
+    def describe(self) -> str:
+        """The figure and where the wall time went."""
+        return (
+            f"  {self.workers} worker(s): {self.pairs} pairs in {self.seconds:.1f} s = {self.per_minute:.1f} pairs/min"
+            f" (first run started at {self.first_run_start:.1f} s, last run ended at {self.last_run_end:.1f} s)"
+        )
+
+
+def run_window(backfill_id: str, launched: float) -> tuple[float, float]:
+    """(first run start, last run end) of a backfill's runs, in seconds after ``launched`` (epoch)."""
+    from dagster import DagsterInstance, RunsFilter
+
+    with DagsterInstance.get() as instance:
+        records = instance.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id}))
+    starts = [r.start_time for r in records if r.start_time is not None]
+    ends = [r.end_time for r in records if r.end_time is not None]
+    if not starts or not ends:
+        raise SystemExit(f"backfill {backfill_id}: no run start/end recorded")
+    return min(starts) - launched, max(ends) - launched
 
 
 def measure(root: Path, repos: list[GitRepo], tokenizer: Path, server_url: str, workers: int) -> Measurement:
@@ -60,7 +84,7 @@ def measure(root: Path, repos: list[GitRepo], tokenizer: Path, server_url: str, 
     (project / "dagster_home").mkdir(parents=True)
     os.environ["CICDLLM_CONFIG"] = str(project / "cicdllm.yaml")
     os.environ["DAGSTER_HOME"] = str(project / "dagster_home")
-    with fresh_database("cicdllm_bench") as database, fresh_database("cicdllm_bench_dagster") as dagster_url:
+    with fresh_database("scale_bench") as database, fresh_database("scale_bench_dagster") as dagster_url:
         write_cluster_config(
             project,
             server_url,
@@ -74,15 +98,16 @@ def measure(root: Path, repos: list[GitRepo], tokenizer: Path, server_url: str, 
         (project / "repos.txt").write_text("".join(f"{r.path}\n" for r in repos), encoding="utf-8")
         keys = [f"local-{r.path.name}" for r in repos]
         with running_cluster(project, root / f"logs{workers}", workers=workers) as cluster:
-            started = time.monotonic()
+            launched, started = time.time(), time.monotonic()
             result = cluster.backfill(keys, timeout=1800)
             seconds = time.monotonic() - started
         if result["status"] != "COMPLETED_SUCCESS":
             raise SystemExit(f"backfill on {workers} worker(s) ended {result['status']}\n{cluster.tail_logs()}")
+        first_start, last_end = run_window(result["backfill_id"], launched)
         pairs = TableStore(load_settings().tables_dir).read_all("qa_pairs", keys)
     if pairs is None:
         raise SystemExit(f"the backfill on {workers} worker(s) wrote no qa_pairs")
-    return Measurement(workers, pairs.num_rows, seconds)
+    return Measurement(workers, pairs.num_rows, seconds, first_start, last_end)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in [n for n in os.environ if n.startswith("CICDLLM_") and "__" in n]:
         del os.environ[name]
+    print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     with tempfile.TemporaryDirectory(prefix="cicdllm-scale-") as tmp:
         root = Path(tmp)
 
@@ -115,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         f"openai max_concurrency 2 per step"
     )
     for m in (one, two):
-        print(f"  {m.workers} worker(s): {m.pairs} pairs in {m.seconds:.1f} s = {m.per_minute:.1f} pairs/min")
+        print(m.describe())
     verdict = "ok" if ratio >= TARGET_RATIO else "MISSED"
     print(f"  2 workers / 1 worker = {ratio:.2f}x (target >= {TARGET_RATIO}x): {verdict}")
+    print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     same = one.pairs == two.pairs
     if not same:
         print(f"  MISSED: the clusters wrote different pair counts ({one.pairs} vs {two.pairs})")

@@ -59,6 +59,10 @@ def test_postgres_instance_uses_postgres_storage_and_the_run_queue(project: Path
         assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
+        # queued runs are launched side by side (threads), every 2 s
+        coordinator = instance.run_coordinator
+        assert coordinator.dequeue_interval_seconds == 2
+        assert (coordinator.dequeue_use_threads, coordinator.dequeue_num_workers) == (True, 4)
         assert instance.event_log_storage.get_concurrency_info(LLM_POOL).slot_count == 2
     finally:
         instance.dispose()

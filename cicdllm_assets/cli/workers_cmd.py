@@ -26,6 +26,8 @@ from cicdllm_assets.config import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
+DEFINITIONS_MODULE = "cicdllm_assets.definitions"
+
 
 def write_worker_config(settings: Settings) -> Path:
     """``<DAGSTER_HOME>/celery_workers.yaml``: the executor config the workers read (``-y``)."""
@@ -53,6 +55,8 @@ def worker_command(config_yaml: Path, queue: str, name: str, concurrency: int, l
         str(config_yaml),
         "-q",
         queue,
+        "-i",  # import the definitions once in the worker, before its pool forks: no import per step process
+        DEFINITIONS_MODULE,
         "-n",
         name,
         "--loglevel",
