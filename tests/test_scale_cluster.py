@@ -107,7 +107,10 @@ def test_backfill_on_two_celery_workers_survives_a_killed_worker_and_matches_in_
 
     state_url = schema_url(pg_database, f"cluster_{uuid.uuid4().hex[:8]}")
     repos = make_repos(make_git_repo, 4)
-    with fresh_database("cicdllm_dagster") as dagster_url, FaultServer(latency=1.0, capacity=16) as server:
+    with (
+        fresh_database("cicdllm_dagster") as dagster_url,
+        FaultServer(latency=1.0, capacity=16, max_lifetime=3600) as server,
+    ):
         write_cluster_config(
             project,
             server.base_url,
@@ -200,7 +203,10 @@ def test_a_worker_of_another_deployment_on_the_same_broker_never_runs_this_deplo
     keys = [f"local-{r.path.name}" for r in repos]
     logs = tmp_path / "logs"
     logs.mkdir()
-    with fresh_database("cicdllm_dagster") as dagster_url, FaultServer(latency=0.2, capacity=16) as server:
+    with (
+        fresh_database("cicdllm_dagster") as dagster_url,
+        FaultServer(latency=0.2, capacity=16, max_lifetime=3600) as server,
+    ):
         write_cluster_config(project, server.base_url, tiny_model_dir, state_url, dagster_url, RABBITMQ_URL)
         (project / "repos.txt").write_text("".join(f"{r.path}\n" for r in repos), encoding="utf-8")
         settings = load_settings()

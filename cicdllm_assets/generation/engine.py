@@ -234,6 +234,12 @@ class StageRunner:
         stats.missing = sum(1 for key in keys if key not in final or not final[key].ok)
         unaccounted = stats.missing - stats.failed - stats.exhausted
         if unaccounted <= 0:
+            if stats.missing:
+                self.log.warning(
+                    f"{self.stage}: incomplete: {stats.missing} of {len(keys)} items have no result"
+                    f" ({stats.failed} failed in this run, {stats.exhausted} out of attempts); the table leaves them"
+                    " out and the next run sends those with attempts left again"
+                )
             return
         message = (
             f"{self.stage}: {unaccounted} of {len(keys)} items have no result and no recorded failure;"
