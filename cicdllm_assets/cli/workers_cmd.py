@@ -81,7 +81,12 @@ def command() -> None:
     show_default=True,
     help="Steps each worker runs at once.",
 )
-@click.option("--name", default="cicdllm", show_default=True, help="Worker name prefix (NAME-1@host, ...).")
+@click.option(
+    "--name",
+    default="cicdllm",
+    show_default=True,
+    help="Worker name prefix (NAME-1-QUEUE@host, ...; the queue keeps names unique on a shared broker).",
+)
 def start(count: int, concurrency: int, name: str) -> None:
     """Start COUNT workers in the foreground; Ctrl-C or SIGTERM stops them."""
     try:
@@ -104,7 +109,7 @@ def start(count: int, concurrency: int, name: str) -> None:
         env["CICDLLM_CONFIG"] = str(settings.path)
     procs = [
         subprocess.Popen(  # noqa: S603 - our own command line
-            worker_command(config_yaml, queue, f"{name}-{i + 1}", concurrency),
+            worker_command(config_yaml, queue, f"{name}-{i + 1}-{queue}", concurrency),
             env=env,
             start_new_session=True,
         )
