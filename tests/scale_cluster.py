@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,19 +141,59 @@ class Cluster:
         return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
 
 
-def start_worker(cluster: Cluster, name: str) -> subprocess.Popen[bytes]:
-    """``cicdllm workers start 1 --name NAME`` in its own process group."""
-    log = (cluster.logs / f"worker-{name}.log").open("wb")
-    proc = subprocess.Popen(
+def spawn_worker(project: Path, env: dict[str, str], logs: Path, name: str) -> subprocess.Popen[bytes]:
+    """``cicdllm workers start 1 --name NAME`` of ``project`` in its own process group."""
+    log = (logs / f"worker-{name}.log").open("wb")
+    return subprocess.Popen(
         [str(BIN / "cicdllm"), "workers", "start", "1", "--name", name],
-        cwd=cluster.project,
-        env=cluster.env,
+        cwd=project,
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def start_worker(cluster: Cluster, name: str) -> subprocess.Popen[bytes]:
+    """A worker of ``cluster`` (see :func:`spawn_worker`), stopped with the cluster."""
+    proc = spawn_worker(cluster.project, cluster.env, cluster.logs, name)
     cluster.workers.append(proc)
     return proc
+
+
+def write_local_variant(project: Path, cluster_project: Path, repos: list[Any]) -> dict[str, str]:
+    """``project``: the cluster's config with SQLite state and a SQLite instance (what one machine
+    runs), the same repos.txt; returns the environment of a process working in it."""
+    from ruamel.yaml import YAML
+
+    project.mkdir(parents=True, exist_ok=True)
+    config = YAML(typ="safe").load((cluster_project / "cicdllm.yaml").read_text(encoding="utf-8"))
+    del config["storage"]["state_url"], config["storage"]["dagster_postgres_url"]
+    config["storage"]["dagster_instance"] = "sqlite"
+    with (project / "cicdllm.yaml").open("w", encoding="utf-8") as handle:
+        YAML(typ="safe").dump(config, handle)
+    shutil.copytree(cluster_project / "prompts", project / "prompts", dirs_exist_ok=True)
+    (project / "repos.txt").write_text("".join(f"{r.path}\n" for r in repos), encoding="utf-8")
+    (project / "dagster_home").mkdir(exist_ok=True)
+    env = {**os.environ, "CICDLLM_CONFIG": str(project / "cicdllm.yaml"), "DAGSTER_HOME": str(project / "dagster_home")}
+    env.pop("CICDLLM_STORAGE__STATE_URL", None)
+    return env
+
+
+def cli_run(project: Path, env: dict[str, str], timeout: float = 600) -> dict[str, Any]:
+    """``cicdllm run --json`` in ``project`` (in process, whatever the executor); its summary."""
+    done = subprocess.run(
+        [str(BIN / "cicdllm"), "run", "--json"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary: dict[str, Any] = json.loads(done.stdout)
+    return summary
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """Server outages never use up an item's attempts; exhausted items can be retried; a run with
-items still missing is ``incomplete``, never plain ``done``.
+items still missing is ``incomplete``, never plain ``done`` (in ``cicdllm run`` and ``cicdllm status``).
 
 Real ``cicdllm run`` (CliRunner) over real git repos, generation through the OpenAI backend
 against a real loopback server (FaultServer) that drops connections or answers 503.
@@ -49,6 +49,17 @@ def _ledger(settings: Settings) -> list[tuple[str, str, str | None, int]]:
         state.close()
 
 
+def _stage_status(settings: Settings, stage: str) -> tuple[str, str]:
+    """(the repo's row, the stage total) status of ``stage`` as ``cicdllm status`` shows them."""
+    from cicdllm_assets.status.collect import collect_status
+
+    status = collect_status(settings, include_runs=False)
+    [repo] = [r for r in status.repos if r.repo == REPO]
+    [row] = [s for s in repo.stages if s.stage == stage]
+    [total] = [s for s in status.stages if s.stage == stage]
+    return row.status, total.status
+
+
 def _setup(project: Path, make_git_repo, server: FaultServer, model: Path, **generation: object) -> Settings:
     settings = openai_config(project, server.base_url, model, generation={**GENERATION, **generation})
     repo = make_git_repo("calc", SAMPLE_FILES)
@@ -72,12 +83,14 @@ def test_outages_keep_items_pending_and_the_run_is_incomplete_until_they_are_gen
         [repo] = data["repos"]
         assert (code, repo["status"], repo["missing_items"]) == (0, "incomplete", 3), data
         assert _ledger(settings) == [("question", "failed", category, 0)] * 3
+        assert _stage_status(settings, "questions") == ("incomplete", "incomplete")
 
     # Back up: every item is generated, the run is done and nothing is missing.
     server.clear_faults()
     code, data = _run()
     [repo] = data["repos"]
     assert (code, repo["status"], repo["missing_items"]) == (0, "done", 0), data
+    assert _stage_status(settings, "questions") == ("done", "done")
     entries = _ledger(settings)
     assert [e for e in entries if e[1] != "ok"] == []
     assert sum(1 for e in entries if e[0] == "question") == 3

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -25,8 +24,17 @@ import pytest
 from benchmarks.fault_server import FaultServer
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.storage.tables import TableStore
+from tests.conftest import GitRepo
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - session fixture
-from tests.scale_cluster import BIN, make_repos, running_cluster, write_cluster_config
+from tests.scale_cluster import (
+    cli_run,
+    make_repos,
+    running_cluster,
+    spawn_worker,
+    stop_group,
+    write_cluster_config,
+    write_local_variant,
+)
 from tests.services import RABBITMQ_URL, fresh_database, require, schema_url
 
 pytestmark = pytest.mark.slow
@@ -99,7 +107,10 @@ def test_backfill_on_two_celery_workers_survives_a_killed_worker_and_matches_in_
 
     state_url = schema_url(pg_database, f"cluster_{uuid.uuid4().hex[:8]}")
     repos = make_repos(make_git_repo, 4)
-    with fresh_database("cicdllm_dagster") as dagster_url, FaultServer(latency=1.0, capacity=16) as server:
+    with (
+        fresh_database("cicdllm_dagster") as dagster_url,
+        FaultServer(latency=1.0, capacity=16, max_lifetime=3600) as server,
+    ):
         write_cluster_config(
             project,
             server.base_url,
@@ -158,41 +169,76 @@ def test_backfill_on_two_celery_workers_survives_a_killed_worker_and_matches_in_
 
         # the same repos in process on SQLite state
         other = tmp_path / "inproc"
-        other.mkdir()
-        write_cluster_config(
-            other,
-            server.base_url,
-            tiny_model_dir,
-            state_url,
-            dagster_url,
-            RABBITMQ_URL,
-            generation={"questions_per_chunk": 2},
-        )
-        from ruamel.yaml import YAML
-
-        config = YAML(typ="safe").load((other / "cicdllm.yaml").read_text(encoding="utf-8"))
-        del config["storage"]["state_url"], config["orchestration"]
-        config["storage"]["dagster_instance"] = "sqlite"
-        del config["storage"]["dagster_postgres_url"]
-        with (other / "cicdllm.yaml").open("w", encoding="utf-8") as handle:
-            YAML(typ="safe").dump(config, handle)
-        (other / "repos.txt").write_text("".join(f"{r.path}\n" for r in repos), encoding="utf-8")
-        (other / "dagster_home").mkdir()
-        env = {**os.environ, "CICDLLM_CONFIG": str(other / "cicdllm.yaml"), "DAGSTER_HOME": str(other / "dagster_home")}
-        env.pop("CICDLLM_STORAGE__STATE_URL", None)
-        done = subprocess.run(
-            [str(BIN / "cicdllm"), "run", "--json"],
-            cwd=other,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-4000:]
+        cli_run(other, write_local_variant(other, project, repos))
     local_pairs = TableStore(other / "data" / "tables").read_all("qa_pairs", keys)
     assert cluster_pairs is not None and local_pairs is not None
     cluster_ids = cluster_pairs.column("answer_id").to_pylist()
     local_ids = local_pairs.column("answer_id").to_pylist()
     assert len(cluster_ids) == len(set(cluster_ids)) == 4 * 2 * 2  # no duplicates
     assert sorted(cluster_ids) == sorted(local_ids)
+
+
+def test_a_worker_of_another_deployment_on_the_same_broker_never_runs_this_deployments_steps(
+    project: Path,
+    make_git_repo,
+    tiny_model_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    pg_database: str,
+) -> None:
+    """Two deployments share one broker: this cluster (Postgres state, one worker) and another
+    project whose worker runs steps with its own config (SQLite state, its own data dir), and
+    which already holds tables of repos with the same partition names.
+
+    Each deployment's steps go to its own queue: the backfill completes with every pair in
+    this deployment's tables and ledger, and the other project's worker runs none of its steps.
+    (On one shared queue, steps ran on the foreign worker and wrote their results into the other
+    project: the backfill succeeded with pairs missing.)
+    """
+    require("rabbitmq")
+    from cicdllm_assets.config import load_settings
+    from cicdllm_assets.generation.ledger import Ledger
+
+    state_url = schema_url(pg_database, f"xdeploy_{uuid.uuid4().hex[:8]}")
+    repos = make_repos(make_git_repo, 2)
+    keys = [f"local-{r.path.name}" for r in repos]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with (
+        fresh_database("cicdllm_dagster") as dagster_url,
+        FaultServer(latency=0.2, capacity=16, max_lifetime=3600) as server,
+    ):
+        write_cluster_config(project, server.base_url, tiny_model_dir, state_url, dagster_url, RABBITMQ_URL)
+        (project / "repos.txt").write_text("".join(f"{r.path}\n" for r in repos), encoding="utf-8")
+        settings = load_settings()
+
+        # the other deployment: same broker, repos of the same names (other content), tables made
+        other_repos = []
+        for i, repo in enumerate(repos):
+            other_repo = GitRepo(tmp_path / "other-repos" / repo.path.name)
+            other_repo.write("other.py", f"def other_{i}():\n    return {i}\n")
+            other_repo.commit("initial")
+            other_repos.append(other_repo)
+        other = tmp_path / "other"
+        other_env = write_local_variant(other, project, other_repos)
+        cli_run(other, other_env)
+        with StateStore(other / "data" / "state.db") as state:
+            other_ledger = Ledger(state).counts()
+        foreign = spawn_worker(other, other_env, logs, "foreign")
+        try:
+            with running_cluster(project, logs, workers=1) as cluster:
+                result = cluster.backfill(keys)
+        finally:
+            stop_group(foreign)
+        foreign_log = (logs / "worker-foreign.log").read_text(errors="replace")
+        assert result["status"] == "COMPLETED_SUCCESS", foreign_log[-3000:]
+
+        with StateStore(state_url) as state:
+            entries = Ledger(state).entries()
+        expected = 2 * 2 * (1 + 1)  # repos x chunks x (question item + 1 answer)
+        assert len(entries) == expected and {e.status for e in entries} == {"ok"}
+        pairs = TableStore(settings.tables_dir).read_all("qa_pairs", keys)
+        assert pairs is not None and sorted(set(pairs.column("repo").to_pylist())) == sorted(keys)
+        assert pairs.num_rows == 2 * 2
+        with StateStore(other / "data" / "state.db") as state:
+            assert Ledger(state).counts() == other_ledger  # the other project generated nothing more
+        assert "Task execute_plan[" not in foreign_log

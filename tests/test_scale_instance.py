@@ -59,6 +59,10 @@ def test_postgres_instance_uses_postgres_storage_and_the_run_queue(project: Path
         assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
+        # queued runs are launched side by side (threads), every 2 s
+        coordinator = instance.run_coordinator
+        assert coordinator.dequeue_interval_seconds == 2
+        assert (coordinator.dequeue_use_threads, coordinator.dequeue_num_workers) == (True, 4)
         assert instance.event_log_storage.get_concurrency_info(LLM_POOL).slot_count == 2
     finally:
         instance.dispose()
@@ -94,3 +98,30 @@ def test_the_executor_follows_orchestration_executor(project: Path) -> None:
     for name, expected in (("multiprocess", "cicdllm_multiprocess"), ("celery", "cicdllm_celery")):
         write_project_config(project, orchestration={"executor": name, "celery": {"broker_url": "amqp://b//"}})
         assert configured_executor().name == expected
+
+
+def test_each_deployment_has_its_own_celery_queue(project: Path) -> None:
+    """Runs send steps to, and `cicdllm workers start` listens on, a queue derived from the state
+    store (or ``orchestration.celery.queue``): two deployments on one broker never share one."""
+    from cicdllm_assets.automation.executors import celery_app_config, celery_queue
+    from cicdllm_assets.cli.workers_cmd import worker_command, write_worker_config
+    from cicdllm_assets.config import ConfigError, load_settings
+
+    celery = {"executor": "celery", "celery": {"broker_url": "amqp://b//"}}
+    write_project_config(project, orchestration=celery)
+    first = celery_queue(load_settings())
+    write_project_config(project, storage={"data_dir": "other"}, orchestration=celery)
+    settings = load_settings()
+    second = celery_queue(settings)
+    assert first.startswith("cicdllm-") and second.startswith("cicdllm-") and first != second
+    assert celery_app_config(settings)["config_source"]["task_default_queue"] == second
+    config_yaml = write_worker_config(settings)
+    assert f"task_default_queue: {second}" in config_yaml.read_text(encoding="utf-8")
+    command = worker_command(config_yaml, second, "w", 1)
+    assert command[command.index("-q") + 1] == second
+
+    write_project_config(project, orchestration={**celery, "celery": {"broker_url": "amqp://b//", "queue": "team-a"}})
+    assert celery_queue(load_settings()) == "team-a"
+    write_project_config(project, orchestration={**celery, "celery": {"broker_url": "amqp://b//", "queue": "a b"}})
+    with pytest.raises(ConfigError, match="queue"):
+        load_settings()

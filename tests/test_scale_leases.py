@@ -122,6 +122,24 @@ def test_runner_reads_an_item_another_holder_finished(state_target: str | Path, 
         assert stats.reused == 1 and stats.generated == len(work) - 1
 
 
+def test_a_run_never_ends_with_items_that_have_no_result_and_no_failure(
+    state_target: str | Path, settings: Settings
+) -> None:
+    """A backend that answers ``circuit_open`` per item without raising leaves those items with no
+    ledger row and no counted failure: the run raises instead of returning (its step would
+    otherwise succeed and write a table without them)."""
+    from cicdllm_assets.llm.base import CircuitOpenError
+
+    work = _work(settings)
+    with StateStore(state_target) as state:
+        backend = ScriptedBackend(fail={"": "circuit_open"})
+        with pytest.raises(CircuitOpenError, match=f"{len(work)} of {len(work)} items have no result"):
+            _runner(backend, state, settings).run(work, question_postprocess(settings.config.generation))
+        assert Ledger(state).counts() == {}
+        stats = _runner(ScriptedBackend(), state, settings).run(work, question_postprocess(settings.config.generation))
+        assert (stats.generated, stats.missing) == (len(work), 0)
+
+
 def _reply(key: str):
     from cicdllm_assets.llm.base import GenerationResult
 

@@ -61,15 +61,18 @@ class StageEnv:
 
     def output(self, table: pa.Table, id_column: str, stats: RunStats, extra: Mapping[str, Any]) -> Output[pa.Table]:
         """Close the stage (state + event log) and build the asset's Output: rich metadata,
-        and a data version derived from the row ids, so unchanged rows mean an unchanged version."""
+        and a data version derived from the row ids, so unchanged rows mean an unchanged version.
+
+        A stage whose items are not all ``ok`` ends ``incomplete`` (not ``done``), with a warning."""
         stage = self.step.stage
-        self.step.state.finish_stage(self.repo, stage, "done")
-        self.step.state.log_event(
-            "info",
+        self.step.state.finish_stage(self.repo, stage, "incomplete" if stats.missing else "done")
+        message = (
             f"{stage}: {table.num_rows} {stage} ({stats.generated} items generated, {stats.reused} reused,"
-            f" {stats.failed} failed)",
-            repo=self.repo,
+            f" {stats.failed} failed)"
         )
+        if stats.missing:
+            message += f"; incomplete: {stats.missing} of {stats.total} items have no result"
+        self.step.state.log_event("warning" if stats.missing else "info", message, repo=self.repo)
         metadata = stage_metadata(stats, table, self.backend.model_id, {**llm_load_metadata(self.backend), **extra})
         return self.step.output(table, metadata, data_version_of(table.column(id_column).to_pylist()))
 

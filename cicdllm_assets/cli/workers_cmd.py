@@ -1,10 +1,11 @@
 """``cicdllm workers start N``: Celery workers for ``orchestration.executor: celery``.
 
 Each worker is ``dagster-celery worker start`` (``celery -A dagster_celery.app worker``) with
-the broker and result backend of ``orchestration.celery`` and one step at a time
-(``--concurrency``). The command stays in the foreground and stops its workers on Ctrl-C or
-SIGTERM. Run it on every worker machine, with the same config, code and DAGSTER_HOME
-(a Postgres instance) as the webserver and daemon, and the data dir on a path all share.
+the broker and result backend of ``orchestration.celery``, listening on this deployment's queue
+(``celery_queue``), one step at a time (``--concurrency``). The command stays in the
+foreground and stops its workers on Ctrl-C or SIGTERM. Run it on every worker machine, with
+the same config, code and DAGSTER_HOME (a Postgres instance) as the webserver and daemon, and
+the data dir on a path all share.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ from types import FrameType
 import click
 from ruamel.yaml import YAML
 
-from cicdllm_assets.automation.executors import celery_app_config
+from cicdllm_assets.automation.executors import celery_app_config, celery_queue
 from cicdllm_assets.config import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
-CELERY_QUEUE = "dagster"
-"""The queue dagster-celery sends steps to (its default)."""
+DEFINITIONS_MODULE = "cicdllm_assets.definitions"
 
 
 def write_worker_config(settings: Settings) -> Path:
@@ -35,7 +35,7 @@ def write_worker_config(settings: Settings) -> Path:
 
     home = ensure_dagster_home(settings)
     path = home / "celery_workers.yaml"
-    data = {"execution": {"config": celery_app_config(settings.config.orchestration.celery)}}
+    data = {"execution": {"config": celery_app_config(settings)}}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", encoding="utf-8") as handle:
         YAML(typ="safe").dump(data, handle)
@@ -43,8 +43,8 @@ def write_worker_config(settings: Settings) -> Path:
     return path
 
 
-def worker_command(config_yaml: Path, name: str, concurrency: int, loglevel: str = "INFO") -> list[str]:
-    """The ``dagster-celery worker start`` command line of one worker."""
+def worker_command(config_yaml: Path, queue: str, name: str, concurrency: int, loglevel: str = "INFO") -> list[str]:
+    """The ``dagster-celery worker start`` command line of one worker on ``queue``."""
     return [
         str(Path(sys.executable).parent / "dagster-celery"),
         "worker",
@@ -54,7 +54,9 @@ def worker_command(config_yaml: Path, name: str, concurrency: int, loglevel: str
         "-y",
         str(config_yaml),
         "-q",
-        CELERY_QUEUE,
+        queue,
+        "-i",  # import the definitions once in the worker, before its pool forks: no import per step process
+        DEFINITIONS_MODULE,
         "-n",
         name,
         "--loglevel",
@@ -79,7 +81,12 @@ def command() -> None:
     show_default=True,
     help="Steps each worker runs at once.",
 )
-@click.option("--name", default="cicdllm", show_default=True, help="Worker name prefix (NAME-1@host, ...).")
+@click.option(
+    "--name",
+    default="cicdllm",
+    show_default=True,
+    help="Worker name prefix (NAME-1-QUEUE@host, ...; the queue keeps names unique on a shared broker).",
+)
 def start(count: int, concurrency: int, name: str) -> None:
     """Start COUNT workers in the foreground; Ctrl-C or SIGTERM stops them."""
     try:
@@ -95,20 +102,22 @@ def start(count: int, concurrency: int, name: str) -> None:
             err=True,
         )
     config_yaml = write_worker_config(settings)
+    queue = celery_queue(settings)
     bin_dir = str(Path(sys.executable).parent)  # dagster-celery runs `celery` from PATH
     env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     if settings.path is not None:
         env["CICDLLM_CONFIG"] = str(settings.path)
     procs = [
         subprocess.Popen(  # noqa: S603 - our own command line
-            worker_command(config_yaml, f"{name}-{i + 1}", concurrency),
+            worker_command(config_yaml, queue, f"{name}-{i + 1}-{queue}", concurrency),
             env=env,
             start_new_session=True,
         )
         for i in range(count)
     ]
     click.echo(
-        f"started {count} workers (pids {' '.join(str(p.pid) for p in procs)}) on {orchestration.celery.broker_url}",
+        f"started {count} workers (pids {' '.join(str(p.pid) for p in procs)}) on {orchestration.celery.broker_url},"
+        f" queue {queue}",
         err=True,
     )
 

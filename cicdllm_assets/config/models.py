@@ -7,6 +7,7 @@ resolves them against the directory of the config file.
 
 from __future__ import annotations
 
+import re
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -368,12 +369,24 @@ class CeleryConfig(StrictModel):
 
     broker_url: str = Field("amqp://guest:guest@127.0.0.1:5672//", description="amqp://... (RabbitMQ) or redis://...")
     backend_url: str | None = Field(None, description="result backend; default: rpc:// (or the broker if Redis)")
+    queue: str | None = Field(
+        None,
+        description="queue of this deployment's steps; default: cicdllm-<hash of the state store>, so"
+        " deployments sharing a broker never run each other's steps",
+    )
 
     @field_validator("broker_url")
     @classmethod
     def _broker(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
             raise ValueError("must be a redis:// or amqp:// URL")
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,200}", value):
+            raise ValueError("must be 1-200 letters, digits or _ . : -")
         return value
 
 

@@ -86,6 +86,8 @@ class RunStats:
     cached_prompt_tokens: int = 0
     completion_tokens: int = 0
     generate_seconds: float = 0.0
+    missing: int = 0
+    """Items without an ``ok`` result in the ledger once the run ends (failed, or out of attempts)."""
     failures: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -101,6 +103,7 @@ class RunStats:
             "reused": self.reused,
             "failed": self.failed,
             "exhausted": self.exhausted,
+            "missing": self.missing,
             "llm_requests": self.llm_requests,
             "trimmed": self.trimmed,
             "prompt_tokens": self.prompt_tokens,
@@ -175,7 +178,8 @@ class StageRunner:
 
         Each group's items are claimed (:class:`Leases`) before their requests are sent; an
         item another live run holds is not sent but waited for, and read from the ledger
-        once that run finishes it (or claimed here once its lease expires).
+        once that run finishes it (or claimed here once its lease expires). At the end every
+        item is ``ok`` in the ledger or counted as failed (:meth:`_check_settled`).
         """
         stats = RunStats()
         pending, entries = self.plan(work, stats)
@@ -211,7 +215,34 @@ class StageRunner:
                     group = waiting[start : start + width]
                     still += self._claim_and_run(leases, group, entries, postprocess, stats, errors)
                 waiting = still
+        self._check_settled(work, stats)
         return stats
+
+    def _check_settled(self, work: Sequence[WorkItem], stats: RunStats) -> None:
+        """Set ``stats.missing``; raise when an item has neither an ``ok`` result nor a counted failure.
+
+        A step must never succeed while items it planned silently have no result: the table it
+        builds from the ledger would lack them with nothing saying so.
+        """
+        keys = list(dict.fromkeys(w.item.key for w in work))
+        final = self.ledger.get_many(keys)
+        stats.missing = sum(1 for key in keys if key not in final or not final[key].ok)
+        unaccounted = stats.missing - stats.failed - stats.exhausted
+        if unaccounted <= 0:
+            if stats.missing:
+                self.log.warning(
+                    f"{self.stage}: incomplete: {stats.missing} of {len(keys)} items have no result"
+                    f" ({stats.failed} failed in this run, {stats.exhausted} out of attempts); the table leaves them"
+                    " out and the next run sends those with attempts left again"
+                )
+            return
+        message = (
+            f"{self.stage}: {unaccounted} of {len(keys)} items have no result and no recorded failure;"
+            " the step stops instead of writing a table without them (re-run to resume)"
+        )
+        if stats.failures["circuit_open"]:
+            raise CircuitOpenError(f"{message}; the backend's circuit breaker is open")
+        raise IncompleteStageError(message)
 
     def _claim_and_run(
         self,
@@ -429,6 +460,10 @@ class StageRunner:
             stats.failures[category] += 1
             self.state.record_failure(self.repo, self.stage, w.label, category, message)
         in_flight.clear()
+
+
+class IncompleteStageError(CicdllmError):
+    """A stage run ended with items that have neither a result nor a recorded failure."""
 
 
 class _BatchError(CicdllmError):

@@ -49,6 +49,10 @@ storage:   # storage.dagster_instance: postgres (runs, event log, schedules)
 run_coordinator:   # runs queue, the daemon launches up to max_concurrent_runs
   module: dagster._core.run_coordinator
   class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 2   # default 5
+    dequeue_use_threads: true     # launch queued runs side by side, not one after another
+    dequeue_num_workers: {max_runs}
 """
 
 
@@ -59,7 +63,10 @@ def dagster_yaml(settings: Settings) -> str:
     if storage.dagster_instance == "postgres":
         url = str(storage.dagster_postgres_url or storage.state_url)
         # dagster-postgres is built on psycopg2; SQLAlchemy 2.1's default driver is psycopg 3.
-        section = _POSTGRES_STORAGE.format(url=re.sub(r"^postgres(?:ql)?://", "postgresql+psycopg2://", url))
+        section = _POSTGRES_STORAGE.format(
+            url=re.sub(r"^postgres(?:ql)?://", "postgresql+psycopg2://", url),
+            max_runs=settings.config.performance.max_parallel_repos,
+        )
     perf = settings.config.performance
     return DAGSTER_YAML_TEMPLATE.format(
         storage=section, max_runs=perf.max_parallel_repos, pool_limit=perf.llm_pool_limit

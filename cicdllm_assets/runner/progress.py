@@ -26,7 +26,14 @@ from cicdllm_assets.storage.state import STATE_ERRORS, StageProgress, StateStore
 
 logger = logging.getLogger(__name__)
 
-_STATUS_STYLE = {"running": "yellow", "done": "green", "failed": "red", "skipped": "dim", "interrupted": "magenta"}
+_STATUS_STYLE = {
+    "running": "yellow",
+    "done": "green",
+    "incomplete": "yellow",
+    "failed": "red",
+    "skipped": "dim",
+    "interrupted": "magenta",
+}
 
 
 class ProgressReader:

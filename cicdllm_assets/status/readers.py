@@ -188,6 +188,15 @@ def read_stage_progress(store: StateStore, now: float) -> list[StageStatus]:
     return stages
 
 
+def _finished_status(statuses: set[str]) -> str:
+    """The status of a stage over repos none of which runs: failed, incomplete (some items have no
+    result), or done only when every repo's is."""
+    for status in ("failed", "incomplete"):
+        if status in statuses:
+            return status
+    return "done"
+
+
 def summarize_stages(stages: list[StageStatus], now: float) -> list[StageStatus]:
     """One row per stage summed over repos (the top of the progress hierarchy)."""
     by_stage: dict[str, list[StageStatus]] = {}
@@ -197,7 +206,7 @@ def summarize_stages(stages: list[StageStatus], now: float) -> list[StageStatus]
     for name in sorted(by_stage, key=stage_key):
         rows = by_stage[name]
         running = [r for r in rows if r.status == "running"]
-        status = "running" if running else ("failed" if any(r.status == "failed" for r in rows) else "done")
+        status = "running" if running else _finished_status({r.status for r in rows})
         done, total = sum(r.done for r in rows), sum(r.total for r in rows)
         failed = sum(r.failed for r in rows)
         started = min((r.started_at for r in rows if r.started_at is not None), default=None)

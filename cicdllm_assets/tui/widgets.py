@@ -30,6 +30,7 @@ STATUS_STYLES = {
     "QUEUED": "blue",
     "NOT_STARTED": "dim",
     "done": "green",
+    "incomplete": "yellow",
     "running": "cyan",
     "failed": "red",
     "skipped": "dim",
