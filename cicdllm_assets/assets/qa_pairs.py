@@ -32,7 +32,8 @@ def _data_version(table: pa.Table) -> str:
     metadata=table_definition_metadata(pa.schema([*ANSWERS_SCHEMA, *QA_EXTRA_FIELDS])),
     description=(
         "Answers with quality verdicts: accepted, or rejected as empty, too short, refusal, truncated, "
-        "not grounded in the chunk, or a (near-)duplicate within the repository."
+        "Python code that does not parse, not grounded in the chunk or the repository's symbols, or a "
+        "(near-)duplicate within the repository."
     ),
 )
 def qa_pairs(context: AssetExecutionContext, answers: pa.Table, code_chunks: pa.Table) -> Output[pa.Table]:

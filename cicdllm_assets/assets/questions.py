@@ -5,6 +5,8 @@ whose content key is new (or failed with attempts left) reach the backend; the t
 is rebuilt from the ledger, so a no-op re-run makes zero LLM calls.
 """
 
+from collections import Counter
+
 import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
@@ -18,6 +20,7 @@ from cicdllm_assets.generation.questions_stage import (
 )
 from cicdllm_assets.generation.rows import template_hashes
 from cicdllm_assets.partitions import repos_partitions
+from cicdllm_assets.quality.variety import QUESTION_NEAR_DUPLICATE, drop_near_duplicate_questions
 
 STAGE = "questions"
 
@@ -34,7 +37,8 @@ STAGE = "questions"
     description="Questions about each code chunk, per prompt theme (LLM; incremental via the ledger).",
 )
 def questions(context: AssetExecutionContext, code_chunks: pa.Table) -> Output[pa.Table]:
-    """Generate (or reuse from the ledger) questions for the first chunks of this repository."""
+    """Generate (or reuse from the ledger) questions for the first chunks of this repository; a chunk's
+    near-duplicate questions are dropped before any answer is generated."""
     with stage_env(context, STAGE) as env:
         gen = env.settings.config.generation
         chunks = chunks_from_table(code_chunks, env.repo, gen.max_chunks_per_repo)
@@ -44,12 +48,19 @@ def questions(context: AssetExecutionContext, code_chunks: pa.Table) -> Output[p
         context.log.info(f"{len(chunks)} of {code_chunks.num_rows} chunks x {len(themes)} themes with {model_id}")
         stats = env.runner(context).run(work, question_postprocess(gen))
         entries = env.ledger.get_many(w.item.key for w in work)
-        table = questions_table(work, entries, env.repo)
+        table, near_duplicates = drop_near_duplicate_questions(questions_table(work, entries, env.repo))
+        if near_duplicates:
+            context.log.info(
+                f"dropped {near_duplicates} near-duplicate questions (same chunk, Jaccard >= {QUESTION_NEAR_DUPLICATE})"
+            )
+        kinds = Counter(str(kind or "unknown") for kind in table.column("kind").to_pylist())
         return env.output(
             table,
             "question_id",
             stats,
             {
+                "near_duplicate_questions": MetadataValue.int(near_duplicates),
+                "question_kinds": MetadataValue.json(dict(sorted(kinds.items()))),
                 "chunks": MetadataValue.int(len(chunks)),
                 "chunks_available": MetadataValue.int(code_chunks.num_rows),
                 "themes": MetadataValue.json(list(gen.themes)),

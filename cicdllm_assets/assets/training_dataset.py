@@ -18,6 +18,7 @@ from dagster import (
 
 from cicdllm_assets.assets._conventions import OWNERS, ROW_COUNT, URI, code_version, table_definition_metadata
 from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
+from cicdllm_assets.export.plots import figure_tables
 from cicdllm_assets.export.records import EXPORT_SCHEMA
 from cicdllm_assets.failures import permanent_failure
 from cicdllm_assets.storage.state import StateStore
@@ -92,6 +93,8 @@ def training_dataset(context: AssetExecutionContext) -> Output[pa.Table]:
         "notes": MetadataValue.json(result.notes),
         "dataset_card": MetadataValue.path(str(result.card_path)),
         "summary": MetadataValue.md(_summary_md(summary)),
+        **{f"plot_{name}": MetadataValue.md(table) for name, table in figure_tables(result).items()},
+        "plot_files": MetadataValue.json({name: str(path) for name, path in result.plot_paths.items()}),
     }
     version = DataVersion(_content_version(context, keys, result.exported_pairs))
     return Output(summary, data_version=version, metadata=metadata)

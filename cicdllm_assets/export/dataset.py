@@ -33,12 +33,15 @@ import pyarrow.compute as pc
 from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import EXPORT_FORMATS
 from cicdllm_assets.export.card import render_card
+from cicdllm_assets.export.plots import write_plots
+from cicdllm_assets.export.quality_report import exported_variety
 from cicdllm_assets.export.records import EXPORT_SCHEMA, SPLITS, user_prompt
 from cicdllm_assets.export.splits import assign_splits_table
 from cicdllm_assets.export.writers import WrittenFile, write_exports, write_text_atomic
 from cicdllm_assets.quality.dedup import DuplicateIndex, DuplicateOf
 from cicdllm_assets.quality.filters import LICENSE_EXCLUDED
 from cicdllm_assets.quality.secrets import RedactionResult, may_hold_secrets, redact_secrets
+from cicdllm_assets.quality.variety import QuestionVariety
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ TEXT_COLUMNS = (
     "question_id",
     "chunk_key",
     "params",
+    "question_kind",
 )
 NOASSERTION = "NOASSERTION"
 
@@ -96,6 +100,9 @@ class DatasetResult:
     notes: list[str] = field(default_factory=list)
     card_path: Path | None = None
     manifest_path: Path | None = None
+    variety: QuestionVariety | None = None
+    answer_words: list[int] = field(default_factory=list)
+    plot_paths: dict[str, Path] = field(default_factory=dict)
 
     @property
     def exported_pairs(self) -> int:
@@ -360,6 +367,7 @@ def _build(
         redactions=dict(sorted(redactions.items())),
         split_files=split_files,
     )
+    result.variety, result.answer_words = exported_variety(con, "ordered")
     counts = result.split_counts()
     for split in SPLITS:
         if counts[split] == 0:
@@ -370,6 +378,7 @@ def _build(
     result.manifest_path = target / MANIFEST_NAME
     manifest = json.JSONEncoder(indent=2, sort_keys=True).iterencode(_manifest(result, chosen))
     write_text_atomic(result.manifest_path, itertools.chain(manifest, ["\n"]))  # streamed: no whole-file string
+    result.plot_paths = write_plots(result, target)
     result.card_path = target / CARD_NAME
     write_text_atomic(result.card_path, render_card(result, chosen, settings))
     logger.info("exported %d pairs to %s (%s)", result.exported_pairs, target, ", ".join(chosen))

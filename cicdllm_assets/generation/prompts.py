@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +28,7 @@ from ruamel.yaml.error import YAMLError
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.generation.chunks import Chunk
+from cicdllm_assets.generation.kinds import kinds_text
 from cicdllm_assets.llm.base import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ CHUNK_FIELDS: tuple[str, ...] = ("repo", "path", "language", "symbol", "imports"
 ALLOWED_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "system": frozenset(CHUNK_FIELDS),
     "context": frozenset(CHUNK_FIELDS),
-    "question": frozenset((*CHUNK_FIELDS, "n_questions")),
+    "question": frozenset((*CHUNK_FIELDS, "n_questions", "kinds")),
     "answer": frozenset((*CHUNK_FIELDS, "question")),
 }
 TEMPLATE_KEYS = frozenset({"description", "system", "context", "question", "answer"})
@@ -129,17 +130,23 @@ class ThemeTemplate:
             ChatMessage("user", render(instruction, values).strip()),
         )
 
-    def question_messages(self, chunk: Chunk, n_questions: int, code: str | None = None) -> tuple[ChatMessage, ...]:
-        """Messages asking for ``n_questions`` questions about ``chunk`` (``code`` overrides its text)."""
-        return self._messages(chunk, self.question, {"n_questions": str(n_questions)}, code)
+    def question_messages(
+        self, chunk: Chunk, n_questions: int, code: str | None = None, kinds: Sequence[str] = ()
+    ) -> tuple[ChatMessage, ...]:
+        """Messages asking for ``n_questions`` questions about ``chunk`` (``code`` overrides its text),
+        one of each of ``kinds`` (see :mod:`cicdllm_assets.generation.kinds`)."""
+        extra = {"n_questions": str(n_questions), "kinds": kinds_text(kinds)}
+        return self._messages(chunk, self.question, extra, code)
 
     def answer_messages(self, chunk: Chunk, question: str, code: str | None = None) -> tuple[ChatMessage, ...]:
         """Messages asking to answer ``question`` about ``chunk``."""
         return self._messages(chunk, self.answer, {"question": question}, code)
 
-    def question_builder(self, chunk: Chunk, n_questions: int) -> Callable[[str], tuple[ChatMessage, ...]]:
+    def question_builder(
+        self, chunk: Chunk, n_questions: int, kinds: Sequence[str] = ()
+    ) -> Callable[[str], tuple[ChatMessage, ...]]:
         """``code -> messages`` for context fitting of a question request."""
-        return lambda code: self.question_messages(chunk, n_questions, code)
+        return lambda code: self.question_messages(chunk, n_questions, code, kinds)
 
     def answer_builder(self, chunk: Chunk, question: str) -> Callable[[str], tuple[ChatMessage, ...]]:
         """``code -> messages`` for context fitting of an answer request."""

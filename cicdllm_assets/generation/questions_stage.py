@@ -10,6 +10,7 @@ import pyarrow as pa
 from cicdllm_assets.config.models import GenerationConfig
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.engine import Postprocess, WorkItem
+from cicdllm_assets.generation.kinds import plan_kinds
 from cicdllm_assets.generation.ledger import (
     LedgerEntry,
     LedgerItem,
@@ -47,6 +48,7 @@ QUESTIONS_SCHEMA = pa.schema(
         ("license", pa.string()),
         ("language", pa.string()),
         ("question_index", pa.int32()),
+        ("kind", pa.string()),
         ("generation_key", pa.string()),
         ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()),
@@ -61,12 +63,15 @@ QUESTIONS_SCHEMA = pa.schema(
 def plan_questions(
     chunks: Sequence[Chunk], themes: Sequence[ThemeTemplate], model_id: str, gen: GenerationConfig, repo: str
 ) -> list[WorkItem]:
-    """One question item per chunk x theme, in chunk order (themes of a chunk together)."""
-    params = question_params(gen)
-    pjson = params_json(params)
+    """One question item per chunk x theme, in chunk order (themes of a chunk together); the
+    chunk's question kinds are planned across its themes (:func:`plan_kinds`, seeded by the chunk's
+    code) and are part of each item's key (its params), like everything else its prompt shows."""
     work = []
     for chunk in chunks:
+        kinds = plan_kinds(chunk.text, [theme.name for theme in themes], gen.questions_per_chunk)
         for theme in themes:
+            params = {**question_params(gen), "kinds": list(kinds[theme.name])}  # the prompt names them
+            pjson = params_json(params)
             key = item_key(
                 "question", theme.chunk_input(chunk, "question"), theme.name, theme.question_hash, model_id, params
             )
@@ -75,9 +80,10 @@ def plan_questions(
                 WorkItem(
                     item=item,
                     chunk=chunk,
-                    build=theme.question_builder(chunk, gen.questions_per_chunk),
+                    build=theme.question_builder(chunk, gen.questions_per_chunk, kinds[theme.name]),
                     desired_max_tokens=gen.question_max_tokens,
                     n_questions=gen.questions_per_chunk,
+                    kinds=kinds[theme.name],
                 )
             )
     return work
@@ -125,6 +131,7 @@ def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]
                     "params": entry.params_json,
                     **chunk_columns(chunk),
                     "question_index": index,
+                    "kind": w.kinds[index] if index < len(w.kinds) else None,
                     "generation_key": entry.key,
                     "prompt_tokens": entry.prompt_tokens,
                     "completion_tokens": entry.completion_tokens,
