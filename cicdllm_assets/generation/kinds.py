@@ -6,8 +6,13 @@ it relates to its callers and callees. :func:`plan_kinds` assigns kinds to a chu
 slots (theme x question index) deterministically from the chunk's code: each theme first gets
 its natural kind (``testing`` -> ``testing``, ...), the other slots follow a permutation
 seeded by the chunk's code; no kind repeats within a chunk until all six are used, and never
-within one theme's questions (up to six per theme). The
-question prompt names the kinds of its slots (``{kinds}``); each question row records its kind.
+within one theme's questions (up to six per theme).
+
+The question prompt shows one *example question* per slot (``{examples}``, :func:`examples_text`),
+phrased for the chunk with its real names (its symbol, a parameter, a name it calls, an exception
+it raises): a labelled list of kinds made SmolLM2-135M echo the list instead of writing
+questions; example questions in the numbered form it answers in are followed. Each question row
+records its slot's kind.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 QUESTION_KINDS: dict[str, str] = {
     "usage": "how to use it: a concrete call with real arguments and what it returns",
@@ -32,8 +38,41 @@ THEME_KINDS: dict[str, str] = {
     "testing": "testing",
     "code_explanation": "relations",
 }
-KINDS_VERSION = hashlib.sha256(json.dumps(QUESTION_KINDS, sort_keys=True).encode("utf-8")).hexdigest()[:12]
-"""Part of question item keys: editing a kind's wording regenerates the questions."""
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "usage": (
+        "How do I call `{s}` with `{p}`, and what does it return?",
+        "What is a typical call of `{s}`, and what comes back?",
+        "What does a typical call of `{s}` look like in real code?",
+    ),
+    "design": (
+        "Why does `{s}` call `{c}` instead of doing that work itself?",
+        "Why is `{s}` written this way rather than another way?",
+        "What trade-off does `{s}` make, and what would the alternative cost?",
+    ),
+    "errors": (
+        "When does `{s}` raise `{e}`?",
+        "What happens when `{s}` gets an empty or invalid `{p}`?",
+        "Which inputs make `{s}` fail, and how does it report the failure?",
+    ),
+    "extend": (
+        "How would I add a new option to `{s}` without breaking its callers?",
+        "What would I change in `{s}` to support another kind of `{p}`?",
+    ),
+    "testing": (
+        "How would a unit test check what `{s}` returns for a given `{p}`?",
+        "Which cases should a test of `{s}` cover?",
+    ),
+    "relations": (
+        "What does `{c}` do for `{s}`?",
+        "Which functions does `{s}` call, and why?",
+        "Who would call `{s}`, and what does the caller get back?",
+    ),
+}
+"""Example questions per kind; ``{s}`` is the chunk's symbol, ``{p}`` a parameter, ``{c}`` a name
+it calls, ``{e}`` an exception it raises (an example needing a name the chunk lacks is skipped)."""
+KINDS_VERSION = hashlib.sha256(json.dumps([QUESTION_KINDS, EXAMPLES], sort_keys=True).encode("utf-8")).hexdigest()[:12]
+"""Part of question item keys: editing a kind's wording or its examples regenerates the questions."""
+_SLOT = re.compile(r"\{([spce])\}")
 
 
 def plan_kinds(seed: str, themes: Sequence[str], n_questions: int) -> dict[str, tuple[str, ...]]:
@@ -69,6 +108,21 @@ def plan_kinds(seed: str, themes: Sequence[str], n_questions: int) -> dict[str, 
     return {theme: tuple(kinds) for theme, kinds in plan.items()}
 
 
-def kinds_text(kinds: Sequence[str]) -> str:
-    """The ``{kinds}`` placeholder: one lettered line per question slot ("(a) how to use it ...")."""
-    return "\n".join(f"({chr(ord('a') + i)}) {QUESTION_KINDS[kind]}" for i, kind in enumerate(kinds))
+def example_question(kind: str, seed: str, names: Mapping[str, Sequence[str]]) -> str:
+    """One example question of ``kind``: a phrasing whose slots the chunk can fill (chosen and
+    filled deterministically from ``seed``); ``names``: ``s``/``p``/``c``/``e`` -> candidates."""
+    digest = int(hashlib.sha256(f"{kind}\x1f{seed}".encode()).hexdigest()[:12], 16)
+    usable = [t for t in EXAMPLES[kind] if all(names.get(slot) for slot in _SLOT.findall(t))]
+    template = usable[digest % len(usable)]
+
+    def fill(match: re.Match[str]) -> str:
+        options = names[match.group(1)]
+        return options[(digest >> 8) % len(options)]
+
+    return _SLOT.sub(fill, template)
+
+
+def examples_text(kinds: Sequence[str], seed: str, names: Mapping[str, Sequence[str]]) -> str:
+    """The ``{examples}`` placeholder: one numbered example question per planned kind."""
+    lines = [example_question(kind, f"{seed}\x1f{i}", names) for i, kind in enumerate(kinds, 1)]
+    return "\n".join(f"{i}. {line}" for i, line in enumerate(lines, 1))

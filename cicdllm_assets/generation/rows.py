@@ -8,7 +8,6 @@ from typing import Any
 
 from cicdllm_assets.config.models import GenerationConfig
 from cicdllm_assets.generation.chunks import Chunk
-from cicdllm_assets.generation.kinds import KINDS_VERSION
 from cicdllm_assets.generation.prompts import ThemeTemplate
 
 
@@ -22,7 +21,6 @@ def question_params(gen: GenerationConfig) -> dict[str, Any]:
     return {
         "max_tokens": gen.question_max_tokens,
         "n_questions": gen.questions_per_chunk,
-        "question_kinds": KINDS_VERSION,
         **sampling_params(gen),
     }
 
