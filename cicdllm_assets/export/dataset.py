@@ -241,6 +241,11 @@ def _source(con: duckdb.DuckDBPyConnection, qa_pairs: pa.Table | Sequence[Path])
             coalesce(CAST(start_line AS BIGINT), 0) AS start_line, coalesce(CAST(end_line AS BIGINT), 0) AS end_line,
             coalesce(CAST(accepted AS BOOLEAN), false) AS accepted,
             {"CAST(reject_reason AS VARCHAR)" if "reject_reason" in present else "NULL"} AS reject_reason,
+            {
+        "coalesce(array_to_string(context_files, ','), CAST(path AS VARCHAR))"
+        if "context_files" in present
+        else "CAST(path AS VARCHAR)"
+    } AS context_files,
             {", ".join(texts)}
         FROM src_raw""")  # noqa: S608 - column names are constants
 

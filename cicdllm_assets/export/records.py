@@ -35,6 +35,8 @@ EXPORT_SCHEMA = pa.schema(
         pa.field("question_id", pa.string(), nullable=False),
         pa.field("chunk_key", pa.string(), nullable=False),
         pa.field("params", pa.string(), nullable=False),
+        # every file the answer prompt drew on (its chunk's file, then repo context), comma-separated
+        pa.field("context_files", pa.string(), nullable=False),
     ]
 )
 EXPORT_COLUMNS: tuple[str, ...] = tuple(EXPORT_SCHEMA.names)

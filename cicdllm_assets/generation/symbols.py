@@ -100,7 +100,8 @@ def _python_symbols(tree: ast.Module) -> ChunkSymbols:
     names: list[str] = []
     params: list[str] = []
     raises: list[str] = []
-    for node in ast.walk(tree):
+    nodes = sorted(ast.walk(tree), key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+    for node in nodes:  # in source order
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             defines.append(node.name)
             if isinstance(node, ast.ClassDef):
@@ -123,7 +124,7 @@ def _python_symbols(tree: ast.Module) -> ChunkSymbols:
                 names.append(node.id)
     own = set(defines) | set(params) | _BUILTINS
     params_out = [p for p in params if p not in ("self", "cls")]
-    direct = [_name(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    direct = [_name(node.func) for node in nodes if isinstance(node, ast.Call)]
     uses = [n for n in (*direct, *bases, *names) if n not in own]
     return ChunkSymbols(
         _unique(defines),
