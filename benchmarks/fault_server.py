@@ -169,7 +169,6 @@ _N_QUESTIONS = re.compile(r"\b(\d{1,2})\s+(?:[\w-]+\s+){0,3}questions?\b", re.IG
 _QUESTION_MODE = re.compile(r"json array|\b\d{1,2}\s+(?:[\w-]+\s+){0,3}questions?\b", re.IGNORECASE)
 _ANSWER_MODE = re.compile(r"\banswer (?:this|the following)\b", re.IGNORECASE)
 
-_KIND_LINE = re.compile(r"^\s*\([a-z]\)\s+(.+)$", re.MULTILINE)
 _QUESTION_FORMS = (
     "What does `{a}` in {path} do, and what does it return?",
     "How does `{a}` handle its inputs, step by step?",
@@ -207,8 +206,7 @@ def prompt_identifiers(text: str) -> list[str]:
 
 
 def default_responder(body: dict[str, Any]) -> str:
-    """Deterministic reply: a JSON array of questions for question prompts (one per planned kind line
-    "(a) ..." when the prompt lists kinds), else an answer."""
+    """Deterministic reply: a JSON array of questions for question prompts, else an answer."""
     text = _messages_text(body)
     last = _last_message(body)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -220,11 +218,8 @@ def default_responder(body: dict[str, Any]) -> str:
         n = max(1, min(10, int(wanted.group(1)) if wanted else 2))
         offset = int(digest[:8], 16)
         questions = []
-        kinds = _KIND_LINE.findall(last)  # the planned question kinds, one per question, in order
         for i in range(n):
             form = _QUESTION_FORMS[(offset + i) % len(_QUESTION_FORMS)]
-            if i < len(kinds):
-                form = "For `{a}` in {path}: " + kinds[i].rstrip(".?") + "?"
             a = idents[i % len(idents)]
             b = idents[(i + 1) % len(idents)] if len(idents) > 1 else "the rest of the module"
             questions.append(form.format(a=a, b=b, path=path))

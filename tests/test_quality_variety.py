@@ -2,7 +2,8 @@
 
 The chain runs on a real git repo (repositories -> ... -> training_dataset) with the OpenAI
 backend against a loopback server scripted to write, per question prompt, one question that
-every theme of a chunk repeats (a near-duplicate) and one question per planned kind.
+every theme of a chunk repeats (a near-duplicate), then the prompt's example questions
+(one per planned kind) after the first.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from ruamel.yaml import YAML
 
 from benchmarks.fault_server import FaultServer, default_responder
 from cicdllm_assets.export.plots import FIGURES, PLOTS_DIR
-from cicdllm_assets.generation.kinds import QUESTION_KINDS, plan_kinds
+from cicdllm_assets.generation.chunks import Chunk
+from cicdllm_assets.generation.kinds import EXAMPLES, QUESTION_KINDS, example_question, examples_text, plan_kinds
+from cicdllm_assets.generation.questions_stage import example_names
 from cicdllm_assets.quality.variety import distinct_n
 from tests.export_fixtures import CHECKS
 from tests.generation_support import SAMPLE_FILES, chain_assets, chain_project, chain_resources, read_table
@@ -29,19 +32,27 @@ from tests.test_repos_git import MIT
 
 THEMES = ["code_explanation", "testing", "debugging"]
 _FILE = re.compile(r"^\s*File:\s*(\S+)", re.MULTILINE)
-_KIND = re.compile(r"^\s*\([a-z]\)\s+(.+)$", re.MULTILINE)
+_EXAMPLE = re.compile(r"^\s*\d+\.\s+(.+\?)\s*$", re.MULTILINE)
+
+
+def _matches(template: str, line: str) -> bool:
+    """Whether ``line`` is ``template`` with its slots filled by names."""
+    pattern = re.escape(template)
+    for slot in ("s", "p", "c", "e"):
+        pattern = pattern.replace(re.escape("{" + slot + "}"), r"[\w.]+")
+    return re.fullmatch(pattern, line) is not None
 
 
 def scripted(body: dict[str, Any]) -> str:
-    """Question prompts: a shared near-duplicate question, then one question per listed kind."""
+    """Question prompts: a shared near-duplicate question, then the example questions after the first."""
     messages = body["messages"]
     last = messages[-1]["content"]
     if "numbered list" not in last:
         return default_responder(body)
     path = _FILE.search(messages[1]["content"]).group(1)  # type: ignore[union-attr]
-    kinds = _KIND.findall(last)
+    examples = _EXAMPLE.findall(last)
     shared = f"What does the code in {path} return when it is called?"
-    return json.dumps([shared, *(f"About {path}: {kind}?" for kind in kinds[1:])])
+    return json.dumps([shared, *(f"About {path}: {example}" for example in examples[1:])])
 
 
 def _set_generation(project: Path) -> None:
@@ -81,14 +92,20 @@ def test_kinds_planned_per_chunk_and_near_duplicates_dropped(
     questions = read_table(settings, "questions", key).to_pylist()
     n_chunks = len(chunks)
     assert n_chunks == 3 and len(question_prompts) == n_chunks * len(THEMES)
-    # each prompt names two kinds; across the chunk's three themes the six kinds appear once each
-    assert all(len(_KIND.findall(prompt)) == 2 for prompt in question_prompts)
+    # each prompt shows two example questions; across the chunk's three themes the six kinds appear once
+    assert all(len(_EXAMPLE.findall(prompt)) == 2 for prompt in question_prompts)
+    kind_of: dict[str, str] = {}
     for chunk in chunks:
         plan = plan_kinds(chunk["text"], THEMES, 2)
         kinds = [kind for theme in THEMES for kind in plan[theme]]
         assert sorted(kinds) == sorted(QUESTION_KINDS)
-        texts = [QUESTION_KINDS[kind] for kind in kinds]
-        assert all(any(text in prompt for prompt in question_prompts) for text in texts)
+        names = example_names(Chunk.from_row(chunk))
+        for theme in THEMES:
+            expected = examples_text(plan[theme], chunk["text"], names)
+            assert any(expected in prompt for prompt in question_prompts), expected
+            for line, kind in zip(_EXAMPLE.findall(expected), plan[theme], strict=True):
+                assert any(_matches(template, line) for template in EXAMPLES[kind]), (kind, line)
+                kind_of[f"About {chunk['path']}: {line}"] = kind
     # the shared question survives once per chunk (2 near-duplicates dropped), the kind questions all do
     per_chunk: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in questions:
@@ -100,7 +117,7 @@ def test_kinds_planned_per_chunk_and_near_duplicates_dropped(
         assert len(set(kinds)) == len(kinds)  # no repeated kind within a chunk
         for row in rows:  # the recorded kind is the one the prompt asked for at that position
             if row["question"].startswith("About "):
-                assert QUESTION_KINDS[row["kind"]] in row["question"]
+                assert kind_of[row["question"]] == row["kind"]
     assert answer_requests == len(questions) == n_chunks * (1 + len(THEMES))
 
     card = (settings.export_dir / "README.md").read_text(encoding="utf-8")
@@ -144,3 +161,19 @@ def test_plan_kinds_is_deterministic_and_never_repeats_within_a_theme() -> None:
         assert plan["testing"][0] == "testing" and plan["debugging"][0] == "errors"
         first_six = [plan[t][0] for t in themes] + [plan[themes[0]][1]]
         assert len(set(first_six)) == 6
+
+
+def test_example_questions_use_the_chunk_names_and_skip_unfillable_phrasings() -> None:
+    names = {"s": ["save"], "p": ["item"], "c": ["encode"], "e": ["StoreError"]}
+    for seed in map(str, range(30)):
+        assert example_question("errors", seed, names) in {
+            "When does `save` raise `StoreError`?",
+            "What happens when `save` gets an empty or invalid `item`?",
+            "Which inputs make `save` fail, and how does it report the failure?",
+        }
+        # no exception raised, no parameter: only the phrasing that needs neither
+        only_symbol = example_question("errors", seed, {"s": ["save"], "p": [], "c": [], "e": []})
+        assert only_symbol == "Which inputs make `save` fail, and how does it report the failure?"
+    text = examples_text(["usage", "relations"], "seed", names)
+    assert [line[:3] for line in text.splitlines()] == ["1. ", "2. "]
+    assert text == examples_text(["usage", "relations"], "seed", names)  # deterministic
