@@ -165,7 +165,7 @@ def _python_definitions(tree: ast.Module, path: str, methods: bool) -> list[Defi
     found: list[Definition] = []
     in_class = {id(child) for node in ast.walk(tree) if isinstance(node, ast.ClassDef) for child in node.body}
     if methods:  # the chunk is a method cut out of its class: its top-level functions are methods
-        in_class |= {id(node) for node in tree.body}
+        in_class |= {id(node) for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             prefix = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
