@@ -28,6 +28,8 @@ FIGURES: dict[str, str] = {
     "question_kinds": "Question kinds",
     "answer_length": "Answer length (words)",
     "rejections": "Rejections by reason",
+    # The judge (issue 11 part 4, opt-in quality.judge) adds "judge_scores": "Judge scores" here,
+    # with its (score, pairs) rows for 1..5 in figure_data(); the card and metadata follow FIGURES.
 }
 LENGTH_BINS = (0, 25, 50, 100, 200, 400, 800)
 
