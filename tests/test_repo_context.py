@@ -91,6 +91,22 @@ def test_context_lists_used_definitions_from_other_files_not_inventions() -> Non
     assert repo_context(text, "python", "", index, 0, len).text == ""
 
 
+def test_method_chunks_index_methods_and_keep_their_class_header_a_class() -> None:
+    index = RepoIndex.build(
+        [
+            ("a.py", "python", "Store.save", "class Store:\n    def save(self, item):\n        return item\n"),
+            ("b.py", "python", "Cache.load", "def load(self):\n    return 1\n"),
+        ]
+    )
+    assert [d.method for d in index.by_name["Store"]] == [False]
+    assert [d.method for d in index.by_name["save"]] == [True]
+    assert [d.method for d in index.by_name["load"]] == [True]
+    text = "def run(store):\n    store.save(Store())\n    return load()\n"
+    context = repo_context(text, "python", "", index, 1000, len)
+    # Store() and store.save() resolve; load() called as a function is not the method Cache.load
+    assert context.names == ("Store", "save")
+
+
 def test_budget_is_never_exceeded_with_real_token_counts(tiny_model_dir: Path) -> None:  # noqa: F811
     counter = TokenCounter(tiny_model_dir)
     index = _index({"lib/helpers.py": HELPERS})
