@@ -139,7 +139,9 @@ FILES = {
         "from calc.add import add\n\n\ndef report(values):\n"
         "    total = 0\n    for v in values:\n        total = add(total, v)\n    return f'total={total}'\n"
     ),
-    "util/io.py": "def read_text(path):\n    with open(path, encoding='utf-8') as handle:\n        return handle.read()\n",
+    "util/io.py": (
+        "def read_text(path):\n    with open(path, encoding='utf-8') as handle:\n        return handle.read()\n"
+    ),
 }
 
 
