@@ -137,11 +137,14 @@ def _answer_figures(rows: list[dict[str, Any]], chunks: dict[str, Chunk], index:
 def measure(project: Path, repo: str, chunks_limit: int) -> dict[str, Any]:
     """The figures of one run's tables."""
     store = TableStore(load_settings(project / "cicdllm.yaml").tables_dir)
-    code_chunks: pa.Table = store.read("code_chunks", repo)
-    questions = store.read("questions", repo).to_pylist()
-    answers = store.read("answers", repo).to_pylist()
-    pairs = store.read("qa_pairs", repo).to_pylist()
-    chunk_rows = code_chunks.to_pylist()
+
+    def rows(asset: str) -> list[dict[str, Any]]:
+        table: pa.Table | None = store.read(asset, repo)
+        if table is None:
+            raise SystemExit(f"{project}: no {asset} table for {repo}")
+        return table.to_pylist()
+
+    questions, answers, pairs, chunk_rows = (rows(a) for a in ("questions", "answers", "qa_pairs", "code_chunks"))
     chunks = {str(r["chunk_key"]): Chunk.from_row(r) for r in chunk_rows}
     index = repo_symbol_index(
         [str(r.get("symbol") or "") for r in chunk_rows] + [str(r["path"]) for r in chunk_rows],
