@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/quality.py [--chunks 8] [--json]
 
 Runs ``cicdllm run`` twice on this repository's Python package (``cicdllm_assets/**/*.py``,
-the committed HEAD), same chunks, model (the embedded SmolLM2-135M; `cicdllm model prepare`
-first), sampling and bounds as the shipped ``make run`` demo:
+both pinned to the commit HEAD is at when the benchmark starts), same chunks, model (the
+embedded SmolLM2-135M; `cicdllm model prepare` first), sampling and bounds as the shipped
+``make run`` demo:
 
 * **old**: the prompts before issue 11 (``benchmarks/baseline_prompts/``: example questions
   "What does X return?", no repo-wide context: ``generation.repo_context_tokens: 0``);
@@ -57,7 +58,9 @@ TARGET_DISTINCT2_RATIO = 1.5
 THEMES = ["code_explanation", "usage_examples"]
 
 
-def _write_project(project: Path, prompts: Path, chunks: int, repo_context_tokens: int, models: Path) -> None:
+def _write_project(
+    project: Path, prompts: Path, chunks: int, repo_context_tokens: int, models: Path, commit: str
+) -> None:
     """A project on this repository with the demo's generation bounds."""
     from ruamel.yaml import YAML
 
@@ -78,7 +81,7 @@ def _write_project(project: Path, prompts: Path, chunks: int, repo_context_token
     with (project / "cicdllm.yaml").open("w", encoding="utf-8") as handle:
         YAML(typ="safe").dump(config, handle)
     shutil.copytree(prompts, project / "prompts")
-    (project / "repos.txt").write_text(f'"{ROOT}" include=cicdllm_assets/**/*.py\n', encoding="utf-8")
+    (project / "repos.txt").write_text(f'"{ROOT}"@{commit} include=cicdllm_assets/**/*.py\n', encoding="utf-8")
     (project / "data" / "models").mkdir(parents=True)
     (project / "data" / "models" / models.name).symlink_to(models)
 
@@ -166,6 +169,7 @@ def measure(project: Path, repo: str, chunks_limit: int) -> dict[str, Any]:
         "dataset": _answer_figures(accepted, chunks, index),
         "rejections": dict(sorted(reasons.items())),
         "with_repo_context": sum(1 for a in answers if len(a.get("context_files") or []) > 1),
+        "chunks": sorted({f"{q['path']}:{q['start_line']}" for q in questions}),
     }
 
 
@@ -182,6 +186,7 @@ def _print(name: str, figures: dict[str, Any], seconds: float) -> None:
             f"parse {f['blocks_parse']:.0%}, identifiers resolve {f['identifiers_resolve']:.0%}"
         )
     print(f"  rejections: {figures['rejections']}; answers with repo context: {figures['with_repo_context']}")
+    print(f"  chunks asked about: {', '.join(figures['chunks'])}")
 
 
 def main() -> int:
@@ -194,6 +199,10 @@ def main() -> int:
     if not models.is_dir():
         print(f"error: the embedded model is not prepared ({models}); run `cicdllm model prepare`")
         return 2
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    print(f"repository: {ROOT} at {commit[:12]} (both runs), {args.chunks} chunks")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="quality-bench-") as tmp:
         shipped_tokens = load_settings(ROOT / "cicdllm.yaml").config.generation.repo_context_tokens
@@ -203,7 +212,7 @@ def main() -> int:
         ):
             project = Path(tmp) / name
             project.mkdir()
-            _write_project(project, prompts, args.chunks, context_tokens, models)
+            _write_project(project, prompts, args.chunks, context_tokens, models, commit)
             repo, seconds = _run(project)
             results[name] = measure(project, repo, args.chunks)
             _print(name, results[name], seconds)
