@@ -165,15 +165,18 @@ def test_plan_kinds_is_deterministic_and_never_repeats_within_a_theme() -> None:
 
 def test_example_questions_use_the_chunk_names_and_skip_unfillable_phrasings() -> None:
     names = {"s": ["save"], "p": ["item"], "c": ["encode"], "e": ["StoreError"]}
+    seen = set()
     for seed in map(str, range(30)):
-        assert example_question("errors", seed, names) in {
-            "When does `save` raise `StoreError`?",
-            "What happens when `save` gets an empty or invalid `item`?",
-            "Which inputs make `save` fail, and how does it report the failure?",
-        }
-        # no exception raised, no parameter: only the phrasing that needs neither
+        # every name available: only the two-name phrasings (the most specific) are used
+        seen.add(example_question("errors", seed, names))
+        # no exception raised, no parameter, no callee: only the phrasing that needs none
         only_symbol = example_question("errors", seed, {"s": ["save"], "p": [], "c": [], "e": []})
-        assert only_symbol == "Which inputs make `save` fail, and how does it report the failure?"
+        assert only_symbol == "Which inputs make `save` fail?"
+    assert seen == {
+        "When does `save` raise `StoreError`?",
+        "What happens when `item` is empty or invalid in `save`?",
+        "What goes wrong in `save` if `encode` fails?",
+    }
     text = examples_text(["usage", "relations"], "seed", names)
     assert [line[:3] for line in text.splitlines()] == ["1. ", "2. "]
     assert text == examples_text(["usage", "relations"], "seed", names)  # deterministic

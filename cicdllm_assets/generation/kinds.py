@@ -41,31 +41,38 @@ THEME_KINDS: dict[str, str] = {
 EXAMPLES: dict[str, tuple[str, ...]] = {
     "usage": (
         "How do I call `{s}` with `{p}`, and what does it return?",
-        "What is a typical call of `{s}`, and what comes back?",
-        "What does a typical call of `{s}` look like in real code?",
+        "What does `{s}` return for a given `{p}`?",
+        "Which value should I pass as `{p}` to `{s}`?",
+        "What is a typical call of `{s}`?",
+        "How is `{s}` used together with `{c}`?",
     ),
     "design": (
-        "Why does `{s}` call `{c}` instead of doing that work itself?",
+        "Why does `{s}` rely on `{c}`?",
+        "Why does `{s}` take `{p}` as a parameter?",
         "Why is `{s}` written this way rather than another way?",
-        "What trade-off does `{s}` make, and what would the alternative cost?",
+        "What trade-off does `{s}` make?",
     ),
     "errors": (
         "When does `{s}` raise `{e}`?",
-        "What happens when `{s}` gets an empty or invalid `{p}`?",
-        "Which inputs make `{s}` fail, and how does it report the failure?",
+        "What happens when `{p}` is empty or invalid in `{s}`?",
+        "What goes wrong in `{s}` if `{c}` fails?",
+        "Which inputs make `{s}` fail?",
     ),
     "extend": (
-        "How would I add a new option to `{s}` without breaking its callers?",
-        "What would I change in `{s}` to support another kind of `{p}`?",
+        "How would I add a new option to `{s}`?",
+        "What would change in `{s}` to support another kind of `{p}`?",
+        "Where would a new case go in `{s}`?",
     ),
     "testing": (
-        "How would a unit test check what `{s}` returns for a given `{p}`?",
+        "How would a test check `{s}` with a different `{p}`?",
+        "How can a test replace `{c}` when checking `{s}`?",
         "Which cases should a test of `{s}` cover?",
     ),
     "relations": (
         "What does `{c}` do for `{s}`?",
+        "How does `{s}` use the result of `{c}`?",
         "Which functions does `{s}` call, and why?",
-        "Who would call `{s}`, and what does the caller get back?",
+        "Who would call `{s}`, and what do they get back?",
     ),
 }
 """Example questions per kind; ``{s}`` is the chunk's symbol, ``{p}`` a parameter, ``{c}`` a name
@@ -109,10 +116,13 @@ def plan_kinds(seed: str, themes: Sequence[str], n_questions: int) -> dict[str, 
 
 
 def example_question(kind: str, seed: str, names: Mapping[str, Sequence[str]]) -> str:
-    """One example question of ``kind``: a phrasing whose slots the chunk can fill (chosen and
-    filled deterministically from ``seed``); ``names``: ``s``/``p``/``c``/``e`` -> candidates."""
+    """One example question of ``kind``: among the phrasings whose slots the chunk can fill, one
+    of the most specific (most distinct names), chosen and filled deterministically from ``seed``;
+    ``names``: ``s``/``p``/``c``/``e`` -> candidates."""
     digest = int(hashlib.sha256(f"{kind}\x1f{seed}".encode()).hexdigest()[:12], 16)
     usable = [t for t in EXAMPLES[kind] if all(names.get(slot) for slot in _SLOT.findall(t))]
+    most = max(len(set(_SLOT.findall(t))) for t in usable)  # the most specific phrasings the chunk can fill
+    usable = [t for t in usable if len(set(_SLOT.findall(t))) == most]
     template = usable[digest % len(usable)]
 
     def fill(match: re.Match[str]) -> str:

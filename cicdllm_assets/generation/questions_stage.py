@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
@@ -63,6 +64,9 @@ QUESTIONS_SCHEMA = pa.schema(
 )
 
 
+_BUILTINS = frozenset(dir(builtins))
+
+
 def example_names(chunk: Chunk) -> dict[str, list[str]]:
     """The chunk's real names the example questions use: ``s`` its symbol, ``p`` parameters,
     ``c`` names it calls, ``e`` exceptions it raises (:func:`chunk_symbols`)."""
@@ -71,7 +75,7 @@ def example_names(chunk: Chunk) -> dict[str, list[str]]:
     return {
         "s": [symbol],
         "p": [p for p in symbols.params if len(p) > 1][:4],
-        "c": [c for c in symbols.calls if len(c) > 2 and c != symbol.rsplit(".", 1)[-1]][:4],
+        "c": [c for c in symbols.calls if len(c) > 2 and c not in _BUILTINS and c != symbol.rsplit(".", 1)[-1]][:4],
         "e": list(symbols.raises[:2]),
     }
 
