@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from cicdllm_assets.chunking.service import Chunker
-from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.config.models import ProcessingConfig
 from cicdllm_assets.discovery.discover import Discovery, SourceFile
 from cicdllm_assets.discovery.git_objects import GitError, list_tree, resolve_commit
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from tests.conftest import GitRepo
 from tests.discovery_helpers import train_tokenizer
 

@@ -10,7 +10,6 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
 from cicdllm_assets.generation.answers_stage import (
-    ANSWERS_SCHEMA,
     answer_postprocess,
     answers_table,
     plan_answers,
@@ -18,6 +17,7 @@ from cicdllm_assets.generation.answers_stage import (
 from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env
 from cicdllm_assets.generation.symbols import RepoIndex
 from cicdllm_assets.partitions import repos_partitions
+from cicdllm_assets.storage.contract import ANSWERS_SCHEMA
 
 STAGE = "answers"
 

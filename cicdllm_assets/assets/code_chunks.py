@@ -11,11 +11,12 @@ from cicdllm_assets.assets.source_files import repository_row
 from cicdllm_assets.chunking.build import build_chunks, kept_in_chunk_order
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
 from cicdllm_assets.chunking.redaction_cache import RedactionCache
-from cicdllm_assets.chunking.rows import CODE_CHUNKS_SCHEMA, ChunkRowBuilder, texts_digest
+from cicdllm_assets.chunking.rows import ChunkRowBuilder, texts_digest
 from cicdllm_assets.chunking.runtime import step_chunker
 from cicdllm_assets.failures import stage_failures_recorded
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.storage.contract import CODE_CHUNKS_SCHEMA
 from cicdllm_assets.storage.state import StateStore
 
 STAGE = "code_chunks"

@@ -13,7 +13,6 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
 from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env
 from cicdllm_assets.generation.questions_stage import (
-    QUESTIONS_SCHEMA,
     plan_questions,
     question_postprocess,
     questions_table,
@@ -21,6 +20,7 @@ from cicdllm_assets.generation.questions_stage import (
 from cicdllm_assets.generation.rows import template_hashes
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.quality.variety import QUESTION_NEAR_DUPLICATE, drop_near_duplicate_questions
+from cicdllm_assets.storage.contract import QUESTIONS_SCHEMA
 
 STAGE = "questions"
 

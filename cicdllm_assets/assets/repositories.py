@@ -35,27 +35,10 @@ from cicdllm_assets.repos.repos_file import (
     redact_credentials,
 )
 from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.storage.contract import REPOSITORIES_SCHEMA, RepositoryRow
 from cicdllm_assets.storage.state import StateStore
 
 STAGE = "repositories"
-
-REPOSITORIES_SCHEMA = pa.schema(
-    [
-        pa.field("repo", pa.string(), nullable=False),
-        pa.field("url", pa.string(), nullable=False),
-        pa.field("ref", pa.string()),
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("local_path", pa.string(), nullable=False),
-        pa.field("head_commit", pa.string(), nullable=False),
-        pa.field("default_branch", pa.string()),
-        pa.field("resolved_ref", pa.string()),
-        pa.field("license", pa.string(), nullable=False),
-        pa.field("size_bytes", pa.int64(), nullable=False),
-        pa.field("head_changed", pa.bool_(), nullable=False),
-        pa.field("previous_commit", pa.string()),
-        pa.field("fetched_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-)
 
 
 def _previous_head(state: StateStore, repo: str) -> str | None:
@@ -141,7 +124,7 @@ def repositories(context: AssetExecutionContext, app_config: AppConfigResource) 
         license_id = detect_license(checkout.path)
         head_changed = previous != checkout.head_commit
         fetched_at = datetime.now(UTC)
-        row: dict[str, Any] = {
+        row: RepositoryRow = {
             "repo": repo,
             "url": url,
             "ref": entry.ref,

@@ -12,12 +12,13 @@ from cicdllm_assets.chunking.plan import CHUNKER_VERSION
 from cicdllm_assets.chunking.runtime import step_chunker
 from cicdllm_assets.discovery.discover import SKIPPED, Discovery, SourceFile, no_files_kept_warning
 from cicdllm_assets.discovery.git_objects import GitError
-from cicdllm_assets.discovery.table import SOURCE_FILES_SCHEMA, source_files_table
+from cicdllm_assets.discovery.table import source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
 from cicdllm_assets.failures import stage_failures_recorded
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.repos.sync import repo_processing
 from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.storage.contract import SOURCE_FILES_SCHEMA
 from cicdllm_assets.storage.state import StateStore
 
 STAGE = "source_files"

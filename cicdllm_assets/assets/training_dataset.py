@@ -19,8 +19,8 @@ from dagster import (
 from cicdllm_assets.assets._conventions import OWNERS, ROW_COUNT, URI, code_version, table_definition_metadata
 from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
 from cicdllm_assets.export.plots import figure_tables
-from cicdllm_assets.export.records import EXPORT_SCHEMA
 from cicdllm_assets.failures import permanent_failure
+from cicdllm_assets.storage.contract import EXPORT_SCHEMA
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.storage.tables import TableStore
 

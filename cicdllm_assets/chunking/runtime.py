@@ -7,9 +7,9 @@ from pathlib import Path
 
 from cicdllm_assets.chunking.cache import PlanCache
 from cicdllm_assets.chunking.service import Chunker
-from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.config import Settings
 from cicdllm_assets.llm.models.paths import resolve_tokenizer
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from cicdllm_assets.storage.state import StateStore
 
 _lock = threading.Lock()

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.export.judge_report import judge_markdown
 from cicdllm_assets.export.plots import plots_markdown
 from cicdllm_assets.export.quality_report import variety_markdown
 from cicdllm_assets.export.records import SPLITS
@@ -246,6 +247,9 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     parts.append(variety_markdown(result))
     parts.append("\n## Plots\n\n")
     parts.append(plots_markdown(result))
+    parts.append("\n## Judge\n\n")
+    judge = cfg.quality.judge
+    parts.append(judge_markdown(result.judge, result.rejections, judge.threshold, judge.enabled))
     parts.append("\n## Secrets\n\n")
     total = sum(result.redactions.values())
     parts.append(

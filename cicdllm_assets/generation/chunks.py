@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
 
 from cicdllm_assets.chunking.rows import normalize_code
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value if v is not None and str(v))
-    return str(value)
+from cicdllm_assets.storage.contract import CodeChunkRow
 
 
 @dataclass(frozen=True)
@@ -35,23 +27,24 @@ class Chunk:
     license: str = ""
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Chunk:
-        """Build from a ``code_chunks`` row (dict); missing optional columns become empty."""
+    def from_row(cls, row: CodeChunkRow) -> Chunk:
+        """Build from a ``code_chunks`` row; null (or, in an older table, missing) optional columns
+        become empty."""
         missing = [name for name in ("repo", "chunk_key", "path", "start_line", "end_line", "text") if name not in row]
         if missing:
             raise ValueError(f"code_chunks row lacks required columns {missing}")
         return cls(
-            repo=str(row["repo"]),
-            chunk_key=str(row["chunk_key"]),
-            path=str(row["path"]),
-            start_line=int(row["start_line"]),
-            end_line=int(row["end_line"]),
-            text=_text(row["text"]),
-            language=_text(row.get("language")),
-            symbol=_text(row.get("symbol")),
-            imports=_text(row.get("imports")),
-            commit=_text(row.get("commit")),
-            license=_text(row.get("license")),
+            repo=row["repo"],
+            chunk_key=row["chunk_key"],
+            path=row["path"],
+            start_line=row["start_line"],
+            end_line=row["end_line"],
+            text=row["text"],
+            language=row.get("language") or "",
+            symbol=row.get("symbol") or "",
+            imports=row.get("imports") or "",
+            commit=row.get("commit") or "",
+            license=row.get("license") or "",
         )
 
     def placeholder_values(self, code: str | None = None) -> dict[str, str]:
@@ -68,7 +61,7 @@ class Chunk:
         }
 
 
-def select_chunks(rows: Sequence[Mapping[str, Any]], limit: int | None) -> list[Chunk]:
+def select_chunks(rows: Sequence[CodeChunkRow], limit: int | None) -> list[Chunk]:
     """Chunks in deterministic (path, start_line, end_line, chunk_key) order, first ``limit``.
 
     Duplicate chunk keys (the same span twice) are kept once.

@@ -141,6 +141,7 @@ class StageRunner:
         stage: str,
         log: Log | None = None,
         pause_hook: Callable[[], object] | None = None,
+        generation: GenerationConfig | None = None,
     ) -> None:
         self.backend = backend
         self.ledger = ledger
@@ -151,11 +152,12 @@ class StageRunner:
         self.log = log or _stdlib_log()
         self.pause_hook = pause_hook or (lambda: pause_while_on_low_battery(settings, self.log, repo=repo))
         self._load_reported = 0.0
+        self._generation = generation
 
     @property
     def gen(self) -> GenerationConfig:
-        """The generation config section."""
-        return self.settings.config.generation
+        """The generation config section (or the stage's own, e.g. the judge's sampling and attempts)."""
+        return self._generation or self.settings.config.generation
 
     def plan(self, work: Sequence[WorkItem], stats: RunStats) -> tuple[list[WorkItem], dict[str, LedgerEntry]]:
         """Split ``work`` into items to send and stored entries; update the reuse counters."""

@@ -557,7 +557,7 @@ class OpenAIBackend:
 
     def count_tokens(self, text: str) -> int:
         """Exact tokens of ``text`` with the served model's tokenizer."""
-        return self._token_counter().count_tokens(text)
+        return self._token_counter().count(text)
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Exact prompt tokens after the model's chat template (see tokenizer_counter)."""

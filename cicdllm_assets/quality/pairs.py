@@ -12,21 +12,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import pyarrow as pa
 
 from cicdllm_assets.quality.dedup import find_duplicates
 from cicdllm_assets.quality.filters import DUPLICATE, NEAR_DUPLICATE, Rejection, check_pair
 from cicdllm_assets.quality.grounding import DEFAULT_MIN_GROUNDED_RATIO, repo_symbol_index
+from cicdllm_assets.storage.contract import QA_EXTRA_FIELDS, AnswerRow
 
 MISSING_CHUNK = "missing_chunk"
-QA_EXTRA_FIELDS = [
-    pa.field("context", pa.string()),
-    pa.field("accepted", pa.bool_(), nullable=False),
-    pa.field("reject_reason", pa.string()),
-    pa.field("reject_detail", pa.string()),
-]
 
 
 @dataclass(frozen=True)
@@ -40,15 +35,6 @@ class PairsResult:
     def accepted(self) -> int:
         """Accepted pairs."""
         return self.table.num_rows - sum(self.rejections.values())
-
-
-def cell_text(value: Any) -> str:
-    """A table cell as text: None is empty, a list is its items one per line."""
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple):
-        return "\n".join(str(v) for v in value)
-    return str(value)
 
 
 def filter_pairs(
@@ -66,16 +52,16 @@ def filter_pairs(
     repo_symbols: frozenset[str] = frozenset()
     if code_chunks is not None and code_chunks.num_rows:
         imports = code_chunks.column("imports").to_pylist() if "imports" in code_chunks.column_names else None
-        texts = [cell_text(text) for text in code_chunks.column("text").to_pylist()]
+        texts = [text or "" for text in code_chunks.column("text").to_pylist()]
         for i, (key, text) in enumerate(zip(code_chunks.column("chunk_key").to_pylist(), texts, strict=True)):
-            chunks[str(key)] = (text, cell_text(imports[i]) if imports else "")
+            chunks[key] = (text, (imports[i] or "") if imports else "")
         symbols = code_chunks.column("symbol").to_pylist() if "symbol" in code_chunks.column_names else []
         paths = code_chunks.column("path").to_pylist() if "path" in code_chunks.column_names else []
-        repo_symbols = repo_symbol_index([cell_text(s) for s in symbols + paths], texts)
-    rows = answers.to_pylist()
+        repo_symbols = repo_symbol_index([s or "" for s in symbols + paths], texts)
+    rows = cast(list[AnswerRow], answers.to_pylist())
     verdicts: list[Rejection | None] = []
     for done, row in enumerate(rows, start=1):
-        chunk = chunks.get(str(row.get("chunk_key")))
+        chunk = chunks.get(row["chunk_key"])
         if chunk is None:
             verdict: Rejection | None = Rejection(MISSING_CHUNK, "the chunk is no longer in code_chunks")
             verdict = check_pair(row, None) or verdict
@@ -88,23 +74,23 @@ def filter_pairs(
     order = sorted(
         (i for i, v in enumerate(verdicts) if v is None),
         key=lambda i: (
-            cell_text(rows[i].get("path")),
-            int(rows[i].get("start_line") or 0),
-            cell_text(rows[i]["answer_id"]),
+            rows[i].get("path") or "",
+            rows[i].get("start_line") or 0,
+            rows[i]["answer_id"],
         ),
     )
     duplicates = find_duplicates(
-        [cell_text(rows[i]["question"]) for i in order],
-        [cell_text(rows[i]["answer"]) for i in order],
+        [rows[i]["question"] for i in order],
+        [rows[i]["answer"] for i in order],
         near_duplicate_threshold,
     )
     for dup in duplicates:
-        kept_id = cell_text(rows[order[dup.kept]]["answer_id"])
+        kept_id = rows[order[dup.kept]]["answer_id"]
         reason = DUPLICATE if dup.kind == "duplicate" else NEAR_DUPLICATE
         verdicts[order[dup.index]] = Rejection(reason, f"duplicate of answer {kept_id}")
 
     counts = Counter(v.reason for v in verdicts if v is not None)
-    context = [chunks.get(str(r.get("chunk_key")), ("", ""))[0] for r in rows]
+    context = [chunks.get(r["chunk_key"], ("", ""))[0] for r in rows]
     table = answers
     if "context" in table.column_names:
         table = table.drop_columns(["context"])
