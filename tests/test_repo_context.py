@@ -110,15 +110,15 @@ def test_method_chunks_index_methods_and_keep_their_class_header_a_class() -> No
 def test_budget_is_never_exceeded_with_real_token_counts(tiny_model_dir: Path) -> None:  # noqa: F811
     counter = TokenCounter(tiny_model_dir)
     index = _index({"lib/helpers.py": HELPERS})
-    full = repo_context(CALLER, "python", "from lib.helpers import helper_0", index, 100_000, counter.count_tokens)
+    full = repo_context(CALLER, "python", "from lib.helpers import helper_0", index, 100_000, counter.count)
     assert len(full.names) == 12
-    full_tokens = counter.count_tokens(full.text)
+    full_tokens = counter.count(full.text)
     assert full.tokens == full_tokens
     sizes = set()
     for budget in range(0, full_tokens + 40, 9):
-        context = repo_context(CALLER, "python", "", index, budget, counter.count_tokens)
-        assert counter.count_tokens(context.text) <= budget
-        assert context.tokens == (counter.count_tokens(context.text) if context.text else 0)
+        context = repo_context(CALLER, "python", "", index, budget, counter.count)
+        assert counter.count(context.text) <= budget
+        assert context.tokens == (counter.count(context.text) if context.text else 0)
         sizes.add(len(context.names))
     assert 0 in sizes and 12 in sizes and len(sizes) > 5  # the budget really cuts in between
 
