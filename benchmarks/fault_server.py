@@ -169,6 +169,7 @@ _N_QUESTIONS = re.compile(r"\b(\d{1,2})\s+(?:[\w-]+\s+){0,3}questions?\b", re.IG
 _QUESTION_MODE = re.compile(r"json array|\b\d{1,2}\s+(?:[\w-]+\s+){0,3}questions?\b", re.IGNORECASE)
 _ANSWER_MODE = re.compile(r"\banswer (?:this|the following)\b", re.IGNORECASE)
 
+_EXAMPLE_LINE = re.compile(r"^\s*\d+\.\s+(.+\?)\s*$", re.MULTILINE)
 _QUESTION_FORMS = (
     "What does `{a}` in {path} do, and what does it return?",
     "How does `{a}` handle its inputs, step by step?",
@@ -206,7 +207,8 @@ def prompt_identifiers(text: str) -> list[str]:
 
 
 def default_responder(body: dict[str, Any]) -> str:
-    """Deterministic reply: a JSON array of questions for question prompts, else an answer."""
+    """Deterministic reply: a JSON array of questions for question prompts (one per numbered example
+    question "1. ...?" when the prompt shows them), else an answer."""
     text = _messages_text(body)
     last = _last_message(body)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -218,8 +220,11 @@ def default_responder(body: dict[str, Any]) -> str:
         n = max(1, min(10, int(wanted.group(1)) if wanted else 2))
         offset = int(digest[:8], 16)
         questions = []
+        examples = _EXAMPLE_LINE.findall(last)  # the planned kinds' example questions, in order
         for i in range(n):
             form = _QUESTION_FORMS[(offset + i) % len(_QUESTION_FORMS)]
+            if i < len(examples):
+                form = "For `{a}` in {path}: " + examples[i].replace("{", "{{").replace("}", "}}")
             a = idents[i % len(idents)]
             b = idents[(i + 1) % len(idents)] if len(idents) > 1 else "the rest of the module"
             questions.append(form.format(a=a, b=b, path=path))

@@ -31,8 +31,9 @@ def _data_version(table: pa.Table) -> str:
     {"python", "parquet"},
     QA_PAIRS_SCHEMA,
     "Answers with quality verdicts: accepted, or rejected as empty, too short, refusal, truncated, "
-    "not grounded in the chunk, or a (near-)duplicate within the repository; with quality.judge "
-    "enabled, an LLM judge scores the accepted pairs and rejects low scores (judge_low).",
+    "Python code that does not parse, not grounded in the chunk or the repository's symbols, or a "
+    "(near-)duplicate within the repository; with quality.judge enabled, an LLM judge scores the "
+    "accepted pairs and rejects low scores (judge_low).",
     pool="llm",  # the opt-in judge (quality.judge) is an LLM stage
 )
 def qa_pairs(

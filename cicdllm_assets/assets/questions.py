@@ -5,6 +5,8 @@ whose content key is new (or failed with attempts left) reach the backend; the t
 is rebuilt from the ledger, so a no-op re-run makes zero LLM calls.
 """
 
+from collections import Counter
+
 import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, Output
 
@@ -16,6 +18,7 @@ from cicdllm_assets.generation.questions_stage import (
     questions_table,
 )
 from cicdllm_assets.generation.rows import template_hashes
+from cicdllm_assets.quality.variety import QUESTION_NEAR_DUPLICATE, drop_near_duplicate_questions
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.resources.llm.backend_resource import BackendResource
 from cicdllm_assets.storage.contract import QUESTIONS_SCHEMA
@@ -32,7 +35,8 @@ STAGE = "questions"
 def questions(
     context: AssetExecutionContext, app_config: AppConfigResource, llm: BackendResource, code_chunks: pa.Table
 ) -> Output[pa.Table]:
-    """Generate (or reuse from the ledger) questions for the first chunks of this repository."""
+    """Generate (or reuse from the ledger) questions for the first chunks of this repository; a chunk's
+    near-duplicate questions are dropped before any answer is generated."""
     with stage_env(context, app_config, llm, STAGE) as env:
         gen = env.settings.config.generation
         chunks = chunks_from_table(code_chunks, env.repo, gen.max_chunks_per_repo)
@@ -42,12 +46,19 @@ def questions(
         context.log.info(f"{len(chunks)} of {code_chunks.num_rows} chunks x {len(themes)} themes with {model_id}")
         stats = env.runner(context).run(work, question_postprocess(gen))
         entries = env.ledger.get_many(w.item.key for w in work)
-        table = questions_table(work, entries, env.repo)
+        table, near_duplicates = drop_near_duplicate_questions(questions_table(work, entries, env.repo))
+        if near_duplicates:
+            context.log.info(
+                f"dropped {near_duplicates} near-duplicate questions (same chunk, Jaccard >= {QUESTION_NEAR_DUPLICATE})"
+            )
+        kinds = Counter(str(kind or "unknown") for kind in table.column("kind").to_pylist())
         return env.output(
             table,
             "question_id",
             stats,
             {
+                "near_duplicate_questions": MetadataValue.int(near_duplicates),
+                "question_kinds": MetadataValue.json(dict(sorted(kinds.items()))),
                 "chunks": MetadataValue.int(len(chunks)),
                 "chunks_available": MetadataValue.int(code_chunks.num_rows),
                 "themes": MetadataValue.json(list(gen.themes)),

@@ -18,6 +18,7 @@ from dagster import (
 from cicdllm_assets.assets._conventions import OWNERS, ROW_COUNT, URI, code_version, table_definition_metadata
 from cicdllm_assets.assets._step import ALL, asset_step
 from cicdllm_assets.export.dataset import build_training_dataset
+from cicdllm_assets.export.plots import figure_tables
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.storage.contract import EXPORT_SCHEMA
 from cicdllm_assets.storage.tables import TableStore
@@ -81,6 +82,8 @@ def training_dataset(context: AssetExecutionContext, app_config: AppConfigResour
             "notes": MetadataValue.json(result.notes),
             "dataset_card": MetadataValue.path(str(result.card_path)),
             "summary": MetadataValue.md(_summary_md(summary)),
+            **{f"plot_{name}": MetadataValue.md(table) for name, table in figure_tables(result).items()},
+            "plot_files": MetadataValue.json({name: str(path) for name, path in result.plot_paths.items()}),
         }
         return step.output(summary, metadata, _content_version(context, keys, result.exported_pairs))
 

@@ -178,6 +178,13 @@ class GenerationConfig(StrictModel):
         3, ge=1, le=100, description="tries per item across runs; outages (connection, timeout, 5xx, 429) use none"
     )
     min_question_chars: int = Field(12, ge=1, description="shorter questions are dropped")
+    repo_context_tokens: int = Field(
+        160,
+        ge=0,
+        le=100000,
+        description="tokens of repo-wide context ({repo_context}: signatures and docstrings of repo symbols "
+        "a chunk uses but does not define) per answer prompt; 0 = none",
+    )
 
     @property
     def effective_answer_max_tokens(self) -> int:

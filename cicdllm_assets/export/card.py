@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.export.judge_report import judge_markdown
+from cicdllm_assets.export.plots import plots_markdown
+from cicdllm_assets.export.quality_report import variety_markdown
 from cicdllm_assets.export.records import SPLITS
 from cicdllm_assets.export.writers import SPLIT_FORMATS
 
@@ -229,12 +231,22 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     parts.append(
         "\nFilters: empty question/answer; truncated question; too short; answers that only echo the chunk; "
         'refusals ("I\'m sorry, I can\'t…", "As an AI…"); repetitive (looping) answers; '
-        "truncated (length limit reached, unbalanced code fence, ends mid-sentence); not grounded "
-        "(under 60 % of the identifiers in the answer's code and backticks occur in the chunk, its imports, "
-        "path or question); exact duplicates and near-duplicates (MinHash LSH on character 5-grams of "
+        "truncated (length limit reached, unbalanced code fence, ends mid-sentence); code_invalid (a Python "
+        "code block does not parse); not grounded (under 60 % of the identifiers in the answer's code and "
+        "backticks occur in the chunk, its imports, path, question or the repository's symbol index); "
+        "exact duplicates and near-duplicates (MinHash LSH on character 5-grams of "
         f"question + answer, Jaccard >= {cfg.export.near_duplicate_threshold}) within and across repositories; "
         "licence allow-list.\n"
     )
+    parts.append("\n## Question variety\n\n")
+    parts.append(
+        "Each chunk's questions are planned over six kinds (how to use it, why it is designed so, bad input "
+        "and errors, how to extend it, how to test it, callers and callees) so one chunk's questions do not "
+        "repeat a kind; near-duplicate questions of a chunk are dropped before answers are generated.\n\n"
+    )
+    parts.append(variety_markdown(result))
+    parts.append("\n## Plots\n\n")
+    parts.append(plots_markdown(result))
     parts.append("\n## Judge\n\n")
     judge = cfg.quality.judge
     parts.append(judge_markdown(result.judge, result.rejections, judge.threshold, judge.enabled))

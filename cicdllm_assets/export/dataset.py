@@ -36,12 +36,15 @@ from cicdllm_assets.config.models import EXPORT_FORMATS
 from cicdllm_assets.errors import INPUT, CicdllmError
 from cicdllm_assets.export.card import render_card
 from cicdllm_assets.export.judge_report import JudgeReport, judge_report, write_judge_plot
+from cicdllm_assets.export.plots import write_plots
+from cicdllm_assets.export.quality_report import exported_variety
 from cicdllm_assets.export.records import SPLITS, user_prompt
 from cicdllm_assets.export.splits import assign_splits_table
 from cicdllm_assets.export.writers import WrittenFile, write_exports, write_text_atomic
 from cicdllm_assets.quality.dedup import DuplicateIndex, DuplicateOf
 from cicdllm_assets.quality.filters import LICENSE_EXCLUDED
 from cicdllm_assets.quality.secrets import RedactionResult, may_hold_secrets, redact_secrets
+from cicdllm_assets.quality.variety import QuestionVariety
 from cicdllm_assets.storage.contract import EXPORT_SCHEMA, JUDGE_FIELDS
 
 logger = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ TEXT_COLUMNS = (
     "question_id",
     "chunk_key",
     "params",
+    "question_kind",
 )
 NOASSERTION = "NOASSERTION"
 
@@ -101,6 +105,9 @@ class DatasetResult:
     notes: list[str] = field(default_factory=list)
     card_path: Path | None = None
     manifest_path: Path | None = None
+    variety: QuestionVariety | None = None
+    answer_words: list[int] = field(default_factory=list)
+    plot_paths: dict[str, Path] = field(default_factory=dict)
     judge: JudgeReport | None = None
 
     @property
@@ -246,6 +253,11 @@ def _source(con: duckdb.DuckDBPyConnection, qa_pairs: pa.Table | Sequence[Path])
             coalesce(CAST(start_line AS BIGINT), 0) AS start_line, coalesce(CAST(end_line AS BIGINT), 0) AS end_line,
             coalesce(CAST(accepted AS BOOLEAN), false) AS accepted,
             {"CAST(reject_reason AS VARCHAR)" if "reject_reason" in present else "NULL"} AS reject_reason,
+            {
+        "coalesce(array_to_string(context_files, ','), CAST(path AS VARCHAR))"
+        if "context_files" in present
+        else "CAST(path AS VARCHAR)"
+    } AS context_files,
             {", ".join(texts)}, {", ".join(judge)}
         FROM src_raw""")  # noqa: S608 - column names are constants
 
@@ -369,6 +381,7 @@ def _build(
         excluded_repos=dict(sorted(excluded.items())),
         redactions=dict(sorted(redactions.items())),
     )
+    result.variety, result.answer_words = exported_variety(con, "ordered")
     counts = result.split_counts()
     for split in SPLITS:
         if counts[split] == 0:
@@ -381,6 +394,7 @@ def _build(
         result.judge.plot_path = write_judge_plot(result.judge, target)
     result.manifest_path = target / MANIFEST_NAME
     write_text_atomic(result.manifest_path, _manifest_text(con, result, chosen))
+    result.plot_paths = write_plots(result, target)
     result.card_path = target / CARD_NAME
     write_text_atomic(result.card_path, render_card(result, chosen, settings))
     logger.info("exported %d pairs to %s (%s)", result.exported_pairs, target, ", ".join(chosen))

@@ -399,3 +399,14 @@ def write_text_atomic(path: Path, text: str | Iterable[str]) -> None:
         staged.abort()
         raise
     staged.commit()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a small binary file (a card plot) atomically."""
+    staged = _Staged(path)
+    try:
+        staged.temp.write_bytes(data)
+    except BaseException:
+        staged.abort()
+        raise
+    staged.commit()

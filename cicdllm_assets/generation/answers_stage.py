@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -23,6 +23,7 @@ from cicdllm_assets.generation.rows import (
     chunk_columns,
     stored_flag,
 )
+from cicdllm_assets.generation.symbols import RepoContext, RepoIndex, context_files, repo_context
 from cicdllm_assets.llm.base import (
     GenerationResult,
 )
@@ -36,6 +37,8 @@ class AnswerWork:
 
     work: WorkItem
     question: QuestionRow
+    files: list[str] = field(default_factory=list)
+    """Every file the answer prompt drew on (the chunk's, then its repo context's)."""
 
 
 def plan_answers(
@@ -45,10 +48,15 @@ def plan_answers(
     model_id: str,
     gen: GenerationConfig,
     repo: str,
+    index: RepoIndex | None = None,
+    count_tokens: Callable[[str], int] | None = None,
 ) -> tuple[list[AnswerWork], int]:
-    """One answer item per question whose chunk is current; returns (work, stale question count)."""
-    params = answer_params(gen)
-    pjson = params_json(params)
+    """One answer item per question whose chunk is current; returns (work, stale question count).
+
+    Themes whose answer template shows ``{repo_context}`` get the chunk's repo-wide context
+    (:func:`repo_context` over ``index``, at most ``gen.repo_context_tokens`` tokens counted with
+    ``count_tokens``); a hash of that context is part of the item's key, so only a change in what
+    the prompt shows (a used definition's signature or docstring) regenerates the answer."""
     ordered = sorted(
         question_rows,
         key=lambda r: (
@@ -63,6 +71,7 @@ def plan_answers(
     work: list[AnswerWork] = []
     stale = 0
     themes: dict[str, ThemeTemplate] = {}
+    contexts: dict[str, RepoContext] = {}
     for row in ordered:
         chunk = chunks_by_key.get(row["chunk_key"])
         if chunk is None:
@@ -72,22 +81,39 @@ def plan_answers(
         if theme_name not in themes:
             themes[theme_name] = prompts.theme(theme_name)
         theme = themes[theme_name]
+        context = RepoContext()
+        if theme.uses_repo_context and index is not None and count_tokens is not None:
+            if chunk.chunk_key not in contexts:
+                contexts[chunk.chunk_key] = repo_context(
+                    chunk.text,
+                    chunk.language,
+                    chunk.imports,
+                    index,
+                    gen.repo_context_tokens,
+                    count_tokens,
+                    lambda text: redact_field(text) or text,
+                )
+            context = contexts[chunk.chunk_key]
+        params = answer_params(gen)
+        if context.text:
+            params = {**params, "repo_context": context.digest}
         question = row["question"]
         key = item_key(
             "answer", theme.chunk_input(chunk, "answer"), theme.name, theme.answer_hash, model_id, params, question
         )
         item = LedgerItem(
-            key, "answer", repo, chunk.chunk_key, theme.name, theme.answer_hash, model_id, pjson, question
+            key, "answer", repo, chunk.chunk_key, theme.name, theme.answer_hash, model_id, params_json(params), question
         )
         work.append(
             AnswerWork(
                 WorkItem(
                     item=item,
                     chunk=chunk,
-                    build=theme.answer_builder(chunk, question),
+                    build=theme.answer_builder(chunk, question, context.text),
                     desired_max_tokens=gen.effective_answer_max_tokens,
                 ),
                 row,
+                context_files(chunk.path, context),
             )
         )
     return work, stale
@@ -122,6 +148,8 @@ def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry]
                 "template_hash": entry.template_hash,
                 "question_template_hash": question.get("template_hash") or "",
                 "question": entry.input_text or question["question"],
+                "question_kind": question.get("kind"),
+                "context_files": aw.files or [chunk.path],
                 "answer": entry.output or "",
                 "model_id": entry.model_id,
                 "params": entry.params_json,

@@ -63,6 +63,7 @@ class WorkItem:
     build: MessageBuilder
     desired_max_tokens: int
     n_questions: int = 0
+    kinds: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:

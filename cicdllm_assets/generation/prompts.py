@@ -44,8 +44,8 @@ CHUNK_FIELDS: tuple[str, ...] = ("repo", "path", "language", "symbol", "imports"
 ALLOWED_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "system": frozenset(CHUNK_FIELDS),
     "context": frozenset(CHUNK_FIELDS),
-    "question": frozenset((*CHUNK_FIELDS, "n_questions")),
-    "answer": frozenset((*CHUNK_FIELDS, "question")),
+    "question": frozenset((*CHUNK_FIELDS, "n_questions", "examples")),
+    "answer": frozenset((*CHUNK_FIELDS, "question", "repo_context")),
 }
 TEMPLATE_KEYS = frozenset({"description", "system", "context", "question", "answer"})
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -130,21 +130,42 @@ class ThemeTemplate:
             ChatMessage("user", render(instruction, values).strip()),
         )
 
-    def question_messages(self, chunk: Chunk, n_questions: int, code: str | None = None) -> tuple[ChatMessage, ...]:
-        """Messages asking for ``n_questions`` questions about ``chunk`` (``code`` overrides its text)."""
-        return self._messages(chunk, self.question, {"n_questions": str(n_questions)}, code)
+    @cached_property
+    def uses_examples(self) -> bool:
+        """Whether the question template shows planned example questions (``{examples}``)."""
+        return "examples" in placeholders(self.question)
 
-    def answer_messages(self, chunk: Chunk, question: str, code: str | None = None) -> tuple[ChatMessage, ...]:
-        """Messages asking to answer ``question`` about ``chunk``."""
-        return self._messages(chunk, self.answer, {"question": question}, code)
+    @cached_property
+    def uses_repo_context(self) -> bool:
+        """Whether the answer template shows repo-wide context (``{repo_context}``)."""
+        return "repo_context" in placeholders(self.answer)
 
-    def question_builder(self, chunk: Chunk, n_questions: int) -> Callable[[str], tuple[ChatMessage, ...]]:
+    def question_messages(
+        self, chunk: Chunk, n_questions: int, code: str | None = None, examples: str = ""
+    ) -> tuple[ChatMessage, ...]:
+        """Messages asking for ``n_questions`` questions about ``chunk`` (``code`` overrides its text),
+        shaped by ``examples`` (see :mod:`cicdllm_assets.generation.kinds`)."""
+        extra = {"n_questions": str(n_questions), "examples": examples}
+        return self._messages(chunk, self.question, extra, code)
+
+    def answer_messages(
+        self, chunk: Chunk, question: str, code: str | None = None, repo_context: str = ""
+    ) -> tuple[ChatMessage, ...]:
+        """Messages asking to answer ``question`` about ``chunk`` (``repo_context``: definitions
+        from elsewhere in the repository, see :mod:`cicdllm_assets.generation.symbols`)."""
+        return self._messages(chunk, self.answer, {"question": question, "repo_context": repo_context}, code)
+
+    def question_builder(
+        self, chunk: Chunk, n_questions: int, examples: str = ""
+    ) -> Callable[[str], tuple[ChatMessage, ...]]:
         """``code -> messages`` for context fitting of a question request."""
-        return lambda code: self.question_messages(chunk, n_questions, code)
+        return lambda code: self.question_messages(chunk, n_questions, code, examples)
 
-    def answer_builder(self, chunk: Chunk, question: str) -> Callable[[str], tuple[ChatMessage, ...]]:
+    def answer_builder(
+        self, chunk: Chunk, question: str, repo_context: str = ""
+    ) -> Callable[[str], tuple[ChatMessage, ...]]:
         """``code -> messages`` for context fitting of an answer request."""
-        return lambda code: self.answer_messages(chunk, question, code)
+        return lambda code: self.answer_messages(chunk, question, code, repo_context)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

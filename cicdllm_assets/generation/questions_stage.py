@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import builtins
+import hashlib
 from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
 
 import pyarrow as pa
 
 from cicdllm_assets.config.models import GenerationConfig
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.engine import Postprocess, WorkItem
+from cicdllm_assets.generation.kinds import KINDS_VERSION, examples_text, plan_kinds
 from cicdllm_assets.generation.ledger import (
     LedgerEntry,
     LedgerItem,
@@ -24,22 +28,51 @@ from cicdllm_assets.generation.rows import (
     question_params,
     stored_flag,
 )
+from cicdllm_assets.generation.symbols import chunk_symbols
 from cicdllm_assets.llm.base import (
     GenerationResult,
 )
 from cicdllm_assets.quality.secrets import redact_field
 from cicdllm_assets.storage.contract import QUESTIONS_SCHEMA, QuestionRow
 
+_BUILTINS = frozenset(dir(builtins))
+
+
+def example_names(chunk: Chunk) -> dict[str, list[str]]:
+    """The chunk's real names the example questions use: ``s`` its symbol, ``p`` parameters,
+    ``c`` names it calls, ``e`` exceptions it raises (:func:`chunk_symbols`)."""
+    symbols = chunk_symbols(chunk.text, chunk.language or "")
+    symbol = chunk.symbol.split(",")[0].strip() or PurePosixPath(chunk.path).name
+    return {
+        "s": [symbol],
+        "p": [p for p in symbols.params if len(p) > 1][:4],
+        "c": [c for c in symbols.calls if len(c) > 2 and c not in _BUILTINS and c != symbol.rsplit(".", 1)[-1]][:4],
+        "e": list(symbols.raises[:2]),
+    }
+
 
 def plan_questions(
     chunks: Sequence[Chunk], themes: Sequence[ThemeTemplate], model_id: str, gen: GenerationConfig, repo: str
 ) -> list[WorkItem]:
-    """One question item per chunk x theme, in chunk order (themes of a chunk together)."""
-    params = question_params(gen)
-    pjson = params_json(params)
+    """One question item per chunk x theme, in chunk order (themes of a chunk together).
+
+    For themes whose template shows ``{examples}``, the chunk's question kinds are planned across
+    its themes (:func:`plan_kinds`, seeded by the chunk's code) and one example question per slot
+    is rendered from the chunk's names; the kinds and a hash of the rendered examples are part of
+    the item's key (its params), like everything else the prompt shows. Other themes get no kinds."""
     work = []
     for chunk in chunks:
+        kinds = plan_kinds(chunk.text, [t.name for t in themes if t.uses_examples], gen.questions_per_chunk)
+        names = example_names(chunk) if kinds else {}
         for theme in themes:
+            planned = kinds.get(theme.name, ())
+            params = question_params(gen)
+            examples = ""
+            if planned:
+                examples = examples_text(planned, chunk.text, names)
+                examples_hash = hashlib.sha256(examples.encode("utf-8")).hexdigest()[:16]
+                params = {**params, "question_kinds": KINDS_VERSION, "kinds": list(planned), "examples": examples_hash}
+            pjson = params_json(params)
             key = item_key(
                 "question", theme.chunk_input(chunk, "question"), theme.name, theme.question_hash, model_id, params
             )
@@ -48,9 +81,10 @@ def plan_questions(
                 WorkItem(
                     item=item,
                     chunk=chunk,
-                    build=theme.question_builder(chunk, gen.questions_per_chunk),
+                    build=theme.question_builder(chunk, gen.questions_per_chunk, examples),
                     desired_max_tokens=gen.question_max_tokens,
                     n_questions=gen.questions_per_chunk,
+                    kinds=planned,
                 )
             )
     return work
@@ -98,6 +132,7 @@ def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]
                     "params": entry.params_json,
                     **chunk_columns(chunk),
                     "question_index": index,
+                    "kind": w.kinds[index] if index < len(w.kinds) else None,
                     "generation_key": entry.key,
                     "prompt_tokens": entry.prompt_tokens,
                     "completion_tokens": entry.completion_tokens,

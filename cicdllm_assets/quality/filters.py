@@ -1,4 +1,4 @@
-"""Per-answer quality filters: empty, truncated, refusal and ungrounded answers.
+"""Per-answer quality filters: empty, truncated, refusal, invalid code and ungrounded answers.
 
 Every filter returns a :class:`Rejection` (a stable reason code plus a human detail) or
 ``None``. Reason codes are what ``qa_pairs.reject_reason`` holds and what the dataset
@@ -7,14 +7,16 @@ card counts, so they never change meaning.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+import textwrap
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cicdllm_assets.quality.grounding import DEFAULT_MIN_GROUNDED_RATIO, grounding_score
+from cicdllm_assets.quality.grounding import DEFAULT_MIN_GROUNDED_RATIO, FENCE, grounding_score
 
 # Reason codes (stable: stored in tables and counted in the dataset card).
 EMPTY_QUESTION = "empty_question"
@@ -29,6 +31,7 @@ DUPLICATE = "duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 LICENSE_EXCLUDED = "license_excluded"
 REPETITIVE = "repetitive"
+CODE_INVALID = "code_invalid"
 
 REASONS: tuple[str, ...] = (
     EMPTY_QUESTION,
@@ -39,6 +42,7 @@ REASONS: tuple[str, ...] = (
     REFUSAL,
     REPETITIVE,
     ECHOES_CHUNK,
+    CODE_INVALID,
     NOT_GROUNDED,
     DUPLICATE,
     NEAR_DUPLICATE,
@@ -73,6 +77,8 @@ _DANGLING_TEXT = (
 )
 _DANGLING_WORDS = frozenset(_DANGLING_TEXT.split())
 _SENTENCE_END = ".!?:;)]}\"'`*>|"
+PYTHON_FENCE_LANGS = frozenset({"python", "py", "python3", "py3", "pycon", "ipython"})
+_DOCTEST_PROMPT = re.compile(r"^\s*(?:>>>|\.\.\.)(?: |$)")
 
 
 @dataclass(frozen=True)
@@ -181,13 +187,48 @@ def check_refusal(answer: str) -> str | None:
     return f"refusal phrase {match.group(0).strip()!r}" if match else None
 
 
+def python_blocks(answer: str, language: str = "") -> list[str]:
+    """The answer's fenced code blocks that are Python: tagged ``python``/``py``/..., or untagged
+    when the chunk is Python (``language``). Doctest blocks keep only their ``>>>``/``...`` lines."""
+    blocks: list[str] = []
+    for match in FENCE.finditer(answer):
+        tag = match.group(1).strip().split()[0].lower() if match.group(1).strip() else ""
+        if tag not in PYTHON_FENCE_LANGS and not (tag == "" and language.lower() == "python"):
+            continue
+        body = match.group(2)
+        lines = body.splitlines()
+        if any(_DOCTEST_PROMPT.match(line) for line in lines):
+            body = "\n".join(_DOCTEST_PROMPT.sub("", line, count=1) for line in lines if _DOCTEST_PROMPT.match(line))
+        blocks.append(body)
+    return blocks
+
+
+def check_code_blocks(answer: str, language: str = "") -> str | None:
+    """A detail string if a Python code block of ``answer`` does not parse (``ast``)."""
+    for number, block in enumerate(python_blocks(answer, language), start=1):
+        if not block.strip():
+            continue
+        try:
+            ast.parse(textwrap.dedent(block))
+        except SyntaxError as exc:
+            return f"Python code block {number} does not parse: {exc.msg} (line {exc.lineno})"
+        except ValueError as exc:  # e.g. null bytes
+            return f"Python code block {number} does not parse: {exc}"
+    return None
+
+
 def check_pair(
     row: Mapping[str, Any],
     chunk_text: str | None,
     imports: str = "",
     min_grounded_ratio: float = DEFAULT_MIN_GROUNDED_RATIO,
+    repo_symbols: frozenset[str] = frozenset(),
 ) -> Rejection | None:
-    """Run every per-pair filter on one answers row; the first failing one wins."""
+    """Run every per-pair filter on one answers row; the first failing one wins.
+
+    ``repo_symbols`` are the names the whole repository defines (see
+    :func:`~cicdllm_assets.quality.grounding.repo_symbol_index`): they count as grounded too.
+    """
     question = str(row.get("question") or "").strip()
     answer = str(row.get("answer") or "").strip()
     if not question:
@@ -215,16 +256,26 @@ def check_pair(
     repetitive = check_repetitive(answer)
     if repetitive:
         return Rejection(REPETITIVE, repetitive)
+    code_problem = check_code_blocks(answer, str(row.get("language") or ""))
+    if code_problem:
+        return Rejection(CODE_INVALID, code_problem)
     if chunk_text is not None:
         echo = check_echo(answer, chunk_text)
         if echo:
             return Rejection(ECHOES_CHUNK, echo)
-        score = grounding_score(answer, chunk_text, imports=imports, question=question, path=str(row.get("path") or ""))
+        score = grounding_score(
+            answer,
+            chunk_text,
+            imports=imports,
+            question=question,
+            path=str(row.get("path") or ""),
+            repo_symbols=repo_symbols,
+        )
         if score.checked and score.ratio < min_grounded_ratio:
             missing = ", ".join(score.missing[:5])
             return Rejection(
                 NOT_GROUNDED,
-                f"{score.found}/{score.checked} code identifiers found in the chunk "
+                f"{score.found}/{score.checked} code identifiers found in the chunk or the repository "
                 f"(< {min_grounded_ratio:.0%}); missing: {missing}",
             )
     return None

@@ -5,7 +5,9 @@ blocks and inline backticks. From them we drop language keywords and builtins, v
 common library/method names, names shorter than 3 characters, and names the answer's
 own code defines (assignments, ``def``/``class``/``function``, loop variables, imports,
 parameters): an example may invent ``result`` or ``client`` freely. What remains must
-mostly occur in the chunk text, its imports, its path or the question.
+mostly occur in the chunk text, its imports, its path, the question, or the repository's
+symbol index (every name any chunk of the repository defines, :func:`repo_symbol_index`):
+a function defined in another file of the repository is grounded, an invented one is not.
 
 Threshold: an answer is grounded when at least ``DEFAULT_MIN_GROUNDED_RATIO`` (60 %)
 of its checked identifiers occur in that ground set; answers with fewer than
@@ -15,13 +17,14 @@ of its checked identifiers occur in that ground set; answers with fewer than
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 DEFAULT_MIN_GROUNDED_RATIO = 0.6
 MIN_CHECKED_IDENTIFIERS = 3
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
+FENCE = re.compile(r"```([^\n`]*)\n(.*?)(?:```|\Z)", re.DOTALL)
 _INLINE = re.compile(r"(?<!`)`([^`\n]{1,200})`(?!`)")
 _DEFINED = re.compile(
     r"(?:\b(?:def|class|function|func|fn|let|const|var|val|struct|enum|interface|type|module|macro)\s+"
@@ -78,16 +81,14 @@ class GroundingScore:
 
 def claimed_identifiers(answer: str) -> set[str]:
     """Identifiers the answer uses in code blocks and inline code, minus those it defines itself."""
-    blocks = _FENCE.findall(answer)
-    without_blocks = _FENCE.sub(" ", answer)
+    blocks = [match.group(2) for match in FENCE.finditer(answer)]
+    without_blocks = FENCE.sub(" ", answer)
     inline = _INLINE.findall(without_blocks)
-    defined: set[str] = set()
+    dotted_defined: set[str] = set()
     for source in blocks + inline:
-        for match in _DEFINED.finditer(source):
-            defined.update(v for v in match.groupdict().values() if v)
+        dotted_defined |= defined_names(source)
         for params in _PARAMS.findall(source):
-            defined.update(_IDENT.findall(params))
-    dotted_defined = {part for name in defined for part in name.split(".")}
+            dotted_defined.update(_IDENT.findall(params))
     used: set[str] = set()
     for source in blocks + inline:
         # Strings and comments are prose, not claims about the code.
@@ -96,14 +97,42 @@ def claimed_identifiers(answer: str) -> set[str]:
     return {name for name in used if len(name) >= 3 and name.lower() not in _COMMON and name not in dotted_defined}
 
 
+def defined_names(source: str) -> set[str]:
+    """Names ``source`` binds: ``def``/``class``/... names, assignments, loop variables, imports."""
+    names: set[str] = set()
+    for match in _DEFINED.finditer(source):
+        for value in match.groupdict().values():
+            if value:
+                names.update(value.split("."))
+    return names
+
+
+def repo_symbol_index(symbols: Iterable[str], texts: Iterable[str]) -> frozenset[str]:
+    """The repository's symbol index: every identifier in ``symbols`` (the chunks' ``symbol`` cells,
+    ``"a, b"`` lists, and their file paths: packages and modules) and every name the chunk texts
+    define (functions, classes, methods, assignments, imports)."""
+    index: set[str] = set()
+    for cell in symbols:
+        index.update(_IDENT.findall(cell or ""))
+    for text in texts:
+        index.update(defined_names(text or ""))
+    return frozenset(index)
+
+
 def grounding_score(
-    answer: str, chunk_text: str, imports: str = "", question: str = "", path: str = ""
+    answer: str,
+    chunk_text: str,
+    imports: str = "",
+    question: str = "",
+    path: str = "",
+    repo_symbols: frozenset[str] = frozenset(),
 ) -> GroundingScore:
-    """Score ``answer`` against the chunk (plus imports, question and path as ground truth)."""
+    """Score ``answer`` against the chunk (plus imports, question, path and the repository's
+    symbol index as ground truth)."""
     claimed = claimed_identifiers(answer)
     if not claimed:
         return GroundingScore(0, 0)
-    ground = set(_IDENT.findall(chunk_text)) | set(_IDENT.findall(imports))
+    ground = set(_IDENT.findall(chunk_text)) | set(_IDENT.findall(imports)) | repo_symbols
     ground |= set(_IDENT.findall(question)) | set(_IDENT.findall(path))
     ground_lower = {name.lower() for name in ground}
     missing = sorted(name for name in claimed if name not in ground and name.lower() not in ground_lower)

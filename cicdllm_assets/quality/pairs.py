@@ -1,6 +1,7 @@
 """Filter one repository's answers into ``qa_pairs``: every row kept, each marked accepted or not.
 
-Per pair: empty/short, refusal, truncated, chunk missing, not grounded (see
+Per pair: empty/short, refusal, truncated, Python code blocks that do not parse, chunk
+missing, not grounded in the chunk, its imports or the repository's symbol index (see
 :mod:`cicdllm_assets.quality.filters`). Then, among the pairs still accepted, exact and
 near-duplicates within the repository (the first in (path, start line, answer id)
 order is kept). Cross-repository duplicates are removed later, in ``training_dataset``.
@@ -17,7 +18,7 @@ import pyarrow as pa
 
 from cicdllm_assets.quality.dedup import find_duplicates
 from cicdllm_assets.quality.filters import DUPLICATE, NEAR_DUPLICATE, Rejection, check_pair
-from cicdllm_assets.quality.grounding import DEFAULT_MIN_GROUNDED_RATIO
+from cicdllm_assets.quality.grounding import DEFAULT_MIN_GROUNDED_RATIO, repo_symbol_index
 from cicdllm_assets.storage.contract import QA_EXTRA_FIELDS, AnswerRow
 
 MISSING_CHUNK = "missing_chunk"
@@ -48,12 +49,15 @@ def filter_pairs(
         if column not in answers.column_names:
             raise ValueError(f"answers table lacks column {column!r}")
     chunks: dict[str, tuple[str, str]] = {}
+    repo_symbols: frozenset[str] = frozenset()
     if code_chunks is not None and code_chunks.num_rows:
         imports = code_chunks.column("imports").to_pylist() if "imports" in code_chunks.column_names else None
-        for i, (key, text) in enumerate(
-            zip(code_chunks.column("chunk_key").to_pylist(), code_chunks.column("text").to_pylist(), strict=True)
-        ):
+        texts = [text or "" for text in code_chunks.column("text").to_pylist()]
+        for i, (key, text) in enumerate(zip(code_chunks.column("chunk_key").to_pylist(), texts, strict=True)):
             chunks[key] = (text, (imports[i] or "") if imports else "")
+        symbols = code_chunks.column("symbol").to_pylist() if "symbol" in code_chunks.column_names else []
+        paths = code_chunks.column("path").to_pylist() if "path" in code_chunks.column_names else []
+        repo_symbols = repo_symbol_index([s or "" for s in symbols + paths], texts)
     rows = cast(list[AnswerRow], answers.to_pylist())
     verdicts: list[Rejection | None] = []
     for done, row in enumerate(rows, start=1):
@@ -62,7 +66,7 @@ def filter_pairs(
             verdict: Rejection | None = Rejection(MISSING_CHUNK, "the chunk is no longer in code_chunks")
             verdict = check_pair(row, None) or verdict
         else:
-            verdict = check_pair(row, chunk[0], chunk[1], min_grounded_ratio)
+            verdict = check_pair(row, chunk[0], chunk[1], min_grounded_ratio, repo_symbols)
         verdicts.append(verdict)
         if progress is not None and (done % 200 == 0 or done == len(rows)):
             progress(done)

@@ -49,7 +49,11 @@ def arrow_schema(row: type, *, int32: Iterable[str] = (), all_nullable: bool = F
     fields = []
     for name, annotation in typing.get_type_hints(row).items():
         base, optional = split_optional(annotation)
-        arrow_type = pa.int32() if name in narrow else _ARROW_TYPES[base]
+        if typing.get_origin(base) is list:
+            (item,) = typing.get_args(base)
+            arrow_type: pa.DataType = pa.list_(_ARROW_TYPES[item])
+        else:
+            arrow_type = pa.int32() if name in narrow else _ARROW_TYPES[base]
         fields.append(pa.field(name, arrow_type, nullable=optional or all_nullable))
     return pa.schema(fields)
 
@@ -147,6 +151,7 @@ class QuestionRow(_QuestionHead, ChunkProvenance):
     """One parsed question about a chunk (``questions``)."""
 
     question_index: int
+    kind: str | None
     generation_key: str
     prompt_tokens: int
     completion_tokens: int
@@ -168,6 +173,8 @@ class _AnswerHead(TypedDict):
     template_hash: str
     question_template_hash: str
     question: str
+    question_kind: str | None
+    context_files: list[str]
     answer: str
     model_id: str
     params: str
@@ -236,6 +243,8 @@ class _ExportRecord(_ExportHead, ChunkProvenance):
     question_id: str
     chunk_key: str
     params: str
+    context_files: str
+    """Every file the answer prompt drew on (its chunk's file, then repo context), comma-separated."""
 
 
 class ExportRow(_ExportRecord, JudgeScores):

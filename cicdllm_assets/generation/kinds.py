@@ -1,0 +1,138 @@
+"""Question kinds: what each question asks, planned per chunk so one chunk's questions differ.
+
+Six kinds (:data:`QUESTION_KINDS`): how to use the code, why it is designed so, what happens
+on bad input (which errors it raises), how to extend or change it, how to test it, and how
+it relates to its callers and callees. :func:`plan_kinds` assigns kinds to a chunk's question
+slots (theme x question index) deterministically from the chunk's code: each theme first gets
+its natural kind (``testing`` -> ``testing``, ...), the other slots follow a permutation
+seeded by the chunk's code; no kind repeats within a chunk until all six are used, and never
+within one theme's questions (up to six per theme).
+
+The question prompt shows one *example question* per slot (``{examples}``, :func:`examples_text`),
+phrased for the chunk with its real names (its symbol, a parameter, a name it calls, an exception
+it raises): a labelled list of kinds made SmolLM2-135M echo the list instead of writing
+questions; example questions in the numbered form it answers in are followed. Each question row
+records its slot's kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Mapping, Sequence
+
+QUESTION_KINDS: dict[str, str] = {
+    "usage": "how to use it: a concrete call with real arguments and what it returns",
+    "design": "why it is designed this way rather than another way",
+    "errors": "what happens on bad, empty or boundary input, and which errors it raises",
+    "extend": "how to extend or change it safely (a new option, case or subclass)",
+    "testing": "how to test it: which behaviour to check and with which inputs",
+    "relations": "how it relates to its callers and the functions or classes it calls",
+}
+THEME_KINDS: dict[str, str] = {
+    "usage_examples": "usage",
+    "design_rationale": "design",
+    "debugging": "errors",
+    "testing": "testing",
+    "code_explanation": "relations",
+}
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "usage": (
+        "How do I call `{s}` with `{p}`, and what does it return?",
+        "What does `{s}` return for a given `{p}`?",
+        "Which value should I pass as `{p}` to `{s}`?",
+        "What is a typical call of `{s}`?",
+        "How is `{s}` used together with `{c}`?",
+    ),
+    "design": (
+        "Why does `{s}` rely on `{c}`?",
+        "Why does `{s}` take `{p}` as a parameter?",
+        "Why is `{s}` written this way rather than another way?",
+        "What trade-off does `{s}` make?",
+    ),
+    "errors": (
+        "When does `{s}` raise `{e}`?",
+        "What happens when `{p}` is empty or invalid in `{s}`?",
+        "What goes wrong in `{s}` if `{c}` fails?",
+        "Which inputs make `{s}` fail?",
+    ),
+    "extend": (
+        "How would I add a new option to `{s}`?",
+        "What would change in `{s}` to support another kind of `{p}`?",
+        "Where would a new case go in `{s}`?",
+    ),
+    "testing": (
+        "How would a test check `{s}` with a different `{p}`?",
+        "How can a test replace `{c}` when checking `{s}`?",
+        "Which cases should a test of `{s}` cover?",
+    ),
+    "relations": (
+        "What does `{c}` do for `{s}`?",
+        "How does `{s}` use the result of `{c}`?",
+        "Which functions does `{s}` call, and why?",
+        "Who would call `{s}`, and what do they get back?",
+    ),
+}
+"""Example questions per kind; ``{s}`` is the chunk's symbol, ``{p}`` a parameter, ``{c}`` a name
+it calls, ``{e}`` an exception it raises (an example needing a name the chunk lacks is skipped)."""
+KINDS_VERSION = hashlib.sha256(json.dumps([QUESTION_KINDS, EXAMPLES], sort_keys=True).encode("utf-8")).hexdigest()[:12]
+"""Part of question item keys: editing a kind's wording or its examples regenerates the questions."""
+_SLOT = re.compile(r"\{([spce])\}")
+
+
+def plan_kinds(seed: str, themes: Sequence[str], n_questions: int) -> dict[str, tuple[str, ...]]:
+    """``{theme: kinds of its n_questions slots}`` for one chunk, ``seed`` its code (deterministic;
+    see module doc)."""
+    names = list(QUESTION_KINDS)
+    order = random.Random(int(hashlib.sha256(seed.encode("utf-8")).hexdigest()[:16], 16))  # noqa: S311
+    order.shuffle(names)
+    used: list[str] = []
+    plan: dict[str, list[str]] = {theme: [] for theme in themes}
+
+    def take(theme: str, preferred: str | None = None) -> str:
+        cycle = used[len(used) - len(used) % len(names) :]  # kinds used since all six were last used
+        mine = plan[theme]
+        for candidates in (
+            [k for k in names if k not in cycle and k not in mine],
+            [k for k in names if k not in mine],
+            names,
+        ):
+            if candidates:
+                kind = preferred if preferred in candidates else candidates[0]
+                break
+        used.append(kind)
+        mine.append(kind)
+        return kind
+
+    for theme in themes:  # natural kinds first, in theme order
+        if n_questions:
+            take(theme, THEME_KINDS.get(theme))
+    for _ in range(1, n_questions):
+        for theme in themes:
+            take(theme)
+    return {theme: tuple(kinds) for theme, kinds in plan.items()}
+
+
+def example_question(kind: str, seed: str, names: Mapping[str, Sequence[str]]) -> str:
+    """One example question of ``kind``: among the phrasings whose slots the chunk can fill, one
+    of the most specific (most distinct names), chosen and filled deterministically from ``seed``;
+    ``names``: ``s``/``p``/``c``/``e`` -> candidates."""
+    digest = int(hashlib.sha256(f"{kind}\x1f{seed}".encode()).hexdigest()[:12], 16)
+    usable = [t for t in EXAMPLES[kind] if all(names.get(slot) for slot in _SLOT.findall(t))]
+    most = max(len(set(_SLOT.findall(t))) for t in usable)  # the most specific phrasings the chunk can fill
+    usable = [t for t in usable if len(set(_SLOT.findall(t))) == most]
+    template = usable[digest % len(usable)]
+
+    def fill(match: re.Match[str]) -> str:
+        options = names[match.group(1)]
+        return options[(digest >> 8) % len(options)]
+
+    return _SLOT.sub(fill, template)
+
+
+def examples_text(kinds: Sequence[str], seed: str, names: Mapping[str, Sequence[str]]) -> str:
+    """The ``{examples}`` placeholder: one numbered example question per planned kind."""
+    lines = [example_question(kind, f"{seed}\x1f{i}", names) for i, kind in enumerate(kinds, 1)]
+    return "\n".join(f"{i}. {line}" for i, line in enumerate(lines, 1))
