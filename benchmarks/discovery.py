@@ -30,16 +30,16 @@ from cicdllm_assets.chunking.cache import PlanCache
 from cicdllm_assets.chunking.redaction_cache import RedactionCache
 from cicdllm_assets.chunking.rows import ChunkRowBuilder
 from cicdllm_assets.chunking.service import Chunker
-from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.config import ConfigError, load_settings
 from cicdllm_assets.config.models import ProcessingConfig
-from cicdllm_assets.discovery.content import decode_with
 from cicdllm_assets.discovery.discover import Discovery
-from cicdllm_assets.discovery.git_objects import BlobReader, resolve_commit
 from cicdllm_assets.discovery.table import source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
 from cicdllm_assets.llm.models.paths import EMBEDDED_DIR_NAME, ModelNotPreparedError, resolve_tokenizer_path
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from cicdllm_assets.quality.secrets import redact_secrets
+from cicdllm_assets.sources.content import decode_with
+from cicdllm_assets.sources.git import BlobReader, resolve_commit
 from cicdllm_assets.storage.state import StateStore
 
 TARGET_COLD = 1.5

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -43,14 +43,15 @@ from cicdllm_assets.chunking.cache import PlanCache
 from cicdllm_assets.chunking.redaction_cache import RedactionCache
 from cicdllm_assets.chunking.rows import ChunkRowBuilder
 from cicdllm_assets.chunking.service import Chunker
-from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.config.models import GenerationConfig, ProcessingConfig
 from cicdllm_assets.discovery.discover import Discovery
 from cicdllm_assets.discovery.table import source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.prompts import SHIPPED_PROMPTS_DIR, PromptManager
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from cicdllm_assets.quality.secrets import redact_secrets
+from cicdllm_assets.storage.contract import CodeChunkRow
 from cicdllm_assets.storage.state import StateStore
 
 TARGET = 1.10
@@ -205,7 +206,7 @@ class Replayer:
 
     def generation_input(self, row: dict[str, Any]) -> str:
         """What the ledger keys of a chunk's items depend on besides templates, model and params."""
-        chunk = Chunk.from_row(row)
+        chunk = Chunk.from_row(cast(CodeChunkRow, row))
         return "|".join(theme.chunk_input(chunk, kind) for theme in self.themes for kind in ("question", "answer"))
 
 

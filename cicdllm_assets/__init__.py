@@ -1,0 +1,1 @@
+"""cicdllm: git repositories in, fine-tuning datasets out (layers: docs/architecture.md)."""

@@ -25,8 +25,11 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from cicdllm_assets import assets as assets_package
 from cicdllm_assets import automation as automation_package
 from cicdllm_assets.automation.conditions import apply_automation_conditions
-from cicdllm_assets.automation.executors import configured_executor
-from cicdllm_assets.resources import build_resources
+from cicdllm_assets.automation.executors import executor_for
+from cicdllm_assets.automation.repos_sensor import build_repos_sync_sensor
+from cicdllm_assets.automation.schedules import build_refresh_schedule
+from cicdllm_assets.config import Settings
+from cicdllm_assets.resources import build_resources, settings_or_defaults
 
 
 def _modules(package: ModuleType) -> list[ModuleType]:
@@ -59,24 +62,29 @@ def _collect(packages: list[ModuleType]) -> dict[str, list[Any]]:
     return found
 
 
-def build_definitions(resource_overrides: Mapping[str, Any] | None = None) -> Definitions:
-    """Assemble the code location (resources chosen from the current config, then
-    ``resource_overrides``: the CLI swaps in an LLM resource that outlives one run).
+def build_definitions(
+    resource_overrides: Mapping[str, Any] | None = None, settings: Settings | None = None
+) -> Definitions:
+    """Assemble the code location from ``settings`` (the current config, loaded once, when
+    None): resources, executor, refresh schedule and repos sensor, then ``resource_overrides``
+    (the CLI swaps in an LLM resource that outlives one run).
 
     Pipeline assets without an automation condition get the one from
     :mod:`cicdllm_assets.automation.conditions`. The executor is ``orchestration.executor``
     (:mod:`cicdllm_assets.automation.executors`); the default, in-process, fits a linear chain
     per repo, with parallelism from one run per repo partition.
     """
+    settings = settings or settings_or_defaults()
     found = _collect([assets_package, automation_package])
+    repos = settings.config.repos
     return Definitions(
         assets=[apply_automation_conditions(a) for a in found["assets"]],
         asset_checks=found["checks"],
         jobs=found["jobs"],
-        sensors=found["sensors"],
-        schedules=found["schedules"],
-        resources={**build_resources(), **(resource_overrides or {})},
-        executor=configured_executor(),
+        sensors=[*found["sensors"], build_repos_sync_sensor(repos.sensor_interval_seconds)],
+        schedules=[*found["schedules"], build_refresh_schedule(repos.refresh_cron)],
+        resources={**build_resources(settings), **(resource_overrides or {})},
+        executor=executor_for(settings),
     )
 
 

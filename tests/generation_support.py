@@ -272,7 +272,7 @@ class ScriptedBackend:
         return sum(len(m.content.split()) + 4 for m in messages)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
-        from cicdllm_assets.llm.base import GenerationError
+        from cicdllm_assets.llm.base import RequestFailure
 
         for request in requests:
             self.calls.append(request)
@@ -282,7 +282,7 @@ class ScriptedBackend:
             if category is not None:
                 yield GenerationResult(
                     request.key,
-                    error=GenerationError(category, f"scripted {category}"),  # type: ignore[arg-type]
+                    error=RequestFailure(category, f"scripted {category}"),  # type: ignore[arg-type]
                     prompt_tokens=prompt_tokens,
                 )
                 continue

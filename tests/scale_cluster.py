@@ -159,8 +159,7 @@ def start_worker(cluster: Cluster, name: str) -> subprocess.Popen[bytes]:
 def running_cluster(project: Path, logs: Path, workers: int) -> Iterator[Cluster]:
     """Webserver, daemon and ``workers`` Celery workers for ``project``; all stopped on exit."""
     from cicdllm_assets.config import load_settings
-    from cicdllm_assets.repos.sync import sync_partitions
-    from cicdllm_assets.runner.instance import open_instance
+    from cicdllm_assets.runner.instance import open_instance, sync_partitions
 
     logs.mkdir(parents=True, exist_ok=True)
     settings = load_settings()

@@ -18,8 +18,8 @@ from cicdllm_assets.performance.battery import (
     read_battery,
     should_pause,
 )
-from cicdllm_assets.status.collect import collect_status, open_state_readonly
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.status.collect import collect_status
+from cicdllm_assets.storage.state import StateStore, open_state_readonly
 
 ON_BATTERY_LOW = BatteryReading(10.0, False)
 ON_BATTERY_LOWER = BatteryReading(9.0, False)

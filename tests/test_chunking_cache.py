@@ -10,7 +10,7 @@ import pytest
 from cicdllm_assets.chunking.cache import PlanCache
 from cicdllm_assets.chunking.rows import ChunkRowBuilder, FileForChunks, chunk_key, imports_used
 from cicdllm_assets.chunking.service import Chunker, PlanRequest
-from cicdllm_assets.chunking.tokenizer import TokenCounter
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from cicdllm_assets.storage.state import StateStore
 from tests.discovery_helpers import train_tokenizer
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cicdllm_assets.chunking.plan import IMPORTS_MAX_TOKENS, FilePlan, margin_for, plan_file
-from cicdllm_assets.chunking.tokenizer import TokenCounter
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from tests.discovery_helpers import train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

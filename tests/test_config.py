@@ -110,3 +110,18 @@ def test_shipped_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CICDLLM_CONFIG", str(shipped))
     settings = load_settings()
     assert settings.repos_file == shipped.parent / "repos.txt"
+
+
+def test_the_config_is_parsed_once_per_version(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every load of an unchanged file (the step, the IO manager, the backend) gets the same
+    Settings; an edit or another override is parsed again (hot reload)."""
+    first = load_settings()
+    assert load_settings() is first
+    config = project / "cicdllm.yaml"
+    config.write_text(config.read_text(encoding="utf-8") + "generation:\n  batch_size: 3\n", encoding="utf-8")
+    edited = load_settings()
+    assert edited is not first and edited.config.generation.batch_size == 3
+    monkeypatch.setenv("CICDLLM_GENERATION__BATCH_SIZE", "5")
+    assert load_settings().config.generation.batch_size == 5
+    monkeypatch.delenv("CICDLLM_GENERATION__BATCH_SIZE")
+    assert load_settings() is edited

@@ -7,7 +7,9 @@ import codecs
 import pytest
 
 from cicdllm_assets.config.models import ProcessingConfig
-from cicdllm_assets.discovery.content import (
+from cicdllm_assets.discovery.discover import path_filter
+from cicdllm_assets.discovery.globs import first_match, glob_match
+from cicdllm_assets.sources.content import (
     decode_text,
     decode_with,
     is_generated,
@@ -15,9 +17,7 @@ from cicdllm_assets.discovery.content import (
     is_minified,
     looks_binary,
 )
-from cicdllm_assets.discovery.discover import path_filter
-from cicdllm_assets.discovery.globs import first_match, glob_match
-from cicdllm_assets.discovery.languages import detect_language, extension_of
+from cicdllm_assets.sources.languages import detect_language, extension_of
 
 
 @pytest.mark.parametrize(

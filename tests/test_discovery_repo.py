@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from cicdllm_assets.chunking.service import Chunker
-from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.config.models import ProcessingConfig
 from cicdllm_assets.discovery.discover import Discovery, SourceFile
-from cicdllm_assets.discovery.git_objects import GitError, list_tree, resolve_commit
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
+from cicdllm_assets.sources.git import GitError, list_tree, resolve_commit
 from tests.conftest import GitRepo
 from tests.discovery_helpers import train_tokenizer
 
@@ -197,7 +197,7 @@ def test_non_utf8_file_name_is_kept_with_a_readable_path(make_git_repo, counter)
 
 
 def test_blob_reader_pipelined_reads_and_missing_objects(sample) -> None:
-    from cicdllm_assets.discovery.git_objects import BlobReader
+    from cicdllm_assets.sources.git import BlobReader
 
     repo, main_head, _ = sample
     entries = [e for e in list_tree(repo.path, main_head) if not e.is_symlink]

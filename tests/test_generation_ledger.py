@@ -256,3 +256,32 @@ def test_newer_schema_is_refused(state_target: str | Path) -> None:
             con.execute("UPDATE schema_versions SET version = 99 WHERE component = 'generation_ledger'")
     with StateStore(state_target) as state, pytest.raises(StateSchemaError, match=r"schema version 99 .*newer"):
         Ledger(state)
+
+
+def test_one_column_list_is_the_table_the_entry_and_the_readers(state_target: str | Path) -> None:
+    from dataclasses import fields
+
+    from cicdllm_assets.generation.ledger import LEDGER_COLUMNS, LEDGER_TABLE, LedgerEntry
+    from cicdllm_assets.storage.state import open_state_readonly
+
+    names = [name for name, _ in LEDGER_COLUMNS]
+    assert [f.name for f in fields(LedgerEntry)] == names
+    reader = open_state_readonly(state_target)
+    assert reader is None or Ledger.existing(reader) is None  # nothing created by a reader
+    with StateStore(state_target) as state:
+        ledger = Ledger(state)
+        assert state.columns(LEDGER_TABLE) == set(names)
+        ledger.record(_item("q"), Outcome("ok", output="raw", parsed=["a?", "b?"], completion_tokens=7))
+        answer = LedgerItem("a", "answer", "repo", "chunk", "testing", "tpl", "model", "{}", "a?")
+        ledger.record(answer, Outcome("ok", output="yes", completion_tokens=5))
+        ledger.record(_item("f"), Outcome("failed", error_category="parse_error", completion_tokens=3))
+        first, stored = ledger.get("q"), ledger.get("a")
+        assert stored is not None and stored.input_text == "a?" and stored.completion_tokens == 5
+        assert first is not None
+    with open_state_readonly(state_target) as readonly:  # type: ignore[union-attr]
+        existing = Ledger.existing(readonly)
+        assert existing is not None
+        assert existing.generated_counts() == {"repo": {"questions": 2, "answers": 1}}
+        assert existing.completion_tokens_since(first.updated_at) == (15, first.updated_at)
+        assert existing.completion_tokens_since(stored.updated_at) == (8, stored.updated_at)  # a, then f
+        assert existing.completion_tokens_since(stored.updated_at + 3600) == (0, None)

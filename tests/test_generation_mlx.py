@@ -14,8 +14,8 @@ import pytest
 from dagster import DagsterInstance
 
 from cicdllm_assets.config import load_settings
-from cicdllm_assets.generation.questions_stage import QUESTIONS_SCHEMA
 from cicdllm_assets.resources.llm.mlx_resource import MLXResource
+from cicdllm_assets.storage.contract import QUESTIONS_SCHEMA
 from cicdllm_assets.storage.tables import TableStore
 from tests.generation_support import (
     SAMPLE_FILES,

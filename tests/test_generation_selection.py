@@ -6,8 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from cicdllm_assets.generation.asset_support import chunks_from_table
-from cicdllm_assets.generation.chunks import Chunk
+from cicdllm_assets.generation.chunks import Chunk, chunks_from_table
 
 
 def _row(path: str, start: int, symbol: str, tokens: int = 120) -> dict[str, Any]:

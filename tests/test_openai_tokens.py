@@ -47,21 +47,21 @@ def test_counts_match_tokenizer_and_chat_template(tiny_model_dir: Path) -> None:
     counter = TokenCounter(tiny_model_dir)
     raw = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
     text = "class Parser:\n    def parse(self, text):\n        return text.split()\n"
-    assert counter.count_tokens(text) == len(raw.encode(text, add_special_tokens=False).ids)
-    assert counter.count_tokens("") == 0
+    assert counter.count(text) == len(raw.encode(text, add_special_tokens=False).ids)
+    assert counter.count("") == 0
     assert counter.has_chat_template
     assert counter.render_prompt(MESSAGES) == chatml(MESSAGES)
     expected = len(raw.encode(chatml(MESSAGES), add_special_tokens=False).ids)
     assert counter.count_prompt_tokens(MESSAGES) == expected
     # special tokens are single tokens, so the template adds a small exact overhead
-    assert counter.count_prompt_tokens(MESSAGES) > sum(counter.count_tokens(m.content) for m in MESSAGES)
+    assert counter.count_prompt_tokens(MESSAGES) > sum(counter.count(m.content) for m in MESSAGES)
 
 
 def test_without_template_uses_documented_overhead(tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     shutil.copy(tiny_model_dir / "tokenizer.json", tmp_path / "tokenizer.json")
     counter = TokenCounter(tmp_path / "tokenizer.json")
     assert not counter.has_chat_template
-    content = sum(counter.count_tokens(m.content) for m in MESSAGES)
+    content = sum(counter.count(m.content) for m in MESSAGES)
     expected = content + MESSAGE_OVERHEAD_TOKENS * len(MESSAGES) + REPLY_PRIMER_TOKENS
     assert counter.count_prompt_tokens(MESSAGES) == expected
 
@@ -124,7 +124,7 @@ def test_estimates_usage_when_server_omits_it(tiny_model_dir: Path) -> None:  # 
         [result] = backend.generate([request])
         assert result.ok
         assert result.prompt_tokens == counter.count_prompt_tokens(request.messages)
-        assert result.completion_tokens == counter.count_tokens(result.text)
+        assert result.completion_tokens == counter.count(result.text)
         assert result.extra["usage_estimated"] is True
 
 

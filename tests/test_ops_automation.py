@@ -28,16 +28,12 @@ from cicdllm_assets.automation.jobs import (
     main_job,
     refresh_job,
 )
-from cicdllm_assets.automation.schedules import (
-    build_refresh_schedule,
-    configured_refresh_cron,
-    refresh_repos_schedule,
-    refresh_run_key,
-)
+from cicdllm_assets.automation.schedules import REFRESH_SCHEDULE_NAME, build_refresh_schedule, refresh_run_key
+from cicdllm_assets.definitions import build_definitions
 from cicdllm_assets.io_managers import PartitionedParquetIOManager
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME, repos_partitions
-from cicdllm_assets.repos.sync import sync_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.runner.instance import sync_partitions
 
 RESOURCES = {"app_config": AppConfigResource(), "io_manager": PartitionedParquetIOManager()}
 
@@ -107,7 +103,13 @@ def test_retry_policy_heals_a_transient_step_failure() -> None:
 # -- schedule --------------------------------------------------------------------------
 
 
+def _configured_schedule() -> dg.ScheduleDefinition:
+    """The refresh schedule of the code location built from the project's config."""
+    return build_definitions().resolve_schedule_def(REFRESH_SCHEDULE_NAME)
+
+
 def test_schedule_requests_one_refresh_run_per_repo_partition(project: Path) -> None:
+    refresh_repos_schedule = _configured_schedule()
     instance = dg.DagsterInstance.get()
     when = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
     context = dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
@@ -124,15 +126,14 @@ def test_schedule_requests_one_refresh_run_per_repo_partition(project: Path) -> 
 
 
 def test_schedule_cron_comes_from_config(project: Path) -> None:
-    assert configured_refresh_cron() == "0 3 * * *"
+    assert _configured_schedule().cron_schedule == "0 3 * * *"
     (project / "cicdllm.yaml").write_text(
         "repos:\n  refresh_cron: '15 4 * * 1'\nstorage:\n  data_dir: data\n", encoding="utf-8"
     )
-    cron = configured_refresh_cron()
-    assert cron == "15 4 * * 1"
-    assert build_refresh_schedule(cron).cron_schedule == "15 4 * * 1"
+    assert _configured_schedule().cron_schedule == "15 4 * * 1"
+    assert build_refresh_schedule("15 4 * * 1").cron_schedule == "15 4 * * 1"
     (project / "cicdllm.yaml").write_text("repos:\n  refresh_cron: 'not a cron'\n", encoding="utf-8")
-    assert configured_refresh_cron() == "0 3 * * *"
+    assert _configured_schedule().cron_schedule == "0 3 * * *"
 
 
 # -- declarative automation ----------------------------------------------------------------

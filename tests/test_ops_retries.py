@@ -19,6 +19,7 @@ from dagster import (
     in_process_executor,
 )
 
+from cicdllm_assets.assets._step import step_settings
 from cicdllm_assets.assets.repositories import repositories
 from cicdllm_assets.automation.jobs import STEP_RETRY_POLICY
 from cicdllm_assets.io_managers import PartitionedParquetIOManager
@@ -86,7 +87,7 @@ def test_unreachable_server_is_retried(project: Path) -> None:
 def test_invalid_config_is_a_permanent_failure(project: Path) -> None:
     (project / "cicdllm.yaml").write_text("generation:\n  batch_size: -1\n", encoding="utf-8")
     with pytest.raises(Failure) as raised:
-        AppConfigResource().step_settings()
+        step_settings(AppConfigResource())
     assert raised.value.allow_retries is False
     assert "generation.batch_size" in (raised.value.description or "")
 

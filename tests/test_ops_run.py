@@ -23,7 +23,7 @@ from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME, repos_partitions
 from cicdllm_assets.runner.instance import ensure_dagster_home
 from cicdllm_assets.runner.progress import ProgressDisplay, read_progress, render_progress
 from cicdllm_assets.runner.selection import SelectionError, plan_selection
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.state import StateStore, open_state_readonly
 from cicdllm_assets.storage.tables import TableStore
 from tests.discovery_helpers import train_tokenizer
 
@@ -295,6 +295,31 @@ def test_progress_view_shows_tokens_per_second_and_pairs_per_minute(tmp_path: Pa
     console = Console(width=120, record=True)
     console.print(render_progress(rows, {"local-a": "running"}, rates="generation: 65.0 tokens/s, 12.0 pairs/min"))
     assert "65.0 tokens/s, 12.0 pairs/min" in console.export_text()
+
+
+def test_progress_reader_opens_the_state_store_once_for_all_polls(tmp_path: Path, monkeypatch) -> None:
+    from cicdllm_assets.runner import progress
+
+    db = tmp_path / "state.db"
+    opened: list[object] = []
+
+    def counting_open(target: object) -> object:
+        store = open_state_readonly(target)
+        opened.append(store)
+        return store
+
+    monkeypatch.setattr(progress, "open_state_readonly", counting_open)
+    with progress.ProgressReader(db) as reader:
+        assert reader.progress(0) == [] and reader.loads() == {}  # no database yet: looked for again
+        writer = StateStore(db)
+        writer.start_stage("local-a", "code_chunks", total=10, unit="files")
+        for done in range(1, 6):
+            writer.advance("local-a", "code_chunks", done=1)
+            assert [r.done for r in reader.progress(0)] == [done]
+            assert reader.loads() == {}
+        writer.close()
+    assert len(opened) == 3 and opened[0] is None and opened[1] is None  # then one store for every poll
+    assert reader._store is None  # closed on exit
 
 
 def test_partitions_are_synced_from_repos_txt_before_running(ingest_project: Path, make_git_repo) -> None:

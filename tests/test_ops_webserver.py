@@ -23,8 +23,7 @@ import pytest
 
 from cicdllm_assets.automation.jobs import ALL_PIPELINE_ASSETS
 from cicdllm_assets.config import load_settings
-from cicdllm_assets.repos.sync import sync_partitions
-from cicdllm_assets.runner.instance import open_instance
+from cicdllm_assets.runner.instance import open_instance, sync_partitions
 from cicdllm_assets.storage.tables import TableStore
 from tests.discovery_helpers import train_tokenizer
 from tests.scale_cluster import free_port as _free_port

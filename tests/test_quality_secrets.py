@@ -207,7 +207,7 @@ def test_real_chunker_never_emits_a_planted_secret(tmp_path: Path) -> None:
     key blocks and config files apart, and no piece may carry a secret."""
     from cicdllm_assets.chunking.plan import plan_file
     from cicdllm_assets.chunking.rows import ChunkRowBuilder, FileForChunks
-    from cicdllm_assets.chunking.tokenizer import TokenCounter
+    from cicdllm_assets.llm.tokenizer_counter import TokenCounter
     from tests.llm_fixtures import make_tiny_model_dir
 
     counter = TokenCounter(make_tiny_model_dir(tmp_path / "tiny") / "tokenizer.json")

@@ -20,11 +20,13 @@ from dagster import (
 )
 
 from cicdllm_assets.assets.repositories import repositories
-from cicdllm_assets.automation.repos_sensor import ingest_new_repo_job, repos_sync_sensor
+from cicdllm_assets.automation.repos_sensor import build_repos_sync_sensor, ingest_new_repo_job
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
 from cicdllm_assets.repos.repos_file import ReposFileError
-from cicdllm_assets.repos.sync import sync_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.runner.instance import sync_partitions
+
+repos_sync_sensor = build_repos_sync_sensor(30)
 
 
 @pytest.fixture

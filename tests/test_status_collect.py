@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 from cicdllm_assets.cli.main import cli
 from cicdllm_assets.config import Settings
-from cicdllm_assets.status.collect import collect_status, human_bytes, human_duration
+from cicdllm_assets.status.collect import collect_status
 from cicdllm_assets.storage.state import StateStore
 from cicdllm_assets.storage.tables import TableStore
+from cicdllm_assets.tui.format import human_bytes, human_duration
 from tests.status_helpers import HEADS, make_failed_run, populate, write_state, write_tables
 
 
@@ -210,3 +211,26 @@ def test_failed_runs_explain_why(settings: Settings) -> None:
     assert failure.item == f"run {run_id[:8]}"
     assert failure.message == "ValueError: kaboom: the model server refused the connection"
     assert status.to_dict()["run_failures"][0]["message"].startswith("ValueError: kaboom")
+
+
+def test_generated_counts_and_tokens_per_second_come_from_the_ledger(settings: Settings) -> None:
+    import time
+
+    from cicdllm_assets.generation.ledger import Ledger, LedgerItem, Outcome
+
+    with StateStore(settings.state_db) as state:
+        ledger = Ledger(state)
+        question = LedgerItem("q", "question", "alpha", "c", "t", "h", "m", "{}")
+        ledger.record(question, Outcome("ok", output="raw", parsed=["a?", "b?"], completion_tokens=600))
+        answer = LedgerItem("a", "answer", "alpha", "c", "t", "h", "m", "{}", "a?")
+        ledger.record(answer, Outcome("ok", output="yes", completion_tokens=300))
+        state.start_stage("alpha", "questions", total=4)  # running: its table lags, the ledger counts
+        with state.transaction() as con:  # another component's table with the same column names
+            con.execute("CREATE TABLE other_usage (completion_tokens INTEGER, updated_at REAL)")
+            con.execute("INSERT INTO other_usage VALUES (999999, ?)", (time.time(),))
+        first = ledger.get("q")
+    assert first is not None
+    status = collect_status(settings, include_runs=False, battery_reader=lambda: None)
+    (alpha,) = status.repos
+    assert alpha.questions == 2 and alpha.answers == 0  # the answers stage is not running
+    assert status.tokens_per_second == 900 / max(status.generated_at - first.updated_at, 1.0)

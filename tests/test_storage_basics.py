@@ -8,13 +8,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from cicdllm_assets.storage.state import StateStore, connect_sqlite
-from cicdllm_assets.storage.tables import TableStore, partition_file_name
+from cicdllm_assets.storage.tables import TableStore, partition_file_name, partition_key_of
 
 
 def test_partition_file_names_are_readable_and_escaped() -> None:
     assert partition_file_name("github.com-pallets-click@8.1.7") == "github.com-pallets-click@8.1.7.parquet"
     assert "/" not in partition_file_name("a/b")
     assert partition_file_name("a/b") != partition_file_name("a_b")
+    for key in ("github.com-pallets-click@8.1.7", "a/b", "x y%z", "__all__"):
+        assert partition_key_of(partition_file_name(key)) == key
 
 
 def test_write_read_replace_and_duckdb_views(tmp_path: Path) -> None:
@@ -53,6 +55,12 @@ def test_state_store_progress_failures_and_events(state_target: str | Path) -> N
         assert reader.query("SELECT category FROM failures")[0]["category"] == "timeout"
         assert [r["message"] for r in reader.query("SELECT message FROM events")] == ["hello"]
         assert [tuple(r) for r in reader.query("SELECT repo, head_commit FROM repo_info")] == [("r1", "def")]
+        # the reads status uses, through the store's own methods
+        assert reader.failure_counts() == {"r1": {"timeout": 1}}
+        (failure,) = reader.recent_failures(5)
+        assert (failure["item"], failure["message"]) == ("item-1", "timed out after 120 s")
+        assert [(e["repo"], e["level"], e["message"]) for e in reader.recent_events(5)] == [("r1", "INFO", "hello")]
+        assert reader.repo_heads() == {"r1": "def"}
         assert {"stage_progress", "failures", "events", "repo_info", "schema_versions"} <= reader.tables()
         if not reader.postgres:
             assert reader.query("PRAGMA journal_mode")[0][0] == "wal"

@@ -4,8 +4,8 @@
   is definition metadata, so the Columns tab is filled before the first run.
 * ``dagster/row_count`` (rows of the whole table, all partitions), ``dagster/partition_row_count``
   and ``dagster/uri`` (where the table lives) are added to every materialization by the IO
-  manager (:func:`table_location_metadata`); ``training_dataset`` sets its own (exported pairs,
-  export dir) because its table is the exported dataset, not the summary it returns.
+  manager (``io_managers.parquet_io_manager.table_location_metadata``); ``training_dataset``
+  sets its own (exported pairs, export dir) because its table is the exported dataset, not the summary it returns.
 * Code versions are derived from the code: a digest of the source files that decide an
   asset's output and, for ``questions``/``answers``, of the prompt template hashes of the
   configured themes. Editing that code or a template changes the version Dagster shows.
@@ -20,15 +20,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-from dagster import MetadataValue, TableColumn, TableColumnConstraints, TableSchema
+from dagster import TableColumn, TableColumnConstraints, TableSchema
+
+from cicdllm_assets.io_managers.parquet_io_manager import ROW_COUNT, URI
 
 log = logging.getLogger(__name__)
 
+__all__ = ["OWNERS", "ROW_COUNT", "URI", "code_version", "column_schema", "table_definition_metadata"]
+
 OWNERS = ["team:cicdllm"]
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-ROW_COUNT = "dagster/row_count"
-PARTITION_ROW_COUNT = "dagster/partition_row_count"
-URI = "dagster/uri"
 COLUMN_SCHEMA = "dagster/column_schema"
 
 
@@ -103,13 +104,22 @@ def code_version(name: str, *sources: str, prompts: Literal["question", "answer"
     return version + (f"-p{prompt_digest(prompts)}" if prompts else "")
 
 
-def table_location_metadata(path: Path, partition_rows: int | None, total_rows: int) -> dict[str, Any]:
-    """Row counts and location of a stored table (``partition_rows`` None: unpartitioned)."""
-    metadata: dict[str, Any] = {
-        ROW_COUNT: MetadataValue.int(total_rows),
-        URI: MetadataValue.text(path.resolve().as_uri()),
-        "path": MetadataValue.path(str(path)),
-    }
-    if partition_rows is not None:
-        metadata[PARTITION_ROW_COUNT] = MetadataValue.int(partition_rows)
-    return metadata
+def repo_table_asset(
+    group: str, version: str, kinds: set[str], schema: pa.Schema, description: str, **extra: Any
+) -> Any:
+    """The ``@asset`` decorator of a per-repository table asset: partitioned by repo, owned,
+    its column schema as definition metadata (``extra``: more ``@asset`` arguments)."""
+    from dagster import asset
+
+    from cicdllm_assets.partitions import repos_partitions
+
+    return asset(
+        partitions_def=repos_partitions,
+        group_name=group,
+        code_version=version,
+        kinds=kinds,
+        owners=OWNERS,
+        metadata=table_definition_metadata(schema),
+        description=description,
+        **extra,
+    )

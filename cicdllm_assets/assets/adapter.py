@@ -1,22 +1,21 @@
 """The ``adapter`` asset (opt-in): LoRA fine-tuning of the base model on the mlx chat export."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from cicdllm_assets.assets._conventions import OWNERS, code_version
-from cicdllm_assets.config import Settings
-from cicdllm_assets.failures import permanent_failure, stage_failures_recorded
-from cicdllm_assets.finetune.data import FinetuneInputError
+from cicdllm_assets.assets._step import ALL, Step, asset_step
 from cicdllm_assets.finetune.live import LiveBoard
 from cicdllm_assets.finetune.plot import CURVE_FILE, plot_training_curve
 from cicdllm_assets.finetune.project import current_plan
 from cicdllm_assets.finetune.train import TrainPlan, TrainProgress, train_adapter
 from cicdllm_assets.llm.openblas import ensure_openblas
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.resources.config_resource import AppConfigResource
 
 STAGE = "adapter"
-ALL = "*"
 
 
 def evaluation_asset(name: str, deps: list[str], description: str) -> Any:
@@ -25,7 +24,6 @@ def evaluation_asset(name: str, deps: list[str], description: str) -> Any:
         name=name,
         group_name="evaluation",
         deps=deps,
-        required_resource_keys={"app_config"},
         code_version=code_version(name, "finetune", f"assets/{name}.py"),
         kinds={"python", "mlx"},
         owners=OWNERS,
@@ -33,15 +31,15 @@ def evaluation_asset(name: str, deps: list[str], description: str) -> Any:
     )
 
 
-def step_plan(context: AssetExecutionContext) -> tuple[Settings, TrainPlan]:
-    """Settings and the adapter plan of the current export (OpenBLAS loaded as configured);
-    bad input is a permanent failure."""
-    settings = context.resources.app_config.step_settings()
-    ensure_openblas(enabled=settings.config.llm.mlx.use_openblas)
-    try:
-        return settings, current_plan(settings)
-    except FinetuneInputError as exc:
-        raise permanent_failure(str(exc)) from None
+@contextmanager
+def finetune_step(
+    context: AssetExecutionContext, app_config: AppConfigResource, stage: str
+) -> Iterator[tuple[Step, TrainPlan]]:
+    """:func:`asset_step` (unpartitioned) with the adapter plan of the current export, OpenBLAS
+    loaded as configured; bad input raises :class:`~cicdllm_assets.finetune.data.FinetuneInputError`."""
+    with asset_step(context, app_config, stage, partitioned=False) as step:
+        ensure_openblas(enabled=step.settings.config.llm.mlx.use_openblas)
+        yield step, current_plan(step.settings)
 
 
 @evaluation_asset(
@@ -50,13 +48,11 @@ def step_plan(context: AssetExecutionContext) -> tuple[Settings, TrainPlan]:
     "Opt-in: LoRA adapter of the base model trained with mlx-lm on the mlx_chat export; resumable, "
     "keyed by dataset content + base model + finetune settings (a no-op re-run trains nothing).",
 )
-def adapter(context: AssetExecutionContext) -> MaterializeResult:
+def adapter(context: AssetExecutionContext, app_config: AppConfigResource) -> MaterializeResult:
     """Train, resume or reuse the adapter of the current export."""
-    settings, plan = step_plan(context)
-    cfg = settings.config.finetune
-    state = StateStore(settings.state_target)
-    live = LiveBoard(state)
-    with stage_failures_recorded(state, ALL, STAGE):
+    with finetune_step(context, app_config, STAGE) as (step, plan):
+        state, cfg = step.state, step.settings.config.finetune
+        live = LiveBoard(state)
         state.start_stage(ALL, STAGE, plan.iters, "steps")
         seen = {"step": 0}
 
@@ -69,11 +65,7 @@ def adapter(context: AssetExecutionContext) -> MaterializeResult:
             live.report(plan.key, p.step, p.total, p.loss, p.tokens_per_second, p.step)
 
         context.log.info(f"adapter {plan.key}: {plan.iters} steps on {plan.data.counts['train']} train examples")
-        try:
-            result = train_adapter(plan, cfg, on_progress=on_progress)
-        except FinetuneInputError as exc:
-            state.finish_stage(ALL, STAGE, "failed")
-            raise permanent_failure(str(exc)) from None
+        result = train_adapter(plan, cfg, on_progress=on_progress)
         if seen["step"] < plan.iters:
             state.advance(ALL, STAGE, done=plan.iters - seen["step"])
         state.finish_stage(ALL, STAGE, "done")
@@ -114,4 +106,4 @@ def adapter(context: AssetExecutionContext) -> MaterializeResult:
             metadata["final_valid_loss"] = MetadataValue.float(result.state.valid_curve[-1][1])
         if tps:
             metadata["train_tokens_per_second"] = MetadataValue.float(sum(tps) / len(tps))
-        return MaterializeResult(metadata=metadata, data_version=DataVersion(plan.key))
+        return step.result(metadata, plan.key)

@@ -6,35 +6,37 @@ each is committed as it completes, so a killed run resumes without duplicates.
 """
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
+from cicdllm_assets.assets._generation import generation_asset, preview, stage_env
 from cicdllm_assets.generation.answers_stage import (
-    ANSWERS_SCHEMA,
     answer_postprocess,
     answers_table,
     plan_answers,
 )
-from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env
-from cicdllm_assets.partitions import repos_partitions
+from cicdllm_assets.generation.chunks import chunks_from_table
+from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.resources.llm.backend_resource import BackendResource
+from cicdllm_assets.storage.contract import ANSWERS_SCHEMA
 
 STAGE = "answers"
 
 
-@asset(
-    partitions_def=repos_partitions,
-    group_name="generation",
-    required_resource_keys={"app_config", "llm"},
-    pool="llm",
-    code_version=code_version("answers", "generation", "assets/answers.py", prompts="answer"),
-    kinds={"llm", "parquet"},
-    owners=OWNERS,
-    metadata=table_definition_metadata(ANSWERS_SCHEMA),
-    description="Answers to each question, grounded in the code chunk (LLM; incremental via the ledger).",
+@generation_asset(
+    "answers",
+    ANSWERS_SCHEMA,
+    "answer",
+    "Answers to each question, grounded in the code chunk (LLM; incremental via the ledger).",
 )
-def answers(context: AssetExecutionContext, questions: pa.Table, code_chunks: pa.Table) -> Output[pa.Table]:
+def answers(
+    context: AssetExecutionContext,
+    app_config: AppConfigResource,
+    llm: BackendResource,
+    questions: pa.Table,
+    code_chunks: pa.Table,
+) -> Output[pa.Table]:
     """Generate (or reuse from the ledger) an answer for every question of this repository."""
-    with stage_env(context, STAGE) as env:
+    with stage_env(context, app_config, llm, STAGE) as env:
         gen = env.settings.config.generation
         chunks = {c.chunk_key: c for c in chunks_from_table(code_chunks, env.repo, None)}
         model_id = env.backend.model_id

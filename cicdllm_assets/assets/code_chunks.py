@@ -4,33 +4,30 @@ import time
 from typing import Any
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, table_definition_metadata
+from cicdllm_assets.assets._conventions import repo_table_asset
+from cicdllm_assets.assets._step import asset_step
 from cicdllm_assets.assets.source_files import repository_row
 from cicdllm_assets.chunking.build import build_chunks, kept_in_chunk_order
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
 from cicdllm_assets.chunking.redaction_cache import RedactionCache
-from cicdllm_assets.chunking.rows import CODE_CHUNKS_SCHEMA, ChunkRowBuilder, texts_digest
+from cicdllm_assets.chunking.rows import ChunkRowBuilder, texts_digest
 from cicdllm_assets.chunking.runtime import step_chunker
-from cicdllm_assets.failures import stage_failures_recorded
-from cicdllm_assets.partitions import repos_partitions
+from cicdllm_assets.errors import READ
 from cicdllm_assets.resources.config_resource import AppConfigResource
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.contract import CODE_CHUNKS_SCHEMA
 
 STAGE = "code_chunks"
 CODE_VERSION = f"code-chunks-c{CHUNKER_VERSION}-r1"
 
 
-@asset(
-    partitions_def=repos_partitions,
-    group_name="ingest",
-    code_version=CODE_VERSION,
-    kinds={"python", "parquet"},
-    owners=OWNERS,
-    metadata=table_definition_metadata(CODE_CHUNKS_SCHEMA),
-    description="Chunks of kept files split at syntax boundaries, each within processing.chunk_max_tokens, "
-    "secrets redacted.",
+@repo_table_asset(
+    "ingest",
+    CODE_VERSION,
+    {"python", "parquet"},
+    CODE_CHUNKS_SCHEMA,
+    "Chunks of kept files split at syntax boundaries, each within processing.chunk_max_tokens, secrets redacted.",
 )
 def code_chunks(
     context: AssetExecutionContext,
@@ -39,17 +36,15 @@ def code_chunks(
     source_files: pa.Table,
 ) -> Output[pa.Table]:
     """Slice each kept file by its (cached) chunk plan, redact secrets, keep every chunk in budget."""
-    repo = context.partition_key
-    settings = app_config.step_settings()
-    row = repository_row(repositories, repo)
-    commit = str(row["head_commit"])
-    state = StateStore(settings.state_target)
-    started = time.perf_counter()
-    kept = kept_in_chunk_order(source_files.to_pylist())
-    with stage_failures_recorded(state, repo, STAGE):
+    with asset_step(context, app_config, STAGE) as step:
+        repo, settings, state = step.repo, step.settings, step.state
+        row = repository_row(repositories, repo)
+        commit = str(row["head_commit"])
+        started = time.perf_counter()
+        kept = kept_in_chunk_order(source_files.to_pylist())
         state.clear_failures(repo, STAGE)
         state.start_stage(repo, STAGE, total=len(kept), unit="files")
-        chunker = step_chunker(settings, state, repo, STAGE)
+        chunker = step_chunker(settings)
         calls_before = chunker.counter.calls
         redaction_cache = RedactionCache(state)
         builder = ChunkRowBuilder(
@@ -66,7 +61,7 @@ def code_chunks(
         finally:
             chunker.close()
         for failure in built.failures:
-            state.record_failure(repo, STAGE, failure.path, "read", failure.message)
+            state.record_failure(repo, STAGE, failure.path, READ, failure.message)
         failed = len(built.failures)
         table = builder.table()
         seconds = time.perf_counter() - started
@@ -101,4 +96,4 @@ def code_chunks(
             "seconds": MetadataValue.float(round(seconds, 3)),
         }
         digest = texts_digest([*table.column("chunk_key").to_pylist(), *table.column("text").to_pylist()])
-        return Output(table, data_version=DataVersion(digest), metadata=metadata)
+        return step.output(table, metadata, digest)

@@ -15,6 +15,7 @@ from dagster import (
     asset_check,
 )
 
+from cicdllm_assets.assets._step import step_settings
 from cicdllm_assets.assets.training_dataset import training_dataset
 from cicdllm_assets.export.validate import (
     CheckOutcome,
@@ -26,10 +27,13 @@ from cicdllm_assets.export.validate import (
     check_splits_disjoint,
     load_export,
 )
+from cicdllm_assets.resources.config_resource import AppConfigResource
 
 
-def _run(context: AssetCheckExecutionContext, check: Callable[[ExportFiles], CheckOutcome]) -> AssetCheckResult:
-    out_dir = context.resources.app_config.settings().export_dir
+def _run(
+    context: AssetCheckExecutionContext, app_config: AppConfigResource, check: Callable[[ExportFiles], CheckOutcome]
+) -> AssetCheckResult:
+    out_dir = step_settings(app_config).export_dir
     try:
         export = load_export(out_dir)
     except FileNotFoundError:
@@ -56,11 +60,9 @@ def _run(context: AssetCheckExecutionContext, check: Callable[[ExportFiles], Che
 def _export_check(name: str, description: str, check: Callable[[ExportFiles], CheckOutcome]) -> AssetChecksDefinition:
     """A blocking check of ``training_dataset`` that runs ``check`` over the written export."""
 
-    @asset_check(
-        asset=training_dataset, name=name, blocking=True, required_resource_keys={"app_config"}, description=description
-    )
-    def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        return _run(context, check)
+    @asset_check(asset=training_dataset, name=name, blocking=True, description=description)
+    def _check(context: AssetCheckExecutionContext, app_config: AppConfigResource) -> AssetCheckResult:
+        return _run(context, app_config, check)
 
     return _check
 

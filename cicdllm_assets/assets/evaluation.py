@@ -2,20 +2,20 @@
 
 import shutil
 
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
-from cicdllm_assets.assets.adapter import evaluation_asset, step_plan
+from cicdllm_assets.assets._step import ALL
+from cicdllm_assets.assets.adapter import evaluation_asset, finetune_step
+from cicdllm_assets.errors import INPUT
 from cicdllm_assets.export.card import set_card_section
 from cicdllm_assets.export.dataset import CARD_NAME
-from cicdllm_assets.failures import permanent_failure, stage_failures_recorded
 from cicdllm_assets.finetune.evaluate import EvaluationResult, evaluate_adapter
 from cicdllm_assets.finetune.history import EvaluationHistory, evaluation_key
 from cicdllm_assets.finetune.plot import CURVE_FILE
 from cicdllm_assets.finetune.train import adapter_ready
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.resources.config_resource import AppConfigResource
 
 STAGE = "evaluation"
-ALL = "*"
 CARD_SECTION = "evaluation"
 CARD_ASSETS_DIR = "evaluation"
 
@@ -26,17 +26,17 @@ CARD_ASSETS_DIR = "evaluation"
     "Opt-in: mean loss and perplexity of the base model vs base + adapter on the test split (files the "
     "adapter never saw) and the valid split, side-by-side answers, recorded per dataset version.",
 )
-def evaluation(context: AssetExecutionContext) -> MaterializeResult:
+def evaluation(context: AssetExecutionContext, app_config: AppConfigResource) -> MaterializeResult:
     """Evaluate the current adapter once (a re-run reuses the recorded result)."""
-    settings, plan = step_plan(context)
-    cfg = settings.config.finetune
-    if not adapter_ready(plan.adapter_dir):
-        raise permanent_failure(
-            f"no finished adapter for dataset {plan.data.version} at {plan.adapter_dir}: "
-            "materialize `adapter` first (`cicdllm finetune`)"
-        )
-    state = StateStore(settings.state_target)
-    with stage_failures_recorded(state, ALL, STAGE):
+    with finetune_step(context, app_config, STAGE) as (step, plan):
+        settings, state, cfg = step.settings, step.state, step.settings.config.finetune
+        if not adapter_ready(plan.adapter_dir):
+            raise step.fail(
+                f"no finished adapter for dataset {plan.data.version} at {plan.adapter_dir}: "
+                "materialize `adapter` first (`cicdllm finetune`)",
+                category=INPUT,
+                permanent=True,
+            )
         history = EvaluationHistory(state)
         key = evaluation_key(plan.key, cfg)
         result = history.find(key)
@@ -82,7 +82,7 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
             ):
                 if value is not None:
                     metadata[f"{split}_{name}"] = MetadataValue.float(value)
-        return MaterializeResult(metadata=metadata, data_version=DataVersion(key))
+        return step.result(metadata, key)
 
 
 def _headline(result: EvaluationResult) -> str:

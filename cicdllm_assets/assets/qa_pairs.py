@@ -4,13 +4,15 @@ import hashlib
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
-from cicdllm_assets.generation.answers_stage import ANSWERS_SCHEMA
-from cicdllm_assets.partitions import repos_partitions
-from cicdllm_assets.quality.pairs import QA_EXTRA_FIELDS, filter_pairs
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.assets._conventions import code_version, repo_table_asset
+from cicdllm_assets.assets._judge import judge_table
+from cicdllm_assets.assets._step import asset_step
+from cicdllm_assets.generation.judge import JUDGE_COLUMNS
+from cicdllm_assets.quality.pairs import filter_pairs
+from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.storage.contract import QA_PAIRS_SCHEMA
 
 STAGE = "qa_pairs"
 
@@ -18,58 +20,57 @@ STAGE = "qa_pairs"
 def _data_version(table: pa.Table) -> str:
     ids = table.column("answer_id").to_pylist()
     flags = table.column("accepted").to_pylist()
-    payload = "\n".join(sorted(f"{i}:{int(bool(f))}" for i, f in zip(ids, flags, strict=True)))
+    scores = zip(*(table.column(c).to_pylist() for c in JUDGE_COLUMNS[:3]), strict=True)
+    payload = "\n".join(sorted(f"{i}:{int(bool(f))}:{s}" for i, f, s in zip(ids, flags, scores, strict=True)))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
 
 
-@asset(
-    partitions_def=repos_partitions,
-    group_name="dataset",
-    required_resource_keys={"app_config"},
-    code_version=code_version("qa_pairs", "quality", "assets/qa_pairs.py"),
-    kinds={"python", "parquet"},
-    owners=OWNERS,
-    metadata=table_definition_metadata(pa.schema([*ANSWERS_SCHEMA, *QA_EXTRA_FIELDS])),
-    description=(
-        "Answers with quality verdicts: accepted, or rejected as empty, too short, refusal, truncated, "
-        "not grounded in the chunk, or a (near-)duplicate within the repository."
-    ),
+@repo_table_asset(
+    "dataset",
+    code_version("qa_pairs", "quality", "assets/_judge.py", "assets/qa_pairs.py"),
+    {"python", "parquet"},
+    QA_PAIRS_SCHEMA,
+    "Answers with quality verdicts: accepted, or rejected as empty, too short, refusal, truncated, "
+    "not grounded in the chunk, or a (near-)duplicate within the repository; with quality.judge "
+    "enabled, an LLM judge scores the accepted pairs and rejects low scores (judge_low).",
+    pool="llm",  # the opt-in judge (quality.judge) is an LLM stage
 )
-def qa_pairs(context: AssetExecutionContext, answers: pa.Table, code_chunks: pa.Table) -> Output[pa.Table]:
+def qa_pairs(
+    context: AssetExecutionContext, app_config: AppConfigResource, answers: pa.Table, code_chunks: pa.Table
+) -> Output[pa.Table]:
     """Filter this repository's answers; every row is kept with ``accepted`` and ``reject_reason``."""
-    repo = context.partition_key
-    settings = context.resources.app_config.step_settings()
-    state = StateStore(settings.state_target)
-    state.start_stage(repo, STAGE, answers.num_rows, "pairs")
-    reported = [0]
+    with asset_step(context, app_config, STAGE) as step:
+        repo, state = step.repo, step.state
+        state.start_stage(repo, STAGE, answers.num_rows, "pairs")
+        reported = [0]
 
-    def progress(done: int) -> None:
-        state.advance(repo, STAGE, done=done - reported[0])
-        reported[0] = done
+        def progress(done: int) -> None:
+            state.advance(repo, STAGE, done=done - reported[0])
+            reported[0] = done
 
-    try:
-        result = filter_pairs(answers, code_chunks, settings.config.export.near_duplicate_threshold, progress=progress)
-    except Exception as exc:
-        state.finish_stage(repo, STAGE, "failed")
-        state.record_failure(repo, STAGE, "qa_pairs", type(exc).__name__, str(exc))
-        raise
-    rejected = sum(result.rejections.values())
-    state.finish_stage(repo, STAGE, "done")
-    summary = ", ".join(f"{k}: {v}" for k, v in result.rejections.items()) or "none"
-    state.log_event("info", f"{STAGE}: {result.accepted} accepted, {rejected} rejected ({summary})", repo=repo)
-    context.log.info(f"{repo}: {result.accepted}/{answers.num_rows} pairs accepted; rejected: {summary}")
-    table = result.table
-    preview_rows = table.filter(pc.invert(table.column("accepted"))).slice(0, 10)
-    metadata = {
-        "pairs": MetadataValue.int(table.num_rows),
-        "accepted": MetadataValue.int(result.accepted),
-        "rejected": MetadataValue.int(rejected),
-        "acceptance_rate": MetadataValue.float(result.accepted / table.num_rows if table.num_rows else 0.0),
-        "rejections": MetadataValue.json(result.rejections),
-        **{f"rejected_{reason}": MetadataValue.int(count) for reason, count in result.rejections.items()},
-        "rejected_preview": MetadataValue.md(_preview_md(preview_rows)),
-    }
-    return Output(table, data_version=DataVersion(_data_version(table)), metadata=metadata)
+        settings = step.settings
+        threshold = settings.config.export.near_duplicate_threshold
+        result = filter_pairs(answers, code_chunks, threshold, progress=progress)
+        state.finish_stage(repo, STAGE, "done")
+        table, judged, judge_metadata = judge_table(context, settings, state, result.table, code_chunks)
+        rejections = dict(sorted({**result.rejections, **(judged.rejections if judged else {})}.items()))
+        rejected = sum(rejections.values())
+        accepted = table.num_rows - rejected
+        summary = ", ".join(f"{k}: {v}" for k, v in rejections.items()) or "none"
+        state.log_event("info", f"{STAGE}: {accepted} accepted, {rejected} rejected ({summary})", repo=repo)
+        context.log.info(f"{repo}: {accepted}/{answers.num_rows} pairs accepted; rejected: {summary}")
+        preview_rows = table.filter(pc.invert(table.column("accepted"))).slice(0, 10)
+        metadata = {
+            "pairs": MetadataValue.int(table.num_rows),
+            "accepted": MetadataValue.int(accepted),
+            "rejected": MetadataValue.int(rejected),
+            "acceptance_rate": MetadataValue.float(accepted / table.num_rows if table.num_rows else 0.0),
+            "rejections": MetadataValue.json(rejections),
+            **{f"rejected_{reason}": MetadataValue.int(count) for reason, count in rejections.items()},
+            "rejected_preview": MetadataValue.md(_preview_md(preview_rows)),
+            **judge_metadata,
+        }
+        return step.output(table, metadata, _data_version(table))
 
 
 def _preview_md(table: pa.Table) -> str:

@@ -6,36 +6,34 @@ is rebuilt from the ledger, so a no-op re-run makes zero LLM calls.
 """
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, code_version, table_definition_metadata
-from cicdllm_assets.generation.asset_support import chunks_from_table, preview, stage_env
+from cicdllm_assets.assets._generation import generation_asset, preview, stage_env
+from cicdllm_assets.generation.chunks import chunks_from_table
 from cicdllm_assets.generation.questions_stage import (
-    QUESTIONS_SCHEMA,
     plan_questions,
     question_postprocess,
     questions_table,
 )
 from cicdllm_assets.generation.rows import template_hashes
-from cicdllm_assets.partitions import repos_partitions
+from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.resources.llm.backend_resource import BackendResource
+from cicdllm_assets.storage.contract import QUESTIONS_SCHEMA
 
 STAGE = "questions"
 
 
-@asset(
-    partitions_def=repos_partitions,
-    group_name="generation",
-    required_resource_keys={"app_config", "llm"},
-    pool="llm",
-    code_version=code_version("questions", "generation", "assets/questions.py", prompts="question"),
-    kinds={"llm", "parquet"},
-    owners=OWNERS,
-    metadata=table_definition_metadata(QUESTIONS_SCHEMA),
-    description="Questions about each code chunk, per prompt theme (LLM; incremental via the ledger).",
+@generation_asset(
+    "questions",
+    QUESTIONS_SCHEMA,
+    "question",
+    "Questions about each code chunk, per prompt theme (LLM; incremental via the ledger).",
 )
-def questions(context: AssetExecutionContext, code_chunks: pa.Table) -> Output[pa.Table]:
+def questions(
+    context: AssetExecutionContext, app_config: AppConfigResource, llm: BackendResource, code_chunks: pa.Table
+) -> Output[pa.Table]:
     """Generate (or reuse from the ledger) questions for the first chunks of this repository."""
-    with stage_env(context, STAGE) as env:
+    with stage_env(context, app_config, llm, STAGE) as env:
         gen = env.settings.config.generation
         chunks = chunks_from_table(code_chunks, env.repo, gen.max_chunks_per_repo)
         themes = [env.prompts.theme(name) for name in gen.themes]

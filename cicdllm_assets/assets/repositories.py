@@ -6,25 +6,15 @@ removed fails with a clear message instead of cloning something stale.
 """
 
 import json
-import warnings
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from dagster import (
-    AssetExecutionContext,
-    BetaWarning,
-    DataVersion,
-    Failure,
-    MetadataValue,
-    Output,
-    asset,
-)
+from dagster import AssetExecutionContext, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, table_definition_metadata
-from cicdllm_assets.config import ConfigError
-from cicdllm_assets.failures import permanent_failure
-from cicdllm_assets.partitions import repos_partitions
+from cicdllm_assets.assets._conventions import repo_table_asset
+from cicdllm_assets.assets._step import asset_step
+from cicdllm_assets.errors import GIT, NOT_IN_REPOS_FILE, REPOS_FILE
 from cicdllm_assets.quality.secrets import redact_field
 from cicdllm_assets.repos.git_ops import GitError, sync_repo
 from cicdllm_assets.repos.license import detect_license
@@ -35,27 +25,10 @@ from cicdllm_assets.repos.repos_file import (
     redact_credentials,
 )
 from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.storage.contract import REPOSITORIES_SCHEMA, RepositoryRow
 from cicdllm_assets.storage.state import StateStore
 
 STAGE = "repositories"
-
-REPOSITORIES_SCHEMA = pa.schema(
-    [
-        pa.field("repo", pa.string(), nullable=False),
-        pa.field("url", pa.string(), nullable=False),
-        pa.field("ref", pa.string()),
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("local_path", pa.string(), nullable=False),
-        pa.field("head_commit", pa.string(), nullable=False),
-        pa.field("default_branch", pa.string()),
-        pa.field("resolved_ref", pa.string()),
-        pa.field("license", pa.string(), nullable=False),
-        pa.field("size_bytes", pa.int64(), nullable=False),
-        pa.field("head_changed", pa.bool_(), nullable=False),
-        pa.field("previous_commit", pa.string()),
-        pa.field("fetched_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-)
 
 
 def _previous_head(state: StateStore, repo: str) -> str | None:
@@ -63,73 +36,38 @@ def _previous_head(state: StateStore, repo: str) -> str | None:
     return rows[0]["head_commit"] if rows else None
 
 
-def _fail(
-    context: AssetExecutionContext,
-    state: StateStore | None,
-    repo: str,
-    category: str,
-    message: str,
-    *,
-    permanent: bool = False,
-) -> Failure:
-    """Record the failure for the viewer and build the Failure to raise.
-
-    ``permanent`` failures (bad config, repos.txt, a source that cannot exist) skip the
-    step retry policy: a retry would fail the same way.
-    """
-    context.log.error(message)
-    if state is not None:
-        state.record_failure(repo, STAGE, repo, category, message)
-        state.advance(repo, STAGE, done=0, failed=1)
-        state.finish_stage(repo, STAGE, "failed")
-        state.log_event("error", f"{STAGE}: {message}", repo=repo)
-    metadata = {"repo": repo, "category": category}
-    if permanent:
-        return permanent_failure(message, metadata)
-    return Failure(description=message, metadata=metadata)
-
-
-@asset(
-    partitions_def=repos_partitions,
-    group_name="ingest",
-    code_version="repositories-v1",
-    kinds={"git", "parquet"},
-    owners=OWNERS,
-    metadata=table_definition_metadata(REPOSITORIES_SCHEMA),
-    description="Clone or fetch the repository of this partition and check out its ref (one row).",
+@repo_table_asset(
+    "ingest",
+    "repositories-v1",
+    {"git", "parquet"},
+    REPOSITORIES_SCHEMA,
+    "Clone or fetch the repository of this partition and check out its ref (one row).",
 )
 def repositories(context: AssetExecutionContext, app_config: AppConfigResource) -> Output[pa.Table]:
     """Clone/fetch the partition's repo into the cache; one row with head commit, licence, size."""
-    repo = context.partition_key
-    try:
-        settings = app_config.settings()
-    except ConfigError as exc:
-        raise _fail(context, None, repo, "config", str(exc), permanent=True) from None
-    state = StateStore(settings.state_target)
-    try:
+    with asset_step(context, app_config, STAGE) as step:
+        repo, settings, state = step.repo, step.settings, step.state
         state.start_stage(repo, STAGE, total=1, unit="repos")
         state.clear_failures(repo, STAGE)
         try:
             entries, problems = read_repos_file_lenient(settings.repos_file)
         except ReposFileError as exc:
-            raise _fail(context, state, repo, "repos_file", str(exc), permanent=True) from None
+            raise step.fail(str(exc), category=REPOS_FILE, permanent=True, failed_items=1) from None
         entry = find_entry(entries, repo)
         if problems is not None:
             # Bad lines elsewhere in repos.txt do not stop this repository.
             context.log.warning(str(problems))
             if entry is None:
-                raise _fail(
-                    context, state, repo, "repos_file", f"partition {repo!r} not found; {problems}", permanent=True
+                raise step.fail(
+                    f"partition {repo!r} not found; {problems}", category=REPOS_FILE, permanent=True, failed_items=1
                 )
         if entry is None:
-            raise _fail(
-                context,
-                state,
-                repo,
-                "not_in_repos_file",
+            raise step.fail(
                 f"partition {repo!r} is not in {settings.repos_file} any more; "
                 "run `cicdllm repos sync` (or let the repos sensor run) to drop it",
+                category=NOT_IN_REPOS_FILE,
                 permanent=True,
+                failed_items=1,
             )
         url = redact_field(redact_credentials(entry.url)) or ""  # a token in the path or query too
         context.log.info(f"syncing {url}" + (f" @ {entry.ref}" if entry.ref else "") + f" into {settings.cache_dir}")
@@ -137,11 +75,11 @@ def repositories(context: AssetExecutionContext, app_config: AppConfigResource) 
         try:
             checkout = sync_repo(entry, settings.cache_dir, float(settings.config.repos.clone_timeout_seconds))
         except GitError as exc:
-            raise _fail(context, state, repo, "git", str(exc), permanent=exc.permanent) from None
+            raise step.fail(str(exc), category=GIT, permanent=exc.permanent, failed_items=1) from None
         license_id = detect_license(checkout.path)
         head_changed = previous != checkout.head_commit
         fetched_at = datetime.now(UTC)
-        row: dict[str, Any] = {
+        row: RepositoryRow = {
             "repo": repo,
             "url": url,
             "ref": entry.ref,
@@ -181,13 +119,4 @@ def repositories(context: AssetExecutionContext, app_config: AppConfigResource) 
             "cloned": MetadataValue.bool(checkout.cloned),
             "local_path": MetadataValue.path(str(checkout.path)),
         }
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", BetaWarning)  # Output(data_version=...) is beta since 1.x
-            return Output(table, data_version=DataVersion(checkout.head_commit), metadata=metadata)
-    except Failure:
-        raise
-    except Exception as exc:
-        _fail(context, state, repo, "internal", f"{type(exc).__name__}: {redact_credentials(str(exc))}")
-        raise
-    finally:
-        state.close()
+        return step.output(table, metadata, checkout.head_commit)

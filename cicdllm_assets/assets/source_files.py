@@ -5,20 +5,18 @@ import json
 from typing import Any
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, Failure, MetadataValue, Output
 
-from cicdllm_assets.assets._conventions import OWNERS, table_definition_metadata
+from cicdllm_assets.assets._conventions import repo_table_asset
+from cicdllm_assets.assets._step import asset_step
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
 from cicdllm_assets.chunking.runtime import step_chunker
 from cicdllm_assets.discovery.discover import SKIPPED, Discovery, SourceFile, no_files_kept_warning
-from cicdllm_assets.discovery.git_objects import GitError
-from cicdllm_assets.discovery.table import SOURCE_FILES_SCHEMA, source_files_table
+from cicdllm_assets.discovery.table import source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
-from cicdllm_assets.failures import stage_failures_recorded
-from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.repos.sync import repo_processing
 from cicdllm_assets.resources.config_resource import AppConfigResource
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.storage.contract import SOURCE_FILES_SCHEMA
 
 STAGE = "source_files"
 DISCOVERY_VERSION = "1"
@@ -47,29 +45,25 @@ def _skip_preview(files: list[SourceFile], limit: int = 25) -> str:
     return "\n".join(lines)
 
 
-@asset(
-    partitions_def=repos_partitions,
-    group_name="ingest",
-    code_version=CODE_VERSION,
-    kinds={"git", "parquet"},
-    owners=OWNERS,
-    metadata=table_definition_metadata(SOURCE_FILES_SCHEMA),
-    description="Files tracked at the head commit: language, encoding, tokens; skipped files keep their reason.",
+@repo_table_asset(
+    "ingest",
+    CODE_VERSION,
+    {"git", "parquet"},
+    SOURCE_FILES_SCHEMA,
+    "Files tracked at the head commit: language, encoding, tokens; skipped files keep their reason.",
 )
 def source_files(
     context: AssetExecutionContext, app_config: AppConfigResource, repositories: pa.Table
 ) -> Output[pa.Table]:
     """Discover, filter and token-count the files of this partition's checkout."""
-    repo = context.partition_key
-    settings = app_config.step_settings()
-    row = repository_row(repositories, repo)
-    commit = str(row["head_commit"])
-    state = StateStore(settings.state_target)
-    processing = repo_processing(settings, repo)
-    with stage_failures_recorded(state, repo, STAGE):
+    with asset_step(context, app_config, STAGE) as step:
+        repo, settings, state = step.repo, step.settings, step.state
+        row = repository_row(repositories, repo)
+        commit = str(row["head_commit"])
+        processing = repo_processing(settings, repo)
         state.clear_failures(repo, STAGE)
         state.start_stage(repo, STAGE, total=0, unit="files")
-        chunker = step_chunker(settings, state, repo, STAGE)
+        chunker = step_chunker(settings)
         calls_before = chunker.counter.calls
         verdicts = VerdictCache(state, processing.skip_generated)
         discovery = Discovery(row["local_path"], commit, processing, chunker, verdicts=verdicts)
@@ -78,10 +72,6 @@ def source_files(
             state.start_stage(repo, STAGE, total=len(entries), unit="files")
             context.log.info(f"{len(entries)} files tracked at {commit[:12]} in {row['local_path']}")
             files = discovery.run(on_progress=lambda n: state.advance(repo, STAGE, done=n))
-        except GitError as exc:
-            state.record_failure(repo, STAGE, repo, "git", str(exc))
-            state.finish_stage(repo, STAGE, "failed")
-            raise Failure(str(exc)) from None
         finally:
             chunker.close()
         stats = discovery.stats
@@ -124,6 +114,4 @@ def source_files(
         }
         if warning:
             metadata["warning"] = MetadataValue.text(warning)
-        return Output(
-            table, data_version=DataVersion(hashlib.sha256(version.encode()).hexdigest()[:24]), metadata=metadata
-        )
+        return step.output(table, metadata, hashlib.sha256(version.encode()).hexdigest()[:24])

@@ -9,7 +9,6 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetRecordsFilter,
-    DataVersion,
     MetadataValue,
     Nothing,
     Output,
@@ -17,19 +16,17 @@ from dagster import (
 )
 
 from cicdllm_assets.assets._conventions import OWNERS, ROW_COUNT, URI, code_version, table_definition_metadata
-from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
-from cicdllm_assets.export.records import EXPORT_SCHEMA
-from cicdllm_assets.failures import permanent_failure
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.assets._step import ALL, asset_step
+from cicdllm_assets.export.dataset import build_training_dataset
+from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.storage.contract import EXPORT_SCHEMA
 from cicdllm_assets.storage.tables import TableStore
 
 STAGE = "training_dataset"
-ALL_REPOS = "*"
 
 
 @asset(
     group_name="dataset",
-    required_resource_keys={"app_config"},
     # Not loaded through the IO manager: the export streams the stored partition files.
     ins={"qa_pairs": AssetIn(dagster_type=Nothing)},
     code_version=code_version("training_dataset", "export", "quality", "assets/training_dataset.py"),
@@ -41,60 +38,51 @@ ALL_REPOS = "*"
         "file-disjoint train/valid/test split, written in every configured format with a dataset card."
     ),
 )
-def training_dataset(context: AssetExecutionContext) -> Output[pa.Table]:
+def training_dataset(context: AssetExecutionContext, app_config: AppConfigResource) -> Output[pa.Table]:
     """Export the dataset; the returned table counts pairs per repo, split and theme."""
-    settings = context.resources.app_config.step_settings()
-    store = TableStore(settings.tables_dir)
-    keys = context.asset_partition_keys_for_input("qa_pairs")
-    paths = store.partition_files("qa_pairs", keys)
-    if not paths:
-        raise FileNotFoundError("no stored table for qa_pairs (materialize it first)")
-    input_rows = store.row_count("qa_pairs", keys)
-    state = StateStore(settings.state_target)
-    state.start_stage(ALL_REPOS, STAGE, input_rows, "pairs")
-    repositories = store.read_all("repositories")
-    try:
+    with asset_step(context, app_config, STAGE, partitioned=False) as step:
+        settings, state = step.settings, step.state
+        store = TableStore(settings.tables_dir)
+        keys = context.asset_partition_keys_for_input("qa_pairs")
+        paths = store.partition_files("qa_pairs", keys)
+        if not paths:
+            raise FileNotFoundError("no stored table for qa_pairs (materialize it first)")
+        input_rows = store.row_count("qa_pairs", keys)
+        state.start_stage(ALL, STAGE, input_rows, "pairs")
+        repositories = store.read_all("repositories")
         result = build_training_dataset(paths, settings, repositories=repositories)
-    except ExportInputError as exc:
-        state.finish_stage(ALL_REPOS, STAGE, "failed")
-        raise permanent_failure(str(exc)) from None
-    except Exception as exc:
-        state.finish_stage(ALL_REPOS, STAGE, "failed")
-        state.log_event("error", f"{STAGE}: {type(exc).__name__}: {exc}")
-        raise
-    state.advance(ALL_REPOS, STAGE, done=input_rows)
-    state.finish_stage(ALL_REPOS, STAGE, "done")
-    for repo, info in result.excluded_repos.items():
-        context.log.warning(f"{repo}: {info['pairs']} pairs excluded: {info['reason']}")
-        state.log_event("warning", f"{STAGE}: excluded {info['pairs']} pairs: {info['reason']}", repo=repo)
-    for note in result.notes:
-        context.log.warning(note)
-    splits = result.split_counts()
-    state.log_event(
-        "info",
-        f"{STAGE}: exported {result.exported_pairs} pairs (train {splits['train']}, valid {splits['valid']}, "
-        f"test {splits['test']}) to {result.out_dir}",
-    )
-    context.log.info(f"exported {result.exported_pairs} pairs to {result.out_dir}")
-    summary = result.summary_table()
-    metadata = {
-        ROW_COUNT: MetadataValue.int(result.exported_pairs),
-        URI: MetadataValue.text(result.out_dir.resolve().as_uri()),
-        "export_dir": MetadataValue.path(str(result.out_dir)),
-        "input_pairs": MetadataValue.int(result.input_pairs),
-        "accepted_pairs": MetadataValue.int(result.accepted_pairs),
-        "exported_pairs": MetadataValue.int(result.exported_pairs),
-        **{f"{split}_pairs": MetadataValue.int(count) for split, count in splits.items()},
-        "rejections": MetadataValue.json(result.rejections),
-        "excluded_repos": MetadataValue.json(result.excluded_repos),
-        "secrets_redacted": MetadataValue.json(result.redactions),
-        "files": MetadataValue.json({str(f.path): f.rows for f in result.files}),
-        "notes": MetadataValue.json(result.notes),
-        "dataset_card": MetadataValue.path(str(result.card_path)),
-        "summary": MetadataValue.md(_summary_md(summary)),
-    }
-    version = DataVersion(_content_version(context, keys, result.exported_pairs))
-    return Output(summary, data_version=version, metadata=metadata)
+        state.advance(ALL, STAGE, done=input_rows)
+        state.finish_stage(ALL, STAGE, "done")
+        for repo, info in result.excluded_repos.items():
+            context.log.warning(f"{repo}: {info['pairs']} pairs excluded: {info['reason']}")
+            state.log_event("warning", f"{STAGE}: excluded {info['pairs']} pairs: {info['reason']}", repo=repo)
+        for note in result.notes:
+            context.log.warning(note)
+        splits = result.split_counts()
+        state.log_event(
+            "info",
+            f"{STAGE}: exported {result.exported_pairs} pairs (train {splits['train']}, valid {splits['valid']}, "
+            f"test {splits['test']}) to {result.out_dir}",
+        )
+        context.log.info(f"exported {result.exported_pairs} pairs to {result.out_dir}")
+        summary = result.summary_table()
+        metadata = {
+            ROW_COUNT: MetadataValue.int(result.exported_pairs),
+            URI: MetadataValue.text(result.out_dir.resolve().as_uri()),
+            "export_dir": MetadataValue.path(str(result.out_dir)),
+            "input_pairs": MetadataValue.int(result.input_pairs),
+            "accepted_pairs": MetadataValue.int(result.accepted_pairs),
+            "exported_pairs": MetadataValue.int(result.exported_pairs),
+            **{f"{split}_pairs": MetadataValue.int(count) for split, count in splits.items()},
+            "rejections": MetadataValue.json(result.rejections),
+            "excluded_repos": MetadataValue.json(result.excluded_repos),
+            "secrets_redacted": MetadataValue.json(result.redactions),
+            "files": MetadataValue.json({str(f.path): f.rows for f in result.files}),
+            "notes": MetadataValue.json(result.notes),
+            "dataset_card": MetadataValue.path(str(result.card_path)),
+            "summary": MetadataValue.md(_summary_md(summary)),
+        }
+        return step.output(summary, metadata, _content_version(context, keys, result.exported_pairs))
 
 
 def _content_version(context: AssetExecutionContext, keys: Sequence[str], exported: int) -> str:

@@ -17,7 +17,7 @@ Every job runs on the executor ``orchestration.executor`` names (see
 exponential backoff and jitter: transient failures (a flaky fetch, an LLM server restart)
 heal, and a retried generation step is cheap because every finished item is already
 committed to the ledger. Errors a retry cannot fix (bad config, repos.txt, a missing source) are raised as
-:func:`cicdllm_assets.failures.permanent_failure` and skip the policy.
+:func:`cicdllm_assets.assets._step.permanent_failure` and skip the policy.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from dagster import (
     DefaultSensorStatus,
     DeleteDynamicPartitionsRequest,
     RunRequest,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -21,15 +22,13 @@ from dagster import (
 )
 
 from cicdllm_assets.automation.jobs import pipeline_job
-from cicdllm_assets.config import ConfigError, load_settings
+from cicdllm_assets.config import ConfigError
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME, repos_partitions
 from cicdllm_assets.repos.repos_file import ReposFileError
 from cicdllm_assets.repos.sync import load_entries, plan_sync
 from cicdllm_assets.resources.config_resource import AppConfigResource
 
 logger = logging.getLogger(__name__)
-
-_DEFAULT_INTERVAL_SECONDS = 30
 
 ingest_new_repo_job = pipeline_job(
     "ingest_new_repo_job",
@@ -42,28 +41,12 @@ ingest_new_repo_job = pipeline_job(
 )
 
 
-def _interval_seconds() -> int:
-    """``repos.sensor_interval_seconds`` when the config loads, else the default."""
-    try:
-        return load_settings().config.repos.sensor_interval_seconds
-    except ConfigError:
-        logger.warning("cicdllm.yaml is invalid; repos sensor uses a %ss interval", _DEFAULT_INTERVAL_SECONDS)
-        return _DEFAULT_INTERVAL_SECONDS
-
-
 def new_repo_run_key(partition_key: str) -> str:
     """Run key of the first run of a newly added repo."""
     return f"new-repo:{partition_key}"
 
 
-@sensor(
-    name="repos_sync_sensor",
-    job=ingest_new_repo_job,
-    minimum_interval_seconds=_interval_seconds(),
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Sync the 'repos' partitions with repos.txt and run new repositories.",
-)
-def repos_sync_sensor(context: SensorEvaluationContext, app_config: AppConfigResource) -> SensorResult | SkipReason:
+def sync_repos_tick(context: SensorEvaluationContext, app_config: AppConfigResource) -> SensorResult | SkipReason:
     """Add/delete "repos" partitions to match repos.txt; request one run per new repo."""
     try:
         settings = app_config.settings()
@@ -90,3 +73,20 @@ def repos_sync_sensor(context: SensorEvaluationContext, app_config: AppConfigRes
     ]
     context.log.info(f"repos.txt: added {added or 'none'}, removed {removed or 'none'}")
     return SensorResult(run_requests=runs, dynamic_partitions_requests=requests)
+
+
+def build_repos_sync_sensor(interval_seconds: int) -> SensorDefinition:
+    """The ``repos_sync_sensor``, ticking every ``interval_seconds`` (``repos.sensor_interval_seconds``)."""
+
+    @sensor(
+        name="repos_sync_sensor",
+        job=ingest_new_repo_job,
+        minimum_interval_seconds=interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Sync the 'repos' partitions with repos.txt and run new repositories.",
+    )
+    def repos_sync_sensor(context: SensorEvaluationContext, app_config: AppConfigResource) -> SensorResult | SkipReason:
+        """Add/delete "repos" partitions to match repos.txt; request one run per new repo."""
+        return sync_repos_tick(context, app_config)
+
+    return repos_sync_sensor

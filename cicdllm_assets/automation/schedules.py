@@ -21,23 +21,11 @@ from dagster import (
 )
 
 from cicdllm_assets.automation.jobs import refresh_job
-from cicdllm_assets.config import ConfigError, load_settings
-from cicdllm_assets.config.models import ReposConfig
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
 
 logger = logging.getLogger(__name__)
 
 REFRESH_SCHEDULE_NAME = "refresh_repos_schedule"
-
-
-def configured_refresh_cron() -> str:
-    """``repos.refresh_cron`` from cicdllm.yaml (the default when the config is broken)."""
-    try:
-        return load_settings().config.repos.refresh_cron
-    except ConfigError as exc:
-        default = str(ReposConfig.model_fields["refresh_cron"].default)
-        logger.warning("config invalid, refresh schedule uses the default cron %r: %s", default, exc)
-        return default
 
 
 def refresh_run_key(partition_key: str, when: datetime) -> str:
@@ -70,6 +58,3 @@ def build_refresh_schedule(cron: str, name: str = REFRESH_SCHEDULE_NAME) -> Sche
         ]
 
     return _refresh
-
-
-refresh_repos_schedule = build_refresh_schedule(configured_refresh_cron())

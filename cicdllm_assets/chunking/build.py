@@ -10,8 +10,8 @@ from typing import Any
 
 from cicdllm_assets.chunking.rows import ChunkRowBuilder, FileForChunks
 from cicdllm_assets.chunking.service import Chunker, PlanRequest
-from cicdllm_assets.discovery.content import decode_with
-from cicdllm_assets.discovery.git_objects import BlobReader, GitError
+from cicdllm_assets.sources.content import decode_with
+from cicdllm_assets.sources.git import BlobReader, GitError
 
 BATCH_FILES = 256
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from tokenizers import Encoding
 
 from cicdllm_assets.chunking.pylex import PyLexer, Statement
-from cicdllm_assets.discovery.languages import BRACE_LANGUAGES
+from cicdllm_assets.sources.languages import BRACE_LANGUAGES
 
 CHUNKER_VERSION = "3"
 IMPORTS_MAX_TOKENS = 64

@@ -13,28 +13,9 @@ import pyarrow as pa
 
 from cicdllm_assets.chunking.plan import ChunkSpan, FilePlan
 from cicdllm_assets.chunking.redaction_cache import RedactionCache, text_key
-from cicdllm_assets.chunking.tokenizer import TokenCounter
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from cicdllm_assets.quality.secrets import redact_field, redact_secrets
-
-CODE_CHUNKS_SCHEMA = pa.schema(
-    [
-        pa.field("repo", pa.string(), nullable=False),
-        pa.field("commit", pa.string(), nullable=False),
-        pa.field("license", pa.string()),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("blob_sha", pa.string(), nullable=False),
-        pa.field("language", pa.string()),
-        pa.field("chunk_key", pa.string(), nullable=False),
-        pa.field("start_line", pa.int32(), nullable=False),
-        pa.field("end_line", pa.int32(), nullable=False),
-        pa.field("symbol", pa.string()),
-        pa.field("imports", pa.string()),
-        pa.field("text", pa.string(), nullable=False),
-        pa.field("token_count", pa.int32(), nullable=False),
-        pa.field("redactions", pa.int32(), nullable=False),
-        pa.field("chunk_index", pa.int32(), nullable=False),
-    ]
-)
+from cicdllm_assets.storage.contract import CODE_CHUNKS_SCHEMA
 
 Redactor = Callable[[str, str], Any]
 

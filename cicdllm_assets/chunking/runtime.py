@@ -7,9 +7,10 @@ from pathlib import Path
 
 from cicdllm_assets.chunking.cache import PlanCache
 from cicdllm_assets.chunking.service import Chunker
-from cicdllm_assets.chunking.tokenizer import TokenCounter
 from cicdllm_assets.config import Settings
-from cicdllm_assets.llm.models.paths import resolve_tokenizer
+from cicdllm_assets.errors import TOKENIZER, CicdllmError
+from cicdllm_assets.llm.models.paths import ModelNotPreparedError, resolve_tokenizer
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 from cicdllm_assets.storage.state import StateStore
 
 _lock = threading.Lock()
@@ -48,15 +49,14 @@ def chunker_for(settings: Settings) -> Chunker:
     return Chunker(counter, choice.budget(settings.config.processing.chunk_max_tokens), cache, choice.source)
 
 
-def step_chunker(settings: Settings, state: StateStore, repo: str, stage: str) -> Chunker:
-    """:func:`chunker_for` inside an asset step: a missing or unusable tokenizer is recorded as a
-    ``tokenizer`` failure of the stage and fails the step at once (a retry cannot fix it)."""
-    from cicdllm_assets.failures import permanent_failure
-    from cicdllm_assets.llm.models.paths import ModelNotPreparedError
+class TokenizerUnavailableError(CicdllmError, category=TOKENIZER, permanent=True):
+    """The configured tokenizer is missing or unusable: a ``tokenizer`` failure no retry fixes."""
 
+
+def step_chunker(settings: Settings) -> Chunker:
+    """:func:`chunker_for` inside a pipeline step: a missing or unusable tokenizer raises
+    :class:`TokenizerUnavailableError`."""
     try:
         return chunker_for(settings)
     except (ModelNotPreparedError, ValueError) as exc:
-        state.record_failure(repo, stage, repo, "tokenizer", str(exc))
-        state.finish_stage(repo, stage, "failed")
-        raise permanent_failure(str(exc)) from None
+        raise TokenizerUnavailableError(str(exc)) from None

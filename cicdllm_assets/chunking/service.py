@@ -11,7 +11,7 @@ from tokenizers import Encoding
 
 from cicdllm_assets.chunking.cache import CacheKey, PlanCache, PlanSummary
 from cicdllm_assets.chunking.plan import FilePlan, plan_file, prepare
-from cicdllm_assets.chunking.tokenizer import TokenCounter
+from cicdllm_assets.llm.tokenizer_counter import TokenCounter
 
 ENCODE_BATCH_CHARS = 16_000_000  # characters per encode call: big calls cost the least; bounds memory
 

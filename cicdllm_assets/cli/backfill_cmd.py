@@ -138,8 +138,7 @@ def command(
 
     # No webserver: run the partitions here, like `cicdllm run`.
     from cicdllm_assets.repos.repos_file import ReposFileError
-    from cicdllm_assets.repos.sync import sync_partitions
-    from cicdllm_assets.runner.instance import InstanceError, open_instance
+    from cicdllm_assets.runner.instance import InstanceError, open_instance, sync_partitions
     from cicdllm_assets.runner.pipeline import RunPlanError, choose_partitions, run_pipeline
 
     if not in_process:

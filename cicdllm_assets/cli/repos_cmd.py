@@ -7,6 +7,7 @@ is printed with its line number), 1 other errors.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import click
@@ -23,12 +24,14 @@ from cicdllm_assets.repos.repos_file import (
     read_repos_file,
     redact_credentials,
 )
-from cicdllm_assets.repos.sync import open_instance, sync_partitions
+from cicdllm_assets.runner.instance import sync_partitions
 
 
 def _instance(settings: Settings) -> DagsterInstance:
-    from cicdllm_assets.runner.instance import InstanceError
+    from cicdllm_assets.runner.instance import InstanceError, open_instance
 
+    # Dagster's storage migrations log every step at INFO through alembic; keep the CLI readable.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return open_instance(settings)
     except InstanceError as exc:

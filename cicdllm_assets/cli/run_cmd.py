@@ -135,8 +135,7 @@ def command(ctx: click.Context, repos: tuple[str, ...], select: str | None, as_j
     """Sync repos.txt, run each repo through the pipeline, then build the training dataset."""
     quiet_library_noise()
     from cicdllm_assets.repos.repos_file import ReposFileError
-    from cicdllm_assets.repos.sync import sync_partitions
-    from cicdllm_assets.runner.instance import InstanceError, open_instance
+    from cicdllm_assets.runner.instance import InstanceError, open_instance, sync_partitions
     from cicdllm_assets.runner.pipeline import RunPlanError, choose_partitions, run_pipeline
     from cicdllm_assets.runner.progress import ProgressDisplay
     from cicdllm_assets.runner.selection import SelectionError, plan_selection

@@ -12,7 +12,9 @@ from rich.table import Table
 from rich.text import Text
 
 from cicdllm_assets.config import ConfigError, load_settings
-from cicdllm_assets.status.collect import Status, collect_status, human_bytes
+from cicdllm_assets.status.collect import collect_status
+from cicdllm_assets.status.model import Status
+from cicdllm_assets.tui.format import human_bytes
 from cicdllm_assets.tui.widgets import clock, progress_table, resources_table, run_cells, styled_status
 
 

@@ -6,7 +6,10 @@ the file's directory, so the project works from any working directory.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from cicdllm_assets.config.models import AppConfig
+from cicdllm_assets.errors import CONFIG, CicdllmError
 
 CONFIG_ENV = "CICDLLM_CONFIG"
 ENV_PREFIX = "CICDLLM_"
@@ -38,7 +42,7 @@ class ConfigIssue:
         return f"{self.path}: {self.message} (got {shown})"
 
 
-class ConfigError(Exception):
+class ConfigError(CicdllmError, category=CONFIG, permanent=True):
     """The configuration could not be loaded; ``issues`` lists every bad field."""
 
     def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
@@ -191,13 +195,50 @@ def validate_mapping(data: Mapping[str, Any], source: str) -> AppConfig:
         raise ConfigError(source, _issues_from(exc, data)) from exc
 
 
+_CACHE_SIZE = 8
+_cache: OrderedDict[tuple[Any, ...], Settings] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _file_signature(path: Path | None) -> tuple[Any, ...]:
+    """What identifies one version of the config file: its path and a digest of its bytes
+    (reading is cheap; parsing and validating is what the cache saves)."""
+    if path is None:
+        return ()
+    try:
+        return (str(path), hashlib.sha256(path.read_bytes()).hexdigest())
+    except OSError:
+        return (str(path), None)
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Load, override from the environment and validate. Missing file = defaults."""
+    """Load, override from the environment and validate. Missing file = defaults.
+
+    Parsed once per process and config version: a repeated call with the same file content,
+    the same ``CICDLLM_*`` variables and working directory returns the same :class:`Settings`;
+    an edited file is parsed again on the next call (hot reload).
+    """
     env = os.environ if environ is None else environ
     config_path = find_config_path(path)
+    overrides = tuple(sorted((k, v) for k, v in env.items() if k.startswith(ENV_PREFIX)))
+    key = (str(path) if path is not None else None, _file_signature(config_path), overrides, os.getcwd())
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is not None:
+            _cache.move_to_end(key)
+            return cached
+    settings = _load_settings(path, config_path, env)
+    with _cache_lock:
+        _cache[key] = settings
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return settings
+
+
+def _load_settings(path: str | os.PathLike[str] | None, config_path: Path | None, env: Mapping[str, str]) -> Settings:
     if config_path is not None and not config_path.exists():
         if path is not None or env.get(CONFIG_ENV):
             raise ConfigError(str(config_path), [ConfigIssue("<file>", str(config_path), "file does not exist")])

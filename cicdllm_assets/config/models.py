@@ -251,6 +251,38 @@ class LLMConfig(StrictModel):
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
 
 
+class JudgeLLMConfig(LLMConfig):
+    """The judge's backend: `same` = the `llm` section's; else the keys of `llm` (e.g. a larger model on a server)."""
+
+    backend: Literal["same", "mlx", "openai"] = Field(  # type: ignore[assignment]
+        "same", description="same (the llm section's backend), mlx (in process) or openai (HTTP server)"
+    )
+
+
+class JudgeConfig(StrictModel):
+    """An LLM judge scoring each accepted pair 1-5 (correctness, groundedness, usefulness); opt-in."""
+
+    enabled: bool = Field(False, description="judge every accepted pair in qa_pairs")
+    threshold: int = Field(
+        3, ge=1, le=5, description="a pair is kept when each of its three scores is at least this (else judge_low)"
+    )
+    keep_unscored: bool = Field(
+        False, description="keep pairs the judge could not score in max_attempts (else rejected as judge_unscored)"
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=100, description="tries per pair across runs (an unparseable verdict uses one)"
+    )
+    max_tokens: int = Field(160, ge=16, le=100000, description="max new tokens of one verdict")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature of the judge")
+    llm: JudgeLLMConfig = Field(default_factory=JudgeLLMConfig)
+
+
+class QualityConfig(StrictModel):
+    """Quality checks beyond the filters."""
+
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+
 class StorageConfig(StrictModel):
     """Where state lives."""
 
@@ -414,3 +446,4 @@ class AppConfig(StrictModel):
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from cicdllm_assets.chunking.service import Chunker, PendingPlans, PlanRequest
 from cicdllm_assets.config.models import ProcessingConfig
-from cicdllm_assets.discovery.content import (
+from cicdllm_assets.discovery.globs import first_match
+from cicdllm_assets.discovery.verdicts import Verdict, VerdictCache
+from cicdllm_assets.sources.content import (
     decode_text,
     decode_with,
     is_generated,
@@ -26,10 +28,8 @@ from cicdllm_assets.discovery.content import (
     is_minified,
     looks_binary,
 )
-from cicdllm_assets.discovery.git_objects import MODE_SUBMODULE, BlobReader, TreeEntry, list_tree
-from cicdllm_assets.discovery.globs import first_match
-from cicdllm_assets.discovery.languages import detect_language, extension_of, known_filename
-from cicdllm_assets.discovery.verdicts import Verdict, VerdictCache
+from cicdllm_assets.sources.git import MODE_SUBMODULE, BlobReader, TreeEntry, list_tree
+from cicdllm_assets.sources.languages import detect_language, extension_of, known_filename
 
 logger = logging.getLogger(__name__)
 

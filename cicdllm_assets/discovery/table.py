@@ -8,26 +8,7 @@ import pyarrow as pa
 
 from cicdllm_assets.discovery.discover import SourceFile
 from cicdllm_assets.quality.secrets import redact_field
-
-SOURCE_FILES_SCHEMA = pa.schema(
-    [
-        pa.field("repo", pa.string(), nullable=False),
-        pa.field("commit", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("blob_sha", pa.string(), nullable=False),
-        pa.field("size_bytes", pa.int64(), nullable=False),
-        pa.field("language", pa.string(), nullable=False),
-        pa.field("encoding", pa.string()),
-        pa.field("line_count", pa.int64(), nullable=False),
-        pa.field("token_count", pa.int64(), nullable=False),
-        pa.field("chunk_count", pa.int32(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("skip_reason", pa.string()),
-        pa.field("skip_category", pa.string()),
-        pa.field("mode", pa.string(), nullable=False),
-        pa.field("symlink_target", pa.string()),
-    ]
-)
+from cicdllm_assets.storage.contract import SOURCE_FILES_SCHEMA
 
 
 def source_files_table(repo: str, commit: str, files: Sequence[SourceFile]) -> pa.Table:

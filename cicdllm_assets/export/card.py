@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.export.judge_report import judge_markdown
 from cicdllm_assets.export.records import SPLITS
 from cicdllm_assets.export.writers import SPLIT_FORMATS
 
@@ -234,6 +235,9 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
         f"question + answer, Jaccard >= {cfg.export.near_duplicate_threshold}) within and across repositories; "
         "licence allow-list.\n"
     )
+    parts.append("\n## Judge\n\n")
+    judge = cfg.quality.judge
+    parts.append(judge_markdown(result.judge, result.rejections, judge.threshold, judge.enabled))
     parts.append("\n## Secrets\n\n")
     total = sum(result.redactions.values())
     parts.append(

@@ -32,13 +32,16 @@ import pyarrow.compute as pc
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import EXPORT_FORMATS
+from cicdllm_assets.errors import INPUT, CicdllmError
 from cicdllm_assets.export.card import render_card
-from cicdllm_assets.export.records import EXPORT_SCHEMA, SPLITS, user_prompt
+from cicdllm_assets.export.judge_report import JudgeReport, judge_report, write_judge_plot
+from cicdllm_assets.export.records import SPLITS, user_prompt
 from cicdllm_assets.export.splits import assign_splits_table
 from cicdllm_assets.export.writers import WrittenFile, write_exports, write_text_atomic
 from cicdllm_assets.quality.dedup import DuplicateIndex, DuplicateOf
 from cicdllm_assets.quality.filters import LICENSE_EXCLUDED
 from cicdllm_assets.quality.secrets import RedactionResult, may_hold_secrets, redact_secrets
+from cicdllm_assets.storage.contract import EXPORT_SCHEMA, JUDGE_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ TEXT_COLUMNS = (
 NOASSERTION = "NOASSERTION"
 
 
-class ExportInputError(ValueError):
+class ExportInputError(CicdllmError, ValueError, category=INPUT, permanent=True):
     """The qa_pairs input cannot be exported (missing columns, bad formats)."""
 
 
@@ -96,6 +99,7 @@ class DatasetResult:
     notes: list[str] = field(default_factory=list)
     card_path: Path | None = None
     manifest_path: Path | None = None
+    judge: JudgeReport | None = None
 
     @property
     def exported_pairs(self) -> int:
@@ -228,13 +232,18 @@ def _source(con: duckdb.DuckDBPyConnection, qa_pairs: pa.Table | Sequence[Path])
     if missing:
         raise ExportInputError(f"qa_pairs is missing columns {missing}; materialize qa_pairs again")
     texts = [f"coalesce(CAST({c} AS VARCHAR), '') AS {c}" if c in present else f"'' AS {c}" for c in TEXT_COLUMNS]
+    judge = [
+        f"CAST({f.name if f.name in present else 'NULL'} AS {'BIGINT' if pa.types.is_integer(f.type) else 'VARCHAR'})"
+        f" AS {f.name}"
+        for f in JUDGE_FIELDS
+    ]
     con.execute(f"""
         CREATE VIEW src AS SELECT
             CAST(repo AS VARCHAR) AS repo, CAST(path AS VARCHAR) AS path, CAST(answer_id AS VARCHAR) AS answer_id,
             coalesce(CAST(start_line AS BIGINT), 0) AS start_line, coalesce(CAST(end_line AS BIGINT), 0) AS end_line,
             coalesce(CAST(accepted AS BOOLEAN), false) AS accepted,
             {"CAST(reject_reason AS VARCHAR)" if "reject_reason" in present else "NULL"} AS reject_reason,
-            {", ".join(texts)}
+            {", ".join(texts)}, {", ".join(judge)}
         FROM src_raw""")  # noqa: S608 - column names are constants
 
 
@@ -367,6 +376,9 @@ def _build(
                 f"split '{split}' is empty ({n_files} source file(s)); its per-split files were not written"
                 + (" — mlx-lm will train without validation" if split == "valid" else "")
             )
+    result.judge = judge_report(con, "src", "ordered")
+    if result.judge.scored:
+        result.judge.plot_path = write_judge_plot(result.judge, target)
     result.manifest_path = target / MANIFEST_NAME
     manifest = json.JSONEncoder(indent=2, sort_keys=True).iterencode(_manifest(result, chosen))
     write_text_atomic(result.manifest_path, itertools.chain(manifest, ["\n"]))  # streamed: no whole-file string
@@ -450,6 +462,12 @@ def _records(reader: Iterable[pa.RecordBatch], system: str, clean: Callable[[str
         cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
         n = batch.num_rows
         question, answer, context = (_clean_all(cols[name], clean) for name in ("question", "answer", "context"))
+        rationale = [
+            r if r is None else t
+            for r, t in zip(
+                cols["judge_rationale"], _clean_all([r or "" for r in cols["judge_rationale"]], clean), strict=True
+            )
+        ]
         prompt = [
             user_prompt(
                 question[i],
@@ -469,6 +487,7 @@ def _records(reader: Iterable[pa.RecordBatch], system: str, clean: Callable[[str
             "answer": answer,
             "context": context,
             "prompt": prompt,
+            "judge_rationale": rationale,
         }
         yield pa.RecordBatch.from_arrays(
             [pa.array(columns[f.name], f.type) for f in EXPORT_SCHEMA], schema=EXPORT_SCHEMA

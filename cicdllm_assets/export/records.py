@@ -9,34 +9,10 @@ learns to answer from the code it is shown (alpaca keeps the code in ``input``).
 
 from __future__ import annotations
 
-import pyarrow as pa
+from cicdllm_assets.storage.contract import EXPORT_SCHEMA
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
-EXPORT_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("repo", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("start_line", pa.int64(), nullable=False),
-        pa.field("end_line", pa.int64(), nullable=False),
-        pa.field("commit", pa.string(), nullable=False),
-        pa.field("license", pa.string(), nullable=False),
-        pa.field("language", pa.string(), nullable=False),
-        pa.field("theme", pa.string(), nullable=False),
-        pa.field("system", pa.string(), nullable=False),
-        pa.field("question", pa.string(), nullable=False),
-        pa.field("context", pa.string(), nullable=False),
-        pa.field("prompt", pa.string(), nullable=False),
-        pa.field("answer", pa.string(), nullable=False),
-        pa.field("model_id", pa.string(), nullable=False),
-        pa.field("template_hash", pa.string(), nullable=False),
-        pa.field("question_id", pa.string(), nullable=False),
-        pa.field("chunk_key", pa.string(), nullable=False),
-        pa.field("params", pa.string(), nullable=False),
-    ]
-)
 EXPORT_COLUMNS: tuple[str, ...] = tuple(EXPORT_SCHEMA.names)
 # Fields that must never be empty in an export (checked by the blocking asset check).
 REQUIRED_TEXT_FIELDS: tuple[str, ...] = ("id", "split", "repo", "path", "question", "prompt", "answer")

@@ -19,9 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cicdllm_assets.export.dataset import read_manifest
-from cicdllm_assets.export.records import EXPORT_COLUMNS, EXPORT_SCHEMA, REQUIRED_TEXT_FIELDS, SPLITS
+from cicdllm_assets.export.records import EXPORT_COLUMNS, REQUIRED_TEXT_FIELDS, SPLITS
 from cicdllm_assets.quality.dedup import exact_key
 from cicdllm_assets.quality.secrets import find_secrets
+from cicdllm_assets.storage.contract import EXPORT_SCHEMA
 
 MAX_PROBLEMS = 10
 
@@ -138,6 +139,16 @@ def _split_schema_problem(fmt: str, record: Any) -> str | None:
     return f"unknown format {fmt}"
 
 
+def _json_type_ok(name: str, value: object) -> bool:
+    """A dataset.jsonl value has its column's type (nullable columns may be null)."""
+    field = EXPORT_SCHEMA.field(name)
+    if value is None:
+        return field.nullable
+    if pa.types.is_integer(field.type):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
 def check_schema(export: ExportFiles) -> CheckOutcome:
     """Every listed file exists, parses, has the format's schema and the manifest's row count."""
     outcome = CheckOutcome(True, "every export file has its format's schema")
@@ -168,9 +179,7 @@ def check_schema(export: ExportFiles) -> CheckOutcome:
                     rows += 1
                     if not isinstance(record, dict) or list(record) != list(EXPORT_COLUMNS):
                         outcome.add(f"{entry['path']}:{number}: keys differ from the export columns")
-                    elif not all(
-                        isinstance(record[n], int if n in ("start_line", "end_line") else str) for n in EXPORT_COLUMNS
-                    ):
+                    elif not all(_json_type_ok(n, record[n]) for n in EXPORT_COLUMNS):
                         outcome.add(f"{entry['path']}:{number}: a value has the wrong type")
             else:
                 for number, record in _read_jsonl(path):

@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from cicdllm_assets.export.records import EXPORT_SCHEMA, SPLITS, context_block
+from cicdllm_assets.export.records import SPLITS, context_block
+from cicdllm_assets.storage.contract import EXPORT_SCHEMA
 
 RECORD_FILES: dict[str, str] = {"jsonl": "dataset.jsonl", "csv": "dataset.csv", "parquet": "dataset.parquet"}
 SPLIT_FORMATS: tuple[str, ...] = ("mlx_chat", "mlx_completions", "alpaca", "sharegpt", "openai")

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cicdllm_assets.errors import INPUT, CicdllmError
 from cicdllm_assets.export.records import SPLITS
 
 CHAT_FORMAT = "mlx_chat"
 
 
-class FinetuneInputError(ValueError):
+class FinetuneInputError(CicdllmError, ValueError, category=INPUT, permanent=True):
     """The export cannot be trained on (missing, empty, or too small for the settings)."""
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 
@@ -28,36 +27,7 @@ from cicdllm_assets.llm.base import (
     GenerationResult,
 )
 from cicdllm_assets.quality.secrets import redact_field
-
-ANSWERS_SCHEMA = pa.schema(
-    [
-        ("repo", pa.string()),
-        ("answer_id", pa.string()),
-        ("question_id", pa.string()),
-        ("chunk_key", pa.string()),
-        ("theme", pa.string()),
-        ("template_hash", pa.string()),
-        ("question_template_hash", pa.string()),
-        ("question", pa.string()),
-        ("answer", pa.string()),
-        ("model_id", pa.string()),
-        ("params", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("cached_prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("latency_ms", pa.float64()),
-        ("trimmed", pa.bool_()),
-        ("max_tokens", pa.int64()),
-        ("finish_reason", pa.string()),
-        ("seed_sent", pa.bool_()),
-        ("path", pa.string()),
-        ("start_line", pa.int64()),
-        ("end_line", pa.int64()),
-        ("commit", pa.string()),
-        ("license", pa.string()),
-        ("language", pa.string()),
-    ]
-)
+from cicdllm_assets.storage.contract import ANSWERS_SCHEMA, AnswerRow, QuestionRow
 
 
 @dataclass(frozen=True)
@@ -65,11 +35,11 @@ class AnswerWork:
     """An answer item with the question row it answers."""
 
     work: WorkItem
-    question: Mapping[str, Any]
+    question: QuestionRow
 
 
 def plan_answers(
-    question_rows: Sequence[Mapping[str, Any]],
+    question_rows: Sequence[QuestionRow],
     chunks_by_key: Mapping[str, Chunk],
     prompts: PromptManager,
     model_id: str,
@@ -82,27 +52,27 @@ def plan_answers(
     ordered = sorted(
         question_rows,
         key=lambda r: (
-            str(r["path"]),
-            int(r["start_line"]),
-            str(r["chunk_key"]),
-            str(r["theme"]),
-            int(r.get("question_index") or 0),
-            str(r["question_id"]),
+            r["path"],
+            r["start_line"],
+            r["chunk_key"],
+            r["theme"],
+            r.get("question_index") or 0,
+            r["question_id"],
         ),
     )
     work: list[AnswerWork] = []
     stale = 0
     themes: dict[str, ThemeTemplate] = {}
     for row in ordered:
-        chunk = chunks_by_key.get(str(row["chunk_key"]))
+        chunk = chunks_by_key.get(row["chunk_key"])
         if chunk is None:
             stale += 1
             continue
-        theme_name = str(row["theme"])
+        theme_name = row["theme"]
         if theme_name not in themes:
             themes[theme_name] = prompts.theme(theme_name)
         theme = themes[theme_name]
-        question = str(row["question"])
+        question = row["question"]
         key = item_key(
             "answer", theme.chunk_input(chunk, "answer"), theme.name, theme.answer_hash, model_id, params, question
         )
@@ -133,7 +103,7 @@ def answer_postprocess(w: WorkItem, result: GenerationResult) -> Outcome:
 
 def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry], repo: str) -> pa.Table:
     """Rows for every ok answer item of ``work`` (each answer key once)."""
-    rows: list[dict[str, Any]] = []
+    rows: list[AnswerRow] = []
     seen: set[str] = set()
     for aw in work:
         key = aw.work.item.key
@@ -146,12 +116,12 @@ def answers_table(work: Sequence[AnswerWork], entries: Mapping[str, LedgerEntry]
             {
                 "repo": repo,
                 "answer_id": key,
-                "question_id": str(question["question_id"]),
+                "question_id": question["question_id"],
                 "chunk_key": chunk.chunk_key,
                 "theme": entry.theme,
                 "template_hash": entry.template_hash,
-                "question_template_hash": str(question.get("template_hash") or ""),
-                "question": entry.input_text or str(question["question"]),
+                "question_template_hash": question.get("template_hash") or "",
+                "question": entry.input_text or question["question"],
                 "answer": entry.output or "",
                 "model_id": entry.model_id,
                 "params": entry.params_json,

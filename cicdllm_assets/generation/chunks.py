@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+
+import pyarrow as pa
 
 from cicdllm_assets.chunking.rows import normalize_code
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value if v is not None and str(v))
-    return str(value)
+from cicdllm_assets.storage.contract import CodeChunkRow
 
 
 @dataclass(frozen=True)
@@ -35,23 +30,24 @@ class Chunk:
     license: str = ""
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Chunk:
-        """Build from a ``code_chunks`` row (dict); missing optional columns become empty."""
+    def from_row(cls, row: CodeChunkRow) -> Chunk:
+        """Build from a ``code_chunks`` row; null (or, in an older table, missing) optional columns
+        become empty."""
         missing = [name for name in ("repo", "chunk_key", "path", "start_line", "end_line", "text") if name not in row]
         if missing:
             raise ValueError(f"code_chunks row lacks required columns {missing}")
         return cls(
-            repo=str(row["repo"]),
-            chunk_key=str(row["chunk_key"]),
-            path=str(row["path"]),
-            start_line=int(row["start_line"]),
-            end_line=int(row["end_line"]),
-            text=_text(row["text"]),
-            language=_text(row.get("language")),
-            symbol=_text(row.get("symbol")),
-            imports=_text(row.get("imports")),
-            commit=_text(row.get("commit")),
-            license=_text(row.get("license")),
+            repo=row["repo"],
+            chunk_key=row["chunk_key"],
+            path=row["path"],
+            start_line=row["start_line"],
+            end_line=row["end_line"],
+            text=row["text"],
+            language=row.get("language") or "",
+            symbol=row.get("symbol") or "",
+            imports=row.get("imports") or "",
+            commit=row.get("commit") or "",
+            license=row.get("license") or "",
         )
 
     def placeholder_values(self, code: str | None = None) -> dict[str, str]:
@@ -68,7 +64,7 @@ class Chunk:
         }
 
 
-def select_chunks(rows: Sequence[Mapping[str, Any]], limit: int | None) -> list[Chunk]:
+def select_chunks(rows: Sequence[CodeChunkRow], limit: int | None) -> list[Chunk]:
     """Chunks in deterministic (path, start_line, end_line, chunk_key) order, first ``limit``.
 
     Duplicate chunk keys (the same span twice) are kept once.
@@ -85,3 +81,47 @@ def select_chunks(rows: Sequence[Mapping[str, Any]], limit: int | None) -> list[
         seen.add(chunk.chunk_key)
         unique.append(chunk)
     return unique if limit is None else unique[:limit]
+
+
+# A bounded selection (``max_chunks_per_repo``) prefers chunks worth asking about:
+# one named function/class of a useful size; then any named symbol; then the rest.
+_MIN_GOOD_TOKENS = 48
+_MAX_GOOD_TOKENS = 300
+
+
+def _selection_tier(chunk: Chunk, token_count: int | None) -> int:
+    """0 best: a single named symbol of a useful size; 1: any named symbol; 2: unnamed (module level)."""
+    if not chunk.symbol:
+        return 2
+    single = "," not in chunk.symbol
+    sized = token_count is None or _MIN_GOOD_TOKENS <= token_count <= _MAX_GOOD_TOKENS
+    return 0 if single and sized else 1
+
+
+def chunks_from_table(table: pa.Table, repo: str, limit: int | None) -> list[Chunk]:
+    """This partition's chunks in (path, line) order; with ``limit``, a deterministic spread.
+
+    Without a limit every chunk is returned. With ``limit`` (``max_chunks_per_repo``) the
+    chunks are ranked by :func:`_selection_tier`, then by a hash of their content-derived
+    ``chunk_key`` (a stable pseudo-random spread over the files: adding or editing one file
+    never reshuffles the others), and the first ``limit`` are returned in (path, line) order.
+    """
+    rows = [row for row in table.to_pylist() if str(row.get("repo", repo)) == repo]
+    for row in rows:
+        row.setdefault("repo", repo)
+    chunks = select_chunks(rows, None)
+    if limit is None or len(chunks) <= limit:
+        return chunks
+    tokens: dict[str, int | None] = {}
+    for row in rows:
+        value = row.get("token_count")
+        tokens[str(row["chunk_key"])] = int(value) if isinstance(value, int | float) else None
+    ranked = sorted(
+        chunks,
+        key=lambda c: (
+            _selection_tier(c, tokens.get(c.chunk_key)),
+            hashlib.sha256(c.chunk_key.encode()).hexdigest(),
+        ),
+    )
+    chosen = {c.chunk_key for c in ranked[:limit]}
+    return [c for c in chunks if c.chunk_key in chosen]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cicdllm_assets.errors import CicdllmError
 from cicdllm_assets.llm.base import ChatMessage, LLMBackend
 from cicdllm_assets.llm.models.paths import APPROXIMATE_BUDGET_FACTOR
 
@@ -23,7 +24,7 @@ MIN_COMPLETION_TOKENS = 16
 MessageBuilder = Callable[[str], Sequence[ChatMessage]]
 
 
-class ContextOverflowError(ValueError):
+class ContextOverflowError(CicdllmError, ValueError):
     """Even an empty chunk does not leave room for a completion."""
 
 

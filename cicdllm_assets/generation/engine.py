@@ -16,10 +16,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import GenerationConfig
+from cicdllm_assets.errors import CicdllmError, Log
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.context import ContextOverflowError, MessageBuilder, fit_prompt
 from cicdllm_assets.generation.leases import Leases
@@ -54,14 +55,6 @@ MAX_CONSECUTIVE_BATCH_ERRORS = 2
 
 LEASE_POLL_SECONDS = 0.5
 """How often a run re-reads the ledger for items another run holds."""
-
-
-class Log(Protocol):
-    """The part of a logger (stdlib or Dagster's ``context.log``) the runner uses."""
-
-    def info(self, msg: str) -> Any: ...  # pragma: no cover - protocol
-
-    def warning(self, msg: str) -> Any: ...  # pragma: no cover - protocol
 
 
 @dataclass(frozen=True)
@@ -143,6 +136,7 @@ class StageRunner:
         stage: str,
         log: Log | None = None,
         pause_hook: Callable[[], object] | None = None,
+        generation: GenerationConfig | None = None,
     ) -> None:
         self.backend = backend
         self.ledger = ledger
@@ -153,11 +147,12 @@ class StageRunner:
         self.log = log or _stdlib_log()
         self.pause_hook = pause_hook or (lambda: pause_while_on_low_battery(settings, self.log, repo=repo))
         self._load_reported = 0.0
+        self._generation = generation
 
     @property
     def gen(self) -> GenerationConfig:
-        """The generation config section."""
-        return self.settings.config.generation
+        """The generation config section (or the stage's own, e.g. the judge's sampling and attempts)."""
+        return self._generation or self.settings.config.generation
 
     def batch_width(self) -> int:
         """``generation.batch_size``, or with ``auto`` the backend's own choice (MLX: from the
@@ -448,7 +443,7 @@ class StageRunner:
         in_flight.clear()
 
 
-class _BatchError(Exception):
+class _BatchError(CicdllmError):
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
         self.cause = cause

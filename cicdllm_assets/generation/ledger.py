@@ -17,78 +17,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import typing
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from cicdllm_assets.storage.contract import split_optional
 from cicdllm_assets.storage.state import StateStore
 
-Kind = Literal["question", "answer"]
+Kind = Literal["question", "answer", "judge"]
 Status = Literal["ok", "failed"]
 
 LEDGER_TABLE = "generation_ledger"
-_DDL = f"""
-CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
-    key TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    repo TEXT NOT NULL,
-    chunk_key TEXT NOT NULL,
-    theme TEXT NOT NULL,
-    template_hash TEXT NOT NULL,
-    model_id TEXT NOT NULL,
-    params_json TEXT NOT NULL,
-    input_text TEXT,
-    status TEXT NOT NULL,
-    output TEXT,
-    parsed_json TEXT,
-    error_category TEXT,
-    error_message TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    cached_prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    latency_ms REAL NOT NULL DEFAULT 0,
-    trimmed INTEGER NOT NULL DEFAULT 0,
-    max_tokens INTEGER NOT NULL DEFAULT 0,
-    finish_reason TEXT,
-    seed_sent INTEGER,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_chunk ON {LEDGER_TABLE}(chunk_key, kind);
-CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_repo ON {LEDGER_TABLE}(repo, kind, status);
-"""
-_COLUMNS = (
-    "key",
-    "kind",
-    "repo",
-    "chunk_key",
-    "theme",
-    "template_hash",
-    "model_id",
-    "params_json",
-    "input_text",
-    "status",
-    "output",
-    "parsed_json",
-    "error_category",
-    "error_message",
-    "attempts",
-    "prompt_tokens",
-    "cached_prompt_tokens",
-    "completion_tokens",
-    "latency_ms",
-    "trimmed",
-    "max_tokens",
-    "finish_reason",
-    "seed_sent",
-    "created_at",
-    "updated_at",
-)
 LEDGER_VERSION = 3
-_ADDED_COLUMNS = {"max_tokens": "INTEGER NOT NULL DEFAULT 0", "finish_reason": "TEXT", "seed_sent": "INTEGER"}
-"""Columns added after version 1 (max_tokens, finish_reason in 2; seed_sent in 3): an older
-database gets them when a :class:`Ledger` opens it."""
 _SQLITE_MAX_VARS = 500
 
 OUTAGE_CATEGORIES = frozenset({"connection", "timeout", "circuit_open"})
@@ -142,7 +83,7 @@ class LedgerItem:
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """A stored ledger row."""
+    """A stored ledger row: its fields are the table's columns (:data:`LEDGER_COLUMNS`), in order."""
 
     key: str
     kind: str
@@ -187,6 +128,40 @@ class LedgerEntry:
         return self.status != "ok" and (self.attempts < max_attempts or self.error_category in OUTAGE_CATEGORIES)
 
 
+_SQL_TYPES = {str: "TEXT NOT NULL", int: "INTEGER NOT NULL DEFAULT 0", float: "REAL NOT NULL DEFAULT 0"}
+_SQL_NULLABLE_TYPES = {str: "TEXT", int: "INTEGER"}
+_SQL_OVERRIDES = {"key": "TEXT PRIMARY KEY", "created_at": "REAL NOT NULL", "updated_at": "REAL NOT NULL"}
+
+
+def _sql_columns(row: type) -> tuple[tuple[str, str], ...]:
+    """(column, SQLite type) of each field of ``row``: ``X | None`` is nullable, the rest is
+    NOT NULL with a zero default for numbers (the key and the two timestamps excepted)."""
+    columns = []
+    for name, annotation in typing.get_type_hints(row).items():
+        base, optional = split_optional(annotation)
+        sql = _SQL_OVERRIDES.get(name) or (_SQL_NULLABLE_TYPES if optional else _SQL_TYPES)[base]  # type: ignore[index]
+        columns.append((name, sql))
+    return tuple(columns)
+
+
+LEDGER_COLUMNS = _sql_columns(LedgerEntry)
+"""(column, SQLite type) of the ledger table: the fields of :class:`LedgerEntry`, in order."""
+_COLUMNS = tuple(name for name, _ in LEDGER_COLUMNS)
+_COLUMN_LIST = ", ".join(_COLUMNS)
+_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (\n"
+    + ",\n".join(f"    {name} {sql_type}" for name, sql_type in LEDGER_COLUMNS)
+    + "\n);\n"
+    f"CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_chunk ON {LEDGER_TABLE}(chunk_key, kind);\n"
+    f"CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_repo ON {LEDGER_TABLE}(repo, kind, status);\n"
+)
+_ADDED_COLUMNS = {
+    name: sql_type for name, sql_type in LEDGER_COLUMNS if name in ("max_tokens", "finish_reason", "seed_sent")
+}
+"""Columns added after version 1 (max_tokens, finish_reason in 2; seed_sent in 3): an older
+database gets them when a :class:`Ledger` opens it."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What to record for one finished item."""
@@ -209,6 +184,21 @@ class Outcome:
     """False for an outage (see :func:`is_outage`): recorded, but the item keeps its attempts."""
 
 
+_ITEM_COLUMNS = frozenset(f.name for f in fields(LedgerItem))
+_RECORD_SQL = (
+    f"INSERT INTO {LEDGER_TABLE} ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(_COLUMNS))})"  # noqa: S608
+    " ON CONFLICT(key) DO UPDATE SET "
+    + ", ".join(
+        f"{name} = {LEDGER_TABLE}.attempts + excluded.attempts" if name == "attempts" else f"{name} = excluded.{name}"
+        for name in _COLUMNS
+        if name not in _ITEM_COLUMNS and name != "created_at"
+    )
+    + f" WHERE {LEDGER_TABLE}.status != 'ok'"
+)
+"""Insert a result, or update a stored failure with it (the item's identity and first time stay;
+attempts add up); an ``ok`` row is never overwritten."""
+
+
 def _conditions(filters: Mapping[str, str | None]) -> tuple[str, list[str]]:
     """`` AND column = ?`` for each filter that is set (column names are constants), and the values."""
     where = "".join(f" AND {column} = ?" for column, value in filters.items() if value is not None)
@@ -218,9 +208,16 @@ def _conditions(filters: Mapping[str, str | None]) -> tuple[str, list[str]]:
 class Ledger:
     """Reads and writes the ledger table in the state store (SQLite or Postgres)."""
 
-    def __init__(self, state: StateStore) -> None:
+    def __init__(self, state: StateStore, *, create: bool = True) -> None:
         self.state = state
-        state.ensure(LEDGER_TABLE, _DDL, LEDGER_VERSION, {LEDGER_TABLE: _ADDED_COLUMNS})
+        if create:
+            state.ensure(LEDGER_TABLE, _DDL, LEDGER_VERSION, {LEDGER_TABLE: _ADDED_COLUMNS})
+
+    @classmethod
+    def existing(cls, state: StateStore) -> Ledger | None:
+        """The ledger of ``state`` for reading, without creating or migrating anything (a
+        read-only store works); None when no run ever created it."""
+        return cls(state, create=False) if LEDGER_TABLE in state.tables() else None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, LedgerEntry]:
         """Stored entries for the given keys (absent keys are left out)."""
@@ -231,7 +228,7 @@ class Ledger:
             marks = ",".join("?" * len(batch))
             # marks is only "?" placeholders; values are bound parameters.
             rows = self.state.query(
-                f"SELECT {', '.join(_COLUMNS)} FROM {LEDGER_TABLE} WHERE key IN ({marks})",  # noqa: S608
+                f"SELECT {_COLUMN_LIST} FROM {LEDGER_TABLE} WHERE key IN ({marks})",  # noqa: S608
                 batch,
             )
             for row in rows:
@@ -246,49 +243,27 @@ class Ledger:
         """Commit one result (one short transaction). ``ok`` rows are never overwritten."""
         now = time.time()
         parsed = json.dumps(list(outcome.parsed), ensure_ascii=False) if outcome.parsed is not None else None
-        values = (
-            item.key,
-            item.kind,
-            item.repo,
-            item.chunk_key,
-            item.theme,
-            item.template_hash,
-            item.model_id,
-            item.params_json,
-            item.input_text,
-            outcome.status,
-            outcome.output,
-            parsed,
-            outcome.error_category,
-            outcome.error_message[:4000] if outcome.error_message else None,
-            int(outcome.uses_attempt),
-            int(outcome.prompt_tokens),
-            int(outcome.cached_prompt_tokens),
-            int(outcome.completion_tokens),
-            float(outcome.latency_ms),
-            int(outcome.trimmed),
-            int(outcome.max_tokens),
-            outcome.finish_reason,
-            None if outcome.seed_sent is None else int(outcome.seed_sent),
-            now,
-            now,
+        row = LedgerEntry(
+            **asdict(item),
+            status=outcome.status,
+            output=outcome.output,
+            parsed_json=parsed,
+            error_category=outcome.error_category,
+            error_message=outcome.error_message[:4000] if outcome.error_message else None,
+            attempts=int(outcome.uses_attempt),
+            prompt_tokens=int(outcome.prompt_tokens),
+            cached_prompt_tokens=int(outcome.cached_prompt_tokens),
+            completion_tokens=int(outcome.completion_tokens),
+            latency_ms=float(outcome.latency_ms),
+            trimmed=int(outcome.trimmed),
+            max_tokens=int(outcome.max_tokens),
+            finish_reason=outcome.finish_reason,
+            seed_sent=None if outcome.seed_sent is None else int(outcome.seed_sent),
+            created_at=now,
+            updated_at=now,
         )
         with self.state.transaction() as con:
-            con.execute(
-                f"INSERT INTO {LEDGER_TABLE} ({', '.join(_COLUMNS)})"  # noqa: S608 - constant identifiers
-                f" VALUES ({', '.join('?' * len(_COLUMNS))})"
-                " ON CONFLICT(key) DO UPDATE SET"
-                " status = excluded.status, output = excluded.output, parsed_json = excluded.parsed_json,"
-                " error_category = excluded.error_category, error_message = excluded.error_message,"
-                f" attempts = {LEDGER_TABLE}.attempts + excluded.attempts,"
-                " prompt_tokens = excluded.prompt_tokens, cached_prompt_tokens = excluded.cached_prompt_tokens,"
-                " completion_tokens = excluded.completion_tokens, latency_ms = excluded.latency_ms,"
-                " trimmed = excluded.trimmed, max_tokens = excluded.max_tokens,"
-                " finish_reason = excluded.finish_reason, seed_sent = excluded.seed_sent,"
-                " updated_at = excluded.updated_at"
-                f" WHERE {LEDGER_TABLE}.status != 'ok'",
-                values,
-            )
+            con.execute(_RECORD_SQL, tuple(getattr(row, name) for name in _COLUMNS))
 
     def reset_failed(self, repo: str | None = None, category: str | None = None) -> int:
         """Give failed items (of ``repo`` / ``category``; None: any) their attempts back; returns how many."""
@@ -315,5 +290,29 @@ class Ledger:
 
     def entries(self, repo: str | None = None, kind: str | None = None) -> list[LedgerEntry]:
         """All rows (optionally filtered), oldest first; for tests, the viewer and the CLI."""
-        rows = self._select(", ".join(_COLUMNS), repo, kind, "ORDER BY created_at, key")
+        rows = self._select(_COLUMN_LIST, repo, kind, "ORDER BY created_at, key")
         return [LedgerEntry(**dict(row)) for row in rows]
+
+    def generated_counts(self) -> dict[str, dict[str, int]]:
+        """``{repo: {"questions": n, "answers": n}}`` generated so far: parsed questions of the ok
+        question items, ok answer items (committed item by item, so current while a stage runs)."""
+        length = "json_array_length(parsed_json::json)" if self.state.postgres else "json_array_length(parsed_json)"
+        rows = self.state.query(
+            f"SELECT repo, kind, sum(CASE WHEN kind = 'question' THEN coalesce({length}, 0)"  # noqa: S608 - constant
+            f" ELSE 1 END) AS n FROM {LEDGER_TABLE} WHERE status = 'ok' GROUP BY repo, kind",
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for row in rows:
+            counts.setdefault(str(row["repo"]), {})[f"{row['kind']}s"] = int(row["n"] or 0)
+        return counts
+
+    def completion_tokens_since(self, since: float) -> tuple[int, float | None]:
+        """Completion tokens of the items recorded (or updated) at or after ``since``, and the
+        earliest such time (None when there is none)."""
+        rows = self.state.query(
+            f"SELECT coalesce(sum(completion_tokens), 0), min(updated_at) FROM {LEDGER_TABLE}"  # noqa: S608
+            " WHERE updated_at >= ?",
+            (since,),
+        )
+        tokens, first = rows[0]
+        return int(tokens or 0), None if first is None else float(first)

@@ -27,6 +27,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.errors import CONFIG, CicdllmError
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.llm.base import ChatMessage
 
@@ -51,7 +52,7 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _THEME_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
-class PromptTemplateError(ValueError):
+class PromptTemplateError(CicdllmError, ValueError, category=CONFIG, permanent=True):
     """A template file is missing, unreadable or invalid; the message names the file."""
 
 

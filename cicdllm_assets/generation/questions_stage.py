@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pyarrow as pa
 
@@ -29,33 +28,7 @@ from cicdllm_assets.llm.base import (
     GenerationResult,
 )
 from cicdllm_assets.quality.secrets import redact_field
-
-QUESTIONS_SCHEMA = pa.schema(
-    [
-        ("repo", pa.string()),
-        ("question_id", pa.string()),
-        ("chunk_key", pa.string()),
-        ("theme", pa.string()),
-        ("template_hash", pa.string()),
-        ("question", pa.string()),
-        ("model_id", pa.string()),
-        ("params", pa.string()),
-        ("path", pa.string()),
-        ("start_line", pa.int64()),
-        ("end_line", pa.int64()),
-        ("commit", pa.string()),
-        ("license", pa.string()),
-        ("language", pa.string()),
-        ("question_index", pa.int32()),
-        ("generation_key", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("latency_ms", pa.float64()),
-        ("trimmed", pa.bool_()),
-        ("finish_reason", pa.string()),
-        ("seed_sent", pa.bool_()),
-    ]
-)
+from cicdllm_assets.storage.contract import QUESTIONS_SCHEMA, QuestionRow
 
 
 def plan_questions(
@@ -104,7 +77,7 @@ def question_postprocess(gen: GenerationConfig) -> Postprocess:
 
 def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry], repo: str) -> pa.Table:
     """Rows for every ok question item of ``work`` (one row per parsed question)."""
-    rows: list[dict[str, Any]] = []
+    rows: list[QuestionRow] = []
     seen: set[str] = set()
     for w in work:
         entry = entries.get(w.item.key)

@@ -9,6 +9,7 @@ from typing import Any
 from cicdllm_assets.config.models import GenerationConfig
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.prompts import ThemeTemplate
+from cicdllm_assets.storage.contract import ChunkProvenance
 
 
 def sampling_params(gen: GenerationConfig) -> dict[str, Any]:
@@ -35,7 +36,7 @@ def stored_flag(value: int | None) -> bool | None:
     return None if value is None else bool(value)
 
 
-def chunk_columns(chunk: Chunk) -> dict[str, Any]:
+def chunk_columns(chunk: Chunk) -> ChunkProvenance:
     """The provenance columns every generated row copies from its code chunk."""
     return {
         "path": chunk.path,

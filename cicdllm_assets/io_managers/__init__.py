@@ -1,4 +1,4 @@
-"""IO managers."""
+"""The Dagster IO manager storing each asset partition as one Parquet file (``storage.tables``)."""
 
 from cicdllm_assets.io_managers.parquet_io_manager import PartitionedParquetIOManager
 

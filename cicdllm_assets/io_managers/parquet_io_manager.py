@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
-from dagster import ConfigurableIOManager, InputContext, OutputContext
+from pathlib import Path
+from typing import Any
 
-from cicdllm_assets.assets._conventions import table_location_metadata
+import pyarrow as pa
+from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.storage.tables import TableStore
+
+ROW_COUNT = "dagster/row_count"
+PARTITION_ROW_COUNT = "dagster/partition_row_count"
+URI = "dagster/uri"
+
+
+def table_location_metadata(path: Path, partition_rows: int | None, total_rows: int) -> dict[str, Any]:
+    """Row counts and location of a stored table (``partition_rows`` None: unpartitioned)."""
+    metadata: dict[str, Any] = {
+        ROW_COUNT: MetadataValue.int(total_rows),
+        URI: MetadataValue.text(path.resolve().as_uri()),
+        "path": MetadataValue.path(str(path)),
+    }
+    if partition_rows is not None:
+        metadata[PARTITION_ROW_COUNT] = MetadataValue.int(partition_rows)
+    return metadata
 
 
 class PartitionedParquetIOManager(ConfigurableIOManager):
@@ -16,6 +34,8 @@ class PartitionedParquetIOManager(ConfigurableIOManager):
     config_path: str = ""
 
     def _store(self) -> TableStore:
+        # load_settings parses the file once per version: every load and store of a step
+        # sees the config its asset step loaded.
         return TableStore(load_settings(self.config_path or None).tables_dir)
 
     def handle_output(self, context: OutputContext, obj: pa.Table | None) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal, Protocol, runtime_checkable
 
+from cicdllm_assets.errors import CIRCUIT_OPEN, CicdllmError
 from cicdllm_assets.quality.secrets import find_secrets, is_config_path
 
 ErrorCategory = Literal[
@@ -51,8 +52,8 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
-class GenerationError:
-    """Why a request failed; ``category`` is what the ledger records."""
+class RequestFailure:
+    """Why a request failed (a value, not an exception); ``category`` is what the ledger records."""
 
     category: ErrorCategory
     message: str
@@ -71,7 +72,7 @@ class GenerationResult:
     cached_prompt_tokens: int = 0
     latency_ms: float = 0.0
     finish_reason: str = ""
-    error: GenerationError | None = None
+    error: RequestFailure | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -101,7 +102,7 @@ def request_secrets(request: GenerationRequest, path: str = "") -> list[str]:
     ]
 
 
-class CircuitOpenError(RuntimeError):
+class CircuitOpenError(CicdllmError, RuntimeError, category=CIRCUIT_OPEN):
     """Raised by a backend that has seen sustained failure: stop the run, keep progress."""
 
 

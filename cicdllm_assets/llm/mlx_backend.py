@@ -33,9 +33,9 @@ from typing import Any, Literal
 
 from cicdllm_assets.llm.base import (
     ChatMessage,
-    GenerationError,
     GenerationRequest,
     GenerationResult,
+    RequestFailure,
 )
 from cicdllm_assets.llm.batch_width import (
     ModelShape,
@@ -713,7 +713,7 @@ def _error(
         key=request.key,
         prompt_tokens=prompt_tokens,
         finish_reason="error",
-        error=GenerationError(category=category, message=message, retryable=retryable),
+        error=RequestFailure(category=category, message=message, retryable=retryable),
     )
 
 

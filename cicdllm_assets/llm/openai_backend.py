@@ -65,9 +65,9 @@ from cicdllm_assets.config import Settings
 from cicdllm_assets.llm.base import (
     ChatMessage,
     CircuitOpenError,
-    GenerationError,
     GenerationRequest,
     GenerationResult,
+    RequestFailure,
 )
 from cicdllm_assets.llm.limiter import AdaptiveLimiter, LimiterSnapshot
 from cicdllm_assets.llm.models.paths import EMBEDDED_ALIAS, EMBEDDED_MODEL_NAME, resolve_tokenizer
@@ -190,7 +190,7 @@ class _LoopThread:
 
 @dataclass
 class _Failure:
-    error: GenerationError
+    error: RequestFailure
     retry_after: float | None = None
 
 
@@ -214,12 +214,12 @@ class _CircuitBreaker:
         self.base_url = base_url
         self.consecutive = 0
         self.is_open = False
-        self.last_error: GenerationError | None = None
+        self.last_error: RequestFailure | None = None
 
     def record_success(self) -> None:
         self.consecutive = 0
 
-    def record_failure(self, error: GenerationError) -> None:
+    def record_failure(self, error: RequestFailure) -> None:
         if error.category == "context_overflow":
             return
         self.consecutive += 1
@@ -237,7 +237,7 @@ class _CircuitBreaker:
         )
 
 
-def _describe(error: GenerationError) -> str:
+def _describe(error: RequestFailure) -> str:
     if error.category == "http_status" and error.status_code is not None:
         return f"HTTP {error.status_code} {error.message}"
     return f"{error.category}: {error.message}"
@@ -375,9 +375,9 @@ class _SSEAccumulator:
     def result(self, latency_ms: float) -> _Success | _Failure:
         """The completion, or why the stream is unusable (an error event, cut short)."""
         if self.error is not None:
-            return _Failure(GenerationError("parse_error", self.error))
+            return _Failure(RequestFailure("parse_error", self.error))
         if not self.done and not self.finish_reason:
-            return _Failure(GenerationError("connection", "the stream ended before the completion was complete"))
+            return _Failure(RequestFailure("connection", "the stream ended before the completion was complete"))
         details = self.usage.get("prompt_tokens_details")
         cached = _int_or_none(details.get("cached_tokens")) if isinstance(details, dict) else None
         return _Success(
@@ -557,7 +557,7 @@ class OpenAIBackend:
 
     def count_tokens(self, text: str) -> int:
         """Exact tokens of ``text`` with the served model's tokenizer."""
-        return self._token_counter().count_tokens(text)
+        return self._token_counter().count(text)
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Exact prompt tokens after the model's chat template (see tokenizer_counter)."""
@@ -705,7 +705,7 @@ class OpenAIBackend:
                 logger.exception("unexpected error for request %s", request.key)
                 result = GenerationResult(
                     key=request.key,
-                    error=GenerationError("backend_error", f"{type(exc).__name__}: {exc}", retryable=False),
+                    error=RequestFailure("backend_error", f"{type(exc).__name__}: {exc}", retryable=False),
                 )
             results.put(result)
 
@@ -714,7 +714,7 @@ class OpenAIBackend:
     def _circuit_result(self, request: GenerationRequest) -> GenerationResult:
         return GenerationResult(
             key=request.key,
-            error=GenerationError("circuit_open", self._breaker.message, retryable=True),
+            error=RequestFailure("circuit_open", self._breaker.message, retryable=True),
         )
 
     def _payload(self, request: GenerationRequest) -> bytes:
@@ -790,7 +790,7 @@ class OpenAIBackend:
                 await self._limiter.cancel_reservation()
                 raise
 
-    def _redact(self, error: GenerationError) -> GenerationError:
+    def _redact(self, error: RequestFailure) -> RequestFailure:
         """Never let the API key leave in an error message (a server may echo headers)."""
         key = self.config.api_key
         if key and key in error.message:
@@ -862,19 +862,19 @@ class OpenAIBackend:
                 message = f"no connection within {self.config.connect_timeout_seconds:g}s"
             else:
                 message = f"no token for {silence:g}s"
-            return _Failure(GenerationError("timeout", message))
+            return _Failure(RequestFailure("timeout", message))
         except httpx.TransportError as exc:
-            return _Failure(GenerationError("connection", f"{type(exc).__name__}: {exc}"))
+            return _Failure(RequestFailure("connection", f"{type(exc).__name__}: {exc}"))
 
     def _status_failure(self, response: httpx.Response) -> _Failure:
         status = response.status_code
         message = _error_message_from_body(response)
         if is_context_overflow(status, message):
-            return _Failure(GenerationError("context_overflow", message, status_code=status, retryable=False))
+            return _Failure(RequestFailure("context_overflow", message, status_code=status, retryable=False))
         retryable = status in (408, 429) or status >= 500
         retry_after = parse_retry_after(response.headers.get("Retry-After")) if retryable else None
         return _Failure(
-            GenerationError("http_status", message or response.reason_phrase, status_code=status, retryable=retryable),
+            RequestFailure("http_status", message or response.reason_phrase, status_code=status, retryable=retryable),
             retry_after=retry_after,
         )
 
@@ -884,19 +884,19 @@ class OpenAIBackend:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             snippet = body[:80].decode("utf-8", "replace")
-            return _Failure(GenerationError("parse_error", f"response is not JSON ({exc}): {snippet!r}"))
+            return _Failure(RequestFailure("parse_error", f"response is not JSON ({exc}): {snippet!r}"))
         if not isinstance(data, dict):
-            return _Failure(GenerationError("parse_error", f"response is a {type(data).__name__}, not an object"))
+            return _Failure(RequestFailure("parse_error", f"response is a {type(data).__name__}, not an object"))
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             detail = data.get("error")
             message = "response has no choices" + (f": {detail}" if detail else "")
-            return _Failure(GenerationError("parse_error", message[:300]))
+            return _Failure(RequestFailure("parse_error", message[:300]))
         choice = choices[0]
         message_obj = choice.get("message")
         content = message_obj.get("content") if isinstance(message_obj, dict) else choice.get("text")
         if content is not None and not isinstance(content, str):
-            return _Failure(GenerationError("parse_error", "choices[0].message.content is not a string"))
+            return _Failure(RequestFailure("parse_error", "choices[0].message.content is not a string"))
         raw_usage = data.get("usage")
         usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
         details = usage.get("prompt_tokens_details")

@@ -16,11 +16,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import psutil
 
 from cicdllm_assets.config import ConfigError, Settings, load_settings
+from cicdllm_assets.errors import Log
 from cicdllm_assets.storage.state import StateStore, upsert_sql
 
 _logger = logging.getLogger(__name__)
@@ -56,12 +57,6 @@ class BatteryReading:
 
 
 BatteryReader = Callable[[], BatteryReading | None]
-
-
-class _Log(Protocol):
-    def info(self, msg: str) -> Any: ...  # pragma: no cover - protocol
-
-    def warning(self, msg: str) -> Any: ...  # pragma: no cover - protocol
 
 
 def read_battery() -> BatteryReading | None:
@@ -150,7 +145,7 @@ def _reload(settings: Settings) -> Settings:
 
 def pause_while_on_low_battery(
     settings: Settings,
-    log: _Log | None = None,
+    log: Log | None = None,
     reader: BatteryReader | None = None,
     *,
     sleep: Callable[[float], None] = time.sleep,

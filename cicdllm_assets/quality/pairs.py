@@ -11,21 +11,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import pyarrow as pa
 
 from cicdllm_assets.quality.dedup import find_duplicates
 from cicdllm_assets.quality.filters import DUPLICATE, NEAR_DUPLICATE, Rejection, check_pair
 from cicdllm_assets.quality.grounding import DEFAULT_MIN_GROUNDED_RATIO
+from cicdllm_assets.storage.contract import QA_EXTRA_FIELDS, AnswerRow
 
 MISSING_CHUNK = "missing_chunk"
-QA_EXTRA_FIELDS = [
-    pa.field("context", pa.string()),
-    pa.field("accepted", pa.bool_(), nullable=False),
-    pa.field("reject_reason", pa.string()),
-    pa.field("reject_detail", pa.string()),
-]
 
 
 @dataclass(frozen=True)
@@ -39,15 +34,6 @@ class PairsResult:
     def accepted(self) -> int:
         """Accepted pairs."""
         return self.table.num_rows - sum(self.rejections.values())
-
-
-def cell_text(value: Any) -> str:
-    """A table cell as text: None is empty, a list is its items one per line."""
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple):
-        return "\n".join(str(v) for v in value)
-    return str(value)
 
 
 def filter_pairs(
@@ -67,11 +53,11 @@ def filter_pairs(
         for i, (key, text) in enumerate(
             zip(code_chunks.column("chunk_key").to_pylist(), code_chunks.column("text").to_pylist(), strict=True)
         ):
-            chunks[str(key)] = (cell_text(text), cell_text(imports[i]) if imports else "")
-    rows = answers.to_pylist()
+            chunks[key] = (text, (imports[i] or "") if imports else "")
+    rows = cast(list[AnswerRow], answers.to_pylist())
     verdicts: list[Rejection | None] = []
     for done, row in enumerate(rows, start=1):
-        chunk = chunks.get(str(row.get("chunk_key")))
+        chunk = chunks.get(row["chunk_key"])
         if chunk is None:
             verdict: Rejection | None = Rejection(MISSING_CHUNK, "the chunk is no longer in code_chunks")
             verdict = check_pair(row, None) or verdict
@@ -84,23 +70,23 @@ def filter_pairs(
     order = sorted(
         (i for i, v in enumerate(verdicts) if v is None),
         key=lambda i: (
-            cell_text(rows[i].get("path")),
-            int(rows[i].get("start_line") or 0),
-            cell_text(rows[i]["answer_id"]),
+            rows[i].get("path") or "",
+            rows[i].get("start_line") or 0,
+            rows[i]["answer_id"],
         ),
     )
     duplicates = find_duplicates(
-        [cell_text(rows[i]["question"]) for i in order],
-        [cell_text(rows[i]["answer"]) for i in order],
+        [rows[i]["question"] for i in order],
+        [rows[i]["answer"] for i in order],
         near_duplicate_threshold,
     )
     for dup in duplicates:
-        kept_id = cell_text(rows[order[dup.kept]]["answer_id"])
+        kept_id = rows[order[dup.kept]]["answer_id"]
         reason = DUPLICATE if dup.kind == "duplicate" else NEAR_DUPLICATE
         verdicts[order[dup.index]] = Rejection(reason, f"duplicate of answer {kept_id}")
 
     counts = Counter(v.reason for v in verdicts if v is not None)
-    context = [chunks.get(str(r.get("chunk_key")), ("", ""))[0] for r in rows]
+    context = [chunks.get(r["chunk_key"], ("", ""))[0] for r in rows]
     table = answers
     if "context" in table.column_names:
         table = table.drop_columns(["context"])

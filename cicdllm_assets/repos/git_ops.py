@@ -29,6 +29,7 @@ from pathlib import Path
 import git
 
 from cicdllm_assets.repos.repos_file import RepoEntry, redact_credentials
+from cicdllm_assets.sources.git import GitError
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +38,6 @@ __all__ = ["CheckoutResult", "GitError", "sync_repo"]
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _HEX = re.compile(r"^[0-9a-fA-F]{7,40}$")
 _STDERR_LINES = 6
-
-
-class GitError(RuntimeError):
-    """A git operation failed; the message is readable and free of credentials.
-
-    ``permanent`` is True when trying again cannot help (a ref that does not exist, an empty
-    repository, a local source that is not a repository, no git executable); network
-    failures and timeouts are not permanent.
-    """
-
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
 
 
 # git's words for a local source that is missing or is not a repository.

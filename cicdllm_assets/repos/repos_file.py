@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Literal
 
 from cicdllm_assets.config.models import ProcessingConfig
+from cicdllm_assets.errors import REPOS_FILE, CicdllmError
 
 __all__ = [
-    "LineError",
+    "BadLine",
     "RepoEntry",
     "ReposFileError",
     "find_entry",
@@ -80,7 +81,7 @@ def redact_credentials(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class LineError:
+class BadLine:
     """One bad line of a repos file (``text`` is already free of credentials)."""
 
     line_no: int
@@ -98,10 +99,10 @@ def _shown(text: str) -> str:
     return text if len(text) <= _MAX_SHOWN else f"{text[:_MAX_SHOWN]}... ({len(text)} characters)"
 
 
-class ReposFileError(ValueError):
+class ReposFileError(CicdllmError, ValueError, category=REPOS_FILE, permanent=True):
     """A repos file has bad lines; ``errors`` lists all of them."""
 
-    def __init__(self, source: str, errors: list[LineError]) -> None:
+    def __init__(self, source: str, errors: list[BadLine]) -> None:
         self.source = source
         self.errors = errors
         lines = "\n".join(f"  {source}:{e.line_no}: {e.text!r}: {e.message}" for e in errors)
@@ -109,7 +110,7 @@ class ReposFileError(ValueError):
         super().__init__(f"{source}: {count}:\n{lines}")
 
 
-class _EntryError(ValueError):
+class _EntryError(CicdllmError, ValueError):
     """Internal: why a single entry is invalid."""
 
 
@@ -400,10 +401,10 @@ def _strip_line(raw: str) -> str:
     return _INLINE_COMMENT.sub("", line).strip()
 
 
-def parse_repos_lenient(text: str, base_dir: Path) -> tuple[list[RepoEntry], list[LineError]]:
+def parse_repos_lenient(text: str, base_dir: Path) -> tuple[list[RepoEntry], list[BadLine]]:
     """Parse repos.txt content into (valid entries with final keys, errors of the bad lines)."""
     entries: list[RepoEntry] = []
-    errors: list[LineError] = []
+    errors: list[BadLine] = []
     seen: dict[tuple[str, str | None], int] = {}
     for line_no, raw in enumerate(text.splitlines(), start=1):
         line = _strip_line(raw)
@@ -418,11 +419,11 @@ def parse_repos_lenient(text: str, base_dir: Path) -> tuple[list[RepoEntry], lis
                 exclude_globs=options.get("exclude", ()),
             )
         except _EntryError as exc:
-            errors.append(LineError(line_no, shown, str(exc)))
+            errors.append(BadLine(line_no, shown, str(exc)))
             continue
         identity = (entry.identity, entry.ref)
         if identity in seen:
-            errors.append(LineError(line_no, shown, f"duplicate of line {seen[identity]} (same repository and ref)"))
+            errors.append(BadLine(line_no, shown, f"duplicate of line {seen[identity]} (same repository and ref)"))
             continue
         seen[identity] = line_no
         entries.append(entry)
@@ -458,9 +459,9 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ReposFileError(str(path), [LineError(0, str(path), "file does not exist")]) from None
+        raise ReposFileError(str(path), [BadLine(0, str(path), "file does not exist")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ReposFileError(str(path), [LineError(0, str(path), f"cannot read: {exc}")]) from None
+        raise ReposFileError(str(path), [BadLine(0, str(path), f"cannot read: {exc}")]) from None
 
 
 def read_repos_file(path: Path) -> list[RepoEntry]:

@@ -1,22 +1,19 @@
-"""Keep the Dagster dynamic partitions "repos" equal to the entries of repos.txt.
+"""The entries of repos.txt as the pipeline applies them: the partition plan and per-repo processing.
 
 The sensor (``automation/repos_sensor.py``) and the CLI (``cicdllm repos sync``, ``cicdllm run``)
-share :func:`plan_sync`; :func:`sync_partitions` applies the plan to an instance directly.
+share :func:`plan_sync`; :func:`cicdllm_assets.runner.instance.sync_partitions` applies the plan
+to a Dagster instance.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
-
-from dagster import DagsterInstance
 
 from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import ProcessingConfig
-from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
 from cicdllm_assets.repos.repos_file import RepoEntry, read_repos_file
 
-__all__ = ["load_entries", "open_instance", "plan_sync", "repo_processing", "sync_partitions"]
+__all__ = ["load_entries", "plan_sync", "repo_processing"]
 
 
 def load_entries(settings: Settings) -> list[RepoEntry]:
@@ -32,35 +29,6 @@ def plan_sync(existing: Iterable[str], entries: Sequence[RepoEntry]) -> tuple[li
     added = [key for key in wanted if key not in current]
     removed = sorted(current - wanted_set)
     return added, removed
-
-
-def sync_partitions(instance: DagsterInstance, settings: Settings) -> tuple[list[str], list[str]]:
-    """Apply repos.txt to the instance's "repos" partitions; return (added, removed).
-
-    Raises :class:`~cicdllm_assets.repos.repos_file.ReposFileError` (nothing is changed) when
-    repos.txt is invalid.
-    """
-    entries = load_entries(settings)
-    added, removed = plan_sync(instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME), entries)
-    if added:
-        instance.add_dynamic_partitions(REPOS_PARTITIONS_NAME, added)
-    for key in removed:
-        instance.delete_dynamic_partition(REPOS_PARTITIONS_NAME, key)
-    return added, removed
-
-
-def open_instance(settings: Settings) -> DagsterInstance:
-    """The project's persistent Dagster instance (``$DAGSTER_HOME`` or ``storage.dagster_home``).
-
-    Delegates to :func:`cicdllm_assets.runner.instance.open_instance`, which also writes the
-    project's dagster.yaml on first use, so the CLI, ``cicdllm run`` and ``dagster dev`` share one
-    instance. Raises ``InstanceError`` when it cannot be opened.
-    """
-    from cicdllm_assets.runner.instance import open_instance as open_project_instance
-
-    # Dagster's storage migrations log every step at INFO through alembic; keep the CLI readable.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    return open_project_instance(settings)
 
 
 def repo_processing(settings: Settings, repo: str) -> ProcessingConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +11,23 @@ from cicdllm_assets.io_managers import PartitionedParquetIOManager
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.resources.llm import build_llm_resource
 
+logger = logging.getLogger(__name__)
+
+
+def settings_or_defaults() -> Settings:
+    """The config the code location is built from; the defaults when it is invalid (the
+    definitions must still load so `dagster dev` shows the graph; every asset re-validates
+    the config and fails with the full message)."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        logger.warning("config invalid, the code location uses the defaults: %s", exc)
+        return Settings(config=AppConfig(), path=None, root=Path.cwd())
+
 
 def build_resources(settings: Settings | None = None) -> dict[str, Any]:
     """Resources for Definitions: config, Parquet IO manager and the configured LLM backend."""
-    if settings is None:
-        try:
-            settings = load_settings()
-        except ConfigError:
-            # Definitions must still load so `dagster dev` shows the graph; every
-            # asset re-validates the config and fails with the full message.
-            settings = Settings(config=AppConfig(), path=None, root=Path.cwd())
+    settings = settings or settings_or_defaults()
     return {
         "app_config": AppConfigResource(),
         "io_manager": PartitionedParquetIOManager(),

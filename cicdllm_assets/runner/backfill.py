@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 from dagster import AssetKey
 
+from cicdllm_assets.errors import CicdllmError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -54,7 +56,7 @@ query AssetPartitions($key: AssetKeyInput!) {
 """
 
 
-class BackfillError(RuntimeError):
+class BackfillError(CicdllmError, RuntimeError):
     """The webserver refused the backfill or answered with an error."""
 
 

@@ -25,10 +25,11 @@ class KeepLoadedMLXResource(MLXResource):
 def definitions_for_cli() -> Definitions:
     """``build_definitions()`` for the current config, the MLX model kept across runs."""
     from cicdllm_assets.definitions import build_definitions
-    from cicdllm_assets.resources import build_resources
+    from cicdllm_assets.resources import build_resources, settings_or_defaults
 
+    settings = settings_or_defaults()
     overrides: dict[str, Any] = {}
-    llm = build_resources().get("llm")
+    llm = build_resources(settings).get("llm")
     if type(llm) is MLXResource:
         overrides["llm"] = KeepLoadedMLXResource(config_path=llm.config_path)
-    return build_definitions(resource_overrides=overrides)
+    return build_definitions(resource_overrides=overrides, settings=settings)

@@ -17,8 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from cicdllm_assets.automation.evaluation_jobs import evaluation_job
 from cicdllm_assets.config import Settings
 from cicdllm_assets.finetune.live import LiveBoard
+from cicdllm_assets.llm.mlx_backend import release_models
 from cicdllm_assets.runner.outcome import StepOutcome
-from cicdllm_assets.runner.pipeline import _execute, _release_models, reap_orphaned_runs
+from cicdllm_assets.runner.pipeline import _execute, reap_orphaned_runs
 from cicdllm_assets.storage.state import open_existing_state
 
 
@@ -39,7 +40,7 @@ def run_evaluation_assets(
             log_level,
         )
     finally:
-        _release_models()
+        release_models()
 
 
 class TrainingProgressBar:

@@ -13,6 +13,9 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.errors import CicdllmError
+from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
+from cicdllm_assets.repos.sync import load_entries, plan_sync
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ LOCK_FILE = ".cicdllm-instance.lock"
 """Held (``flock``) while a process creates, migrates or opens the instance in DAGSTER_HOME."""
 
 
-class InstanceError(RuntimeError):
+class InstanceError(CicdllmError, RuntimeError):
     """The Dagster instance could not be prepared or opened."""
 
 
@@ -133,6 +136,21 @@ def open_instance(settings: Settings) -> DagsterInstance:
             return instance
     except Exception as exc:  # dagster raises several types for a broken dagster.yaml
         raise InstanceError(f"cannot open the Dagster instance in {home}: {exc}") from exc
+
+
+def sync_partitions(instance: DagsterInstance, settings: Settings) -> tuple[list[str], list[str]]:
+    """Apply repos.txt to the instance's "repos" partitions; return (added, removed).
+
+    Raises :class:`~cicdllm_assets.repos.repos_file.ReposFileError` (nothing is changed) when
+    repos.txt is invalid.
+    """
+    entries = load_entries(settings)
+    added, removed = plan_sync(instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME), entries)
+    if added:
+        instance.add_dynamic_partitions(REPOS_PARTITIONS_NAME, added)
+    for key in removed:
+        instance.delete_dynamic_partition(REPOS_PARTITIONS_NAME, key)
+    return added, removed
 
 
 def apply_pool_limit(instance: DagsterInstance, limit: int, pool: str = LLM_POOL) -> None:

@@ -47,6 +47,8 @@ from dagster._core.utils import make_new_run_id
 
 from cicdllm_assets.automation.jobs import dataset_job, main_job
 from cicdllm_assets.config import Settings
+from cicdllm_assets.errors import CicdllmError
+from cicdllm_assets.llm.mlx_backend import release_models
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME
 from cicdllm_assets.runner.liveness import HOST_TAG, PID_TAG, TRIGGER_TAG, dead_process
 from cicdllm_assets.runner.outcome import RunSummary, StepOutcome
@@ -66,7 +68,7 @@ StepCallback = Callable[[str, str], None]
 """Called with (name, event) where event is "start" or the final status."""
 
 
-class RunPlanError(ValueError):
+class RunPlanError(CicdllmError, ValueError):
     """The requested repos are not known partitions."""
 
 
@@ -248,15 +250,6 @@ def _cancel(instance: DagsterInstance, settings: Settings, run_id: str, partitio
         logger.debug("could not mark interrupted stages: %s", exc)
 
 
-def _release_models() -> None:
-    """Free the MLX models this process loaded (kept across repos by :mod:`.cli_defs`)."""
-    import sys
-
-    backend = sys.modules.get("cicdllm_assets.llm.mlx_backend")
-    if backend is not None:
-        backend.release_models()
-
-
 def _in_worker(fn: Callable[[], ExecuteInProcessResult]) -> ExecuteInProcessResult:
     """Call ``fn`` in a daemon thread; the main thread waits interruptibly."""
     box: dict[str, Any] = {}
@@ -386,5 +379,5 @@ def run_pipeline(
         if plan.dataset_keys and summary.dataset is None:
             summary.dataset = StepOutcome(name="training_dataset", status="not_run", reason="interrupted")
     finally:
-        _release_models()
+        release_models()  # the MLX models kept across repos (see cli_defs)
     return summary

@@ -22,38 +22,72 @@ from rich.table import Table
 from rich.text import Text
 
 from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
-from cicdllm_assets.storage.state import STATE_ERRORS, StageProgress, open_state_readonly
+from cicdllm_assets.storage.state import STATE_ERRORS, StageProgress, StateStore, open_state_readonly
 
 logger = logging.getLogger(__name__)
 
 _STATUS_STYLE = {"running": "yellow", "done": "green", "failed": "red", "skipped": "dim", "interrupted": "magenta"}
 
 
-def read_progress(state: str | Path, since: float) -> list[StageProgress]:
-    """Stage rows updated at or after ``since`` (empty when the database does not exist yet)."""
-    try:
-        store = open_state_readonly(state)
-        if store is None:
+class ProgressReader:
+    """Stage progress and model-server load from one read-only state store, opened on the
+    first read that finds the database and kept open across polls (closed by :meth:`close`).
+
+    Read-only: it never creates or migrates anything, and on SQLite (WAL) it never blocks
+    the run that writes. A failed read is logged and shows nothing.
+    """
+
+    def __init__(self, state: str | Path) -> None:
+        self.state = state
+        self._store: StateStore | None = None
+
+    def _open(self) -> StateStore | None:
+        if self._store is None:
+            self._store = open_state_readonly(self.state)
+        return self._store
+
+    def progress(self, since: float) -> list[StageProgress]:
+        """Stage rows updated at or after ``since`` (empty when the database does not exist yet)."""
+        try:
+            store = self._open()
+            rows = store.progress() if store is not None else []
+        except STATE_ERRORS as exc:
+            logger.debug("progress read failed: %s", exc)
             return []
-        with store:
-            rows = store.progress()
-    except STATE_ERRORS as exc:
-        logger.debug("progress read failed: %s", exc)
-        return []
-    return [row for row in rows if row.updated_at >= since]
+        return [row for row in rows if row.updated_at >= since]
+
+    def loads(self) -> dict[tuple[str, str], LLMLoad]:
+        """The model server's load per (repo, stage) as the generation stages last saw it."""
+        try:
+            store = self._open()
+            return read_llm_load(store) if store is not None else {}
+        except STATE_ERRORS as exc:
+            logger.debug("llm load read failed: %s", exc)
+            return {}
+
+    def close(self) -> None:
+        """Close the store's connections."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> ProgressReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_progress(state: str | Path, since: float) -> list[StageProgress]:
+    """One read of :meth:`ProgressReader.progress`."""
+    with ProgressReader(state) as reader:
+        return reader.progress(since)
 
 
 def read_loads(state: str | Path) -> dict[tuple[str, str], LLMLoad]:
-    """The model server's load per (repo, stage) as the generation stages last saw it."""
-    try:
-        store = open_state_readonly(state)
-        if store is None:
-            return {}
-        with store:
-            return read_llm_load(store)
-    except STATE_ERRORS as exc:
-        logger.debug("llm load read failed: %s", exc)
-        return {}
+    """One read of :meth:`ProgressReader.loads`."""
+    with ProgressReader(state) as reader:
+        return reader.loads()
 
 
 GENERATION_STAGES = ("questions", "answers")
@@ -163,6 +197,7 @@ class ProgressDisplay:
 
     def __init__(self, state: str | Path, refresh_seconds: float, console: Console | None = None) -> None:
         self.state = state
+        self.reader = ProgressReader(state)
         self.refresh_seconds = max(0.25, refresh_seconds)
         self.console = console or Console(stderr=True)
         self.runs: dict[str, str] = {}
@@ -178,10 +213,11 @@ class ProgressDisplay:
     def _renderable(self) -> Group:
         with self._lock:
             runs = dict(self.runs)
-        rows = read_progress(self.state, self.since)
+        reader = self.reader
+        rows = reader.progress(self.since)
         tokens, pairs = read_generated(self.state, self.since)
         rates = generation_rates(rows, tokens, pairs, time.time())
-        return Group(render_progress(rows, runs, loads=read_loads(self.state), rates=rates))
+        return Group(render_progress(rows, runs, loads=reader.loads(), rates=rates))
 
     def _poll(self) -> None:
         while not self._stop.wait(self.refresh_seconds):
@@ -260,4 +296,5 @@ class ProgressDisplay:
             self._live.update(self._renderable())
             self._live.__exit__(exc_type, exc, tb)
             self._live = None
+        self.reader.close()
         self._restore_logging()

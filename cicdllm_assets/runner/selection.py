@@ -8,9 +8,10 @@ from dagster import AssetKey, AssetSelection, Definitions
 
 from cicdllm_assets.automation.evaluation_jobs import EVALUATION_ASSETS
 from cicdllm_assets.automation.jobs import PIPELINE_SELECTION
+from cicdllm_assets.errors import CicdllmError
 
 
-class SelectionError(ValueError):
+class SelectionError(CicdllmError, ValueError):
     """A selection string that does not parse or selects nothing runnable."""
 
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import psycopg
 
+from cicdllm_assets.errors import CicdllmError
+
 BUSY_TIMEOUT_MS = 60_000
 
 STATE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
@@ -83,7 +85,7 @@ _PROGRESS_COLUMNS = ("repo", "stage", "done", "total", "failed", "unit", "status
 _PG_LOCK_ID = zlib.crc32(b"cicdllm-state-schema")
 
 
-class StateSchemaError(RuntimeError):
+class StateSchemaError(CicdllmError, RuntimeError):
     """The state database was written by a newer cicdllm (an unknown schema version)."""
 
 
@@ -445,6 +447,21 @@ class StateStore:
         with self.transaction() as con:
             con.execute("DELETE FROM failures WHERE repo = ? AND stage = ?", (repo, stage))
 
+    def failure_counts(self) -> dict[str, dict[str, int]]:
+        """``{repo: {category: count}}`` over every kept failure."""
+        counts: dict[str, dict[str, int]] = {}
+        for row in self.query("SELECT repo, category, count(*) AS n FROM failures GROUP BY repo, category"):
+            counts.setdefault(str(row["repo"]), {})[str(row["category"])] = int(row["n"])
+        return counts
+
+    def recent_failures(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` failures, newest first (repo, stage, item, category, message, created_at)."""
+        rows = self.query(
+            "SELECT repo, stage, item, category, message, created_at FROM failures ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [dict(row) for row in rows]
+
     def log_event(self, level: str, message: str, repo: str | None = None) -> None:
         """Append a line to the event log the viewer tails."""
         with self.transaction() as con:
@@ -453,6 +470,11 @@ class StateStore:
                 (time.time(), repo, level, message[:4000]),
             )
 
+    def recent_events(self, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` events, oldest first (ts, repo, level, message), like a log tail."""
+        rows = self.query("SELECT ts, repo, level, message FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(row) for row in reversed(rows)]
+
     def set_repo_info(self, repo: str, head_commit: str | None, info_json: str) -> None:
         """Remember what the repositories asset found for a repo."""
         with self.transaction() as con:
@@ -460,6 +482,10 @@ class StateStore:
                 upsert_sql("repo_info", ("repo", "head_commit", "info_json", "updated_at"), ("repo",)),
                 (repo, head_commit, info_json, time.time()),
             )
+
+    def repo_heads(self) -> dict[str, str | None]:
+        """``{repo: head_commit}`` as the repositories asset last recorded them."""
+        return {str(row["repo"]): row["head_commit"] for row in self.query("SELECT repo, head_commit FROM repo_info")}
 
 
 def open_existing_state(

@@ -26,6 +26,12 @@ def partition_file_name(partition_key: str) -> str:
     return _SAFE.sub(lambda m: f"%{ord(m.group()):02X}", partition_key) + ".parquet"
 
 
+def partition_key_of(file_name: str) -> str:
+    """The partition key a ``<key>.parquet`` file name stands for (inverts :func:`partition_file_name`)."""
+    stem = file_name[: -len(".parquet")] if file_name.endswith(".parquet") else file_name
+    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), stem)
+
+
 def write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write ``table`` as Parquet to ``path`` via a temp file in the same directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +97,10 @@ class TableStore:
         return total
 
     def read_all(self, asset: str, partition_keys: Iterable[str] | None = None) -> pa.Table | None:
-        """Concatenate partitions (all, or the given keys that exist); None if there are none."""
+        """Concatenate partitions (all, or the given keys that exist); None if there are none.
+
+        Columns a partition lacks are null; a column one partition wrote narrower (``int32``
+        line numbers of an older ``code_chunks``) is widened, see :mod:`.contract`."""
         tables = []
         for path in self.partition_files(asset, partition_keys):
             try:
@@ -100,7 +109,7 @@ class TableStore:
                 continue
         if not tables:
             return None
-        return pa.concat_tables(tables, promote_options="default")
+        return pa.concat_tables(tables, promote_options="permissive")
 
     def connect(self, assets: Iterable[str] | None = None) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with one view per asset over its Parquet files.

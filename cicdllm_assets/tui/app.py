@@ -23,7 +23,8 @@ from textual.widgets import Footer, Header, Static
 from cicdllm_assets.config import ConfigError, Settings, load_settings
 from cicdllm_assets.config.loader import find_config_path
 from cicdllm_assets.performance.battery import BatteryReader
-from cicdllm_assets.status.collect import Status, collect_status
+from cicdllm_assets.status.collect import collect_status
+from cicdllm_assets.status.model import Status
 from cicdllm_assets.tui.screens import ConfigScreen, FailuresScreen, HelpScreen, LogScreen
 from cicdllm_assets.tui.widgets import ProgressPanel, ReposTable, ResourcesPanel, RunsTable, status_line
 

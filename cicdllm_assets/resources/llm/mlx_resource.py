@@ -34,9 +34,9 @@ class MLXResource(BackendResource):
     and released when the step's resources are torn down (or by :meth:`close`).
     """
 
-    def get_backend(self) -> MLXBackend:
-        """The backend for ``llm.model`` (settings read via ``load_settings``)."""
-        return cast(MLXBackend, self._cached_backend())
+    def get_backend(self, settings: Settings | None = None) -> MLXBackend:
+        """The backend for ``llm.model`` (``settings``: the step's; None reads the config now)."""
+        return cast(MLXBackend, self._cached_backend(settings))
 
     def _build(self, settings: Settings) -> MLXBackend:
         return backend_from_settings(settings)

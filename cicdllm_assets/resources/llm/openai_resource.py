@@ -17,9 +17,9 @@ class OpenAIResource(BackendResource):
     closed when the step's resources are torn down (or by :meth:`close`).
     """
 
-    def get_backend(self) -> OpenAIBackend:
-        """The backend for the configured server (settings read via ``load_settings``)."""
-        return cast(OpenAIBackend, self._cached_backend())
+    def get_backend(self, settings: Settings | None = None) -> OpenAIBackend:
+        """The backend for the configured server (``settings``: the step's; None reads the config now)."""
+        return cast(OpenAIBackend, self._cached_backend(settings))
 
     def _build(self, settings: Settings) -> OpenAIBackend:
         return OpenAIBackend.from_settings(settings)

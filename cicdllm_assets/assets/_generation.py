@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output
+from dagster import AssetExecutionContext, MetadataValue, Output
 
+from cicdllm_assets.assets._conventions import code_version, repo_table_asset
+from cicdllm_assets.assets._step import Step, asset_step
 from cicdllm_assets.config import Settings
-from cicdllm_assets.failures import permanent_failure
-from cicdllm_assets.generation.chunks import Chunk, select_chunks
 from cicdllm_assets.generation.engine import RunStats, StageRunner
 from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.generation.prompts import (
@@ -25,137 +24,106 @@ from cicdllm_assets.generation.prompts import (
 from cicdllm_assets.generation.rows import data_version_of
 from cicdllm_assets.llm.base import CircuitOpenError, LLMBackend
 from cicdllm_assets.llm.models.paths import ModelNotPreparedError
-from cicdllm_assets.storage.state import StateStore
+from cicdllm_assets.resources.config_resource import AppConfigResource
+from cicdllm_assets.resources.llm.backend_resource import BackendResource
 
 
 @dataclass
 class StageEnv:
-    """Everything a generation asset needs for one partition."""
+    """Everything a generation asset needs for one partition: the step, ledger, prompts, backend."""
 
-    repo: str
-    stage: str
-    settings: Settings
-    state: StateStore
+    step: Step
     ledger: Ledger
     prompts: PromptManager
     backend: LLMBackend
+
+    @property
+    def repo(self) -> str:
+        """The partition (repository) of this step."""
+        return self.step.repo
+
+    @property
+    def settings(self) -> Settings:
+        """The step's settings."""
+        return self.step.settings
 
     def runner(self, context: AssetExecutionContext) -> StageRunner:
         """A StageRunner logging to Dagster."""
         return StageRunner(
             backend=self.backend,
             ledger=self.ledger,
-            state=self.state,
+            state=self.step.state,
             settings=self.settings,
             repo=self.repo,
-            stage=self.stage,
+            stage=self.step.stage,
             log=context.log,
         )
 
     def output(self, table: pa.Table, id_column: str, stats: RunStats, extra: Mapping[str, Any]) -> Output[pa.Table]:
         """Close the stage (state + event log) and build the asset's Output: rich metadata,
         and a data version derived from the row ids, so unchanged rows mean an unchanged version."""
-        self.state.finish_stage(self.repo, self.stage, "done")
-        self.state.log_event(
+        stage = self.step.stage
+        self.step.state.finish_stage(self.repo, stage, "done")
+        self.step.state.log_event(
             "info",
-            f"{self.stage}: {table.num_rows} {self.stage} ({stats.generated} items generated, {stats.reused} reused,"
+            f"{stage}: {table.num_rows} {stage} ({stats.generated} items generated, {stats.reused} reused,"
             f" {stats.failed} failed)",
             repo=self.repo,
         )
         metadata = stage_metadata(stats, table, self.backend.model_id, {**llm_load_metadata(self.backend), **extra})
-        version = DataVersion(data_version_of(table.column(id_column).to_pylist()))
-        return Output(table, data_version=version, metadata=metadata)
+        return self.step.output(table, metadata, data_version_of(table.column(id_column).to_pylist()))
+
+
+def generation_asset(name: str, schema: pa.Schema, prompts: Literal["question", "answer"], description: str) -> Any:
+    """The ``@asset`` decorator of a generation stage (questions, answers): per repo, pool ``llm``."""
+    return repo_table_asset(
+        "generation",
+        code_version(name, "generation", f"assets/{name}.py", prompts=prompts),
+        {"llm", "parquet"},
+        schema,
+        description,
+        name=name,
+        pool="llm",
+    )
 
 
 @contextmanager
-def stage_env(context: AssetExecutionContext, stage: str) -> Iterator[StageEnv]:
-    """Load config, state, ledger, prompts and backend; turn known errors into clear Failures.
+def stage_env(
+    context: AssetExecutionContext, app_config: AppConfigResource, llm: BackendResource, stage: str
+) -> Iterator[StageEnv]:
+    """:func:`asset_step` with the ledger, validated prompts and the backend (built from the
+    step's settings) of a generation stage.
 
-    A :class:`CircuitOpenError` fails the asset with the backend's message; everything
-    already generated stays in the ledger, so the next run resumes.
+    Invalid prompt templates and an unprepared model fail at once (``config`` failures); a
+    :class:`CircuitOpenError` fails the asset with the backend's message (each item was
+    recorded by the runner); everything already generated stays in the ledger, so the next
+    run resumes.
     """
-    repo = context.partition_key
-    settings = context.resources.app_config.step_settings()
-    state = StateStore(settings.state_target)
-    try:
+    with asset_step(context, app_config, stage) as step:
+        settings = step.settings
         try:
             prompts = prompt_manager(resolve_prompts_dir(settings))
             prompts.validate(list(settings.config.generation.themes))
         except PromptTemplateError as exc:
-            state.record_failure(repo, stage, "prompts", "config", str(exc))
-            raise permanent_failure(f"{stage}: invalid prompt templates: {exc}") from None
+            raise step.fail(
+                f"{stage}: invalid prompt templates: {exc}", category=exc.category, item="prompts", permanent=True
+            ) from None
         try:
-            backend = context.resources.llm.get_backend()
+            backend = llm.get_backend(settings)
         except ModelNotPreparedError as exc:
-            state.record_failure(repo, stage, "model", "config", str(exc))
-            raise permanent_failure(f"{stage}: {exc}") from None
-        env = StageEnv(repo, stage, settings, state, Ledger(state), prompts, backend)
+            raise step.fail(f"{stage}: {exc}", category=exc.category, item="model", permanent=True) from None
         try:
-            yield env
+            yield StageEnv(step, Ledger(step.state), prompts, backend)
         except CircuitOpenError as exc:
             message = (
                 f"{stage}: stopped because the LLM backend's circuit breaker opened: {exc}. "
                 "Everything generated so far is committed in the ledger; re-run to resume."
             )
-            state.finish_stage(repo, stage, "failed")
-            state.log_event("error", message, repo=repo)
-            raise Failure(description=message) from None
+            raise step.fail(message, category=exc.category, record=False) from None
         except PromptTemplateError as exc:
-            state.finish_stage(repo, stage, "failed")
-            raise permanent_failure(f"{stage}: invalid prompt templates: {exc}") from None
-        except Failure:
-            state.finish_stage(repo, stage, "failed")
-            raise
-        except Exception as exc:
-            state.finish_stage(repo, stage, "failed")
-            state.log_event("error", f"{stage}: {type(exc).__name__}: {exc}", repo=repo)
-            raise
-    finally:
-        state.close()
-
-
-# A bounded selection (``max_chunks_per_repo``) prefers chunks worth asking about:
-# one named function/class of a useful size; then any named symbol; then the rest.
-_MIN_GOOD_TOKENS = 48
-_MAX_GOOD_TOKENS = 300
-
-
-def _selection_tier(chunk: Chunk, token_count: int | None) -> int:
-    """0 best: a single named symbol of a useful size; 1: any named symbol; 2: unnamed (module level)."""
-    if not chunk.symbol:
-        return 2
-    single = "," not in chunk.symbol
-    sized = token_count is None or _MIN_GOOD_TOKENS <= token_count <= _MAX_GOOD_TOKENS
-    return 0 if single and sized else 1
-
-
-def chunks_from_table(table: pa.Table, repo: str, limit: int | None) -> list[Chunk]:
-    """This partition's chunks in (path, line) order; with ``limit``, a deterministic spread.
-
-    Without a limit every chunk is returned. With ``limit`` (``max_chunks_per_repo``) the
-    chunks are ranked by :func:`_selection_tier`, then by a hash of their content-derived
-    ``chunk_key`` (a stable pseudo-random spread over the files: adding or editing one file
-    never reshuffles the others), and the first ``limit`` are returned in (path, line) order.
-    """
-    rows = [row for row in table.to_pylist() if str(row.get("repo", repo)) == repo]
-    for row in rows:
-        row.setdefault("repo", repo)
-    chunks = select_chunks(rows, None)
-    if limit is None or len(chunks) <= limit:
-        return chunks
-    tokens: dict[str, int | None] = {}
-    for row in rows:
-        value = row.get("token_count")
-        tokens[str(row["chunk_key"])] = int(value) if isinstance(value, int | float) else None
-    ranked = sorted(
-        chunks,
-        key=lambda c: (
-            _selection_tier(c, tokens.get(c.chunk_key)),
-            hashlib.sha256(c.chunk_key.encode()).hexdigest(),
-        ),
-    )
-    chosen = {c.chunk_key for c in ranked[:limit]}
-    return [c for c in chunks if c.chunk_key in chosen]
+            raise step.fail(
+                f"{stage}: invalid prompt templates: {exc}", category=exc.category, item="prompts", permanent=True
+            ) from None
 
 
 def stage_metadata(

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from cicdllm_assets.errors import GIT, CicdllmError
+
 _REV_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/@{}^~-]{0,254}")
 _SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
@@ -16,8 +18,18 @@ MODE_SYMLINK = "120000"
 MODE_SUBMODULE = "160000"
 
 
-class GitError(RuntimeError):
-    """A git command failed or printed something unexpected."""
+class GitError(CicdllmError, RuntimeError, category=GIT):
+    """A git command or operation failed, or printed something unexpected; the message is
+    readable and free of credentials.
+
+    ``permanent`` is True when trying again cannot help (a ref that does not exist, an empty
+    repository, a local source that is not a repository, no git executable); network
+    failures and timeouts are not permanent.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
