@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 PYTEST_ARGS ?=
 
-.PHONY: help install model run test lint dev status export bench clean
+.PHONY: help install model run test lint dev status export bench bench-anchors clean
 
 help:
 	@echo "make run     create .venv, install, prepare the embedded model, run the pipeline on repos.txt"
@@ -17,6 +17,7 @@ help:
 	@echo "make dev     dagster dev (UI on http://127.0.0.1:3000)"
 	@echo "make status  the Textual status viewer"
 	@echo "make bench   the benchmarks under benchmarks/"
+	@echo "make bench-anchors  llama-cpp-python in $(ANCHORS) for the llama.cpp anchor of benchmarks/generation.py"
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11+ is required (python3.11, python3.12 or python3.13 on PATH)"; exit 1; }
@@ -57,6 +58,20 @@ bench: model
 	  benchmarks/generation.py "benchmarks/openai_rate.py --degrading" benchmarks/export.py \
 	  "-m benchmarks.finetune" benchmarks/scale.py; do \
 	  echo "== $$bench"; $(BIN)/python $$bench || { echo "MISSED: $$bench"; rc=1; }; done; exit $$rc
+
+# llama.cpp anchor for benchmarks/generation.py, in its own venv (a source build: tens of minutes on
+# 2 cores). GGML_NATIVE=OFF because the -march=native build crashed on this machine's CPU.
+ANCHORS := .venv-anchors
+bench-anchors: $(ANCHORS)/.installed
+
+$(ANCHORS)/.installed:
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11+ is required"; exit 1; }
+	$(PYTHON) -m venv $(ANCHORS)
+	$(ANCHORS)/bin/pip install --quiet --upgrade pip
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	  nice $(ANCHORS)/bin/pip install --verbose --no-cache-dir llama-cpp-python > $(ANCHORS)-build.log 2>&1 \
+	  || { tail -30 $(ANCHORS)-build.log; exit 1; }
+	@touch $@
 
 clean:
 	rm -rf .cicdllm dataset .dagster_home

@@ -192,3 +192,56 @@ def test_failure_mid_batch_fails_only_the_requests_in_flight(tiny_model_dir: Pat
     assert failed and all(r.error is not None and r.error.category == "backend_error" for r in failed)
     assert len(failed) <= 4  # at most one batch
     assert sum(r.ok for r in results) >= len(results) - 4
+
+
+def _varied_requests(n: int = 10, max_tokens: int = 12) -> list[GenerationRequest]:
+    """Prompts of different lengths (so batches are padded) in two prefix groups."""
+    return [
+        GenerationRequest(
+            key=f"v{i}",
+            messages=(
+                SYSTEM,
+                ChatMessage("user", f"Code:\n{CHUNKS[i % 2]}"),
+                ChatMessage("user", QUESTIONS[i % 4] + " Explain" * (i % 5)),
+            ),
+            max_tokens=max_tokens,
+            temperature=0.0,
+            prefix_messages=2,
+        )
+        for i in range(n)
+    ]
+
+
+def test_greedy_batched_matches_one_at_a_time(tiny_model_dir: Path) -> None:
+    """Batching (padded prefills, batched prefix prefills, merged KV caches) leaves greedy
+    outputs as decoding each request alone, without prefix reuse, gives them."""
+    requests = _varied_requests()
+    release_models()
+    alone = MLXBackend(str(tiny_model_dir), batch_size=1, prefix_reuse=False)
+    expected = {}
+    for request in requests:
+        expected.update({r.key: (r.text, r.completion_tokens) for r in alone.generate([request])})
+    release_models()
+    wide = MLXBackend(str(tiny_model_dir), batch_size=len(requests))
+    got = {r.key: (r.text, r.completion_tokens) for r in wide.generate(requests)}
+    assert got == expected
+    assert wide.stats.prefix_prefill_batches == 1  # both chunks' prefixes in one forward pass
+    assert wide.stats.prefix_prefill_tokens == sum(len(wide._template(r.messages[:2], False)) for r in requests[:2])
+
+
+def test_auto_width_comes_from_the_model_and_memory(tiny_model_dir: Path) -> None:
+    from cicdllm_assets.llm.batch_width import choose_width, model_shape
+
+    release_models()
+    backend = MLXBackend(str(tiny_model_dir))
+    assert backend.batch_size == "auto"
+    results = list(backend.generate(_varied_requests(6, max_tokens=4)))
+    assert all(r.ok for r in results)
+    choice = backend.last_width
+    assert choice is not None
+    shape = model_shape(backend.loaded.model, backend.loaded.config)
+    longest = max(r.prompt_tokens for r in results) + 4
+    assert choice.sequence_tokens == longest
+    assert choice == choose_width(shape, longest, choice.available)
+    with pytest.raises(ValueError, match="batch_size"):
+        MLXBackend(str(tiny_model_dir), batch_size=0)

@@ -266,6 +266,37 @@ def test_progress_view_reads_the_state_store_while_it_is_written(tmp_path: Path)
     assert "4/10 files" in text and "local-b" in text and "code_chunks" in text
 
 
+def test_progress_view_shows_tokens_per_second_and_pairs_per_minute(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from cicdllm_assets.generation.ledger import Ledger, LedgerItem, Outcome
+    from cicdllm_assets.runner.progress import generation_rates, read_generated
+
+    db = tmp_path / "state.db"
+    assert read_generated(db, 0) == (0, 0)  # no database yet
+    store = StateStore(db)
+    ledger = Ledger(store)
+    assert read_generated(db, 0) == (0, 0)
+    store.start_stage("local-a", "questions", total=1, unit="items")
+    for kind, key, status, tokens in [
+        ("question", "q1", "ok", 100),
+        ("answer", "a1", "ok", 200),
+        ("answer", "a2", "ok", 300),
+        ("answer", "a3", "failed", 50),
+    ]:
+        item = LedgerItem(key, kind, "local-a", "chunk", "theme", "hash", "model", "{}")
+        ledger.record(item, Outcome(status, output="x", parsed=["x"], completion_tokens=tokens))  # type: ignore[arg-type]
+    assert read_generated(db, 0) == (650, 2)
+    rows = read_progress(db, 0)
+    start = rows[0].started_at
+    # 650 tokens and 2 pairs over the 10 s since the questions stage started.
+    assert generation_rates(rows, 650, 2, start + 10.0) == "generation: 65.0 tokens/s, 12.0 pairs/min"
+    assert generation_rates([r for r in rows if r.stage != "questions"], 650, 2, start + 10.0) == ""
+    console = Console(width=120, record=True)
+    console.print(render_progress(rows, {"local-a": "running"}, rates="generation: 65.0 tokens/s, 12.0 pairs/min"))
+    assert "65.0 tokens/s, 12.0 pairs/min" in console.export_text()
+
+
 def test_progress_reader_opens_the_state_store_once_for_all_polls(tmp_path: Path, monkeypatch) -> None:
     from cicdllm_assets.runner import progress
 

@@ -173,7 +173,9 @@ class GenerationConfig(StrictModel):
     questions_per_chunk: int = Field(2, ge=1, le=50, description="questions asked per chunk and theme")
     prompts_dir: str = Field("prompts", description="theme templates, relative to the config file")
     max_chunks_per_repo: int | None = Field(None, ge=1, description="bound for demos; None = all")
-    batch_size: int = Field(8, ge=1, le=256, description="requests generated together (mlx batch)")
+    batch_size: int | Literal["auto"] = Field(
+        "auto", description="requests generated together (mlx batch), 1..256; auto: from model size and free memory"
+    )
     max_attempts: int = Field(
         3, ge=1, le=100, description="tries per item across runs; outages (connection, timeout, 5xx, 429) use none"
     )
@@ -185,6 +187,13 @@ class GenerationConfig(StrictModel):
         description="tokens of repo-wide context ({repo_context}: signatures and docstrings of repo symbols "
         "a chunk uses but does not define) per answer prompt; 0 = none",
     )
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError(f"must be 'auto' or an integer from 1 to 256, got {value}")
+        return value
 
     @property
     def effective_answer_max_tokens(self) -> int:

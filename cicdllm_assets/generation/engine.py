@@ -46,7 +46,10 @@ from cicdllm_assets.storage.state import StateStore
 logger = logging.getLogger(__name__)
 
 WIDE_BATCH_FACTOR = 4
-"""Requests handed to the backend per call: ``generation.batch_size`` x this."""
+"""Requests handed to the backend per call: the batch width x this."""
+
+FALLBACK_BATCH_WIDTH = 8
+"""Width for ``generation.batch_size: auto`` with a backend that does not choose one."""
 
 MAX_CONSECUTIVE_BATCH_ERRORS = 2
 
@@ -155,6 +158,14 @@ class StageRunner:
         """The generation config section (or the stage's own, e.g. the judge's sampling and attempts)."""
         return self._generation or self.settings.config.generation
 
+    def batch_width(self) -> int:
+        """``generation.batch_size``, or with ``auto`` the backend's own choice (MLX: from the
+        model size and free memory)."""
+        if self.gen.batch_size != "auto":
+            return self.gen.batch_size
+        preferred = getattr(self.backend, "preferred_batch", None)
+        return preferred if isinstance(preferred, int) and preferred > 0 else FALLBACK_BATCH_WIDTH
+
     def plan(self, work: Sequence[WorkItem], stats: RunStats) -> tuple[list[WorkItem], dict[str, LedgerEntry]]:
         """Split ``work`` into items to send and stored entries; update the reuse counters."""
         entries = self.ledger.get_many(w.item.key for w in work)
@@ -193,7 +204,8 @@ class StageRunner:
             f"{self.stage}: {stats.total} items, {stats.reused} reused from the ledger,"
             f" {len(pending)} to generate, {stats.exhausted} failed with no attempts left"
         )
-        width = max(1, self.gen.batch_size * WIDE_BATCH_FACTOR)
+        # Only asked when there is work: the MLX backend loads the model to choose a width.
+        width = max(1, self.batch_width() * WIDE_BATCH_FACTOR) if pending else 1
         errors = [0]
         with Leases(self.state, self.settings.config.performance.lease_seconds) as leases:
             waiting: list[WorkItem] = []

@@ -2,13 +2,16 @@
 
 * Requests run through mlx_lm's :class:`~mlx_lm.generate.BatchGenerator` with up to
   ``batch_size`` sequences decoding together (finished sequences are replaced by
-  waiting ones), which on a CPU multiplies aggregate tokens/s.
+  waiting ones), which on a CPU multiplies aggregate tokens/s. ``batch_size="auto"``
+  picks the width per call from the model's size, the requests' lengths and the free
+  memory (:mod:`cicdllm_assets.llm.batch_width`).
 * Requests whose first ``prefix_messages`` messages are equal share a prefix (system
   prompt + code chunk). The prefix is prefilled once into a KV cache and every
   request of the group starts from it (BatchGenerator copies caches when it merges
-  them into a batch), so only each request's own suffix is processed. Prefix caches
-  are kept in a small LRU bounded by bytes, so the answers for a chunk can reuse the
-  prefix its questions built earlier in the same process.
+  them into a batch), so only each request's own suffix is processed. The prefixes of
+  up to :data:`PREFIX_PREFILL_WIDTH` groups are prefilled together in one padded
+  batch. Prefix caches are kept in a small LRU bounded by bytes, so the answers for a
+  chunk can reuse the prefix its questions built earlier in the same process.
 * Each request gets its own sampler with its own PRNG key derived from its seed, so
   results do not depend on what else is in the batch.
 * Models are loaded once per process and cached by path (:func:`load_model`);
@@ -22,11 +25,11 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cicdllm_assets.llm.base import (
     ChatMessage,
@@ -34,13 +37,26 @@ from cicdllm_assets.llm.base import (
     GenerationResult,
     RequestFailure,
 )
+from cicdllm_assets.llm.batch_width import (
+    ModelShape,
+    WidthChoice,
+    available_memory,
+    choose_width,
+    model_shape,
+)
 from cicdllm_assets.llm.openblas import ensure_openblas
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT_WINDOW = 2048
+NOMINAL_SEQUENCE_TOKENS = 1024
+"""Sequence length :attr:`MLXBackend.preferred_batch` sizes the automatic width for."""
 PREFIX_CACHE_BYTES = 512 * 1024 * 1024
 """Upper bound of the memory the prefix LRU may hold (all models together)."""
+PREFIX_PREFILL_WIDTH = 8
+"""Shared prefixes (system + chunk) prefilled together in one batch."""
+PREFILL_STEP = 512
+"""Prompt tokens per forward pass during prefill."""
 
 
 # --------------------------------------------------------------------------------------
@@ -211,22 +227,74 @@ def _greedy(logprobs: Any) -> Any:
     return mx.argmax(logprobs, axis=-1)
 
 
-def make_request_sampler(temperature: float, top_p: float, seed: int) -> Callable[[Any], Any]:
-    """A sampler with its own PRNG key: greedy at temperature 0, else top-p sampling."""
-    import mlx.core as mx
-    from mlx_lm.sample_utils import apply_top_p
+TOP_P_CANDIDATES = 1024
+"""Most likely tokens sorted first when looking for the top-p set (all are sorted when
+these few hold less than ``top_p`` of the mass)."""
 
+
+class TopPSampler:
+    """Top-p sampling at a temperature with its own seeded generator, computed in numpy.
+
+    mlx's CPU backend takes milliseconds per row for a full-vocabulary sort, exp and
+    categorical draw; numpy does the same row in a fraction of one (the profile of a
+    ``cicdllm run`` at temperature 0.3 had per-row sampling as the largest cost). The
+    nucleus is the one :func:`mlx_lm.sample_utils.apply_top_p` keeps (tokens whose
+    log-probability is at least that of the smallest prefix of the sorted distribution
+    holding ``top_p`` of the mass; sums in float64 here, so a boundary token may differ
+    by float rounding), and a token is drawn from it with probabilities proportional to
+    ``exp(logprob / temperature)``.
+    """
+
+    def __init__(self, temperature: float, top_p: float, seed: int) -> None:
+        import numpy as np
+
+        self.temperature = temperature
+        self.top_p = top_p if 0.0 < top_p < 1.0 else 1.0
+        self.rng = np.random.default_rng(seed & 0xFFFFFFFF)
+
+    def __call__(self, logprobs: Any) -> Any:
+        import mlx.core as mx
+        import numpy as np
+
+        rows = np.asarray(logprobs.astype(mx.float32), dtype=np.float64).reshape(-1, logprobs.shape[-1])
+        return mx.array([self.sample_row(row) for row in rows], dtype=mx.uint32)
+
+    def nucleus(self, row: Any) -> tuple[Any, Any]:
+        """(token ids, log-probabilities) of the top-p set of one row, ascending."""
+        import numpy as np
+
+        size = row.shape[0]
+        k = min(TOP_P_CANDIDATES, size)
+        idx = np.argpartition(row, size - k)[size - k :] if k < size else np.arange(size)
+        probs = np.exp(row)
+        total = probs.sum()
+        if k < size and probs[idx].sum() < self.top_p * total:
+            idx = np.arange(size)  # a flat distribution: the nucleus reaches past the candidates
+        order = np.argsort(row[idx], kind="stable")
+        idx = idx[order]
+        values = row[idx]
+        above = np.cumsum(probs[idx][::-1])[::-1] - probs[idx]  # mass strictly above each position
+        dropped = int((above >= self.top_p * total).sum())  # a prefix: ``above`` falls along idx
+        threshold = values[dropped]
+        keep = values >= threshold
+        return idx[keep], values[keep]
+
+    def sample_row(self, row: Any) -> int:
+        """One token id from one row of log-probabilities."""
+        import numpy as np
+
+        idx, values = self.nucleus(row)
+        weights = np.exp((values - values[-1]) / self.temperature)
+        cumulative = np.cumsum(weights)
+        pick = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
+        return int(idx[min(pick, len(idx) - 1)])
+
+
+def make_request_sampler(temperature: float, top_p: float, seed: int) -> Callable[[Any], Any]:
+    """A sampler with its own seeded generator: greedy at temperature 0, else :class:`TopPSampler`."""
     if temperature <= 0:
         return _greedy  # one shared object: BatchGenerator then samples the whole batch in one call
-    state = {"key": mx.random.key(seed & 0xFFFFFFFF)}
-
-    def sample(logprobs: Any) -> Any:
-        state["key"], sub = mx.random.split(state["key"])
-        if 0.0 < top_p < 1.0:
-            logprobs = apply_top_p(logprobs, top_p)
-        return mx.random.categorical(logprobs * (1.0 / temperature), key=sub)
-
-    return sample
+    return TopPSampler(temperature, top_p, seed)
 
 
 # --------------------------------------------------------------------------------------
@@ -254,6 +322,18 @@ class _InFlight:
 
 
 @dataclass
+class _Prefixes:
+    """Prefix caches of one ``generate`` call: ready ones (held until the group's last
+    request is queued), groups prefilled by this call, and groups whose prefill a request
+    already paid for."""
+
+    remaining: Counter[tuple[int, ...]]
+    ready: dict[tuple[int, ...], list[Any]] = field(default_factory=dict)
+    fresh: set[tuple[int, ...]] = field(default_factory=set)
+    paid: set[tuple[int, ...]] = field(default_factory=set)
+
+
+@dataclass
 class BackendStats:
     """Cumulative work counters of one backend."""
 
@@ -270,6 +350,8 @@ class BackendStats:
     batch_prefill_tokens: int = 0
     """Prompt tokens mlx_lm's BatchGenerator reports it prefilled (each request's suffix
     minus its last token, which goes in with the first decoding step)."""
+    prefix_prefill_batches: int = 0
+    """Batched forward passes that prefilled shared prefixes (several prefixes each)."""
 
 
 class MLXBackend:
@@ -279,15 +361,15 @@ class MLXBackend:
         self,
         model_path: str,
         *,
-        batch_size: int = 8,
+        batch_size: int | Literal["auto"] = "auto",
         context_window: int | None = None,
         max_kv_size: int | None = None,
         prefix_reuse: bool = True,
         dequantize: bool = True,
         model_id: str | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
         self.model_path = model_path
         self.batch_size = batch_size
         self.max_kv_size = max_kv_size
@@ -296,8 +378,11 @@ class MLXBackend:
         self._context_window = context_window
         self._model_id = model_id
         self._loaded: LoadedModel | None = None
+        self._shape: ModelShape | None = None
         self._lock = threading.Lock()
         self.stats = BackendStats()
+        self.last_width: WidthChoice | None = None
+        """How the last automatic width was chosen (None with a fixed ``batch_size``)."""
 
     # -- identity and sizes -------------------------------------------------------------
 
@@ -324,6 +409,25 @@ class MLXBackend:
         if self._loaded is None:
             self._loaded = load_model(self.model_path, dequantize=self.dequantize)
         return self._loaded
+
+    def width_for(self, sequence_tokens: int) -> int:
+        """Sequences decoded together when each holds up to ``sequence_tokens`` tokens."""
+        if self.batch_size != "auto":
+            return self.batch_size
+        if self._shape is None:
+            self._shape = model_shape(self.loaded.model, self.loaded.config)
+        choice = choose_width(self._shape, sequence_tokens, available_memory())
+        if choice != self.last_width:
+            logger.info("%s: %s", Path(self.model_path).name, choice.describe())
+        self.last_width = choice
+        return choice.width
+
+    @property
+    def preferred_batch(self) -> int:
+        """The width for full-context sequences (the engine sizes its request groups by it)."""
+        if self.batch_size != "auto":
+            return self.batch_size
+        return self.width_for(min(self.context_window, NOMINAL_SEQUENCE_TOKENS))
 
     # -- tokens -------------------------------------------------------------------------
 
@@ -386,26 +490,38 @@ class MLXBackend:
             group=tuple(tokens[:prefix_len]),
         )
 
-    def _prefix_cache(self, prefix: tuple[int, ...]) -> tuple[list[Any], bool]:
-        """(KV cache holding ``prefix``, whether it came from the LRU)."""
-        import mlx.core as mx
+    def _prefill_prefixes(self, prefixes: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], list[Any]]:
+        """KV caches holding each of ``prefixes``: from the LRU, else prefilled together in one
+        right-padded batch (mlx_lm's PromptProcessingBatch) and stored in the LRU."""
+        from mlx_lm.generate import PromptProcessingBatch
         from mlx_lm.models.cache import make_prompt_cache
 
-        key = (self.model_path, prefix)
-        cached = _prefix_cache.get(key)
-        if cached is not None:
-            return cached, True
+        found: dict[tuple[int, ...], list[Any]] = {}
+        missing: list[tuple[int, ...]] = []
+        for prefix in prefixes:
+            cached = _prefix_cache.get((self.model_path, prefix))
+            if cached is not None:
+                found[prefix] = cached
+            elif prefix not in missing:
+                missing.append(prefix)
+        if not missing:
+            return found
         model = self.loaded.model
-        cache = make_prompt_cache(model, self.max_kv_size)
-        tokens = mx.array(list(prefix))[None]
-        step = 512
-        for start in range(0, tokens.shape[1], step):
-            model(tokens[:, start : start + step], cache=cache)
-            mx.eval([c.state for c in cache])
-        self.stats.processed_prompt_tokens += len(prefix)
-        self.stats.prefix_prefill_tokens += len(prefix)
-        _prefix_cache.put(key, cache)
-        return cache, False
+        batch = PromptProcessingBatch(
+            model,
+            uids=list(range(len(missing))),
+            caches=[make_prompt_cache(model, self.max_kv_size) for _ in missing],
+            prefill_step_size=PREFILL_STEP,
+        )
+        batch.prompt([list(prefix) for prefix in missing])
+        for i, prefix in enumerate(missing):
+            cache = batch.extract_cache(i)
+            found[prefix] = cache
+            _prefix_cache.put((self.model_path, prefix), cache)
+            self.stats.processed_prompt_tokens += len(prefix)
+            self.stats.prefix_prefill_tokens += len(prefix)
+        self.stats.prefix_prefill_batches += 1
+        return found
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
         """Run ``requests`` in continuous batches of ``batch_size``; yield each result as it ends."""
@@ -438,37 +554,43 @@ class MLXBackend:
         # Requests of one prefix group run next to each other so the prefix is live once.
         order = {g: i for i, g in reversed(list(enumerate(p.group for p in waiting)))}
         waiting.sort(key=lambda p: (order[p.group], p.index))
+        width = self.width_for(max((len(p.tokens) + p.max_tokens for p in waiting), default=1))
+        prefixes = _Prefixes(remaining=Counter(p.group for p in waiting if p.prefix_len > 0))
         while waiting:
             # A failure inside the batch loop fails only the requests in flight;
             # the rest get a fresh generator.
-            yield from self._run(loaded, waiting)
+            yield from self._run(loaded, waiting, width, prefixes)
 
     def _run(
         self,
         loaded: LoadedModel,
         waiting: list[_Prepared],
+        width: int,
+        prefixes: _Prefixes,
     ) -> Iterator[GenerationResult]:
         from mlx_lm.generate import BatchGenerator
 
         tokenizer = loaded.tokenizer
         in_flight: dict[int, _InFlight] = {}
-        paid: set[tuple[int, ...]] = set()
         generator: Any = None
         try:
             eos = sorted(int(t) for t in tokenizer.eos_token_ids)
             generator = BatchGenerator(
                 loaded.model,
                 stop_tokens=[[t] for t in eos],
-                completion_batch_size=self.batch_size,
-                prefill_batch_size=self.batch_size,
+                completion_batch_size=width,
+                prefill_batch_size=width,
+                prefill_step_size=PREFILL_STEP,
                 max_kv_size=self.max_kv_size,
             )
             with generator.stats() as batch_stats:
                 while waiting or in_flight:
-                    while waiting and len(in_flight) < self.batch_size:
+                    if waiting and len(in_flight) < width:
+                        self._prefill_for(waiting, width - len(in_flight), prefixes)
+                    while waiting and len(in_flight) < width:
                         prepared = waiting.pop(0)
                         try:
-                            uid, cached = self._insert(generator, prepared, paid)
+                            uid, cached = self._insert(generator, prepared, prefixes)
                         except Exception as exc:  # this request's prefix/prompt could not be queued
                             logger.exception("cannot queue request %s", prepared.request.key)
                             self.stats.failures += 1
@@ -501,20 +623,44 @@ class MLXBackend:
             if generator is not None:
                 generator.close()
 
-    def _insert(self, generator: Any, prepared: _Prepared, paid: set[tuple[int, ...]]) -> tuple[int, int]:
+    def _prefill_for(self, waiting: Sequence[_Prepared], slots: int, prefixes: _Prefixes) -> None:
+        """Make the prefix caches of the next ``slots`` waiting requests ready, prefilling the
+        missing ones (and, to fill the batch, the next groups' too) :data:`PREFIX_PREFILL_WIDTH`
+        at a time."""
+        needed: list[tuple[int, ...]] = []
+        for position, prepared in enumerate(waiting):
+            group = prepared.group
+            if prepared.prefix_len == 0 or group in prefixes.ready or group in needed:
+                continue
+            if position >= slots and len(needed) % PREFIX_PREFILL_WIDTH == 0:
+                break  # every request that goes in now is covered and the last prefill batch is full
+            needed.append(group)
+        for start in range(0, len(needed), PREFIX_PREFILL_WIDTH):
+            part = needed[start : start + PREFIX_PREFILL_WIDTH]
+            hits = {g for g in part if _prefix_cache.get((self.model_path, g)) is not None}
+            prefixes.ready.update(self._prefill_prefixes(part))
+            prefixes.fresh.update(g for g in part if g not in hits)
+
+    def _insert(self, generator: Any, prepared: _Prepared, prefixes: _Prefixes) -> tuple[int, int]:
         """Queue one request (from its prefix cache when it has one); return (uid, cached tokens)."""
         request = prepared.request
         sampler = make_request_sampler(request.temperature, request.top_p, request.seed)
         cache = None
         cached = 0
         prompt = prepared.tokens
+        group = prepared.group
         if prepared.prefix_len > 0:
-            cache, hit = self._prefix_cache(prepared.group)
+            cache = prefixes.ready.get(group)
+            if cache is None:  # prefilled earlier but not ready (a restart after a failure)
+                cache = self._prefill_prefixes([group])[group]
             prompt = prepared.tokens[prepared.prefix_len :]
             # The first request of a group pays for the prefill (unless an earlier call did).
-            if hit or prepared.group in paid:
+            if group not in prefixes.fresh or group in prefixes.paid:
                 cached = prepared.prefix_len
-            paid.add(prepared.group)
+            prefixes.paid.add(group)
+            prefixes.remaining[group] -= 1
+            if prefixes.remaining[group] <= 0:
+                prefixes.ready.pop(group, None)  # the LRU may still hold it for a later call
         self.stats.requests += 1
         self.stats.prompt_tokens += len(prepared.tokens)
         self.stats.cached_prompt_tokens += cached

@@ -97,6 +97,41 @@ def read_loads(state: str | Path) -> dict[tuple[str, str], LLMLoad]:
         return reader.loads()
 
 
+GENERATION_STAGES = ("questions", "answers")
+LEDGER_TABLE = "generation_ledger"
+
+
+def read_generated(state: str | Path, since: float) -> tuple[int, int]:
+    """(completion tokens, ok answers) the generation ledger recorded at or after ``since``."""
+    sql = (
+        f"SELECT coalesce(sum(completion_tokens), 0),"  # noqa: S608 - a constant table name
+        f" coalesce(sum(CASE WHEN kind = 'answer' AND status = 'ok' THEN 1 ELSE 0 END), 0)"
+        f" FROM {LEDGER_TABLE} WHERE updated_at >= ?"
+    )
+    try:
+        store = open_state_readonly(state)
+        if store is None:
+            return 0, 0
+        with store:
+            row = store.query(sql, (since,))[0]
+    except STATE_ERRORS as exc:  # no ledger yet (nothing generated) or a locked database
+        logger.debug("ledger read failed: %s", exc)
+        return 0, 0
+    return int(row[0]), int(row[1])
+
+
+def generation_rates(rows: list[StageProgress], tokens: int, pairs: int, now: float) -> str:
+    """``12.3 tokens/s, 4.5 pairs/min`` over the span of the question and answer stages
+    shown (empty before generation starts)."""
+    stages = [row for row in rows if row.stage in GENERATION_STAGES]
+    if not stages:
+        return ""
+    start = min(row.started_at for row in stages)
+    end = max(now if row.status == "running" else row.updated_at for row in stages)
+    span = max(end - start, 1e-6)
+    return f"generation: {tokens / span:.1f} tokens/s, {pairs * 60.0 / span:.1f} pairs/min"
+
+
 def _elapsed(row: StageProgress, now: float) -> float:
     end = now if row.status == "running" else row.updated_at
     return max(0.0, end - row.started_at)
@@ -117,12 +152,13 @@ def render_progress(
     runs: dict[str, str],
     now: float | None = None,
     loads: dict[tuple[str, str], LLMLoad] | None = None,
+    rates: str = "",
 ) -> Table:
     """One line per repo and stage: done/total, failures, speed (units per second), elapsed
     time, the model server's concurrency limit and latency (generation stages), status; plus
-    the run state per repo."""
+    the run state per repo, and ``rates`` (:func:`generation_rates`) as the caption."""
     current = time.time() if now is None else now
-    table = Table(title="cicdllm run", expand=False)
+    table = Table(title="cicdllm run", expand=False, caption=rates or None)
     loads = loads or {}
     for column in COLUMNS:
         table.add_column(column, justify="right" if column in _RIGHT else "left")
@@ -185,7 +221,10 @@ class ProgressDisplay:
         with self._lock:
             runs = dict(self.runs)
         reader = self.reader
-        return Group(render_progress(reader.progress(self.since), runs, loads=reader.loads()))
+        rows = reader.progress(self.since)
+        tokens, pairs = read_generated(self.state, self.since)
+        rates = generation_rates(rows, tokens, pairs, time.time())
+        return Group(render_progress(rows, runs, loads=reader.loads(), rates=rates))
 
     def _poll(self) -> None:
         while not self._stop.wait(self.refresh_seconds):
