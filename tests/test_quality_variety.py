@@ -180,3 +180,24 @@ def test_example_questions_use_the_chunk_names_and_skip_unfillable_phrasings() -
     text = examples_text(["usage", "relations"], "seed", names)
     assert [line[:3] for line in text.splitlines()] == ["1. ", "2. "]
     assert text == examples_text(["usage", "relations"], "seed", names)  # deterministic
+
+
+def test_card_variety_counts_every_kind_but_samples_distinct_n(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kind mix covers every exported pair; distinct-n and answer lengths only the first
+    VARIETY_SAMPLE pairs by id, so the card's memory does not grow with the dataset."""
+    import duckdb
+
+    from cicdllm_assets.export import quality_report
+
+    monkeypatch.setattr(quality_report, "VARIETY_SAMPLE", 2)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE ordered (idx BIGINT, question VARCHAR, question_kind VARCHAR, answer VARCHAR)")
+    con.execute(
+        "INSERT INTO ordered VALUES (2, 'how does x work', 'usage', 'a b c'), (0, 'why is y so', 'design', 'a'),"
+        " (1, 'why is y so', NULL, 'a b'), (3, 'what errors does z raise', '', 'a b c d')"
+    )
+    variety, words = quality_report.exported_variety(con, "ordered")
+    assert variety.questions == 4
+    assert variety.kinds == {"design": 1, "unknown": 2, "usage": 1}
+    assert words == [1, 2]  # the first two pairs by idx only
+    assert variety.distinct_2 == 0.5  # 'why is y so' twice: 3 distinct bigrams of 6
