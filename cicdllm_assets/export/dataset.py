@@ -366,6 +366,7 @@ def _build(
         "CREATE TABLE ordered AS SELECT kept.*, files.split FROM kept JOIN files USING (repo, path) ORDER BY idx"
     )
     con.execute("DROP TABLE kept")
+    variety, answer_words = exported_variety(con, "ordered")  # under the build's cap: a top-N and an aggregate
     con.execute(f"SET memory_limit = '{SCAN_MEMORY}'")  # evicts the cached blocks of the build
     splits = (_split_batches(con, name) for name in SPLITS)
     batches = _records(_rebatch(itertools.chain.from_iterable(splits), BATCH_ROWS), system, _redactor(redactions))
@@ -381,7 +382,7 @@ def _build(
         excluded_repos=dict(sorted(excluded.items())),
         redactions=dict(sorted(redactions.items())),
     )
-    result.variety, result.answer_words = exported_variety(con, "ordered")
+    result.variety, result.answer_words = variety, answer_words
     counts = result.split_counts()
     for split in SPLITS:
         if counts[split] == 0:
