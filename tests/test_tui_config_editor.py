@@ -46,7 +46,7 @@ def test_edit_keeps_comments_order_and_mode(config_file: Path) -> None:
     after = config_file.read_text(encoding="utf-8")
     assert config.generation.batch_size == 16
     changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
-    assert changed == [("  batch_size: 8", "  batch_size: 16")]
+    assert changed == [("  batch_size: auto", "  batch_size: 16")]
     assert stat.S_IMODE(config_file.stat().st_mode) == 0o640
     assert [p.name for p in config_file.parent.iterdir() if p.name.endswith(".tmp")] == []
     assert load_settings().config.generation.batch_size == 16  # the next step re-reads it
@@ -59,7 +59,7 @@ def test_new_keys_and_sections_keep_the_layout(config_file: Path) -> None:
     set_value(config_file, "export.formats", ["jsonl", "csv"])
     after = config_file.read_text(encoding="utf-8")
     assert comments(after) == comments(before)
-    assert "  batch_size: 8\n  seed: 7\n\nllm:" in after
+    assert "  batch_size: auto\n  seed: 7\n\nllm:" in after
     assert "    max_concurrency: 8\n  mlx:\n    max_kv_size: 2048\n\nstorage:" in after
     assert "  formats: [jsonl, csv]\n" in after
     assert keys(after)[: keys(after).index("  seed")] == keys(before)[: keys(before).index("llm")]
