@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cicdllm_assets.llm.openblas import find_openblas
+from cicdllm_assets.llm.openblas import CORE_CPU_FLAGS, find_openblas, unsupported_core
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or find_openblas() is None,
@@ -30,9 +30,13 @@ class DlInfo(ctypes.Structure):
                 ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
 libc = ctypes.CDLL(None)
 info = DlInfo()
-libc.dladdr(ctypes.cast(libc.cblas_sgemm, ctypes.c_void_p), ctypes.byref(info))
+try:  # absent from the global scope when OpenBLAS was not loaded into it
+    libc.dladdr(ctypes.cast(libc.cblas_sgemm, ctypes.c_void_p), ctypes.byref(info))
+    sgemm_from = info.fname.decode()
+except AttributeError:
+    sgemm_from = None
 print(json.dumps({{"path": path, "effective": openblas.openblas_effective(), "ok": ok,
-                  "mapped": "libopenblas" in maps, "sgemm_from": info.fname.decode()}}))
+                  "mapped": "libopenblas" in maps, "sgemm_from": sgemm_from}}))
 """
 
 
@@ -56,3 +60,26 @@ def test_mlx_imported_first_is_detected() -> None:
     result = _probe("import mlx.core")
     assert result["ok"]
     assert result["effective"] is False
+
+
+def test_a_build_for_a_core_this_cpu_lacks_is_not_loaded() -> None:
+    # The installed build, on a CPU said to have no vector extensions: it is opened
+    # locally, found unusable and never enters the global scope (mlx keeps working).
+    result = _probe("from cicdllm_assets.llm import openblas as o; o.cpu_flags = lambda: frozenset()")
+    assert result["ok"]
+    assert result["path"] is None and result["effective"] is False
+    assert "libopenblas" not in str(result["sgemm_from"])
+
+
+SKYLAKEX_CONFIG = "OpenBLAS 0.3.31 NO_AFFINITY SKYLAKEX MAX_THREADS=4"
+EPYC_NO_AVX512 = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"})
+
+
+def test_core_check_refuses_avx512_kernels_on_a_cpu_without_them() -> None:
+    # cmeel-openblas 0.3.31 (SKYLAKEX) died with SIGILL in sgemm_beta on an AMD EPYC without AVX-512.
+    reason = unsupported_core(SKYLAKEX_CONFIG, "SKYLAKEX", EPYC_NO_AVX512)
+    assert reason is not None and "avx512f" in reason
+    assert unsupported_core(SKYLAKEX_CONFIG, "SKYLAKEX", EPYC_NO_AVX512 | CORE_CPU_FLAGS["skylakex"]) is None
+    assert unsupported_core("OpenBLAS 0.3.29 NO_AFFINITY ZEN MAX_THREADS=4", "Zen", EPYC_NO_AVX512) is None
+    assert unsupported_core("OpenBLAS 0.3.29 DYNAMIC_ARCH NO_AFFINITY Haswell", "Haswell", frozenset()) is None
+    assert unsupported_core("OpenBLAS 0.3.29 NO_AFFINITY FUTURECORE", "FUTURECORE", EPYC_NO_AVX512) is not None

@@ -17,6 +17,7 @@ import ctypes
 import importlib.metadata
 import logging
 import os
+import platform
 import struct
 import sys
 import tempfile
@@ -50,11 +51,84 @@ def find_openblas() -> Path | None:
     return None
 
 
-def _load_openblas(path: Path) -> None:
-    """dlopen OpenBLAS globally, supplying a bundled libgfortran if the system has none."""
+# What an OpenBLAS built for one x86-64 core (no DYNAMIC_ARCH) executes: the cmeel-openblas
+# wheels are such builds, each for its build machine (0.3.29: ZEN, 0.3.31: SKYLAKEX), and
+# AVX-512 kernels on a CPU without AVX-512 kill the process with SIGILL at the first sgemm.
+_AVX512 = frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"})
+_AVX2 = frozenset({"avx", "avx2", "fma"})
+CORE_CPU_FLAGS: dict[str, frozenset[str]] = {
+    "sapphirerapids": _AVX512 | {"avx512_bf16"},
+    "cooperlake": _AVX512 | {"avx512_bf16"},
+    "skylakex": _AVX512,
+    "haswell": _AVX2,
+    "zen": _AVX2,
+    "excavator": _AVX2,
+    "sandybridge": frozenset({"avx"}),
+    "bulldozer": frozenset({"avx"}),
+    "piledriver": frozenset({"avx", "fma"}),
+    "steamroller": frozenset({"avx", "fma"}),
+    "nehalem": frozenset({"sse4_2"}),
+    "core2": frozenset({"ssse3"}),
+    "prescott": frozenset(),
+}
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (empty when unreadable)."""
     try:
-        ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-        return
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def unsupported_core(config: str, core: str, flags: frozenset[str]) -> str | None:
+    """Why an OpenBLAS build cannot run on a CPU with ``flags`` (None when it can).
+
+    ``config``/``core`` are ``openblas_get_config()``/``openblas_get_corename()``. A
+    DYNAMIC_ARCH build picks its kernels at run time and always fits.
+    """
+    if "DYNAMIC_ARCH" in config.split():
+        return None
+    required = CORE_CPU_FLAGS.get(core.lower())
+    if required is None:
+        return f"it is built for the unknown core {core!r} only"
+    missing = sorted(required - flags)
+    if missing:
+        return f"it is built for {core} only and this CPU lacks {', '.join(missing)}"
+    return None
+
+
+def _core_of(lib: ctypes.CDLL) -> tuple[str, str]:
+    """(config, core name) of a loaded OpenBLAS."""
+    lib.openblas_get_config.restype = ctypes.c_char_p
+    lib.openblas_get_corename.restype = ctypes.c_char_p
+    return lib.openblas_get_config().decode(), lib.openblas_get_corename().decode()
+
+
+def _load_openblas(path: Path) -> str | None:
+    """dlopen OpenBLAS globally unless it cannot run on this CPU (then: why not).
+
+    It is opened locally first to ask which core it was built for, so an unusable
+    build never enters the global scope mlx binds against. A bundled libgfortran is
+    supplied if the system has none.
+    """
+    lib = _open_local(path)
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        config, core = _core_of(lib)
+        reason = unsupported_core(config, core, cpu_flags())
+        if reason is not None:
+            return reason
+    ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    return None
+
+
+def _open_local(path: Path) -> ctypes.CDLL:
+    try:
+        return ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
     except OSError as exc:
         if "libgfortran" not in str(exc):
             raise
@@ -66,7 +140,7 @@ def _load_openblas(path: Path) -> None:
     if gfortran is None:
         raise first_error
     logger.debug("using bundled libgfortran %s for OpenBLAS", gfortran)
-    ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    return ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
 
 
 def _bundled_libgfortran() -> Path | None:
@@ -177,9 +251,12 @@ def ensure_openblas(enabled: bool = True) -> str | None:
             logger.warning("cmeel-openblas is not installed: mlx will use the slow reference BLAS")
             return None
         try:
-            _load_openblas(path)
+            unusable = _load_openblas(path)
         except OSError as exc:
             logger.warning("could not load OpenBLAS from %s: %s", path, exc)
+            return None
+        if unusable is not None:
+            logger.warning("not using OpenBLAS from %s: %s; mlx keeps the slow reference BLAS", path, unusable)
             return None
         _state["path"] = str(path)
         _state["effective"] = not mlx_loaded
