@@ -39,7 +39,9 @@ DOMAIN = frozenset(
         "errors",
     }
 )
-GLUE = frozenset({"assets", "automation", "io_managers", "resources", "definitions", "partitions", "failures"})
+GLUE = frozenset(
+    {"assets", "automation", "io_managers", "resources", "code_location", "definitions", "partitions", "failures"}
+)
 APPLICATION = frozenset({"runner", "status", "cli", "tui", "doctor"})
 EXTERNAL_FORBIDDEN_IN_DOMAIN = ("dagster", "dagster_webserver", "dagster_postgres")
 

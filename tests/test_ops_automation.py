@@ -20,6 +20,7 @@ from cicdllm_assets.automation.conditions import (
     automation_condition_sensor,
     pipeline_conditions,
 )
+from cicdllm_assets.automation.executors import executor_for
 from cicdllm_assets.automation.jobs import (
     ALL_PIPELINE_ASSETS,
     PARTITIONED_ASSETS,
@@ -29,6 +30,7 @@ from cicdllm_assets.automation.jobs import (
     refresh_job,
 )
 from cicdllm_assets.automation.schedules import REFRESH_SCHEDULE_NAME, build_refresh_schedule, refresh_run_key
+from cicdllm_assets.config import AppConfig, Settings
 from cicdllm_assets.definitions import build_definitions
 from cicdllm_assets.io_managers import PartitionedParquetIOManager
 from cicdllm_assets.partitions import REPOS_PARTITIONS_NAME, repos_partitions
@@ -65,7 +67,13 @@ def _pipeline() -> list[dg.AssetsDefinition]:
 
 
 def test_jobs_split_partitioned_chain_from_dataset_and_retry_transient_failures() -> None:
-    defs = dg.Definitions(assets=_pipeline(), jobs=[main_job, dataset_job, refresh_job], resources=RESOURCES)
+    # the code location's default executor: orchestration.executor of the default config
+    defs = dg.Definitions(
+        assets=_pipeline(),
+        jobs=[main_job, dataset_job, refresh_job],
+        resources=RESOURCES,
+        executor=executor_for(Settings(config=AppConfig(), path=None, root=Path.cwd())),
+    )
     main = defs.resolve_job_def("main_job")
     dataset = defs.resolve_job_def("dataset_job")
     refresh = defs.resolve_job_def("refresh_job")

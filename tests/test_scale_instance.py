@@ -92,12 +92,18 @@ def test_a_missing_service_skips_or_fails_when_services_are_required(monkeypatch
 
 
 def test_the_executor_follows_orchestration_executor(project: Path) -> None:
-    from cicdllm_assets.automation.executors import configured_executor
+    """The pipeline jobs carry no executor of their own (importing them reads no config): they
+    run on the one the code location builds from the settings it was given."""
+    from cicdllm_assets.automation.executors import executor_for
+    from cicdllm_assets.code_location import build_definitions
 
-    assert configured_executor().name == "in_process"  # the default
+    assert executor_for(load_settings()).name == "in_process"  # the default
     for name, expected in (("multiprocess", "cicdllm_multiprocess"), ("celery", "cicdllm_celery")):
         write_project_config(project, orchestration={"executor": name, "celery": {"broker_url": "amqp://b//"}})
-        assert configured_executor().name == expected
+        settings = load_settings()
+        assert executor_for(settings).name == expected
+        defs = build_definitions(settings=settings)
+        assert {defs.resolve_job_def(job).executor_def.name for job in ("main_job", "refresh_job")} == {expected}
 
 
 def test_each_deployment_has_its_own_celery_queue(project: Path) -> None:

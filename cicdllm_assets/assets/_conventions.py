@@ -9,6 +9,8 @@
 * Code versions are derived from the code: a digest of the source files that decide an
   asset's output and, for ``questions``/``answers``, of the prompt template hashes of the
   configured themes. Editing that code or a template changes the version Dagster shows.
+  The prompt part depends on the config, so it is added when the code location is built from
+  its settings (:func:`with_prompt_versions`), never read from the config at import time.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
-from dagster import TableColumn, TableColumnConstraints, TableSchema
+from dagster import AssetsDefinition, AssetSpec, TableColumn, TableColumnConstraints, TableSchema
 
 from cicdllm_assets.io_managers.parquet_io_manager import ROW_COUNT, URI
+
+if TYPE_CHECKING:
+    from cicdllm_assets.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,10 @@ __all__ = ["OWNERS", "ROW_COUNT", "URI", "code_version", "column_schema", "table
 OWNERS = ["team:cicdllm"]
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 COLUMN_SCHEMA = "dagster/column_schema"
+
+PromptKind = Literal["question", "answer"]
+PROMPT_VERSIONED: dict[str, PromptKind] = {}
+"""Asset name -> the prompt templates its code version follows (registered by :func:`code_version`)."""
 
 
 def column_schema(schema: pa.Schema) -> TableSchema:
@@ -64,11 +73,12 @@ def source_digest(*relative: str) -> str:
     return _digest(f"{f.relative_to(PACKAGE_DIR).as_posix()}\0".encode() + f.read_bytes() for f in files)
 
 
-def prompt_digest(kind: Literal["question", "answer"]) -> str:
+def prompt_digest(kind: PromptKind, settings: Settings | None = None) -> str:
     """Digest of the question (or answer) template hashes of the configured themes.
 
-    Read from the prompts directory the config resolves to (the shipped templates without a
-    config); a template that does not load contributes its error, so the version still moves.
+    Read from the prompts directory ``settings`` (None: the current config, loaded now) resolve
+    to (the shipped templates without a valid config); a template that does not load
+    contributes its error, so the version still moves.
     """
     from cicdllm_assets.config import ConfigError, load_settings
     from cicdllm_assets.generation.prompts import (
@@ -80,7 +90,7 @@ def prompt_digest(kind: Literal["question", "answer"]) -> str:
 
     themes: list[str] | None
     try:
-        settings = load_settings()
+        settings = settings or load_settings()
         prompts_dir, themes = resolve_prompts_dir(settings), list(settings.config.generation.themes)
     except ConfigError as exc:
         log.debug("code versions use the shipped prompt templates: %s", exc)
@@ -98,10 +108,29 @@ def prompt_digest(kind: Literal["question", "answer"]) -> str:
     return _digest(parts)
 
 
-def code_version(name: str, *sources: str, prompts: Literal["question", "answer"] | None = None) -> str:
-    """``<name>-s<source digest>[-p<prompt digest>]``."""
-    version = f"{name}-s{source_digest(*sources)}"
-    return version + (f"-p{prompt_digest(prompts)}" if prompts else "")
+def code_version(name: str, *sources: str, prompts: PromptKind | None = None) -> str:
+    """``<name>-s<source digest>``; with ``prompts``, the asset is registered so that
+    :func:`with_prompt_versions` appends ``-p<prompt digest>`` of the code location's settings."""
+    if prompts:
+        PROMPT_VERSIONED[name] = prompts
+    return f"{name}-s{source_digest(*sources)}"
+
+
+def with_prompt_versions(asset: AssetsDefinition, settings: Settings) -> AssetsDefinition:
+    """``asset`` with ``-p<prompt digest>`` (templates of ``settings``) appended to the code version
+    of each spec :func:`code_version` registered; other assets are returned as they are."""
+    names = {spec.key.path[-1] for spec in asset.specs} & PROMPT_VERSIONED.keys()
+    if not names:
+        return asset
+    digests = {kind: prompt_digest(kind, settings) for kind in {PROMPT_VERSIONED[name] for name in names}}
+
+    def versioned(spec: AssetSpec) -> AssetSpec:
+        kind = PROMPT_VERSIONED.get(spec.key.path[-1])
+        if kind is None or spec.code_version is None:
+            return spec
+        return spec.replace_attributes(code_version=f"{spec.code_version}-p{digests[kind]}")
+
+    return asset.map_asset_specs(versioned)
 
 
 def repo_table_asset(

@@ -63,15 +63,3 @@ def executor_for(settings: Settings) -> ExecutorDefinition:
 
         return celery_executor.configured(celery_app_config(settings), name="cicdllm_celery")
     return in_process_executor
-
-
-def configured_executor() -> ExecutorDefinition:
-    """:func:`executor_for` the current config (in-process when the config cannot be read:
-    the definitions still load and every asset reports the config error itself)."""
-    from cicdllm_assets.config import ConfigError, load_settings
-
-    try:
-        settings = load_settings()
-    except ConfigError:
-        return in_process_executor
-    return executor_for(settings)

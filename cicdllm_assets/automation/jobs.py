@@ -13,7 +13,8 @@ Selections are Dagster selection strings, which tolerate keys that are not defin
 (yet), so the jobs resolve whichever pipeline assets the code location holds.
 
 Every job runs on the executor ``orchestration.executor`` names (see
-:mod:`cicdllm_assets.automation.executors`) and retries a failed step twice with
+:mod:`cicdllm_assets.automation.executors`; the code location sets it as the default executor of
+:class:`~dagster.Definitions`, so importing this module reads no config) and retries a failed step twice with
 exponential backoff and jitter: transient failures (a flaky fetch, an LLM server restart)
 heal, and a retried generation step is cheap because every finished item is already
 committed to the ledger. Errors a retry cannot fix (bad config, repos.txt, a missing source) are raised as
@@ -31,8 +32,6 @@ from dagster import (
     define_asset_job,
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-
-from cicdllm_assets.automation.executors import configured_executor
 
 PIPELINE_GROUPS: tuple[str, ...] = ("ingest", "generation", "dataset")
 PARTITIONED_ASSETS: tuple[str, ...] = (
@@ -74,13 +73,13 @@ def pipeline_job(
     tag: str,
     partitions_def: PartitionsDefinition | None = None,
 ) -> UnresolvedAssetJobDefinition:
-    """An asset job of the pipeline: the configured executor, :data:`STEP_RETRY_POLICY`, ``cicdllm/job`` tag."""
+    """An asset job of the pipeline: :data:`STEP_RETRY_POLICY`, ``cicdllm/job`` tag, and the executor
+    of the Definitions it is part of (``orchestration.executor``, set by ``build_definitions``)."""
     return define_asset_job(
         name,
         selection=selection,
         description=description,
         partitions_def=partitions_def,
-        executor_def=configured_executor(),
         op_retry_policy=STEP_RETRY_POLICY,
         tags={"cicdllm/job": tag},
     )

@@ -78,7 +78,7 @@ def command(
     from cicdllm_assets.runner.selection import SelectionError, plan_selection
 
     settings = load_settings_or_exit()
-    defs = load_definitions_or_exit()
+    defs = load_definitions_or_exit(settings)
     try:
         plan = plan_selection(defs, select or MAIN_SELECTION, main_job.name, dataset_job.name)
     except SelectionError as exc:

@@ -8,7 +8,8 @@ import sys
 import click
 from ruamel.yaml import YAML
 
-from cicdllm_assets.config import ConfigError, load_settings, masked_dump
+from cicdllm_assets.cli.common import cli_config_path, load_cli_settings
+from cicdllm_assets.config import ConfigError, masked_dump
 
 EXIT_INVALID_CONFIG = 2
 
@@ -23,7 +24,7 @@ def command() -> None:
 def validate(deep: bool) -> None:
     """Exit 0 if the config is valid; else print each bad field and exit 2."""
     try:
-        settings = load_settings()
+        settings = load_cli_settings()
     except ConfigError as exc:
         click.echo(f"invalid: {exc.source}", err=True)
         for issue in exc.issues:
@@ -50,7 +51,7 @@ def validate(deep: bool) -> None:
 def show(as_json: bool) -> None:
     """Print the effective config (file + environment overrides), secrets masked."""
     try:
-        settings = load_settings()
+        settings = load_cli_settings()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     data = masked_dump(settings.config)
@@ -66,4 +67,4 @@ def edit() -> None:
     """Open the configuration editor (a screen of the status viewer)."""
     from cicdllm_assets.tui.app import run_config_editor
 
-    run_config_editor()
+    run_config_editor(cli_config_path())

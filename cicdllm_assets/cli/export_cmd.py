@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from cicdllm_assets.config import ConfigError, Settings, load_settings
+from cicdllm_assets.cli.common import load_cli_settings
+from cicdllm_assets.config import ConfigError, Settings
 from cicdllm_assets.config.models import EXPORT_FORMATS
 from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
 from cicdllm_assets.repos.repos_file import ReposFileError, read_repos_file
@@ -49,7 +50,7 @@ def command(formats: tuple[str, ...], out_dir: Path | None, all_partitions: bool
     manifest.json. Exit codes: 0 written, 1 nothing to export, 2 bad config or format.
     """
     try:
-        settings = load_settings()
+        settings = load_cli_settings()
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)

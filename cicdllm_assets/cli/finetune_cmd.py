@@ -73,7 +73,7 @@ def _run(ctx: click.Context, assets: list[str], as_json: bool) -> None:
         instance = open_instance(settings)
     except (FinetuneInputError, InstanceError) as exc:
         fail_usage(str(exc))
-    defs = load_definitions_or_exit()
+    defs = load_definitions_or_exit(settings)
     install_stop_signals()
     console = Console(stderr=True)
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)

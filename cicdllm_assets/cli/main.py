@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -21,6 +21,7 @@ from cicdllm_assets.cli import (
     status_cmd,
     workers_cmd,
 )
+from cicdllm_assets.cli.common import CliOptions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,14 +34,15 @@ from cicdllm_assets.cli import (
     help="cicdllm.yaml to use (default: $CICDLLM_CONFIG or ./cicdllm.yaml).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def cli(config_path: str | None, verbose: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """cicdllm: git repositories in, fine-tuning datasets out."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if config_path:
-        os.environ["CICDLLM_CONFIG"] = os.path.abspath(config_path)
+    # handed down on the context (cli.common.load_cli_settings), never through os.environ
+    ctx.obj = CliOptions(config_path=Path(config_path).expanduser().resolve() if config_path else None)
 
 
 for _module in (

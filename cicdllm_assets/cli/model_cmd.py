@@ -6,7 +6,8 @@ import json
 
 import click
 
-from cicdllm_assets.config import ConfigError, load_settings
+from cicdllm_assets.cli.common import load_cli_settings
+from cicdllm_assets.config import ConfigError
 
 EXIT_MODEL_UNAVAILABLE = 3
 EXIT_VERIFY_FAILED = 4
@@ -40,7 +41,7 @@ def prepare(force: bool, dtype: str, as_json: bool) -> None:
     )
 
     try:
-        settings = load_settings()
+        settings = load_cli_settings()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     if not as_json:

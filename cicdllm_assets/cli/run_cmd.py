@@ -151,7 +151,7 @@ def command(ctx: click.Context, repos: tuple[str, ...], select: str | None, as_j
 
     from cicdllm_assets.automation.jobs import dataset_job, main_job
 
-    defs = load_definitions_or_exit()
+    defs = load_definitions_or_exit(settings)
 
     try:
         plan = plan_selection(defs, select, main_job.name, dataset_job.name)

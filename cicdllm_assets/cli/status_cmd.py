@@ -11,7 +11,8 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cicdllm_assets.config import ConfigError, load_settings
+from cicdllm_assets.cli.common import cli_config_path, load_cli_settings
+from cicdllm_assets.config import ConfigError
 from cicdllm_assets.status.collect import collect_status
 from cicdllm_assets.status.model import Status
 from cicdllm_assets.tui.format import human_bytes
@@ -33,10 +34,10 @@ def command(once: bool, as_json: bool, no_runs: bool) -> None:
     if not once:
         from cicdllm_assets.tui.app import run_status_app
 
-        run_status_app()
+        run_status_app(cli_config_path())
         return
     try:
-        settings = load_settings()
+        settings = load_cli_settings()
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(2) from exc

@@ -22,7 +22,8 @@ import click
 from ruamel.yaml import YAML
 
 from cicdllm_assets.automation.executors import celery_app_config, celery_queue
-from cicdllm_assets.config import ConfigError, Settings, load_settings
+from cicdllm_assets.cli.common import child_env, load_cli_settings
+from cicdllm_assets.config import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def command() -> None:
 def start(count: int, concurrency: int, name: str) -> None:
     """Start COUNT workers in the foreground; Ctrl-C or SIGTERM stops them."""
     try:
-        settings = load_settings()
+        settings = load_cli_settings()
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
@@ -104,9 +105,8 @@ def start(count: int, concurrency: int, name: str) -> None:
     config_yaml = write_worker_config(settings)
     queue = celery_queue(settings)
     bin_dir = str(Path(sys.executable).parent)  # dagster-celery runs `celery` from PATH
-    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
-    if settings.path is not None:
-        env["CICDLLM_CONFIG"] = str(settings.path)
+    env = child_env(settings)  # the workers read the config this command was given
+    env["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
     procs = [
         subprocess.Popen(  # noqa: S603 - our own command line
             worker_command(config_yaml, queue, f"{name}-{i + 1}-{queue}", concurrency),

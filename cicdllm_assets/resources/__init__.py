@@ -26,10 +26,12 @@ def settings_or_defaults() -> Settings:
 
 
 def build_resources(settings: Settings | None = None) -> dict[str, Any]:
-    """Resources for Definitions: config, Parquet IO manager and the configured LLM backend."""
+    """Resources for Definitions: config, Parquet IO manager and the configured LLM backend,
+    each reading ``settings``' config file (none: $CICDLLM_CONFIG or ./cicdllm.yaml at use)."""
     settings = settings or settings_or_defaults()
+    config_path = str(settings.path) if settings.path is not None else ""
     return {
-        "app_config": AppConfigResource(),
-        "io_manager": PartitionedParquetIOManager(),
+        "app_config": AppConfigResource(config_path=config_path),
+        "io_manager": PartitionedParquetIOManager(config_path=config_path),
         "llm": build_llm_resource(settings),
     }

@@ -7,6 +7,7 @@ from typing import Any
 
 from dagster import Definitions, InitResourceContext
 
+from cicdllm_assets.config import Settings
 from cicdllm_assets.resources.llm.mlx_resource import MLXResource
 
 
@@ -22,12 +23,13 @@ class KeepLoadedMLXResource(MLXResource):
         return None
 
 
-def definitions_for_cli() -> Definitions:
-    """``build_definitions()`` for the current config, the MLX model kept across runs."""
-    from cicdllm_assets.definitions import build_definitions
+def definitions_for_cli(settings: Settings | None = None) -> Definitions:
+    """``build_definitions()`` for ``settings`` (the CLI's, loaded once; None: the current
+    config), the MLX model kept across runs."""
+    from cicdllm_assets.code_location import build_definitions
     from cicdllm_assets.resources import build_resources, settings_or_defaults
 
-    settings = settings_or_defaults()
+    settings = settings or settings_or_defaults()
     overrides: dict[str, Any] = {}
     llm = build_resources(settings).get("llm")
     if type(llm) is MLXResource:

@@ -215,7 +215,7 @@ class StatusApp(App[None]):
         if name == "help":
             return HelpScreen()
         if name == "config":
-            return ConfigScreen(editor_path(self.settings))
+            return ConfigScreen(self.config_path or editor_path(self.settings))
         raise ValueError(f"unknown screen {name!r}")
 
 
