@@ -69,7 +69,7 @@ def find_tokenizer(explicit: str | None) -> Path:
     if explicit:
         return Path(explicit)
     try:
-        return resolve_tokenizer_path(load_settings())
+        return resolve_tokenizer_path(load_settings().model_paths)
     except (ConfigError, ModelNotPreparedError) as exc:
         fallback = Path(".cicdllm/models") / EMBEDDED_DIR_NAME / "tokenizer.json"
         if fallback.is_file():

@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model
     if model is None:
         try:
-            model = str(embedded_model_dir(load_settings()))
+            model = str(embedded_model_dir(load_settings().models_dir))
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

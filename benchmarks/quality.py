@@ -196,7 +196,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
     print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
-    models = embedded_model_dir(load_settings(ROOT / "cicdllm.yaml"))
+    models = embedded_model_dir(load_settings(ROOT / "cicdllm.yaml").models_dir)
     if not models.is_dir():
         print(f"error: the embedded model is not prepared ({models}); run `cicdllm model prepare`")
         return 2

@@ -66,7 +66,7 @@ def check_model(settings: Settings) -> Check:
     from cicdllm_assets.llm.models.paths import check_model as locate
 
     try:
-        location = locate(settings)
+        location = locate(settings.model_paths)
     except ModelNotPreparedError as exc:
         return Check("model", "fail", str(exc))
     if not Path(location).is_dir():
@@ -80,7 +80,7 @@ def check_server(settings: Settings) -> Check:
 
     from cicdllm_assets.llm.openai_backend import SERVER_DEFAULT_MODEL, OpenAIBackend
 
-    config = OpenAIBackend.from_settings(settings).config
+    config = OpenAIBackend.from_model_paths(settings.model_paths).config
     url = f"{config.base_url}/models"
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     try:
@@ -128,7 +128,7 @@ def check_tokenizer(settings: Settings) -> Check:
     from cicdllm_assets.llm.models.paths import ModelNotPreparedError, resolve_tokenizer
 
     try:
-        choice = resolve_tokenizer(settings)
+        choice = resolve_tokenizer(settings.model_paths)
     except ModelNotPreparedError as exc:
         return Check("tokenizer", "fail", str(exc))
     if choice.approximate:
@@ -145,10 +145,11 @@ def check_prompts(settings: Settings) -> Check:
     """The configured themes' prompt templates load."""
     from cicdllm_assets.generation.prompts import prompt_problems, resolve_prompts_dir
 
-    problems = prompt_problems(settings)
+    generation = settings.config.generation
+    problems = prompt_problems(generation, settings.prompts_dir)
     if problems:
         return Check("prompts", "fail", "; ".join(problems) + " (fix the templates or generation.themes)")
-    return Check("prompts", "ok", str(resolve_prompts_dir(settings)))
+    return Check("prompts", "ok", str(resolve_prompts_dir(generation, settings.prompts_dir)))
 
 
 def _existing_parent(path: Path) -> Path:

@@ -20,12 +20,28 @@ from cicdllm_assets.assets.dataset_checks import (
 )
 from cicdllm_assets.assets.qa_pairs import qa_pairs
 from cicdllm_assets.assets.training_dataset import training_dataset
+from cicdllm_assets.config import Settings
+from cicdllm_assets.export.dataset import DatasetResult, build_training_dataset
 from cicdllm_assets.io_managers import PartitionedParquetIOManager
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.storage.tables import TableStore
 
 CHECKS = [schema_valid, no_empty_fields, no_duplicates, no_secrets, splits_disjoint_by_file]
+
+
+def export_dataset(qa_pairs: pa.Table | Sequence[Path], settings: Settings, **kwargs: Any) -> DatasetResult:
+    """:func:`build_training_dataset` with the sections and paths of ``settings`` (as the asset passes them)."""
+    return build_training_dataset(
+        qa_pairs,
+        settings.config.export,
+        out_dir=settings.export_dir,
+        work_dir=settings.data_dir,
+        llm=settings.config.llm,
+        judge=settings.config.quality.judge,
+        state_target=settings.state_target,
+        **kwargs,
+    )
 
 
 def _id(*parts: object) -> str:

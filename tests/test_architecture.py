@@ -189,3 +189,39 @@ def test_every_exception_class_of_the_package_derives_from_cicdllm_error() -> No
                     offenders.append(f"{path.relative_to(PACKAGE)}:{node.name}")
     assert offenders == []
     assert issubclass(GitError, CicdllmError) and GitError("x", permanent=True).permanent is True
+
+
+def settings_importers(root: Path = PACKAGE) -> list[str]:
+    """Domain modules (``config`` aside) that import the name ``Settings`` from ``cicdllm_assets.config``:
+    domain code receives the config sections and resolved paths it needs, never the whole ``Settings``."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        source = top_level(path, root)
+        if source not in DOMAIN or source == "config":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith(f"{NAME}.config")
+                and any(alias.name == "Settings" for alias in node.names)
+            ):
+                found.append(f"{path.relative_to(root.parent).as_posix()}:{node.lineno}")
+    return found
+
+
+def test_domain_code_never_receives_the_whole_settings() -> None:
+    assert settings_importers() == []
+
+
+def test_the_check_sees_a_settings_import(tmp_path: Path) -> None:
+    package = _write(
+        tmp_path,
+        {
+            "export/a.py": "def f():\n    from cicdllm_assets.config.loader import Settings\n",
+            "config/b.py": "from cicdllm_assets.config.loader import Settings\n",
+            "cli/c.py": "from cicdllm_assets.config import Settings\n",
+            "llm/d.py": "from cicdllm_assets.config import AppConfig, load_settings\n",
+        },
+    )
+    assert settings_importers(package) == ["cicdllm_assets/export/a.py:2"]

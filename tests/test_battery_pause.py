@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,13 @@ from cicdllm_assets.storage.state import StateStore, open_state_readonly
 ON_BATTERY_LOW = BatteryReading(10.0, False)
 ON_BATTERY_LOWER = BatteryReading(9.0, False)
 PLUGGED_LOW = BatteryReading(9.5, True)
+
+
+def pause(settings: Settings, log: logging.Logger | None = None, **kwargs: Any) -> float:
+    """:func:`pause_while_on_low_battery` with the sections and paths of ``settings`` (hot reload from its file)."""
+    return pause_while_on_low_battery(
+        settings.config.performance, settings.state_target, log, config_path=settings.path, **kwargs
+    )
 
 
 def sequence(*readings: BatteryReading | None) -> Callable[[], BatteryReading | None]:
@@ -47,15 +55,13 @@ def test_pauses_on_battery_below_threshold_and_resumes_on_power(
         # while paused, another process (the viewer) sees the pause in the StateStore
         con = open_state_readonly(settings.state_db)
         assert con is not None
-        seen_paused.append(battery_status(settings, con, reader=lambda: ON_BATTERY_LOW).paused)
+        seen_paused.append(battery_status(settings.config.performance, con, reader=lambda: ON_BATTERY_LOW).paused)
         con.close()
         assert seconds == settings.config.performance.battery_check_seconds
 
     log = logging.getLogger("test.battery")
     with caplog.at_level(logging.INFO, logger="test.battery"):
-        waited = pause_while_on_low_battery(
-            settings, log, reader=sequence(ON_BATTERY_LOW, ON_BATTERY_LOWER, PLUGGED_LOW), sleep=sleep
-        )
+        waited = pause(settings, log, reader=sequence(ON_BATTERY_LOW, ON_BATTERY_LOWER, PLUGGED_LOW), sleep=sleep)
     assert seen_paused == [True, True]  # two checks while on battery, resumed on the third reading
     assert waited == 2 * settings.config.performance.battery_check_seconds
     messages = [r.getMessage() for r in caplog.records]
@@ -77,9 +83,9 @@ def test_no_pause_cases(settings: Settings) -> None:
     def never(_: float) -> None:
         raise AssertionError("must not sleep")
 
-    assert pause_while_on_low_battery(settings, reader=lambda: None, sleep=never) == 0.0  # no battery
-    assert pause_while_on_low_battery(settings, reader=lambda: BatteryReading(5.0, True), sleep=never) == 0.0
-    assert pause_while_on_low_battery(settings, reader=lambda: BatteryReading(55.0, False), sleep=never) == 0.0
+    assert pause(settings, reader=lambda: None, sleep=never) == 0.0  # no battery
+    assert pause(settings, reader=lambda: BatteryReading(5.0, True), sleep=never) == 0.0
+    assert pause(settings, reader=lambda: BatteryReading(55.0, False), sleep=never) == 0.0
     assert not settings.state_db.exists()  # nothing recorded when nothing paused
     assert should_pause(BatteryReading(19.9, False), 20) and not should_pause(BatteryReading(20.0, False), 20)
     assert not should_pause(BatteryReading(5.0, None), 20)  # unknown power source: do not pause
@@ -94,7 +100,7 @@ def test_lowering_the_threshold_in_the_config_resumes(settings: Settings) -> Non
         if len(calls) == 2:  # the user lowers the threshold while paused (hot reload)
             set_value(settings.path, "performance.battery_pause_percent", 5)
 
-    waited = pause_while_on_low_battery(settings, reader=lambda: BatteryReading(15.0, False), sleep=sleep)
+    waited = pause(settings, reader=lambda: BatteryReading(15.0, False), sleep=sleep)
     assert len(calls) == 2 and waited == 2 * settings.config.performance.battery_check_seconds
 
 
@@ -106,7 +112,7 @@ def test_viewer_shows_pause_label(settings: Settings) -> None:
         labels.append(status.resources.battery.label)
         assert status.to_dict()["resources"]["battery"]["paused"] is True
 
-    pause_while_on_low_battery(settings, reader=sequence(BatteryReading(12.0, False), PLUGGED_LOW), sleep=sleep)
+    pause(settings, reader=sequence(BatteryReading(12.0, False), PLUGGED_LOW), sleep=sleep)
     assert labels == ["12% on battery — paused: on battery below 20%"]
 
 

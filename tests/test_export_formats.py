@@ -21,12 +21,12 @@ from cicdllm_assets.cli.main import cli
 from cicdllm_assets.config import load_settings
 from cicdllm_assets.config.models import SplitConfig
 from cicdllm_assets.export.card import hub_licenses, size_category
-from cicdllm_assets.export.dataset import build_training_dataset, license_allowed
+from cicdllm_assets.export.dataset import license_allowed
 from cicdllm_assets.export.splits import assign_splits
 from cicdllm_assets.export.validate import ALL_CHECKS, load_export
 from cicdllm_assets.quality.pairs import filter_pairs
 from cicdllm_assets.storage.tables import TableStore
-from tests.export_fixtures import answer_row, chunk_row
+from tests.export_fixtures import answer_row, chunk_row, export_dataset
 from tests.llm_fixtures import make_tiny_model_dir
 
 _WORD_TEXT = (
@@ -58,7 +58,7 @@ def qa_table(n_files: int = 6, per_file: int = 2, repo: str = "acme/lib", tricky
 @pytest.fixture
 def exported(project: Path) -> tuple[Path, Any]:
     settings = load_settings()
-    result = build_training_dataset(qa_table(), settings)
+    result = export_dataset(qa_table(), settings)
     return settings.export_dir, result
 
 
@@ -115,7 +115,7 @@ def test_exported_files_honour_the_umask(project: Path) -> None:
     settings = load_settings()
     old = os.umask(0o022)
     try:
-        build_training_dataset(qa_table(tricky=False), settings)
+        export_dataset(qa_table(tricky=False), settings)
     finally:
         os.umask(old)
     files = [p for p in settings.export_dir.rglob("*") if p.is_file()]
@@ -195,7 +195,7 @@ def test_splits_are_disjoint_by_file_and_deterministic() -> None:
 
 def test_tiny_dataset_omits_empty_split_files(project: Path) -> None:
     settings = load_settings()
-    result = build_training_dataset(qa_table(n_files=1, tricky=False), settings, formats=["mlx_chat", "jsonl"])
+    result = export_dataset(qa_table(n_files=1, tricky=False), settings, formats=["mlx_chat", "jsonl"])
     out = settings.export_dir
     counts = result.split_counts()
     assert sum(counts.values()) == 2 and sorted(counts.values()) == [0, 0, 2]
@@ -207,7 +207,7 @@ def test_tiny_dataset_omits_empty_split_files(project: Path) -> None:
     assert text == json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     assert sorted(len(files) for files in manifest["split_files"].values()) == [0, 0, 1]
     # a later, bigger export removes nothing it wrote, and a smaller one removes stale files
-    build_training_dataset(qa_table(n_files=6, tricky=False), settings, formats=["mlx_chat"])
+    export_dataset(qa_table(n_files=6, tricky=False), settings, formats=["mlx_chat"])
     assert {p.name for p in (out / "mlx_chat").iterdir()} == {"train.jsonl", "valid.jsonl", "test.jsonl"}
     assert not (out / "dataset.jsonl").exists()
 
@@ -268,7 +268,7 @@ def test_failed_export_leaves_previous_files_and_no_temp_files(project: Path) ->
     from cicdllm_assets.export.writers import write_exports
 
     settings = load_settings()
-    build_training_dataset(qa_table(), settings)
+    export_dataset(qa_table(), settings)
     out = settings.export_dir
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     good = pq.read_table(out / "dataset.parquet").to_batches()

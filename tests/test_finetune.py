@@ -183,7 +183,10 @@ def test_empty_test_split_is_not_evaluated_and_not_a_failure(project: Path, tiny
 def test_sigkill_during_training_resumes_from_the_last_checkpoint(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
     iters, every = 60, 10
     _configure(project, tiny_model_dir, {"train": 12, "valid": 0, "test": 0}, iters=iters, checkpoint_every=every)
-    adapter_dir = current_plan(load_settings()).adapter_dir
+    settings = load_settings()
+    adapter_dir = current_plan(
+        settings.model_paths, settings.config.finetune, settings.export_dir, settings.adapters_dir
+    ).adapter_dir
     state_file = adapter_dir / "training.json"
     process = subprocess.Popen(
         [str(VENV_BIN / "cicdllm"), "finetune"],

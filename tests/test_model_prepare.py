@@ -101,7 +101,7 @@ def test_prepare_is_idempotent_and_loads_in_mlx_lm(project: Path) -> None:
 
     from cicdllm_assets.config import load_settings
 
-    model_dir = embedded_model_dir(load_settings())
+    model_dir = embedded_model_dir(load_settings().models_dir)
     assert Path(data["model_dir"]) == model_dir
     assert is_prepared(model_dir, find_embedded_gguf())
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", STAMP_FILE):

@@ -29,7 +29,7 @@ def embedded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded SmolLM2-135M prepared (GGUF -> mlx) into a temp project."""
     root = tmp_path_factory.mktemp("embedded")
     (root / "cicdllm.yaml").write_text("storage:\n  data_dir: data\n", encoding="utf-8")
-    return Path(prepare_embedded_model(load_settings(root / "cicdllm.yaml")).model_dir)
+    return Path(prepare_embedded_model(load_settings(root / "cicdllm.yaml").models_dir).model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,7 @@ def test_embedded_alias_uses_the_servers_default_model(
         f"  openai:\n    base_url: {mlx_server}\n    tokenizer: {tiny_model_dir}\n    max_concurrency: 2\n",
         encoding="utf-8",
     )
-    backend = OpenAIBackend.from_settings(load_settings())
+    backend = OpenAIBackend.from_model_paths(load_settings().model_paths)
     try:
         assert backend.model_id == EMBEDDED_MODEL_NAME
         request = GenerationRequest(

@@ -87,7 +87,7 @@ def _write_config(project: Path, lines: str) -> None:
     )
 
 
-def test_backend_from_settings_counts_with_configured_tokenizer(
+def test_backend_from_model_paths_counts_with_configured_tokenizer(
     project: Path,
     tiny_model_dir: Path,  # noqa: F811
 ) -> None:
@@ -96,7 +96,7 @@ def test_backend_from_settings_counts_with_configured_tokenizer(
         f"llm:\n  backend: openai\n  model: served-model\n  context_window: 2048\n"
         f"  openai:\n    base_url: http://127.0.0.1:9/v1\n    tokenizer: {tiny_model_dir}\n",
     )
-    backend = OpenAIBackend.from_settings(load_settings())
+    backend = OpenAIBackend.from_model_paths(load_settings().model_paths)
     try:
         assert backend.model_id == "served-model"
         assert backend.context_window == 2048  # from config: no request needed
@@ -109,7 +109,7 @@ def test_backend_from_settings_counts_with_configured_tokenizer(
 
 def test_backend_without_tokenizer_uses_model_tokenizer(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
     _write_config(project, f"llm:\n  backend: openai\n  model: {tiny_model_dir}\n")
-    backend = OpenAIBackend.from_settings(load_settings())
+    backend = OpenAIBackend.from_model_paths(load_settings().model_paths)
     try:
         assert backend.model_id == str(tiny_model_dir)
         assert backend.count_tokens("def add") > 0

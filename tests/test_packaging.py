@@ -36,7 +36,7 @@ BUILD_IGNORES = (
 PROMPTS_IN_USE = (
     "from cicdllm_assets.config import load_settings;"
     "from cicdllm_assets.generation.prompts import resolve_prompts_dir;"
-    "print(resolve_prompts_dir(load_settings()))"
+    "s = load_settings(); print(resolve_prompts_dir(s.config.generation, s.prompts_dir))"
 )
 MIT = "MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy\n"
 

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pytest
 
 from cicdllm_assets.config import load_settings
-from cicdllm_assets.export.dataset import build_training_dataset
 from cicdllm_assets.quality.dedup import find_duplicates, similarity
 from cicdllm_assets.quality.filters import (
     Rejection,
@@ -22,7 +21,7 @@ from cicdllm_assets.quality.filters import (
 )
 from cicdllm_assets.quality.grounding import claimed_identifiers, grounding_score
 from cicdllm_assets.quality.pairs import filter_pairs
-from tests.export_fixtures import answer_row, chunk_row
+from tests.export_fixtures import answer_row, chunk_row, export_dataset
 
 CHUNK = (
     "from cicdllm.config import load_settings\n\n"
@@ -178,7 +177,7 @@ def test_cross_repo_duplicates_removed_in_training_dataset(project: Path) -> Non
             ),
         ]
         tables.append(filter_pairs(pa.Table.from_pylist(rows), pa.Table.from_pylist([chunk]), 0.85).table)
-    result = build_training_dataset(pa.concat_tables(tables), settings, formats=["jsonl"])
+    result = export_dataset(pa.concat_tables(tables), settings, formats=["jsonl"])
     assert result.rejections == {"cross_repo_duplicate": 1}
     assert result.exported_pairs == 3
 

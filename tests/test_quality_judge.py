@@ -289,8 +289,9 @@ def test_secret_gate_blocks_judge_requests(settings: Settings, tiny_model_dir: P
             cfg = settings.config.quality.judge
             work = plan_judgements(rows, {"c1": chunk}, backend.model_id, cfg, "acme/app")
             runner = StageRunner(
-                backend=backend, ledger=ledger, state=state, settings=settings, repo="acme/app", stage="judge",
-                generation=judge_sampling(settings),
+                backend=backend, ledger=ledger, state=state, repo="acme/app", stage="judge",
+                generation=judge_sampling(settings.config.quality.judge, settings.config.generation),
+                performance=settings.config.performance,
             )  # fmt: skip
             stats = runner.run([w.work for w in work], judge_postprocess)
             entries = ledger.get_many(w.work.item.key for w in work)

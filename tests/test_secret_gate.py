@@ -99,14 +99,15 @@ def _run(project: Path, backend: LLMBackend) -> tuple[dict[str, int], Ledger, St
     _prompts_dir(project)
     settings = load_settings()
     gen = settings.config.generation
-    themes = [prompt_manager(resolve_prompts_dir(settings)).theme("raw_fields")]
+    themes = [prompt_manager(resolve_prompts_dir(gen, settings.prompts_dir)).theme("raw_fields")]
     state = StateStore(settings.state_db)
     ledger = Ledger(state)
     runner = StageRunner(
         backend=backend,
         ledger=ledger,
         state=state,
-        settings=settings,
+        generation=gen,
+        performance=settings.config.performance,
         repo="acme/app",
         stage="questions",
         pause_hook=lambda: None,

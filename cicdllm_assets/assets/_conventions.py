@@ -91,7 +91,8 @@ def prompt_digest(kind: PromptKind, settings: Settings | None = None) -> str:
     themes: list[str] | None
     try:
         settings = settings or load_settings()
-        prompts_dir, themes = resolve_prompts_dir(settings), list(settings.config.generation.themes)
+        generation = settings.config.generation
+        prompts_dir, themes = resolve_prompts_dir(generation, settings.prompts_dir), list(generation.themes)
     except ConfigError as exc:
         log.debug("code versions use the shipped prompt templates: %s", exc)
         prompts_dir, themes = SHIPPED_PROMPTS_DIR, None

@@ -53,7 +53,9 @@ class StageEnv:
             backend=self.backend,
             ledger=self.ledger,
             state=self.step.state,
-            settings=self.settings,
+            generation=self.settings.config.generation,
+            performance=self.settings.config.performance,
+            config_path=self.settings.path,
             repo=self.repo,
             stage=self.step.stage,
             log=context.log,
@@ -105,7 +107,7 @@ def stage_env(
     with asset_step(context, app_config, stage) as step:
         settings = step.settings
         try:
-            prompts = prompt_manager(resolve_prompts_dir(settings))
+            prompts = prompt_manager(resolve_prompts_dir(settings.config.generation, settings.prompts_dir))
             prompts.validate(list(settings.config.generation.themes))
         except PromptTemplateError as exc:
             raise step.fail(

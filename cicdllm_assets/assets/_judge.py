@@ -6,6 +6,7 @@ from the ``llm`` section, i.e. the generation model) and closed after it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +24,7 @@ from cicdllm_assets.generation.judge import (
     JudgeSummary,
     apply_judgements,
     histogram_markdown,
-    judge_llm_settings,
+    judge_llm,
     judge_postprocess,
     judge_sampling,
     plan_judgements,
@@ -42,7 +43,7 @@ def _own_backend(settings: Settings) -> LLMBackend:
     if settings.config.llm.backend == "openai":
         from cicdllm_assets.llm.openai_backend import OpenAIBackend
 
-        return OpenAIBackend.from_settings(settings)
+        return OpenAIBackend.from_model_paths(settings.model_paths)
     from cicdllm_assets.resources.llm.mlx_resource import backend_from_settings
 
     return backend_from_settings(settings)
@@ -52,7 +53,10 @@ def _own_backend(settings: Settings) -> LLMBackend:
 def judge_backend(settings: Settings) -> Iterator[LLMBackend]:
     """The judge's backend for this step, built from its settings (``same``: the ``llm`` section's),
     closed after."""
-    own = judge_llm_settings(settings)
+    config = settings.config
+    own = dataclasses.replace(
+        settings, config=config.model_copy(update={"llm": judge_llm(config.quality.judge, config.llm)})
+    )
     backend = _own_backend(own)
     try:
         yield backend
@@ -84,11 +88,12 @@ def judge_table(
                 backend=backend,
                 ledger=ledger,
                 state=state,
-                settings=settings,
+                generation=judge_sampling(cfg, settings.config.generation),
+                performance=settings.config.performance,
+                config_path=settings.path,
                 repo=repo,
                 stage=STAGE,
                 log=context.log,
-                generation=judge_sampling(settings),
             )
             stats = runner.run([jw.work for jw in work], judge_postprocess)
             entries = ledger.get_many(jw.work.item.key for jw in work)

@@ -39,7 +39,11 @@ def finetune_step(
     loaded as configured; bad input raises :class:`~cicdllm_assets.finetune.data.FinetuneInputError`."""
     with asset_step(context, app_config, stage, partitioned=False) as step:
         ensure_openblas(enabled=step.settings.config.llm.mlx.use_openblas)
-        yield step, current_plan(step.settings)
+        settings = step.settings
+        yield (
+            step,
+            current_plan(settings.model_paths, settings.config.finetune, settings.export_dir, settings.adapters_dir),
+        )
 
 
 @evaluation_asset(

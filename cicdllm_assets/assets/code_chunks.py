@@ -44,7 +44,12 @@ def code_chunks(
         kept = kept_in_chunk_order(source_files.to_pylist())
         state.clear_failures(repo, STAGE)
         state.start_stage(repo, STAGE, total=len(kept), unit="files")
-        chunker = step_chunker(settings)
+        chunker = step_chunker(
+            settings.model_paths,
+            settings.state_target,
+            chunk_max_tokens=settings.config.processing.chunk_max_tokens,
+            cache_size=settings.config.performance.cache_size,
+        )
         calls_before = chunker.counter.calls
         redaction_cache = RedactionCache(state)
         builder = ChunkRowBuilder(

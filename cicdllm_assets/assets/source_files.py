@@ -60,10 +60,15 @@ def source_files(
         repo, settings, state = step.repo, step.settings, step.state
         row = repository_row(repositories, repo)
         commit = str(row["head_commit"])
-        processing = repo_processing(settings, repo)
+        processing = repo_processing(settings.config.processing, settings.repos_file, repo)
         state.clear_failures(repo, STAGE)
         state.start_stage(repo, STAGE, total=0, unit="files")
-        chunker = step_chunker(settings)
+        chunker = step_chunker(
+            settings.model_paths,
+            settings.state_target,
+            chunk_max_tokens=settings.config.processing.chunk_max_tokens,
+            cache_size=settings.config.performance.cache_size,
+        )
         calls_before = chunker.counter.calls
         verdicts = VerdictCache(state, processing.skip_generated)
         discovery = Discovery(row["local_path"], commit, processing, chunker, verdicts=verdicts)

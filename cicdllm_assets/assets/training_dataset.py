@@ -51,7 +51,16 @@ def training_dataset(context: AssetExecutionContext, app_config: AppConfigResour
         input_rows = store.row_count("qa_pairs", keys)
         state.start_stage(ALL, STAGE, input_rows, "pairs")
         repositories = store.read_all("repositories")
-        result = build_training_dataset(paths, settings, repositories=repositories)
+        result = build_training_dataset(
+            paths,
+            settings.config.export,
+            out_dir=settings.export_dir,
+            work_dir=settings.data_dir,
+            llm=settings.config.llm,
+            judge=settings.config.quality.judge,
+            state_target=settings.state_target,
+            repositories=repositories,
+        )
         state.advance(ALL, STAGE, done=input_rows)
         state.finish_stage(ALL, STAGE, "done")
         for repo, info in result.excluded_repos.items():

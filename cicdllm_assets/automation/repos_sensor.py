@@ -50,7 +50,7 @@ def sync_repos_tick(context: SensorEvaluationContext, app_config: AppConfigResou
     """Add/delete "repos" partitions to match repos.txt; request one run per new repo."""
     try:
         settings = app_config.settings()
-        entries = load_entries(settings)
+        entries = load_entries(settings.repos_file)
     except (ConfigError, ReposFileError) as exc:
         context.log.warning(f"repos sensor skipped: {exc}")
         return SkipReason(f"repos.txt not applied: {exc}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cicdllm_assets.chunking.cache import PlanCache
 from cicdllm_assets.chunking.service import Chunker
-from cicdllm_assets.config import Settings
+from cicdllm_assets.config import ModelPaths
 from cicdllm_assets.errors import TOKENIZER, CicdllmError
 from cicdllm_assets.llm.models.paths import ModelNotPreparedError, resolve_tokenizer
 from cicdllm_assets.llm.tokenizer_counter import TokenCounter
@@ -41,22 +41,23 @@ def plan_cache(state: str | Path, lru_size: int) -> PlanCache:
         return cache
 
 
-def chunker_for(settings: Settings) -> Chunker:
-    """A :class:`Chunker` for the configured tokenizer, budget and cache (close it after use)."""
-    choice = resolve_tokenizer(settings)
+def chunker_for(models: ModelPaths, state_target: str | Path, *, chunk_max_tokens: int, cache_size: int) -> Chunker:
+    """A :class:`Chunker` for the configured tokenizer, ``processing.chunk_max_tokens`` budget and
+    the plan cache in ``state_target`` (``performance.cache_size`` LRU entries); close it after use."""
+    choice = resolve_tokenizer(models)
     counter = token_counter(choice.path)
-    cache = plan_cache(settings.state_target, settings.config.performance.cache_size)
-    return Chunker(counter, choice.budget(settings.config.processing.chunk_max_tokens), cache, choice.source)
+    cache = plan_cache(state_target, cache_size)
+    return Chunker(counter, choice.budget(chunk_max_tokens), cache, choice.source)
 
 
 class TokenizerUnavailableError(CicdllmError, category=TOKENIZER, permanent=True):
     """The configured tokenizer is missing or unusable: a ``tokenizer`` failure no retry fixes."""
 
 
-def step_chunker(settings: Settings) -> Chunker:
+def step_chunker(models: ModelPaths, state_target: str | Path, *, chunk_max_tokens: int, cache_size: int) -> Chunker:
     """:func:`chunker_for` inside a pipeline step: a missing or unusable tokenizer raises
     :class:`TokenizerUnavailableError`."""
     try:
-        return chunker_for(settings)
+        return chunker_for(models, state_target, chunk_max_tokens=chunk_max_tokens, cache_size=cache_size)
     except (ModelNotPreparedError, ValueError) as exc:
         raise TokenizerUnavailableError(str(exc)) from None

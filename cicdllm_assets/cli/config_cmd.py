@@ -32,7 +32,7 @@ def validate(deep: bool) -> None:
         sys.exit(EXIT_INVALID_CONFIG)
     from cicdllm_assets.generation.prompts import prompt_problems
 
-    problems = prompt_problems(settings)
+    problems = prompt_problems(settings.config.generation, settings.prompts_dir)
     if problems:
         click.echo(f"invalid prompt templates in {settings.prompts_dir}:", err=True)
         for problem in problems:

@@ -64,10 +64,14 @@ def command(formats: tuple[str, ...], out_dir: Path | None, all_partitions: bool
     try:
         result = build_training_dataset(
             qa_pairs,
-            settings,
+            settings.config.export,
+            out_dir=out_dir or settings.export_dir,
+            work_dir=settings.data_dir,
+            llm=settings.config.llm,
+            judge=settings.config.quality.judge,
+            state_target=settings.state_target,
             repositories=store.read_all("repositories"),
             formats=list(formats) or None,
-            out_dir=out_dir,
         )
     except ExportInputError as exc:
         click.echo(f"Error: {exc}", err=True)

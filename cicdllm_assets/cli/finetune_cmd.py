@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -27,14 +27,23 @@ from cicdllm_assets.config import Settings
 from cicdllm_assets.finetune.history import HistoryRow
 from cicdllm_assets.runner.outcome import StepOutcome
 
+if TYPE_CHECKING:
+    from cicdllm_assets.finetune.train import TrainPlan
+
 logger = logging.getLogger(__name__)
 
 
-def _adapter_info(settings: Settings) -> dict[str, Any]:
+def _current_plan(settings: Settings) -> TrainPlan:
+    """The adapter plan of the project's export, model and ``finetune`` section now."""
     from cicdllm_assets.finetune.project import current_plan
+
+    return current_plan(settings.model_paths, settings.config.finetune, settings.export_dir, settings.adapters_dir)
+
+
+def _adapter_info(settings: Settings) -> dict[str, Any]:
     from cicdllm_assets.finetune.train import TrainingState
 
-    plan = current_plan(settings)
+    plan = _current_plan(settings)
     state = TrainingState.load(plan.adapter_dir)
     return {
         "adapter_path": str(plan.adapter_dir),
@@ -50,10 +59,9 @@ def _adapter_info(settings: Settings) -> dict[str, Any]:
 
 def _evaluation_info(settings: Settings) -> dict[str, Any] | None:
     from cicdllm_assets.finetune.history import EvaluationHistory, evaluation_key
-    from cicdllm_assets.finetune.project import current_plan
     from cicdllm_assets.storage.state import StateStore
 
-    plan = current_plan(settings)
+    plan = _current_plan(settings)
     with StateStore(settings.state_target) as state:
         found = EvaluationHistory(state).find(evaluation_key(plan.key, settings.config.finetune))
     return found.to_dict() if found else None
@@ -62,14 +70,13 @@ def _evaluation_info(settings: Settings) -> dict[str, Any] | None:
 def _run(ctx: click.Context, assets: list[str], as_json: bool) -> None:
     from cicdllm_assets.cli.run_cmd import install_stop_signals, quiet_library_noise
     from cicdllm_assets.finetune.data import FinetuneInputError
-    from cicdllm_assets.finetune.project import current_plan
     from cicdllm_assets.runner.finetune import TrainingProgressBar, run_evaluation_assets
     from cicdllm_assets.runner.instance import InstanceError, open_instance
 
     quiet_library_noise()
     settings = load_settings_or_exit()
     try:
-        current_plan(settings)  # bad input (no export, empty train split) is a usage error, before any run
+        _current_plan(settings)  # bad input (no export, empty train split) is a usage error, before any run
         instance = open_instance(settings)
     except (FinetuneInputError, InstanceError) as exc:
         fail_usage(str(exc))

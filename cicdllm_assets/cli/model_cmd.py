@@ -47,7 +47,7 @@ def prepare(force: bool, dtype: str, as_json: bool) -> None:
     if not as_json:
         click.echo("preparing the embedded model (SmolLM2-135M-Instruct)...", err=True)
     try:
-        result = prepare_embedded_model(settings, force=force, dtype=dtype)
+        result = prepare_embedded_model(settings.models_dir, force=force, dtype=dtype)
     except EmbeddedModelUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(EXIT_MODEL_UNAVAILABLE) from exc

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from cicdllm_assets.config.models import AppConfig
+from cicdllm_assets.config.models import AppConfig, LLMConfig
 from cicdllm_assets.errors import CONFIG, CicdllmError
 
 CONFIG_ENV = "CICDLLM_CONFIG"
@@ -52,6 +52,27 @@ class ConfigError(CicdllmError, category=CONFIG, permanent=True):
         super().__init__(f"invalid configuration in {source}:\n{lines}")
 
 
+def resolve_path(root: Path, value: str | os.PathLike[str]) -> Path:
+    """``value`` as a path: ``~`` expanded, relative ones resolved against ``root``."""
+    candidate = Path(value).expanduser()
+    return candidate if candidate.is_absolute() else (root / candidate).resolve()
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """What model and tokenizer resolution reads: the ``llm`` section, ``processing.tokenizer``,
+    the prepared-models directory and the directory relative config paths refer to."""
+
+    llm: LLMConfig
+    tokenizer: str
+    models_dir: Path
+    root: Path
+
+    def resolve(self, value: str | os.PathLike[str]) -> Path:
+        """Resolve a config path against the config file's directory."""
+        return resolve_path(self.root, value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """A validated config together with the directory its relative paths refer to."""
@@ -62,8 +83,7 @@ class Settings:
 
     def resolve(self, value: str | os.PathLike[str]) -> Path:
         """Resolve a config path against the config file's directory."""
-        candidate = Path(value).expanduser()
-        return candidate if candidate.is_absolute() else (self.root / candidate).resolve()
+        return resolve_path(self.root, value)
 
     @property
     def data_dir(self) -> Path:
@@ -101,6 +121,17 @@ class Settings:
     def models_dir(self) -> Path:
         """Prepared model directories (``cicdllm model prepare``)."""
         return self.data_dir / "models"
+
+    @property
+    def model_paths(self) -> ModelPaths:
+        """The pieces model and tokenizer resolution reads (:mod:`cicdllm_assets.llm.models.paths`)."""
+        return ModelPaths(self.config.llm, self.config.processing.tokenizer, self.models_dir, self.root)
+
+    @property
+    def adapters_dir(self) -> Path:
+        """LoRA adapters root: ``finetune.out_dir`` or ``<data_dir>/adapters``."""
+        out_dir = self.config.finetune.out_dir
+        return self.resolve(out_dir) if out_dir else self.data_dir / "adapters"
 
     @property
     def prompts_dir(self) -> Path:

@@ -6,9 +6,10 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cicdllm_assets.config import Settings
+from cicdllm_assets.config.models import ExportConfig, JudgeConfig, LLMConfig
 from cicdllm_assets.export.judge_report import judge_markdown
 from cicdllm_assets.export.plots import plots_markdown
 from cicdllm_assets.export.quality_report import variety_markdown
@@ -155,21 +156,31 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def blocked_requests(settings: Settings) -> int:
-    """Generation items the secret gate refused to send (ledger rows failed with ``secret``)."""
+def blocked_requests(state_target: str | Path) -> int:
+    """Generation items the secret gate refused to send (ledger rows failed with ``secret``
+    in the state store at ``state_target``)."""
     from cicdllm_assets.generation.ledger import Ledger
     from cicdllm_assets.storage.state import open_existing_state
 
-    state = open_existing_state(settings.state_target)
+    state = open_existing_state(state_target)
     if state is None:
         return 0
     with state:
         return Ledger(state).failure_counts().get("secret", 0)
 
 
-def render_card(result: DatasetResult, formats: list[str], settings: Settings) -> str:
-    """Markdown describing counts, provenance, filters, licences and formats of an export."""
-    cfg = settings.config
+def render_card(
+    result: DatasetResult,
+    formats: list[str],
+    export: ExportConfig,
+    *,
+    llm: LLMConfig,
+    judge: JudgeConfig,
+    state_target: str | Path,
+) -> str:
+    """Markdown describing counts, provenance, filters, licences and formats of an export: ``export``,
+    ``llm`` and ``judge`` are the config sections it reports, ``state_target`` the state store whose
+    ledger counts blocked requests."""
     splits = result.split_counts()
     parts: list[str] = [front_matter(result, formats), "# cicdllm question/answer dataset\n\n"]
     parts.append(
@@ -197,7 +208,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     parts.append(_table(["repo", "licence", "commit", "pairs"], source_rows))
 
     parts.append("\n## Licences\n\n")
-    parts.append(f"Allowed (`export.allowed_licenses`): {', '.join(cfg.export.allowed_licenses) or '(none)'}.\n\n")
+    parts.append(f"Allowed (`export.allowed_licenses`): {', '.join(export.allowed_licenses) or '(none)'}.\n\n")
     if result.excluded_repos:
         parts.append("Excluded repositories:\n\n")
         parts.append(
@@ -212,7 +223,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     parts.append("\n## Generation\n\n")
     models = [m for m, _ in result.counts_by("model_id") if m]
     parts.append(
-        f"- Model(s): {', '.join(models) or '(none)'} (backend `{cfg.llm.backend}`, `llm.model` = `{cfg.llm.model}`)\n"
+        f"- Model(s): {', '.join(models) or '(none)'} (backend `{llm.backend}`, `llm.model` = `{llm.model}`)\n"
     )
     templates = result.counts_by("theme", "template_hash")
     parts.append(
@@ -220,7 +231,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
         + (", ".join(f"{t}: `{h}`" for t, h, _ in templates) or "(none)")
         + "\n"
     )
-    parts.append(f"- System prompt: {cfg.export.system_prompt!r}\n")
+    parts.append(f"- System prompt: {export.system_prompt!r}\n")
 
     parts.append("\n## Quality filters\n\n")
     parts.append(
@@ -235,7 +246,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
         "code block does not parse); not grounded (under 60 % of the identifiers in the answer's code and "
         "backticks occur in the chunk, its imports, path, question or the repository's symbol index); "
         "exact duplicates and near-duplicates (MinHash LSH on character 5-grams of "
-        f"question + answer, Jaccard >= {cfg.export.near_duplicate_threshold}) within and across repositories; "
+        f"question + answer, Jaccard >= {export.near_duplicate_threshold}) within and across repositories; "
         "licence allow-list.\n"
     )
     parts.append("\n## Question variety\n\n")
@@ -248,7 +259,6 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     parts.append("\n## Plots\n\n")
     parts.append(plots_markdown(result))
     parts.append("\n## Judge\n\n")
-    judge = cfg.quality.judge
     parts.append(judge_markdown(result.judge, result.rejections, judge.threshold, judge.enabled))
     parts.append("\n## Secrets\n\n")
     total = sum(result.redactions.values())
@@ -259,7 +269,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
         + (" (" + ", ".join(f"{k}: {v}" for k, v in result.redactions.items()) + ")" if total else "")
         + ".\n"
     )
-    blocked = blocked_requests(settings)
+    blocked = blocked_requests(state_target)
     parts.append(
         "Every rendered request is scanned once more just before it is sent to the model; a request "
         f"that still holds a secret is never sent (failure category `secret`). Blocked items: {blocked}.\n"
@@ -268,7 +278,7 @@ def render_card(result: DatasetResult, formats: list[str], settings: Settings) -
     parts.append("\n## Splits\n\n")
     parts.append(
         "Assigned by source file: SHA-256 of (repo, path) mapped to [0, 1) and cut by the ratios "
-        f"train {cfg.export.split.train:g} / valid {cfg.export.split.valid:g} / test {cfg.export.split.test:g}, "
+        f"train {export.split.train:g} / valid {export.split.valid:g} / test {export.split.test:g}, "
         "so no file contributes to two splits. When 3 or more files exist and a split with a non-zero "
         "ratio is empty, the file with the smallest hash of the largest split moves into it. "
         "Empty splits get no per-split file (mlx-lm trains without validation when `valid.jsonl` is absent, "

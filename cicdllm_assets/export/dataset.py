@@ -14,6 +14,7 @@ Shared by the ``training_dataset`` asset and ``cicdllm export``. Steps, in order
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -31,8 +32,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cicdllm_assets.config import Settings
-from cicdllm_assets.config.models import EXPORT_FORMATS
+from cicdllm_assets.config.models import EXPORT_FORMATS, ExportConfig, JudgeConfig, LLMConfig
 from cicdllm_assets.errors import INPUT, CicdllmError
 from cicdllm_assets.export.card import render_card
 from cicdllm_assets.export.judge_report import JudgeReport, judge_report, write_judge_plot
@@ -198,22 +198,27 @@ def _repo_licenses(repositories: pa.Table | None) -> dict[str, str]:
 
 def build_training_dataset(
     qa_pairs: pa.Table | Sequence[Path],
-    settings: Settings,
+    export: ExportConfig,
     *,
+    out_dir: Path,
+    work_dir: Path,
+    llm: LLMConfig,
+    judge: JudgeConfig,
+    state_target: str | Path,
     repositories: pa.Table | None = None,
     formats: Sequence[str] | None = None,
-    out_dir: Path | None = None,
 ) -> DatasetResult:
-    """Filter, deduplicate, redact, split and write ``qa_pairs`` (a table or its Parquet files).
+    """Filter, deduplicate, redact, split and write ``qa_pairs`` (a table or its Parquet files)
+    into ``out_dir`` as the ``export`` section says.
 
-    Streams: the pairs pass through a DuckDB work database beside the data dir (memory
-    capped at :data:`WORK_MEMORY`, spilling to disk) and reach the writers batch by batch,
-    so peak memory does not grow with the number of pairs.
+    Streams: the pairs pass through a DuckDB work database below ``work_dir`` (the data dir;
+    memory capped at :data:`WORK_MEMORY`, spilling to disk) and reach the writers batch by
+    batch, so peak memory does not grow with the number of pairs. ``llm``, ``judge`` and
+    ``state_target`` (its ledger) are what the dataset card reports besides the export.
     """
-    export_cfg = settings.config.export
-    chosen = validate_formats(formats if formats is not None else export_cfg.formats)
-    target = Path(out_dir) if out_dir is not None else settings.export_dir
-    work_root = settings.data_dir
+    chosen = validate_formats(formats if formats is not None else export.formats)
+    target = Path(out_dir)
+    work_root = work_dir
     work_root.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix=".export-work-", dir=work_root) as work,
@@ -224,7 +229,8 @@ def build_training_dataset(
         con.execute(f"SET temp_directory = '{Path(work) / 'spill'}'".replace("\\", "/"))
         con.execute("SET threads = 1")
         con.execute("SET preserve_insertion_order = false")
-        return _build(con, qa_pairs, settings, repositories, chosen, target)
+        card = functools.partial(render_card, export=export, llm=llm, judge=judge, state_target=state_target)
+        return _build(con, qa_pairs, export, card, repositories, chosen, target)
 
 
 def _source(con: duckdb.DuckDBPyConnection, qa_pairs: pa.Table | Sequence[Path]) -> None:
@@ -265,12 +271,12 @@ def _source(con: duckdb.DuckDBPyConnection, qa_pairs: pa.Table | Sequence[Path])
 def _build(
     con: duckdb.DuckDBPyConnection,
     qa_pairs: pa.Table | Sequence[Path],
-    settings: Settings,
+    export_cfg: ExportConfig,
+    card: Callable[[DatasetResult, list[str]], str],
     repositories: pa.Table | None,
     chosen: list[str],
     target: Path,
 ) -> DatasetResult:
-    export_cfg = settings.config.export
     _source(con, qa_pairs)
     input_pairs = _scalar(con, "SELECT count(*) FROM src")
     rejections: Counter[str] = Counter()
@@ -397,7 +403,7 @@ def _build(
     write_text_atomic(result.manifest_path, _manifest_text(con, result, chosen))
     result.plot_paths = write_plots(result, target)
     result.card_path = target / CARD_NAME
-    write_text_atomic(result.card_path, render_card(result, chosen, settings))
+    write_text_atomic(result.card_path, card(result, chosen))
     logger.info("exported %d pairs to %s (%s)", result.exported_pairs, target, ", ".join(chosen))
     return result
 

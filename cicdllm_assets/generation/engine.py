@@ -16,10 +16,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from cicdllm_assets.config import Settings
-from cicdllm_assets.config.models import GenerationConfig
+from cicdllm_assets.config.models import GenerationConfig, PerformanceConfig
 from cicdllm_assets.errors import CicdllmError, Log
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.generation.context import ContextOverflowError, MessageBuilder, fit_prompt
@@ -127,7 +127,12 @@ def _stdlib_log() -> Log:
 
 
 class StageRunner:
-    """Runs the pending items of one stage (``questions`` or ``answers``) of one repo."""
+    """Runs the pending items of one stage (``questions`` or ``answers``) of one repo.
+
+    ``generation`` is the ``generation`` section (or the stage's own, e.g. the judge's sampling
+    and attempts); ``performance`` gives the lease length and the battery threshold, re-read from
+    ``config_path`` while paused on battery (the default ``pause_hook``).
+    """
 
     def __init__(
         self,
@@ -135,28 +140,26 @@ class StageRunner:
         backend: LLMBackend,
         ledger: Ledger,
         state: StateStore,
-        settings: Settings,
+        generation: GenerationConfig,
+        performance: PerformanceConfig,
         repo: str,
         stage: str,
         log: Log | None = None,
         pause_hook: Callable[[], object] | None = None,
-        generation: GenerationConfig | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.backend = backend
         self.ledger = ledger
         self.state = state
-        self.settings = settings
+        self.gen = generation
+        self.performance = performance
         self.repo = repo
         self.stage = stage
         self.log = log or _stdlib_log()
-        self.pause_hook = pause_hook or (lambda: pause_while_on_low_battery(settings, self.log, repo=repo))
+        self.pause_hook = pause_hook or (
+            lambda: pause_while_on_low_battery(performance, state.target, self.log, repo=repo, config_path=config_path)
+        )
         self._load_reported = 0.0
-        self._generation = generation
-
-    @property
-    def gen(self) -> GenerationConfig:
-        """The generation config section (or the stage's own, e.g. the judge's sampling and attempts)."""
-        return self._generation or self.settings.config.generation
 
     def batch_width(self) -> int:
         """``generation.batch_size``, or with ``auto`` the backend's own choice (MLX: from the
@@ -207,7 +210,7 @@ class StageRunner:
         # Only asked when there is work: the MLX backend loads the model to choose a width.
         width = max(1, self.batch_width() * WIDE_BATCH_FACTOR) if pending else 1
         errors = [0]
-        with Leases(self.state, self.settings.config.performance.lease_seconds) as leases:
+        with Leases(self.state, self.performance.lease_seconds) as leases:
             waiting: list[WorkItem] = []
             for start in range(0, len(pending), width):
                 group = pending[start : start + width]

@@ -23,7 +23,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import GenerationConfig, JudgeConfig, LLMConfig
 from cicdllm_assets.errors import CicdllmError
 from cicdllm_assets.generation.chunks import Chunk
@@ -250,22 +249,19 @@ def judge_params(cfg: JudgeConfig) -> dict[str, Any]:
     return {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "top_p": 1.0, "seed": JUDGE_SEED}
 
 
-def judge_sampling(settings: Settings) -> GenerationConfig:
+def judge_sampling(cfg: JudgeConfig, generation: GenerationConfig) -> GenerationConfig:
     """The generation section as the engine should see it for judging: the judge's sampling and
     attempts, the generation batch size."""
-    cfg = settings.config.quality.judge
-    return settings.config.generation.model_copy(
+    return generation.model_copy(
         update={"temperature": cfg.temperature, "top_p": 1.0, "seed": JUDGE_SEED, "max_attempts": cfg.max_attempts}
     )
 
 
-def judge_llm_settings(settings: Settings) -> Settings:
-    """Settings whose ``llm`` section is the judge's own backend (``backend: same`` keeps ``llm``)."""
-    judge = settings.config.quality.judge.llm
-    if judge.backend == "same":
-        return settings
-    llm = LLMConfig.model_validate(judge.model_dump())
-    return Settings(config=settings.config.model_copy(update={"llm": llm}), path=settings.path, root=settings.root)
+def judge_llm(cfg: JudgeConfig, llm: LLMConfig) -> LLMConfig:
+    """The ``llm`` section of the judge's own backend (``backend: same`` keeps ``llm``)."""
+    if cfg.llm.backend == "same":
+        return llm
+    return LLMConfig.model_validate(cfg.llm.model_dump())
 
 
 @dataclass(frozen=True)

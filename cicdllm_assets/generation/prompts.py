@@ -26,7 +26,7 @@ from typing import Any, Literal
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from cicdllm_assets.config import Settings
+from cicdllm_assets.config.models import GenerationConfig
 from cicdllm_assets.errors import CONFIG, CicdllmError
 from cicdllm_assets.generation.chunks import Chunk
 from cicdllm_assets.llm.base import ChatMessage
@@ -355,21 +355,22 @@ SHIPPED_PROMPTS_DIR = _shipped_prompts_dir()
 DEFAULT_PROMPTS_SETTING = "prompts"
 
 
-def resolve_prompts_dir(settings: Settings) -> Path:
-    """``generation.prompts_dir``; if left at its default and absent, the shipped templates."""
-    configured = settings.prompts_dir
+def resolve_prompts_dir(generation: GenerationConfig, configured: Path) -> Path:
+    """``configured`` (``generation.prompts_dir`` resolved); if left at its default and absent,
+    the shipped templates."""
     if configured.is_dir():
         return configured
-    if settings.config.generation.prompts_dir == DEFAULT_PROMPTS_SETTING and SHIPPED_PROMPTS_DIR.is_dir():
+    if generation.prompts_dir == DEFAULT_PROMPTS_SETTING and SHIPPED_PROMPTS_DIR.is_dir():
         log.info("%s does not exist; using the shipped templates in %s", configured, SHIPPED_PROMPTS_DIR)
         return SHIPPED_PROMPTS_DIR
     return configured
 
 
-def prompt_problems(settings: Settings) -> list[str]:
-    """Every problem with the templates of the configured themes (empty = valid), for ``config validate``."""
-    themes = list(settings.config.generation.themes)
-    manager = PromptManager(resolve_prompts_dir(settings))
+def prompt_problems(generation: GenerationConfig, prompts_dir: Path) -> list[str]:
+    """Every problem with the templates of the configured themes in ``prompts_dir`` (``generation.prompts_dir``
+    resolved; empty = valid), for ``config validate``."""
+    themes = list(generation.themes)
+    manager = PromptManager(resolve_prompts_dir(generation, prompts_dir))
     problems = []
     for name in themes:
         try:

@@ -61,7 +61,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from cicdllm_assets.config import Settings
+from cicdllm_assets.config import ModelPaths
 from cicdllm_assets.llm.base import (
     ChatMessage,
     CircuitOpenError,
@@ -118,7 +118,7 @@ _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 @dataclass(frozen=True)
 class OpenAIBackendConfig:
-    """Everything the backend needs; built from ``llm.openai`` by :meth:`OpenAIBackend.from_settings`."""
+    """Everything the backend needs; built from ``llm.openai`` by :meth:`OpenAIBackend.from_model_paths`."""
 
     base_url: str
     model: str
@@ -423,10 +423,10 @@ class OpenAIBackend:
         self,
         config: OpenAIBackendConfig,
         token_counter: TokenCounter | None = None,
-        settings: Settings | None = None,
+        model_paths: ModelPaths | None = None,
     ) -> None:
         self.config = config
-        self._settings = settings
+        self._model_paths = model_paths
         self._counter = token_counter
         self.approximate_counts = False
         """True when prompt counts use the embedded tokenizer as an approximation (no tokenizer found)."""
@@ -444,14 +444,14 @@ class OpenAIBackend:
         self._rng = secrets.SystemRandom()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> OpenAIBackend:
-        """Build from :class:`~cicdllm_assets.config.Settings` (``llm.openai`` + ``llm.model``)."""
-        llm = settings.config.llm
+    def from_model_paths(cls, paths: ModelPaths) -> OpenAIBackend:
+        """Build from ``llm.openai`` + ``llm.model`` (``paths`` also resolve the tokenizer when needed)."""
+        llm = paths.llm
         oa = llm.openai
         api_key: str | None = oa.api_key.get_secret_value() if oa.api_key is not None else None
         if api_key is None and oa.api_key_env:
             api_key = os.environ.get(oa.api_key_env) or None
-        tokenizer_path = settings.resolve(oa.tokenizer) if oa.tokenizer else None
+        tokenizer_path = paths.resolve(oa.tokenizer) if oa.tokenizer else None
         model, model_id = oa.model or llm.model, None
         if not oa.model and llm.model == EMBEDDED_ALIAS:
             # mlx_lm.server (and llama.cpp) answer "default_model" with the model they were
@@ -474,7 +474,7 @@ class OpenAIBackend:
             context_window=llm.context_window,
             tokenizer_path=tokenizer_path,
         )
-        return cls(config, settings=settings)
+        return cls(config, model_paths=paths)
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(base_url={self.config.base_url!r}, model={self.config.model!r})"
@@ -545,12 +545,12 @@ class OpenAIBackend:
             if self._counter is None:
                 path = self.config.tokenizer_path
                 if path is None:
-                    if self._settings is None:
+                    if self._model_paths is None:
                         raise RuntimeError(
                             "no tokenizer for token counting: set llm.openai.tokenizer to the served "
                             "model's tokenizer.json"
                         )
-                    choice = resolve_tokenizer(self._settings)
+                    choice = resolve_tokenizer(self._model_paths)
                     path, self.approximate_counts = choice.path, choice.approximate
                 self._counter = load_token_counter(str(path))
             return self._counter

@@ -16,11 +16,13 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 
-from cicdllm_assets.config import ConfigError, Settings, load_settings
+from cicdllm_assets.config import ConfigError, load_settings
+from cicdllm_assets.config.models import PerformanceConfig
 from cicdllm_assets.errors import Log
 from cicdllm_assets.storage.state import StateStore, upsert_sql
 
@@ -82,9 +84,9 @@ def should_pause(reading: BatteryReading | None, threshold_percent: float) -> bo
     return reading.power_plugged is False and reading.percent < threshold_percent
 
 
-def _state(settings: Settings) -> StateStore | None:
+def _state(state_target: str | Path) -> StateStore | None:
     try:
-        store = StateStore(settings.state_target)
+        store = StateStore(state_target)
         store.ensure("battery", BATTERY_DDL)
     except Exception as exc:  # the pause itself must not fail because state is unavailable
         _logger.warning("battery: cannot open state store: %s", exc)
@@ -132,40 +134,44 @@ def _event(store: StateStore | None, level: str, message: str, repo: str | None)
         _logger.warning("battery: cannot log event: %s", exc)
 
 
-def _reload(settings: Settings) -> Settings:
-    """Re-read the config (hot reload); keep the old settings if the file is now invalid."""
-    if settings.path is None:
-        return settings
+def _reload(performance: PerformanceConfig, config_path: Path | None) -> PerformanceConfig:
+    """Re-read ``performance`` from ``config_path`` (hot reload); keep the old section if there is
+    no file or it is now invalid."""
+    if config_path is None:
+        return performance
     try:
-        return load_settings(settings.path)
+        return load_settings(config_path).config.performance
     except ConfigError as exc:
         _logger.warning("battery: keeping previous config, %s", exc)
-        return settings
+        return performance
 
 
 def pause_while_on_low_battery(
-    settings: Settings,
+    performance: PerformanceConfig,
+    state_target: str | Path,
     log: Log | None = None,
     reader: BatteryReader | None = None,
     *,
     sleep: Callable[[float], None] = time.sleep,
     repo: str | None = None,
+    config_path: Path | None = None,
 ) -> float:
     """Block while on battery below ``performance.battery_pause_percent``; return seconds paused.
 
-    Call it between items. ``reader`` returns a :class:`BatteryReading` (or None: no
-    battery); it defaults to psutil. Pause and resume are logged to ``log`` and to the
-    StateStore (event + ``battery_pauses`` row read by the viewer).
+    Call it between items. While paused, ``performance`` is re-read from ``config_path`` (the
+    config file, if any) on every check (hot reload). ``reader`` returns a :class:`BatteryReading`
+    (or None: no battery); it defaults to psutil. Pause and resume are logged to ``log`` and to
+    the state store at ``state_target`` (event + ``battery_pauses`` row read by the viewer).
     """
     log = log or _logger
     read = reader or read_battery
     reading = read()
-    threshold = settings.config.performance.battery_pause_percent
+    threshold = performance.battery_pause_percent
     if not should_pause(reading, threshold):
         return 0.0
     assert reading is not None  # noqa: S101 - should_pause guarantees it
     started = time.time()
-    store = _state(settings)
+    store = _state(state_target)
     message = (
         f"paused: on battery at {reading.percent:.0f}% (below {threshold}%); "
         "resumes on mains power or above the threshold"
@@ -176,11 +182,11 @@ def pause_while_on_low_battery(
     waited = 0.0
     try:
         while True:
-            interval = settings.config.performance.battery_check_seconds
+            interval = performance.battery_check_seconds
             sleep(interval)
             waited += interval
-            settings = _reload(settings)
-            threshold = settings.config.performance.battery_pause_percent
+            performance = _reload(performance, config_path)
+            threshold = performance.battery_pause_percent
             reading = read()
             if not should_pause(reading, threshold):
                 break
@@ -245,11 +251,10 @@ def paused_since(store: StateStore, check_seconds: float, now: float | None = No
 
 
 def battery_status(
-    settings: Settings, store: StateStore | None = None, reader: BatteryReader | None = None
+    perf: PerformanceConfig, store: StateStore | None = None, reader: BatteryReader | None = None
 ) -> BatteryStatus:
     """Current battery reading plus the pause state recorded by running processes."""
     reading = (reader or read_battery)()
-    perf = settings.config.performance
     since: float | None = None
     if store is not None:
         try:

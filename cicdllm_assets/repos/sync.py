@@ -8,17 +8,17 @@ to a Dagster instance.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
-from cicdllm_assets.config import Settings
 from cicdllm_assets.config.models import ProcessingConfig
 from cicdllm_assets.repos.repos_file import RepoEntry, read_repos_file
 
 __all__ = ["load_entries", "plan_sync", "repo_processing"]
 
 
-def load_entries(settings: Settings) -> list[RepoEntry]:
-    """The validated entries of the configured repos.txt (raises ReposFileError)."""
-    return read_repos_file(settings.repos_file)
+def load_entries(repos_file: Path) -> list[RepoEntry]:
+    """The validated entries of ``repos_file``, the configured repos.txt (raises ReposFileError)."""
+    return read_repos_file(repos_file)
 
 
 def plan_sync(existing: Iterable[str], entries: Sequence[RepoEntry]) -> tuple[list[str], list[str]]:
@@ -31,13 +31,13 @@ def plan_sync(existing: Iterable[str], entries: Sequence[RepoEntry]) -> tuple[li
     return added, removed
 
 
-def repo_processing(settings: Settings, repo: str) -> ProcessingConfig:
-    """``processing`` as it applies to partition ``repo`` (its repos.txt options merged in)."""
+def repo_processing(processing: ProcessingConfig, repos_file: Path, repo: str) -> ProcessingConfig:
+    """``processing`` as it applies to partition ``repo`` (its entry's options in ``repos_file`` merged in)."""
     from cicdllm_assets.repos.repos_file import ReposFileError, find_entry, read_repos_file_lenient
 
     try:
-        entries, _ = read_repos_file_lenient(settings.repos_file)
+        entries, _ = read_repos_file_lenient(repos_file)
     except ReposFileError:
-        return settings.config.processing
+        return processing
     entry = find_entry(entries, repo)
-    return entry.processing(settings.config.processing) if entry else settings.config.processing
+    return entry.processing(processing) if entry else processing

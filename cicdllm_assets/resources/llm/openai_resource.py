@@ -22,4 +22,4 @@ class OpenAIResource(BackendResource):
         return cast(OpenAIBackend, self._cached_backend(settings))
 
     def _build(self, settings: Settings) -> OpenAIBackend:
-        return OpenAIBackend.from_settings(settings)
+        return OpenAIBackend.from_model_paths(settings.model_paths)
