@@ -6,7 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
-PYTEST_ARGS ?=
+# two pytest-xdist workers, tests handed out one by one (worksteal): the suite is mostly waiting on
+# subprocesses, servers and services (on this 2-core machine: 11.7 min instead of ~20 one at a time)
+PYTEST_ARGS ?= -n 2 --dist worksteal
 
 .PHONY: help install model run test lint dev status export bench bench-anchors clean
 
