@@ -22,6 +22,7 @@ from cicdllm_assets.config import load_settings
 from cicdllm_assets.config.models import SplitConfig
 from cicdllm_assets.export.card import hub_licenses, size_category
 from cicdllm_assets.export.dataset import license_allowed
+from cicdllm_assets.export.records import SPLITS
 from cicdllm_assets.export.splits import assign_splits
 from cicdllm_assets.export.validate import ALL_CHECKS, load_export
 from cicdllm_assets.quality.pairs import filter_pairs
@@ -282,3 +283,22 @@ def test_failed_export_leaves_previous_files_and_no_temp_files(project: Path) ->
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert not [p for p in out.rglob(".*.tmp")]
+
+
+def test_records_sorted_in_idx_chunks_match_one_sort(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ordered`` is sorted ORDER_CHUNK idx values at a time; the files equal those of one sort."""
+    from cicdllm_assets.export import dataset
+
+    settings = load_settings()
+    data = ["dataset.jsonl", "dataset.csv", *(f"{fmt}/{s}.jsonl" for fmt in ("mlx_chat", "alpaca") for s in SPLITS)]
+
+    def export(chunk: int) -> dict[str, bytes]:
+        monkeypatch.setattr(dataset, "ORDER_CHUNK", chunk)
+        export_dataset(qa_table(n_files=9, per_file=3), settings, formats=["jsonl", "csv", "mlx_chat", "alpaca"])
+        out = settings.export_dir
+        return {name: (out / name).read_bytes() for name in data if (out / name).exists()}
+
+    whole, chunked = export(10**9), export(4)
+    assert len(whole) >= 5 and chunked == whole
+    ids = [json.loads(line)["id"] for line in whole["dataset.jsonl"].decode().splitlines()]
+    assert len(ids) == 27 and len(set(ids)) == 27

@@ -149,6 +149,8 @@ def test_kinds_planned_per_chunk_and_near_duplicates_dropped(
 def test_distinct_n_counts_repeated_ngrams() -> None:
     assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
     assert distinct_n(["What does x do?", "What does y do?"], 2) == pytest.approx(5 / 6)
+    assert distinct_n(["x y z", "x y", "y z x"], 2) == pytest.approx(3 / 5)  # same words, other order
+    assert distinct_n(["a b c d", "b c d a"], 3) == pytest.approx(3 / 4)
     assert distinct_n([], 3) == 0.0
 
 

@@ -54,7 +54,8 @@ CROSS_REPO_NEAR_DUPLICATE = "cross_repo_near_duplicate"
 MANIFEST_NAME = "manifest.json"
 CARD_NAME = "README.md"
 BATCH_ROWS = 2_000
-WORK_MEMORY = "256MB"  # DuckDB's cap while it builds the work tables (it spills beyond; its wide sort needs > 192MB)
+WORK_MEMORY = "192MB"  # DuckDB's cap while it builds the work tables (it spills beyond)
+ORDER_CHUNK = 100_000  # idx values per sort of the wide kept rows (a 1M-row wide sort needs > 192MB)
 SCAN_MEMORY = "64MB"  # DuckDB's cap while the records stream out (a scan needs little; the rest was cache)
 ALLOCATOR_FLUSH = "8MB"  # DuckDB hands freed memory back to the OS after each task above this
 WHITESPACE = " \t\n\r\x0b\x0c"  # what str.strip() removes from a licence (ASCII)
@@ -368,12 +369,10 @@ def _build(
     # Records leave in (split, repo, path, line, id) order = (split, idx): the rows are stored once in
     # idx order, then each split is a plain scan in storage order (no wide sort held while writing).
     con.execute("SET preserve_insertion_order = true")
-    con.execute(
-        "CREATE TABLE ordered AS SELECT kept.*, files.split FROM kept JOIN files USING (repo, path) ORDER BY idx"
-    )
+    _create_ordered(con, accepted_pairs)
     con.execute("DROP TABLE kept")
-    variety, answer_words = exported_variety(con, "ordered")  # under the build's cap: a top-N and an aggregate
     con.execute(f"SET memory_limit = '{SCAN_MEMORY}'")  # evicts the cached blocks of the build
+    variety, answer_words = exported_variety(con, "ordered")  # a narrow top-N, a 20k-row sort and an aggregate
     splits = (_split_batches(con, name) for name in SPLITS)
     batches = _records(_rebatch(itertools.chain.from_iterable(splits), BATCH_ROWS), system, _redactor(redactions))
     groups = GroupCounter()
@@ -411,6 +410,18 @@ def _build(
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     rows = con.execute(sql).fetchall()
     return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+
+def _create_ordered(con: duckdb.DuckDBPyConnection, idx_bound: int) -> None:
+    """``ordered``: the kept rows with their split, stored in idx order. Sorted :data:`ORDER_CHUNK`
+    idx values at a time (each a bounded sort appended in order), so no sort of every wide row."""
+    select = "SELECT kept.*, files.split FROM kept JOIN files USING (repo, path)"
+    con.execute(f"CREATE TABLE ordered AS {select} LIMIT 0")
+    for low in range(0, max(idx_bound, 1), ORDER_CHUNK):
+        con.execute(
+            f"INSERT INTO ordered {select} WHERE idx >= ? AND idx < ? ORDER BY idx",
+            [low, low + ORDER_CHUNK],
+        )
 
 
 def _insert_duplicates(con: duckdb.DuckDBPyConnection, duplicates: Iterable[DuplicateOf]) -> None:

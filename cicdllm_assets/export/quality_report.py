@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 VARIETY_SAMPLE = 20_000
 """Distinct-n and answer lengths are computed over the first this many exported pairs (by id
 order), so the card's memory stays bounded however large the dataset; the kind mix counts all."""
+SAMPLE_BATCH = 2_000
 
 
 def exported_variety(con: duckdb.DuckDBPyConnection, table: str) -> tuple[QuestionVariety, list[int]]:
@@ -22,10 +23,16 @@ def exported_variety(con: duckdb.DuckDBPyConnection, table: str) -> tuple[Questi
     :data:`VARIETY_SAMPLE` pairs (a top-N by ``idx``: bounded memory)."""
     mix_sql = f"SELECT coalesce(nullif(question_kind, ''), 'unknown') AS k, count(*) FROM {table} GROUP BY k"  # noqa: S608 - a table name we own
     mix = {str(k): int(n) for k, n in con.cursor().sql(mix_sql).fetchall()}
-    sample_sql = f"SELECT question, answer FROM {table} ORDER BY idx LIMIT {VARIETY_SAMPLE}"  # noqa: S608 - a table name we own
-    sample = con.cursor().sql(sample_sql).fetchall()
-    questions = [str(question) for question, _ in sample]
-    words = [len(str(answer).split()) for _, answer in sample]
+    # the sample's last idx from a narrow top-N, then only the sample's rows are sorted (bounded memory)
+    last_sql = f"SELECT max(idx) FROM (SELECT idx FROM {table} ORDER BY idx LIMIT {VARIETY_SAMPLE})"  # noqa: S608 - a table name we own
+    (last,) = con.cursor().execute(last_sql).fetchone() or (None,)
+    questions: list[str] = []
+    words: list[int] = []
+    if last is not None:
+        sample_sql = f"SELECT question, answer FROM {table} WHERE idx <= ? ORDER BY idx"  # noqa: S608 - a table name we own
+        for batch in con.cursor().sql(sample_sql, params=[int(last)]).to_arrow_reader(SAMPLE_BATCH):
+            questions += [str(question) for question in batch.column(0).to_pylist()]
+            words += [len(str(answer).split()) for answer in batch.column(1).to_pylist()]
     variety = question_variety(questions, [])
     return QuestionVariety(sum(mix.values()), dict(sorted(mix.items())), variety.distinct_2, variety.distinct_3), words
 

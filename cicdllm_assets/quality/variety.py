@@ -52,14 +52,21 @@ def drop_near_duplicate_questions(table: pa.Table, threshold: float = QUESTION_N
 
 def distinct_n(texts: Iterable[str], n: int) -> float:
     """Distinct word ``n``-grams / all word ``n``-grams over ``texts`` (0.0 when there are none)."""
-    seen: set[tuple[str, ...]] = set()
+    vocabulary: dict[str, int] = {}
+    seen: set[int] = set()  # each n-gram as one int (its word numbers, 32 bits each): no tuple per gram
     total = 0
     for text in texts:
-        words = _WORD.findall(text.lower())
-        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-        total += len(grams)
-        seen.update(grams)
+        words = [vocabulary.setdefault(word, len(vocabulary)) for word in _WORD.findall(text.lower())]
+        total += max(0, len(words) - n + 1)
+        seen.update(_pack(gram) for gram in zip(*(words[k:] for k in range(n)), strict=False))
     return len(seen) / total if total else 0.0
+
+
+def _pack(numbers: tuple[int, ...]) -> int:
+    packed = 0
+    for number in numbers:
+        packed = (packed << 32) | number
+    return packed
 
 
 @dataclass(frozen=True)
