@@ -67,23 +67,8 @@ def item_key(
 
 
 @dataclass(frozen=True)
-class LedgerItem:
-    """The identity of one item to generate (what its key was computed from)."""
-
-    key: str
-    kind: Kind
-    repo: str
-    chunk_key: str
-    theme: str
-    template_hash: str
-    model_id: str
-    params_json: str
-    input_text: str | None = None
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """A stored ledger row: its fields are the table's columns (:data:`LEDGER_COLUMNS`), in order."""
+class _Identity:
+    """The columns that identify an item, shared by :class:`LedgerItem` and :class:`LedgerEntry`."""
 
     key: str
     kind: str
@@ -93,6 +78,20 @@ class LedgerEntry:
     template_hash: str
     model_id: str
     params_json: str
+
+
+@dataclass(frozen=True)
+class LedgerItem(_Identity):
+    """The identity of one item to generate (what its key was computed from)."""
+
+    kind: Kind
+    input_text: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerEntry(_Identity):
+    """A stored ledger row: its fields are the table's columns (:data:`LEDGER_COLUMNS`), in order."""
+
     input_text: str | None
     status: str
     output: str | None

@@ -21,6 +21,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from cicdllm_assets.lifecycle import BackgroundLoop, Closing
 from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
 from cicdllm_assets.storage.state import STATE_ERRORS, StageProgress, StateStore, open_state_readonly
 
@@ -36,7 +37,7 @@ _STATUS_STYLE = {
 }
 
 
-class ProgressReader:
+class ProgressReader(Closing):
     """Stage progress and model-server load from one read-only state store, opened on the
     first read that finds the database and kept open across polls (closed by :meth:`close`).
 
@@ -77,12 +78,6 @@ class ProgressReader:
         if self._store is not None:
             self._store.close()
             self._store = None
-
-    def __enter__(self) -> ProgressReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def read_progress(state: str | Path, since: float) -> list[StageProgress]:
@@ -209,8 +204,7 @@ class ProgressDisplay:
         self.console = console or Console(stderr=True)
         self.runs: dict[str, str] = {}
         self.since = time.time()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = BackgroundLoop(self._poll, self.refresh_seconds, "cicdllm-progress")
         self._live: Live | None = None
         self._lock = threading.Lock()
         self._swapped: list[logging.Handler] = []
@@ -227,9 +221,8 @@ class ProgressDisplay:
         return Group(render_progress(rows, runs, loads=reader.loads(), rates=rates))
 
     def _poll(self) -> None:
-        while not self._stop.wait(self.refresh_seconds):
-            if self._live is not None:
-                self._live.update(self._renderable())
+        if self._live is not None:
+            self._live.update(self._renderable())
 
     def step(self, name: str, event: str) -> None:
         """Record a run event ("start" or a final status) for a repo or the dataset step."""
@@ -286,8 +279,7 @@ class ProgressDisplay:
             self._route_streams()
             self._live = Live(self._renderable(), console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
-            self._thread = threading.Thread(target=self._poll, name="cicdllm-progress", daemon=True)
-            self._thread.start()
+            self._poller.start()
         return self
 
     def __exit__(
@@ -296,9 +288,7 @@ class ProgressDisplay:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._poller.stop()
         if self._live is not None:
             self._live.update(self._renderable())
             self._live.__exit__(exc_type, exc, tb)
