@@ -315,3 +315,14 @@ class Ledger:
         )
         tokens, first = rows[0]
         return int(tokens or 0), None if first is None else float(first)
+
+    def generated_since(self, since: float) -> tuple[int, int]:
+        """(completion tokens, ok answers) of the items recorded (or updated) at or after ``since``."""
+        rows = self.state.query(
+            "SELECT coalesce(sum(completion_tokens), 0),"  # noqa: S608 - a constant table name
+            " coalesce(sum(CASE WHEN kind = 'answer' AND status = 'ok' THEN 1 ELSE 0 END), 0)"
+            f" FROM {LEDGER_TABLE} WHERE updated_at >= ?",
+            (since,),
+        )
+        tokens, answers = rows[0]
+        return int(tokens or 0), int(answers or 0)

@@ -21,6 +21,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.lifecycle import BackgroundLoop, Closing
 from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
 from cicdllm_assets.storage.state import STATE_ERRORS, StageProgress, StateStore, open_state_readonly
@@ -73,6 +74,16 @@ class ProgressReader(Closing):
             logger.debug("llm load read failed: %s", exc)
             return {}
 
+    def generated(self, since: float) -> tuple[int, int]:
+        """(completion tokens, ok answers) the generation ledger recorded at or after ``since``."""
+        try:
+            store = self._open()
+            ledger = Ledger.existing(store) if store is not None else None
+            return ledger.generated_since(since) if ledger is not None else (0, 0)
+        except STATE_ERRORS as exc:  # a locked database: the next poll reads again
+            logger.debug("ledger read failed: %s", exc)
+            return 0, 0
+
     def close(self) -> None:
         """Close the store's connections."""
         if self._store is not None:
@@ -93,26 +104,12 @@ def read_loads(state: str | Path) -> dict[tuple[str, str], LLMLoad]:
 
 
 GENERATION_STAGES = ("questions", "answers")
-LEDGER_TABLE = "generation_ledger"
 
 
 def read_generated(state: str | Path, since: float) -> tuple[int, int]:
-    """(completion tokens, ok answers) the generation ledger recorded at or after ``since``."""
-    sql = (
-        f"SELECT coalesce(sum(completion_tokens), 0),"  # noqa: S608 - a constant table name
-        f" coalesce(sum(CASE WHEN kind = 'answer' AND status = 'ok' THEN 1 ELSE 0 END), 0)"
-        f" FROM {LEDGER_TABLE} WHERE updated_at >= ?"
-    )
-    try:
-        store = open_state_readonly(state)
-        if store is None:
-            return 0, 0
-        with store:
-            row = store.query(sql, (since,))[0]
-    except STATE_ERRORS as exc:  # no ledger yet (nothing generated) or a locked database
-        logger.debug("ledger read failed: %s", exc)
-        return 0, 0
-    return int(row[0]), int(row[1])
+    """One read of :meth:`ProgressReader.generated`."""
+    with ProgressReader(state) as reader:
+        return reader.generated(since)
 
 
 def generation_rates(rows: list[StageProgress], tokens: int, pairs: int, now: float) -> str:
@@ -216,7 +213,7 @@ class ProgressDisplay:
             runs = dict(self.runs)
         reader = self.reader
         rows = reader.progress(self.since)
-        tokens, pairs = read_generated(self.state, self.since)
+        tokens, pairs = reader.generated(self.since)
         rates = generation_rates(rows, tokens, pairs, time.time())
         return Group(render_progress(rows, runs, loads=reader.loads(), rates=rates))
 
