@@ -1,7 +1,7 @@
 """Import direction, read from the AST of every module of the package (docs/architecture.md).
 
 * Domain packages (config, storage, sources, llm, repos, discovery, chunking, generation,
-  quality, export, finetune, performance, and the ``errors`` module) never import Dagster nor
+  quality, export, finetune, performance, and the ``errors`` and ``lifecycle`` modules) never import Dagster nor
   the layers above them: the Dagster glue (assets, automation, io_managers, resources,
   definitions, partitions, failures) and the application (runner, status, cli, tui, doctor).
 * No import cycle between top-level packages (every import counts, those inside functions too).
@@ -37,6 +37,7 @@ DOMAIN = frozenset(
         "finetune",
         "performance",
         "errors",
+        "lifecycle",
     }
 )
 GLUE = frozenset(

@@ -103,3 +103,15 @@ def test_headings_and_trailing_statements() -> None:
     text = f"1. Why it is written this way:\n2. {Q1} The error occurs when the file does not exist.\n3. {Q2}\n"
     parsed = parse_questions(text, min_chars=12)
     assert parsed.questions == [Q1, Q2]
+
+
+def test_statements_and_bare_names_are_not_questions() -> None:
+    """Seen exported by the embedded model: a bare identifier and a statement, both from a JSON
+    array, passed as questions. Only questions and instructions ("Explain ...") are kept."""
+    text = (
+        '["error_message", "When testing a function, you should pass the expected output to the function.",'
+        ' "What does `load` return?", "Explain how `retry` backs off"]'
+    )
+    parsed = parse_questions(text)
+    assert parsed.questions == ["What does `load` return?", "Explain how `retry` backs off"]
+    assert parsed.dropped == {"not_a_question": 2}

@@ -98,6 +98,10 @@ def test_field_listing_and_parsing() -> None:
     spec = field_spec("generation.answer_max_tokens")
     assert spec.type_name == "int | None" and spec.default is None and spec.description
     assert field_spec("llm.openai.api_key").display("sk-secret") == "***"
+    # every api_key is masked, the judge's own backend's too (it was shown in clear)
+    secret = [f.path for f in iter_fields() if f.secret]
+    assert secret == [f.path for f in iter_fields() if f.name == "api_key"] and len(secret) >= 2
+    assert field_spec("quality.judge.llm.openai.api_key").display("sk-judge-secret") == "***"
     assert parse_value("generation.answer_max_tokens", "null") is None
     assert parse_value("generation.temperature", "0.3") == 0.3
     assert parse_value("llm.model", "123") == "123"  # strings stay literal

@@ -34,6 +34,8 @@ from dagster import (
     Output,
 )
 
+from cicdllm_assets.chunking.runtime import step_chunker
+from cicdllm_assets.chunking.service import Chunker
 from cicdllm_assets.config import ConfigError, Settings
 from cicdllm_assets.errors import INTERNAL, CicdllmError
 from cicdllm_assets.repos.repos_file import redact_credentials
@@ -101,6 +103,17 @@ class Step:
     def event_repo(self) -> str | None:
         """The ``repo`` of this step's event-log lines (None for an unpartitioned step)."""
         return None if self.repo == ALL else self.repo
+
+    def chunker(self) -> Chunker:
+        """A chunker with the configured tokenizer, ``processing.chunk_max_tokens`` budget and plan
+        cache (see :func:`~cicdllm_assets.chunking.runtime.step_chunker`); close it after use."""
+        config = self.settings.config
+        return step_chunker(
+            self.settings.model_paths,
+            self.settings.state_target,
+            chunk_max_tokens=config.processing.chunk_max_tokens,
+            cache_size=config.performance.cache_size,
+        )
 
     def output(self, value: T, metadata: Mapping[str, Any], data_version: str | None = None) -> Output[T]:
         """The asset's Output with its metadata and (when given) its data version."""

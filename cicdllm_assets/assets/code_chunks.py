@@ -13,7 +13,6 @@ from cicdllm_assets.chunking.build import build_chunks, kept_in_chunk_order
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
 from cicdllm_assets.chunking.redaction_cache import RedactionCache
 from cicdllm_assets.chunking.rows import ChunkRowBuilder, texts_digest
-from cicdllm_assets.chunking.runtime import step_chunker
 from cicdllm_assets.errors import READ
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.storage.contract import CODE_CHUNKS_SCHEMA
@@ -37,19 +36,14 @@ def code_chunks(
 ) -> Output[pa.Table]:
     """Slice each kept file by its (cached) chunk plan, redact secrets, keep every chunk in budget."""
     with asset_step(context, app_config, STAGE) as step:
-        repo, settings, state = step.repo, step.settings, step.state
+        repo, state = step.repo, step.state
         row = repository_row(repositories, repo)
         commit = str(row["head_commit"])
         started = time.perf_counter()
         kept = kept_in_chunk_order(source_files.to_pylist())
         state.clear_failures(repo, STAGE)
         state.start_stage(repo, STAGE, total=len(kept), unit="files")
-        chunker = step_chunker(
-            settings.model_paths,
-            settings.state_target,
-            chunk_max_tokens=settings.config.processing.chunk_max_tokens,
-            cache_size=settings.config.performance.cache_size,
-        )
+        chunker = step.chunker()
         calls_before = chunker.counter.calls
         redaction_cache = RedactionCache(state)
         builder = ChunkRowBuilder(

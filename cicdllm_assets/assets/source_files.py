@@ -10,7 +10,6 @@ from dagster import AssetExecutionContext, Failure, MetadataValue, Output
 from cicdllm_assets.assets._conventions import repo_table_asset
 from cicdllm_assets.assets._step import asset_step
 from cicdllm_assets.chunking.plan import CHUNKER_VERSION
-from cicdllm_assets.chunking.runtime import step_chunker
 from cicdllm_assets.discovery.discover import SKIPPED, Discovery, SourceFile, no_files_kept_warning
 from cicdllm_assets.discovery.table import source_files_table
 from cicdllm_assets.discovery.verdicts import VerdictCache
@@ -63,12 +62,7 @@ def source_files(
         processing = repo_processing(settings.config.processing, settings.repos_file, repo)
         state.clear_failures(repo, STAGE)
         state.start_stage(repo, STAGE, total=0, unit="files")
-        chunker = step_chunker(
-            settings.model_paths,
-            settings.state_target,
-            chunk_max_tokens=settings.config.processing.chunk_max_tokens,
-            cache_size=settings.config.performance.cache_size,
-        )
+        chunker = step.chunker()
         calls_before = chunker.counter.calls
         verdicts = VerdictCache(state, processing.skip_generated)
         discovery = Discovery(row["local_path"], commit, processing, chunker, verdicts=verdicts)

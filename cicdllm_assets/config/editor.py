@@ -23,10 +23,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import CommentMark, YAMLError
 from ruamel.yaml.tokens import CommentToken
 
-from cicdllm_assets.config.loader import ConfigError, ConfigIssue, validate_mapping
+from cicdllm_assets.config.loader import ConfigError, ConfigIssue, is_secret_field, validate_mapping
 from cicdllm_assets.config.models import AppConfig
-
-SECRET_FIELDS = frozenset({"llm.openai.api_key"})
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ def iter_fields(model: type[BaseModel] = AppConfig, prefix: str = "") -> list[Fi
                 type_name=type_name(info.annotation),
                 default=_default(info),
                 description=info.description or "",
-                secret=path in SECRET_FIELDS,
+                secret=is_secret_field(path),
             )
         )
     return out

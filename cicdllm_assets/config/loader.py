@@ -28,6 +28,11 @@ DEFAULT_CONFIG_NAME = "cicdllm.yaml"
 _SECRET_FIELDS = frozenset({"api_key"})
 
 
+def is_secret_field(path: str) -> bool:
+    """True for a dotted config path whose value is a secret (any ``api_key``, the judge's too)."""
+    return path.rsplit(".", 1)[-1] in _SECRET_FIELDS
+
+
 @dataclass(frozen=True)
 class ConfigIssue:
     """One invalid field: dotted path, offending value and reason."""
@@ -38,7 +43,7 @@ class ConfigIssue:
 
     def render(self) -> str:
         """One line for the terminal; secret values are masked."""
-        shown = "***" if self.path.rsplit(".", 1)[-1] in _SECRET_FIELDS else repr(self.value)
+        shown = "***" if is_secret_field(self.path) else repr(self.value)
         return f"{self.path}: {self.message} (got {shown})"
 
 

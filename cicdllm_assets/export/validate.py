@@ -25,6 +25,9 @@ from cicdllm_assets.quality.secrets import find_secrets
 from cicdllm_assets.storage.contract import EXPORT_SCHEMA
 
 MAX_PROBLEMS = 10
+RECORD_FORMATS = ("parquet", "jsonl", "csv")
+"""Formats whose files hold full records (every export column), in the order :func:`read_records`
+prefers them; the other formats are per-split training files."""
 
 
 @dataclass
@@ -54,6 +57,10 @@ class ExportFiles:
         """Manifest file entries (of one format)."""
         return [f for f in self.manifest.get("files", []) if fmt is None or f["format"] == fmt]
 
+    def split_entries(self) -> list[dict[str, Any]]:
+        """Manifest entries of the per-split training files (not of :data:`RECORD_FORMATS`)."""
+        return [f for f in self.entries() if f["format"] not in RECORD_FORMATS]
+
     def path(self, entry: dict[str, Any]) -> Path:
         """Absolute path of a manifest entry."""
         return self.out_dir / entry["path"]
@@ -72,7 +79,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 def read_records(export: ExportFiles) -> tuple[str, list[dict[str, Any]]] | None:
     """Full records from parquet, jsonl or csv (the first written), with the source format."""
-    for fmt in ("parquet", "jsonl", "csv"):
+    for fmt in RECORD_FORMATS:
         entries = export.entries(fmt)
         if not entries:
             continue
@@ -207,9 +214,7 @@ def check_no_empty_fields(export: ExportFiles) -> CheckOutcome:
                 if not str(record.get(name) or "").strip():
                     outcome.add(f"{fmt} record {record.get('id')}: empty {name}")
         outcome.counts["records"] = len(records)
-    for entry in export.entries():
-        if entry["format"] in ("parquet", "jsonl", "csv"):
-            continue
+    for entry in export.split_entries():
         for number, record in _read_jsonl(export.path(entry)):
             try:
                 texts = _split_texts(entry["format"], record)
@@ -239,9 +244,7 @@ def check_no_duplicates(export: ExportFiles) -> CheckOutcome:
                 outcome.add(f"records {keys[key]} and {rid} have the same question and answer")
             keys.setdefault(key, rid)
         outcome.counts["records"] = len(records)
-    for entry in export.entries():
-        if entry["format"] in ("parquet", "jsonl", "csv"):
-            continue
+    for entry in export.split_entries():
         seen: set[str] = set()
         with open(export.path(entry), encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
@@ -285,9 +288,7 @@ def check_no_secrets(export: ExportFiles) -> CheckOutcome:
         fmt, records = loaded
         for record in records:
             scan(f"{fmt} record {record.get('id')}", record)
-    for entry in export.entries():
-        if entry["format"] in ("parquet", "jsonl", "csv"):
-            continue
+    for entry in export.split_entries():
         for number, record in _read_jsonl(export.path(entry)):
             scan(f"{entry['path']}:{number}", record)
     outcome.counts["distinct_texts_scanned"] = texts

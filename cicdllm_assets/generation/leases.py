@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 
+from cicdllm_assets.lifecycle import BackgroundLoop
 from cicdllm_assets.storage.state import STATE_ERRORS, StateStore
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ class Leases:
         self.state = state
         self.ttl = float(ttl_seconds)
         self.holder = holder or new_holder()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._renewal = BackgroundLoop(self._renew_quietly, max(0.2, self.ttl / 3), "cicdllm-leases")
         state.ensure(LEASES_TABLE, LEASES_DDL, LEASES_VERSION)
 
     def claim(self, keys: Sequence[str]) -> set[str]:
@@ -103,24 +102,20 @@ class Leases:
                 (time.time() + self.ttl, self.holder),
             )
 
-    def _renew_loop(self) -> None:
-        while not self._stop.wait(max(0.2, self.ttl / 3)):
-            try:
-                self.renew()
-            except STATE_ERRORS as exc:  # the next renewal may succeed before expiry
-                logger.warning("lease renewal failed: %s", exc)
+    def _renew_quietly(self) -> None:
+        try:
+            self.renew()
+        except STATE_ERRORS as exc:  # the next renewal may succeed before expiry
+            logger.warning("lease renewal failed: %s", exc)
 
     def __enter__(self) -> Leases:
-        self._thread = threading.Thread(target=self._renew_loop, name="cicdllm-leases", daemon=True)
-        self._thread.start()
+        self._renewal.start()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._renewal.stop()
         try:
             self.release_all()
         except STATE_ERRORS as err:  # they expire on their own

@@ -67,23 +67,8 @@ def item_key(
 
 
 @dataclass(frozen=True)
-class LedgerItem:
-    """The identity of one item to generate (what its key was computed from)."""
-
-    key: str
-    kind: Kind
-    repo: str
-    chunk_key: str
-    theme: str
-    template_hash: str
-    model_id: str
-    params_json: str
-    input_text: str | None = None
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """A stored ledger row: its fields are the table's columns (:data:`LEDGER_COLUMNS`), in order."""
+class _Identity:
+    """The columns that identify an item, shared by :class:`LedgerItem` and :class:`LedgerEntry`."""
 
     key: str
     kind: str
@@ -93,6 +78,20 @@ class LedgerEntry:
     template_hash: str
     model_id: str
     params_json: str
+
+
+@dataclass(frozen=True)
+class LedgerItem(_Identity):
+    """The identity of one item to generate (what its key was computed from)."""
+
+    kind: Kind
+    input_text: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerEntry(_Identity):
+    """A stored ledger row: its fields are the table's columns (:data:`LEDGER_COLUMNS`), in order."""
+
     input_text: str | None
     status: str
     output: str | None
@@ -316,3 +315,14 @@ class Ledger:
         )
         tokens, first = rows[0]
         return int(tokens or 0), None if first is None else float(first)
+
+    def generated_since(self, since: float) -> tuple[int, int]:
+        """(completion tokens, ok answers) of the items recorded (or updated) at or after ``since``."""
+        rows = self.state.query(
+            "SELECT coalesce(sum(completion_tokens), 0),"  # noqa: S608 - a constant table name
+            " coalesce(sum(CASE WHEN kind = 'answer' AND status = 'ok' THEN 1 ELSE 0 END), 0)"
+            f" FROM {LEDGER_TABLE} WHERE updated_at >= ?",
+            (since,),
+        )
+        tokens, answers = rows[0]
+        return int(tokens or 0), int(answers or 0)

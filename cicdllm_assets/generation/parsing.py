@@ -6,7 +6,8 @@ Tried in order, first that yields questions wins:
 2. a numbered or bulleted list (only its items ending with ``?`` if there are any);
 3. sentences ending with ``?``.
 Questions are cleaned (quotes, markdown, "Question:" labels), and empty, too short,
-headings ending with ``:``, placeholder echoes of the prompt's example ("What does ... return?") and duplicate
+headings ending with ``:``, statements (neither ending with ``?`` nor an instruction such as "Explain
+…"), placeholder echoes of the prompt's example ("What does ... return?") and duplicate
 (case/space/punctuation-insensitive) ones are dropped.
 """
 
@@ -26,6 +27,11 @@ _OBJECT_KEYS = ("question", "q", "text", "content")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?:])\s+(?=[A-Z`\"'])")
 _PLACEHOLDER_ECHO = re.compile(r"\.\.\.|…")
 _TRAILING_STATEMENT = re.compile(r"(.*?\?)\s+[A-Z][^?]*$", re.DOTALL)
+_INSTRUCTION = re.compile(
+    r"^(?:explain|describe|show|write|give|list|compare|name|outline|summari[sz]e|suggest|provide|walk|tell|"
+    r"identify|illustrate|demonstrate|trace)\b",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,15 @@ def _from_question_marks(text: str) -> list[str]:
 def _filter(raw: list[str], min_chars: int, limit: int | None) -> tuple[list[str], dict[str, int]]:
     kept: list[str] = []
     seen: set[str] = set()
-    dropped = {"empty": 0, "too_short": 0, "header": 0, "placeholder": 0, "duplicate": 0, "over_limit": 0}
+    dropped = {
+        "empty": 0,
+        "too_short": 0,
+        "header": 0,
+        "not_a_question": 0,
+        "placeholder": 0,
+        "duplicate": 0,
+        "over_limit": 0,
+    }
     for item in raw:
         question = clean_question(item)
         if not question:
@@ -145,6 +159,10 @@ def _filter(raw: list[str], min_chars: int, limit: int | None) -> tuple[list[str
             continue
         if question.endswith(":"):  # a heading such as "Why it is written this way:"
             dropped["header"] += 1
+            continue
+        if not question.endswith("?") and not _INSTRUCTION.match(question):
+            # a bare name ("error_message") or a statement ("When testing a function, you should ...")
+            dropped["not_a_question"] += 1
             continue
         if _PLACEHOLDER_ECHO.search(question):  # the prompt's example echoed back
             dropped["placeholder"] += 1

@@ -62,6 +62,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from cicdllm_assets.config import ModelPaths
+from cicdllm_assets.lifecycle import Closing
 from cicdllm_assets.llm.base import (
     ChatMessage,
     CircuitOpenError,
@@ -416,7 +417,7 @@ def identify_server(headers: Mapping[str, str], models_payload: object) -> str:
     return "unknown"
 
 
-class OpenAIBackend:
+class OpenAIBackend(Closing):
     """:class:`~cicdllm_assets.llm.base.LLMBackend` over ``POST {base_url}/chat/completions``."""
 
     def __init__(
@@ -934,9 +935,3 @@ class OpenAIBackend:
         except (concurrent.futures.TimeoutError, RuntimeError) as exc:
             logger.debug("closing http client: %s", exc)
         loop_thread.stop()
-
-    def __enter__(self) -> OpenAIBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -5,7 +5,6 @@ progress bar fed by the ``adapter`` asset's reports in the state store.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -17,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from cicdllm_assets.automation.evaluation_jobs import evaluation_job
 from cicdllm_assets.config import Settings
 from cicdllm_assets.finetune.live import LiveBoard
+from cicdllm_assets.lifecycle import BackgroundLoop
 from cicdllm_assets.llm.mlx_backend import release_models
 from cicdllm_assets.runner.outcome import StepOutcome
 from cicdllm_assets.runner.pipeline import _execute, reap_orphaned_runs
@@ -49,8 +49,8 @@ class TrainingProgressBar:
     def __init__(self, settings: Settings, console: Console, refresh_seconds: float = 0.5) -> None:
         self.settings, self.console, self.refresh_seconds = settings, console, refresh_seconds
         self.since = time.time()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._board: LiveBoard | None = None
+        self._poller = BackgroundLoop(self._poll, refresh_seconds, "cicdllm-finetune-progress")
         self.progress = Progress(
             TextColumn("[bold]training"),
             BarColumn(),
@@ -66,14 +66,12 @@ class TrainingProgressBar:
         self._task: TaskID | None = None
 
     def _poll(self) -> None:
-        board: LiveBoard | None = None
-        while not self._stop.wait(self.refresh_seconds):
-            if board is None:
-                state = open_existing_state(self.settings.state_target)
-                if state is None:
-                    continue
-                board = LiveBoard(state)
-            self.update(board)
+        if self._board is None:
+            state = open_existing_state(self.settings.state_target)
+            if state is None:
+                return
+            self._board = LiveBoard(state)
+        self.update(self._board)
 
     def update(self, board: LiveBoard) -> None:
         """Draw the latest report (if any arrived since the bar started)."""
@@ -90,16 +88,14 @@ class TrainingProgressBar:
     def __enter__(self) -> TrainingProgressBar:
         if self.console.is_terminal:
             self.progress.__enter__()
-            self._thread = threading.Thread(target=self._poll, name="cicdllm-finetune-progress", daemon=True)
-            self._thread.start()
+            self._poller.start()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._poller.stop()
+        if self._poller.started:
             state = open_existing_state(self.settings.state_target)
             if state is not None:
                 with state:

@@ -21,6 +21,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from cicdllm_assets.generation.ledger import Ledger
+from cicdllm_assets.lifecycle import BackgroundLoop, Closing
 from cicdllm_assets.storage.llm_load import LLMLoad, read_llm_load
 from cicdllm_assets.storage.state import STATE_ERRORS, StageProgress, StateStore, open_state_readonly
 
@@ -36,7 +38,7 @@ _STATUS_STYLE = {
 }
 
 
-class ProgressReader:
+class ProgressReader(Closing):
     """Stage progress and model-server load from one read-only state store, opened on the
     first read that finds the database and kept open across polls (closed by :meth:`close`).
 
@@ -72,17 +74,21 @@ class ProgressReader:
             logger.debug("llm load read failed: %s", exc)
             return {}
 
+    def generated(self, since: float) -> tuple[int, int]:
+        """(completion tokens, ok answers) the generation ledger recorded at or after ``since``."""
+        try:
+            store = self._open()
+            ledger = Ledger.existing(store) if store is not None else None
+            return ledger.generated_since(since) if ledger is not None else (0, 0)
+        except STATE_ERRORS as exc:  # a locked database: the next poll reads again
+            logger.debug("ledger read failed: %s", exc)
+            return 0, 0
+
     def close(self) -> None:
         """Close the store's connections."""
         if self._store is not None:
             self._store.close()
             self._store = None
-
-    def __enter__(self) -> ProgressReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def read_progress(state: str | Path, since: float) -> list[StageProgress]:
@@ -98,26 +104,12 @@ def read_loads(state: str | Path) -> dict[tuple[str, str], LLMLoad]:
 
 
 GENERATION_STAGES = ("questions", "answers")
-LEDGER_TABLE = "generation_ledger"
 
 
 def read_generated(state: str | Path, since: float) -> tuple[int, int]:
-    """(completion tokens, ok answers) the generation ledger recorded at or after ``since``."""
-    sql = (
-        f"SELECT coalesce(sum(completion_tokens), 0),"  # noqa: S608 - a constant table name
-        f" coalesce(sum(CASE WHEN kind = 'answer' AND status = 'ok' THEN 1 ELSE 0 END), 0)"
-        f" FROM {LEDGER_TABLE} WHERE updated_at >= ?"
-    )
-    try:
-        store = open_state_readonly(state)
-        if store is None:
-            return 0, 0
-        with store:
-            row = store.query(sql, (since,))[0]
-    except STATE_ERRORS as exc:  # no ledger yet (nothing generated) or a locked database
-        logger.debug("ledger read failed: %s", exc)
-        return 0, 0
-    return int(row[0]), int(row[1])
+    """One read of :meth:`ProgressReader.generated`."""
+    with ProgressReader(state) as reader:
+        return reader.generated(since)
 
 
 def generation_rates(rows: list[StageProgress], tokens: int, pairs: int, now: float) -> str:
@@ -209,8 +201,7 @@ class ProgressDisplay:
         self.console = console or Console(stderr=True)
         self.runs: dict[str, str] = {}
         self.since = time.time()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = BackgroundLoop(self._poll, self.refresh_seconds, "cicdllm-progress")
         self._live: Live | None = None
         self._lock = threading.Lock()
         self._swapped: list[logging.Handler] = []
@@ -222,14 +213,13 @@ class ProgressDisplay:
             runs = dict(self.runs)
         reader = self.reader
         rows = reader.progress(self.since)
-        tokens, pairs = read_generated(self.state, self.since)
+        tokens, pairs = reader.generated(self.since)
         rates = generation_rates(rows, tokens, pairs, time.time())
         return Group(render_progress(rows, runs, loads=reader.loads(), rates=rates))
 
     def _poll(self) -> None:
-        while not self._stop.wait(self.refresh_seconds):
-            if self._live is not None:
-                self._live.update(self._renderable())
+        if self._live is not None:
+            self._live.update(self._renderable())
 
     def step(self, name: str, event: str) -> None:
         """Record a run event ("start" or a final status) for a repo or the dataset step."""
@@ -286,8 +276,7 @@ class ProgressDisplay:
             self._route_streams()
             self._live = Live(self._renderable(), console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
-            self._thread = threading.Thread(target=self._poll, name="cicdllm-progress", daemon=True)
-            self._thread.start()
+            self._poller.start()
         return self
 
     def __exit__(
@@ -296,9 +285,7 @@ class ProgressDisplay:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._poller.stop()
         if self._live is not None:
             self._live.update(self._renderable())
             self._live.__exit__(exc_type, exc, tb)

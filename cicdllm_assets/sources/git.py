@@ -7,9 +7,9 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from cicdllm_assets.errors import GIT, CicdllmError
+from cicdllm_assets.lifecycle import Closing
 
 _REV_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/@{}^~-]{0,254}")
 _SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -93,7 +93,7 @@ def list_tree(repo: Path, commit: str) -> list[TreeEntry]:
     return entries
 
 
-class BlobReader:
+class BlobReader(Closing):
     """A persistent ``git cat-file --batch`` process; thread-safe, use as a context manager."""
 
     def __init__(self, repo: Path) -> None:
@@ -188,11 +188,3 @@ class BlobReader:
             if self._proc.stdout is not None:
                 self._proc.stdout.close()
             self._proc = None
-
-    def __enter__(self) -> BlobReader:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

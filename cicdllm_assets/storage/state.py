@@ -27,12 +27,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import psycopg
 
 from cicdllm_assets.errors import CicdllmError
+from cicdllm_assets.lifecycle import Closing
 
 BUSY_TIMEOUT_MS = 60_000
 
@@ -215,7 +215,7 @@ class StageProgress:
     updated_at: float
 
 
-class StateStore:
+class StateStore(Closing):
     """Thread-safe access to the state database; one connection per thread.
 
     ``target`` is a SQLite file path or a ``postgresql://`` URL. ``readonly`` opens without
@@ -244,14 +244,6 @@ class StateStore:
     def describe(self) -> str:
         """The store for messages (a Postgres URL without its password)."""
         return redact_url(str(self.target)) if self.postgres else str(self.target)
-
-    def __enter__(self) -> StateStore:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def connection(self) -> Any:
         """This thread's connection (created on first use): ``sqlite3.Connection`` or :class:`PgConnection`."""
