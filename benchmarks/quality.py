@@ -21,8 +21,13 @@ the pairs the filters accept ("dataset": what the export holds):
 
 Targets (new run): code blocks parse >= 90 % and identifiers resolve >= 90 % in the dataset,
 distinct-2 of questions >= 1.5x the old prompts', at least as many question items parse as with
-the old prompts. The judge score (issue 11 part 4) is printed as n/a: the judge is not part of
-this branch. Exits 1 when a target is missed.
+the old prompts. Exits 1 when a target is missed.
+
+Then the judge (``quality.judge``, the embedded model judging itself through ``backend: same``,
+threshold 1 and ``keep_unscored`` so it rejects nothing) scores the new run's accepted pairs in a
+third ``cicdllm run`` of the same project (generation is all in the ledger: only the judge runs);
+printed: the share of judged pairs whose three scores are all >= 3, and how many it could score.
+No target: a 135M model is a weak judge (docs/dataset.md), a larger one goes in ``quality.judge.llm``.
 """
 
 from __future__ import annotations
@@ -85,6 +90,30 @@ def _write_project(
     (project / "repos.txt").write_text(f'"{ROOT}"@{commit} include=cicdllm_assets/**/*.py\n', encoding="utf-8")
     (project / "data" / "models").mkdir(parents=True)
     (project / "data" / "models" / models.name).symlink_to(models)
+
+
+def _enable_judge(project: Path) -> None:
+    """Turn on the judge (the same backend) without letting it reject anything."""
+    from ruamel.yaml import YAML
+
+    path = project / "cicdllm.yaml"
+    yaml = YAML(typ="safe")
+    config = yaml.load(path.read_text(encoding="utf-8"))
+    config["quality"] = {"judge": {"enabled": True, "threshold": 1, "keep_unscored": True, "llm": {"backend": "same"}}}
+    with path.open("w", encoding="utf-8") as handle:
+        yaml.dump(config, handle)
+
+
+def judge_figures(project: Path, repo: str) -> dict[str, Any]:
+    """Pairs judged, pairs scored, and the share of scored pairs with every score >= 3."""
+    table = TableStore(load_settings(project / "cicdllm.yaml").tables_dir).read("qa_pairs", repo)
+    if table is None:
+        raise SystemExit(f"{project}: no qa_pairs table for {repo}")
+    accepted = [p for p in table.to_pylist() if p["accepted"]]
+    scores = [(p["judge_correctness"], p["judge_groundedness"], p["judge_usefulness"]) for p in accepted]
+    scored = [s for s in scores if None not in s]
+    good = sum(1 for s in scored if min(s) >= 3)
+    return {"pairs": len(accepted), "scored": len(scored), "share_ge_3": good / len(scored) if scored else None}
 
 
 def _run(project: Path) -> tuple[str, float]:
@@ -217,9 +246,16 @@ def main() -> int:
             repo, seconds = _run(project)
             results[name] = measure(project, repo, args.chunks)
             _print(name, results[name], seconds)
+        _enable_judge(project)  # the new run's project
+        _, seconds = _run(project)
+        results["judge"] = judge = judge_figures(project, repo)
     old, new = results["old"], results["new"]
     ratio = new["distinct_2"] / old["distinct_2"] if old["distinct_2"] else float("inf")
-    print("judge: share of pairs scored >= 3: n/a (the judge, issue 11 part 4, is not part of this branch)")
+    share = "n/a" if judge["share_ge_3"] is None else f"{judge['share_ge_3']:.0%}"
+    print(
+        f"judge (the embedded model judging itself): {judge['scored']} of {judge['pairs']} accepted pairs scored,"
+        f" {share} of those score >= 3 on correctness, groundedness and usefulness ({seconds:.0f} s)"
+    )
     checks = {
         f"dataset code blocks parse >= {TARGET_PARSE:.0%}": new["dataset"]["blocks_parse"] >= TARGET_PARSE,
         f"dataset identifiers resolve >= {TARGET_RESOLVE:.0%}": new["dataset"]["identifiers_resolve"] >= TARGET_RESOLVE,
