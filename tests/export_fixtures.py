@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 from dagster import AssetKey, DagsterInstance, SourceAsset, materialize
 
+from cicdllm_assets.assets._export import export_with_settings
 from cicdllm_assets.assets.dataset_checks import (
     no_duplicates,
     no_empty_fields,
@@ -21,7 +22,7 @@ from cicdllm_assets.assets.dataset_checks import (
 from cicdllm_assets.assets.qa_pairs import qa_pairs
 from cicdllm_assets.assets.training_dataset import training_dataset
 from cicdllm_assets.config import Settings
-from cicdllm_assets.export.dataset import DatasetResult, build_training_dataset
+from cicdllm_assets.export.dataset import DatasetResult
 from cicdllm_assets.io_managers import PartitionedParquetIOManager
 from cicdllm_assets.partitions import repos_partitions
 from cicdllm_assets.resources.config_resource import AppConfigResource
@@ -31,17 +32,8 @@ CHECKS = [schema_valid, no_empty_fields, no_duplicates, no_secrets, splits_disjo
 
 
 def export_dataset(qa_pairs: pa.Table | Sequence[Path], settings: Settings, **kwargs: Any) -> DatasetResult:
-    """:func:`build_training_dataset` with the sections and paths of ``settings`` (as the asset passes them)."""
-    return build_training_dataset(
-        qa_pairs,
-        settings.config.export,
-        out_dir=settings.export_dir,
-        work_dir=settings.data_dir,
-        llm=settings.config.llm,
-        judge=settings.config.quality.judge,
-        state_target=settings.state_target,
-        **kwargs,
-    )
+    """The export with the sections and paths of ``settings``, as the asset runs it."""
+    return export_with_settings(qa_pairs, settings, **kwargs)
 
 
 def _id(*parts: object) -> str:

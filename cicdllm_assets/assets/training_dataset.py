@@ -16,8 +16,8 @@ from dagster import (
 )
 
 from cicdllm_assets.assets._conventions import OWNERS, ROW_COUNT, URI, code_version, table_definition_metadata
+from cicdllm_assets.assets._export import export_with_settings
 from cicdllm_assets.assets._step import ALL, asset_step
-from cicdllm_assets.export.dataset import build_training_dataset
 from cicdllm_assets.export.plots import figure_tables
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.storage.contract import EXPORT_SCHEMA
@@ -51,16 +51,7 @@ def training_dataset(context: AssetExecutionContext, app_config: AppConfigResour
         input_rows = store.row_count("qa_pairs", keys)
         state.start_stage(ALL, STAGE, input_rows, "pairs")
         repositories = store.read_all("repositories")
-        result = build_training_dataset(
-            paths,
-            settings.config.export,
-            out_dir=settings.export_dir,
-            work_dir=settings.data_dir,
-            llm=settings.config.llm,
-            judge=settings.config.quality.judge,
-            state_target=settings.state_target,
-            repositories=repositories,
-        )
+        result = export_with_settings(paths, settings, repositories=repositories)
         state.advance(ALL, STAGE, done=input_rows)
         state.finish_stage(ALL, STAGE, "done")
         for repo, info in result.excluded_repos.items():

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import click
 
+from cicdllm_assets.assets._export import export_with_settings
 from cicdllm_assets.cli.common import load_cli_settings
 from cicdllm_assets.config import ConfigError, Settings
 from cicdllm_assets.config.models import EXPORT_FORMATS
-from cicdllm_assets.export.dataset import ExportInputError, build_training_dataset
+from cicdllm_assets.export.dataset import ExportInputError
 from cicdllm_assets.repos.repos_file import ReposFileError, read_repos_file
 from cicdllm_assets.storage.tables import TableStore, partition_file_name
 
@@ -62,16 +63,9 @@ def command(formats: tuple[str, ...], out_dir: Path | None, all_partitions: bool
             f"no qa_pairs tables under {settings.tables_dir}: materialize qa_pairs first (cicdllm run)"
         )
     try:
-        result = build_training_dataset(
-            qa_pairs,
-            settings.config.export,
-            out_dir=out_dir or settings.export_dir,
-            work_dir=settings.data_dir,
-            llm=settings.config.llm,
-            judge=settings.config.quality.judge,
-            state_target=settings.state_target,
-            repositories=store.read_all("repositories"),
-            formats=list(formats) or None,
+        repositories = store.read_all("repositories")
+        result = export_with_settings(
+            qa_pairs, settings, out_dir=out_dir, repositories=repositories, formats=list(formats) or None
         )
     except ExportInputError as exc:
         click.echo(f"Error: {exc}", err=True)
