@@ -218,11 +218,9 @@ def build_training_dataset(
     ``state_target`` (its ledger) are what the dataset card reports besides the export.
     """
     chosen = validate_formats(formats if formats is not None else export.formats)
-    target = Path(out_dir)
-    work_root = work_dir
-    work_root.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
     with (
-        tempfile.TemporaryDirectory(prefix=".export-work-", dir=work_root) as work,
+        tempfile.TemporaryDirectory(prefix=".export-work-", dir=work_dir) as work,
         duckdb.connect(str(Path(work) / "work.duckdb")) as con,
     ):
         con.execute(f"SET memory_limit = '{WORK_MEMORY}'")
@@ -231,7 +229,7 @@ def build_training_dataset(
         con.execute("SET threads = 1")
         con.execute("SET preserve_insertion_order = false")
         card = functools.partial(render_card, export=export, llm=llm, judge=judge, state_target=state_target)
-        return _build(con, qa_pairs, export, card, repositories, chosen, target)
+        return _build(con, qa_pairs, export, card, repositories, chosen, Path(out_dir))
 
 
 def _source(con: duckdb.DuckDBPyConnection, qa_pairs: pa.Table | Sequence[Path]) -> None:

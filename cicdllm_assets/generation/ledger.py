@@ -308,21 +308,21 @@ class Ledger:
     def completion_tokens_since(self, since: float) -> tuple[int, float | None]:
         """Completion tokens of the items recorded (or updated) at or after ``since``, and the
         earliest such time (None when there is none)."""
-        rows = self.state.query(
-            f"SELECT coalesce(sum(completion_tokens), 0), min(updated_at) FROM {LEDGER_TABLE}"  # noqa: S608
-            " WHERE updated_at >= ?",
-            (since,),
-        )
-        tokens, first = rows[0]
-        return int(tokens or 0), None if first is None else float(first)
+        tokens, _, first = self._totals_since(since)
+        return tokens, first
 
     def generated_since(self, since: float) -> tuple[int, int]:
         """(completion tokens, ok answers) of the items recorded (or updated) at or after ``since``."""
+        tokens, answers, _ = self._totals_since(since)
+        return tokens, answers
+
+    def _totals_since(self, since: float) -> tuple[int, int, float | None]:
+        """(completion tokens, ok answers, earliest update) of the items updated at or after ``since``."""
         rows = self.state.query(
             "SELECT coalesce(sum(completion_tokens), 0),"  # noqa: S608 - a constant table name
-            " coalesce(sum(CASE WHEN kind = 'answer' AND status = 'ok' THEN 1 ELSE 0 END), 0)"
+            " coalesce(sum(CASE WHEN kind = 'answer' AND status = 'ok' THEN 1 ELSE 0 END), 0), min(updated_at)"
             f" FROM {LEDGER_TABLE} WHERE updated_at >= ?",
             (since,),
         )
-        tokens, answers = rows[0]
-        return int(tokens or 0), int(answers or 0)
+        tokens, answers, first = rows[0]
+        return int(tokens or 0), int(answers or 0), None if first is None else float(first)

@@ -66,12 +66,17 @@ class TrainingProgressBar:
         self._task: TaskID | None = None
 
     def _poll(self) -> None:
+        board = self._open_board()
+        if board is not None:
+            self.update(board)
+
+    def _open_board(self) -> LiveBoard | None:
+        """The board on the one state store the bar keeps open (None until the database exists)."""
         if self._board is None:
             state = open_existing_state(self.settings.state_target)
-            if state is None:
-                return
-            self._board = LiveBoard(state)
-        self.update(self._board)
+            if state is not None:
+                self._board = LiveBoard(state)
+        return self._board
 
     def update(self, board: LiveBoard) -> None:
         """Draw the latest report (if any arrived since the bar started)."""
@@ -96,8 +101,8 @@ class TrainingProgressBar:
     ) -> None:
         self._poller.stop()
         if self._poller.started:
-            state = open_existing_state(self.settings.state_target)
-            if state is not None:
-                with state:
-                    self.update(LiveBoard(state))
+            board = self._open_board()
+            if board is not None:
+                with board.state:
+                    self.update(board)
             self.progress.__exit__(exc_type, exc, tb)
