@@ -23,6 +23,7 @@ from cicdllm_assets.generation.rows import (
     chunk_columns,
     stored_flag,
 )
+from cicdllm_assets.generation.stopping import answer_stop
 from cicdllm_assets.generation.symbols import RepoContext, RepoIndex, context_files, repo_context
 from cicdllm_assets.llm.base import (
     GenerationResult,
@@ -114,6 +115,7 @@ def plan_answers(
                     chunk=chunk,
                     build=theme.answer_builder(chunk, question, context.text),
                     desired_max_tokens=gen.effective_answer_max_tokens,
+                    stop_when=answer_stop,
                 ),
                 row,
                 context_files(chunk.path, context),

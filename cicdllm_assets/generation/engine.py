@@ -37,6 +37,7 @@ from cicdllm_assets.llm.base import (
     GenerationRequest,
     GenerationResult,
     LLMBackend,
+    StopCheck,
     request_secrets,
 )
 from cicdllm_assets.performance.battery import pause_while_on_low_battery
@@ -67,6 +68,8 @@ class WorkItem:
     desired_max_tokens: int
     n_questions: int = 0
     kinds: tuple[str, ...] = ()
+    stop_when: StopCheck | None = None
+    """Ends the completion early (see :mod:`cicdllm_assets.generation.stopping`)."""
 
     @property
     def label(self) -> str:
@@ -339,6 +342,7 @@ class StageRunner:
             top_p=gen.top_p,
             seed=gen.seed + attempt,  # a retry samples differently; the key keeps the base seed
             prefix_messages=PREFIX_MESSAGES,
+            stop_when=w.stop_when,
         )
         return request, fitted.trimmed
 

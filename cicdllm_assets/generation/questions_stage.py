@@ -28,6 +28,7 @@ from cicdllm_assets.generation.rows import (
     question_params,
     stored_flag,
 )
+from cicdllm_assets.generation.stopping import question_stop
 from cicdllm_assets.generation.symbols import chunk_symbols
 from cicdllm_assets.llm.base import (
     GenerationResult,
@@ -91,6 +92,7 @@ def plan_questions(
                     desired_max_tokens=gen.question_max_tokens,
                     n_questions=gen.questions_per_chunk,
                     kinds=planned,
+                    stop_when=question_stop(gen.questions_per_chunk, gen.min_question_chars),
                 )
             )
     return work

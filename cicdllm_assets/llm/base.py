@@ -9,7 +9,7 @@ not guaranteed), so the caller can commit each item to the ledger immediately.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal, Protocol, runtime_checkable
@@ -37,6 +37,14 @@ class ChatMessage:
     content: str
 
 
+StopCheck = Callable[[str], str | None]
+"""Looks at a completion so far: a finish reason ends it there (``None``: go on). Backends
+call it every few tokens (MLX) or streamed deltas (openai) and report the reason it gave."""
+
+STOP_CHECK_TOKENS = 4
+"""How many new tokens a backend decodes between two calls of a request's :data:`StopCheck`."""
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One completion to produce. ``key`` is the caller's ledger key, echoed back."""
@@ -49,6 +57,8 @@ class GenerationRequest:
     seed: int = 0
     prefix_messages: int = 0
     """How many leading messages form the shared prefix (0 = no reuse hint)."""
+    stop_when: StopCheck | None = field(default=None, compare=False)
+    """Ends the completion early (a loop, a complete question list); see :data:`StopCheck`."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cicdllm_assets.llm.base import (
+    STOP_CHECK_TOKENS,
     ChatMessage,
     GenerationRequest,
     GenerationResult,
@@ -606,9 +607,12 @@ class MLXBackend:
                             continue
                         if response.finish_reason != "stop":
                             flight.tokens.append(int(response.token))
-                        if response.finish_reason is not None:
+                        finish = response.finish_reason or self._early_finish(tokenizer, flight)
+                        if finish is not None:
+                            if response.finish_reason is None:  # ended by its stop check: free the slot
+                                generator.remove([response.uid])
                             del in_flight[response.uid]
-                            yield self._result(tokenizer, flight, response.finish_reason)
+                            yield self._result(tokenizer, flight, finish)
             self.stats.batch_prefill_tokens += batch_stats.prompt_tokens
         except Exception as exc:  # mlx/mlx_lm failure mid-batch: fail what is in flight, keep going
             logger.exception("mlx generation failed; failing %d in-flight requests", len(in_flight))
@@ -672,6 +676,14 @@ class MLXBackend:
             samplers=[sampler],
         )
         return int(uids[0]), cached
+
+    @staticmethod
+    def _early_finish(tokenizer: Any, flight: _InFlight) -> str | None:
+        """The request's stop check on its text so far, every :data:`STOP_CHECK_TOKENS` tokens."""
+        stop_when = flight.prepared.request.stop_when
+        if stop_when is None or len(flight.tokens) % STOP_CHECK_TOKENS:
+            return None
+        return stop_when(tokenizer.decode(flight.tokens))
 
     def _result(self, tokenizer: Any, flight: _InFlight, finish_reason: str) -> GenerationResult:
         prepared = flight.prepared

@@ -69,6 +69,7 @@ from cicdllm_assets.llm.base import (
     GenerationRequest,
     GenerationResult,
     RequestFailure,
+    StopCheck,
 )
 from cicdllm_assets.llm.limiter import AdaptiveLimiter, LimiterSnapshot
 from cicdllm_assets.llm.models.paths import EMBEDDED_ALIAS, EMBEDDED_MODEL_NAME, resolve_tokenizer
@@ -332,8 +333,11 @@ def find_context_length(models_payload: object, model: str) -> int | None:
 class _SSEAccumulator:
     """Collects a streamed chat completion (``data: {...}`` events until ``data: [DONE]``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop_when: StopCheck | None = None) -> None:
         self.parts: list[str] = []
+        self.stop_when = stop_when
+        self.stopped = False
+        """The request's stop check ended it (the connection is closed, the server stops)."""
         self.finish_reason = ""
         self.usage: dict[str, Any] = {}
         self.first_token_s: float | None = None
@@ -367,6 +371,10 @@ class _SSEAccumulator:
             text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
             if isinstance(text, str) and text:
                 self.parts.append(text)
+                reason = self.stop_when("".join(self.parts)) if self.stop_when is not None else None
+                if reason is not None:
+                    self.finish_reason, self.done, self.stopped = reason, True, True
+                    return True
             if self.first_token_s is None:
                 self.first_token_s = elapsed_s
             if isinstance(choice.get("finish_reason"), str):
@@ -751,7 +759,7 @@ class OpenAIBackend(Closing):
                 await self._limiter.release(slot, "ignore")
                 return self._circuit_result(request)
             try:
-                outcome = await self._attempt(client, payload)
+                outcome = await self._attempt(client, payload, request.stop_when)
             except BaseException:
                 await self._limiter.release(slot, "ignore")
                 raise
@@ -829,7 +837,9 @@ class OpenAIBackend(Closing):
             extra=extra,
         )
 
-    async def _attempt(self, client: httpx.AsyncClient, payload: bytes) -> _Success | _Failure:
+    async def _attempt(
+        self, client: httpx.AsyncClient, payload: bytes, stop_when: StopCheck | None = None
+    ) -> _Success | _Failure:
         """One request: stream the reply, abandoning it after ``timeout_seconds`` of silence.
 
         Leaving the ``client.stream`` block before the body is complete closes the
@@ -839,7 +849,7 @@ class OpenAIBackend(Closing):
         silence = self.config.timeout_seconds
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        stream = _SSEAccumulator()
+        stream = _SSEAccumulator(stop_when)
         try:
             async with asyncio.timeout(silence) as deadline:
                 async with client.stream("POST", url, content=payload) as response:
@@ -853,7 +863,9 @@ class OpenAIBackend(Closing):
                     async with contextlib.aclosing(response.aiter_lines()) as lines:  # type: ignore[type-var]
                         async for line in lines:  # read to the end: a complete reply keeps its connection
                             deadline.reschedule(loop.time() + silence)  # progress: the clock restarts
-                            if stream.feed(line, time.monotonic() - started) and stream.error is not None:
+                            if stream.feed(line, time.monotonic() - started) and (
+                                stream.error is not None or stream.stopped
+                            ):
                                 break
                     return stream.result((time.monotonic() - started) * 1000.0)
         except (TimeoutError, httpx.TimeoutException) as exc:

@@ -167,6 +167,21 @@ def check_echo(answer: str, chunk_text: str) -> str | None:
     return None
 
 
+LOOP_FINISH = "loop"
+"""The finish reason of a completion the backend ended because it repeated itself."""
+
+LOOP_SPAN_CHARS = 160
+"""A completion whose last this-many characters already appeared earlier in it is looping."""
+
+
+def repeats_itself(text: str, span: int = LOOP_SPAN_CHARS) -> bool:
+    """True when the last ``span`` characters of ``text`` occur earlier in it (a verbatim loop:
+    the model copies its own passage; whatever follows only repeats it again)."""
+    if len(text) < span + 1:
+        return False
+    return text.find(text[-span:], 0, len(text) - 1) != -1
+
+
 def check_repetitive(answer: str) -> str | None:
     """A detail string if ``answer`` loops: most of its word 4-grams are repeats of earlier ones."""
     words = [w.lower() for w in _WORD.findall(answer)]
@@ -243,6 +258,8 @@ def check_pair(
     refusal = check_refusal(answer)
     if refusal:
         return Rejection(REFUSAL, refusal)
+    if row.get("finish_reason") == LOOP_FINISH:
+        return Rejection(REPETITIVE, f"generation stopped in a loop (a {LOOP_SPAN_CHARS}-character passage repeated)")
     completion_tokens = row.get("completion_tokens")
     effective = row.get("max_tokens")  # the budget actually sent (capped to fit the context window)
     truncated = check_truncated(

@@ -1,0 +1,37 @@
+"""When a completion may end before its token budget (a :data:`~cicdllm_assets.llm.base.StopCheck`).
+
+* Every completion stops once it loops: its last :data:`LOOP_SPAN_CHARS` characters repeat an
+  earlier passage verbatim (finish reason ``loop``; the quality filter rejects the pair as
+  ``repetitive``, as it would the whole loop at the length limit).
+* A question completion stops once it holds the questions asked for: ``n`` parsed questions
+  on whole lines, so later text (a small model goes on answering its
+  own questions) costs no decode steps. The same parser then reads the same questions.
+"""
+
+from __future__ import annotations
+
+from cicdllm_assets.generation.parsing import parse_questions
+from cicdllm_assets.llm.base import StopCheck
+from cicdllm_assets.quality.filters import LOOP_FINISH, LOOP_SPAN_CHARS, repeats_itself
+
+__all__ = ["LOOP_FINISH", "LOOP_SPAN_CHARS", "answer_stop", "question_stop"]
+
+
+def answer_stop(text: str) -> str | None:
+    """``loop`` once ``text`` repeats itself, else go on."""
+    return LOOP_FINISH if repeats_itself(text) else None
+
+
+def question_stop(n_questions: int, min_chars: int) -> StopCheck:
+    """Stop a question list once ``n_questions`` questions parse from a text ending in a
+    newline (the last question's line is complete; checked on the text up to its last newline),
+    or once it loops."""
+
+    def check(text: str) -> str | None:
+        lines = text[: text.rfind("\n") + 1]  # whole lines only: the last question is complete
+        found = parse_questions(lines, min_chars=min_chars, limit=n_questions).questions if lines else []
+        if n_questions > 0 and len(found) >= n_questions:
+            return "stop"
+        return answer_stop(text)
+
+    return check
