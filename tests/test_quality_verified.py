@@ -115,3 +115,21 @@ def test_repo_index_grounds_other_files_and_modules_but_not_inventions() -> None
     answer = "```python\nfrom calc import add\nvalue = sub(add(1, 2), 3)\nParser().parse('x y')\n```"
     assert grounding_score(answer, "class Parser: ...", repo_symbols=index).missing == ["parse"]
     assert grounding_score(answer, "class Parser: ...").missing == ["calc", "parse", "sub"]
+
+
+def test_python_names_and_library_attributes_are_not_inventions_but_one_invented_name_is() -> None:
+    chunk = "def build(repo):\n    return repo.files\n"
+    imports = "import numpy as np\nfrom pathlib import Path"
+    # names Python defines are real: a dunder, a builtin, a standard-library module
+    for answer in ("It is skipped when `__name__` is not `__main__`.", "It is a `dataclasses` record with `__post_init__`."):
+        score = grounding_score(answer, chunk, imports)
+        assert score.checked >= 1 and not score.missing, answer
+    # another library's API, reached through a module the chunk imports, cannot be checked: not counted
+    assert grounding_score("It converts with `np.asarray_chkfinite`.", chunk, imports).checked == 0
+    # one or two names are enough to judge: a single invented one is not grounded
+    invented = grounding_score("It calls `repo_info` first.", chunk, imports)
+    assert (invented.checked, invented.found, invented.missing) == (1, 0, ["repo_info"])
+    assert invented.ratio < 0.6
+    assert grounding_score("It calls `build` first.", chunk, imports).ratio == 1.0
+    # a dunder-looking name Python does not define stays an invention
+    assert grounding_score("It reads `__libprehensions__`.", chunk, imports).missing == ["__libprehensions__"]

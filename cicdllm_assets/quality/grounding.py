@@ -9,19 +9,27 @@ mostly occur in the chunk text, its imports, its path, the question, or the repo
 symbol index (every name any chunk of the repository defines, :func:`repo_symbol_index`):
 a function defined in another file of the repository is grounded, an invented one is not.
 
+Names Python itself defines (builtins, dunder names such as ``__name__``, standard-library
+modules) are real, so they are grounded too; the attributes of a module the chunk imports
+(``np.array`` after ``import numpy as np``) or of a standard-library module cannot be checked
+against the repository and are not counted.
+
 Threshold: an answer is grounded when at least ``DEFAULT_MIN_GROUNDED_RATIO`` (60 %)
-of its checked identifiers occur in that ground set; answers with fewer than
-``MIN_CHECKED_IDENTIFIERS`` (3) checked identifiers cannot be judged and pass.
+of its checked identifiers occur in that ground set. One checked identifier is enough to
+judge: an answer whose only one or two names are invented is not grounded (with 1 or 2
+names, any invented one puts the ratio under 60 %).
 """
 
 from __future__ import annotations
 
+import builtins
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 DEFAULT_MIN_GROUNDED_RATIO = 0.6
-MIN_CHECKED_IDENTIFIERS = 3
+MIN_CHECKED_IDENTIFIERS = 1
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FENCE = re.compile(r"```([^\n`]*)\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -58,6 +66,18 @@ _COMMON_WORDS = """
     usage code line lines text the you your our call calls function functions method methods
 """
 _COMMON = frozenset(_COMMON_WORDS.split())
+_DUNDERS = """
+    __name__ __main__ __file__ __doc__ __all__ __init__ __new__ __del__ __call__ __repr__ __str__ __eq__
+    __hash__ __len__ __iter__ __next__ __getitem__ __setitem__ __delitem__ __contains__ __enter__ __exit__
+    __aenter__ __aexit__ __getattr__ __getattribute__ __setattr__ __delattr__ __dict__ __slots__ __class__
+    __module__ __qualname__ __annotations__ __debug__ __version__ __path__ __package__ __spec__ __loader__
+    __post_init__ __init_subclass__ __class_getitem__ __bool__ __lt__ __le__ __gt__ __ge__ __ne__ __add__
+    __format__ __bytes__ __reduce__ __copy__ __deepcopy__ __await__ __aiter__ __anext__ __set_name__ __get__
+    __set__ __delete__ __missing__ __reversed__ __index__ __int__ __float__ __fspath__ __sizeof__ __builtins__
+"""
+PYTHON_NAMES = frozenset(dir(builtins)) | frozenset(_DUNDERS.split()) | frozenset(sys.stdlib_module_names)
+"""Names Python itself defines (builtins, dunder names, standard-library modules): real, so grounded."""
+_ATTRIBUTE = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,17 @@ def claimed_identifiers(answer: str) -> set[str]:
     return {name for name in used if len(name) >= 3 and name.lower() not in _COMMON and name not in dotted_defined}
 
 
+def module_attributes(answer: str, modules: Iterable[str]) -> set[str]:
+    """Attribute names the answer reaches through one of ``modules`` (``np.array`` -> ``array``):
+    another library's API, which the repository cannot confirm or refute."""
+    bound = set(modules)
+    found: set[str] = set()
+    for base, rest in _ATTRIBUTE.findall(answer):
+        if base in bound:
+            found.update(rest.lstrip(".").split("."))
+    return found
+
+
 def defined_names(source: str) -> set[str]:
     """Names ``source`` binds: ``def``/``class``/... names, assignments, loop variables, imports."""
     names: set[str] = set()
@@ -129,11 +160,12 @@ def grounding_score(
 ) -> GroundingScore:
     """Score ``answer`` against the chunk (plus imports, question, path and the repository's
     symbol index as ground truth)."""
-    claimed = claimed_identifiers(answer)
+    ground = set(_IDENT.findall(chunk_text)) | set(_IDENT.findall(imports)) | repo_symbols | PYTHON_NAMES
+    ground |= set(_IDENT.findall(question)) | set(_IDENT.findall(path))
+    unverifiable = module_attributes(answer, defined_names(imports) | sys.stdlib_module_names) - ground
+    claimed = claimed_identifiers(answer) - unverifiable
     if not claimed:
         return GroundingScore(0, 0)
-    ground = set(_IDENT.findall(chunk_text)) | set(_IDENT.findall(imports)) | repo_symbols
-    ground |= set(_IDENT.findall(question)) | set(_IDENT.findall(path))
     ground_lower = {name.lower() for name in ground}
     missing = sorted(name for name in claimed if name not in ground and name.lower() not in ground_lower)
     checked = len(claimed)
