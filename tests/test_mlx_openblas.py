@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -83,3 +84,23 @@ def test_core_check_refuses_avx512_kernels_on_a_cpu_without_them() -> None:
     assert unsupported_core("OpenBLAS 0.3.29 NO_AFFINITY ZEN MAX_THREADS=4", "Zen", EPYC_NO_AVX512) is None
     assert unsupported_core("OpenBLAS 0.3.29 DYNAMIC_ARCH NO_AFFINITY Haswell", "Haswell", frozenset()) is None
     assert unsupported_core("OpenBLAS 0.3.29 NO_AFFINITY FUTURECORE", "FUTURECORE", EPYC_NO_AVX512) is not None
+
+
+def test_threads_follow_the_cores_other_processes_keep_busy_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cicdllm_assets.llm import openblas
+
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = openblas.busy_cores(0.5)
+        assert busy is not None and busy >= 0.6  # a whole core spinning in another process
+        monkeypatch.setattr(openblas.os, "cpu_count", lambda: 2)
+        monkeypatch.setattr(openblas, "busy_cores", lambda seconds=0.3: busy)
+        assert openblas.default_threads() == 1
+    finally:
+        burner.kill()
+        burner.wait()
+    # an idle machine whose 1-minute load average still counts a finished install: two threads
+    monkeypatch.setattr(openblas, "busy_cores", lambda seconds=0.3: 0.1)
+    monkeypatch.setattr(openblas.os, "getloadavg", lambda: (1.9, 1.5, 1.0))
+    assert openblas.default_threads() == 2

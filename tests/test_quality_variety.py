@@ -168,8 +168,8 @@ def test_plan_kinds_is_deterministic_and_never_repeats_within_a_theme() -> None:
 def test_example_questions_use_the_chunk_names_and_skip_unfillable_phrasings() -> None:
     names = {"s": ["save"], "p": ["item"], "c": ["encode"], "e": ["StoreError"]}
     seen = set()
-    for seed in map(str, range(30)):
-        # every name available: only the two-name phrasings (the most specific) are used
+    for seed in map(str, range(60)):
+        # every name available: the phrasings that name more than the symbol, all of them in turn
         seen.add(example_question("errors", seed, names))
         # no exception raised, no parameter, no callee: only the phrasing that needs none
         only_symbol = example_question("errors", seed, {"s": ["save"], "p": [], "c": [], "e": []})
@@ -178,7 +178,22 @@ def test_example_questions_use_the_chunk_names_and_skip_unfillable_phrasings() -
         "When does `save` raise `StoreError`?",
         "What happens when `item` is empty or invalid in `save`?",
         "What goes wrong in `save` if `encode` fails?",
+        "If a caller hands `save` a `item` of the wrong type, what error comes back?",
+        "How should callers of `save` handle `StoreError`?",
+        "Does `save` protect itself against a missing `item`?",
+        "Where could an exception escape from `save` when `encode` misbehaves?",
     }
+    # with only a parameter besides the symbol, the phrasings that need the others are skipped
+    with_param = {example_question("errors", s, {"s": ["save"], "p": ["item"], "c": [], "e": []}) for s in "abcdefghij"}
+    assert (
+        with_param
+        <= {
+            "What happens when `item` is empty or invalid in `save`?",
+            "If a caller hands `save` a `item` of the wrong type, what error comes back?",
+            "Does `save` protect itself against a missing `item`?",
+        }
+        and len(with_param) >= 2
+    )
     text = examples_text(["usage", "relations"], "seed", names)
     assert [line[:3] for line in text.splitlines()] == ["1. ", "2. "]
     assert text == examples_text(["usage", "relations"], "seed", names)  # deterministic

@@ -43,36 +43,61 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "How do I call `{s}` with `{p}`, and what does it return?",
         "What does `{s}` return for a given `{p}`?",
         "Which value should I pass as `{p}` to `{s}`?",
-        "What is a typical call of `{s}`?",
+        "Can you show a typical call of `{s}`?",
         "How is `{s}` used together with `{c}`?",
+        "Suppose I already have a `{p}`: what is the shortest working call to `{s}`?",
+        "In what order should a caller set up `{p}` before invoking `{s}`?",
+        "What would a caller print after passing an ordinary `{p}` into `{s}`?",
     ),
     "design": (
         "Why does `{s}` rely on `{c}`?",
         "Why does `{s}` take `{p}` as a parameter?",
         "Why is `{s}` written this way rather than another way?",
         "What trade-off does `{s}` make?",
+        "Could `{s}` work without `{c}`, and what would be lost?",
+        "What problem made the author give `{s}` its own `{p}` argument?",
+        "Is there a simpler design for `{s}`, and why was it not chosen?",
+        "Which constraint explains the shape of `{s}`?",
     ),
     "errors": (
         "When does `{s}` raise `{e}`?",
         "What happens when `{p}` is empty or invalid in `{s}`?",
         "What goes wrong in `{s}` if `{c}` fails?",
         "Which inputs make `{s}` fail?",
+        "If a caller hands `{s}` a `{p}` of the wrong type, what error comes back?",
+        "How should callers of `{s}` handle `{e}`?",
+        "Does `{s}` protect itself against a missing `{p}`?",
+        "Where could an exception escape from `{s}` when `{c}` misbehaves?",
     ),
     "extend": (
         "How would I add a new option to `{s}`?",
         "What would change in `{s}` to support another kind of `{p}`?",
         "Where would a new case go in `{s}`?",
+        "Which lines of `{s}` must change to swap `{c}` for an alternative?",
+        "How can a subclass or wrapper adjust `{s}` without editing it?",
+        "If `{p}` grew a new field, what else in `{s}` needs updating?",
+        "What is the safest way to refactor `{s}` into smaller pieces?",
+        "Could `{s}` accept a callback instead of calling `{c}` directly?",
     ),
     "testing": (
         "How would a test check `{s}` with a different `{p}`?",
         "How can a test replace `{c}` when checking `{s}`?",
         "Which cases should a test of `{s}` cover?",
+        "What fixture does a unit test of `{s}` need for `{p}`?",
+        "Which assertion proves `{s}` handled an edge-case `{p}` correctly?",
+        "How can a test provoke `{e}` from `{s}`?",
+        "What makes `{s}` hard to test, and how can a fake `{c}` help?",
+        "Which single test would catch a regression in `{s}` quickest?",
     ),
     "relations": (
         "What does `{c}` do for `{s}`?",
         "How does `{s}` use the result of `{c}`?",
         "Which functions does `{s}` call, and why?",
         "Who would call `{s}`, and what do they get back?",
+        "Where does the `{p}` that reaches `{s}` usually come from?",
+        "What breaks downstream of `{s}` if `{c}` changes its output?",
+        "Is `{s}` a thin layer over `{c}` or does it add logic of its own?",
+        "In which step of the surrounding module does `{s}` run?",
     ),
 }
 """Example questions per kind; ``{s}`` is the chunk's symbol, ``{p}`` a parameter, ``{c}`` a name
@@ -117,12 +142,13 @@ def plan_kinds(seed: str, themes: Sequence[str], n_questions: int) -> dict[str, 
 
 def example_question(kind: str, seed: str, names: Mapping[str, Sequence[str]]) -> str:
     """One example question of ``kind``: among the phrasings whose slots the chunk can fill, one
-    of the most specific (most distinct names), chosen and filled deterministically from ``seed``;
+    naming more than the symbol when the chunk allows it, chosen and filled deterministically from ``seed``;
     ``names``: ``s``/``p``/``c``/``e`` -> candidates."""
     digest = int(hashlib.sha256(f"{kind}\x1f{seed}".encode()).hexdigest()[:12], 16)
     usable = [t for t in EXAMPLES[kind] if all(names.get(slot) for slot in _SLOT.findall(t))]
-    most = max(len(set(_SLOT.findall(t))) for t in usable)  # the most specific phrasings the chunk can fill
-    usable = [t for t in usable if len(set(_SLOT.findall(t))) == most]
+    # a phrasing naming more than the symbol when the chunk has such names (specific, and varied)
+    specific = [t for t in usable if set(_SLOT.findall(t)) - {"s"}]
+    usable = specific or usable
     template = usable[digest % len(usable)]
 
     def fill(match: re.Match[str]) -> str:

@@ -22,6 +22,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -272,17 +273,51 @@ def ensure_openblas(enabled: bool = True) -> str | None:
         return str(path)
 
 
+BUSY_SAMPLE_SECONDS = 0.3
+"""How long :func:`busy_cores` watches the CPU."""
+
+
+def busy_cores(seconds: float = BUSY_SAMPLE_SECONDS) -> float | None:
+    """Cores other processes keep busy right now: ``/proc/stat`` sampled over ``seconds``, minus
+    this process's own CPU time (None where ``/proc/stat`` cannot be read)."""
+
+    def sample() -> tuple[float, float, float]:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [float(x) for x in stat.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        own = os.times()
+        return sum(fields[:8]), idle, own.user + own.system
+
+    try:
+        total0, idle0, own0 = sample()
+        time.sleep(seconds)
+        total1, idle1, own1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = os.cpu_count() or 1
+    ticks = total1 - total0
+    if ticks <= 0:
+        return None
+    busy = (ticks - (idle1 - idle0)) / ticks * cores  # in cores
+    return max(0.0, busy - (own1 - own0) / seconds)
+
+
 def default_threads() -> int:
-    """BLAS threads for this machine right now: the cores not already busy (at least 1).
+    """BLAS threads for this machine right now: the cores other processes do not keep busy
+    (at least 1), sampled from ``/proc/stat`` (else the 1-minute load average).
 
     OpenBLAS worker threads spin while waiting; on a shared, loaded CPU two spinning
-    threads per process make matmul ~10x slower than one thread.
+    threads per process make matmul ~10x slower than one thread. The load average lags by a
+    minute: right after ``make install`` it still says "busy" on an idle machine, and one
+    thread instead of two costs a quarter of the prefill rate (docs/models.md).
     """
     cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
+    busy = busy_cores()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:
+            busy = 0.0
     return max(1, min(cores, round(cores - busy)))
 
 
