@@ -168,7 +168,7 @@ def test_plan_kinds_is_deterministic_and_never_repeats_within_a_theme() -> None:
 def test_example_questions_use_the_chunk_names_and_skip_unfillable_phrasings() -> None:
     names = {"s": ["save"], "p": ["item"], "c": ["encode"], "e": ["StoreError"]}
     seen = set()
-    for seed in map(str, range(60)):
+    for seed in map(str, range(200)):
         # every name available: the phrasings that name more than the symbol, all of them in turn
         seen.add(example_question("errors", seed, names))
         # no exception raised, no parameter, no callee: only the phrasing that needs none
@@ -182,6 +182,10 @@ def test_example_questions_use_the_chunk_names_and_skip_unfillable_phrasings() -
         "How should callers of `save` handle `StoreError`?",
         "Does `save` protect itself against a missing `item`?",
         "Where could an exception escape from `save` when `encode` misbehaves?",
+        "Can `save` leave things half-done when `encode` throws midway?",
+        "Under which conditions is `StoreError` propagated out of `save`?",
+        "Is a `None` or zero `item` rejected by `save`, or silently accepted?",
+        "Which failure of `encode` would surprise a user of `save` most?",
     }
     # with only a parameter besides the symbol, the phrasings that need the others are skipped
     with_param = {example_question("errors", s, {"s": ["save"], "p": ["item"], "c": [], "e": []}) for s in "abcdefghij"}
@@ -191,6 +195,7 @@ def test_example_questions_use_the_chunk_names_and_skip_unfillable_phrasings() -
             "What happens when `item` is empty or invalid in `save`?",
             "If a caller hands `save` a `item` of the wrong type, what error comes back?",
             "Does `save` protect itself against a missing `item`?",
+            "Is a `None` or zero `item` rejected by `save`, or silently accepted?",
         }
         and len(with_param) >= 2
     )

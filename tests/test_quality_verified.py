@@ -121,7 +121,10 @@ def test_python_names_and_library_attributes_are_not_inventions_but_one_invented
     chunk = "def build(repo):\n    return repo.files\n"
     imports = "import numpy as np\nfrom pathlib import Path"
     # names Python defines are real: a dunder, a builtin, a standard-library module
-    for answer in ("It is skipped when `__name__` is not `__main__`.", "It is a `dataclasses` record with `__post_init__`."):
+    for answer in (
+        "It is skipped when `__name__` is not `__main__`.",
+        "It is a `dataclasses` record with `__post_init__`.",
+    ):
         score = grounding_score(answer, chunk, imports)
         assert score.checked >= 1 and not score.missing, answer
     # another library's API, reached through a module the chunk imports, cannot be checked: not counted

@@ -48,6 +48,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "Suppose I already have a `{p}`: what is the shortest working call to `{s}`?",
         "In what order should a caller set up `{p}` before invoking `{s}`?",
         "What would a caller print after passing an ordinary `{p}` into `{s}`?",
+        "Show me `{s}` in action: which `{p}` makes a meaningful example?",
+        "From a script, how is `{s}` invoked, and what comes back?",
+        "Given the output of `{c}`, how do I feed it into `{s}`?",
+        "Walk me through one realistic invocation of `{s}` passing `{p}`.",
     ),
     "design": (
         "Why does `{s}` rely on `{c}`?",
@@ -58,6 +62,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "What problem made the author give `{s}` its own `{p}` argument?",
         "Is there a simpler design for `{s}`, and why was it not chosen?",
         "Which constraint explains the shape of `{s}`?",
+        "Why not inline `{c}` inside `{s}`?",
+        "What alternative to `{p}` did `{s}` avoid, and at what cost?",
+        "Which design goal does splitting out `{s}` serve?",
+        "How would `{s}` look if performance mattered more than clarity?",
     ),
     "errors": (
         "When does `{s}` raise `{e}`?",
@@ -68,6 +76,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "How should callers of `{s}` handle `{e}`?",
         "Does `{s}` protect itself against a missing `{p}`?",
         "Where could an exception escape from `{s}` when `{c}` misbehaves?",
+        "Can `{s}` leave things half-done when `{c}` throws midway?",
+        "Under which conditions is `{e}` propagated out of `{s}`?",
+        "Is a `None` or zero `{p}` rejected by `{s}`, or silently accepted?",
+        "Which failure of `{c}` would surprise a user of `{s}` most?",
     ),
     "extend": (
         "How would I add a new option to `{s}`?",
@@ -78,6 +90,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "If `{p}` grew a new field, what else in `{s}` needs updating?",
         "What is the safest way to refactor `{s}` into smaller pieces?",
         "Could `{s}` accept a callback instead of calling `{c}` directly?",
+        "To make `{s}` configurable, which parameter besides `{p}` would you introduce?",
+        "Could `{s}` grow a plug-in hook around its use of `{c}`?",
+        "Where in `{s}` should logging or metrics be added?",
+        "Supporting a second backend for `{c}`: which parts of `{s}` change?",
     ),
     "testing": (
         "How would a test check `{s}` with a different `{p}`?",
@@ -88,6 +104,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "How can a test provoke `{e}` from `{s}`?",
         "What makes `{s}` hard to test, and how can a fake `{c}` help?",
         "Which single test would catch a regression in `{s}` quickest?",
+        "Which mock stands in for `{c}` in an isolated test of `{s}`?",
+        "Sketch a pytest case feeding `{s}` an unusual `{p}`.",
+        "What should a regression test assert after `{s}` returns?",
+        "Does `{s}` need a temporary directory or database to be tested?",
     ),
     "relations": (
         "What does `{c}` do for `{s}`?",
@@ -98,6 +118,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "What breaks downstream of `{s}` if `{c}` changes its output?",
         "Is `{s}` a thin layer over `{c}` or does it add logic of its own?",
         "In which step of the surrounding module does `{s}` run?",
+        "Which module calls `{s}`, and with what `{p}`?",
+        "Does `{s}` depend on `{c}` directly, or through another layer?",
+        "After `{s}` finishes, which component consumes its result?",
+        "Is `{c}` the only collaborator of `{s}`?",
     ),
 }
 """Example questions per kind; ``{s}`` is the chunk's symbol, ``{p}`` a parameter, ``{c}`` a name
