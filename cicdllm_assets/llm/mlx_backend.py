@@ -45,6 +45,7 @@ from cicdllm_assets.llm.batch_width import (
     choose_width,
     model_shape,
 )
+from cicdllm_assets.llm.cpu_attention import use_cpu_decode_attention
 from cicdllm_assets.llm.openblas import ensure_openblas
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def load_fresh_model(path: str, *, dequantize: bool = True) -> LoadedModel:
         # mlx's quantized matmul is not vectorised on the CPU backend.
         model = dequantize_model(model)
         mx.eval(model.parameters())
+    use_cpu_decode_attention(model)
     return LoadedModel(path=path, model=model, tokenizer=tokenizer, config=_read_config(Path(path)))
 
 
