@@ -62,7 +62,10 @@ def test_mlx_questions_and_answers_mechanics(project: Path, tiny_model_dir: Path
     # Questions that parse are the scripted model's test below.
     for entry in entries:
         assert (entry.status, entry.error_category, entry.attempts) == ("failed", "parse_error", 1)
-        assert entry.prompt_tokens > 0 and entry.completion_tokens > 0 and entry.output  # raw text kept
+        assert entry.prompt_tokens > 0
+        # raw text kept whenever the model wrote any (it may also end its reply at once: eos first)
+        assert bool(entry.output) == (entry.completion_tokens > 0)
+    assert sum(entry.completion_tokens > 0 for entry in entries) >= 4
     assert read_table(settings, "questions", REPO).num_rows == 0
     meta = materialization_values(result, "questions")
     assert (meta["generated"], meta["failed"], meta["llm_requests"]) == (0, 6, 6)
