@@ -62,3 +62,15 @@ def test_a_loaded_model_decodes_with_it_on_the_cpu(tiny_model_dir: Path) -> None
     assert hasattr(patched, "original")
     assert use_cpu_decode_attention(loaded.model)  # idempotent: not wrapped twice
     assert getattr(module, ATTENTION_NAME) is patched
+
+
+def test_the_benchmark_baseline_gets_mlx_lm_attention_back(tiny_model_dir: Path) -> None:
+    from cicdllm_assets.llm.cpu_attention import mlx_lm_attention
+
+    release_models()
+    loaded = load_model(str(tiny_model_dir))
+    module = sys.modules[type(loaded.model).__module__]
+    patched = getattr(module, ATTENTION_NAME)
+    with mlx_lm_attention(loaded.model):
+        assert getattr(module, ATTENTION_NAME) is patched.original
+    assert getattr(module, ATTENTION_NAME) is patched

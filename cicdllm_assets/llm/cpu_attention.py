@@ -11,8 +11,9 @@ original. The GPU (Metal) path is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 ATTENTION_NAME = "scaled_dot_product_attention"
@@ -55,3 +56,20 @@ def use_cpu_decode_attention(model: Any) -> bool:
     if not hasattr(current, "original"):
         setattr(module, ATTENTION_NAME, decode_attention(current))
     return True
+
+
+@contextlib.contextmanager
+def mlx_lm_attention(model: Any) -> Iterator[None]:
+    """Inside, ``model``'s module runs mlx-lm's own attention again (what a user of plain
+    mlx-lm gets: the benchmarks' baseline); restored on exit."""
+    module = sys.modules.get(type(model).__module__)
+    current = getattr(module, ATTENTION_NAME, None) if module is not None else None
+    original = getattr(current, "original", None)
+    if original is None:
+        yield
+        return
+    setattr(module, ATTENTION_NAME, original)
+    try:
+        yield
+    finally:
+        setattr(module, ATTENTION_NAME, current)
