@@ -1,6 +1,7 @@
 """When a completion may end before its token budget (a :data:`~cicdllm_assets.llm.base.StopCheck`).
 
-* Every completion stops once it loops: its last :data:`LOOP_SPAN_CHARS` characters repeat an
+* Every completion stops once it loops: its last
+  :data:`~cicdllm_assets.quality.filters.LOOP_SPAN_CHARS` characters repeat an
   earlier passage verbatim (finish reason ``loop``; the quality filter rejects the pair as
   ``repetitive``, as it would the whole loop at the length limit).
 * A question completion stops once it holds the questions asked for: ``n`` parsed questions
@@ -12,9 +13,7 @@ from __future__ import annotations
 
 from cicdllm_assets.generation.parsing import parse_questions
 from cicdllm_assets.llm.base import StopCheck
-from cicdllm_assets.quality.filters import LOOP_FINISH, LOOP_SPAN_CHARS, repeats_itself
-
-__all__ = ["LOOP_FINISH", "LOOP_SPAN_CHARS", "answer_stop", "question_stop"]
+from cicdllm_assets.quality.filters import LOOP_FINISH, repeats_itself
 
 
 def answer_stop(text: str) -> str | None:
@@ -29,9 +28,10 @@ def question_stop(n_questions: int, min_chars: int) -> StopCheck:
 
     def check(text: str) -> str | None:
         lines = text[: text.rfind("\n") + 1]  # whole lines only: the last question is complete
-        found = parse_questions(lines, min_chars=min_chars, limit=n_questions).questions if lines else []
-        if n_questions > 0 and len(found) >= n_questions:
-            return "stop"
+        if n_questions > 0 and lines:
+            found = parse_questions(lines, min_chars=min_chars, limit=n_questions).questions
+            if len(found) >= n_questions:
+                return "stop"
         return answer_stop(text)
 
     return check

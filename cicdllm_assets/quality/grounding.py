@@ -160,10 +160,11 @@ def grounding_score(
 ) -> GroundingScore:
     """Score ``answer`` against the chunk (plus imports, question, path and the repository's
     symbol index as ground truth)."""
-    ground = set(_IDENT.findall(chunk_text)) | set(_IDENT.findall(imports)) | repo_symbols | PYTHON_NAMES
-    ground |= set(_IDENT.findall(question)) | set(_IDENT.findall(path))
-    unverifiable = module_attributes(answer, defined_names(imports) | sys.stdlib_module_names) - ground
-    claimed = claimed_identifiers(answer) - unverifiable
+    claimed = claimed_identifiers(answer)
+    if claimed:  # the ground set (the whole repo index) is built only for answers that claim names
+        ground = set(_IDENT.findall(chunk_text)) | set(_IDENT.findall(imports)) | repo_symbols | PYTHON_NAMES
+        ground |= set(_IDENT.findall(question)) | set(_IDENT.findall(path))
+        claimed -= module_attributes(answer, defined_names(imports) | sys.stdlib_module_names) - ground
     if not claimed:
         return GroundingScore(0, 0)
     ground_lower = {name.lower() for name in ground}
