@@ -51,7 +51,6 @@ ensure_openblas()
 
 from cicdllm_assets.config import ConfigError, load_settings  # noqa: E402
 from cicdllm_assets.llm.base import ChatMessage, GenerationRequest  # noqa: E402
-from cicdllm_assets.llm.cpu_attention import mlx_lm_attention  # noqa: E402
 from cicdllm_assets.llm.mlx_backend import MLXBackend, load_model, release_models  # noqa: E402
 from cicdllm_assets.llm.models.paths import ModelNotPreparedError, embedded_model_dir  # noqa: E402
 
@@ -119,11 +118,12 @@ def _mlx_lm_one_at_a_time(model: str, requests: list[GenerationRequest]) -> tupl
             tokens = response.generation_tokens
         return tokens
 
-    with mlx_lm_attention(loaded.model):  # mlx-lm's own kernels, not our CPU decode attention
-        run(_story_requests(1, 4)[0])  # warm up, as the batched side is
-        start = time.perf_counter()
-        tokens = sum(run(request) for request in requests)
-        return tokens, time.perf_counter() - start
+    # mlx-lm's own attention, SwiGLU and log-sum-exp: our CPU kernels act only inside our
+    # backend's generation loop (cicdllm_assets.llm.cpu_kernels.inference_kernels)
+    run(_story_requests(1, 4)[0])  # warm up, as the batched side is
+    start = time.perf_counter()
+    tokens = sum(run(request) for request in requests)
+    return tokens, time.perf_counter() - start
 
 
 def _rss() -> int:

@@ -45,7 +45,7 @@ from cicdllm_assets.llm.batch_width import (
     choose_width,
     model_shape,
 )
-from cicdllm_assets.llm.cpu_attention import use_cpu_decode_attention
+from cicdllm_assets.llm.cpu_kernels import inference_kernels, use_cpu_kernels
 from cicdllm_assets.llm.openblas import ensure_openblas
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def load_fresh_model(path: str, *, dequantize: bool = True) -> LoadedModel:
         # mlx's quantized matmul is not vectorised on the CPU backend.
         model = dequantize_model(model)
         mx.eval(model.parameters())
-    use_cpu_decode_attention(model)
+    use_cpu_kernels(model)
     return LoadedModel(path=path, model=model, tokenizer=tokenizer, config=_read_config(Path(path)))
 
 
@@ -516,7 +516,8 @@ class MLXBackend:
             caches=[make_prompt_cache(model, self.max_kv_size) for _ in missing],
             prefill_step_size=PREFILL_STEP,
         )
-        batch.prompt([list(prefix) for prefix in missing])
+        with inference_kernels():
+            batch.prompt([list(prefix) for prefix in missing])
         for i, prefix in enumerate(missing):
             cache = batch.extract_cache(i)
             found[prefix] = cache
@@ -600,7 +601,8 @@ class MLXBackend:
                             yield _error(prepared.request, "backend_error", f"cannot queue request: {exc}")
                             continue
                         in_flight[uid] = _InFlight(prepared=prepared, started=time.perf_counter(), cached=cached)
-                    responses = generator.next_generated() if in_flight else []
+                    with inference_kernels():
+                        responses = generator.next_generated() if in_flight else []
                     if in_flight and not responses:
                         raise RuntimeError("BatchGenerator stopped with requests still in flight")
                     for response in responses:

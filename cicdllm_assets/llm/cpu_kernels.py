@@ -1,0 +1,150 @@
+"""Faster attention, SwiGLU and log-sum-exp for mlx-lm inference on mlx's CPU backend (Linux).
+
+On the CPU, mlx's fused ``mx.fast.scaled_dot_product_attention`` falls back to a generic
+kernel and every ``exp`` runs one element at a time (:mod:`~cicdllm_assets.llm.fast_math`).
+:func:`use_cpu_kernels` replaces, on the CPU only, three functions mlx-lm looks up at call time:
+
+* a model module's ``scaled_dot_product_attention`` by :func:`cpu_attention`: two batched BLAS
+  matmuls (the query heads of a KV head share one) and numpy's softmax, for prefill and decode;
+  attention sinks, quantized caches and masks of other shapes go to the original;
+* a model module's ``swiglu`` (the MLP activation of Llama-family models) by numpy's;
+* ``mlx_lm.generate``'s ``mx.logsumexp`` (the batch generator normalises every step's logits
+  over the whole vocabulary with it) by numpy's.
+
+The replacements have no gradient, so they act only inside :func:`inference_kernels` (the MLX
+backend's generation loop, in the thread that builds the graph); everywhere else (LoRA training,
+evaluation, the benchmarks' mlx-lm baseline) mlx-lm's own functions run. The GPU (Metal) path
+is never touched. Domain code: no Dagster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from cicdllm_assets.llm import fast_math
+
+ATTENTION_NAME = "scaled_dot_product_attention"
+"""The name mlx-lm's model modules import the attention function under."""
+SWIGLU_NAME = "swiglu"
+"""The name mlx-lm's Llama-family modules import their MLP activation under."""
+GENERATE_MODULE = "mlx_lm.generate"
+"""The module whose ``mx.logsumexp`` normalises the batch generator's logits."""
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def inference_kernels() -> Iterator[None]:
+    """Inside, in this thread, the replaced functions compute with the CPU kernels."""
+    depth = getattr(_state, "depth", 0)
+    _state.depth = depth + 1
+    try:
+        yield
+    finally:
+        _state.depth = depth
+
+
+def _active() -> bool:
+    return bool(getattr(_state, "depth", 0))
+
+
+def cpu_attention(original: Callable[..., Any]) -> Callable[..., Any]:
+    """An attention function computing with matmuls and :func:`fast_math.softmax` inside
+    :func:`inference_kernels`; every other call goes to ``original``."""
+    import mlx.core as mx
+
+    def attention(queries: Any, keys: Any, values: Any, cache: Any, scale: float, mask: Any, sinks: Any = None) -> Any:
+        batch, heads, n_queries, dim = queries.shape
+        kv_heads, keys_len = keys.shape[1], keys.shape[2]
+        group = heads // kv_heads
+        unexpected_mask = mask is not None and not isinstance(mask, str) and mask.ndim not in (2, 4)
+        if (
+            not _active()
+            or sinks is not None
+            or hasattr(cache, "bits")
+            or unexpected_mask
+            or group * kv_heads != heads
+            or queries.dtype != mx.float32
+        ):
+            return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
+        grouped = (queries * scale).reshape(batch, kv_heads, group * n_queries, dim)
+        if n_queries == 1:  # keys as the left operand: BLAS runs this shape faster
+            scores = (keys @ grouped.swapaxes(-1, -2)).swapaxes(-1, -2)
+        else:
+            scores = grouped @ keys.swapaxes(-1, -2)
+        scores = scores.reshape(batch, kv_heads, group, n_queries, keys_len)
+        if isinstance(mask, str):  # "causal": query i sits at position keys_len - n_queries + i
+            if n_queries > 1:
+                positions = mx.arange(keys_len - n_queries, keys_len)[:, None]
+                mask = mx.arange(keys_len)[None, :] <= positions
+            else:
+                mask = None  # one query sees every key
+        if mask is not None:
+            if mask.ndim == 4:  # (batch | 1, heads | 1, queries, keys) -> the grouped layout
+                if mask.shape[1] == heads and heads > 1:
+                    mask = mask.reshape(mask.shape[0], kv_heads, group, *mask.shape[2:])
+                else:
+                    mask = mx.expand_dims(mask, 2)
+            boolean = mask.dtype == mx.bool_
+            scores = mx.where(mask, scores, mx.finfo(scores.dtype).min) if boolean else scores + mask
+        weights = fast_math.softmax(scores, axis=-1)
+        weights = weights.reshape(batch, kv_heads, group * n_queries, keys_len)
+        return (weights @ values).reshape(batch, heads, n_queries, dim)
+
+    attention.original = original  # type: ignore[attr-defined]
+    return attention
+
+
+def cpu_swiglu(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A SwiGLU computing with :func:`fast_math.swiglu` inside :func:`inference_kernels`."""
+
+    def swiglu(gate: Any, x: Any) -> Any:
+        out = fast_math.swiglu(gate, x) if _active() else None
+        return original(gate, x) if out is None else out
+
+    swiglu.original = original  # type: ignore[attr-defined]
+    return swiglu
+
+
+class MlxWithCpuLogsumexp:
+    """``mlx.core`` as ``mlx_lm.generate`` sees it: ``logsumexp`` over one axis computes with
+    :func:`fast_math.logsumexp` inside :func:`inference_kernels`; everything else is mlx's."""
+
+    def __init__(self, mx: Any) -> None:
+        self.original = mx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
+
+    def logsumexp(self, a: Any, axis: Any = None, keepdims: bool = False, **kwargs: Any) -> Any:
+        """mlx's ``logsumexp``, through numpy in inference."""
+        if _active() and isinstance(axis, int) and not kwargs:
+            out = fast_math.logsumexp(a, axis, keepdims)
+            if out is not None:
+                return out
+        return self.original.logsumexp(a, axis=axis, keepdims=keepdims, **kwargs)
+
+
+def use_cpu_kernels(model: Any) -> bool:
+    """Install the replacements for ``model``'s mlx-lm module (and ``mlx_lm.generate``) when mlx
+    runs on the CPU; True when the attention is in place (idempotent)."""
+    import mlx.core as mx
+
+    if mx.default_device() != mx.cpu:
+        return False
+    module = sys.modules.get(type(model).__module__)
+    if module is None or getattr(module, ATTENTION_NAME, None) is None:
+        return False
+    for name, replacement in ((ATTENTION_NAME, cpu_attention), (SWIGLU_NAME, cpu_swiglu)):
+        current = getattr(module, name, None)
+        if current is not None and not hasattr(current, "original"):
+            setattr(module, name, replacement(current))
+    generate: Any = importlib.import_module(GENERATE_MODULE)
+    if not isinstance(generate.mx, MlxWithCpuLogsumexp):
+        generate.mx = MlxWithCpuLogsumexp(generate.mx)
+    return True
