@@ -27,10 +27,10 @@ def test_kv_bytes_per_token() -> None:
 
 
 def test_small_model_with_memory_to_spare_is_compute_bound() -> None:
-    choice = choose_width(SMOL, 1024, 20 * GIB)
-    assert choice.compute_width == STEP_PARAMETER_BUDGET // SMOL.parameters == 59
+    choice = choose_width(SMOL, 512, 20 * GIB)
+    assert choice.compute_width == STEP_PARAMETER_BUDGET // SMOL.parameters == 96
     assert choice.memory_width > choice.compute_width
-    assert choice.width == 59
+    assert choice.width == 96
     assert "compute bound" in choice.describe()
 
 

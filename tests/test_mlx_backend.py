@@ -9,7 +9,7 @@ import pytest
 
 from cicdllm_assets.llm import mlx_backend
 from cicdllm_assets.llm.base import ChatMessage, GenerationRequest, LLMBackend
-from cicdllm_assets.llm.mlx_backend import MLXBackend, release_models
+from cicdllm_assets.llm.mlx_backend import SHARED_PREFIX_MIN, MLXBackend, release_models
 from tests.llm_fixtures import make_tiny_model_dir, tiny_model_dir
 
 __all__ = ["tiny_model_dir"]
@@ -227,6 +227,37 @@ def test_greedy_batched_matches_one_at_a_time(tiny_model_dir: Path) -> None:
     assert got == expected
     assert wide.stats.prefix_prefill_batches == 1  # both chunks' prefixes in one forward pass
     assert wide.stats.prefix_prefill_tokens == sum(len(wide._template(r.messages[:2], False)) for r in requests[:2])
+
+
+def test_requests_sharing_a_system_prompt_prefill_it_once(tiny_model_dir: Path) -> None:
+    """Without ``prefix_messages``, the tokens every prompt of a call starts with (here a
+    system prompt) are prefilled once; greedy outputs stay those of plain prefill."""
+    requests = [
+        GenerationRequest(
+            key=f"s{i}",
+            messages=(SYSTEM, ChatMessage("user", QUESTIONS[i % 4] + " Explain" * i)),
+            max_tokens=8,
+            temperature=0.0,
+        )
+        for i in range(5)
+    ]
+    release_models()
+    plain = MLXBackend(str(tiny_model_dir), batch_size=5, prefix_reuse=False)
+    expected = {r.key: r.text for r in plain.generate(requests)}
+    release_models()
+    shared = MLXBackend(str(tiny_model_dir), batch_size=5)
+    results = list(shared.generate(requests))
+    assert {r.key: r.text for r in results} == expected
+    prefix = len(shared._template((SYSTEM,), False))
+    assert prefix >= SHARED_PREFIX_MIN
+    assert shared.stats.prefix_prefill_batches == 1
+    assert plain.stats.processed_prompt_tokens - shared.stats.processed_prompt_tokens >= 4 * prefix
+    assert sum(1 for r in results if r.cached_prompt_tokens >= prefix) == 4
+    # one request alone, or prompts sharing too little, get no prefix
+    release_models()
+    single = MLXBackend(str(tiny_model_dir), batch_size=5)
+    list(single.generate(requests[:1]))
+    assert single.stats.prefix_prefill_batches == 0
 
 
 def test_auto_width_comes_from_the_model_and_memory(tiny_model_dir: Path) -> None:

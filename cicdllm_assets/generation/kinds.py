@@ -3,10 +3,11 @@
 Six kinds (:data:`QUESTION_KINDS`): how to use the code, why it is designed so, what happens
 on bad input (which errors it raises), how to extend or change it, how to test it, and how
 it relates to its callers and callees. :func:`plan_kinds` assigns kinds to a chunk's question
-slots (theme x question index) deterministically from the chunk's code: each theme first gets
-its natural kind (``testing`` -> ``testing``, ...), the other slots follow a permutation
-seeded by the chunk's code; no kind repeats within a chunk until all six are used, and never
-within one theme's questions (up to six per theme).
+slots (theme x question index) deterministically from the chunk's code: the slots follow a
+permutation of the six kinds seeded by the chunk's code, so every kind is equally likely in
+every slot and a dataset's questions spread over all six (a theme's "natural" kind first made
+two kinds half of a two-theme dataset); no kind repeats within a chunk until all six are used,
+and never within one theme's questions (up to six per theme).
 
 The question prompt shows one *example question* per slot (``{examples}``, :func:`examples_text`),
 phrased for the chunk with its real names (its symbol, a parameter, a name it calls, an exception
@@ -30,13 +31,6 @@ QUESTION_KINDS: dict[str, str] = {
     "extend": "how to extend or change it safely (a new option, case or subclass)",
     "testing": "how to test it: which behaviour to check and with which inputs",
     "relations": "how it relates to its callers and the functions or classes it calls",
-}
-THEME_KINDS: dict[str, str] = {
-    "usage_examples": "usage",
-    "design_rationale": "design",
-    "debugging": "errors",
-    "testing": "testing",
-    "code_explanation": "relations",
 }
 EXAMPLES: dict[str, tuple[str, ...]] = {
     "usage": (
@@ -126,8 +120,13 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 }
 """Example questions per kind; ``{s}`` is the chunk's symbol, ``{p}`` a parameter, ``{c}`` a name
 it calls, ``{e}`` an exception it raises (an example needing a name the chunk lacks is skipped)."""
-KINDS_VERSION = hashlib.sha256(json.dumps([QUESTION_KINDS, EXAMPLES], sort_keys=True).encode("utf-8")).hexdigest()[:12]
-"""Part of question item keys: editing a kind's wording or its examples regenerates the questions."""
+PLAN_RULE = "seeded permutation, no natural kind"
+"""How :func:`plan_kinds` assigns kinds (part of :data:`KINDS_VERSION`: a new rule re-plans)."""
+KINDS_VERSION = hashlib.sha256(
+    json.dumps([QUESTION_KINDS, EXAMPLES, PLAN_RULE], sort_keys=True).encode("utf-8")
+).hexdigest()[:12]
+"""Part of question item keys: editing a kind's wording, its examples or the plan rule
+regenerates the questions."""
 _SLOT = re.compile(r"\{([spce])\}")
 
 
@@ -140,7 +139,7 @@ def plan_kinds(seed: str, themes: Sequence[str], n_questions: int) -> dict[str, 
     used: list[str] = []
     plan: dict[str, list[str]] = {theme: [] for theme in themes}
 
-    def take(theme: str, preferred: str | None = None) -> str:
+    def take(theme: str) -> str:
         cycle = used[len(used) - len(used) % len(names) :]  # kinds used since all six were last used
         mine = plan[theme]
         for candidates in (
@@ -149,16 +148,13 @@ def plan_kinds(seed: str, themes: Sequence[str], n_questions: int) -> dict[str, 
             names,
         ):
             if candidates:
-                kind = preferred if preferred in candidates else candidates[0]
+                kind = candidates[0]
                 break
         used.append(kind)
         mine.append(kind)
         return kind
 
-    for theme in themes:  # natural kinds first, in theme order
-        if n_questions:
-            take(theme, THEME_KINDS.get(theme))
-    for _ in range(1, n_questions):
+    for _ in range(n_questions):
         for theme in themes:
             take(theme)
     return {theme: tuple(kinds) for theme, kinds in plan.items()}

@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-MAX_WIDTH = 64
+MAX_WIDTH = 128
 """Upper bound of an automatic width."""
 
-STEP_PARAMETER_BUDGET = 8_000_000_000
-"""Width x model parameters per decoding step (SmolLM2-135M: 59 sequences)."""
+STEP_PARAMETER_BUDGET = 13_000_000_000
+"""Width x model parameters per decoding step (SmolLM2-135M: 96 sequences)."""
 
 MEMORY_FRACTION = 0.5
 """Share of the available memory the sequences of one batch may use."""
@@ -55,7 +55,9 @@ class ModelShape:
     def bytes_per_sequence(self, tokens: int) -> int:
         """Peak memory one sequence of ``tokens`` (prompt + completion) adds to a batch."""
         kv = self.kv_bytes_per_token * tokens
-        scores = self.heads * tokens * tokens * FLOAT_BYTES  # one layer's attention scores at prefill
+        # one layer's attention scores at prefill, the softmax's weights and their copy back
+        # into mlx (cpu_kernels); prefill takes at most mlx_backend.PREFILL_STEP queries a pass
+        scores = 3 * self.heads * tokens * tokens * FLOAT_BYTES
         activations = tokens * (4 * self.hidden + 3 * self.intermediate) * FLOAT_BYTES
         logits = 2 * self.vocab * FLOAT_BYTES
         return kv + scores + activations + logits

@@ -12,6 +12,8 @@
   up to :data:`PREFIX_PREFILL_WIDTH` groups are prefilled together in one padded
   batch. Prefix caches are kept in a small LRU bounded by bytes, so the answers for a
   chunk can reuse the prefix its questions built earlier in the same process.
+  Requests of one call without ``prefix_messages`` whose prompts all start with the same
+  tokens (the chat template's default system prompt) share those tokens the same way.
 * Each request gets its own sampler with its own PRNG key derived from its seed, so
   results do not depend on what else is in the batch.
 * Models are loaded once per process and cached by path (:func:`load_model`);
@@ -59,6 +61,9 @@ PREFIX_PREFILL_WIDTH = 8
 """Shared prefixes (system + chunk) prefilled together in one batch."""
 PREFILL_STEP = 512
 """Prompt tokens per forward pass during prefill."""
+SHARED_PREFIX_MIN = 16
+"""Fewest leading tokens the prompts of requests without ``prefix_messages`` must all share
+for those tokens to be prefilled once as their common prefix."""
 
 
 # --------------------------------------------------------------------------------------
@@ -555,6 +560,8 @@ class MLXBackend:
                 yield prepared
             else:
                 waiting.append(prepared)
+        if self.prefix_reuse:
+            _share_common_prefix(waiting)
         # Requests of one prefix group run next to each other so the prefix is live once.
         order = {g: i for i, g in reversed(list(enumerate(p.group for p in waiting)))}
         waiting.sort(key=lambda p: (order[p.group], p.index))
@@ -715,6 +722,24 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def _share_common_prefix(waiting: list[_Prepared]) -> None:
+    """Requests without a prefix of their own whose prompts all begin with the same
+    :data:`SHARED_PREFIX_MIN` or more tokens (the chat template's default system prompt, a
+    shared instruction) share those tokens as one prefix, prefilled once."""
+    plain = [p for p in waiting if p.prefix_len == 0]
+    if len(plain) < 2:
+        return
+    first = plain[0].tokens
+    shared = min(len(p.tokens) for p in plain) - 2  # two suffix tokens, as for explicit prefixes
+    for prepared in plain[1:]:
+        shared = min(shared, _common_prefix(first, prepared.tokens))
+    if shared < SHARED_PREFIX_MIN:
+        return
+    for prepared in plain:
+        prepared.prefix_len = shared
+        prepared.group = tuple(first[:shared])
 
 
 def _error(
