@@ -166,3 +166,36 @@ def test_inference_gives_the_same_logits_and_training_the_same_gradients(tiny_mo
     assert grads.keys() == expected.keys()
     assert all(mx.array_equal(grads[k], expected[k]).item() for k in grads)
     assert any(mx.any(g != 0).item() for g in grads.values())
+
+
+@pytest.mark.parametrize("length", [1, 5])
+@pytest.mark.parametrize("per_sequence", [False, True])
+def test_rope_matches_mlx(length: int, per_sequence: bool) -> None:
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from cicdllm_assets.llm.cpu_kernels import cpu_rope
+
+    mx.random.seed(7)
+    x = mx.random.normal((3, 4, length, 16))
+    offset: Any = mx.array([0, 7, 300]) if per_sequence else 41
+    rope = nn.RoPE(16, base=100000.0, scale=0.5)
+    original = nn.RoPE.__call__
+    original = getattr(original, "original", original)
+    expected = mx.fast.rope(x, 16, traditional=False, base=100000.0, scale=0.5, offset=offset)
+    calls: list[int] = []
+
+    def counted(self: Any, x: Any, offset: Any = 0) -> Any:
+        calls.append(1)
+        return original(self, x, offset)
+
+    call = cpu_rope(counted)
+    with inference_kernels():
+        ours = call(rope, x, offset)
+        again = call(rope, x, offset)  # the cached rotation
+        call(nn.RoPE(16, traditional=True), x, offset)  # interleaved: mlx's
+    assert calls == [1]
+    assert mx.allclose(ours, expected, atol=1e-5, rtol=1e-5).item()
+    assert mx.array_equal(ours, again).item()
+    call(rope, x, offset)  # outside inference: mlx's
+    assert calls == [1, 1]

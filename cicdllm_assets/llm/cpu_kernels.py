@@ -9,7 +9,10 @@ kernel and every ``exp`` runs one element at a time (:mod:`~cicdllm_assets.llm.f
   attention sinks, quantized caches and masks of other shapes go to the original;
 * a model module's ``swiglu`` (the MLP activation of Llama-family models) by numpy's;
 * ``mlx_lm.generate``'s ``mx.logsumexp`` (the batch generator normalises every step's logits
-  over the whole vocabulary with it) by numpy's.
+  over the whole vocabulary with it) by numpy's;
+* ``mlx.nn.RoPE.__call__`` by :func:`cpu_rope`: the rotation's cosines and sines come from
+  numpy once per positions (every layer of a step shares them) instead of per element and
+  layer in mlx's kernel; traditional (interleaved) and partial rotations go to mlx's.
 
 The replacements have no gradient, so they act only inside :func:`inference_kernels` (the MLX
 backend's generation loop, in the thread that builds the graph); everywhere else (LoRA training,
@@ -111,6 +114,43 @@ def cpu_swiglu(original: Callable[..., Any]) -> Callable[..., Any]:
     return swiglu
 
 
+def _rotation(offset: Any, length: int, dims: int, base: float, scale: float) -> tuple[Any, Any]:
+    """``(cos, sin)`` of the angles at positions ``offset + [0, length)`` (``offset`` an int or
+    one per sequence), shaped to broadcast over ``(batch, heads, length, dims / 2)``; the last
+    one is reused (the layers of a step ask for the same)."""
+    import mlx.core as mx
+    import numpy as np
+
+    starts = np.asarray(offset, dtype=np.int64).reshape(-1)
+    key = (starts.tobytes(), length, dims, base, scale)
+    cached = getattr(_state, "rotation", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    positions = starts[:, None] + np.arange(length)[None, :]  # (batch | 1, length)
+    frequencies = scale * np.power(float(base), -np.arange(0, dims, 2, dtype=np.float64) / dims)
+    angles = positions[:, None, :, None] * frequencies  # (batch | 1, 1, length, dims / 2)
+    rotation = (mx.array(np.cos(angles).astype(np.float32)), mx.array(np.sin(angles).astype(np.float32)))
+    _state.rotation = (key, rotation)
+    return rotation
+
+
+def cpu_rope(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``mlx.nn.RoPE.__call__`` with the rotation from :func:`_rotation` inside
+    :func:`inference_kernels`; every other call goes to ``original``."""
+    import mlx.core as mx
+
+    def call(self: Any, x: Any, offset: Any = 0) -> Any:
+        if not _active() or self.traditional or self.dims != x.shape[-1] or x.dtype != mx.float32 or x.ndim != 4:
+            return original(self, x, offset)
+        cos, sin = _rotation(offset, x.shape[2], self.dims, self.base, self.scale)
+        half = self.dims // 2
+        first, second = x[..., :half], x[..., half:]
+        return mx.concatenate([first * cos - second * sin, first * sin + second * cos], axis=-1)
+
+    call.original = original  # type: ignore[attr-defined]
+    return call
+
+
 class MlxWithCpuLogsumexp:
     """``mlx.core`` as ``mlx_lm.generate`` sees it: ``logsumexp`` over one axis computes with
     :func:`fast_math.logsumexp` inside :func:`inference_kernels`; everything else is mlx's."""
@@ -144,6 +184,10 @@ def use_cpu_kernels(model: Any) -> bool:
         current = getattr(module, name, None)
         if current is not None and not hasattr(current, "original"):
             setattr(module, name, replacement(current))
+    import mlx.nn as nn
+
+    if not hasattr(nn.RoPE.__call__, "original"):
+        nn.RoPE.__call__ = cpu_rope(nn.RoPE.__call__)  # type: ignore[method-assign]
     generate: Any = importlib.import_module(GENERATE_MODULE)
     if not isinstance(generate.mx, MlxWithCpuLogsumexp):
         generate.mx = MlxWithCpuLogsumexp(generate.mx)
