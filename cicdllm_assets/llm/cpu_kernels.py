@@ -76,8 +76,9 @@ def cpu_attention(original: Callable[..., Any]) -> Callable[..., Any]:
         ):
             return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
         grouped = (queries * scale).reshape(batch, kv_heads, group * n_queries, dim)
-        if n_queries == 1:  # keys as the left operand: BLAS runs this shape faster
-            scores = (keys @ grouped.swapaxes(-1, -2)).swapaxes(-1, -2)
+        if n_queries == 1:  # keys as the left operand: BLAS runs this shape faster; numpy
+            # then wants the scores contiguous (a strided softmax cost more than the copy)
+            scores = mx.contiguous((keys @ grouped.swapaxes(-1, -2)).swapaxes(-1, -2))
         else:
             scores = grouped @ keys.swapaxes(-1, -2)
         scores = scores.reshape(batch, kv_heads, group, n_queries, keys_len)

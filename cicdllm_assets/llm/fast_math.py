@@ -39,7 +39,8 @@ def softmax(x: Any, axis: int = -1) -> Any:
         return None
     weights = values - values.max(axis=axis, keepdims=True)
     np.exp(weights, out=weights)
-    weights /= weights.sum(axis=axis, keepdims=True)
+    total = weights.sum(axis=axis, keepdims=True)
+    weights *= np.reciprocal(total, out=total)  # one division per row, not per element
     return mx.array(weights)
 
 
