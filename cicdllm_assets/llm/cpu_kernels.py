@@ -1,8 +1,8 @@
-"""Faster attention, SwiGLU and log-sum-exp for mlx-lm inference on mlx's CPU backend (Linux).
+"""Faster attention, SwiGLU, RoPE and log-sum-exp for mlx-lm inference on mlx's CPU backend (Linux).
 
 On the CPU, mlx's fused ``mx.fast.scaled_dot_product_attention`` falls back to a generic
 kernel and every ``exp`` runs one element at a time (:mod:`~cicdllm_assets.llm.fast_math`).
-:func:`use_cpu_kernels` replaces, on the CPU only, three functions mlx-lm looks up at call time:
+:func:`use_cpu_kernels` replaces, on the CPU only, four functions mlx-lm looks up at call time:
 
 * a model module's ``scaled_dot_product_attention`` by :func:`cpu_attention`: two batched BLAS
   matmuls (the query heads of a KV head share one) and numpy's softmax, for prefill and decode;
