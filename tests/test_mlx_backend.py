@@ -253,10 +253,15 @@ def test_requests_sharing_a_system_prompt_prefill_it_once(tiny_model_dir: Path) 
     assert shared.stats.prefix_prefill_batches == 1
     assert plain.stats.processed_prompt_tokens - shared.stats.processed_prompt_tokens >= 4 * prefix
     assert sum(1 for r in results if r.cached_prompt_tokens >= prefix) == 4
-    # one request alone, or prompts sharing too little, get no prefix
+    # one request alone, or prompts sharing too little (another system prompt), get no prefix
     release_models()
     single = MLXBackend(str(tiny_model_dir), batch_size=5)
     list(single.generate(requests[:1]))
+    assert single.stats.prefix_prefill_batches == 0
+    other = GenerationRequest(
+        key="other", messages=(ChatMessage("system", "Be brief."), requests[0].messages[1]), max_tokens=4
+    )
+    list(single.generate([requests[0], other]))
     assert single.stats.prefix_prefill_batches == 0
 
 
