@@ -56,7 +56,8 @@ class ModelShape:
         """Peak memory one sequence of ``tokens`` (prompt + completion) adds to a batch."""
         kv = self.kv_bytes_per_token * tokens
         # one layer's attention scores at prefill, the softmax's weights and their copy back
-        # into mlx (cpu_kernels); prefill takes at most mlx_backend.PREFILL_STEP queries a pass
+        # into mlx (cpu_kernels); an upper bound: a prefill pass takes at most
+        # mlx_backend.PREFILL_STEP queries, not all ``tokens``
         scores = 3 * self.heads * tokens * tokens * FLOAT_BYTES
         activations = tokens * (4 * self.hidden + 3 * self.intermediate) * FLOAT_BYTES
         logits = 2 * self.vocab * FLOAT_BYTES

@@ -175,6 +175,7 @@ def use_cpu_kernels(model: Any) -> bool:
     """Install the replacements for ``model``'s mlx-lm module (and ``mlx_lm.generate``) when mlx
     runs on the CPU; True when the attention is in place (idempotent)."""
     import mlx.core as mx
+    import mlx.nn as nn
 
     if mx.default_device() != mx.cpu:
         return False
@@ -185,8 +186,6 @@ def use_cpu_kernels(model: Any) -> bool:
         current = getattr(module, name, None)
         if current is not None and not hasattr(current, "original"):
             setattr(module, name, replacement(current))
-    import mlx.nn as nn
-
     if not hasattr(nn.RoPE.__call__, "original"):
         nn.RoPE.__call__ = cpu_rope(nn.RoPE.__call__)  # type: ignore[method-assign]
     generate: Any = importlib.import_module(GENERATE_MODULE)

@@ -61,6 +61,8 @@ PREFIX_PREFILL_WIDTH = 8
 """Shared prefixes (system + chunk) prefilled together in one batch."""
 PREFILL_STEP = 512
 """Prompt tokens per forward pass during prefill."""
+MIN_SUFFIX_TOKENS = 2
+"""Prompt tokens a request keeps after its shared prefix (BatchGenerator needs a non-empty prompt)."""
 SHARED_PREFIX_MIN = 16
 """Fewest leading tokens the prompts of requests without ``prefix_messages`` must all share
 for those tokens to be prefilled once as their common prefix."""
@@ -484,8 +486,7 @@ class MLXBackend:
         if self.prefix_reuse and 0 < request.prefix_messages < len(request.messages):
             prefix = self._template(request.messages[: request.prefix_messages], False)
             prefix_len = _common_prefix(prefix, tokens)
-            # Leave at least two suffix tokens: BatchGenerator needs a non-empty prompt.
-            prefix_len = min(prefix_len, len(tokens) - 2)
+            prefix_len = min(prefix_len, len(tokens) - MIN_SUFFIX_TOKENS)
             if prefix_len < 1:
                 prefix_len = 0
         max_tokens = max(1, min(request.max_tokens, room))
@@ -732,7 +733,7 @@ def _share_common_prefix(waiting: list[_Prepared]) -> None:
     if len(plain) < 2:
         return
     first = plain[0].tokens
-    shared = min(len(p.tokens) for p in plain) - 2  # two suffix tokens, as for explicit prefixes
+    shared = min(len(p.tokens) for p in plain) - MIN_SUFFIX_TOKENS
     for prepared in plain[1:]:
         shared = min(shared, _common_prefix(first, prepared.tokens))
     if shared < SHARED_PREFIX_MIN:
