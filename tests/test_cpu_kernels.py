@@ -14,6 +14,7 @@ from cicdllm_assets.llm.cpu_kernels import (
     SWIGLU_NAME,
     MlxWithCpuLogsumexp,
     cpu_attention,
+    cpu_linear,
     inference_kernels,
     use_cpu_kernels,
 )
@@ -49,14 +50,16 @@ def _masks(batch: int, n_queries: int, keys_len: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("n_queries", [1, 5])
 @pytest.mark.parametrize("mask_kind", ["none", "causal", "bool", "additive", "per_head", "2d"])
-def test_attention_matches_the_fused_kernel(mask_kind: str, n_queries: int) -> None:
+def test_attention_matches_the_fused_kernel(mask_kind: str, n_queries: int, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlx.core as mx
 
+    monkeypatch.setattr(fast_math, "ATTENTION_ROWS", 2)  # five queries: three blocks of rows
     mx.random.seed(3)
     batch, heads, kv_heads, keys_len, dim = 3, 6, 2, 37, 16
     queries = mx.random.normal((batch, heads, n_queries, dim))
-    keys = mx.random.normal((batch, kv_heads, keys_len, dim))
-    values = mx.random.normal((batch, kv_heads, keys_len, dim))
+    # keys and values are the filled part of a larger buffer, as a KV cache hands them over
+    keys = mx.random.normal((batch, kv_heads, keys_len + 11, dim))[..., :keys_len, :]
+    values = mx.random.normal((batch, kv_heads, keys_len + 11, dim))[..., :keys_len, :]
     mask = _masks(batch, n_queries, keys_len)[mask_kind]
     calls: list[int] = []
 
@@ -109,6 +112,31 @@ def test_numpy_functions_match_mlx() -> None:
     expected = gate * mx.sigmoid(gate) * up
     assert mx.allclose(fast_math.swiglu(gate, up), expected, atol=1e-6, rtol=1e-5).item()
     assert fast_math.softmax(x.astype(mx.float16)) is None  # other dtypes: the caller uses mlx's
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_single_row_linear_is_a_matrix_vector_product(bias: bool) -> None:
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    mx.random.seed(7)
+    layer = nn.Linear(40, 24, bias=bias)
+    calls: list[int] = []
+
+    def original(self: Any, x: Any) -> Any:
+        calls.append(x.shape[1])
+        return x @ self.weight.T + (self.bias if "bias" in self else 0)
+
+    linear = cpu_linear(original)
+    one, two = mx.random.normal((1, 1, 40)), mx.random.normal((1, 2, 40))
+    with inference_kernels():
+        ours = linear(layer, one)
+        linear(layer, two)  # two rows: a matrix product, mlx's own
+    assert calls == [2]
+    assert ours.shape == (1, 1, 24)
+    linear(layer, one)  # outside inference: the original
+    assert calls == [2, 1]
+    assert mx.allclose(ours, layer(one), atol=1e-5, rtol=1e-5).item()
 
 
 def test_a_loaded_model_gets_the_kernels_once(tiny_model_dir: Path) -> None:

@@ -2,14 +2,17 @@
 
 On the CPU, mlx's fused ``mx.fast.scaled_dot_product_attention`` falls back to a generic
 kernel and every ``exp`` runs one element at a time (:mod:`~cicdllm_assets.llm.fast_math`).
-:func:`use_cpu_kernels` replaces, on the CPU only, four functions mlx-lm looks up at call time:
+:func:`use_cpu_kernels` replaces, on the CPU only, six functions mlx-lm looks up at call time:
 
-* a model module's ``scaled_dot_product_attention`` by :func:`cpu_attention`: two batched BLAS
-  matmuls (the query heads of a KV head share one) and numpy's softmax, for prefill and decode;
-  attention sinks, quantized caches and masks of other shapes go to the original;
+* a model module's ``scaled_dot_product_attention`` by :func:`cpu_attention`: numpy's
+  matmuls and softmax (:func:`fast_math.attention`, on the KV cache's memory), for prefill and
+  decode; attention sinks, quantized caches and masks of other shapes go to the original;
 * a model module's ``swiglu`` (the MLP activation of Llama-family models) by numpy's;
 * ``mlx_lm.generate``'s ``mx.logsumexp`` (the batch generator normalises every step's logits
   over the whole vocabulary with it) by numpy's;
+* ``mlx.nn.Linear.__call__`` and ``mlx.nn.Embedding.as_linear`` (tied output heads) by
+  :func:`cpu_linear` for a single row: a matrix-vector product (a batch of one decodes at the
+  memory bandwidth);
 * ``mlx.nn.RoPE.__call__`` by :func:`cpu_rope`: the rotation's cosines and sines come from
   numpy once per positions (every layer of a step shares them) instead of per element and
   layer in mlx's kernel; traditional (interleaved) and partial rotations go to mlx's.
@@ -57,48 +60,30 @@ def _active() -> bool:
 
 
 def cpu_attention(original: Callable[..., Any]) -> Callable[..., Any]:
-    """An attention function computing with matmuls and :func:`fast_math.softmax` inside
+    """An attention function computing with :func:`fast_math.attention` inside
     :func:`inference_kernels`; every other call goes to ``original``."""
     import mlx.core as mx
 
     def attention(queries: Any, keys: Any, values: Any, cache: Any, scale: float, mask: Any, sinks: Any = None) -> Any:
-        batch, heads, n_queries, dim = queries.shape
-        kv_heads, keys_len = keys.shape[1], keys.shape[2]
-        group = heads // kv_heads
-        unexpected_mask = mask is not None and not isinstance(mask, str) and mask.ndim not in (2, 4)
+        heads, kv_heads = queries.shape[1], keys.shape[1]
+        unexpected_mask = (
+            mask is not None
+            and not isinstance(mask, str)
+            and (mask.ndim not in (2, 4) or mask.dtype not in (mx.bool_, mx.float32))
+        )
         if (
             not _active()
             or sinks is not None
             or hasattr(cache, "bits")
             or unexpected_mask
-            or group * kv_heads != heads
+            or heads % kv_heads
             or queries.dtype != mx.float32
         ):
             return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
-        grouped = (queries * scale).reshape(batch, kv_heads, group * n_queries, dim)
-        if n_queries == 1:  # keys as the left operand: BLAS runs this shape faster; numpy
-            # then wants the scores contiguous (a strided softmax cost more than the copy)
-            scores = mx.contiguous((keys @ grouped.swapaxes(-1, -2)).swapaxes(-1, -2))
-        else:
-            scores = grouped @ keys.swapaxes(-1, -2)
-        scores = scores.reshape(batch, kv_heads, group, n_queries, keys_len)
-        if isinstance(mask, str):  # "causal": query i sits at position keys_len - n_queries + i
-            if n_queries > 1:
-                positions = mx.arange(keys_len - n_queries, keys_len)[:, None]
-                mask = mx.arange(keys_len)[None, :] <= positions
-            else:
-                mask = None  # one query sees every key
-        if mask is not None:
-            if mask.ndim == 4:  # (batch | 1, heads | 1, queries, keys) -> the grouped layout
-                if mask.shape[1] == heads and heads > 1:
-                    mask = mask.reshape(mask.shape[0], kv_heads, group, *mask.shape[2:])
-                else:
-                    mask = mx.expand_dims(mask, 2)
-            boolean = mask.dtype == mx.bool_
-            scores = mx.where(mask, scores, mx.finfo(scores.dtype).min) if boolean else scores + mask
-        weights = fast_math.softmax(scores, axis=-1)
-        weights = weights.reshape(batch, kv_heads, group * n_queries, keys_len)
-        return (weights @ values).reshape(batch, heads, n_queries, dim)
+        out = fast_math.attention(queries, keys, values, scale, mask)
+        if out is None:
+            return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
+        return out
 
     attention.original = original  # type: ignore[attr-defined]
     return attention
@@ -152,6 +137,20 @@ def cpu_rope(original: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def cpu_linear(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``mlx.nn.Linear.__call__`` (or ``mlx.nn.Embedding.as_linear``) by :func:`fast_math.matvec`
+    for one row (a decode step of one sequence) inside :func:`inference_kernels`."""
+
+    def call(self: Any, x: Any) -> Any:
+        out = None
+        if _active() and x.size == x.shape[-1]:
+            out = fast_math.matvec(self["weight"], x, self.get("bias"))
+        return original(self, x) if out is None else out
+
+    call.original = original  # type: ignore[attr-defined]
+    return call
+
+
 class MlxWithCpuLogsumexp:
     """``mlx.core`` as ``mlx_lm.generate`` sees it: ``logsumexp`` over one axis computes with
     :func:`fast_math.logsumexp` inside :func:`inference_kernels`; everything else is mlx's."""
@@ -188,6 +187,10 @@ def use_cpu_kernels(model: Any) -> bool:
             setattr(module, name, replacement(current))
     if not hasattr(nn.RoPE.__call__, "original"):
         nn.RoPE.__call__ = cpu_rope(nn.RoPE.__call__)  # type: ignore[method-assign]
+    if not hasattr(nn.Linear.__call__, "original"):
+        nn.Linear.__call__ = cpu_linear(nn.Linear.__call__)  # type: ignore[method-assign]
+    if not hasattr(nn.Embedding.as_linear, "original"):
+        nn.Embedding.as_linear = cpu_linear(nn.Embedding.as_linear)  # type: ignore[method-assign]
     generate: Any = importlib.import_module(GENERATE_MODULE)
     if not isinstance(generate.mx, MlxWithCpuLogsumexp):
         generate.mx = MlxWithCpuLogsumexp(generate.mx)
