@@ -101,7 +101,6 @@ def test_numpy_functions_match_mlx() -> None:
     mx.random.seed(5)
     x = mx.random.normal((4, 3, 300)) * 30
     x = mx.concatenate([x, mx.full((4, 3, 1), -mx.inf), mx.full((4, 3, 1), 80.0)], axis=-1)
-    assert mx.allclose(fast_math.softmax(x, axis=-1), mx.softmax(x, axis=-1, precise=True), atol=1e-7, rtol=1e-5)
     for keepdims in (True, False):
         got = fast_math.logsumexp(x, axis=-1, keepdims=keepdims)
         assert mx.allclose(got, mx.logsumexp(x, axis=-1, keepdims=keepdims), rtol=1e-6).item()
@@ -111,7 +110,7 @@ def test_numpy_functions_match_mlx() -> None:
     up = mx.random.normal(gate.shape)
     expected = gate * mx.sigmoid(gate) * up
     assert mx.allclose(fast_math.swiglu(gate, up), expected, atol=1e-6, rtol=1e-5).item()
-    assert fast_math.softmax(x.astype(mx.float16)) is None  # other dtypes: the caller uses mlx's
+    assert fast_math.logsumexp(x.astype(mx.float16), axis=-1) is None  # other dtypes: the caller uses mlx's
 
 
 @pytest.mark.parametrize("bias", [False, True])

@@ -1,11 +1,14 @@
-"""Softmax, log-sum-exp and SwiGLU for mlx's CPU backend, with numpy's vectorised ``exp``.
+"""Attention, log-sum-exp, SwiGLU and matrix-vector products for mlx's CPU backend, in numpy.
 
 mlx's CPU backend evaluates ``exp`` one element at a time (about 23 ns per element on this
 project's 2-core x86 machine, where numpy's SIMD ``exp`` took 3 to 4 with the conversions,
 measured while writing this module). A decode step of SmolLM2-135M
 spends a large share of its time there: the SwiGLU of every layer's MLP, the attention
 softmax over the whole context, and the log-sum-exp over the vocabulary that mlx-lm's
-batch generator normalises the logits with; prefill more.
+batch generator normalises the logits with; prefill more. Its matmuls lose too where numpy
+calls BLAS better: attention over a KV cache (mlx's batched matmul ran at about a third of
+the memory bandwidth) and one sequence's linear layers (a general matrix product where a
+matrix-vector product reads the weights once).
 
 Each function here evaluates its (float32) input, computes on the same memory through numpy
 and returns a new mlx array: it ends the lazy graph there, so it is for inference only. It
@@ -28,20 +31,6 @@ def _numpy(array: Any) -> np.ndarray | None:
     if array.dtype != mx.float32:
         return None
     return np.asarray(array)
-
-
-def softmax(x: Any, axis: int = -1) -> Any:
-    """Softmax along ``axis`` (``mx.softmax(x, axis, precise=True)`` for float32, to float rounding)."""
-    import mlx.core as mx
-
-    values = _numpy(x)
-    if values is None:
-        return None
-    weights = values - values.max(axis=axis, keepdims=True)
-    np.exp(weights, out=weights)
-    total = weights.sum(axis=axis, keepdims=True)
-    weights *= np.reciprocal(total, out=total)  # one division per row, not per element
-    return mx.array(weights)
 
 
 ATTENTION_ROWS = 128
