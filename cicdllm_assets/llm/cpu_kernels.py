@@ -71,14 +71,7 @@ def cpu_attention(original: Callable[..., Any]) -> Callable[..., Any]:
             and not isinstance(mask, str)
             and (mask.ndim not in (2, 4) or mask.dtype not in (mx.bool_, mx.float32))
         )
-        if (
-            not _active()
-            or sinks is not None
-            or hasattr(cache, "bits")
-            or unexpected_mask
-            or heads % kv_heads
-            or queries.dtype != mx.float32
-        ):
+        if not _active() or sinks is not None or hasattr(cache, "bits") or unexpected_mask or heads % kv_heads:
             return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
         out = fast_math.attention(queries, keys, values, scale, mask)
         if out is None:

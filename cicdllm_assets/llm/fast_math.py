@@ -130,13 +130,11 @@ def matvec(weight: Any, x: Any, bias: Any = None) -> Any:
     import mlx.core as mx
 
     w, row = _numpy(weight), _numpy(x)
-    if w is None or row is None or row.size != row.shape[-1]:
+    b = None if bias is None else _numpy(bias)
+    if w is None or row is None or (bias is not None and b is None):
         return None
     out = w @ row.reshape(-1)
-    if bias is not None:
-        b = _numpy(bias)
-        if b is None:
-            return None
+    if b is not None:
         out += b
     return mx.array(out).reshape(*x.shape[:-1], w.shape[0])
 
