@@ -123,7 +123,8 @@ def _runner(backend: ScriptedBackend, state: StateStore, ledger: Ledger, setting
 
 def test_runner_reuses_retries_and_exhausts(settings: Settings, runner_parts) -> None:
     state, ledger, prompts, chunks = runner_parts
-    gen = settings.config.generation.model_copy(update={"max_attempts": 2, "batch_size": 2})
+    # across runs: no retry within the run (the next test)
+    gen = settings.config.generation.model_copy(update={"max_attempts": 2, "batch_size": 2, "retries_in_run": 0})
     settings = Settings(settings.config.model_copy(update={"generation": gen}), settings.path, settings.root)
     themes = [prompts.theme("testing"), prompts.theme("debugging")]
     work = plan_questions(chunks, themes, "scripted", gen, "repo")
@@ -171,6 +172,68 @@ def test_runner_reuses_retries_and_exhausts(settings: Settings, runner_parts) ->
     raw = [e for e in entries.values() if e.status == "failed"]
     assert all(e.output == "no idea" and e.attempts == 2 for e in raw)
     assert json.loads(table.column("params")[0].as_py())["n_questions"] == gen.questions_per_chunk
+
+
+class FirstSeedUnparseable(ScriptedBackend):
+    """The debugging theme's first sample cannot be parsed; a later seed's can (when ``fixed``)."""
+
+    def __init__(self, base_seed: int, fixed: bool = True) -> None:
+        super().__init__()
+        self.base_seed, self.fixed = base_seed, fixed
+
+    def generate(self, requests):
+        for request in requests:
+            bad = "possible bugs" in request.messages[-1].content and (request.seed == self.base_seed or not self.fixed)
+            self.replies = {"possible bugs": "no idea"} if bad else {}
+            yield from super().generate([request])
+
+
+def _failures(state: StateStore) -> list[str]:
+    rows = state.connection().execute("SELECT category FROM failures WHERE repo = 'repo' AND stage = 'questions'")
+    return [r["category"] for r in rows.fetchall()]
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["retry-parses", "retry-fails-too"])
+def test_runner_sends_unparseable_replies_again_in_the_same_run(settings: Settings, runner_parts, fixed: bool) -> None:
+    state, ledger, prompts, chunks = runner_parts
+    gen = settings.config.generation.model_copy(update={"max_attempts": 3, "batch_size": 2, "retries_in_run": 1})
+    settings = Settings(settings.config.model_copy(update={"generation": gen}), settings.path, settings.root)
+    work = plan_questions(chunks, [prompts.theme("testing"), prompts.theme("debugging")], "scripted", gen, "repo")
+    backend = FirstSeedUnparseable(gen.seed, fixed=fixed)
+    stats = _runner(backend, state, ledger, settings).run(work, question_postprocess(gen))
+
+    n = len(chunks)  # one debugging item per chunk fails its first sample
+    assert len(backend.calls) == len(work) + n and stats.llm_requests == len(work) + n
+    assert [r.seed for r in backend.calls[len(work) :]] == [gen.seed + 1] * n  # the next seed
+    assert stats.retried == n
+    entries = ledger.get_many(w.item.key for w in work)
+    debugging = [entries[w.item.key] for w in work if w.item.theme == "debugging"]
+    assert [e.attempts for e in debugging] == [2] * n
+    progress = state.progress("repo")[0]
+    if fixed:
+        assert (stats.generated, stats.failed, stats.missing, dict(stats.failures)) == (len(work), 0, 0, {})
+        assert all(e.ok for e in entries.values())
+        assert _failures(state) == []  # the first sample's failure is not left on the viewer's list
+        assert (progress.done, progress.failed, progress.total) == (len(work), 0, len(work))
+    else:
+        assert (stats.generated, stats.failed, stats.missing, dict(stats.failures)) == (n, n, n, {"parse_error": n})
+        assert _failures(state) == ["parse_error"] * n  # once per item, not once per sample
+        assert (progress.done, progress.failed, progress.total) == (n, n, len(work))
+        # one attempt left for the next run, which tries once more and retries no further
+        backend2 = FirstSeedUnparseable(gen.seed, fixed=False)
+        stats2 = _runner(backend2, state, ledger, settings).run(work, question_postprocess(gen))
+        assert [r.seed for r in backend2.calls] == [gen.seed + 2] * n and stats2.retried == 0
+
+
+def test_runner_does_not_resend_at_temperature_zero(settings: Settings, runner_parts) -> None:
+    """Greedy decoding gives the same reply to every seed: a retry in the run would be waste."""
+    state, ledger, prompts, chunks = runner_parts
+    gen = settings.config.generation.model_copy(update={"temperature": 0.0, "retries_in_run": 2})
+    settings = Settings(settings.config.model_copy(update={"generation": gen}), settings.path, settings.root)
+    work = plan_questions(chunks, [prompts.theme("debugging")], "scripted", gen, "repo")
+    backend = FirstSeedUnparseable(gen.seed)
+    stats = _runner(backend, state, ledger, settings).run(work, question_postprocess(gen))
+    assert len(backend.calls) == len(work) and stats.retried == 0 and stats.failed == len(work)
 
 
 def test_runner_circuit_open_keeps_finished_items(settings: Settings, runner_parts) -> None:

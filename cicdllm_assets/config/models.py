@@ -179,6 +179,13 @@ class GenerationConfig(StrictModel):
     max_attempts: int = Field(
         3, ge=1, le=100, description="tries per item across runs; outages (connection, timeout, 5xx, 429) use none"
     )
+    retries_in_run: int = Field(
+        1,
+        ge=0,
+        le=10,
+        description="times an item whose reply could not be parsed is sent again in the same run "
+        "(next seed; within max_attempts; only when temperature > 0)",
+    )
     min_question_chars: int = Field(12, ge=1, description="shorter questions are dropped")
     repo_context_tokens: int = Field(
         160,

@@ -2,7 +2,9 @@
 
 Planning computes every item's content key and looks it up in the ledger; only
 missing items (or failed ones with attempts left) go to the backend, in wide batches
-ordered by chunk so a backend can reuse each chunk's prefix cache. Every result is
+ordered by chunk so a backend can reuse each chunk's prefix cache. An item whose reply
+could not be used (``parse_error``) is sent again in the same run, with the next seed, up to
+``generation.retries_in_run`` times (sampling at temperature > 0 only). Every result is
 committed to the ledger as it arrives; the output tables are then built from the
 ledger, so a no-op re-run makes no LLM call and a killed run resumes where it stopped.
 The two stages (questions_stage, answers_stage) plan work items and tabulate results.
@@ -54,6 +56,10 @@ FALLBACK_BATCH_WIDTH = 8
 
 MAX_CONSECUTIVE_BATCH_ERRORS = 2
 
+RETRY_IN_RUN_CATEGORIES = frozenset({"parse_error"})
+"""Failures another sample may fix; the rest (outages, secrets, context overflow) are not
+re-sent in the same run: the backend retries outages itself, the others fail the same way."""
+
 LEASE_POLL_SECONDS = 0.5
 """How often a run re-reads the ledger for items another run holds."""
 
@@ -88,11 +94,15 @@ class RunStats:
     failed: int = 0
     exhausted: int = 0
     llm_requests: int = 0
+    retried: int = 0
+    """Items sent again in this run after a failure another sample may fix."""
     trimmed: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     completion_tokens: int = 0
     generate_seconds: float = 0.0
+    failed_keys: set[str] = field(default_factory=set)
+    """Items this run recorded as failed (the last outcome it wrote for each)."""
     missing: int = 0
     """Items without an ``ok`` result in the ledger once the run ends (failed, or out of attempts)."""
     failures: Counter[str] = field(default_factory=Counter)
@@ -112,6 +122,7 @@ class RunStats:
             "exhausted": self.exhausted,
             "missing": self.missing,
             "llm_requests": self.llm_requests,
+            "retried_in_run": self.retried,
             "trimmed": self.trimmed,
             "prompt_tokens": self.prompt_tokens,
             "cached_prompt_tokens": self.cached_prompt_tokens,
@@ -224,6 +235,15 @@ class StageRunner:
                     f" {len(waiting)} held by other runs, {stats.completion_tokens} completion tokens"
                     f" at {stats.tokens_per_second:.1f} tok/s"
                 )
+            for _ in range(self.gen.retries_in_run if self.gen.temperature > 0 else 0):
+                retry = self._retryable(pending, entries, stats)
+                if not retry:
+                    break
+                self.log.info(f"{self.stage}: sending {len(retry)} unusable replies again with the next seed")
+                for start in range(0, len(retry), width):
+                    waiting += self._claim_and_run(
+                        leases, retry[start : start + width], entries, postprocess, stats, errors
+                    )
             if waiting:
                 self.log.info(f"{self.stage}: waiting for {len(waiting)} items another run holds")
             while waiting:
@@ -315,6 +335,29 @@ class StageRunner:
                 stats.exhausted += 1
                 self.state.advance(self.repo, self.stage, done=0, failed=1)
         return rest
+
+    def _retryable(self, sent: Sequence[WorkItem], entries: dict[str, LedgerEntry], stats: RunStats) -> list[WorkItem]:
+        """Items of ``sent`` that failed in this run with a reply another sample may fix and
+        attempts left; their failure is taken back (counters and the viewer's list)."""
+        fresh = self.ledger.get_many(w.item.key for w in sent)
+        retry: list[WorkItem] = []
+        for w in sent:
+            entry = fresh.get(w.item.key)
+            if entry is None or entry.ok or entry.error_category not in RETRY_IN_RUN_CATEGORIES:
+                continue
+            if w.item.key not in stats.failed_keys or not entry.needs_attempt(self.gen.max_attempts):
+                continue  # another run's item, or out of attempts
+            entries[w.item.key] = entry  # its attempt count seeds the retry
+            stats.failed -= 1
+            stats.failures[entry.error_category] -= 1
+            stats.retried += 1
+            stats.failed_keys.discard(w.item.key)
+            retry.append(w)
+        if retry:
+            stats.failures += Counter()  # drop categories counted down to zero
+            self.state.advance(self.repo, self.stage, done=0, failed=-len(retry))
+            self.state.forget_failures(self.repo, self.stage, [w.label for w in retry])
+        return retry
 
     def _show_exhausted(self, work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]) -> None:
         """Keep failures that will not be retried visible to the viewer after the clear."""
@@ -454,10 +497,12 @@ class StageRunner:
     def _record(self, w: WorkItem, outcome: Outcome, stats: RunStats) -> None:
         self.ledger.record(w.item, outcome)
         if outcome.status == "ok":
+            stats.failed_keys.discard(w.item.key)
             stats.generated += 1
             self.state.advance(self.repo, self.stage, done=1)
         else:
             stats.failed += 1
+            stats.failed_keys.add(w.item.key)
             category = outcome.error_category or "backend_error"
             stats.failures[category] += 1
             self.state.advance(self.repo, self.stage, done=0, failed=1)

@@ -439,6 +439,13 @@ class StateStore(Closing):
         with self.transaction() as con:
             con.execute("DELETE FROM failures WHERE repo = ? AND stage = ?", (repo, stage))
 
+    def forget_failures(self, repo: str, stage: str, items: Sequence[str]) -> None:
+        """Drop the kept failures of ``items`` (they are being tried again)."""
+        with self.transaction() as con:
+            con.executemany(
+                "DELETE FROM failures WHERE repo = ? AND stage = ? AND item = ?", [(repo, stage, i) for i in items]
+            )
+
     def failure_counts(self) -> dict[str, dict[str, int]]:
         """``{repo: {category: count}}`` over every kept failure."""
         counts: dict[str, dict[str, int]] = {}
