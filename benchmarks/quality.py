@@ -138,6 +138,7 @@ def _run(project: Path) -> tuple[str, float]:
 
 def _answer_figures(rows: list[dict[str, Any]], chunks: dict[str, Chunk], index: frozenset[str]) -> dict[str, Any]:
     blocks = parsed = resolved = 0
+    unresolved: list[str] = []
     for row in rows:
         chunk = chunks.get(str(row["chunk_key"]))
         language = chunk.language if chunk else "python"
@@ -159,11 +160,13 @@ def _answer_figures(rows: list[dict[str, Any]], chunks: dict[str, Chunk], index:
             index,
         )
         resolved += not score.missing
+        unresolved += score.missing
     return {
         "answers": len(rows),
         "python_blocks": blocks,
         "blocks_parse": parsed / blocks if blocks else 1.0,
         "identifiers_resolve": resolved / len(rows) if rows else 0.0,
+        "unresolved": sorted(set(unresolved)),
     }
 
 
@@ -214,6 +217,7 @@ def _print(name: str, figures: dict[str, Any], seconds: float) -> None:
         print(
             f"  {part:7s}: {f['answers']:3d} answers, {f['python_blocks']:3d} Python blocks, "
             f"parse {f['blocks_parse']:.0%}, identifiers resolve {f['identifiers_resolve']:.0%}"
+            + (f" (unresolved: {', '.join(f['unresolved'][:12])})" if f["unresolved"] else "")
         )
     print(f"  rejections: {figures['rejections']}; answers with repo context: {figures['with_repo_context']}")
     print(f"  chunks asked about: {', '.join(figures['chunks'])}")

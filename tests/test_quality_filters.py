@@ -82,6 +82,24 @@ def test_grounding_uses_code_and_backticks_only() -> None:
     assert not grounding_score("It builds an index of the repository files.", CHUNK).judged
 
 
+ONE_OF_FOUR_INVENTED = "`build_index` calls `load_settings` and `scan_repository`, then `merge_index_shards`."
+ONE_OF_FIVE_UNKNOWN = (
+    "`build_index` calls `load_settings` and `scan_repository`, then `IndexBuilder` and `requests_cache_install`."
+)
+
+
+def test_grounding_threshold_default_and_setting() -> None:
+    """80 % by default: one invented name in four rejects, one unknown in five passes; 1.0 passes none."""
+    base = {"question": "What does build_index do?", "path": "idx.py"}
+    assert grounding_score(ONE_OF_FOUR_INVENTED, CHUNK).ratio == 0.75
+    assert grounding_score(ONE_OF_FIVE_UNKNOWN, CHUNK).ratio == 0.8
+    rejection = check_pair({**base, "answer": ONE_OF_FOUR_INVENTED}, CHUNK)
+    assert rejection is not None and rejection.reason == "not_grounded" and "merge_index_shards" in rejection.detail
+    assert check_pair({**base, "answer": ONE_OF_FIVE_UNKNOWN}, CHUNK) is None
+    assert check_pair({**base, "answer": ONE_OF_FIVE_UNKNOWN}, CHUNK, min_grounded_ratio=1.0) is not None
+    assert check_pair({**base, "answer": ONE_OF_FOUR_INVENTED}, CHUNK, min_grounded_ratio=0.6) is None
+
+
 @pytest.mark.parametrize(
     ("question", "bad"),
     [

@@ -95,6 +95,17 @@ def test_chain_rejects_invalid_code_and_grounds_in_the_whole_repo(
     detail = next(r["reject_detail"] for r in pairs if r["reject_reason"] == CODE_INVALID)
     assert "does not parse" in detail
 
+    # export.min_grounded_ratio: 1 of the invented answer's 4 names resolves (25 %); at 0.2 it passes.
+    # The answers come from the ledger: the server is down and no request is sent.
+    with (project / "cicdllm.yaml").open("a", encoding="utf-8") as handle:
+        handle.write("export:\n  min_grounded_ratio: 0.2\n")
+    result = materialize(chain_assets("qa_pairs"), partition_key=key, instance=instance, resources=chain_resources())
+    assert result.success
+    pairs = read_table(settings, "qa_pairs", key).to_pylist()
+    verdicts = {(r["path"], "callers" in r["question"]): (r["accepted"], r["reject_reason"]) for r in pairs}
+    assert verdicts[("calc/parser.py", False)] == (True, None)
+    assert verdicts[("calc/add.py", True)] == (False, CODE_INVALID)
+
 
 def test_code_blocks_python_tags_untagged_and_doctest() -> None:
     assert check_code_blocks("```python\nx = compute(1)\n```") is None

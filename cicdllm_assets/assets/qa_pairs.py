@@ -50,8 +50,10 @@ def qa_pairs(
             reported[0] = done
 
         settings = step.settings
-        threshold = settings.config.export.near_duplicate_threshold
-        result = filter_pairs(answers, code_chunks, threshold, progress=progress)
+        export = settings.config.export
+        result = filter_pairs(
+            answers, code_chunks, export.near_duplicate_threshold, export.min_grounded_ratio, progress=progress
+        )
         state.finish_stage(repo, STAGE, "done")
         table, judged, judge_metadata = judge_table(context, settings, state, result.table, code_chunks)
         rejections = dict(sorted({**result.rejections, **(judged.rejections if judged else {})}.items()))

@@ -356,6 +356,13 @@ class ExportConfig(StrictModel):
     near_duplicate_threshold: float = Field(
         0.85, gt=0.0, le=1.0, description="MinHash Jaccard above which pairs collapse"
     )
+    min_grounded_ratio: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="share of an answer's code identifiers that must occur in the chunk, its imports or the "
+        "repository's symbols (else not_grounded); 1 = none invented",
+    )
     system_prompt: str = Field(
         "You are an expert software engineer who answers questions about code.",
         description="system message of chat-format exports",

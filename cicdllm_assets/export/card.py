@@ -243,7 +243,8 @@ def render_card(
         "\nFilters: empty question/answer; truncated question; too short; answers that only echo the chunk; "
         'refusals ("I\'m sorry, I can\'t…", "As an AI…"); repetitive (looping) answers; '
         "truncated (length limit reached, unbalanced code fence, ends mid-sentence); code_invalid (a Python "
-        "code block does not parse); not grounded (under 60 % of the identifiers in the answer's code and "
+        "code block does not parse); not grounded (under "
+        f"{export.min_grounded_ratio:.0%} of the identifiers in the answer's code and "
         "backticks occur in the chunk, its imports, path, question or the repository's symbol index); "
         "exact duplicates and near-duplicates (MinHash LSH on character 5-grams of "
         f"question + answer, Jaccard >= {export.near_duplicate_threshold}) within and across repositories; "

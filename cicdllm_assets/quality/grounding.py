@@ -14,10 +14,10 @@ modules) are real, so they are grounded too; the attributes of a module the chun
 (``np.array`` after ``import numpy as np``) or of a standard-library module cannot be checked
 against the repository and are not counted.
 
-Threshold: an answer is grounded when at least ``DEFAULT_MIN_GROUNDED_RATIO`` (60 %)
-of its checked identifiers occur in that ground set. One checked identifier is enough to
-judge: an answer whose only one or two names are invented is not grounded (with 1 or 2
-names, any invented one puts the ratio under 60 %).
+Threshold: an answer is grounded when at least ``DEFAULT_MIN_GROUNDED_RATIO`` (80 %,
+``export.min_grounded_ratio``) of its checked identifiers occur in that ground set. One checked
+identifier is enough to judge: with up to four checked names, one invented name rejects the
+answer; from five on, one name the index cannot know (a third-party API, say) is tolerated.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-DEFAULT_MIN_GROUNDED_RATIO = 0.6
+DEFAULT_MIN_GROUNDED_RATIO = 0.8
 MIN_CHECKED_IDENTIFIERS = 1
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
