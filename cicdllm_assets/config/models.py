@@ -180,7 +180,7 @@ class GenerationConfig(StrictModel):
         3, ge=1, le=100, description="tries per item across runs; outages (connection, timeout, 5xx, 429) use none"
     )
     retries_in_run: int = Field(
-        1,
+        2,
         ge=0,
         le=10,
         description="times an item whose reply could not be parsed is sent again in the same run "
