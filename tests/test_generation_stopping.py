@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmarks.fault_server import FaultServer
 from cicdllm_assets.generation.parsing import parse_questions
-from cicdllm_assets.generation.stopping import answer_stop, question_stop
+from cicdllm_assets.generation.stopping import NO_QUESTIONS_FINISH, answer_stop, question_stop
 from cicdllm_assets.llm.base import STOP_CHECK_TOKENS, ChatMessage, GenerationRequest
 from cicdllm_assets.llm.mlx_backend import MLXBackend, release_models
 from cicdllm_assets.quality.filters import LOOP_FINISH, LOOP_SPAN_CHARS, REPETITIVE, check_pair, repeats_itself
@@ -53,6 +53,27 @@ def test_question_stop_ends_on_the_line_after_the_last_question() -> None:
     assert stopped == parse_questions(RAMBLING_QUESTIONS, min_chars=12, limit=2).questions
     assert question_stop(3, min_chars=12)(head + "\n") is None
     assert check("1. What does it do?\n" + LOOP_SENTENCE * 3) == LOOP_FINISH  # a loop before the 2nd question
+
+
+# What SmolLM2-135M wrote for a question prompt in a `make run` (all three samples failed):
+# two answers in a numbered list, then code until the length limit.
+ANSWERED_INSTEAD = (
+    "1. Yes, `ChunkSpan` protects itself against a missing `row`.\n"
+    "2. You can feed it into `ChunkSpan` by calling `to_list()` on the `ChunkSpan` class.\n\n"
+    "Here's an example of how to use `ChunkSpan` to flatten a list of lists:\n\n```python\n"
+)
+
+
+def test_question_stop_ends_a_reply_that_answers_instead_of_asking() -> None:
+    check = question_stop(2, min_chars=12)
+    first, second = ANSWERED_INSTEAD.split("\n")[:2]
+    assert check(first + "\n") is None  # one answer: a question may still follow
+    assert check(first + "\n" + second) is None  # the second line is not complete yet
+    assert check(first + "\n" + second + "\n") == NO_QUESTIONS_FINISH
+    assert check(ANSWERED_INSTEAD) == NO_QUESTIONS_FINISH
+    assert parse_questions(ANSWERED_INSTEAD, min_chars=12, limit=2).questions == []  # a parse_error, as at the limit
+    # one answer, then a question: the question is kept and the reply goes on
+    assert check(first + "\n2. What does `ChunkSpan` do with a missing `row`?\n") is None
 
 
 def test_a_loop_stopped_early_is_rejected_as_repetitive() -> None:

@@ -7,6 +7,9 @@
 * A question completion stops once it holds the questions asked for: ``n`` parsed questions
   on whole lines, so later text (a small model goes on answering its
   own questions) costs no decode steps. The same parser then reads the same questions.
+* It also stops once it holds ``n`` list items and none of them is a question (finish reason
+  ``no_questions``): the model answered instead of asking, the reply will be a ``parse_error``,
+  and the decode steps to the length limit would only delay the retry with the next seed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 from cicdllm_assets.generation.parsing import parse_questions
 from cicdllm_assets.llm.base import StopCheck
 from cicdllm_assets.quality.filters import LOOP_FINISH, repeats_itself
+
+NO_QUESTIONS_FINISH = "no_questions"
 
 
 def answer_stop(text: str) -> str | None:
@@ -24,14 +29,16 @@ def answer_stop(text: str) -> str | None:
 def question_stop(n_questions: int, min_chars: int) -> StopCheck:
     """Stop a question list once ``n_questions`` questions parse from a text ending in a
     newline (the last question's line is complete; checked on the text up to its last newline),
-    or once it loops."""
+    once ``n_questions`` items parse and none is a question, or once it loops."""
 
     def check(text: str) -> str | None:
         lines = text[: text.rfind("\n") + 1]  # whole lines only: the last question is complete
         if n_questions > 0 and lines:
-            found = parse_questions(lines, min_chars=min_chars, limit=n_questions).questions
-            if len(found) >= n_questions:
+            parsed = parse_questions(lines, min_chars=min_chars, limit=n_questions)
+            if len(parsed.questions) >= n_questions:
                 return "stop"
+            if not parsed.questions and parsed.dropped.get("not_a_question", 0) >= n_questions:
+                return NO_QUESTIONS_FINISH
         return answer_stop(text)
 
     return check
