@@ -68,12 +68,16 @@ def test_question_stop_ends_a_reply_that_answers_instead_of_asking() -> None:
     check = question_stop(2, min_chars=12)
     first, second = ANSWERED_INSTEAD.split("\n")[:2]
     assert check(first + "\n") is None  # one answer: a question may still follow
-    assert check(first + "\n" + second) is None  # the second line is not complete yet
-    assert check(first + "\n" + second + "\n") == NO_QUESTIONS_FINISH
-    assert check(ANSWERED_INSTEAD) == NO_QUESTIONS_FINISH
+    assert check(first + "\n" + second + "\n") is None  # two answers: questions may still follow
+    assert check(ANSWERED_INSTEAD[: ANSWERED_INSTEAD.index("```")]) is None
+    assert check(ANSWERED_INSTEAD) == NO_QUESTIONS_FINISH  # ... but it went on to write code
     assert parse_questions(ANSWERED_INSTEAD, min_chars=12, limit=2).questions == []  # a parse_error, as at the limit
     # one answer, then a question: the question is kept and the reply goes on
     assert check(first + "\n2. What does `ChunkSpan` do with a missing `row`?\n") is None
+    # a summary before the questions is not cut
+    summary = first + "\n" + second + "\n\nQuestions:\n1. What does `ChunkSpan` do without a `row`?\n"
+    assert check(summary) is None
+    assert check(summary + "2. Why does `ChunkSpan` call `to_list()`?\n") == "stop"
 
 
 def test_a_loop_stopped_early_is_rejected_as_repetitive() -> None:

@@ -230,6 +230,25 @@ def test_judge_scores_filters_retries_and_exports(project: Path, tiny_model_dir:
 
 
 @pytest.mark.slow
+def test_judge_sampling_resends_unparseable_verdicts_in_the_run(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+    """At ``quality.judge.temperature`` > 0 a verdict that does not parse is sent again in the same
+    run (``generation.retries_in_run``), up to the judge's ``max_attempts``; at 0 (the test above) not."""
+    with FaultServer() as gen, FaultServer(responder=scripted_judge, model=JUDGE_MODEL) as judge:
+        _generate(project, gen, tiny_model_dir)
+        add_judge_config(project, openai_judge(judge.base_url, tiny_model_dir, temperature=0.5, max_attempts=3))
+        settings = load_settings()
+        run_qa_pairs(REPO, DagsterInstance.get())
+        rows = read_table(settings, "qa_pairs", REPO).to_pylist()
+        judged = [r for r in rows if r["reject_reason"] in (None, JUDGE_LOW, JUDGE_UNSCORED)]
+        bad = [r for r in judged if verdict_kind(r["question"]) == "bad"]
+        assert bad and all(r["reject_reason"] == JUDGE_UNSCORED for r in bad)  # scripted: never parses
+        # every unparseable verdict used its three attempts in this one run
+        assert len(judge.chat_records) == len(judged) + 2 * len(bad)
+        failed = [e for e in ledger_of(settings).entries(kind="judge") if e.status != "ok"]
+        assert len(failed) == len(bad) and all(e.attempts == 3 for e in failed)
+
+
+@pytest.mark.slow
 def test_judge_resumes_after_sigkill(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
     with FaultServer() as gen, FaultServer(responder=good_judge, model=JUDGE_MODEL, capacity=1) as judge:
         _generate(project, gen, tiny_model_dir)

@@ -95,14 +95,15 @@ class RunStats:
     exhausted: int = 0
     llm_requests: int = 0
     retried: int = 0
-    """Items sent again in this run after a failure another sample may fix."""
+    """Items taken for another sample in this run after a failure it may fix (sent again unless
+    another run holds or settles them first)."""
     trimmed: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     completion_tokens: int = 0
     generate_seconds: float = 0.0
-    failed_keys: set[str] = field(default_factory=set)
-    """Items this run recorded as failed (the last outcome it wrote for each)."""
+    failed_keys: dict[str, str] = field(default_factory=dict)
+    """Items this run recorded as failed, with the category it counted (its last outcome for each)."""
     missing: int = 0
     """Items without an ``ok`` result in the ledger once the run ends (failed, or out of attempts)."""
     failures: Counter[str] = field(default_factory=Counter)
@@ -339,19 +340,19 @@ class StageRunner:
     def _retryable(self, sent: Sequence[WorkItem], entries: dict[str, LedgerEntry], stats: RunStats) -> list[WorkItem]:
         """Items of ``sent`` that failed in this run with a reply another sample may fix and
         attempts left; their failure is taken back (counters and the viewer's list)."""
-        fresh = self.ledger.get_many(w.item.key for w in sent)
+        failed = [w for w in sent if stats.failed_keys.get(w.item.key) in RETRY_IN_RUN_CATEGORIES]
+        fresh = self.ledger.get_many(w.item.key for w in failed)
         retry: list[WorkItem] = []
-        for w in sent:
+        for w in failed:
             entry = fresh.get(w.item.key)
             if entry is None or entry.ok or entry.error_category not in RETRY_IN_RUN_CATEGORIES:
+                continue  # another run has written it since
+            if not entry.needs_attempt(self.gen.max_attempts):
                 continue
-            if w.item.key not in stats.failed_keys or not entry.needs_attempt(self.gen.max_attempts):
-                continue  # another run's item, or out of attempts
             entries[w.item.key] = entry  # its attempt count seeds the retry
             stats.failed -= 1
-            stats.failures[entry.error_category] -= 1
+            stats.failures[stats.failed_keys.pop(w.item.key)] -= 1
             stats.retried += 1
-            stats.failed_keys.discard(w.item.key)
             retry.append(w)
         if retry:
             stats.failures += Counter()  # drop categories counted down to zero
@@ -497,13 +498,13 @@ class StageRunner:
     def _record(self, w: WorkItem, outcome: Outcome, stats: RunStats) -> None:
         self.ledger.record(w.item, outcome)
         if outcome.status == "ok":
-            stats.failed_keys.discard(w.item.key)
+            stats.failed_keys.pop(w.item.key, None)
             stats.generated += 1
             self.state.advance(self.repo, self.stage, done=1)
         else:
             stats.failed += 1
-            stats.failed_keys.add(w.item.key)
             category = outcome.error_category or "backend_error"
+            stats.failed_keys[w.item.key] = category
             stats.failures[category] += 1
             self.state.advance(self.repo, self.stage, done=0, failed=1)
             self.state.record_failure(self.repo, self.stage, w.label, category, outcome.error_message or category)
