@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckKey, AssetKey, AssetRecordsFilter
@@ -150,8 +151,42 @@ def test_dataset_end_to_end(project: Path) -> None:
     event = instance.get_latest_materialization_event(AssetKey("training_dataset"))
     meta = event.asset_materialization.metadata  # type: ignore[union-attr]
     assert meta["exported_pairs"].value == 8 and meta["excluded_repos"].value["gnu/thing"]["pairs"] == 1
+    # the run summary and `cicdllm status` show a materialization's `warning`
+    assert meta["warning"].value == (
+        "gnu/thing: 1 pairs excluded, licence 'GPL-3.0-only' is not in export.allowed_licenses"
+    )
     # Dagster table conventions: true row counts (pairs, not summary rows), location, columns
     assert_table_metadata(instance, settings.tables_dir, out, ["qa_pairs"], ["acme/tools", "gnu/thing"], columns=False)
+
+
+def test_a_repository_without_a_licence_is_excluded_with_a_hint_and_can_be_allowed(project: Path) -> None:
+    """A user's own repository often has no LICENSE: its pairs are kept out (NOASSERTION), the
+    warning says how to let them in, and adding NOASSERTION to the allow-list does."""
+    settings = load_settings()
+    make_mit_repo(settings.tables_dir, repo="me/private")
+    TableStore(settings.tables_dir).write(
+        "repositories",
+        "me/private",
+        pa.table(
+            {
+                "repo": ["me/private"],
+                "url": ["file:///me/private"],
+                "license": ["NOASSERTION"],
+                "head_commit": ["c0ffee"],
+            }
+        ),
+    )
+    instance = run_dataset_assets(project, ["me/private"])
+    meta = instance.get_latest_materialization_event(AssetKey("training_dataset")).asset_materialization.metadata  # type: ignore[union-attr]
+    assert meta["exported_pairs"].value == 0
+    assert "no licence found (NOASSERTION)" in meta["warning"].value
+    assert "add NOASSERTION to export.allowed_licenses" in meta["warning"].value
+
+    with (project / "cicdllm.yaml").open("a", encoding="utf-8") as handle:
+        handle.write("export:\n  allowed_licenses: [MIT, NOASSERTION]\n")
+    instance = run_dataset_assets(project, ["me/private"])
+    meta = instance.get_latest_materialization_event(AssetKey("training_dataset")).asset_materialization.metadata  # type: ignore[union-attr]
+    assert meta["exported_pairs"].value == 8 and "warning" not in meta
 
 
 @pytest.mark.parametrize("check", sorted(ALL_CHECKS))

@@ -2,6 +2,7 @@
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 from dagster import (
@@ -77,6 +78,7 @@ def training_dataset(context: AssetExecutionContext, app_config: AppConfigResour
             **{f"{split}_pairs": MetadataValue.int(count) for split, count in splits.items()},
             "rejections": MetadataValue.json(result.rejections),
             "excluded_repos": MetadataValue.json(result.excluded_repos),
+            **_excluded_warning(result.excluded_repos),
             "secrets_redacted": MetadataValue.json(result.redactions),
             "files": MetadataValue.json({str(f.path): f.rows for f in result.files}),
             "notes": MetadataValue.json(result.notes),
@@ -86,6 +88,15 @@ def training_dataset(context: AssetExecutionContext, app_config: AppConfigResour
             "plot_files": MetadataValue.json({name: str(path) for name, path in result.plot_paths.items()}),
         }
         return step.output(summary, metadata, _content_version(context, keys, result.exported_pairs))
+
+
+def _excluded_warning(excluded: dict[str, dict[str, Any]]) -> dict[str, MetadataValue]:
+    """A ``warning`` entry (the run summary and `cicdllm status` show it) naming the repositories
+    the licence allow-list kept out of the export."""
+    if not excluded:
+        return {}
+    parts = [f"{repo}: {info['pairs']} pairs excluded, {info['reason']}" for repo, info in excluded.items()]
+    return {"warning": MetadataValue.text("; ".join(parts))}
 
 
 def _content_version(context: AssetExecutionContext, keys: Sequence[str], exported: int) -> str:

@@ -76,7 +76,9 @@ def render_summary(summary: RunSummary, console: Console) -> None:
     console.print(table)
     for outcome in steps:
         for warning in outcome.warnings:
-            console.print(Text(f"warning: {outcome.name}: {warning}", style="yellow"))
+            # a repo's warnings name their asset; the dataset step's asset is the step itself
+            about = warning if warning.startswith(f"{outcome.name}: ") else f"{outcome.name}: {warning}"
+            console.print(Text(f"warning: {about}", style="yellow"))
     counts = summary.to_dict()["counts"]
     line = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items() if n)
     if summary.interrupted:

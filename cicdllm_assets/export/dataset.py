@@ -336,7 +336,12 @@ def _build(
         excluded[str(repo)] = {
             "license": lic,
             "pairs": int(count),
-            "reason": f"licence {lic!r} is not in export.allowed_licenses",
+            "reason": (
+                "no licence found (NOASSERTION): if you may use its code (your own repository, say),"
+                " add NOASSERTION to export.allowed_licenses"
+                if (lic or NOASSERTION) == NOASSERTION
+                else f"licence {lic!r} is not in export.allowed_licenses"
+            ),
         }
         rejections[LICENSE_EXCLUDED] += int(count)
 
