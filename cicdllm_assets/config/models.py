@@ -12,6 +12,8 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from cicdllm_assets.quality.grounding import DEFAULT_MIN_GROUNDED_RATIO
+
 ExportFormat = Literal["jsonl", "csv", "parquet", "mlx_chat", "mlx_completions", "alpaca", "sharegpt", "openai"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 
@@ -357,7 +359,7 @@ class ExportConfig(StrictModel):
         0.85, gt=0.0, le=1.0, description="MinHash Jaccard above which pairs collapse"
     )
     min_grounded_ratio: float = Field(
-        0.8,
+        DEFAULT_MIN_GROUNDED_RATIO,
         ge=0.0,
         le=1.0,
         description="share of an answer's code identifiers that must occur in the chunk, its imports or the "
