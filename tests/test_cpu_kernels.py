@@ -226,3 +226,34 @@ def test_rope_matches_mlx(length: int, per_sequence: bool) -> None:
     assert mx.array_equal(ours, again).item()
     call(rope, x, offset)  # outside inference: mlx's
     assert calls == [1, 1]
+
+
+def test_numpy_blas_runs_one_thread_in_inference_and_every_thread_for_one_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy's own OpenBLAS on one thread inside inference (its idle workers would spin against
+    mlx's matmuls), back to its count for a single row's matrix-vector product and after."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from cicdllm_assets.llm import openblas
+
+    blas = openblas._numpy_blas()
+    assert blas is not None, "numpy's wheel carries OpenBLAS on this platform"
+    setter, getter = blas
+    setter(2)
+    seen: list[int] = []
+    matvec = fast_math.matvec
+
+    def counting(weight: Any, x: Any, bias: Any) -> Any:
+        seen.append(int(getter()))
+        return matvec(weight, x, bias)
+
+    monkeypatch.setattr(fast_math, "matvec", counting)
+    layer = nn.Linear(8, 4)
+    linear = cpu_linear(lambda self, x: x @ self.weight.T)
+    with inference_kernels():
+        inside = int(getter())
+        with inference_kernels():  # nested: unchanged
+            nested = int(getter())
+        linear(layer, mx.ones((1, 1, 8)))
+        after_row = int(getter())
+    assert (inside, nested, seen, after_row, int(getter())) == (1, 1, [2], 1, 2)

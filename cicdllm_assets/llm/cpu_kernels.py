@@ -17,6 +17,10 @@ kernel and every ``exp`` runs one element at a time (:mod:`~cicdllm_assets.llm.f
   numpy once per positions (every layer of a step shares them) instead of per element and
   layer in mlx's kernel; traditional (interleaved) and partial rotations go to mlx's.
 
+Inside, numpy's own OpenBLAS runs on one thread (:func:`~cicdllm_assets.llm.openblas.numpy_blas_threads`:
+its spinning idle workers took a core from mlx's matmuls), except for a single row's
+matrix-vector product, which reads the weights with every core.
+
 The replacements have no gradient, so they act only inside :func:`inference_kernels` (the MLX
 backend's generation loop, in the thread that builds the graph); everywhere else (LoRA training,
 evaluation, the benchmarks' mlx-lm baseline) mlx-lm's own functions run. The GPU (Metal) path
@@ -33,6 +37,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cicdllm_assets.llm import fast_math
+from cicdllm_assets.llm.openblas import numpy_blas_threads
 
 ATTENTION_NAME = "scaled_dot_product_attention"
 """The name mlx-lm's model modules import the attention function under."""
@@ -50,7 +55,12 @@ def inference_kernels() -> Iterator[None]:
     depth = getattr(_state, "depth", 0)
     _state.depth = depth + 1
     try:
-        yield
+        if depth:
+            yield
+            return
+        with numpy_blas_threads(1) as before:
+            _state.blas_threads = before or 1
+            yield
     finally:
         _state.depth = depth
 
@@ -137,7 +147,8 @@ def cpu_linear(original: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: Any, x: Any) -> Any:
         out = None
         if _active() and x.size == x.shape[-1]:
-            out = fast_math.matvec(self["weight"], x, self.get("bias"))
+            with numpy_blas_threads(_state.blas_threads):  # one row: the bandwidth of every core
+                out = fast_math.matvec(self["weight"], x, self.get("bias"))
         return original(self, x) if out is None else out
 
     call.original = original  # type: ignore[attr-defined]

@@ -13,7 +13,9 @@ imports mlx calls it at the top.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import importlib.metadata
 import logging
 import os
@@ -23,7 +25,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -364,3 +368,55 @@ def matmul_gflops(n: int = 512, repeats: int = 5) -> float:
             mx.eval(a @ b)
             best = min(best, time.perf_counter() - start)
     return 2.0 * n**3 / max(best, 1e-9) / 1e9
+
+
+NUMPY_BLAS_GLOBS = ("libscipy_openblas*.so*", "libopenblas*.so*")
+"""numpy's own OpenBLAS in the wheel's ``numpy.libs`` (a second OpenBLAS next to mlx's)."""
+NUMPY_BLAS_PREFIXES = ("scipy_openblas", "openblas")
+NUMPY_BLAS_SUFFIXES = ("64_", "_64_", "")
+
+
+@functools.cache
+def _numpy_blas() -> tuple[Any, Any] | None:
+    """``(set_num_threads, get_num_threads)`` of numpy's OpenBLAS; None when numpy uses another BLAS."""
+    import numpy
+
+    libs = Path(numpy.__file__).resolve().parent.parent / "numpy.libs"
+    for pattern in NUMPY_BLAS_GLOBS:
+        for path in sorted(libs.glob(pattern)):
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError:
+                continue
+            for prefix in NUMPY_BLAS_PREFIXES:
+                for suffix in NUMPY_BLAS_SUFFIXES:
+                    setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                    getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                    if setter is not None and getter is not None:
+                        return setter, getter
+    return None
+
+
+@contextlib.contextmanager
+def numpy_blas_threads(threads: int) -> Iterator[int | None]:
+    """Inside, numpy's OpenBLAS uses ``threads`` threads; yields the count before (None, and
+    changes nothing, when numpy uses another BLAS).
+
+    numpy's wheel carries its own OpenBLAS, whose idle worker threads spin for a while after
+    each call: in a prefill, numpy's attention and mlx's matmuls alternate dozens of times a
+    step, and each library's spinning threads take a core from the other's (prefill ran at
+    about 60 % of the rate with numpy's BLAS on one thread, measured while writing this).
+    """
+    blas = _numpy_blas()
+    if blas is None:
+        yield None
+        return
+    setter, getter = blas
+    before = int(getter())
+    if before != threads:
+        setter(ctypes.c_int(max(1, threads)))
+    try:
+        yield before
+    finally:
+        if before != threads:
+            setter(ctypes.c_int(before))
