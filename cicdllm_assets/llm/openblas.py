@@ -404,8 +404,8 @@ def numpy_blas_threads(threads: int) -> Iterator[int | None]:
 
     numpy's wheel carries its own OpenBLAS, whose idle worker threads spin for a while after
     each call: in a prefill, numpy's attention and mlx's matmuls alternate dozens of times a
-    step, and each library's spinning threads take a core from the other's (prefill ran at
-    about 60 % of the rate with numpy's BLAS on one thread, measured while writing this).
+    step, and each library's spinning threads take a core from the other's (with numpy's BLAS
+    on two threads, prefill ran at about 60 % of its rate on one, measured while writing this).
     """
     blas = _numpy_blas()
     if blas is None:
