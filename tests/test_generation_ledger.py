@@ -181,8 +181,14 @@ class FirstSeedUnparseable(ScriptedBackend):
         super().__init__()
         self.base_seed, self.fixed = base_seed, fixed
 
+    snapshot: bool = False
+    """Read the requests once per call (as the OpenAI backend does) instead of as it goes."""
+
     def generate(self, requests):
-        for request in requests:
+        self.call_of: dict[tuple[str, int], int] = getattr(self, "call_of", {})
+        self.generate_calls = getattr(self, "generate_calls", 0) + 1
+        for request in list(requests) if self.snapshot else requests:
+            self.call_of[(request.key, request.seed)] = self.generate_calls
             bad = "possible bugs" in request.messages[-1].content and (request.seed == self.base_seed or not self.fixed)
             self.replies = {"possible bugs": "no idea"} if bad else {}
             yield from super().generate([request])
@@ -193,18 +199,30 @@ def _failures(state: StateStore) -> list[str]:
     return [r["category"] for r in rows.fetchall()]
 
 
+@pytest.mark.parametrize("snapshot", [False, True], ids=["feed-read-as-it-goes", "feed-read-once"])
 @pytest.mark.parametrize("fixed", [True, False], ids=["retry-parses", "retry-fails-too"])
-def test_runner_sends_unparseable_replies_again_in_the_same_run(settings: Settings, runner_parts, fixed: bool) -> None:
+def test_runner_sends_unparseable_replies_again_in_the_same_run(
+    settings: Settings, runner_parts, fixed: bool, snapshot: bool
+) -> None:
     state, ledger, prompts, chunks = runner_parts
     gen = settings.config.generation.model_copy(update={"max_attempts": 3, "batch_size": 2, "retries_in_run": 1})
     settings = Settings(settings.config.model_copy(update={"generation": gen}), settings.path, settings.root)
     work = plan_questions(chunks, [prompts.theme("testing"), prompts.theme("debugging")], "scripted", gen, "repo")
     backend = FirstSeedUnparseable(gen.seed, fixed=fixed)
+    backend.snapshot = snapshot
     stats = _runner(backend, state, ledger, settings).run(work, question_postprocess(gen))
 
     n = len(chunks)  # one debugging item per chunk fails its first sample
     assert len(backend.calls) == len(work) + n and stats.llm_requests == len(work) + n
-    assert [r.seed for r in backend.calls[len(work) :]] == [gen.seed + 1] * n  # the next seed
+    resent = [r for r in backend.calls if r.seed != gen.seed]
+    debugging_keys = sorted(w.item.key for w in work if w.item.theme == "debugging")
+    assert [r.seed for r in resent] == [gen.seed + 1] * n  # the next seed
+    assert sorted(r.key for r in resent) == debugging_keys
+    # A backend reading the feed as it goes runs each retry in the call that returned the
+    # unusable reply; one that reads it once gets the retries in its next call.
+    assert [backend.call_of[(k, gen.seed + 1)] - backend.call_of[(k, gen.seed)] for k in debugging_keys] == [
+        int(snapshot)
+    ] * n
     assert stats.retried == n
     entries = ledger.get_many(w.item.key for w in work)
     debugging = [entries[w.item.key] for w in work if w.item.theme == "debugging"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 from pathlib import Path
 
 import pytest
 
 from cicdllm_assets.llm import mlx_backend
-from cicdllm_assets.llm.base import ChatMessage, GenerationRequest, LLMBackend
+from cicdllm_assets.llm.base import ChatMessage, GenerationRequest, LLMBackend, RequestFeed
 from cicdllm_assets.llm.mlx_backend import SHARED_PREFIX_MIN, MLXBackend, release_models
 from tests.llm_fixtures import make_tiny_model_dir, tiny_model_dir
 
@@ -281,3 +283,59 @@ def test_auto_width_comes_from_the_model_and_memory(tiny_model_dir: Path) -> Non
     assert choice == choose_width(shape, longest, choice.available)
     with pytest.raises(ValueError, match="batch_size"):
         MLXBackend(str(tiny_model_dir), batch_size=0)
+
+
+def test_requests_added_to_a_feed_join_the_running_batch(tiny_model_dir: Path, monkeypatch) -> None:
+    """A request added to the feed while results stream (the engine's retry of an unusable
+    reply) is decoded by the batch generator already running, and gives what it gives alone."""
+    generate_module = importlib.import_module("mlx_lm.generate")  # mlx_lm.generate is also a function
+    requests = _varied_requests(6, max_tokens=10)
+    late = dataclasses.replace(requests[3], key="late")
+    release_models()
+    alone = MLXBackend(str(tiny_model_dir), batch_size=1, prefix_reuse=False)
+    expected = next(iter(alone.generate([late])))
+
+    generators: list[object] = []
+    real = generate_module.BatchGenerator
+
+    def counted(*args: object, **kwargs: object) -> object:
+        generators.append(real(*args, **kwargs))
+        return generators[-1]
+
+    monkeypatch.setattr(generate_module, "BatchGenerator", counted)
+    release_models()
+    backend = MLXBackend(str(tiny_model_dir), batch_size=8)
+    feed = RequestFeed(requests)
+    results = []
+    for result in backend.generate(feed):
+        results.append(result)
+        if len(results) == 1:
+            feed.add(late)
+    assert sorted(r.key for r in results) == sorted([*(r.key for r in requests), "late"])
+    assert len(generators) == 1  # no second pass
+    got = next(r for r in results if r.key == "late")
+    assert (got.text, got.completion_tokens) == (expected.text, expected.completion_tokens)
+    assert len(feed) == 0 and feed.taken == len(requests) + 1
+
+
+def test_suffixes_are_prefilled_in_groups_of_similar_length(tiny_model_dir: Path, monkeypatch) -> None:
+    """Requests entering together are prefilled :data:`PREFILL_GROUP` at a time, longest
+    first, so each padded forward pass holds prompts of similar lengths."""
+    from mlx_lm.generate import PromptProcessingBatch
+
+    requests = _varied_requests(8, max_tokens=4)  # lengths alternate: the queue order is not the length order
+    calls: list[list[int]] = []
+    real_prompt = PromptProcessingBatch.prompt
+
+    def recorded(self: PromptProcessingBatch, tokens: list[list[int]]) -> None:
+        if tokens and max(len(t) for t in tokens) > 1:  # not the last token fed with the first decode step
+            calls.append([len(t) for t in tokens])
+        real_prompt(self, tokens)
+
+    monkeypatch.setattr(PromptProcessingBatch, "prompt", recorded)
+    monkeypatch.setattr(mlx_backend, "PREFILL_GROUP", 4)
+    release_models()
+    backend = MLXBackend(str(tiny_model_dir), batch_size=8, prefix_reuse=False)
+    assert all(r.ok for r in backend.generate(requests))
+    lengths = sorted((backend.count_prompt_tokens(r.messages) - 1 for r in requests), reverse=True)
+    assert [sorted(c, reverse=True) for c in calls] == [lengths[:4], lengths[4:]]

@@ -4,7 +4,9 @@ Planning computes every item's content key and looks it up in the ledger; only
 missing items (or failed ones with attempts left) go to the backend, in wide batches
 ordered by chunk so a backend can reuse each chunk's prefix cache. An item whose reply
 could not be used (``parse_error``) is sent again in the same run, with the next seed, up to
-``generation.retries_in_run`` times (sampling at temperature > 0 only). Every result is
+``generation.retries_in_run`` times (sampling at temperature > 0 only), as soon as the reply
+comes back: it joins the request feed of its group, so a backend that reads the feed as it
+goes (MLX) decodes it in the running batch. Every result is
 committed to the ledger as it arrives; the output tables are then built from the
 ledger, so a no-op re-run makes no LLM call and a killed run resumes where it stopped.
 The two stages (questions_stage, answers_stage) plan work items and tabulate results.
@@ -39,6 +41,7 @@ from cicdllm_assets.llm.base import (
     GenerationRequest,
     GenerationResult,
     LLMBackend,
+    RequestFeed,
     StopCheck,
     request_secrets,
 )
@@ -104,6 +107,8 @@ class RunStats:
     generate_seconds: float = 0.0
     failed_keys: dict[str, str] = field(default_factory=dict)
     """Items this run recorded as failed, with the category it counted (its last outcome for each)."""
+    resent: Counter[str] = field(default_factory=Counter)
+    """Samples sent again in this run, per item key (at most ``generation.retries_in_run``)."""
     missing: int = 0
     """Items without an ``ok`` result in the ledger once the run ends (failed, or out of attempts)."""
     failures: Counter[str] = field(default_factory=Counter)
@@ -236,15 +241,6 @@ class StageRunner:
                     f" {len(waiting)} held by other runs, {stats.completion_tokens} completion tokens"
                     f" at {stats.tokens_per_second:.1f} tok/s"
                 )
-            for _ in range(self.gen.retries_in_run if self.gen.temperature > 0 else 0):
-                retry = self._retryable(pending, entries, stats)
-                if not retry:
-                    break
-                self.log.info(f"{self.stage}: sending {len(retry)} unusable replies again with the next seed")
-                for start in range(0, len(retry), width):
-                    waiting += self._claim_and_run(
-                        leases, retry[start : start + width], entries, postprocess, stats, errors
-                    )
             if waiting:
                 self.log.info(f"{self.stage}: waiting for {len(waiting)} items another run holds")
             while waiting:
@@ -337,28 +333,29 @@ class StageRunner:
                 self.state.advance(self.repo, self.stage, done=0, failed=1)
         return rest
 
-    def _retryable(self, sent: Sequence[WorkItem], entries: dict[str, LedgerEntry], stats: RunStats) -> list[WorkItem]:
-        """Items of ``sent`` that failed in this run with a reply another sample may fix and
-        attempts left; their failure is taken back (counters and the viewer's list)."""
-        failed = [w for w in sent if stats.failed_keys.get(w.item.key) in RETRY_IN_RUN_CATEGORIES]
-        fresh = self.ledger.get_many(w.item.key for w in failed)
-        retry: list[WorkItem] = []
-        for w in failed:
-            entry = fresh.get(w.item.key)
-            if entry is None or entry.ok or entry.error_category not in RETRY_IN_RUN_CATEGORIES:
-                continue  # another run has written it since
-            if not entry.needs_attempt(self.gen.max_attempts):
-                continue
-            entries[w.item.key] = entry  # its attempt count seeds the retry
-            stats.failed -= 1
-            stats.failures[stats.failed_keys.pop(w.item.key)] -= 1
-            stats.retried += 1
-            retry.append(w)
-        if retry:
-            stats.failures += Counter()  # drop categories counted down to zero
-            self.state.advance(self.repo, self.stage, done=0, failed=-len(retry))
-            self.state.forget_failures(self.repo, self.stage, [w.label for w in retry])
-        return retry
+    def _resend(self, w: WorkItem, stats: RunStats) -> tuple[GenerationRequest, bool] | None:
+        """The request for another sample of ``w``, which just failed in this run with a reply
+        another sample may fix, while it has in-run retries and attempts left; its failure is
+        taken back (counters and the viewer's list). None: ``w`` stays failed."""
+        key = w.item.key
+        category = stats.failed_keys.get(key)
+        if self.gen.temperature <= 0 or category not in RETRY_IN_RUN_CATEGORIES:
+            return None
+        if stats.resent[key] >= self.gen.retries_in_run:
+            return None
+        entry = self.ledger.get_many([key]).get(key)
+        if entry is None or entry.ok or entry.error_category not in RETRY_IN_RUN_CATEGORIES:
+            return None  # another run has written it since
+        if not entry.needs_attempt(self.gen.max_attempts):
+            return None
+        stats.resent[key] += 1
+        stats.failed -= 1
+        stats.failures[stats.failed_keys.pop(key)] -= 1
+        stats.failures += Counter()  # drop categories counted down to zero
+        stats.retried += 1
+        self.state.advance(self.repo, self.stage, done=0, failed=-1)
+        self.state.forget_failures(self.repo, self.stage, [w.label])
+        return self._request_for(w, entry.attempts, stats)
 
     def _show_exhausted(self, work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]) -> None:
         """Keep failures that will not be retried visible to the viewer after the clear."""
@@ -403,6 +400,15 @@ class StageRunner:
         )
         return True
 
+    def _request_for(self, w: WorkItem, attempt: int, stats: RunStats) -> tuple[GenerationRequest, bool] | None:
+        """``w``'s request for its ``attempt`` and whether its chunk was trimmed; None when it
+        cannot be sent (the failure is recorded)."""
+        fitted = self._fit(w, attempt, stats)
+        if fitted is None or self._blocked(w, fitted[0], stats):
+            return None
+        stats.llm_requests += 1
+        return fitted
+
     def _run_group(
         self,
         group: Sequence[WorkItem],
@@ -410,30 +416,33 @@ class StageRunner:
         postprocess: Postprocess,
         stats: RunStats,
     ) -> None:
-        requests: list[GenerationRequest] = []
+        """Send ``group``'s requests in one feed; an unusable reply's next sample (:meth:`_resend`)
+        joins the same feed, so a backend that reads it as it goes runs it in the batch it decodes."""
+        feed = RequestFeed()
         in_flight: dict[str, tuple[WorkItem, bool, int]] = {}
+
+        def send(w: WorkItem, prepared: tuple[GenerationRequest, bool] | None) -> None:
+            if prepared is not None:
+                feed.add(prepared[0])
+                in_flight[prepared[0].key] = (w, prepared[1], prepared[0].max_tokens)
+
         for w in group:
             previous = entries.get(w.item.key)
-            fitted = self._fit(w, previous.attempts if previous else 0, stats)
-            if fitted is None:
-                continue
-            request, trimmed = fitted
-            if self._blocked(w, request, stats):
-                continue
-            requests.append(request)
-            in_flight[request.key] = (w, trimmed, request.max_tokens)
-        if not requests:
-            return
-        stats.llm_requests += len(requests)
+            send(w, self._request_for(w, previous.attempts if previous else 0, stats))
         started = time.monotonic()
         try:
-            for result in self.backend.generate(requests):
-                entry = in_flight.pop(result.key, None)
-                if entry is None:
-                    self.log.warning(f"{self.stage}: backend returned an unknown key {result.key!r}; ignored")
-                    continue
-                self._handle(entry[0], entry[1], entry[2], result, postprocess, stats)
-                self._report_load()
+            while len(feed):
+                taken = feed.taken
+                for result in self.backend.generate(feed):
+                    entry = in_flight.pop(result.key, None)
+                    if entry is None:
+                        self.log.warning(f"{self.stage}: backend returned an unknown key {result.key!r}; ignored")
+                        continue
+                    self._handle(*entry, result, postprocess, stats)
+                    send(entry[0], self._resend(entry[0], stats))
+                    self._report_load()
+                if feed.taken == taken:
+                    break  # the backend took nothing: what it was given fails below
         except CircuitOpenError as exc:
             self._abandon(in_flight, "circuit_open", str(exc), stats)
             raise

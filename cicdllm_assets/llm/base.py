@@ -4,12 +4,15 @@ Callers build :class:`GenerationRequest` objects whose chat ``messages`` start w
 shared prefix (system prompt + the code chunk) and end with the task instruction, so
 a backend can reuse the prefix's KV cache across a chunk's questions and answers.
 ``generate`` yields one :class:`GenerationResult` per request as each completes (order
-not guaranteed), so the caller can commit each item to the ledger immediately.
+not guaranteed), so the caller can commit each item to the ledger immediately. Given a
+:class:`RequestFeed`, a backend that reads it as it goes also runs the requests the caller
+adds while results stream (a retry joins the running batch instead of a pass of its own).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal, Protocol, runtime_checkable
@@ -59,6 +62,43 @@ class GenerationRequest:
     """How many leading messages form the shared prefix (0 = no reuse hint)."""
     stop_when: StopCheck | None = field(default=None, compare=False)
     """Ends the completion early (a loop, a complete question list); see :data:`StopCheck`."""
+
+
+class RequestFeed:
+    """The requests of one ``generate`` call, to which the caller may :meth:`add` more while
+    its results stream.
+
+    Iterating takes the requests not taken yet, each when it is asked for (so requests added
+    meanwhile come too); :meth:`take` takes all there are now. A backend that reads its
+    requests once (``list(feed)``) leaves those added later to the caller's next call; one that
+    polls :meth:`take` between its steps runs them in the batch it is decoding. Not thread-safe:
+    the caller adds from the thread that iterates the results.
+    """
+
+    def __init__(self, requests: Iterable[GenerationRequest] = ()) -> None:
+        self._pending: deque[GenerationRequest] = deque(requests)
+        self.taken = 0
+        """Requests taken so far."""
+
+    def add(self, request: GenerationRequest) -> None:
+        """Queue one more request."""
+        self._pending.append(request)
+
+    def take(self) -> list[GenerationRequest]:
+        """Every request not taken yet."""
+        out = list(self._pending)
+        self._pending.clear()
+        self.taken += len(out)
+        return out
+
+    def __iter__(self) -> Iterator[GenerationRequest]:
+        while self._pending:
+            self.taken += 1
+            yield self._pending.popleft()
+
+    def __len__(self) -> int:
+        """Requests not taken yet."""
+        return len(self._pending)
 
 
 @dataclass(frozen=True)
@@ -138,8 +178,9 @@ class LLMBackend(Protocol):
         """Exact tokens of plain text (used to trim chunks by real counts)."""
         ...
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
-        """Run requests (batched/concurrent as the backend sees fit), yielding each result."""
+    def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[GenerationResult]:
+        """Run requests (batched/concurrent as the backend sees fit), yielding each result;
+        ``requests`` may be a :class:`RequestFeed` the caller adds to while iterating."""
         ...
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +39,7 @@ from cicdllm_assets.llm.base import (
     GenerationRequest,
     GenerationResult,
     RequestFailure,
+    RequestFeed,
 )
 from cicdllm_assets.llm.batch_width import (
     ModelShape,
@@ -61,6 +62,11 @@ PREFIX_PREFILL_WIDTH = 8
 """Shared prefixes (system + chunk) prefilled together in one batch."""
 PREFILL_STEP = 512
 """Prompt tokens per forward pass during prefill."""
+PREFILL_GROUP = 8
+"""Requests whose prompts (suffixes after their prefix) are prefilled together in one padded
+forward pass; they enter longest first, so a group's rows have similar lengths and little
+padding (one group of 28 answers padded 4400 tokens to 7028), and each group starts decoding
+while the next one is prefilled."""
 MIN_SUFFIX_TOKENS = 2
 """Prompt tokens a request keeps after its shared prefix (BatchGenerator needs a non-empty prompt)."""
 SHARED_PREFIX_MIN = 16
@@ -533,34 +539,29 @@ class MLXBackend:
         self.stats.prefix_prefill_batches += 1
         return found
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
-        """Run ``requests`` in continuous batches of ``batch_size``; yield each result as it ends."""
-        if not requests:
+    def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[GenerationResult]:
+        """Run ``requests`` in continuous batches of ``batch_size``; yield each result as it ends.
+
+        Given a :class:`~cicdllm_assets.llm.base.RequestFeed`, requests added to it while the
+        results stream join the running batch (taken between decoding steps)."""
+        feed = requests if isinstance(requests, RequestFeed) else RequestFeed(requests)
+        if not len(feed):
             return
         with self._lock:
-            yield from self._generate(list(requests))
+            yield from self._generate(feed)
 
-    def _generate(self, requests: list[GenerationRequest]) -> Iterator[GenerationResult]:
+    def _generate(self, feed: RequestFeed) -> Iterator[GenerationResult]:
         try:
             loaded = self.loaded
         except Exception as exc:  # the model itself is unusable: every request fails the same way
             logger.exception("cannot load model %s", self.model_path)
-            for request in requests:
+            for request in feed:
                 self.stats.failures += 1
                 yield _error(request, "backend_error", f"cannot load model {self.model_path}: {exc}")
             return
 
         waiting: list[_Prepared] = []
-        for index, request in enumerate(requests):
-            try:
-                prepared = self._prepare(index, request)
-            except Exception as exc:  # tokenizer/template failure for this request only
-                prepared = _error(request, "backend_error", f"cannot build prompt: {exc}", retryable=False)
-            if isinstance(prepared, GenerationResult):
-                self.stats.failures += 1
-                yield prepared
-            else:
-                waiting.append(prepared)
+        yield from self._admit(feed, waiting)
         if self.prefix_reuse:
             _share_common_prefix(waiting)
         # Requests of one prefix group run next to each other so the prefix is live once.
@@ -571,11 +572,31 @@ class MLXBackend:
         while waiting:
             # A failure inside the batch loop fails only the requests in flight;
             # the rest get a fresh generator.
-            yield from self._run(loaded, waiting, width, prefixes)
+            yield from self._run(loaded, feed, waiting, width, prefixes)
+            yield from self._admit(feed, waiting, prefixes)
+
+    def _admit(
+        self, feed: RequestFeed, waiting: list[_Prepared], prefixes: _Prefixes | None = None
+    ) -> Iterator[GenerationResult]:
+        """Tokenize the requests ``feed`` holds now onto ``waiting`` (counted in ``prefixes``'
+        groups); yield a failure for each that cannot run."""
+        for request in feed.take():
+            try:
+                prepared = self._prepare(len(waiting), request)
+            except Exception as exc:  # tokenizer/template failure for this request only
+                prepared = _error(request, "backend_error", f"cannot build prompt: {exc}", retryable=False)
+            if isinstance(prepared, GenerationResult):
+                self.stats.failures += 1
+                yield prepared
+                continue
+            waiting.append(prepared)
+            if prefixes is not None and prepared.prefix_len > 0:
+                prefixes.remaining[prepared.group] += 1
 
     def _run(
         self,
         loaded: LoadedModel,
+        feed: RequestFeed,
         waiting: list[_Prepared],
         width: int,
         prefixes: _Prefixes,
@@ -591,16 +612,21 @@ class MLXBackend:
                 loaded.model,
                 stop_tokens=[[t] for t in eos],
                 completion_batch_size=width,
-                prefill_batch_size=width,
+                prefill_batch_size=min(width, PREFILL_GROUP),
                 prefill_step_size=PREFILL_STEP,
                 max_kv_size=self.max_kv_size,
             )
             with generator.stats() as batch_stats:
-                while waiting or in_flight:
+                while True:
+                    yield from self._admit(feed, waiting, prefixes)  # requests added meanwhile
+                    if not (waiting or in_flight):
+                        break
                     if waiting and len(in_flight) < width:
                         self._prefill_for(waiting, width - len(in_flight), prefixes)
-                    while waiting and len(in_flight) < width:
-                        prepared = waiting.pop(0)
+                    entering = waiting[: width - len(in_flight)]
+                    del waiting[: len(entering)]
+                    # Longest suffix first: each prefill group then pads its rows to similar lengths.
+                    for prepared in sorted(entering, key=lambda p: len(p.tokens) - p.prefix_len, reverse=True):
                         try:
                             uid, cached = self._insert(generator, prepared, prefixes)
                         except Exception as exc:  # this request's prefix/prompt could not be queued

@@ -52,7 +52,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -639,7 +639,7 @@ class OpenAIBackend(Closing):
 
     # ------------------------------------------------------------------ generate
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[GenerationResult]:
+    def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[GenerationResult]:
         """Send the requests concurrently; yield each result as it completes.
 
         Raises :class:`CircuitOpenError` after yielding every result when the circuit
