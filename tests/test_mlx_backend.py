@@ -11,7 +11,7 @@ import pytest
 
 from cicdllm_assets.llm import mlx_backend
 from cicdllm_assets.llm.base import ChatMessage, GenerationRequest, LLMBackend, RequestFeed
-from cicdllm_assets.llm.mlx_backend import SHARED_PREFIX_MIN, MLXBackend, release_models
+from cicdllm_assets.llm.mlx_backend import SHARED_PREFIX_MIN, MLXBackend, prefill_group, release_models
 from tests.llm_fixtures import make_tiny_model_dir, tiny_model_dir
 
 __all__ = ["tiny_model_dir"]
@@ -319,11 +319,11 @@ def test_requests_added_to_a_feed_join_the_running_batch(tiny_model_dir: Path, m
 
 
 def test_suffixes_are_prefilled_in_groups_of_similar_length(tiny_model_dir: Path, monkeypatch) -> None:
-    """Requests entering together are prefilled :data:`PREFILL_GROUP` at a time, longest
-    first, so each padded forward pass holds prompts of similar lengths."""
+    """Requests entering together are prefilled longest first, in groups whose padding stays
+    within :data:`PREFILL_PADDING` (here 1.0: a group holds prompts of one length)."""
     from mlx_lm.generate import PromptProcessingBatch
 
-    requests = _varied_requests(8, max_tokens=4)  # lengths alternate: the queue order is not the length order
+    requests = _varied_requests(10, max_tokens=4)  # the queue order is not the length order
     calls: list[list[int]] = []
     real_prompt = PromptProcessingBatch.prompt
 
@@ -333,9 +333,26 @@ def test_suffixes_are_prefilled_in_groups_of_similar_length(tiny_model_dir: Path
         real_prompt(self, tokens)
 
     monkeypatch.setattr(PromptProcessingBatch, "prompt", recorded)
-    monkeypatch.setattr(mlx_backend, "PREFILL_GROUP", 4)
+    monkeypatch.setattr(mlx_backend, "PREFILL_PADDING", 1.0)
+    monkeypatch.setattr(mlx_backend, "PREFILL_GROUP_TOKENS", 1)
     release_models()
-    backend = MLXBackend(str(tiny_model_dir), batch_size=8, prefix_reuse=False)
+    backend = MLXBackend(str(tiny_model_dir), batch_size=len(requests), prefix_reuse=False)
     assert all(r.ok for r in backend.generate(requests))
     lengths = sorted((backend.count_prompt_tokens(r.messages) - 1 for r in requests), reverse=True)
-    assert [sorted(c, reverse=True) for c in calls] == [lengths[:4], lengths[4:]]
+    assert len(set(lengths)) >= 3
+    assert [c[0] for c in calls] == sorted(set(lengths), reverse=True)  # one call per length, longest first
+    assert [sorted(c) for c in calls] == [[n] * lengths.count(n) for n in sorted(set(lengths), reverse=True)]
+
+
+def test_prefill_groups_trade_padding_for_forward_passes() -> None:
+    # 27 answer suffixes from 251 down to 54 tokens: 3 groups pad 4,105 real tokens to 5,114
+    # (one group: 6,777); prompts of one length, or fewer real tokens than a group's minimum, go together
+    lengths = [round(251 - i * 197 / 26) for i in range(27)]
+    groups = []
+    while lengths:
+        groups.append(lengths[: prefill_group(lengths)])
+        lengths = lengths[len(groups[-1]) :]
+    assert [len(g) for g in groups] == [14, 9, 4]
+    assert sum(len(g) * g[0] for g in groups) <= 1.25 * sum(map(sum, groups))
+    assert prefill_group([12] * 96) == 96
+    assert prefill_group([300, 40, 30]) == 3  # 370 real tokens: below PREFILL_GROUP_TOKENS

@@ -62,11 +62,14 @@ PREFIX_PREFILL_WIDTH = 8
 """Shared prefixes (system + chunk) prefilled together in one batch."""
 PREFILL_STEP = 512
 """Prompt tokens per forward pass during prefill."""
-PREFILL_GROUP = 8
-"""Requests whose prompts (suffixes after their prefix) are prefilled together in one padded
-forward pass; they enter longest first, so a group's rows have similar lengths and little
-padding (one group of 28 answers padded 4400 tokens to 7028), and each group starts decoding
+PREFILL_PADDING = 1.25
+"""Requests entering a batch together are prefilled in groups of similar prompt (suffix)
+lengths, longest first: a group grows while its padded tokens stay within this factor of its
+real ones (one group of 28 answers padded 4,400 tokens to 7,028), and each group starts decoding
 while the next one is prefilled."""
+PREFILL_GROUP_TOKENS = 1024
+"""Real prompt tokens a prefill group holds at least (the rest, if fewer) whatever its padding:
+smaller groups cost more in forward passes and narrow decoding steps than padding saves."""
 MIN_SUFFIX_TOKENS = 2
 """Prompt tokens a request keeps after its shared prefix (BatchGenerator needs a non-empty prompt)."""
 SHARED_PREFIX_MIN = 16
@@ -612,7 +615,7 @@ class MLXBackend:
                 loaded.model,
                 stop_tokens=[[t] for t in eos],
                 completion_batch_size=width,
-                prefill_batch_size=min(width, PREFILL_GROUP),
+                prefill_batch_size=width,
                 prefill_step_size=PREFILL_STEP,
                 max_kv_size=self.max_kv_size,
             )
@@ -623,10 +626,12 @@ class MLXBackend:
                         break
                     if waiting and len(in_flight) < width:
                         self._prefill_for(waiting, width - len(in_flight), prefixes)
-                    entering = waiting[: width - len(in_flight)]
+                    entering = sorted(waiting[: width - len(in_flight)], key=_suffix_len, reverse=True)
                     del waiting[: len(entering)]
-                    # Longest suffix first: each prefill group then pads its rows to similar lengths.
-                    for prepared in sorted(entering, key=lambda p: len(p.tokens) - p.prefix_len, reverse=True):
+                    # One group of similar lengths now; the rest enters at the next steps.
+                    group = prefill_group([_suffix_len(p) for p in entering])
+                    waiting[:0] = entering[group:]
+                    for prepared in entering[:group]:
                         try:
                             uid, cached = self._insert(generator, prepared, prefixes)
                         except Exception as exc:  # this request's prefix/prompt could not be queued
@@ -740,6 +745,22 @@ class MLXBackend:
     def close(self) -> None:
         """Forget this backend's reference to the model (the process cache keeps it; see release_models)."""
         self._loaded = None
+
+
+def _suffix_len(prepared: _Prepared) -> int:
+    return len(prepared.tokens) - prepared.prefix_len
+
+
+def prefill_group(lengths: Sequence[int]) -> int:
+    """How many of ``lengths`` (prompt lengths, longest first) to prefill together: while the
+    group's padded tokens stay within :data:`PREFILL_PADDING` of its real tokens, and always
+    until it holds :data:`PREFILL_GROUP_TOKENS` real tokens."""
+    real = 0
+    for size, length in enumerate(lengths):
+        if real >= PREFILL_GROUP_TOKENS and lengths[0] * (size + 1) > PREFILL_PADDING * (real + length):
+            return size
+        real += length
+    return len(lengths)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
