@@ -243,6 +243,33 @@ def test_runner_sends_unparseable_replies_again_in_the_same_run(
         assert [r.seed for r in backend2.calls] == [gen.seed + 2] * n and stats2.retried == 0
 
 
+def test_retries_the_backend_never_took_keep_their_failure(settings: Settings, runner_parts) -> None:
+    """A backend that read its requests once and then crashed never took the retries queued
+    while it streamed: their items keep their ``parse_error`` (one attempt used, not two, and
+    not a ``backend_error``)."""
+    state, ledger, prompts, chunks = runner_parts
+    gen = settings.config.generation.model_copy(update={"max_attempts": 3, "batch_size": 8, "retries_in_run": 1})
+    settings = Settings(settings.config.model_copy(update={"generation": gen}), settings.path, settings.root)
+    work = plan_questions(chunks, [prompts.theme("debugging")], "scripted", gen, "repo")
+
+    class CrashesAfterItsResults(FirstSeedUnparseable):
+        snapshot = True
+
+        def generate(self, requests):
+            yield from super().generate(requests)
+            raise RuntimeError("server went away")
+
+    backend = CrashesAfterItsResults(gen.seed)
+    stats = _runner(backend, state, ledger, settings).run(work, question_postprocess(gen))
+    n = len(work)
+    assert len(backend.calls) == n and {r.seed for r in backend.calls} == {gen.seed}
+    entries = ledger.get_many(w.item.key for w in work)
+    assert [(e.attempts, e.error_category) for e in entries.values()] == [(1, "parse_error")] * n
+    assert (dict(stats.failures), stats.failed, stats.retried, stats.llm_requests) == ({"parse_error": n}, n, 0, n)
+    assert sorted(_failures(state)) == ["parse_error"] * n
+    assert state.progress("repo")[0].failed == n
+
+
 def test_runner_does_not_resend_at_temperature_zero(settings: Settings, runner_parts) -> None:
     """Greedy decoding gives the same reply to every seed: a retry in the run would be waste."""
     state, ledger, prompts, chunks = runner_parts

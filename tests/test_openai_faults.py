@@ -350,3 +350,20 @@ def test_close_during_generate_does_not_hang() -> None:
         with pytest.raises(RuntimeError, match="cancelled"):
             list(backend.generate([make_request(f"k{i}") for i in range(6)]))
         closer.join()
+
+
+def test_requests_added_to_a_feed_are_sent_in_the_same_call() -> None:
+    """A request the caller adds to the feed while results stream (the engine's retry of an
+    unusable reply) goes out at once, next to those still running, in the same call."""
+    from cicdllm_assets.llm.base import RequestFeed
+
+    with FaultServer() as srv, make_backend(srv.base_url) as backend:
+        feed = RequestFeed([make_request("k1"), make_request("k2")])
+        results = []
+        for result in backend.generate(feed):
+            results.append(result)
+            if len(results) == 1:
+                feed.add(make_request("late"))
+        assert sorted(r.key for r in results) == ["k1", "k2", "late"]
+        assert all(r.ok for r in results)
+        assert srv.request_count == 3 and len(feed) == 0

@@ -420,6 +420,7 @@ class StageRunner:
         joins the same feed, so a backend that reads it as it goes runs it in the batch it decodes."""
         feed = RequestFeed()
         in_flight: dict[str, tuple[WorkItem, bool, int]] = {}
+        resent: dict[str, str] = {}  # items sent again -> the category their last reply failed with
 
         def send(w: WorkItem, prepared: tuple[GenerationRequest, bool] | None) -> None:
             if prepared is not None:
@@ -439,19 +440,52 @@ class StageRunner:
                         self.log.warning(f"{self.stage}: backend returned an unknown key {result.key!r}; ignored")
                         continue
                     self._handle(*entry, result, postprocess, stats)
-                    send(entry[0], self._resend(entry[0], stats))
+                    category = stats.failed_keys.get(result.key, "")
+                    again = self._resend(entry[0], stats)
+                    if again is not None:
+                        resent[result.key] = category
+                        self.log.info(f"{self.stage}: {entry[0].label}: unusable reply, next seed {again[0].seed}")
+                    send(entry[0], again)
                     self._report_load()
                 if feed.taken == taken:
                     break  # the backend took nothing: what it was given fails below
         except CircuitOpenError as exc:
+            self._take_back(feed, in_flight, resent, stats)
             self._abandon(in_flight, "circuit_open", str(exc), stats)
             raise
         except Exception as exc:  # a backend bug or crash: keep what finished, record the rest
+            self._take_back(feed, in_flight, resent, stats)
             self._fail_remaining(in_flight, "backend_error", f"{type(exc).__name__}: {exc}", stats)
             raise _BatchError(exc) from exc
         finally:
             stats.generate_seconds += time.monotonic() - started
+        self._take_back(feed, in_flight, resent, stats)
         self._fail_remaining(in_flight, "backend_error", "the backend returned no result for this request", stats)
+
+    def _take_back(
+        self,
+        feed: RequestFeed,
+        in_flight: dict[str, tuple[WorkItem, bool, int]],
+        resent: Mapping[str, str],
+        stats: RunStats,
+    ) -> None:
+        """Retries still in ``feed`` when the backend stopped were never sent: their items keep
+        the failure of their last reply (in the counters and the viewer's list; the ledger
+        already holds it), and use no attempt."""
+        for request in feed.take():
+            category = resent.get(request.key)
+            if category is None:
+                continue  # a first sample the backend never took: it fails with the rest
+            w = in_flight.pop(request.key)[0]
+            stats.llm_requests -= 1
+            stats.retried -= 1
+            stats.resent[request.key] -= 1
+            stats.failed += 1
+            stats.failed_keys[request.key] = category
+            stats.failures[category] += 1
+            self.state.advance(self.repo, self.stage, done=0, failed=1)
+            message = f"{category}; its next sample was not sent: the backend stopped"
+            self.state.record_failure(self.repo, self.stage, w.label, category, message)
 
     def _report_load(self, every_seconds: float = 1.0) -> None:
         """Store the backend's concurrency limit and latency for the live displays (OpenAI backend)."""

@@ -69,6 +69,7 @@ from cicdllm_assets.llm.base import (
     GenerationRequest,
     GenerationResult,
     RequestFailure,
+    RequestFeed,
     StopCheck,
 )
 from cicdllm_assets.llm.limiter import AdaptiveLimiter, LimiterSnapshot
@@ -642,51 +643,67 @@ class OpenAIBackend(Closing):
     def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[GenerationResult]:
         """Send the requests concurrently; yield each result as it completes.
 
-        Raises :class:`CircuitOpenError` after yielding every result when the circuit
-        breaker is open. Closing the iterator early cancels the outstanding requests.
+        Given a :class:`~cicdllm_assets.llm.base.RequestFeed`, requests added to it while the
+        results stream are sent at once, next to those still running. Raises
+        :class:`CircuitOpenError` after yielding every result when the circuit breaker is
+        open. Closing the iterator early cancels the outstanding requests.
         """
-        batch = list(requests)
+        feed = requests if isinstance(requests, RequestFeed) else RequestFeed(requests)
+        batch = feed.take()
         if not batch:
             return
         results: queue.SimpleQueue[GenerationResult | BaseException] = queue.SimpleQueue()
-        future = self._loop().submit(self._run_batch(batch, results))
-        with self._loop_lock:
-            self._active.add(future)
-        circuit_errors = 0
+        futures: list[concurrent.futures.Future[None]] = []
+
+        def submit(part: list[GenerationRequest]) -> None:
+            future = self._loop().submit(self._run_batch(part, results))
+            with self._loop_lock:
+                self._active.add(future)
+            futures.append(future)
+
+        submit(batch)
+        expected, circuit_errors = len(batch), 0
         try:
-            for _ in range(len(batch)):
-                item = self._next_result(results, future)
+            while expected:
+                item = self._next_result(results, futures)
                 if isinstance(item, BaseException):
                     raise item
                 if item.error is not None and item.error.category == "circuit_open":
                     circuit_errors += 1
+                expected -= 1
                 yield item
-            future.result()
+                late = feed.take()  # added by the caller while it handled this result
+                if late:
+                    submit(late)
+                    expected += len(late)
+            for future in futures:
+                future.result()
         finally:
-            if not future.done():
-                future.cancel()
+            for future in futures:
+                if not future.done():
+                    future.cancel()
             with self._loop_lock:
-                self._active.discard(future)
+                self._active.difference_update(futures)
         if circuit_errors:
             raise CircuitOpenError(self._breaker.message)
 
     @staticmethod
     def _next_result(
-        results: queue.SimpleQueue[GenerationResult | BaseException], future: concurrent.futures.Future[None]
+        results: queue.SimpleQueue[GenerationResult | BaseException], futures: list[concurrent.futures.Future[None]]
     ) -> GenerationResult | BaseException:
-        """The next finished result; never blocks forever if the batch task died."""
+        """The next finished result; never blocks forever if a batch task died."""
         while True:
             try:
                 return results.get(timeout=0.5)
             except queue.Empty:
-                if not future.done():
+                if not all(future.done() for future in futures):
                     continue
                 try:
                     return results.get_nowait()
                 except queue.Empty:
-                    if future.cancelled():
+                    if any(future.cancelled() for future in futures):
                         return RuntimeError("generation was cancelled (backend closed?)")
-                    exc = future.exception()
+                    exc = next((e for e in (f.exception() for f in futures) if e is not None), None)
                     return exc or RuntimeError("generation ended without returning every result")
 
     async def _run_batch(
