@@ -345,7 +345,7 @@ def test_suffixes_are_prefilled_in_groups_of_similar_length(tiny_model_dir: Path
 
 
 def test_prefill_groups_trade_padding_for_forward_passes() -> None:
-    # 27 answer suffixes from 251 down to 54 tokens: 3 groups pad 4,105 real tokens to 5,114
+    # 27 answer suffixes from 251 down to 54 tokens: 3 groups pad 4,117 real tokens to 5,127
     # (one group: 6,777); prompts of one length, or fewer real tokens than a group's minimum, go together
     lengths = [round(251 - i * 197 / 26) for i in range(27)]
     groups = []

@@ -627,9 +627,9 @@ class MLXBackend:
                     if waiting and len(in_flight) < width:
                         self._prefill_for(waiting, width - len(in_flight), prefixes)
                     entering = sorted(waiting[: width - len(in_flight)], key=_suffix_len, reverse=True)
-                    del waiting[: len(entering)]
                     # One group of similar lengths now; the rest enters at the next steps.
                     group = prefill_group([_suffix_len(p) for p in entering])
+                    del waiting[: len(entering)]
                     waiting[:0] = entering[group:]
                     for prepared in entering[:group]:
                         try:
