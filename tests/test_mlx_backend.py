@@ -356,3 +356,25 @@ def test_prefill_groups_trade_padding_for_forward_passes() -> None:
     assert sum(len(g) * g[0] for g in groups) <= 1.25 * sum(map(sum, groups))
     assert prefill_group([12] * 96) == 96
     assert prefill_group([300, 40, 30]) == 3  # 370 real tokens: below PREFILL_GROUP_TOKENS
+
+
+def test_a_prefill_that_always_fails_fails_the_requests_instead_of_looping(tiny_model_dir: Path) -> None:
+    """With nothing in flight, a failure (here every prefix prefill) fails the waiting requests
+    rather than retrying them with a fresh generator forever."""
+    import threading
+
+    release_models()
+    backend = MLXBackend(str(tiny_model_dir), batch_size=4)
+
+    def broken(prefixes: object) -> dict:
+        raise MemoryError("no room for the prefix caches")
+
+    backend._prefill_prefixes = broken  # type: ignore[method-assign]
+    results: list = []
+    worker = threading.Thread(target=lambda: results.extend(backend.generate(_requests())), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "generate kept retrying"
+    assert sorted(r.key for r in results) == sorted(r.key for r in _requests())
+    assert all(r.error is not None and r.error.category == "backend_error" for r in results)
+    assert "no room for the prefix caches" in results[0].error.message

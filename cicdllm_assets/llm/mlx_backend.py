@@ -660,7 +660,7 @@ class MLXBackend:
         except Exception as exc:  # mlx/mlx_lm failure mid-batch: fail what is in flight, keep going
             logger.exception("mlx generation failed; failing %d in-flight requests", len(in_flight))
             failed = list(in_flight.values())
-            if generator is None:  # nothing can run: fail everything that waits too
+            if generator is None or not failed:  # nothing ran (or can): fail what waits, not retry forever
                 failed += [_InFlight(prepared=p, started=0.0, cached=0) for p in waiting]
                 waiting.clear()
             for flight in failed:
