@@ -80,6 +80,11 @@ class RequestFeed:
         self.taken = 0
         """Requests taken so far."""
 
+    @classmethod
+    def of(cls, requests: Iterable[GenerationRequest]) -> RequestFeed:
+        """``requests`` itself when it is a feed, else a feed holding them."""
+        return requests if isinstance(requests, RequestFeed) else cls(requests)
+
     def add(self, request: GenerationRequest) -> None:
         """Queue one more request."""
         self._pending.append(request)

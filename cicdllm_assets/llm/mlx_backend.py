@@ -547,7 +547,7 @@ class MLXBackend:
 
         Given a :class:`~cicdllm_assets.llm.base.RequestFeed`, requests added to it while the
         results stream join the running batch (taken between decoding steps)."""
-        feed = requests if isinstance(requests, RequestFeed) else RequestFeed(requests)
+        feed = RequestFeed.of(requests)
         if not len(feed):
             return
         with self._lock:

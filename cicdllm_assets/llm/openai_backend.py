@@ -648,7 +648,7 @@ class OpenAIBackend(Closing):
         :class:`CircuitOpenError` after yielding every result when the circuit breaker is
         open. Closing the iterator early cancels the outstanding requests.
         """
-        feed = requests if isinstance(requests, RequestFeed) else RequestFeed(requests)
+        feed = RequestFeed.of(requests)
         batch = feed.take()
         if not batch:
             return

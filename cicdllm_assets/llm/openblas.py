@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import functools
 import importlib.metadata
+import itertools
 import logging
 import os
 import platform
@@ -382,18 +383,16 @@ def _numpy_blas() -> tuple[Any, Any] | None:
     import numpy
 
     libs = Path(numpy.__file__).resolve().parent.parent / "numpy.libs"
-    for pattern in NUMPY_BLAS_GLOBS:
-        for path in sorted(libs.glob(pattern)):
-            try:
-                lib = ctypes.CDLL(str(path))
-            except OSError:
-                continue
-            for prefix in NUMPY_BLAS_PREFIXES:
-                for suffix in NUMPY_BLAS_SUFFIXES:
-                    setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                    getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                    if setter is not None and getter is not None:
-                        return setter, getter
+    for path in (path for pattern in NUMPY_BLAS_GLOBS for path in sorted(libs.glob(pattern))):
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:
+            continue
+        for prefix, suffix in itertools.product(NUMPY_BLAS_PREFIXES, NUMPY_BLAS_SUFFIXES):
+            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                return setter, getter
     return None
 
 
