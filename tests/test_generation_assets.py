@@ -5,6 +5,8 @@ Requests are counted at the server, so "zero LLM calls" means zero HTTP requests
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,10 +90,11 @@ def test_noop_rerun_makes_zero_llm_calls(project: Path, server: FaultServer, tin
     assert roles == ["system", "user", "user"]
     assert "```python" in body["messages"][1]["content"]
 
-    # materialization metadata
-    mats = result.asset_materializations_for_node("answers")
-    meta = mats[0].metadata
-    assert meta["generated"].value == answers.num_rows and meta["reused"].value == 0
+    # materialization metadata: each chunk's answers were sent in the questions step's batch as
+    # soon as its questions were final (generation.answers_ahead); the answers step reused them
+    ahead = result.asset_materializations_for_node("questions")[0].metadata["answers_ahead"].value
+    meta = result.asset_materializations_for_node("answers")[0].metadata
+    assert (ahead, meta["generated"].value, meta["reused"].value) == (answers.num_rows, 0, answers.num_rows)
 
     result = run_generation(REPO, OpenAIResource(), instance=instance)
     assert result.success
@@ -398,3 +401,51 @@ def test_bad_template_fails_the_asset_naming_the_file(
     message = str(failure.error)
     assert "testing.yaml" in message and "{file_path}" in message
     assert server.chat_records == []
+
+
+def _same_questions_for_every_theme(body: dict) -> str:
+    """Question prompts get the same two questions whatever the theme (near-duplicates across a
+    chunk's themes, which the questions table drops); answers are the default's."""
+    from benchmarks.fault_server import _last_message, default_responder, prompt_identifiers
+
+    last = _last_message(body)
+    if "Write" in last and "question" in last.lower():
+        name = (prompt_identifiers(body["messages"][1]["content"]) or ["main"])[0]
+        return json.dumps([f"What does `{name}` return to its caller?", f"Which inputs make `{name}` fail?"])
+    return default_responder(body)
+
+
+def test_answers_ahead_are_what_the_answers_step_would_send(project: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+    """With ``generation.answers_ahead`` (default) each chunk's answers go out in the questions
+    step's batch once its questions are final, planned as the answers step plans them (the same
+    rows, near-duplicates dropped): the answers step reuses every one and the table is the one
+    the answers step makes without it. A run that does not materialize answers sends none."""
+    with FaultServer(capacity=8, responder=_same_questions_for_every_theme) as server:
+        answer_ids = {}
+        for ahead in (True, False):
+            shutil.rmtree(project / "data", ignore_errors=True)
+            settings = openai_config(project, server.base_url, tiny_model_dir, generation={"answers_ahead": ahead})
+            rows = chunk_rows(REPO, SAMPLE_FILES)
+            write_chunks(settings, REPO, rows)
+            n_items = len(rows) * 2  # chunks x themes
+            start = _chat_count(server)
+            result = run_generation(REPO, OpenAIResource(), instance=DagsterInstance.ephemeral())
+            assert result.success
+            answers = read_table(settings, "answers", REPO)
+            kept = len(rows) * 2  # one theme's two questions per chunk: the other theme's are near-duplicates
+            assert answers.num_rows == kept == read_table(settings, "questions", REPO).num_rows
+            assert _chat_count(server) - start == n_items + kept  # none sent twice, none for a dropped question
+            meta = {node: result.asset_materializations_for_node(node)[0].metadata for node in ("questions", "answers")}
+            sent = (meta["questions"]["answers_ahead"].value, meta["answers"]["generated"].value)
+            assert sent == ((kept, 0) if ahead else (0, kept))
+            assert meta["answers"]["reused"].value == (kept if ahead else 0)
+            answer_ids[ahead] = sorted(answers.column("answer_id").to_pylist())
+        assert answer_ids[True] == answer_ids[False]
+
+        shutil.rmtree(project / "data")
+        settings = openai_config(project, server.base_url, tiny_model_dir)
+        write_chunks(settings, REPO, rows)
+        start = _chat_count(server)
+        only = run_generation(REPO, OpenAIResource(), selection=["questions"], instance=DagsterInstance.ephemeral())
+        assert only.success and _chat_count(server) - start == n_items  # the questions only
+        assert only.asset_materializations_for_node("questions")[0].metadata["answers_ahead"].value == 0

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from cicdllm_assets.config import Settings
+from cicdllm_assets.generation.answers_stage import AnswerPlanner, answer_postprocess
 from cicdllm_assets.generation.chunks import select_chunks
-from cicdllm_assets.generation.engine import StageRunner
+from cicdllm_assets.generation.engine import FollowOn, StageRunner
 from cicdllm_assets.generation.ledger import LEDGER_VERSION, Ledger, LedgerItem, Outcome, is_outage, item_key
 from cicdllm_assets.generation.prompts import PromptManager
 from cicdllm_assets.generation.questions_stage import plan_questions, question_postprocess, questions_table
 from cicdllm_assets.llm.base import CircuitOpenError, GenerationRequest, GenerationResult
+from cicdllm_assets.quality.variety import drop_near_duplicate_questions
 from cicdllm_assets.storage.state import StateSchemaError, StateStore, pg_ddl
 from tests.generation_support import PROMPTS_SRC, SAMPLE_FILES, ScriptedBackend, chunk_rows
 
@@ -108,7 +110,9 @@ def runner_parts(settings: Settings, tmp_path: Path):
     return state, ledger, prompts, chunks
 
 
-def _runner(backend: ScriptedBackend, state: StateStore, ledger: Ledger, settings: Settings) -> StageRunner:
+def _runner(
+    backend: ScriptedBackend, state: StateStore, ledger: Ledger, settings: Settings, stage: str = "questions"
+) -> StageRunner:
     return StageRunner(
         backend=backend,
         ledger=ledger,
@@ -116,7 +120,7 @@ def _runner(backend: ScriptedBackend, state: StateStore, ledger: Ledger, setting
         generation=settings.config.generation,
         performance=settings.config.performance,
         repo="repo",
-        stage="questions",
+        stage=stage,
         pause_hook=lambda: None,
     )
 
@@ -394,3 +398,38 @@ def test_one_column_list_is_the_table_the_entry_and_the_readers(state_target: st
         assert existing.completion_tokens_since(first.updated_at) == (15, first.updated_at)
         assert existing.completion_tokens_since(stored.updated_at) == (8, stored.updated_at)  # a, then f
         assert existing.completion_tokens_since(stored.updated_at + 3600) == (0, None)
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["retry-parses", "retry-fails-too"])
+def test_a_chunks_answers_join_the_feed_once_its_questions_are_final(
+    settings: Settings, runner_parts, fixed: bool
+) -> None:
+    """A :class:`FollowOn` sends a chunk's answers in the questions' feed as soon as every
+    question item of the chunk is final (after its retry, ok or not), counted apart."""
+    state, ledger, prompts, chunks = runner_parts
+    gen = settings.config.generation.model_copy(update={"max_attempts": 3, "batch_size": 2, "retries_in_run": 1})
+    settings = Settings(settings.config.model_copy(update={"generation": gen}), settings.path, settings.root)
+    work = plan_questions(chunks, [prompts.theme("testing"), prompts.theme("debugging")], "scripted", gen, "repo")
+    backend = FirstSeedUnparseable(gen.seed, fixed=fixed)
+    planner = AnswerPlanner.for_repo(chunks, prompts, "scripted", gen, "repo", backend.count_tokens)
+    answers_runner = _runner(backend, state, ledger, settings, stage="answers")
+    follow = FollowOn(answers_runner, answer_postprocess, planner.ahead)
+    stats = _runner(backend, state, ledger, settings).run(work, question_postprocess(gen), follow)
+
+    n = len(chunks)
+    assert (stats.generated, stats.failed) == ((2 * n, 0) if fixed else (n, n))  # questions only
+    entries = ledger.get_many(w.item.key for w in work)
+    table, dropped = drop_near_duplicate_questions(questions_table(work, entries, "repo"))  # as the asset does
+    expected = planner.plan(table.to_pylist())[0]
+    # the scripted questions are the same for both themes: a chunk's second theme's are dropped
+    assert (len(expected), dropped) == (n * gen.questions_per_chunk, n * gen.questions_per_chunk if fixed else 0)
+    assert (follow.stats.generated, follow.stats.failed) == (len(expected), 0)
+    assert all(ledger.get(a.work.item.key).ok for a in expected)  # type: ignore[union-attr]
+    position = {r.key: i for i, r in enumerate(backend.calls)}  # a question's last sample, an answer's only one
+    for chunk in chunks:
+        last_question = max(position[w.item.key] for w in work if w.chunk.chunk_key == chunk.chunk_key)
+        answers = [position[a.work.item.key] for a in expected if a.work.chunk.chunk_key == chunk.chunk_key]
+        assert answers and min(answers) > last_question
+    assert len(backend.calls) == len(work) + n + len(expected)  # one retry per chunk, each answer once
+    progress = {p.stage: p for p in state.progress("repo")}
+    assert (progress["answers"].done, progress["answers"].total) == (len(expected), len(expected))

@@ -13,6 +13,8 @@ from dagster import AssetExecutionContext, MetadataValue, Output
 from cicdllm_assets.assets._conventions import code_version, repo_table_asset
 from cicdllm_assets.assets._step import Step, asset_step
 from cicdllm_assets.config import Settings
+from cicdllm_assets.generation.answers_stage import AnswerPlanner
+from cicdllm_assets.generation.chunks import chunks_from_table
 from cicdllm_assets.generation.engine import RunStats, StageRunner
 from cicdllm_assets.generation.ledger import Ledger
 from cicdllm_assets.generation.prompts import (
@@ -47,8 +49,8 @@ class StageEnv:
         """The step's settings."""
         return self.step.settings
 
-    def runner(self, context: AssetExecutionContext) -> StageRunner:
-        """A StageRunner logging to Dagster."""
+    def runner(self, context: AssetExecutionContext, stage: str | None = None) -> StageRunner:
+        """A StageRunner (of this step's stage, or ``stage``) logging to Dagster."""
         return StageRunner(
             backend=self.backend,
             ledger=self.ledger,
@@ -57,8 +59,19 @@ class StageEnv:
             performance=self.settings.config.performance,
             config_path=self.settings.path,
             repo=self.repo,
-            stage=self.step.stage,
+            stage=stage or self.step.stage,
             log=context.log,
+        )
+
+    def answer_planner(self, code_chunks: pa.Table) -> AnswerPlanner:
+        """Plans this repository's answer items (over every chunk of ``code_chunks``)."""
+        return AnswerPlanner.for_repo(
+            chunks_from_table(code_chunks, self.repo, None),
+            self.prompts,
+            self.backend.model_id,
+            self.settings.config.generation,
+            self.repo,
+            self.backend.count_tokens,
         )
 
     def output(self, table: pa.Table, id_column: str, stats: RunStats, extra: Mapping[str, Any]) -> Output[pa.Table]:

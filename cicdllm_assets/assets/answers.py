@@ -12,10 +12,7 @@ from cicdllm_assets.assets._generation import generation_asset, preview, stage_e
 from cicdllm_assets.generation.answers_stage import (
     answer_postprocess,
     answers_table,
-    plan_answers,
 )
-from cicdllm_assets.generation.chunks import chunks_from_table
-from cicdllm_assets.generation.symbols import RepoIndex
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.resources.llm.backend_resource import BackendResource
 from cicdllm_assets.storage.contract import ANSWERS_SCHEMA
@@ -38,14 +35,8 @@ def answers(
 ) -> Output[pa.Table]:
     """Generate (or reuse from the ledger) an answer for every question of this repository."""
     with stage_env(context, app_config, llm, STAGE) as env:
-        gen = env.settings.config.generation
-        all_chunks = chunks_from_table(code_chunks, env.repo, None)
-        chunks = {c.chunk_key: c for c in all_chunks}
-        index = RepoIndex.build((c.path, c.language, c.symbol, c.text) for c in all_chunks)
-        model_id = env.backend.model_id
-        planned, stale = plan_answers(
-            questions.to_pylist(), chunks, env.prompts, model_id, gen, env.repo, index, env.backend.count_tokens
-        )
+        planner = env.answer_planner(code_chunks)
+        planned, stale = planner.plan(questions.to_pylist())
         if stale:
             context.log.warning(
                 f"{stale} questions refer to chunks no longer in code_chunks (materialize questions again)"
@@ -63,7 +54,7 @@ def answers(
                 "questions": MetadataValue.int(questions.num_rows),
                 "stale_questions": MetadataValue.int(stale),
                 "prompts_drawing_on_other_files": MetadataValue.int(sum(1 for p in planned if len(p.files) > 1)),
-                "repo_symbols": MetadataValue.int(len(index.by_name)),
+                "repo_symbols": MetadataValue.int(len(planner.index.by_name)),
                 "template_hashes": MetadataValue.json({name: env.prompts.theme(name).answer_hash for name in themes}),
                 "preview": preview(table, ["path", "question", "answer"]),
             },

@@ -8,10 +8,12 @@ is rebuilt from the ledger, so a no-op re-run makes zero LLM calls.
 from collections import Counter
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MetadataValue, Output
+from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output
 
-from cicdllm_assets.assets._generation import generation_asset, preview, stage_env
+from cicdllm_assets.assets._generation import StageEnv, generation_asset, preview, stage_env
+from cicdllm_assets.generation.answers_stage import answer_postprocess
 from cicdllm_assets.generation.chunks import chunks_from_table
+from cicdllm_assets.generation.engine import FollowOn
 from cicdllm_assets.generation.questions_stage import (
     plan_questions,
     question_postprocess,
@@ -24,6 +26,17 @@ from cicdllm_assets.resources.llm.backend_resource import BackendResource
 from cicdllm_assets.storage.contract import QUESTIONS_SCHEMA
 
 STAGE = "questions"
+ANSWERS = AssetKey("answers")
+
+
+def answers_ahead(context: AssetExecutionContext, env: StageEnv, code_chunks: pa.Table) -> FollowOn | None:
+    """The answers of each chunk whose questions are final, generated in this step's batch when
+    ``generation.answers_ahead`` is on and this run materializes the answers too."""
+    selected = context.job_def.asset_layer.selected_asset_keys  # the run's selection (or its job's assets)
+    if not env.settings.config.generation.answers_ahead or ANSWERS not in selected:
+        return None
+    planner = env.answer_planner(code_chunks)
+    return FollowOn(env.runner(context, "answers"), answer_postprocess, planner.ahead)
 
 
 @generation_asset(
@@ -44,7 +57,8 @@ def questions(
         model_id = env.backend.model_id
         work = plan_questions(chunks, themes, model_id, gen, env.repo)
         context.log.info(f"{len(chunks)} of {code_chunks.num_rows} chunks x {len(themes)} themes with {model_id}")
-        stats = env.runner(context).run(work, question_postprocess(gen))
+        ahead = answers_ahead(context, env, code_chunks)
+        stats = env.runner(context).run(work, question_postprocess(gen), ahead)
         entries = env.ledger.get_many(w.item.key for w in work)
         table, near_duplicates = drop_near_duplicate_questions(questions_table(work, entries, env.repo))
         if near_duplicates:
@@ -59,6 +73,7 @@ def questions(
             {
                 "near_duplicate_questions": MetadataValue.int(near_duplicates),
                 "question_kinds": MetadataValue.json(dict(sorted(kinds.items()))),
+                "answers_ahead": MetadataValue.int(ahead.stats.generated if ahead else 0),
                 "chunks": MetadataValue.int(len(chunks)),
                 "chunks_available": MetadataValue.int(code_chunks.num_rows),
                 "themes": MetadataValue.json(list(gen.themes)),

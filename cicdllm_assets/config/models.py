@@ -188,6 +188,11 @@ class GenerationConfig(StrictModel):
         description="times an item whose reply could not be parsed is sent again in the same run "
         "(next seed; within max_attempts; only when temperature > 0)",
     )
+    answers_ahead: bool = Field(
+        True,
+        description="answer a chunk's questions as soon as they are final, in the questions step's batch "
+        "(when the run also materializes answers); the answers step then finds them in the ledger",
+    )
     min_question_chars: int = Field(12, ge=1, description="shorter questions are dropped")
     repo_context_tokens: int = Field(
         160,

@@ -18,6 +18,7 @@ from cicdllm_assets.generation.ledger import (
     params_json,
 )
 from cicdllm_assets.generation.prompts import PromptManager, ThemeTemplate
+from cicdllm_assets.generation.questions_stage import questions_table
 from cicdllm_assets.generation.rows import (
     answer_params,
     chunk_columns,
@@ -29,6 +30,7 @@ from cicdllm_assets.llm.base import (
     GenerationResult,
 )
 from cicdllm_assets.quality.secrets import redact_field
+from cicdllm_assets.quality.variety import drop_near_duplicate_questions
 from cicdllm_assets.storage.contract import ANSWERS_SCHEMA, AnswerRow, QuestionRow
 
 
@@ -122,6 +124,46 @@ def plan_answers(
             )
         )
     return work, stale
+
+
+@dataclass
+class AnswerPlanner:
+    """Plans answer items for question rows of one repository: its chunks (all of them, for the
+    repo-wide context of each answer) and symbol index, prompts, model and settings."""
+
+    chunks: Mapping[str, Chunk]
+    index: RepoIndex
+    prompts: PromptManager
+    model_id: str
+    gen: GenerationConfig
+    repo: str
+    count_tokens: Callable[[str], int] | None = None
+
+    @classmethod
+    def for_repo(
+        cls,
+        chunks: Sequence[Chunk],
+        prompts: PromptManager,
+        model_id: str,
+        gen: GenerationConfig,
+        repo: str,
+        count_tokens: Callable[[str], int] | None = None,
+    ) -> AnswerPlanner:
+        """The planner over ``chunks`` (every chunk of the repository)."""
+        index = RepoIndex.build((c.path, c.language, c.symbol, c.text) for c in chunks)
+        return cls({c.chunk_key: c for c in chunks}, index, prompts, model_id, gen, repo, count_tokens)
+
+    def plan(self, question_rows: Sequence[QuestionRow]) -> tuple[list[AnswerWork], int]:
+        """:func:`plan_answers` for ``question_rows``."""
+        return plan_answers(
+            question_rows, self.chunks, self.prompts, self.model_id, self.gen, self.repo, self.index, self.count_tokens
+        )
+
+    def ahead(self, items: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]) -> list[WorkItem]:
+        """The answer items of settled question ``items`` (one chunk's), as the answers step will
+        plan them from the questions table: the same rows, near-duplicates dropped per chunk."""
+        table, _ = drop_near_duplicate_questions(questions_table(items, entries, self.repo))
+        return [a.work for a in self.plan(table.to_pylist())[0]]
 
 
 def answer_postprocess(w: WorkItem, result: GenerationResult) -> Outcome:

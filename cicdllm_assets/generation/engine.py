@@ -142,6 +142,102 @@ class RunStats:
 Postprocess = Callable[[WorkItem, GenerationResult], Outcome]
 
 
+@dataclass
+class FollowOn:
+    """A later stage's work that starts as this stage's items settle, in the same request feed:
+    the answers of a chunk once its questions are final, so a backend that reads the feed as it
+    goes decodes them beside this stage's last items (its retries) instead of after the stage.
+
+    Items the later stage's run would plan the same way are found in the ledger by that run;
+    work not sent before this run ends (or held by another run) is left to it."""
+
+    runner: StageRunner
+    """The later stage's runner (its stage name for records, progress and failures)."""
+    postprocess: Postprocess
+    plan: Callable[[Sequence[WorkItem], Mapping[str, LedgerEntry]], Sequence[WorkItem]]
+    """A settled unit's items and their ledger entries -> the later stage's work for them."""
+    unit: Callable[[WorkItem], str] = lambda w: w.chunk.chunk_key
+    """Which items settle together (a chunk's question items)."""
+    stats: RunStats = field(default_factory=lambda: RunStats())
+    """What the later stage's work did in this run."""
+
+
+@dataclass(frozen=True)
+class _Lane:
+    """Whose request a reply answers: the runner recording it, its postprocess and counters."""
+
+    runner: StageRunner
+    postprocess: Postprocess
+    stats: RunStats
+    follow_on: bool = False
+
+
+_Sent = tuple[_Lane, WorkItem, bool, int]
+"""A request in flight: its lane, item, whether its chunk was trimmed, and its token budget."""
+
+
+class _Ahead:
+    """The units of a run with a :class:`FollowOn`: which items are still unsettled, and the
+    later stage's work of units that have settled, claimed and ready to send."""
+
+    def __init__(self, follow: FollowOn, work: Sequence[WorkItem], leases: Leases) -> None:
+        self.follow = follow
+        self.leases = leases
+        self.items: dict[str, list[WorkItem]] = {}
+        self.unsettled: dict[str, set[str]] = {}
+        for w in work:
+            unit = follow.unit(w)
+            self.items.setdefault(unit, []).append(w)
+            self.unsettled.setdefault(unit, set()).add(w.item.key)
+        self.settled_units: list[str] = []
+        self.held: set[str] = set()
+        self.started = False
+        self.lane = _Lane(follow.runner, follow.postprocess, follow.stats, follow_on=True)
+
+    def settle(self, key: str) -> None:
+        """``key``'s result is final in this run (ok, or failed with no sample left to send)."""
+        for unit, keys in self.unsettled.items():
+            if key in keys:
+                keys.discard(key)
+                if not keys:
+                    self.settled_units.append(unit)
+                    del self.unsettled[unit]
+                return
+
+    def take(self) -> list[WorkItem]:
+        """The later stage's pending work of the units settled since the last call, claimed."""
+        units, self.settled_units = self.settled_units, []
+        if not units:
+            return []
+        runner, stats = self.follow.runner, self.follow.stats
+        later: list[WorkItem] = []
+        for unit in units:
+            items = self.items[unit]
+            entries = runner.ledger.get_many(w.item.key for w in items)
+            later += self.follow.plan(items, entries)
+        before = (stats.reused, stats.exhausted)
+        pending = [w for w in runner.plan(later, stats)[0] if w.item.key not in self.held]
+        if not self.started:
+            runner.state.start_stage(runner.repo, runner.stage, total=stats.total, unit="items")
+            runner.state.clear_failures(runner.repo, runner.stage)
+            self.started = True
+        runner.state.advance(
+            runner.repo,
+            runner.stage,
+            done=stats.reused - before[0],
+            failed=stats.exhausted - before[1],
+            total=stats.total,
+        )
+        held = self.leases.claim([w.item.key for w in pending])
+        self.held |= held
+        return [w for w in pending if w.item.key in held]
+
+    def release(self) -> None:
+        """Give up the leases of the later stage's items (sent or not)."""
+        self.leases.release(self.held)
+        self.held.clear()
+
+
 def _stdlib_log() -> Log:
     return logger
 
@@ -208,16 +304,19 @@ class StageRunner:
                 stats.exhausted += 1
         return pending, entries
 
-    def run(self, work: Sequence[WorkItem], postprocess: Postprocess) -> RunStats:
+    def run(self, work: Sequence[WorkItem], postprocess: Postprocess, follow: FollowOn | None = None) -> RunStats:
         """Generate what the ledger lacks, committing each result; raises CircuitOpenError.
 
         Each group's items are claimed (:class:`Leases`) before their requests are sent; an
         item another live run holds is not sent but waited for, and read from the ledger
         once that run finishes it (or claimed here once its lease expires). At the end every
-        item is ``ok`` in the ledger or counted as failed (:meth:`_check_settled`).
+        item is ``ok`` in the ledger or counted as failed (:meth:`_check_settled`). With
+        ``follow``, the later stage's work of each settled unit joins the feed that is running
+        (:class:`FollowOn`; its counters in ``follow.stats``).
         """
         stats = RunStats()
         pending, entries = self.plan(work, stats)
+        lane = _Lane(self, postprocess, stats)
         self.state.start_stage(self.repo, self.stage, total=stats.total, unit="items")
         self.state.clear_failures(self.repo, self.stage)
         if stats.reused or stats.exhausted:
@@ -231,10 +330,17 @@ class StageRunner:
         width = max(1, self.batch_width() * WIDE_BATCH_FACTOR) if pending else 1
         errors = [0]
         with Leases(self.state, self.performance.lease_seconds) as leases:
+            ahead = None
+            if follow is not None and pending:
+                ahead = _Ahead(follow, work, leases)
+                sending = {w.item.key for w in pending}
+                for w in work:
+                    if w.item.key not in sending:
+                        ahead.settle(w.item.key)
             waiting: list[WorkItem] = []
             for start in range(0, len(pending), width):
                 group = pending[start : start + width]
-                waiting += self._claim_and_run(leases, group, entries, postprocess, stats, errors)
+                waiting += self._claim_and_run(leases, group, entries, lane, errors, ahead)
                 done = min(start + width, len(pending))
                 self.log.info(
                     f"{self.stage}: {done}/{len(pending)} planned, {stats.generated} ok, {stats.failed} failed,"
@@ -249,7 +355,7 @@ class StageRunner:
                 still: list[WorkItem] = []
                 for start in range(0, len(waiting), width):
                     group = waiting[start : start + width]
-                    still += self._claim_and_run(leases, group, entries, postprocess, stats, errors)
+                    still += self._claim_and_run(leases, group, entries, lane, errors, None)
                 waiting = still
         self._check_settled(work, stats)
         return stats
@@ -285,19 +391,22 @@ class StageRunner:
         leases: Leases,
         group: Sequence[WorkItem],
         entries: dict[str, LedgerEntry],
-        postprocess: Postprocess,
-        stats: RunStats,
+        lane: _Lane,
         errors: list[int],
+        ahead: _Ahead | None,
     ) -> list[WorkItem]:
         """Claim ``group``, send what we hold and still lacks a result; return the items others hold."""
         held = leases.claim([w.item.key for w in group])
         if not held:
             return list(group)
         # Another holder may have finished an item between our plan and our claim.
-        todo = self._settled_elsewhere([w for w in group if w.item.key in held], entries, stats)
+        todo = self._settled_elsewhere([w for w in group if w.item.key in held], entries, lane.stats)
+        if ahead is not None:
+            for key in {w.item.key for w in group if w.item.key in held} - {w.item.key for w in todo}:
+                ahead.settle(key)
         self.pause_hook()
         try:
-            self._run_group(todo, entries, postprocess, stats)
+            self._run_group(todo, entries, lane, ahead)
             errors[0] = 0
         except CircuitOpenError:
             raise
@@ -413,79 +522,102 @@ class StageRunner:
         self,
         group: Sequence[WorkItem],
         entries: Mapping[str, LedgerEntry],
-        postprocess: Postprocess,
-        stats: RunStats,
+        lane: _Lane,
+        ahead: _Ahead | None = None,
     ) -> None:
         """Send ``group``'s requests in one feed; an unusable reply's next sample (:meth:`_resend`)
-        joins the same feed, so a backend that reads it as it goes runs it in the batch it decodes."""
+        joins the same feed, so a backend that reads it as it goes runs it in the batch it decodes;
+        so does the later stage's work of each unit that settles (``ahead``)."""
         feed = RequestFeed()
-        in_flight: dict[str, tuple[WorkItem, bool, int]] = {}
+        in_flight: dict[str, _Sent] = {}
         resent: dict[str, str] = {}  # items sent again -> the category their last reply failed with
+        stats = lane.stats
+        later = None if ahead is None else ahead.lane
 
-        def send(w: WorkItem, prepared: tuple[GenerationRequest, bool] | None) -> None:
+        def send(to: _Lane, w: WorkItem, prepared: tuple[GenerationRequest, bool] | None) -> None:
             if prepared is not None:
                 feed.add(prepared[0])
-                in_flight[prepared[0].key] = (w, prepared[1], prepared[0].max_tokens)
+                in_flight[prepared[0].key] = (to, w, prepared[1], prepared[0].max_tokens)
+            elif ahead is not None and not to.follow_on:
+                ahead.settle(w.item.key)  # recorded as failed before sending (overflow, secret)
+
+        def send_ahead() -> None:
+            if ahead is None or later is None:
+                return
+            for w in ahead.take():
+                previous = later.runner.ledger.get_many([w.item.key]).get(w.item.key)
+                send(later, w, later.runner._request_for(w, previous.attempts if previous else 0, later.stats))
 
         for w in group:
             previous = entries.get(w.item.key)
-            send(w, self._request_for(w, previous.attempts if previous else 0, stats))
+            send(lane, w, self._request_for(w, previous.attempts if previous else 0, stats))
+        send_ahead()
         started = time.monotonic()
         try:
             while len(feed):
                 taken = feed.taken
                 for result in self.backend.generate(feed):
-                    entry = in_flight.pop(result.key, None)
-                    if entry is None:
+                    sent = in_flight.pop(result.key, None)
+                    if sent is None:
                         self.log.warning(f"{self.stage}: backend returned an unknown key {result.key!r}; ignored")
                         continue
-                    self._handle(*entry, result, postprocess, stats)
-                    category = stats.failed_keys.get(result.key, "")
-                    again = self._resend(entry[0], stats)
+                    to, w, trimmed, max_tokens = sent
+                    to.runner._handle(w, trimmed, max_tokens, result, to.postprocess, to.stats)
+                    category = to.stats.failed_keys.get(result.key, "")
+                    again = to.runner._resend(w, to.stats)
                     if again is not None:
                         resent[result.key] = category
-                        self.log.info(f"{self.stage}: {entry[0].label}: unusable reply, next seed {again[0].seed}")
-                    send(entry[0], again)
+                        to.runner.log.info(f"{to.runner.stage}: {w.label}: unusable reply, next seed {again[0].seed}")
+                        send(to, w, again)
+                    elif ahead is not None and not to.follow_on and not _circuit_open(result):
+                        ahead.settle(result.key)
+                        send_ahead()
                     self._report_load()
                 if feed.taken == taken:
                     break  # the backend took nothing: what it was given fails below
         except CircuitOpenError as exc:
-            self._take_back(feed, in_flight, resent, stats)
-            self._abandon(in_flight, "circuit_open", str(exc), stats)
+            self._take_back(feed, in_flight, resent)
+            self._abandon(in_flight, "circuit_open", str(exc))
             raise
         except Exception as exc:  # a backend bug or crash: keep what finished, record the rest
-            self._take_back(feed, in_flight, resent, stats)
-            self._fail_remaining(in_flight, "backend_error", f"{type(exc).__name__}: {exc}", stats)
+            self._take_back(feed, in_flight, resent)
+            self._fail_remaining(in_flight, "backend_error", f"{type(exc).__name__}: {exc}")
             raise _BatchError(exc) from exc
         finally:
-            stats.generate_seconds += time.monotonic() - started
-        self._take_back(feed, in_flight, resent, stats)
-        self._fail_remaining(in_flight, "backend_error", "the backend returned no result for this request", stats)
+            elapsed = time.monotonic() - started
+            stats.generate_seconds += elapsed
+            if later is not None and later.stats.llm_requests:
+                later.stats.generate_seconds += elapsed
+            if ahead is not None:
+                ahead.release()
+        self._take_back(feed, in_flight, resent)
+        self._fail_remaining(in_flight, "backend_error", "the backend returned no result for this request")
 
-    def _take_back(
-        self,
-        feed: RequestFeed,
-        in_flight: dict[str, tuple[WorkItem, bool, int]],
-        resent: Mapping[str, str],
-        stats: RunStats,
-    ) -> None:
-        """Retries still in ``feed`` when the backend stopped were never sent: their items keep
-        the failure of their last reply (in the counters and the viewer's list; the ledger
-        already holds it), and use no attempt."""
+    @staticmethod
+    def _take_back(feed: RequestFeed, in_flight: dict[str, _Sent], resent: Mapping[str, str]) -> None:
+        """Requests still in ``feed`` when the backend stopped were never sent. A retry's item
+        keeps the failure of its last reply (in the counters and the viewer's list; the ledger
+        already holds it) and uses no attempt; a later stage's first sample is left to that
+        stage's run; this stage's first samples fail with the rest."""
         for request in feed.take():
             category = resent.get(request.key)
+            to, w, _, _ = in_flight[request.key]
+            runner, stats = to.runner, to.stats
             if category is None:
-                continue  # a first sample the backend never took: it fails with the rest
-            w = in_flight.pop(request.key)[0]
+                if to.follow_on:
+                    del in_flight[request.key]
+                    stats.llm_requests -= 1
+                continue
+            del in_flight[request.key]
             stats.llm_requests -= 1
             stats.retried -= 1
             stats.resent[request.key] -= 1
             stats.failed += 1
             stats.failed_keys[request.key] = category
             stats.failures[category] += 1
-            self.state.advance(self.repo, self.stage, done=0, failed=1)
+            runner.state.advance(runner.repo, runner.stage, done=0, failed=1)
             message = f"{category}; its next sample was not sent: the backend stopped"
-            self.state.record_failure(self.repo, self.stage, w.label, category, message)
+            runner.state.record_failure(runner.repo, runner.stage, w.label, category, message)
 
     def _report_load(self, every_seconds: float = 1.0) -> None:
         """Store the backend's concurrency limit and latency for the live displays (OpenAI backend)."""
@@ -510,7 +642,7 @@ class StageRunner:
         stats.completion_tokens += result.completion_tokens
         if trimmed:
             stats.trimmed += 1
-        if result.error is not None and result.error.category == "circuit_open":
+        if result.error is not None and _circuit_open(result):
             # Never sent: not an attempt. Shown to the viewer, not written to the ledger.
             stats.failures["circuit_open"] += 1
             self.state.record_failure(self.repo, self.stage, w.label, "circuit_open", result.error.message)
@@ -552,22 +684,20 @@ class StageRunner:
             self.state.advance(self.repo, self.stage, done=0, failed=1)
             self.state.record_failure(self.repo, self.stage, w.label, category, outcome.error_message or category)
 
-    def _fail_remaining(
-        self, in_flight: dict[str, tuple[WorkItem, bool, int]], category: str, message: str, stats: RunStats
-    ) -> None:
-        for w, trimmed, max_tokens in list(in_flight.values()):
+    @staticmethod
+    def _fail_remaining(in_flight: dict[str, _Sent], category: str, message: str) -> None:
+        for to, w, trimmed, max_tokens in list(in_flight.values()):
             outcome = Outcome(
                 "failed", error_category=category, error_message=message, trimmed=trimmed, max_tokens=max_tokens
             )
-            self._record(w, outcome, stats)
+            to.runner._record(w, outcome, to.stats)
         in_flight.clear()
 
-    def _abandon(
-        self, in_flight: dict[str, tuple[WorkItem, bool, int]], category: str, message: str, stats: RunStats
-    ) -> None:
-        for w, _, _ in in_flight.values():
-            stats.failures[category] += 1
-            self.state.record_failure(self.repo, self.stage, w.label, category, message)
+    @staticmethod
+    def _abandon(in_flight: dict[str, _Sent], category: str, message: str) -> None:
+        for to, w, _, _ in in_flight.values():
+            to.stats.failures[category] += 1
+            to.runner.state.record_failure(to.runner.repo, to.runner.stage, w.label, category, message)
         in_flight.clear()
 
 
@@ -579,6 +709,11 @@ class _BatchError(CicdllmError):
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+def _circuit_open(result: GenerationResult) -> bool:
+    """A reply the backend never sent the request for: its circuit breaker is open."""
+    return result.error is not None and result.error.category == "circuit_open"
 
 
 def _seed_sent(extra: Mapping[str, object]) -> bool | None:
