@@ -147,7 +147,12 @@ def test_mlx_questions_parse_answers_follow_and_a_rerun_generates_nothing(projec
     answers = read_table(settings, "answers", REPO)
     assert answers.column("answer").to_pylist() == [SCRIPTED_REPLY] * 3
     assert set(answers.column("finish_reason").to_pylist()) == {"stop"}
-    assert materialization_values(result, "answers")["generated"] == 3
+    # the answers went out in the questions step's batch (answers ahead); the answers step reused them
+    assert materialization_values(result, "questions")["answers_ahead"] == 3
+    assert (
+        materialization_values(result, "answers")["generated"],
+        materialization_values(result, "answers")["reused"],
+    ) == (0, 3)
 
     result = run_generation(REPO, MLXResource(), instance=instance)
     assert result.success

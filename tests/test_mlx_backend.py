@@ -227,8 +227,80 @@ def test_greedy_batched_matches_one_at_a_time(tiny_model_dir: Path) -> None:
     wide = MLXBackend(str(tiny_model_dir), batch_size=len(requests))
     got = {r.key: (r.text, r.completion_tokens) for r in wide.generate(requests)}
     assert got == expected
-    assert wide.stats.prefix_prefill_batches == 1  # both chunks' prefixes in one forward pass
-    assert wide.stats.prefix_prefill_tokens == sum(len(wide._template(r.messages[:2], False)) for r in requests[:2])
+    # both chunks' prefixes in one forward pass; then, from copies of their caches, the longer
+    # prefixes of requests whose questions start alike (nested on them) in another
+    assert wide.stats.prefix_prefill_batches == 2
+    bases = sum(len(wide._template(r.messages[:2], False)) for r in requests[:2])
+    assert wide.stats.prefix_prefill_tokens > bases
+
+
+CONTEXT = "Definitions used here:\n" + "".join(f"def helper_{i}(value: int) -> int: ...\n" for i in range(8))
+
+
+def test_requests_sharing_a_context_after_their_prefix_prefill_it_once(tiny_model_dir: Path) -> None:
+    """Requests of one prefix group whose suffixes start with the same context (an answer's repo
+    context, before its question) share it: it is prefilled once per group, on a copy of the
+    group's prefix cache, and greedy outputs stay those of plain prefill."""
+    requests = [
+        GenerationRequest(
+            key=f"{c}-{q}",
+            messages=(SYSTEM, ChatMessage("user", f"Code:\n{chunk}"), ChatMessage("user", f"{CONTEXT}\n{question}")),
+            max_tokens=8,
+            temperature=0.0,
+            prefix_messages=2,
+        )
+        for c, chunk in enumerate(CHUNKS)
+        for q, question in enumerate(QUESTIONS[:3])
+    ]
+    release_models()
+    plain = MLXBackend(str(tiny_model_dir), batch_size=len(requests), prefix_reuse=False)
+    expected = {r.key: r.text for r in plain.generate(requests)}
+    release_models()
+    nested = MLXBackend(str(tiny_model_dir), batch_size=len(requests))
+    results = list(nested.generate(requests))
+    assert {r.key: r.text for r in results} == expected
+    context = len(nested.tokenizer.encode(CONTEXT, add_special_tokens=False))
+    assert context >= SHARED_PREFIX_MIN
+    prefix = {c: len(nested._template(requests[3 * c].messages[:2], False)) for c in range(len(CHUNKS))}
+    # per chunk: its prefix once, the context once, each request's own question
+    saved = plain.stats.processed_prompt_tokens - nested.stats.processed_prompt_tokens
+    assert saved >= sum(2 * (prefix[c] + context) for c in prefix)
+    assert nested.stats.prefix_prefill_batches == 2  # the chunks' prefixes, then the contexts on them
+    cached = sorted(r.cached_prompt_tokens for r in results if r.key.startswith("0-"))
+    assert cached[0] == 0 and cached[1] == cached[2] > prefix[0] + context  # the first pays for both
+    # the nested prefix's cache holds what a plain prefill of its tokens computes
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.models.cache import make_prompt_cache
+
+    base = tuple(nested._template(requests[0].messages[:2], False))
+    tokens, cache = max(
+        ((k[1], entry[0]) for k, entry in mlx_backend._prefix_cache._entries.items() if k[1][: len(base)] == base),
+        key=lambda found: len(found[0]),
+    )
+    assert len(tokens) >= len(base) + context
+    model = nested.loaded.model
+    plain_cache = make_prompt_cache(model)
+    model(mx.array([list(tokens)]), cache=plain_cache)
+    for got, want in zip(cache, plain_cache, strict=True):
+        assert got.offset == want.offset == len(tokens)
+        for a, b in ((got.keys, want.keys), (got.values, want.values)):
+            np.testing.assert_allclose(
+                np.array(a[..., : len(tokens), :]), np.array(b[..., : len(tokens), :]), atol=1e-5
+            )
+    # the group's own prefix (system + chunk) stays cached for the chunk's other requests
+    again = list(
+        nested.generate(
+            [
+                dataclasses.replace(
+                    requests[0],
+                    key="again",
+                    messages=(*requests[0].messages[:2], ChatMessage("user", "Another question?")),
+                )
+            ]
+        )
+    )
+    assert again[0].cached_prompt_tokens == prefix[0]
 
 
 def test_requests_sharing_a_system_prompt_prefill_it_once(tiny_model_dir: Path) -> None:
@@ -366,7 +438,7 @@ def test_a_prefill_that_always_fails_fails_the_requests_instead_of_looping(tiny_
     release_models()
     backend = MLXBackend(str(tiny_model_dir), batch_size=4)
 
-    def broken(prefixes: object) -> dict:
+    def broken(prefixes: object, processed: object = None) -> dict:
         raise MemoryError("no room for the prefix caches")
 
     backend._prefill_prefixes = broken  # type: ignore[method-assign]

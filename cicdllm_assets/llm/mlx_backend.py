@@ -227,6 +227,19 @@ class _PrefixLRU:
                 _, (_, evicted) = self._entries.popitem(last=False)
                 self._bytes -= evicted
 
+    def longest_prefix(self, model: str, tokens: tuple[int, ...]) -> tuple[tuple[int, ...], list[Any]] | None:
+        """The longest stored prefix of ``tokens`` (shorter than it) for ``model``, with its cache."""
+        with self._lock:
+            best: tuple[tuple[int, ...], list[Any]] | None = None
+            for (path, prefix), (cache, _) in self._entries.items():
+                if path != model or len(prefix) >= len(tokens) or (best is not None and len(prefix) <= len(best[0])):
+                    continue
+                if tokens[: len(prefix)] == prefix:
+                    best = (prefix, cache)
+            if best is not None:
+                self._entries.move_to_end((model, best[0]))
+            return best
+
     def drop(self, predicate: Callable[[tuple[str, tuple[int, ...]]], bool]) -> None:
         with self._lock:
             for key in [k for k in self._entries if predicate(k)]:
@@ -330,6 +343,8 @@ class _Prepared:
     prefix_len: int
     max_tokens: int
     group: tuple[int, ...] = ()
+    base: tuple[int, ...] = ()
+    """The prefix ``group`` extends (:func:`nest_prefixes`); empty when it extends none."""
 
 
 @dataclass
@@ -348,7 +363,8 @@ class _Prefixes:
 
     remaining: Counter[tuple[int, ...]]
     ready: dict[tuple[int, ...], list[Any]] = field(default_factory=dict)
-    fresh: set[tuple[int, ...]] = field(default_factory=set)
+    fresh: Counter[tuple[int, ...]] = field(default_factory=Counter)
+    """Prefix tokens this call prefilled for each group (its base's too, when prefilled for it)."""
     paid: set[tuple[int, ...]] = field(default_factory=set)
 
 
@@ -508,37 +524,63 @@ class MLXBackend:
             group=tuple(tokens[:prefix_len]),
         )
 
-    def _prefill_prefixes(self, prefixes: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], list[Any]]:
+    def _prefill_prefixes(
+        self, prefixes: Sequence[tuple[int, ...]], processed: Counter[tuple[int, ...]] | None = None
+    ) -> dict[tuple[int, ...], list[Any]]:
         """KV caches holding each of ``prefixes``: from the LRU, else prefilled together in one
-        right-padded batch (mlx_lm's PromptProcessingBatch) and stored in the LRU."""
-        from mlx_lm.generate import PromptProcessingBatch
-        from mlx_lm.models.cache import make_prompt_cache
-
+        right-padded batch (mlx_lm's PromptProcessingBatch) and stored in the LRU. A prefix that
+        extends a stored one is prefilled from a copy of that cache (only its own tokens are
+        processed); ``processed`` counts the tokens prefilled for each."""
         found: dict[tuple[int, ...], list[Any]] = {}
-        missing: list[tuple[int, ...]] = []
-        for prefix in prefixes:
+        fresh: list[tuple[int, ...]] = []
+        extended: list[tuple[tuple[int, ...], tuple[int, ...], list[Any]]] = []
+        for prefix in dict.fromkeys(prefixes):
             cached = _prefix_cache.get((self.model_path, prefix))
             if cached is not None:
                 found[prefix] = cached
-            elif prefix not in missing:
-                missing.append(prefix)
-        if not missing:
-            return found
+                continue
+            base = _prefix_cache.longest_prefix(self.model_path, prefix)
+            if base is None:
+                fresh.append(prefix)
+            else:
+                extended.append((prefix, *base))
+        if fresh:
+            found.update(self._prefill_batch(fresh, [None] * len(fresh), processed))
+        if extended:
+            bases = [(len(base), cache) for _, base, cache in extended]
+            found.update(self._prefill_batch([prefix for prefix, _, _ in extended], bases, processed))
+        return found
+
+    def _prefill_batch(
+        self,
+        prefixes: Sequence[tuple[int, ...]],
+        bases: Sequence[tuple[int, list[Any]] | None],
+        processed: Counter[tuple[int, ...]] | None,
+    ) -> dict[tuple[int, ...], list[Any]]:
+        """Prefill ``prefixes`` in one batch, each after its base (its first tokens, already in a
+        cache) or from an empty cache; store each in the LRU."""
+        from mlx_lm.generate import PromptProcessingBatch
+        from mlx_lm.models.cache import make_prompt_cache
+
         model = self.loaded.model
         batch = PromptProcessingBatch(
             model,
-            uids=list(range(len(missing))),
-            caches=[make_prompt_cache(model, self.max_kv_size) for _ in missing],
+            uids=list(range(len(prefixes))),
+            caches=[make_prompt_cache(model, self.max_kv_size) if b is None else b[1] for b in bases],
             prefill_step_size=PREFILL_STEP,
         )
+        starts = [0 if b is None else b[0] for b in bases]
         with inference_kernels():
-            batch.prompt([list(prefix) for prefix in missing])
-        for i, prefix in enumerate(missing):
+            batch.prompt([list(prefix[start:]) for prefix, start in zip(prefixes, starts, strict=True)])
+        found = {}
+        for i, (prefix, start) in enumerate(zip(prefixes, starts, strict=True)):
             cache = batch.extract_cache(i)
             found[prefix] = cache
             _prefix_cache.put((self.model_path, prefix), cache)
-            self.stats.processed_prompt_tokens += len(prefix)
-            self.stats.prefix_prefill_tokens += len(prefix)
+            self.stats.processed_prompt_tokens += len(prefix) - start
+            self.stats.prefix_prefill_tokens += len(prefix) - start
+            if processed is not None:
+                processed[prefix] += len(prefix) - start
         self.stats.prefix_prefill_batches += 1
         return found
 
@@ -567,9 +609,10 @@ class MLXBackend:
         yield from self._admit(feed, waiting)
         if self.prefix_reuse:
             _share_common_prefix(waiting)
-        # Requests of one prefix group run next to each other so the prefix is live once.
-        order = {g: i for i, g in reversed(list(enumerate(p.group for p in waiting)))}
-        waiting.sort(key=lambda p: (order[p.group], p.index))
+        # Requests of one prefix group (and groups nested on one base) run next to each other so
+        # the prefix is live once.
+        order = {g: i for i, g in reversed(list(enumerate(g for p in waiting for g in (p.base or p.group, p.group))))}
+        waiting.sort(key=lambda p: (order[p.base or p.group], order[p.group], p.index))
         width = self.width_for(max((len(p.tokens) + p.max_tokens for p in waiting), default=1))
         prefixes = _Prefixes(remaining=Counter(p.group for p in waiting if p.prefix_len > 0))
         while waiting:
@@ -583,18 +626,22 @@ class MLXBackend:
     ) -> Iterator[GenerationResult]:
         """Tokenize the requests ``feed`` holds now onto ``waiting`` (counted in ``prefixes``'
         groups); yield a failure for each that cannot run."""
+        admitted: list[_Prepared] = []
         for request in feed.take():
             try:
-                prepared = self._prepare(len(waiting), request)
+                prepared = self._prepare(len(waiting) + len(admitted), request)
             except Exception as exc:  # tokenizer/template failure for this request only
                 prepared = _error(request, "backend_error", f"cannot build prompt: {exc}", retryable=False)
             if isinstance(prepared, GenerationResult):
                 self.stats.failures += 1
                 yield prepared
                 continue
-            waiting.append(prepared)
-            if prefixes is not None and prepared.prefix_len > 0:
-                prefixes.remaining[prepared.group] += 1
+            admitted.append(prepared)
+        if self.prefix_reuse:
+            nest_prefixes(admitted)
+        waiting += admitted
+        if prefixes is not None:
+            prefixes.remaining.update(p.group for p in admitted if p.prefix_len > 0)
 
     def _run(
         self,
@@ -673,8 +720,10 @@ class MLXBackend:
     def _prefill_for(self, waiting: Sequence[_Prepared], slots: int, prefixes: _Prefixes) -> None:
         """Make the prefix caches of the next ``slots`` waiting requests ready, prefilling the
         missing ones (and, to fill the batch, the next groups' too) :data:`PREFIX_PREFILL_WIDTH`
-        at a time."""
+        at a time, longest first (little padding); a nested prefix's base first (the tokens it
+        shares with its sibling groups, prefilled once)."""
         needed: list[tuple[int, ...]] = []
+        base_of: dict[tuple[int, ...], tuple[int, ...]] = {}
         for position, prepared in enumerate(waiting):
             group = prepared.group
             if prepared.prefix_len == 0 or group in prefixes.ready or group in needed:
@@ -682,11 +731,18 @@ class MLXBackend:
             if position >= slots and len(needed) % PREFIX_PREFILL_WIDTH == 0:
                 break  # every request that goes in now is covered and the last prefill batch is full
             needed.append(group)
+            if prepared.base:
+                base_of[group] = prepared.base
+        missing_bases = [b for b in dict.fromkeys(base_of.values()) if _prefix_cache.get((self.model_path, b)) is None]
+        for start in range(0, len(missing_bases), PREFIX_PREFILL_WIDTH):
+            part = sorted(missing_bases, key=len, reverse=True)[start : start + PREFIX_PREFILL_WIDTH]
+            processed: Counter[tuple[int, ...]] = Counter()
+            self._prefill_prefixes(part, processed)
+            for group, base in base_of.items():  # the first group on a base pays for it
+                prefixes.fresh[group] += processed.pop(base, 0)
+        needed.sort(key=len, reverse=True)
         for start in range(0, len(needed), PREFIX_PREFILL_WIDTH):
-            part = needed[start : start + PREFIX_PREFILL_WIDTH]
-            hits = {g for g in part if _prefix_cache.get((self.model_path, g)) is not None}
-            prefixes.ready.update(self._prefill_prefixes(part))
-            prefixes.fresh.update(g for g in part if g not in hits)
+            prefixes.ready.update(self._prefill_prefixes(needed[start : start + PREFIX_PREFILL_WIDTH], prefixes.fresh))
 
     def _insert(self, generator: Any, prepared: _Prepared, prefixes: _Prefixes) -> tuple[int, int]:
         """Queue one request (from its prefix cache when it has one); return (uid, cached tokens)."""
@@ -701,9 +757,8 @@ class MLXBackend:
             if cache is None:  # prefilled earlier but not ready (a restart after a failure)
                 cache = self._prefill_prefixes([group])[group]
             prompt = prepared.tokens[prepared.prefix_len :]
-            # The first request of a group pays for the prefill (unless an earlier call did).
-            if group not in prefixes.fresh or group in prefixes.paid:
-                cached = prepared.prefix_len
+            # The first request of a group pays for what this call prefilled for it.
+            cached = prepared.prefix_len - (0 if group in prefixes.paid else prefixes.fresh[group])
             prefixes.paid.add(group)
             prefixes.remaining[group] -= 1
             if prefixes.remaining[group] <= 0:
@@ -770,6 +825,40 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def nest_prefixes(batch: Sequence[_Prepared]) -> None:
+    """Requests of one prefix group whose suffixes begin with the same :data:`SHARED_PREFIX_MIN`
+    or more tokens (the repository context an answer prompt shows before its question, the same
+    for a chunk's questions of one theme) share those tokens too: their prefix grows by them and
+    is prefilled once, from the group's cached prefix (its ``base``)."""
+    groups: dict[tuple[int, ...], list[_Prepared]] = {}
+    for prepared in batch:
+        if prepared.prefix_len > 0:
+            groups.setdefault(prepared.group, []).append(prepared)
+    for members in groups.values():
+        members.sort(key=_suffix)  # suffixes sharing a start are neighbours
+        clusters = [[members[0]]]
+        for prepared in members[1:]:
+            if _common_prefix(_suffix(clusters[-1][-1]), _suffix(prepared)) >= SHARED_PREFIX_MIN:
+                clusters[-1].append(prepared)
+            else:
+                clusters.append([prepared])
+        for cluster in clusters:
+            if len(cluster) < 2:
+                continue
+            shared = min(_common_prefix(_suffix(cluster[0]), _suffix(p)) for p in cluster[1:])
+            shared = min(shared, *(_suffix_len(p) - MIN_SUFFIX_TOKENS for p in cluster))
+            if shared < SHARED_PREFIX_MIN:
+                continue
+            for member in cluster:
+                member.base = member.group
+                member.prefix_len += shared
+                member.group = tuple(member.tokens[: member.prefix_len])
+
+
+def _suffix(prepared: _Prepared) -> list[int]:
+    return prepared.tokens[prepared.prefix_len :]
 
 
 def _share_common_prefix(waiting: list[_Prepared]) -> None:
