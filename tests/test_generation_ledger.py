@@ -14,7 +14,7 @@ from cicdllm_assets.generation.engine import FollowOn, StageRunner
 from cicdllm_assets.generation.ledger import LEDGER_VERSION, Ledger, LedgerItem, Outcome, is_outage, item_key
 from cicdllm_assets.generation.prompts import PromptManager
 from cicdllm_assets.generation.questions_stage import plan_questions, question_postprocess, questions_table
-from cicdllm_assets.llm.base import CircuitOpenError, GenerationRequest, GenerationResult
+from cicdllm_assets.llm.base import CircuitOpenError, GenerationRequest, GenerationResult, RequestFeed
 from cicdllm_assets.quality.variety import drop_near_duplicate_questions
 from cicdllm_assets.storage.state import StateSchemaError, StateStore, pg_ddl
 from tests.generation_support import PROMPTS_SRC, SAMPLE_FILES, ScriptedBackend, chunk_rows
@@ -247,12 +247,13 @@ def test_runner_sends_unparseable_replies_again_in_the_same_run(
         assert [r.seed for r in backend2.calls] == [gen.seed + 2] * n and stats2.retried == 0
 
 
-def test_retries_the_backend_never_took_keep_their_failure(settings: Settings, runner_parts) -> None:
+@pytest.mark.parametrize("retries", [1, 2], ids=["one-retry", "two-retries-together"])
+def test_retries_the_backend_never_took_keep_their_failure(settings: Settings, runner_parts, retries: int) -> None:
     """A backend that read its requests once and then crashed never took the retries queued
     while it streamed: their items keep their ``parse_error`` (one attempt used, not two, and
-    not a ``backend_error``)."""
+    not a ``backend_error``), once per item however many samples were queued."""
     state, ledger, prompts, chunks = runner_parts
-    gen = settings.config.generation.model_copy(update={"max_attempts": 3, "batch_size": 8, "retries_in_run": 1})
+    gen = settings.config.generation.model_copy(update={"max_attempts": 3, "batch_size": 8, "retries_in_run": retries})
     settings = Settings(settings.config.model_copy(update={"generation": gen}), settings.path, settings.root)
     work = plan_questions(chunks, [prompts.theme("debugging")], "scripted", gen, "repo")
 
@@ -433,3 +434,97 @@ def test_a_chunks_answers_join_the_feed_once_its_questions_are_final(
     assert len(backend.calls) == len(work) + n + len(expected)  # one retry per chunk, each answer once
     progress = {p.stage: p for p in state.progress("repo")}
     assert (progress["answers"].done, progress["answers"].total) == (len(expected), len(expected))
+
+
+class RepliesLastFirst(ScriptedBackend):
+    """Takes what the feed holds, replies to it last request first (a later sample's reply comes
+    before an earlier one's), then takes again. The debugging theme's reply depends on the seed
+    offset: ``usable`` maps an offset to a parseable reply's marker; other offsets get junk."""
+
+    def __init__(self, base_seed: int, usable: dict[int, str]) -> None:
+        super().__init__()
+        self.base_seed, self.usable = base_seed, usable
+        self.seen_together: list[list[int]] = []
+
+    def generate(self, requests):
+        feed = RequestFeed.of(requests)
+        while batch := feed.take():
+            self.seen_together.append(
+                [r.seed - self.base_seed for r in batch if "possible bugs" in r.messages[-1].content]
+            )
+            for request in reversed(batch):
+                marker = self.usable.get(request.seed - self.base_seed)
+                bugs = "possible bugs" in request.messages[-1].content
+                reply = f'["What breaks {marker} here exactly?", "Which input fails {marker} first?"]'
+                self.replies = {"possible bugs": reply if marker else "no idea"} if bugs else {}
+                yield from super().generate([request])
+
+
+@pytest.mark.parametrize(
+    ("usable", "parallel", "expected"),
+    [
+        ({1: "A", 2: "B"}, True, (2, "A")),  # the first retry is usable: the second's reply is dropped
+        ({2: "B"}, True, (3, "B")),  # only the second retry is usable
+        ({}, True, (3, None)),  # none is: one failure per item
+        ({1: "A", 2: "B"}, False, (2, "A")),  # one after the other: the second retry is never sent
+    ],
+    ids=["first-retry-usable", "second-retry-usable", "none-usable", "one-at-a-time"],
+)
+def test_remaining_samples_go_out_together_and_are_taken_in_seed_order(
+    settings: Settings, runner_parts, usable: dict[int, str], parallel: bool, expected: tuple[int, str | None]
+) -> None:
+    """With ``generation.parallel_retries`` an item's remaining in-run samples are sent together
+    after its first unusable reply; their replies are taken in seed order whatever order they
+    come in, so the ledger holds what sending them one after the other would."""
+    state, ledger, prompts, chunks = runner_parts
+    gen = settings.config.generation.model_copy(
+        update={"max_attempts": 3, "retries_in_run": 2, "parallel_retries": parallel, "batch_size": 64}
+    )
+    settings = Settings(settings.config.model_copy(update={"generation": gen}), settings.path, settings.root)
+    work = plan_questions(chunks, [prompts.theme("testing"), prompts.theme("debugging")], "scripted", gen, "repo")
+    backend = RepliesLastFirst(gen.seed, usable)
+    stats = _runner(backend, state, ledger, settings).run(work, question_postprocess(gen))
+
+    n = len(chunks)
+    debugging = [w.item.key for w in work if w.item.theme == "debugging"]
+    entries = ledger.get_many(debugging)
+    attempts, marker = expected
+    assert {(e.attempts, e.ok) for e in entries.values()} == {(attempts, marker is not None)}
+    if marker is not None:
+        assert all(f"What breaks {marker} here" in q for e in entries.values() for q in e.parsed()[:1])
+    sent = sorted(r.seed - gen.seed for r in backend.calls if r.key.split("#")[0] in debugging)
+    retries = 2 if parallel or not usable.get(1) else 1
+    assert sent == sorted([0] * n + [1] * n + ([2] * n if retries == 2 else []))
+    if parallel:  # both retries of an item were in the feed together
+        assert [1, 2] * n == [s for batch in backend.seen_together for s in batch if s]
+    assert (stats.retried, stats.llm_requests) == (retries * n, len(work) + retries * n)
+    ok = marker is not None
+    assert (stats.generated, stats.failed, dict(stats.failures)) == (
+        (len(work), 0, {}) if ok else (n, n, {"parse_error": n})
+    )
+    progress = state.progress("repo")[0]
+    assert (progress.done, progress.failed) == ((len(work), 0) if ok else (n, n))
+    assert _failures(state) == ([] if ok else ["parse_error"] * n)
+
+
+def test_a_crash_with_one_sample_out_and_one_queued_counts_one_failure(settings: Settings, runner_parts) -> None:
+    """Two retries sent together; the backend takes the first and crashes before replying: the
+    item fails once (the sample it took, ``backend_error``), not again for the one never taken."""
+    state, ledger, prompts, chunks = runner_parts
+    gen = settings.config.generation.model_copy(update={"max_attempts": 3, "retries_in_run": 2})
+    settings = Settings(settings.config.model_copy(update={"generation": gen}), settings.path, settings.root)
+    work = plan_questions(chunks[:1], [prompts.theme("debugging")], "scripted", gen, "repo")
+
+    class CrashesOnTheFirstRetry(FirstSeedUnparseable):
+        def generate(self, requests):
+            for request in requests:  # takes one request at a time
+                if request.seed != self.base_seed:
+                    raise RuntimeError("server went away")
+                yield from super().generate([request])
+
+    backend = CrashesOnTheFirstRetry(gen.seed, fixed=False)
+    stats = _runner(backend, state, ledger, settings).run(work, question_postprocess(gen))
+    entry = ledger.get(work[0].item.key)
+    assert entry is not None and (entry.attempts, entry.error_category) == (2, "backend_error")
+    assert (stats.failed, dict(stats.failures), stats.retried, stats.llm_requests) == (1, {"backend_error": 1}, 1, 2)
+    assert _failures(state) == ["backend_error"] and state.progress("repo")[0].failed == 1

@@ -188,6 +188,12 @@ class GenerationConfig(StrictModel):
         description="times an item whose reply could not be parsed is sent again in the same run "
         "(next seed; within max_attempts; only when temperature > 0)",
     )
+    parallel_retries: bool = Field(
+        True,
+        description="send an item's remaining in-run samples together after its first unusable reply "
+        "(replies are taken in seed order, a later one dropped once an earlier one is usable): "
+        "shorter retry chains, some samples wasted",
+    )
     answers_ahead: bool = Field(
         True,
         description="answer a chunk's questions as soon as they are final, in the questions step's batch "

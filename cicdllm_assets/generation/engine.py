@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,9 @@ MAX_CONSECUTIVE_BATCH_ERRORS = 2
 RETRY_IN_RUN_CATEGORIES = frozenset({"parse_error"})
 """Failures another sample may fix; the rest (outages, secrets, context overflow) are not
 re-sent in the same run: the backend retries outages itself, the others fail the same way."""
+
+SAMPLE_KEY_SEPARATOR = "#"
+"""Joins an item key and a seed in the request key of a sample sent beside an earlier one."""
 
 LEASE_POLL_SECONDS = 0.5
 """How often a run re-reads the ledger for items another run holds."""
@@ -442,29 +445,50 @@ class StageRunner:
                 self.state.advance(self.repo, self.stage, done=0, failed=1)
         return rest
 
-    def _resend(self, w: WorkItem, stats: RunStats) -> tuple[GenerationRequest, bool] | None:
-        """The request for another sample of ``w``, which just failed in this run with a reply
-        another sample may fix, while it has in-run retries and attempts left; its failure is
-        taken back (counters and the viewer's list). None: ``w`` stays failed."""
+    def _samples_left(self, w: WorkItem, stats: RunStats, sent: int = 0) -> int:
+        """How many more samples of ``w`` this run may use: ``w`` just failed with a reply another
+        sample may fix, and has in-run retries and attempts left (0: it stays failed); ``sent``
+        of them are out already (counted in ``stats.resent``)."""
         key = w.item.key
-        category = stats.failed_keys.get(key)
-        if self.gen.temperature <= 0 or category not in RETRY_IN_RUN_CATEGORIES:
-            return None
-        if stats.resent[key] >= self.gen.retries_in_run:
-            return None
+        if self.gen.temperature <= 0 or stats.failed_keys.get(key) not in RETRY_IN_RUN_CATEGORIES:
+            return 0
         entry = self.ledger.get_many([key]).get(key)
         if entry is None or entry.ok or entry.error_category not in RETRY_IN_RUN_CATEGORIES:
-            return None  # another run has written it since
-        if not entry.needs_attempt(self.gen.max_attempts):
-            return None
-        stats.resent[key] += 1
+            return 0  # another run has written it since
+        return max(0, min(self.gen.retries_in_run - stats.resent[key] + sent, self.gen.max_attempts - entry.attempts))
+
+    def _take_back_failure(self, w: WorkItem, stats: RunStats) -> str:
+        """Another sample of ``w`` is coming: its last failure is not final (counters and the
+        viewer's list); returns the failure's category."""
+        category = stats.failed_keys.pop(w.item.key)
         stats.failed -= 1
-        stats.failures[stats.failed_keys.pop(key)] -= 1
+        stats.failures[category] -= 1
         stats.failures += Counter()  # drop categories counted down to zero
-        stats.retried += 1
         self.state.advance(self.repo, self.stage, done=0, failed=-1)
         self.state.forget_failures(self.repo, self.stage, [w.label])
-        return self._request_for(w, entry.attempts, stats)
+        return category
+
+    def _resend(self, w: WorkItem, stats: RunStats) -> list[tuple[GenerationRequest, bool]]:
+        """The requests for more samples of ``w`` after a failure :meth:`_samples_left` allows:
+        the next one, or with ``generation.parallel_retries`` every one left at once (a sample
+        after the first of them has its seed in its request key, ``key#seed``). Empty: ``w``
+        stays failed."""
+        left = self._samples_left(w, stats)
+        if not left:
+            return []
+        attempts = self.ledger.get_many([w.item.key])[w.item.key].attempts
+        requests = []
+        for i in range(left if self.gen.parallel_retries else 1):
+            prepared = self._request_for(w, attempts + i, stats)
+            if prepared is None:
+                break
+            request, trimmed = prepared
+            if i:
+                request = dataclasses.replace(request, key=f"{request.key}{SAMPLE_KEY_SEPARATOR}{request.seed}")
+            requests.append((request, trimmed))
+        stats.resent[w.item.key] += len(requests)
+        stats.retried += len(requests)
+        return requests
 
     def _show_exhausted(self, work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]) -> None:
         """Keep failures that will not be retried visible to the viewer after the clear."""
@@ -525,63 +549,78 @@ class StageRunner:
         lane: _Lane,
         ahead: _Ahead | None = None,
     ) -> None:
-        """Send ``group``'s requests in one feed; an unusable reply's next sample (:meth:`_resend`)
-        joins the same feed, so a backend that reads it as it goes runs it in the batch it decodes;
-        so does the later stage's work of each unit that settles (``ahead``)."""
+        """Send ``group``'s requests in one feed; an unusable reply's next samples (:meth:`_resend`)
+        join the same feed, so a backend that reads it as it goes runs them in the batch it decodes;
+        so does the later stage's work of each unit that settles (``ahead``).
+
+        Replies are taken in seed order per item (:class:`_Samples`): with samples sent together,
+        a later one's reply waits for the earlier one's, and is dropped once an earlier one is usable."""
         feed = RequestFeed()
-        in_flight: dict[str, _Sent] = {}
-        resent: dict[str, str] = {}  # items sent again -> the category their last reply failed with
+        samples = _Samples()
         stats = lane.stats
         later = None if ahead is None else ahead.lane
 
-        def send(to: _Lane, w: WorkItem, prepared: tuple[GenerationRequest, bool] | None) -> None:
-            if prepared is not None:
-                feed.add(prepared[0])
-                in_flight[prepared[0].key] = (to, w, prepared[1], prepared[0].max_tokens)
-            elif ahead is not None and not to.follow_on:
-                ahead.settle(w.item.key)  # recorded as failed before sending (overflow, secret)
+        def send(to: _Lane, w: WorkItem, prepared: Sequence[tuple[GenerationRequest, bool]]) -> None:
+            for request, trimmed in prepared:
+                feed.add(request)
+                samples.add(request.key, (to, w, trimmed, request.max_tokens))
+            if not prepared and ahead is not None and not to.follow_on:
+                ahead.settle(w.item.key)  # final: ok, failed with no sample left, or not sendable
+
+        def first(to: _Lane, w: WorkItem, attempts: int) -> list[tuple[GenerationRequest, bool]]:
+            prepared = to.runner._request_for(w, attempts, to.stats)
+            return [] if prepared is None else [prepared]
 
         def send_ahead() -> None:
             if ahead is None or later is None:
                 return
             for w in ahead.take():
                 previous = later.runner.ledger.get_many([w.item.key]).get(w.item.key)
-                send(later, w, later.runner._request_for(w, previous.attempts if previous else 0, later.stats))
+                send(later, w, first(later, w, previous.attempts if previous else 0))
+
+        def take_in(result: GenerationResult) -> None:
+            for (to, w, trimmed, max_tokens), reply in samples.arrived(result):
+                key = w.item.key
+                to.runner._handle(w, trimmed, max_tokens, reply, to.postprocess, to.stats)
+                if _circuit_open(reply):
+                    samples.drop_rest(key)  # never sent, not final: the next run sends it
+                    continue
+                out = samples.pending(key)  # later samples sent with this one
+                if out and to.runner._samples_left(w, to.stats, out):
+                    samples.taken_back[key] = to.runner._take_back_failure(w, to.stats)
+                    continue  # the next sample's reply decides
+                samples.drop_rest(key)  # usable, or failed for good: later samples are not needed
+                again = [] if out else to.runner._resend(w, to.stats)
+                if again:
+                    samples.taken_back[key] = to.runner._take_back_failure(w, to.stats)
+                    seeds = ", ".join(str(r.seed) for r, _ in again)
+                    to.runner.log.info(f"{to.runner.stage}: {w.label}: unusable reply, next seed(s) {seeds}")
+                send(to, w, again)
+            send_ahead()
 
         for w in group:
             previous = entries.get(w.item.key)
-            send(lane, w, self._request_for(w, previous.attempts if previous else 0, stats))
+            send(lane, w, first(lane, w, previous.attempts if previous else 0))
         send_ahead()
         started = time.monotonic()
         try:
             while len(feed):
                 taken = feed.taken
                 for result in self.backend.generate(feed):
-                    sent = in_flight.pop(result.key, None)
-                    if sent is None:
+                    if not samples.knows(result.key):
                         self.log.warning(f"{self.stage}: backend returned an unknown key {result.key!r}; ignored")
                         continue
-                    to, w, trimmed, max_tokens = sent
-                    to.runner._handle(w, trimmed, max_tokens, result, to.postprocess, to.stats)
-                    category = to.stats.failed_keys.get(result.key, "")
-                    again = to.runner._resend(w, to.stats)
-                    if again is not None:
-                        resent[result.key] = category
-                        to.runner.log.info(f"{to.runner.stage}: {w.label}: unusable reply, next seed {again[0].seed}")
-                        send(to, w, again)
-                    elif ahead is not None and not to.follow_on and not _circuit_open(result):
-                        ahead.settle(result.key)
-                        send_ahead()
+                    take_in(result)
                     self._report_load()
                 if feed.taken == taken:
                     break  # the backend took nothing: what it was given fails below
         except CircuitOpenError as exc:
-            self._take_back(feed, in_flight, resent)
-            self._abandon(in_flight, "circuit_open", str(exc))
+            self._take_back(feed, samples)
+            self._abandon(samples, "circuit_open", str(exc))
             raise
         except Exception as exc:  # a backend bug or crash: keep what finished, record the rest
-            self._take_back(feed, in_flight, resent)
-            self._fail_remaining(in_flight, "backend_error", f"{type(exc).__name__}: {exc}")
+            self._take_back(feed, samples)
+            self._fail_remaining(samples, "backend_error", f"{type(exc).__name__}: {exc}")
             raise _BatchError(exc) from exc
         finally:
             elapsed = time.monotonic() - started
@@ -590,30 +629,34 @@ class StageRunner:
                 later.stats.generate_seconds += elapsed
             if ahead is not None:
                 ahead.release()
-        self._take_back(feed, in_flight, resent)
-        self._fail_remaining(in_flight, "backend_error", "the backend returned no result for this request")
+        self._take_back(feed, samples)
+        self._fail_remaining(samples, "backend_error", "the backend returned no result for this request")
 
     @staticmethod
-    def _take_back(feed: RequestFeed, in_flight: dict[str, _Sent], resent: Mapping[str, str]) -> None:
-        """Requests still in ``feed`` when the backend stopped were never sent. A retry's item
-        keeps the failure of its last reply (in the counters and the viewer's list; the ledger
-        already holds it) and uses no attempt; a later stage's first sample is left to that
-        stage's run; this stage's first samples fail with the rest."""
+    def _take_back(feed: RequestFeed, samples: _Samples) -> None:
+        """Requests still in ``feed`` when the backend stopped were never sent and use no attempt.
+        An item whose earlier reply failed keeps that failure (in the counters and the viewer's
+        list; the ledger already holds it); a later stage's first sample is left to that stage's
+        run; this stage's first samples fail with the rest."""
         for request in feed.take():
-            category = resent.get(request.key)
-            to, w, _, _ = in_flight[request.key]
-            runner, stats = to.runner, to.stats
-            if category is None:
-                if to.follow_on:
-                    del in_flight[request.key]
-                    stats.llm_requests -= 1
+            to, w, _, _ = samples.sent[request.key]
+            key = w.item.key
+            retry = request.key != key or key in samples.taken_back
+            if not retry and not to.follow_on:
                 continue
-            del in_flight[request.key]
-            stats.llm_requests -= 1
-            stats.retried -= 1
-            stats.resent[request.key] -= 1
+            samples.forget(request.key)
+            to.stats.llm_requests -= 1
+            if not retry:
+                continue
+            to.stats.retried -= 1
+            to.stats.resent[key] -= 1
+            category = samples.taken_back.get(key)
+            if category is None or samples.pending(key):
+                continue  # dropped (an earlier sample was usable), or an earlier sample is still out
+            del samples.taken_back[key]
+            runner, stats = to.runner, to.stats
             stats.failed += 1
-            stats.failed_keys[request.key] = category
+            stats.failed_keys[key] = category
             stats.failures[category] += 1
             runner.state.advance(runner.repo, runner.stage, done=0, failed=1)
             message = f"{category}; its next sample was not sent: the backend stopped"
@@ -685,20 +728,96 @@ class StageRunner:
             self.state.record_failure(self.repo, self.stage, w.label, category, outcome.error_message or category)
 
     @staticmethod
-    def _fail_remaining(in_flight: dict[str, _Sent], category: str, message: str) -> None:
-        for to, w, trimmed, max_tokens in list(in_flight.values()):
+    def _fail_remaining(samples: _Samples, category: str, message: str) -> None:
+        """Record the failure of each item with a sample sent and no reply taken in (once per item:
+        its earliest such sample; later ones are not needed)."""
+        for to, w, trimmed, max_tokens in samples.unanswered():
             outcome = Outcome(
                 "failed", error_category=category, error_message=message, trimmed=trimmed, max_tokens=max_tokens
             )
             to.runner._record(w, outcome, to.stats)
-        in_flight.clear()
 
     @staticmethod
-    def _abandon(in_flight: dict[str, _Sent], category: str, message: str) -> None:
-        for to, w, _, _ in in_flight.values():
+    def _abandon(samples: _Samples, category: str, message: str) -> None:
+        for to, w, _, _ in samples.unanswered():
             to.stats.failures[category] += 1
             to.runner.state.record_failure(to.runner.repo, to.runner.stage, w.label, category, message)
-        in_flight.clear()
+
+
+class _Samples:
+    """The samples of one feed: each request sent (by request key), each item's samples in seed
+    order until their replies are taken in, replies that came before an earlier sample's, and
+    samples whose replies are no longer needed."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, _Sent] = {}
+        self.order: dict[str, list[str]] = {}
+        self.early: dict[str, GenerationResult] = {}
+        self.dropped: set[str] = set()
+        self.taken_back: dict[str, str] = {}
+        """Items whose last failure was taken back because another sample is coming, and its category."""
+
+    def add(self, request_key: str, sent: _Sent) -> None:
+        """A request of ``sent``'s item, after any sent before it."""
+        self.sent[request_key] = sent
+        self.order.setdefault(sent[1].item.key, []).append(request_key)
+
+    def knows(self, request_key: str) -> bool:
+        """Whether ``request_key`` is a request of this feed still awaiting its reply."""
+        return request_key in self.sent and request_key not in self.early
+
+    def pending(self, item_key: str) -> int:
+        """How many samples of the item are sent and their replies not taken in yet."""
+        return len(self.order.get(item_key, ()))
+
+    def arrived(self, result: GenerationResult) -> Iterator[tuple[_Sent, GenerationResult]]:
+        """The replies to take in now, in seed order, after ``result`` arrived (none while an
+        earlier sample of its item is out; none for a dropped sample)."""
+        if result.key in self.dropped:
+            self.forget(result.key)
+            return
+        item = self.sent[result.key][1].item.key
+        self.early[result.key] = result
+        order = self.order[item]
+        while order and order[0] in self.early:
+            request_key = order.pop(0)
+            reply = self.early.pop(request_key)
+            sent = self.sent.pop(request_key)
+            yield sent, dataclasses.replace(reply, key=item)
+
+    def drop_rest(self, item_key: str) -> None:
+        """The item's later samples are not needed: their replies are ignored."""
+        for request_key in self.order.pop(item_key, []):
+            if request_key in self.early:
+                del self.early[request_key]
+                self.sent.pop(request_key, None)
+            else:
+                self.dropped.add(request_key)
+        self.taken_back.pop(item_key, None)
+
+    def forget(self, request_key: str) -> None:
+        """A request that will get no reply to take in (never sent, or dropped)."""
+        sent = self.sent.pop(request_key, None)
+        self.dropped.discard(request_key)
+        self.early.pop(request_key, None)
+        if sent is not None:
+            order = self.order.get(sent[1].item.key, [])
+            if request_key in order:
+                order.remove(request_key)
+
+    def unanswered(self) -> list[_Sent]:
+        """Each item with a sample out and no reply taken in, once (its earliest sample); the
+        item's samples are cleared."""
+        found = []
+        for item_key, order in list(self.order.items()):
+            live = [k for k in order if k in self.sent]
+            if live:
+                found.append(self.sent[live[0]])
+            for request_key in live:
+                self.forget(request_key)
+            self.order.pop(item_key, None)
+        self.sent = {k: v for k, v in self.sent.items() if k in self.dropped}
+        return found
 
 
 class IncompleteStageError(CicdllmError):
