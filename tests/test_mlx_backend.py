@@ -74,9 +74,12 @@ def test_prefix_reuse_processes_fewer_prompt_tokens(tiny_model_dir: Path) -> Non
     assert sum(r.prompt_tokens for r in shared) == total
     assert without.stats.processed_prompt_tokens == total
     assert all(r.cached_prompt_tokens == 0 for r in plain)
-    # Each chunk's prefix is prefilled once; its other three requests reuse it.
-    cached = [r for r in shared if r.cached_prompt_tokens > 0]
-    assert len(cached) == len(QUESTIONS * len(CHUNKS)) - len(CHUNKS)
+    # Each chunk's prefix is prefilled once, the system prompt both start with once: the first
+    # request pays for both, the other chunk's first for its own part; the rest reuse them.
+    prefix = {r.key: len(reuse._template(r.messages[:2], False)) for r in _requests()}
+    share = [r.cached_prompt_tokens / prefix[r.key] for r in sorted(shared, key=lambda r: r.key)]
+    assert share.count(1.0) == len(shared) - len(CHUNKS)
+    assert sorted(share)[0] == 0.0 and 0.0 < sorted(share)[1] < 1.0
     processed = reuse.stats.processed_prompt_tokens
     # Our accounting agrees with what mlx_lm's BatchGenerator says it prefilled (plus the
     # prefix prefills and each request's last prompt token, fed with its first decode step).
@@ -227,9 +230,10 @@ def test_greedy_batched_matches_one_at_a_time(tiny_model_dir: Path) -> None:
     wide = MLXBackend(str(tiny_model_dir), batch_size=len(requests))
     got = {r.key: (r.text, r.completion_tokens) for r in wide.generate(requests)}
     assert got == expected
-    # both chunks' prefixes in one forward pass; then, from copies of their caches, the longer
-    # prefixes of requests whose questions start alike (nested on them) in another
-    assert wide.stats.prefix_prefill_batches == 2
+    # the system prompt both chunks' prefixes start with; both chunks' prefixes on it in one
+    # forward pass; then, from copies of their caches, the longer prefixes of requests whose
+    # questions start alike (nested on them) in another
+    assert wide.stats.prefix_prefill_batches == 3
     bases = sum(len(wide._template(r.messages[:2], False)) for r in requests[:2])
     assert wide.stats.prefix_prefill_tokens > bases
 
@@ -265,7 +269,8 @@ def test_requests_sharing_a_context_after_their_prefix_prefill_it_once(tiny_mode
     # per chunk: its prefix once, the context once, each request's own question
     saved = plain.stats.processed_prompt_tokens - nested.stats.processed_prompt_tokens
     assert saved >= sum(2 * (prefix[c] + context) for c in prefix)
-    assert nested.stats.prefix_prefill_batches == 2  # the chunks' prefixes, then the contexts on them
+    # the system prompt the chunks' prefixes start with, the chunks' prefixes on it, the contexts on those
+    assert nested.stats.prefix_prefill_batches == 3
     cached = sorted(r.cached_prompt_tokens for r in results if r.key.startswith("0-"))
     assert cached[0] == 0 and cached[1] == cached[2] > prefix[0] + context  # the first pays for both
     # the nested prefix's cache holds what a plain prefill of its tokens computes

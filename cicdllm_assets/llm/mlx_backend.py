@@ -720,8 +720,8 @@ class MLXBackend:
     def _prefill_for(self, waiting: Sequence[_Prepared], slots: int, prefixes: _Prefixes) -> None:
         """Make the prefix caches of the next ``slots`` waiting requests ready, prefilling the
         missing ones (and, to fill the batch, the next groups' too) :data:`PREFIX_PREFILL_WIDTH`
-        at a time, longest first (little padding); a nested prefix's base first (the tokens it
-        shares with its sibling groups, prefilled once)."""
+        at a time, longest first (little padding). Shared tokens go first, once: those every new
+        prefix starts with (the system prompt), then the bases of nested prefixes."""
         needed: list[tuple[int, ...]] = []
         base_of: dict[tuple[int, ...], tuple[int, ...]] = {}
         for position, prepared in enumerate(waiting):
@@ -733,13 +733,24 @@ class MLXBackend:
             needed.append(group)
             if prepared.base:
                 base_of[group] = prepared.base
-        missing_bases = [b for b in dict.fromkeys(base_of.values()) if _prefix_cache.get((self.model_path, b)) is None]
-        for start in range(0, len(missing_bases), PREFIX_PREFILL_WIDTH):
-            part = sorted(missing_bases, key=len, reverse=True)[start : start + PREFIX_PREFILL_WIDTH]
-            processed: Counter[tuple[int, ...]] = Counter()
-            self._prefill_prefixes(part, processed)
-            for group, base in base_of.items():  # the first group on a base pays for it
-                prefixes.fresh[group] += processed.pop(base, 0)
+        bases = [b for b in dict.fromkeys(base_of.values()) if _prefix_cache.get((self.model_path, b)) is None]
+        unseen = [
+            p
+            for p in [*bases, *(g for g in needed if g not in base_of)]
+            if _prefix_cache.get((self.model_path, p)) is None
+            and _prefix_cache.longest_prefix(self.model_path, p) is None
+        ]
+        root = _shared_start(unseen)
+        for level in ([root] if root else [], bases):
+            for start in range(0, len(level), PREFIX_PREFILL_WIDTH):
+                processed: Counter[tuple[int, ...]] = Counter()
+                self._prefill_prefixes(
+                    sorted(level, key=len, reverse=True)[start : start + PREFIX_PREFILL_WIDTH], processed
+                )
+                for prefix, tokens in processed.items():  # the first group on it pays for it
+                    payer = next((g for g in needed if g[: len(prefix)] == prefix), None)
+                    if payer is not None:
+                        prefixes.fresh[payer] += tokens
         needed.sort(key=len, reverse=True)
         for start in range(0, len(needed), PREFIX_PREFILL_WIDTH):
             prefixes.ready.update(self._prefill_prefixes(needed[start : start + PREFIX_PREFILL_WIDTH], prefixes.fresh))
@@ -855,6 +866,17 @@ def nest_prefixes(batch: Sequence[_Prepared]) -> None:
                 member.base = member.group
                 member.prefix_len += shared
                 member.group = tuple(member.tokens[: member.prefix_len])
+
+
+def _shared_start(prefixes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+    """The tokens two or more ``prefixes`` all start with, when at least :data:`SHARED_PREFIX_MIN`
+    (and shorter than each); else empty."""
+    if len(prefixes) < 2:
+        return ()
+    shared = min(len(p) for p in prefixes) - 1
+    for prefix in prefixes[1:]:
+        shared = min(shared, _common_prefix(prefixes[0], prefix))
+    return tuple(prefixes[0][:shared]) if shared >= SHARED_PREFIX_MIN else ()
 
 
 def _suffix(prepared: _Prepared) -> list[int]:
