@@ -528,3 +528,33 @@ def test_a_crash_with_one_sample_out_and_one_queued_counts_one_failure(settings:
     assert entry is not None and (entry.attempts, entry.error_category) == (2, "backend_error")
     assert (stats.failed, dict(stats.failures), stats.retried, stats.llm_requests) == (1, {"backend_error": 1}, 1, 2)
     assert _failures(state) == ["backend_error"] and state.progress("repo")[0].failed == 1
+
+
+def test_answers_ahead_survive_an_open_circuit_and_their_stage_is_not_left_running(
+    settings: Settings, runner_parts
+) -> None:
+    """The circuit opens after the questions and two answers sent ahead: both answers stay in
+    the ledger (the answers step reuses them), and the answers stage is marked ``interrupted``."""
+    state, ledger, prompts, chunks = runner_parts
+    gen = settings.config.generation
+    work = plan_questions(chunks, [prompts.theme("testing")], "scripted", gen, "repo")
+
+    class Breaking(ScriptedBackend):
+        def generate(self, requests):
+            for i, result in enumerate(super().generate(requests)):
+                if i == len(work) + 2:
+                    raise CircuitOpenError("server down")
+                yield result
+
+    backend = Breaking()
+    planner = AnswerPlanner.for_repo(chunks, prompts, "scripted", gen, "repo", backend.count_tokens)
+    follow = FollowOn(_runner(backend, state, ledger, settings, "answers"), answer_postprocess, planner.ahead)
+    with pytest.raises(CircuitOpenError):
+        _runner(backend, state, ledger, settings).run(work, question_postprocess(gen), follow)
+    assert follow.stats.generated == 2
+    assert {p.stage: p.status for p in state.progress("repo")}["answers"] == "interrupted"
+    entries = ledger.get_many(w.item.key for w in work)
+    table, _ = drop_near_duplicate_questions(questions_table(work, entries, "repo"))
+    answers = [a.work for a in planner.plan(table.to_pylist())[0]]
+    stats = _runner(ScriptedBackend(), state, ledger, settings, "answers").run(answers, answer_postprocess)
+    assert (stats.reused, stats.generated) == (2, len(answers) - 2)

@@ -332,35 +332,41 @@ class StageRunner:
         # Only asked when there is work: the MLX backend loads the model to choose a width.
         width = max(1, self.batch_width() * WIDE_BATCH_FACTOR) if pending else 1
         errors = [0]
-        with Leases(self.state, self.performance.lease_seconds) as leases:
-            ahead = None
-            if follow is not None and pending:
-                ahead = _Ahead(follow, work, leases)
-                sending = {w.item.key for w in pending}
-                for w in work:
-                    if w.item.key not in sending:
-                        ahead.settle(w.item.key)
-            waiting: list[WorkItem] = []
-            for start in range(0, len(pending), width):
-                group = pending[start : start + width]
-                waiting += self._claim_and_run(leases, group, entries, lane, errors, ahead)
-                done = min(start + width, len(pending))
-                self.log.info(
-                    f"{self.stage}: {done}/{len(pending)} planned, {stats.generated} ok, {stats.failed} failed,"
-                    f" {len(waiting)} held by other runs, {stats.completion_tokens} completion tokens"
-                    f" at {stats.tokens_per_second:.1f} tok/s"
-                )
-            if waiting:
-                self.log.info(f"{self.stage}: waiting for {len(waiting)} items another run holds")
-            while waiting:
-                time.sleep(LEASE_POLL_SECONDS)
-                waiting = self._settled_elsewhere(waiting, entries, stats)
-                still: list[WorkItem] = []
-                for start in range(0, len(waiting), width):
-                    group = waiting[start : start + width]
-                    still += self._claim_and_run(leases, group, entries, lane, errors, None)
-                waiting = still
-        self._check_settled(work, stats)
+        ahead = None
+        try:
+            with Leases(self.state, self.performance.lease_seconds) as leases:
+                if follow is not None and pending:
+                    ahead = _Ahead(follow, work, leases)
+                    sending = {w.item.key for w in pending}
+                    for w in work:
+                        if w.item.key not in sending:
+                            ahead.settle(w.item.key)
+                waiting: list[WorkItem] = []
+                for start in range(0, len(pending), width):
+                    group = pending[start : start + width]
+                    waiting += self._claim_and_run(leases, group, entries, lane, errors, ahead)
+                    done = min(start + width, len(pending))
+                    self.log.info(
+                        f"{self.stage}: {done}/{len(pending)} planned, {stats.generated} ok, {stats.failed} failed,"
+                        f" {len(waiting)} held by other runs, {stats.completion_tokens} completion tokens"
+                        f" at {stats.tokens_per_second:.1f} tok/s"
+                    )
+                if waiting:
+                    self.log.info(f"{self.stage}: waiting for {len(waiting)} items another run holds")
+                while waiting:
+                    time.sleep(LEASE_POLL_SECONDS)
+                    waiting = self._settled_elsewhere(waiting, entries, stats)
+                    still: list[WorkItem] = []
+                    for start in range(0, len(waiting), width):
+                        group = waiting[start : start + width]
+                        still += self._claim_and_run(leases, group, entries, lane, errors, None)
+                    waiting = still
+            self._check_settled(work, stats)
+        except BaseException:
+            if ahead is not None and ahead.started:  # its stage will not run now: not left "running"
+                follow_runner = ahead.follow.runner
+                self.state.finish_stage(self.repo, follow_runner.stage, "interrupted")
+            raise
         return stats
 
     def _check_settled(self, work: Sequence[WorkItem], stats: RunStats) -> None:
