@@ -13,9 +13,13 @@ from cicdllm_assets.generation.chunks import select_chunks
 from cicdllm_assets.generation.engine import FollowOn, StageRunner
 from cicdllm_assets.generation.ledger import LEDGER_VERSION, Ledger, LedgerItem, Outcome, is_outage, item_key
 from cicdllm_assets.generation.prompts import PromptManager
-from cicdllm_assets.generation.questions_stage import plan_questions, question_postprocess, questions_table
+from cicdllm_assets.generation.questions_stage import (
+    final_questions,
+    plan_questions,
+    question_postprocess,
+    questions_table,
+)
 from cicdllm_assets.llm.base import CircuitOpenError, GenerationRequest, GenerationResult, RequestFeed
-from cicdllm_assets.quality.variety import drop_near_duplicate_questions
 from cicdllm_assets.storage.state import StateSchemaError, StateStore, pg_ddl
 from tests.generation_support import PROMPTS_SRC, SAMPLE_FILES, ScriptedBackend, chunk_rows
 
@@ -420,7 +424,7 @@ def test_a_chunks_answers_join_the_feed_once_its_questions_are_final(
     n = len(chunks)
     assert (stats.generated, stats.failed) == ((2 * n, 0) if fixed else (n, n))  # questions only
     entries = ledger.get_many(w.item.key for w in work)
-    table, dropped = drop_near_duplicate_questions(questions_table(work, entries, "repo"))  # as the asset does
+    table, dropped = final_questions(work, entries, "repo")  # as the asset does
     expected = planner.plan(table.to_pylist())[0]
     # the scripted questions are the same for both themes: a chunk's second theme's are dropped
     assert (len(expected), dropped) == (n * gen.questions_per_chunk, n * gen.questions_per_chunk if fixed else 0)
@@ -554,7 +558,38 @@ def test_answers_ahead_survive_an_open_circuit_and_their_stage_is_not_left_runni
     assert follow.stats.generated == 2
     assert {p.stage: p.status for p in state.progress("repo")}["answers"] == "interrupted"
     entries = ledger.get_many(w.item.key for w in work)
-    table, _ = drop_near_duplicate_questions(questions_table(work, entries, "repo"))
+    table, _ = final_questions(work, entries, "repo")
     answers = [a.work for a in planner.plan(table.to_pylist())[0]]
     stats = _runner(ScriptedBackend(), state, ledger, settings, "answers").run(answers, answer_postprocess)
     assert (stats.reused, stats.generated) == (2, len(answers) - 2)
+
+
+def test_answers_ahead_go_out_a_group_width_at_a_time(settings: Settings, runner_parts) -> None:
+    """Chunks whose questions a previous run made are settled at once: their answers wait in a
+    backlog and join the feed at most a group's width (batch width x 4) at a time, not all at once."""
+    state, ledger, prompts, chunks = runner_parts
+    gen = settings.config.generation.model_copy(update={"batch_size": 1})  # groups of 4
+    settings = Settings(settings.config.model_copy(update={"generation": gen}), settings.path, settings.root)
+    themes = [prompts.theme("testing"), prompts.theme("debugging")]
+    _runner(ScriptedBackend(), state, ledger, settings).run(
+        plan_questions(chunks[:5], themes, "scripted", gen, "repo"), question_postprocess(gen)
+    )
+
+    class TakesWhatIsThere(ScriptedBackend):
+        answers_per_take: list[int] = []
+
+        def generate(self, requests):
+            feed = RequestFeed.of(requests)
+            while batch := feed.take():
+                self.answers_per_take.append(sum(1 for r in batch if "Answer" in r.messages[-1].content))
+                yield from super().generate(batch)
+
+    backend = TakesWhatIsThere()
+    work = plan_questions(chunks, themes, "scripted", gen, "repo")
+    planner = AnswerPlanner.for_repo(chunks, prompts, "scripted", gen, "repo", backend.count_tokens)
+    follow = FollowOn(_runner(backend, state, ledger, settings, "answers"), answer_postprocess, planner.ahead)
+    stats = _runner(backend, state, ledger, settings).run(work, question_postprocess(gen), follow)
+    assert (stats.reused, stats.generated) == (10, len(work) - 10)
+    expected = planner.plan(final_questions(work, ledger.get_many(w.item.key for w in work), "repo")[0].to_pylist())[0]
+    assert follow.stats.generated == len(expected) > 4
+    assert max(backend.answers_per_take) == 4 and sum(backend.answers_per_take) == len(expected)

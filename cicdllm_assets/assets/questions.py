@@ -15,12 +15,12 @@ from cicdllm_assets.generation.answers_stage import answer_postprocess
 from cicdllm_assets.generation.chunks import chunks_from_table
 from cicdllm_assets.generation.engine import FollowOn
 from cicdllm_assets.generation.questions_stage import (
+    final_questions,
     plan_questions,
     question_postprocess,
-    questions_table,
 )
 from cicdllm_assets.generation.rows import template_hashes
-from cicdllm_assets.quality.variety import QUESTION_NEAR_DUPLICATE, drop_near_duplicate_questions
+from cicdllm_assets.quality.variety import QUESTION_NEAR_DUPLICATE
 from cicdllm_assets.resources.config_resource import AppConfigResource
 from cicdllm_assets.resources.llm.backend_resource import BackendResource
 from cicdllm_assets.storage.contract import QUESTIONS_SCHEMA
@@ -60,7 +60,7 @@ def questions(
         ahead = answers_ahead(context, env, code_chunks)
         stats = env.runner(context).run(work, question_postprocess(gen), ahead)
         entries = env.ledger.get_many(w.item.key for w in work)
-        table, near_duplicates = drop_near_duplicate_questions(questions_table(work, entries, env.repo))
+        table, near_duplicates = final_questions(work, entries, env.repo)
         if near_duplicates:
             context.log.info(
                 f"dropped {near_duplicates} near-duplicate questions (same chunk, Jaccard >= {QUESTION_NEAR_DUPLICATE})"

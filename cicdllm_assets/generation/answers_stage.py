@@ -18,7 +18,7 @@ from cicdllm_assets.generation.ledger import (
     params_json,
 )
 from cicdllm_assets.generation.prompts import PromptManager, ThemeTemplate
-from cicdllm_assets.generation.questions_stage import questions_table
+from cicdllm_assets.generation.questions_stage import final_questions
 from cicdllm_assets.generation.rows import (
     answer_params,
     chunk_columns,
@@ -30,7 +30,6 @@ from cicdllm_assets.llm.base import (
     GenerationResult,
 )
 from cicdllm_assets.quality.secrets import redact_field
-from cicdllm_assets.quality.variety import drop_near_duplicate_questions
 from cicdllm_assets.storage.contract import ANSWERS_SCHEMA, AnswerRow, QuestionRow
 
 
@@ -162,7 +161,7 @@ class AnswerPlanner:
     def ahead(self, items: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]) -> list[WorkItem]:
         """The answer items of settled question ``items`` (one chunk's), as the answers step will
         plan them from the questions table: the same rows, near-duplicates dropped per chunk."""
-        table, _ = drop_near_duplicate_questions(questions_table(items, entries, self.repo))
+        table, _ = final_questions(items, entries, self.repo)
         return [a.work for a in self.plan(table.to_pylist())[0]]
 
 

@@ -101,8 +101,7 @@ class RunStats:
     exhausted: int = 0
     llm_requests: int = 0
     retried: int = 0
-    """Items taken for another sample in this run after a failure it may fix (sent again unless
-    another run holds or settles them first)."""
+    """Samples sent again in this run after a failure another sample may fix."""
     trimmed: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
@@ -181,59 +180,66 @@ _Sent = tuple[_Lane, WorkItem, bool, int]
 
 class _Ahead:
     """The units of a run with a :class:`FollowOn`: which items are still unsettled, and the
-    later stage's work of units that have settled, claimed and ready to send."""
+    later stage's work of units that have settled, sent at most ``cap`` at a time."""
 
-    def __init__(self, follow: FollowOn, work: Sequence[WorkItem], leases: Leases) -> None:
+    def __init__(self, follow: FollowOn, work: Sequence[WorkItem], leases: Leases, cap: int) -> None:
         self.follow = follow
         self.leases = leases
+        self.cap = cap
         self.items: dict[str, list[WorkItem]] = {}
         self.unsettled: dict[str, set[str]] = {}
+        self.unit_of: dict[str, str] = {}
         for w in work:
             unit = follow.unit(w)
+            self.unit_of[w.item.key] = unit
             self.items.setdefault(unit, []).append(w)
             self.unsettled.setdefault(unit, set()).add(w.item.key)
         self.settled_units: list[str] = []
+        self.backlog: list[WorkItem] = []
+        self.planned: set[str] = set()
         self.held: set[str] = set()
         self.started = False
         self.lane = _Lane(follow.runner, follow.postprocess, follow.stats, follow_on=True)
 
     def settle(self, key: str) -> None:
         """``key``'s result is final in this run (ok, or failed with no sample left to send)."""
-        for unit, keys in self.unsettled.items():
-            if key in keys:
-                keys.discard(key)
-                if not keys:
-                    self.settled_units.append(unit)
-                    del self.unsettled[unit]
-                return
+        unit = self.unit_of.get(key, "")
+        keys = self.unsettled.get(unit)
+        if keys is None or key not in keys:
+            return
+        keys.discard(key)
+        if not keys:
+            self.settled_units.append(unit)
+            del self.unsettled[unit]
 
-    def take(self) -> list[WorkItem]:
-        """The later stage's pending work of the units settled since the last call, claimed."""
-        units, self.settled_units = self.settled_units, []
-        if not units:
-            return []
+    def take(self, out: int) -> list[WorkItem]:
+        """The later stage's work to send now, claimed, while ``out`` of it is in flight: that of
+        the units settled since the last call joins the backlog, which goes out ``cap`` at a time."""
         runner, stats = self.follow.runner, self.follow.stats
+        units, self.settled_units = self.settled_units, []
         later: list[WorkItem] = []
         for unit in units:
             items = self.items[unit]
-            entries = runner.ledger.get_many(w.item.key for w in items)
-            later += self.follow.plan(items, entries)
-        before = (stats.reused, stats.exhausted)
-        pending = [w for w in runner.plan(later, stats)[0] if w.item.key not in self.held]
-        if not self.started:
-            runner.state.start_stage(runner.repo, runner.stage, total=stats.total, unit="items")
-            runner.state.clear_failures(runner.repo, runner.stage)
-            self.started = True
-        runner.state.advance(
-            runner.repo,
-            runner.stage,
-            done=stats.reused - before[0],
-            failed=stats.exhausted - before[1],
-            total=stats.total,
-        )
-        held = self.leases.claim([w.item.key for w in pending])
+            later += self.follow.plan(items, runner.ledger.get_many(w.item.key for w in items))
+        later = [w for w in later if w.item.key not in self.planned]
+        self.planned.update(w.item.key for w in later)
+        if later:
+            before = (stats.reused, stats.exhausted)
+            self.backlog += runner.plan(later, stats)[0]
+            if not self.started:
+                runner.state.start_stage(runner.repo, runner.stage, total=stats.total, unit="items")
+                runner.state.clear_failures(runner.repo, runner.stage)
+                self.started = True
+            done, failed = stats.reused - before[0], stats.exhausted - before[1]
+            runner.state.advance(runner.repo, runner.stage, done=done, failed=failed, total=stats.total)
+        room = max(0, self.cap - out)
+        batch, self.backlog = self.backlog[:room], self.backlog[room:]
+        if not batch:
+            return []
+        held = self.leases.claim([w.item.key for w in batch])
         self.held |= held
-        return [w for w in pending if w.item.key in held]
+        # another run may have finished one since it was planned; one it holds is left to it
+        return runner._settled_elsewhere([w for w in batch if w.item.key in held], {}, stats)
 
     def release(self) -> None:
         """Give up the leases of the later stage's items (sent or not)."""
@@ -336,7 +342,7 @@ class StageRunner:
         try:
             with Leases(self.state, self.performance.lease_seconds) as leases:
                 if follow is not None and pending:
-                    ahead = _Ahead(follow, work, leases)
+                    ahead = _Ahead(follow, work, leases, width)
                     sending = {w.item.key for w in pending}
                     for w in work:
                         if w.item.key not in sending:
@@ -578,11 +584,19 @@ class StageRunner:
             return [] if prepared is None else [prepared]
 
         def send_ahead() -> None:
+            nonlocal ahead, later
             if ahead is None or later is None:
                 return
-            for w in ahead.take():
-                previous = later.runner.ledger.get_many([w.item.key]).get(w.item.key)
-                send(later, w, first(later, w, previous.attempts if previous else 0))
+            try:
+                out = sum(1 for sent in samples.sent.values() if sent[0].follow_on)
+                for w in ahead.take(out):
+                    send(
+                        later, w, first(later, w, _attempts(later.runner.ledger.get_many([w.item.key]).get(w.item.key)))
+                    )
+            except Exception as exc:  # planning the later stage's work failed: that stage does it
+                self.log.warning(f"{self.stage}: stopped sending {later.runner.stage} ahead: {exc}")
+                ahead.release()
+                ahead = later = None
 
         def take_in(result: GenerationResult) -> None:
             for (to, w, trimmed, max_tokens), reply in samples.arrived(result):
@@ -605,8 +619,7 @@ class StageRunner:
             send_ahead()
 
         for w in group:
-            previous = entries.get(w.item.key)
-            send(lane, w, first(lane, w, previous.attempts if previous else 0))
+            send(lane, w, first(lane, w, _attempts(entries.get(w.item.key))))
         send_ahead()
         started = time.monotonic()
         try:
@@ -620,6 +633,9 @@ class StageRunner:
                     self._report_load()
                 if feed.taken == taken:
                     break  # the backend took nothing: what it was given fails below
+                send_ahead()  # what the cap held back
+            self._take_back(feed, samples)
+            self._fail_remaining(samples, "backend_error", "the backend returned no result for this request")
         except CircuitOpenError as exc:
             self._take_back(feed, samples)
             self._abandon(samples, "circuit_open", str(exc))
@@ -634,9 +650,7 @@ class StageRunner:
             if later is not None and later.stats.llm_requests:
                 later.stats.generate_seconds += elapsed
             if ahead is not None:
-                ahead.release()
-        self._take_back(feed, samples)
-        self._fail_remaining(samples, "backend_error", "the backend returned no result for this request")
+                ahead.release()  # after the failures above are recorded: no other run takes them first
 
     @staticmethod
     def _take_back(feed: RequestFeed, samples: _Samples) -> None:
@@ -660,13 +674,8 @@ class StageRunner:
             if category is None or samples.pending(key):
                 continue  # dropped (an earlier sample was usable), or an earlier sample is still out
             del samples.taken_back[key]
-            runner, stats = to.runner, to.stats
-            stats.failed += 1
-            stats.failed_keys[key] = category
-            stats.failures[category] += 1
-            runner.state.advance(runner.repo, runner.stage, done=0, failed=1)
             message = f"{category}; its next sample was not sent: the backend stopped"
-            runner.state.record_failure(runner.repo, runner.stage, w.label, category, message)
+            to.runner._count_failure(w, to.stats, category, message)
 
     def _report_load(self, every_seconds: float = 1.0) -> None:
         """Store the backend's concurrency limit and latency for the live displays (OpenAI backend)."""
@@ -726,12 +735,17 @@ class StageRunner:
             stats.generated += 1
             self.state.advance(self.repo, self.stage, done=1)
         else:
-            stats.failed += 1
             category = outcome.error_category or "backend_error"
-            stats.failed_keys[w.item.key] = category
-            stats.failures[category] += 1
-            self.state.advance(self.repo, self.stage, done=0, failed=1)
-            self.state.record_failure(self.repo, self.stage, w.label, category, outcome.error_message or category)
+            self._count_failure(w, stats, category, outcome.error_message or category)
+
+    def _count_failure(self, w: WorkItem, stats: RunStats, category: str, message: str) -> None:
+        """``w`` failed with ``category`` (counters, progress and the viewer's list; the inverse
+        of :meth:`_take_back_failure`)."""
+        stats.failed += 1
+        stats.failed_keys[w.item.key] = category
+        stats.failures[category] += 1
+        self.state.advance(self.repo, self.stage, done=0, failed=1)
+        self.state.record_failure(self.repo, self.stage, w.label, category, message)
 
     @staticmethod
     def _fail_remaining(samples: _Samples, category: str, message: str) -> None:
@@ -834,6 +848,11 @@ class _BatchError(CicdllmError):
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+def _attempts(entry: LedgerEntry | None) -> int:
+    """Attempts an item has used (0 when the ledger has no row for it)."""
+    return entry.attempts if entry is not None else 0
 
 
 def _circuit_open(result: GenerationResult) -> bool:

@@ -34,6 +34,7 @@ from cicdllm_assets.llm.base import (
     GenerationResult,
 )
 from cicdllm_assets.quality.secrets import redact_field
+from cicdllm_assets.quality.variety import drop_near_duplicate_questions
 from cicdllm_assets.storage.contract import QUESTIONS_SCHEMA, QuestionRow
 
 _BUILTINS = frozenset(dir(builtins))
@@ -151,3 +152,9 @@ def questions_table(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry]
                 }
             )
     return pa.Table.from_pylist(rows, schema=QUESTIONS_SCHEMA)
+
+
+def final_questions(work: Sequence[WorkItem], entries: Mapping[str, LedgerEntry], repo: str) -> tuple[pa.Table, int]:
+    """The questions table of ``work`` as the asset stores it: each chunk's near-duplicate
+    questions dropped (:func:`drop_near_duplicate_questions`); and how many were."""
+    return drop_near_duplicate_questions(questions_table(work, entries, repo))

@@ -731,12 +731,12 @@ class MLXBackend:
             if position >= slots and len(needed) % PREFIX_PREFILL_WIDTH == 0:
                 break  # every request that goes in now is covered and the last prefill batch is full
             needed.append(group)
-            if prepared.base:
+            if prepared.base and _prefix_cache.get((self.model_path, group)) is None:
                 base_of[group] = prepared.base
         bases = [b for b in dict.fromkeys(base_of.values()) if _prefix_cache.get((self.model_path, b)) is None]
         unseen = [
             p
-            for p in [*bases, *(g for g in needed if g not in base_of)]
+            for p in dict.fromkeys([*bases, *(g for g in needed if g not in base_of)])
             if _prefix_cache.get((self.model_path, p)) is None
             and _prefix_cache.longest_prefix(self.model_path, p) is None
         ]
@@ -769,7 +769,8 @@ class MLXBackend:
                 cache = self._prefill_prefixes([group])[group]
             prompt = prepared.tokens[prepared.prefix_len :]
             # The first request of a group pays for what this call prefilled for it.
-            cached = prepared.prefix_len - (0 if group in prefixes.paid else prefixes.fresh[group])
+            paid = 0 if group in prefixes.paid else prefixes.fresh[group]
+            cached = max(0, prepared.prefix_len - paid)  # a shared part evicted and prefilled again: not below 0
             prefixes.paid.add(group)
             prefixes.remaining[group] -= 1
             if prefixes.remaining[group] <= 0:
