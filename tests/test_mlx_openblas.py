@@ -86,6 +86,22 @@ def test_core_check_refuses_avx512_kernels_on_a_cpu_without_them() -> None:
     assert unsupported_core("OpenBLAS 0.3.29 NO_AFFINITY FUTURECORE", "FUTURECORE", EPYC_NO_AVX512) is not None
 
 
+def test_install_picks_the_build_for_the_cpu() -> None:
+    """``make install`` installs 0.3.31 (AVX-512 kernels) where the CPU has AVX-512 and keeps
+    0.3.29 (AVX2) elsewhere; the build installed here is the one for this CPU."""
+
+    from cicdllm_assets.llm.openblas import _core_of, _open_local, cpu_flags, wheel_for_cpu
+
+    assert wheel_for_cpu(EPYC_NO_AVX512) == "cmeel-openblas==0.3.29"
+    assert wheel_for_cpu(EPYC_NO_AVX512 | CORE_CPU_FLAGS["skylakex"]) == "cmeel-openblas==0.3.31"
+    assert wheel_for_cpu(frozenset({"sse4_2", "avx"})) is None  # neither runs: nothing to install
+    path = find_openblas()
+    assert path is not None
+    _, core = _core_of(_open_local(path))
+    expected = {"cmeel-openblas==0.3.31": "SKYLAKEX", "cmeel-openblas==0.3.29": "ZEN"}[wheel_for_cpu(cpu_flags()) or ""]
+    assert core.upper() == expected
+
+
 def test_threads_follow_the_cores_other_processes_keep_busy_now(monkeypatch: pytest.MonkeyPatch) -> None:
     from cicdllm_assets.llm import openblas
 

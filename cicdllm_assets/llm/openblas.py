@@ -79,6 +79,22 @@ CORE_CPU_FLAGS: dict[str, frozenset[str]] = {
 }
 
 
+WHEELS: tuple[tuple[str, str], ...] = (("skylakex", "0.3.31"), ("zen", "0.3.29"))
+"""cmeel-openblas releases on PyPI and the one core each is built for, fastest first (0.3.31's
+AVX-512 kernels ran this project's generation benchmark workload 12 % faster than 0.3.29's
+AVX2 ones on an AVX-512 CPU, docs/models.md)."""
+
+
+def wheel_for_cpu(flags: frozenset[str] | None = None) -> str | None:
+    """The cmeel-openblas requirement whose build runs fastest on a CPU with ``flags`` (this
+    one's by default); None when none of them runs on it."""
+    flags = cpu_flags() if flags is None else flags
+    for core, version in WHEELS:
+        if CORE_CPU_FLAGS[core] <= flags:
+            return f"cmeel-openblas=={version}"
+    return None
+
+
 def cpu_flags() -> frozenset[str]:
     """This CPU's feature flags from /proc/cpuinfo (empty when unreadable)."""
     try:
@@ -419,3 +435,7 @@ def numpy_blas_threads(threads: int) -> Iterator[int | None]:
     finally:
         if before != threads:
             setter(ctypes.c_int(before))
+
+
+if __name__ == "__main__":  # `make install`: which build to install on this CPU
+    print(wheel_for_cpu() or "")
