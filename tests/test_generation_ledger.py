@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -593,3 +594,39 @@ def test_answers_ahead_go_out_a_group_width_at_a_time(settings: Settings, runner
     expected = planner.plan(final_questions(work, ledger.get_many(w.item.key for w in work), "repo")[0].to_pylist())[0]
     assert follow.stats.generated == len(expected) > 4
     assert max(backend.answers_per_take) == 4 and sum(backend.answers_per_take) == len(expected)
+
+
+def test_answers_ahead_go_on_while_waiting_for_items_a_dead_run_holds(settings: Settings, runner_parts) -> None:
+    """A killed run still holds one chunk's question items: while this run waits for their
+    leases to expire, the answers of every other chunk (questions already made) are generated;
+    then the held items, and their chunk's answers too."""
+    from cicdllm_assets.generation.leases import Leases
+
+    state, ledger, prompts, chunks = runner_parts
+    perf = settings.config.performance.model_copy(update={"lease_seconds": 3.0})
+    settings = Settings(settings.config.model_copy(update={"performance": perf}), settings.path, settings.root)
+    gen = settings.config.generation
+    work = plan_questions(chunks, [prompts.theme("testing")], "scripted", gen, "repo")
+    _runner(ScriptedBackend(), state, ledger, settings).run(work[1:], question_postprocess(gen))
+    Leases(state, ttl_seconds=3.0, holder="killed-run").claim([work[0].item.key])  # never released
+
+    class Timed(ScriptedBackend):
+        answered_at: list[float] = []
+
+        def generate(self, requests):
+            for result in super().generate(requests):
+                if "Answer" in self.calls[-1].messages[-1].content:
+                    self.answered_at.append(time.monotonic())
+                yield result
+
+    backend = Timed()
+    planner = AnswerPlanner.for_repo(chunks, prompts, "scripted", gen, "repo", backend.count_tokens)
+    follow = FollowOn(_runner(backend, state, ledger, settings, "answers"), answer_postprocess, planner.ahead)
+    started = time.monotonic()
+    stats = _runner(backend, state, ledger, settings).run(work, question_postprocess(gen), follow)
+    questions_done = ledger.get(work[0].item.key)
+    assert questions_done is not None and questions_done.ok and stats.generated == 1
+    expected = planner.plan(final_questions(work, ledger.get_many(w.item.key for w in work), "repo")[0].to_pylist())[0]
+    assert follow.stats.generated == len(expected)
+    early = [t - started for t in backend.answered_at if t - started < 2.5]  # before the lease expired
+    assert len(early) == len(expected) - gen.questions_per_chunk  # all but the held chunk's

@@ -241,6 +241,10 @@ class _Ahead:
         # another run may have finished one since it was planned; one it holds is left to it
         return runner._settled_elsewhere([w for w in batch if w.item.key in held], {}, stats)
 
+    def has_work(self) -> bool:
+        """Whether settled units or a backlog wait to be sent."""
+        return bool(self.settled_units or self.backlog)
+
     def release(self) -> None:
         """Give up the leases of the later stage's items (sent or not)."""
         self.leases.release(self.held)
@@ -359,13 +363,17 @@ class StageRunner:
                     )
                 if waiting:
                     self.log.info(f"{self.stage}: waiting for {len(waiting)} items another run holds")
-                while waiting:
-                    time.sleep(LEASE_POLL_SECONDS)
-                    waiting = self._settled_elsewhere(waiting, entries, stats)
+                while waiting:  # the later stage's work of settled units goes on meanwhile
+                    if ahead is None or not ahead.has_work():
+                        time.sleep(LEASE_POLL_SECONDS)
+                    settled = self._settled_elsewhere(waiting, entries, stats)
+                    if ahead is not None:
+                        for key in {w.item.key for w in waiting} - {w.item.key for w in settled}:
+                            ahead.settle(key)
                     still: list[WorkItem] = []
-                    for start in range(0, len(waiting), width):
-                        group = waiting[start : start + width]
-                        still += self._claim_and_run(leases, group, entries, lane, errors, None)
+                    for start in range(0, len(settled), width):
+                        group = settled[start : start + width]
+                        still += self._claim_and_run(leases, group, entries, lane, errors, ahead)
                     waiting = still
             self._check_settled(work, stats)
         except BaseException:
@@ -410,15 +418,17 @@ class StageRunner:
         errors: list[int],
         ahead: _Ahead | None,
     ) -> list[WorkItem]:
-        """Claim ``group``, send what we hold and still lacks a result; return the items others hold."""
+        """Claim ``group``, send what we hold and still lacks a result (and the later stage's work
+        ``ahead`` has, even when we hold nothing); return the items others hold."""
         held = leases.claim([w.item.key for w in group])
-        if not held:
-            return list(group)
         # Another holder may have finished an item between our plan and our claim.
         todo = self._settled_elsewhere([w for w in group if w.item.key in held], entries, lane.stats)
         if ahead is not None:
             for key in {w.item.key for w in group if w.item.key in held} - {w.item.key for w in todo}:
                 ahead.settle(key)
+        if not todo and not (ahead is not None and ahead.has_work()):
+            leases.release(held)
+            return [w for w in group if w.item.key not in held]
         self.pause_hook()
         try:
             self._run_group(todo, entries, lane, ahead)
