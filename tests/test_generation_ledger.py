@@ -291,20 +291,26 @@ def test_runner_does_not_resend_at_temperature_zero(settings: Settings, runner_p
     assert len(backend.calls) == len(work) and stats.retried == 0 and stats.failed == len(work)
 
 
+class CircuitOpensAfter(ScriptedBackend):
+    """Replies to its first ``results`` requests, then its circuit breaker opens."""
+
+    def __init__(self, results: int) -> None:
+        super().__init__()
+        self.results = results
+
+    def generate(self, requests):
+        for i, result in enumerate(super().generate(requests)):
+            if i == self.results:
+                raise CircuitOpenError("server down")
+            yield result
+
+
 def test_runner_circuit_open_keeps_finished_items(settings: Settings, runner_parts) -> None:
     state, ledger, prompts, chunks = runner_parts
     gen = settings.config.generation
     work = plan_questions(chunks, [prompts.theme("testing")], "scripted", gen, "repo")
-
-    class Breaking(ScriptedBackend):
-        def generate(self, requests):
-            for i, result in enumerate(super().generate(requests)):
-                if i == 2:
-                    raise CircuitOpenError("server down")
-                yield result
-
     with pytest.raises(CircuitOpenError):
-        _runner(Breaking(), state, ledger, settings).run(work, question_postprocess(gen))
+        _runner(CircuitOpensAfter(2), state, ledger, settings).run(work, question_postprocess(gen))
     assert ledger.counts() == {"ok": 2}
     stats = _runner(ScriptedBackend(), state, ledger, settings).run(work, question_postprocess(gen))
     assert stats.reused == 2 and stats.generated == len(work) - 2
@@ -543,15 +549,7 @@ def test_answers_ahead_survive_an_open_circuit_and_their_stage_is_not_left_runni
     state, ledger, prompts, chunks = runner_parts
     gen = settings.config.generation
     work = plan_questions(chunks, [prompts.theme("testing")], "scripted", gen, "repo")
-
-    class Breaking(ScriptedBackend):
-        def generate(self, requests):
-            for i, result in enumerate(super().generate(requests)):
-                if i == len(work) + 2:
-                    raise CircuitOpenError("server down")
-                yield result
-
-    backend = Breaking()
+    backend = CircuitOpensAfter(len(work) + 2)
     planner = AnswerPlanner.for_repo(chunks, prompts, "scripted", gen, "repo", backend.count_tokens)
     follow = FollowOn(_runner(backend, state, ledger, settings, "answers"), answer_postprocess, planner.ahead)
     with pytest.raises(CircuitOpenError):
