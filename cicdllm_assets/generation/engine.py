@@ -366,13 +366,13 @@ class StageRunner:
                 while waiting:  # the later stage's work of settled units goes on meanwhile
                     if ahead is None or not ahead.has_work():
                         time.sleep(LEASE_POLL_SECONDS)
-                    settled = self._settled_elsewhere(waiting, entries, stats)
+                    rest = self._settled_elsewhere(waiting, entries, stats)
                     if ahead is not None:
-                        for key in {w.item.key for w in waiting} - {w.item.key for w in settled}:
-                            ahead.settle(key)
+                        for key in {w.item.key for w in waiting} - {w.item.key for w in rest}:
+                            ahead.settle(key)  # another run finished it
                     still: list[WorkItem] = []
-                    for start in range(0, len(settled), width):
-                        group = settled[start : start + width]
+                    for start in range(0, len(rest), width):
+                        group = rest[start : start + width]
                         still += self._claim_and_run(leases, group, entries, lane, errors, ahead)
                     waiting = still
             self._check_settled(work, stats)
