@@ -455,3 +455,37 @@ def test_a_prefill_that_always_fails_fails_the_requests_instead_of_looping(tiny_
     assert sorted(r.key for r in results) == sorted(r.key for r in _requests())
     assert all(r.error is not None and r.error.category == "backend_error" for r in results)
     assert "no room for the prefix caches" in results[0].error.message
+
+
+def test_missing_prefixes_are_prefilled_longest_first_eight_to_a_batch(tiny_model_dir: Path, monkeypatch) -> None:
+    """Twelve chunks of different lengths: their prefixes go in batches of 8, longest first, so
+    a batch pads its prefixes to a length close to theirs (after the system prompt they share)."""
+    release_models()
+    backend = MLXBackend(str(tiny_model_dir), batch_size=32)
+    requests = [
+        GenerationRequest(
+            key=f"c{i}",
+            messages=(
+                SYSTEM,
+                ChatMessage("user", "Code:\n" + "x = 1\n" * (2 + (i * 7) % 12)),
+                ChatMessage("user", "Why?"),
+            ),
+            max_tokens=2,
+            temperature=0.0,
+            prefix_messages=2,
+        )
+        for i in range(12)
+    ]
+    batches: list[list[int]] = []
+    original = backend._prefill_prefixes
+
+    def recording(prefixes, processed=None):  # type: ignore[no-untyped-def]
+        batches.append([len(p) for p in prefixes])
+        return original(prefixes, processed)
+
+    monkeypatch.setattr(backend, "_prefill_prefixes", recording)
+    assert all(r.ok for r in backend.generate(requests))
+    root, *groups = batches  # the system prompt first, then the chunks' prefixes on it
+    assert len(root) == 1 and [len(b) for b in groups] == [mlx_backend.PREFIX_PREFILL_WIDTH, 4]
+    lengths = [n for b in groups for n in b]
+    assert lengths == sorted(lengths, reverse=True) and len(set(lengths)) > 2
