@@ -198,6 +198,8 @@ class _Ahead:
         self.backlog: list[WorkItem] = []
         self.planned: set[str] = set()
         self.held: set[str] = set()
+        self.entries: dict[str, LedgerEntry] = {}
+        """Ledger rows of the work :meth:`take` returned (their attempts seed their requests)."""
         self.started = False
         self.lane = _Lane(follow.runner, follow.postprocess, follow.stats, follow_on=True)
 
@@ -239,7 +241,7 @@ class _Ahead:
         held = self.leases.claim([w.item.key for w in batch])
         self.held |= held
         # another run may have finished one since it was planned; one it holds is left to it
-        return runner._settled_elsewhere([w for w in batch if w.item.key in held], {}, stats)
+        return runner._settled_elsewhere([w for w in batch if w.item.key in held], self.entries, stats)
 
     def has_work(self) -> bool:
         """Whether settled units or a backlog wait to be sent."""
@@ -467,17 +469,18 @@ class StageRunner:
                 self.state.advance(self.repo, self.stage, done=0, failed=1)
         return rest
 
-    def _samples_left(self, w: WorkItem, stats: RunStats, sent: int = 0) -> int:
-        """How many more samples of ``w`` this run may use: ``w`` just failed with a reply another
-        sample may fix, and has in-run retries and attempts left (0: it stays failed); ``sent``
-        of them are out already (counted in ``stats.resent``)."""
+    def _samples_left(self, w: WorkItem, stats: RunStats, sent: int = 0) -> tuple[int, int]:
+        """How many more samples of ``w`` this run may use, and the attempts it has used: ``w``
+        just failed with a reply another sample may fix, and has in-run retries and attempts left
+        (0: it stays failed); ``sent`` of them are out already (counted in ``stats.resent``)."""
         key = w.item.key
         if self.gen.temperature <= 0 or stats.failed_keys.get(key) not in RETRY_IN_RUN_CATEGORIES:
-            return 0
+            return 0, 0
         entry = self.ledger.get_many([key]).get(key)
         if entry is None or entry.ok or entry.error_category not in RETRY_IN_RUN_CATEGORIES:
-            return 0  # another run has written it since
-        return max(0, min(self.gen.retries_in_run - stats.resent[key] + sent, self.gen.max_attempts - entry.attempts))
+            return 0, 0  # another run has written it since
+        left = min(self.gen.retries_in_run - stats.resent[key] + sent, self.gen.max_attempts - entry.attempts)
+        return max(0, left), entry.attempts
 
     def _take_back_failure(self, w: WorkItem, stats: RunStats) -> str:
         """Another sample of ``w`` is coming: its last failure is not final (counters and the
@@ -495,10 +498,9 @@ class StageRunner:
         the next one, or with ``generation.parallel_retries`` every one left at once (a sample
         after the first of them has its seed in its request key, ``key#seed``). Empty: ``w``
         stays failed."""
-        left = self._samples_left(w, stats)
+        left, attempts = self._samples_left(w, stats)
         if not left:
             return []
-        attempts = self.ledger.get_many([w.item.key])[w.item.key].attempts
         requests = []
         for i in range(left if self.gen.parallel_retries else 1):
             prepared = self._request_for(w, attempts + i, stats)
@@ -600,9 +602,7 @@ class StageRunner:
             try:
                 out = sum(1 for sent in samples.sent.values() if sent[0].follow_on)
                 for w in ahead.take(out):
-                    send(
-                        later, w, first(later, w, _attempts(later.runner.ledger.get_many([w.item.key]).get(w.item.key)))
-                    )
+                    send(later, w, first(later, w, _attempts(ahead.entries.get(w.item.key))))
             except Exception as exc:  # planning the later stage's work failed: that stage does it
                 self.log.warning(f"{self.stage}: stopped sending {later.runner.stage} ahead: {exc}")
                 ahead.release()
@@ -616,7 +616,7 @@ class StageRunner:
                     samples.drop_rest(key)  # never sent, not final: the next run sends it
                     continue
                 out = samples.pending(key)  # later samples sent with this one
-                if out and to.runner._samples_left(w, to.stats, out):
+                if out and to.runner._samples_left(w, to.stats, out)[0]:
                     samples.taken_back[key] = to.runner._take_back_failure(w, to.stats)
                     continue  # the next sample's reply decides
                 samples.drop_rest(key)  # usable, or failed for good: later samples are not needed

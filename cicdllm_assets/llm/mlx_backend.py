@@ -839,6 +839,17 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _shared_length(sequences: Sequence[Sequence[int]], keep: int) -> int:
+    """How many leading tokens all ``sequences`` (two or more) share, leaving each at least
+    ``keep`` of its own; 0 when fewer than :data:`SHARED_PREFIX_MIN`."""
+    if len(sequences) < 2:
+        return 0
+    shared = min(len(s) for s in sequences) - keep
+    for sequence in sequences[1:]:
+        shared = min(shared, _common_prefix(sequences[0], sequence))
+    return shared if shared >= SHARED_PREFIX_MIN else 0
+
+
 def nest_prefixes(batch: Sequence[_Prepared]) -> None:
     """Requests of one prefix group whose suffixes begin with the same :data:`SHARED_PREFIX_MIN`
     or more tokens (the repository context an answer prompt shows before its question, the same
@@ -857,13 +868,8 @@ def nest_prefixes(batch: Sequence[_Prepared]) -> None:
             else:
                 clusters.append([prepared])
         for cluster in clusters:
-            if len(cluster) < 2:
-                continue
-            shared = min(_common_prefix(_suffix(cluster[0]), _suffix(p)) for p in cluster[1:])
-            shared = min(shared, *(_suffix_len(p) - MIN_SUFFIX_TOKENS for p in cluster))
-            if shared < SHARED_PREFIX_MIN:
-                continue
-            for member in cluster:
+            shared = _shared_length([_suffix(p) for p in cluster], MIN_SUFFIX_TOKENS)
+            for member in cluster if shared else ():
                 member.base = member.group
                 member.prefix_len += shared
                 member.group = tuple(member.tokens[: member.prefix_len])
@@ -872,12 +878,8 @@ def nest_prefixes(batch: Sequence[_Prepared]) -> None:
 def _shared_start(prefixes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
     """The tokens two or more ``prefixes`` all start with, when at least :data:`SHARED_PREFIX_MIN`
     (and shorter than each); else empty."""
-    if len(prefixes) < 2:
-        return ()
-    shared = min(len(p) for p in prefixes) - 1
-    for prefix in prefixes[1:]:
-        shared = min(shared, _common_prefix(prefixes[0], prefix))
-    return tuple(prefixes[0][:shared]) if shared >= SHARED_PREFIX_MIN else ()
+    shared = _shared_length(prefixes, 1)
+    return prefixes[0][:shared] if shared else ()
 
 
 def _suffix(prepared: _Prepared) -> list[int]:
@@ -889,17 +891,10 @@ def _share_common_prefix(waiting: list[_Prepared]) -> None:
     :data:`SHARED_PREFIX_MIN` or more tokens (the chat template's default system prompt, a
     shared instruction) share those tokens as one prefix, prefilled once."""
     plain = [p for p in waiting if p.prefix_len == 0]
-    if len(plain) < 2:
-        return
-    first = plain[0].tokens
-    shared = min(len(p.tokens) for p in plain) - MIN_SUFFIX_TOKENS
-    for prepared in plain[1:]:
-        shared = min(shared, _common_prefix(first, prepared.tokens))
-    if shared < SHARED_PREFIX_MIN:
-        return
-    for prepared in plain:
+    shared = _shared_length([p.tokens for p in plain], MIN_SUFFIX_TOKENS)
+    for prepared in plain if shared else ():
         prepared.prefix_len = shared
-        prepared.group = tuple(first[:shared])
+        prepared.group = tuple(prepared.tokens[:shared])
 
 
 def _error(
