@@ -628,3 +628,25 @@ def test_answers_ahead_go_on_while_waiting_for_items_a_dead_run_holds(settings: 
     assert follow.stats.generated == len(expected)
     early = [t - started for t in backend.answered_at if t - started < 2.5]  # before the lease expired
     assert len(early) == len(expected) - gen.questions_per_chunk  # all but the held chunk's
+
+
+def test_answers_another_run_holds_are_left_to_it(settings: Settings, runner_parts) -> None:
+    """An answer item another live run holds is not sent ahead; the rest are."""
+    from cicdllm_assets.generation.leases import Leases
+
+    state, ledger, prompts, chunks = runner_parts
+    gen = settings.config.generation
+    work = plan_questions(chunks, [prompts.theme("testing")], "scripted", gen, "repo")
+    _runner(ScriptedBackend(), state, ledger, settings).run(work[1:], question_postprocess(gen))
+    backend = ScriptedBackend()
+    planner = AnswerPlanner.for_repo(chunks, prompts, "scripted", gen, "repo", backend.count_tokens)
+    ready = planner.plan(
+        final_questions(work[1:], ledger.get_many(w.item.key for w in work[1:]), "repo")[0].to_pylist()
+    )[0]
+    held = ready[0].work.item.key
+    Leases(state, ttl_seconds=600, holder="other-run").claim([held])
+    follow = FollowOn(_runner(backend, state, ledger, settings, "answers"), answer_postprocess, planner.ahead)
+    _runner(backend, state, ledger, settings).run(work, question_postprocess(gen), follow)
+    sent = {r.key for r in backend.calls}
+    assert held not in sent and {a.work.item.key for a in ready[1:]} <= sent
+    assert ledger.get(held) is None

@@ -80,9 +80,8 @@ CORE_CPU_FLAGS: dict[str, frozenset[str]] = {
 
 
 WHEELS: tuple[tuple[str, str], ...] = (("skylakex", "0.3.31"), ("zen", "0.3.29"))
-"""cmeel-openblas releases on PyPI and the one core each is built for, fastest first (0.3.31's
-AVX-512 kernels ran this project's generation benchmark workload 12 % faster than 0.3.29's
-AVX2 ones on an AVX-512 CPU, docs/models.md)."""
+"""cmeel-openblas releases on PyPI and the one core each is built for, widest vector units
+first (0.3.31: AVX-512 kernels, 0.3.29: AVX2)."""
 
 
 def wheel_for_cpu(flags: frozenset[str] | None = None) -> str | None:
