@@ -41,6 +41,29 @@ def test_a_verbatim_loop_is_seen_once_its_passage_repeats() -> None:
     assert not any(repeats_itself(varied[:n]) for n in range(1, len(varied) + 1, 7))
 
 
+# What SmolLM2-135M wrote for an answer in a `make run`: a 66-character sentence over and over.
+SHORT_LOOP_SENTENCE = "It uses `Field` to define a class with a specific type of module. "
+
+
+def test_a_short_sentence_loop_stops_within_its_third_copy() -> None:
+    opening = "The code shows that `ExportConfig` holds the export settings. "
+    text = opening + SHORT_LOOP_SENTENCE * 6
+    first_stop = next(n for n in range(1, len(text) + 1) if repeats_itself(text[:n]))
+    # each copy decoded after the stop costs a decode step per token of the whole batch
+    assert first_stop <= len(opening) + 3 * len(SHORT_LOOP_SENTENCE)
+
+
+def test_a_code_line_quoted_twice_is_not_a_loop() -> None:
+    line = "backend = MLXBackend(model_path, batch_size=8, temperature=0.3, top_p=0.95)"
+    assert 70 < len(line) < LOOP_SPAN_CHARS
+    answer = (
+        f"Create the backend with `{line}` and call `generate` with the requests.\n\n"
+        f"```python\n{line}\nresults = list(backend.generate(requests))\n```\n\n"
+        "Each result carries the request's key, so the caller can match them up."
+    )
+    assert not any(repeats_itself(answer[:n]) for n in range(1, len(answer) + 1))
+
+
 def test_question_stop_ends_on_the_line_after_the_last_question() -> None:
     check = question_stop(2, min_chars=12)
     head = RAMBLING_QUESTIONS.split("\n\n")[0]

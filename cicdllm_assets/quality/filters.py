@@ -170,8 +170,10 @@ def check_echo(answer: str, chunk_text: str) -> str | None:
 LOOP_FINISH = "loop"
 """The finish reason of a completion the backend ended because it repeated itself."""
 
-LOOP_SPAN_CHARS = 160
-"""A completion whose last this-many characters already appeared earlier in it is looping."""
+LOOP_SPAN_CHARS = 80
+"""A completion whose last this-many characters already appeared earlier in it is looping.
+Longer than a code line an answer may quote twice; short enough that a one-sentence loop stops
+within its third copy (every token decoded after that is a rejected pair's, and slows the batch)."""
 
 
 def repeats_itself(text: str, span: int = LOOP_SPAN_CHARS) -> bool:
