@@ -61,7 +61,7 @@ export: install
 
 bench: model
 	@rc=0; for bench in "benchmarks/discovery.py ." "benchmarks/incremental.py . --commits 40" \
-	  benchmarks/generation.py "benchmarks/openai_rate.py --degrading" benchmarks/export.py \
+	  benchmarks/generation.py benchmarks/prefix_prefill.py "benchmarks/openai_rate.py --degrading" benchmarks/export.py \
 	  "-m benchmarks.finetune" benchmarks/scale.py; do \
 	  echo "== $$bench"; $(BIN)/python $$bench || { echo "MISSED: $$bench"; rc=1; }; done; exit $$rc
 

@@ -9,8 +9,8 @@
   prompt + code chunk). The prefix is prefilled once into a KV cache and every
   request of the group starts from it (BatchGenerator copies caches when it merges
   them into a batch), so only each request's own suffix is processed. The prefixes of
-  up to :data:`PREFIX_PREFILL_WIDTH` groups are prefilled together in one padded
-  batch. Prefix caches are kept in a small LRU bounded by bytes, so the answers for a
+  up to :data:`PREFIX_PREFILL_WIDTH` short groups are prefilled together in one padded
+  batch (:func:`prefix_group`). Prefix caches are kept in a small LRU bounded by bytes, so the answers for a
   chunk can reuse the prefix its questions built earlier in the same process.
   Requests of one call without ``prefix_messages`` whose prompts all start with the same
   tokens (the chat template's default system prompt) share those tokens the same way.
@@ -59,7 +59,7 @@ NOMINAL_SEQUENCE_TOKENS = 1024
 PREFIX_CACHE_BYTES = 512 * 1024 * 1024
 """Upper bound of the memory the prefix LRU may hold (all models together)."""
 PREFIX_PREFILL_WIDTH = 8
-"""Shared prefixes (system + chunk) prefilled together in one batch."""
+"""Most shared prefixes (system + chunk) prefilled together in one batch (see :func:`prefix_group`)."""
 PREFILL_STEP = 512
 """Prompt tokens per forward pass during prefill."""
 PREFILL_PADDING = 1.25
@@ -742,18 +742,33 @@ class MLXBackend:
         ]
         root = _shared_start(unseen)
         for level in ([root] if root else [], bases):
-            for start in range(0, len(level), PREFIX_PREFILL_WIDTH):
+            for batch in self._prefix_batches(level):
                 processed: Counter[tuple[int, ...]] = Counter()
-                self._prefill_prefixes(
-                    sorted(level, key=len, reverse=True)[start : start + PREFIX_PREFILL_WIDTH], processed
-                )
+                self._prefill_prefixes(batch, processed)
                 for prefix, tokens in processed.items():  # the first group on it pays for it
                     payer = next((g for g in needed if g[: len(prefix)] == prefix), None)
                     if payer is not None:
                         prefixes.fresh[payer] += tokens
-        needed.sort(key=len, reverse=True)
-        for start in range(0, len(needed), PREFIX_PREFILL_WIDTH):
-            prefixes.ready.update(self._prefill_prefixes(needed[start : start + PREFIX_PREFILL_WIDTH], prefixes.fresh))
+        for batch in self._prefix_batches(needed):
+            prefixes.ready.update(self._prefill_prefixes(batch, prefixes.fresh))
+
+    def _prefix_batches(self, prefixes: Sequence[tuple[int, ...]]) -> Iterator[list[tuple[int, ...]]]:
+        """``prefixes`` in batches of :func:`prefix_group`, longest first by the tokens each has
+        to process (after the longest cached prefix it extends)."""
+        todo = {prefix: self._to_process(prefix) for prefix in prefixes}
+        rest = sorted(prefixes, key=todo.__getitem__, reverse=True)
+        while rest:
+            size = prefix_group([todo[p] for p in rest])
+            yield rest[:size]
+            rest = rest[size:]
+
+    def _to_process(self, prefix: tuple[int, ...]) -> int:
+        """Tokens of ``prefix`` a prefill would process: none when cached, else those after the
+        longest cached prefix it extends."""
+        if _prefix_cache.get((self.model_path, prefix)) is not None:
+            return 0
+        base = _prefix_cache.longest_prefix(self.model_path, prefix)
+        return len(prefix) - (len(base[0]) if base is not None else 0)
 
     def _insert(self, generator: Any, prepared: _Prepared, prefixes: _Prefixes) -> tuple[int, int]:
         """Queue one request (from its prefix cache when it has one); return (uid, cached tokens)."""
@@ -828,6 +843,17 @@ def prefill_group(lengths: Sequence[int]) -> int:
             return size
         real += length
     return len(lengths)
+
+
+def prefix_group(lengths: Sequence[int]) -> int:
+    """How many of ``lengths`` (prefix lengths, longest first) to prefill together: up to
+    :data:`PREFIX_PREFILL_WIDTH` while they pad to at most :data:`PREFILL_STEP` tokens (one
+    forward pass), at least one. Short prefixes share a forward pass; a long one goes alone,
+    since padding a shorter one to its length costs more than a pass of its own."""
+    size = 1
+    while size < min(len(lengths), PREFIX_PREFILL_WIDTH) and (size + 1) * lengths[0] <= PREFILL_STEP:
+        size += 1
+    return size
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
