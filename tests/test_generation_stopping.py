@@ -12,7 +12,15 @@ from cicdllm_assets.generation.parsing import parse_questions
 from cicdllm_assets.generation.stopping import NO_QUESTIONS_FINISH, answer_stop, question_stop
 from cicdllm_assets.llm.base import STOP_CHECK_TOKENS, ChatMessage, GenerationRequest
 from cicdllm_assets.llm.mlx_backend import MLXBackend, release_models
-from cicdllm_assets.quality.filters import LOOP_FINISH, LOOP_SPAN_CHARS, REPETITIVE, check_pair, repeats_itself
+from cicdllm_assets.quality.filters import (
+    LOOP_FINISH,
+    LOOP_SPAN_CHARS,
+    NEAR_LOOP_CHARS,
+    NEAR_LOOP_SPAN_CHARS,
+    REPETITIVE,
+    check_pair,
+    repeats_itself,
+)
 from tests.llm_fixtures import tiny_model_dir
 from tests.openai_helpers import make_backend, make_request
 
@@ -32,10 +40,11 @@ RAMBLING_QUESTIONS = (
 def test_a_verbatim_loop_is_seen_once_its_passage_repeats() -> None:
     assert not repeats_itself("The code reads the plan first. " + LOOP_SENTENCE)
     first_stop = next(n for n in range(1, len(LOOPING_ANSWER) + 1) if repeats_itself(LOOPING_ANSWER[:n]))
-    # the first moment the last LOOP_SPAN_CHARS characters occur earlier: inside the second
-    # repetition of the sentence at the latest, never before a full span of repeated text
-    assert len("The code reads the plan first. ") + LOOP_SPAN_CHARS < first_stop
-    assert first_stop <= len("The code reads the plan first. ") + LOOP_SPAN_CHARS + len(LOOP_SENTENCE)
+    # the first moment the last NEAR_LOOP_SPAN_CHARS characters occur just before: inside the
+    # second repetition of the sentence, never before a full near span of repeated text
+    opening = len("The code reads the plan first. ")
+    assert opening + len(LOOP_SENTENCE) + NEAR_LOOP_SPAN_CHARS - len(". ") <= first_stop  # ". " ends both
+    assert first_stop <= opening + 2 * len(LOOP_SENTENCE)
     # a varied answer of the same length never counts as a loop
     varied = " ".join(f"Step {i} reads field_{i} and checks it against limit_{i * 7}." for i in range(60))
     assert not any(repeats_itself(varied[:n]) for n in range(1, len(varied) + 1, 7))
@@ -53,15 +62,21 @@ def test_a_short_sentence_loop_stops_within_its_third_copy() -> None:
     assert first_stop <= len(opening) + 3 * len(SHORT_LOOP_SENTENCE)
 
 
-def test_a_code_line_quoted_twice_is_not_a_loop() -> None:
-    line = "backend = MLXBackend(model_path, batch_size=8, temperature=0.3, top_p=0.95)"
-    assert 70 < len(line) < LOOP_SPAN_CHARS
-    answer = (
-        f"Create the backend with `{line}` and call `generate` with the requests.\n\n"
-        f"```python\n{line}\nresults = list(backend.generate(requests))\n```\n\n"
-        "Each result carries the request's key, so the caller can match them up."
+def test_a_code_line_quoted_twice_apart_is_not_a_loop() -> None:
+    line = "backend = MLXBackend(model_path, batch_size=8, temperature=0.3, top_p=0.95, seed=1234, dequantize=True)"
+    assert NEAR_LOOP_SPAN_CHARS < len(line) < LOOP_SPAN_CHARS
+    between = (
+        "Each result carries the request's key, so the caller can match replies to requests even "
+        "when they arrive out of order; failed requests carry the reason instead of text, and the "
+        "results of one call come back as they finish, not in the order they were sent.\n\n"
     )
-    assert not any(repeats_itself(answer[:n]) for n in range(1, len(answer) + 1))
+    assert len(between) > NEAR_LOOP_CHARS
+    in_prose = f"Create the backend with `{line}` and call `generate` with the requests.\n\n{between}"
+    in_two_blocks = f"```python\n{line}\n```\n\n{between}For a second model:\n\n```python\n{line}\n```\n"
+    for answer in (in_prose + f"```python\n{line}\nresults = list(backend.generate(requests))\n```\n", in_two_blocks):
+        assert not any(repeats_itself(answer[:n]) for n in range(1, len(answer) + 1))
+    # the same line twice in a row is a loop
+    assert repeats_itself(f"```python\n{line}\n{line}\n")
 
 
 def test_question_stop_ends_on_the_line_after_the_last_question() -> None:

@@ -1,9 +1,8 @@
 """When a completion may end before its token budget (a :data:`~cicdllm_assets.llm.base.StopCheck`).
 
-* Every completion stops once it loops: its last
-  :data:`~cicdllm_assets.quality.filters.LOOP_SPAN_CHARS` characters repeat an
-  earlier passage verbatim (finish reason ``loop``; the quality filter rejects the pair as
-  ``repetitive``, as it would the whole loop at the length limit).
+* Every completion stops once it loops: it repeats a passage of its own verbatim
+  (:func:`~cicdllm_assets.quality.filters.repeats_itself`; finish reason ``loop``; the quality
+  filter rejects the pair as ``repetitive``, as it would the whole loop at the length limit).
 * A question completion stops once it holds the questions asked for: ``n`` parsed questions
   on whole lines, so later text (a small model goes on answering its
   own questions) costs no decode steps. The same parser then reads the same questions.

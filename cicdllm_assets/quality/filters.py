@@ -170,18 +170,30 @@ def check_echo(answer: str, chunk_text: str) -> str | None:
 LOOP_FINISH = "loop"
 """The finish reason of a completion the backend ended because it repeated itself."""
 
-LOOP_SPAN_CHARS = 80
-"""A completion whose last this-many characters already appeared earlier in it is looping.
-Longer than a code line an answer may quote twice; short enough that a one-sentence loop stops
-within its third copy (every token decoded after that is a rejected pair's, and slows the batch)."""
+LOOP_SPAN_CHARS = 160
+"""A completion whose last this-many characters already appeared earlier in it is looping."""
+
+NEAR_LOOP_SPAN_CHARS = 80
+"""A completion whose last this-many characters already appeared in the :data:`NEAR_LOOP_CHARS`
+before them is looping too: a sentence loop stops within its third copy (every token decoded
+after that is a rejected pair's, and slows the batch), while a line quoted twice further apart
+(in prose, then in a code block after it) needs the full :data:`LOOP_SPAN_CHARS` to count."""
+
+NEAR_LOOP_CHARS = 240
+"""How close before the last :data:`NEAR_LOOP_SPAN_CHARS` characters their earlier copy must start."""
 
 
 def repeats_itself(text: str, span: int = LOOP_SPAN_CHARS) -> bool:
-    """True when the last ``span`` characters of ``text`` occur earlier in it (a verbatim loop:
-    the model copies its own passage; whatever follows only repeats it again)."""
+    """True when the last ``span`` characters of ``text`` occur earlier in it, or its last
+    :data:`NEAR_LOOP_SPAN_CHARS` occur in the :data:`NEAR_LOOP_CHARS` before them (a verbatim
+    loop: the model copies its own passage; whatever follows only repeats it again)."""
+    end = len(text) - 1
+    near = NEAR_LOOP_SPAN_CHARS
+    if len(text) > near and text.find(text[-near:], max(0, len(text) - near - NEAR_LOOP_CHARS), end) != -1:
+        return True
     if len(text) < span + 1:
         return False
-    return text.find(text[-span:], 0, len(text) - 1) != -1
+    return text.find(text[-span:], 0, end) != -1
 
 
 def check_repetitive(answer: str) -> str | None:
@@ -261,7 +273,7 @@ def check_pair(
     if refusal:
         return Rejection(REFUSAL, refusal)
     if row.get("finish_reason") == LOOP_FINISH:
-        return Rejection(REPETITIVE, f"generation stopped in a loop (a {LOOP_SPAN_CHARS}-character passage repeated)")
+        return Rejection(REPETITIVE, "generation stopped in a loop (it repeated a passage of its own verbatim)")
     completion_tokens = row.get("completion_tokens")
     effective = row.get("max_tokens")  # the budget actually sent (capped to fit the context window)
     truncated = check_truncated(
