@@ -5,11 +5,12 @@ tokens after a shared system prompt, as the demo's), two requests each with a on
 so the time is the prefill of the prefixes and of the requests' own tokens. The same backend
 runs the same requests with an empty prefix cache, alternating (``--rounds`` times each):
 
-* ``ours``: :func:`~cicdllm_assets.llm.mlx_backend.prefix_group` (batches padded to one
-  forward pass at most: these long prefixes go one by one but for the last two);
+* ``ours``: :func:`~cicdllm_assets.llm.mlx_backend.prefix_group` (batches padded to 512
+  tokens at most: these long prefixes go one by one but for the last two);
 * ``batch of 8``: every missing prefix in one padded batch (what the backend did before).
 
-Prints each round and the medians; exits 1 unless ours is faster (median) than one batch.
+Rounds alternate which goes first (ours first in odd rounds). Prints the prefixes' token
+counts, each run and the medians; exits 1 unless ours is faster (median) than one batch.
 Run ``make model`` first.
 """
 
@@ -31,8 +32,12 @@ from cicdllm_assets.llm import mlx_backend  # noqa: E402
 from cicdllm_assets.llm.base import ChatMessage, GenerationRequest  # noqa: E402
 from cicdllm_assets.llm.models.paths import embedded_model_dir  # noqa: E402
 
-SOURCES = sorted((Path(__file__).resolve().parents[1] / "cicdllm_assets" / "generation").glob("*.py"))[:8]
 CHUNK_CHARS = (1700, 1650, 1550, 1250, 1150, 1100, 1000, 800)
+SOURCES = [
+    path
+    for path in sorted((Path(__file__).resolve().parents[1] / "cicdllm_assets" / "generation").glob("*.py"))
+    if len(path.read_text()) >= max(CHUNK_CHARS)
+][: len(CHUNK_CHARS)]
 SYSTEM = ChatMessage("system", "You are an expert software engineer. Answer questions about code precisely. " * 3)
 
 
@@ -79,10 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     list(backend.generate(requests("warm-up")[:1]))
     groupings: dict[str, Callable[[Sequence[int]], int]] = {"ours": mlx_backend.prefix_group, "batch of 8": one_batch}
     seconds: dict[str, list[float]] = {name: [] for name in groupings}
+    system = len(backend._template((SYSTEM,), False))
+    sizes = [len(backend._template(r.messages[:2], False)) - system for r in requests("size")[::2]]
+    print(f"prefix tokens after the {system}-token system prompt: {sizes}")
     ours = mlx_backend.prefix_group
     try:
         for round_ in range(args.rounds):
-            for name, grouping in groupings.items():
+            order = list(groupings.items())
+            for name, grouping in order if round_ % 2 == 0 else order[::-1]:
                 mlx_backend.prefix_group = grouping  # type: ignore[assignment]
                 mlx_backend._prefix_cache.drop(lambda key: True)
                 batches = backend.stats.prefix_prefill_batches

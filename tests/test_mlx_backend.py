@@ -457,27 +457,26 @@ def test_a_prefill_that_always_fails_fails_the_requests_instead_of_looping(tiny_
     assert "no room for the prefix caches" in results[0].error.message
 
 
-def test_prefix_batches_pad_to_one_forward_pass_at_most() -> None:
-    """Short prefixes share a forward pass (up to 8); a long one goes alone: padding a shorter
-    one to its length would cost more than a pass of its own. Lengths: the demo's 8 chunk
-    prefixes after the system prompt, then 10 short ones."""
+def test_prefix_batches_pad_to_512_tokens_at_most() -> None:
+    """Short prefixes share a batch (up to 8); long ones go alone. Lengths: the demo's 8 chunk
+    prefixes after the system prompt, then short ones."""
     demo = [417, 412, 392, 312, 292, 283, 255, 204]
     sizes = []
     while demo:
         sizes.append(mlx_backend.prefix_group(demo))
         demo = demo[sizes[-1] :]
-    assert sizes == [1, 1, 1, 1, 1, 1, 2]  # 255 and 204 pad to 510 <= PREFILL_STEP
+    assert sizes == [1, 1, 1, 1, 1, 1, 2]  # 255 and 204 pad to 510 <= PREFIX_BATCH_TOKENS
     assert mlx_backend.prefix_group([60] * 10) == mlx_backend.PREFIX_PREFILL_WIDTH
     assert mlx_backend.prefix_group([200, 150, 100]) == 2  # a third would pad to 600
     assert mlx_backend.prefix_group([900]) == 1
 
 
-def test_missing_prefixes_are_prefilled_longest_first_one_forward_pass_to_a_batch(
+def test_missing_prefixes_are_prefilled_longest_first_in_batches_of_512_tokens(
     tiny_model_dir: Path, monkeypatch
 ) -> None:
     """Twelve chunks of different lengths: their prefixes go longest first, in batches padded to
-    one forward pass at most, so a batch pads its prefixes to a length close to theirs (after
-    the system prompt they share)."""
+    512 tokens at most, so a batch pads its prefixes to a length close to theirs (after the
+    system prompt they share)."""
     release_models()
     backend = MLXBackend(str(tiny_model_dir), batch_size=32)
     requests = [
@@ -505,6 +504,6 @@ def test_missing_prefixes_are_prefilled_longest_first_one_forward_pass_to_a_batc
     assert all(r.ok for r in backend.generate(requests))
     root, *groups = batches  # the system prompt first, then the chunks' prefixes on it
     assert len(root) == 1 and [len(b) for b in groups] == [7, 5]  # 8 of the longest pad past 512
-    assert all(len(b) * (max(b) - root[0]) <= mlx_backend.PREFILL_STEP for b in groups)
+    assert all(len(b) * (max(b) - root[0]) <= mlx_backend.PREFIX_BATCH_TOKENS for b in groups)
     lengths = [n for b in groups for n in b]
     assert lengths == sorted(lengths, reverse=True) and len(set(lengths)) > 2

@@ -60,6 +60,8 @@ PREFIX_CACHE_BYTES = 512 * 1024 * 1024
 """Upper bound of the memory the prefix LRU may hold (all models together)."""
 PREFIX_PREFILL_WIDTH = 8
 """Most shared prefixes (system + chunk) prefilled together in one batch (see :func:`prefix_group`)."""
+PREFIX_BATCH_TOKENS = 512
+"""Most padded tokens (prefixes x the longest) of one prefix prefill batch (see :func:`prefix_group`)."""
 PREFILL_STEP = 512
 """Prompt tokens per forward pass during prefill."""
 PREFILL_PADDING = 1.25
@@ -719,9 +721,10 @@ class MLXBackend:
 
     def _prefill_for(self, waiting: Sequence[_Prepared], slots: int, prefixes: _Prefixes) -> None:
         """Make the prefix caches of the next ``slots`` waiting requests ready, prefilling the
-        missing ones (and, to fill the batch, the next groups' too) :data:`PREFIX_PREFILL_WIDTH`
-        at a time, longest first (little padding). Shared tokens go first, once: those every new
-        prefix starts with (the system prompt), then the bases of nested prefixes."""
+        missing ones (and the next groups' too, up to a multiple of :data:`PREFIX_PREFILL_WIDTH`
+        groups: they are needed next, and the tokens they all start with are found once) in
+        batches of :func:`prefix_group`. Shared tokens go first, once: those every new prefix
+        starts with (the system prompt), then the bases of nested prefixes."""
         needed: list[tuple[int, ...]] = []
         base_of: dict[tuple[int, ...], tuple[int, ...]] = {}
         for position, prepared in enumerate(waiting):
@@ -729,7 +732,7 @@ class MLXBackend:
             if prepared.prefix_len == 0 or group in prefixes.ready or group in needed:
                 continue
             if position >= slots and len(needed) % PREFIX_PREFILL_WIDTH == 0:
-                break  # every request that goes in now is covered and the last prefill batch is full
+                break  # every request that goes in now is covered, and the next groups' up to a multiple of 8
             needed.append(group)
             if prepared.base and _prefix_cache.get((self.model_path, group)) is None:
                 base_of[group] = prepared.base
@@ -846,12 +849,13 @@ def prefill_group(lengths: Sequence[int]) -> int:
 
 
 def prefix_group(lengths: Sequence[int]) -> int:
-    """How many of ``lengths`` (prefix lengths, longest first) to prefill together: up to
-    :data:`PREFIX_PREFILL_WIDTH` while they pad to at most :data:`PREFILL_STEP` tokens (one
-    forward pass), at least one. Short prefixes share a forward pass; a long one goes alone,
-    since padding a shorter one to its length costs more than a pass of its own."""
+    """How many of ``lengths`` (tokens to process per prefix, longest first) to prefill together:
+    up to :data:`PREFIX_PREFILL_WIDTH` while they pad to at most :data:`PREFIX_BATCH_TOKENS`,
+    at least one. Short prefixes share a batch; long ones go alone: a prefix of a few hundred
+    tokens already makes matrix products of that many rows, and a batch would pad the shorter
+    ones to the longest (``benchmarks/prefix_prefill.py``)."""
     size = 1
-    while size < min(len(lengths), PREFIX_PREFILL_WIDTH) and (size + 1) * lengths[0] <= PREFILL_STEP:
+    while size < min(len(lengths), PREFIX_PREFILL_WIDTH) and (size + 1) * lengths[0] <= PREFIX_BATCH_TOKENS:
         size += 1
     return size
 
