@@ -471,6 +471,16 @@ def test_prefix_batches_pad_to_512_tokens_at_most() -> None:
     assert mlx_backend.prefix_group([900]) == 1
 
 
+def test_prefix_batches_count_only_the_tokens_a_prefill_processes(backend: MLXBackend) -> None:
+    """A prefix extending a cached one counts only its own tokens: 430 tokens on a cached 400
+    (30 to process) and 200 fresh ones share a batch (200 x 2 <= 512), the fresh one first."""
+    base = tuple(range(10, 410))
+    backend._prefill_prefixes([base])
+    extends, fresh = (*base, *range(500, 530)), tuple(range(600, 800))
+    assert [backend._to_process(p) for p in (extends, fresh, base)] == [30, 200, 0]
+    assert list(backend._prefix_batches([extends, fresh])) == [[fresh, extends]]
+
+
 def test_missing_prefixes_are_prefilled_longest_first_in_batches_of_512_tokens(
     tiny_model_dir: Path, monkeypatch
 ) -> None:
