@@ -10,8 +10,8 @@
   request of the group starts from it (BatchGenerator copies caches when it merges
   them into a batch), so only each request's own suffix is processed. The prefixes of
   up to :data:`PREFIX_PREFILL_WIDTH` short groups are prefilled together in one padded
-  batch (:func:`prefix_group`). Prefix caches are kept in a small LRU bounded by bytes, so the answers for a
-  chunk can reuse the prefix its questions built earlier in the same process.
+  batch (:func:`prefix_group`). Prefix caches are kept in a small LRU bounded by bytes, so
+  the answers for a chunk can reuse the prefix its questions built earlier in the same process.
   Requests of one call without ``prefix_messages`` whose prompts all start with the same
   tokens (the chat template's default system prompt) share those tokens the same way.
 * Each request gets its own sampler with its own PRNG key derived from its seed, so

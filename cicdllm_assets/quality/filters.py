@@ -174,8 +174,8 @@ LOOP_SPAN_CHARS = 160
 """A completion whose last this-many characters already appeared earlier in it is looping."""
 
 NEAR_LOOP_SPAN_CHARS = 80
-"""A completion whose last this-many characters already appeared in the :data:`NEAR_LOOP_CHARS`
-before them is looping too: a sentence loop stops within its third copy (every token decoded
+"""A completion whose last this-many characters have an earlier copy starting in the
+:data:`NEAR_LOOP_CHARS` before them is looping too: a sentence loop stops within its third copy (every token decoded
 after that is a rejected pair's, and slows the batch), while a line quoted twice further apart
 (in prose, then in a code block after it) needs the full :data:`LOOP_SPAN_CHARS` to count."""
 
@@ -185,8 +185,9 @@ NEAR_LOOP_CHARS = 240
 
 def repeats_itself(text: str, span: int = LOOP_SPAN_CHARS) -> bool:
     """True when the last ``span`` characters of ``text`` occur earlier in it, or its last
-    :data:`NEAR_LOOP_SPAN_CHARS` occur in the :data:`NEAR_LOOP_CHARS` before them (a verbatim
-    loop: the model copies its own passage; whatever follows only repeats it again)."""
+    :data:`NEAR_LOOP_SPAN_CHARS` have an earlier copy starting in the :data:`NEAR_LOOP_CHARS`
+    before them (a verbatim loop: the model copies its own passage; whatever follows only
+    repeats it again)."""
     end = len(text) - 1
     near = NEAR_LOOP_SPAN_CHARS
     if len(text) > near and text.find(text[-near:], max(0, len(text) - near - NEAR_LOOP_CHARS), end) != -1:
