@@ -176,8 +176,8 @@ LOOP_SPAN_CHARS = 160
 NEAR_LOOP_SPAN_CHARS = 80
 """A completion whose last this-many characters have an earlier copy starting in the
 :data:`NEAR_LOOP_CHARS` before them is looping too: a sentence loop stops within its third copy (every token decoded
-after that is a rejected pair's, and slows the batch), while a line quoted twice further apart
-(in prose, then in a code block after it) needs the full :data:`LOOP_SPAN_CHARS` to count."""
+after that is a rejected pair's, and slows the batch), while a line quoted twice a paragraph
+apart (in prose, then in a code block after it) needs the full :data:`LOOP_SPAN_CHARS` to count."""
 
 NEAR_LOOP_CHARS = 240
 """How close before the last :data:`NEAR_LOOP_SPAN_CHARS` characters their earlier copy must start."""
