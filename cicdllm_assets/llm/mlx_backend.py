@@ -537,11 +537,10 @@ class MLXBackend:
         fresh: list[tuple[int, ...]] = []
         extended: list[tuple[tuple[int, ...], tuple[int, ...], list[Any]]] = []
         for prefix in dict.fromkeys(prefixes):
-            cached = _prefix_cache.get((self.model_path, prefix))
+            cached, base = self._stored(prefix)
             if cached is not None:
                 found[prefix] = cached
                 continue
-            base = _prefix_cache.longest_prefix(self.model_path, prefix)
             if base is None:
                 fresh.append(prefix)
             else:
@@ -740,8 +739,7 @@ class MLXBackend:
         unseen = [
             p
             for p in dict.fromkeys([*bases, *(g for g in needed if g not in base_of)])
-            if _prefix_cache.get((self.model_path, p)) is None
-            and _prefix_cache.longest_prefix(self.model_path, p) is None
+            if self._stored(p) == (None, None)
         ]
         root = _shared_start(unseen)
         for level in ([root] if root else [], bases):
@@ -765,12 +763,20 @@ class MLXBackend:
             yield rest[:size]
             rest = rest[size:]
 
+    def _stored(self, prefix: tuple[int, ...]) -> tuple[list[Any] | None, tuple[tuple[int, ...], list[Any]] | None]:
+        """``prefix``'s cache in the LRU, or else the longest stored prefix it extends (with its
+        cache); (None, None) when neither is stored."""
+        cached = _prefix_cache.get((self.model_path, prefix))
+        if cached is not None:
+            return cached, None
+        return None, _prefix_cache.longest_prefix(self.model_path, prefix)
+
     def _to_process(self, prefix: tuple[int, ...]) -> int:
         """Tokens of ``prefix`` a prefill would process: none when cached, else those after the
         longest cached prefix it extends."""
-        if _prefix_cache.get((self.model_path, prefix)) is not None:
+        cached, base = self._stored(prefix)
+        if cached is not None:
             return 0
-        base = _prefix_cache.longest_prefix(self.model_path, prefix)
         return len(prefix) - (len(base[0]) if base is not None else 0)
 
     def _insert(self, generator: Any, prepared: _Prepared, prefixes: _Prefixes) -> tuple[int, int]:
